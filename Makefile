@@ -1,0 +1,61 @@
+# Two commands for a fresh machine: `make run` (the push service on SQLite) and
+# `make test` (every test, with the real peers it needs). Both install what they need.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8080
+DB ?= tidings-data/tidings.db
+PYTEST_ARGS ?=
+
+.PHONY: run test lint venv dev-venv system-deps node-deps bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# The runtime install: just the package and what it needs to serve.
+$(VENV)/.run-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# The development install: test peers (pywebpush, py-vapid, http_ece), linters, drivers.
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.run-installed
+
+venv: $(VENV)/.run-installed
+dev-venv: $(VENV)/.dev-installed
+
+# Debian packages the end-to-end tests drive (as root only; elsewhere say what is missing).
+system-deps:
+	@if ! command -v firefox-esr >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firefox-esr >/dev/null; \
+	  else echo "note: firefox-esr is missing and cannot be installed here (need root on Debian); Firefox tests will be skipped"; fi; \
+	fi
+
+# The npm peers: the web-push sender and the web-push-testing push service.
+node-deps: tests/node/node_modules/.package-lock.json
+
+tests/node/node_modules/.package-lock.json: tests/node/package.json tests/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "note: npm is missing; the npm interop tests will be skipped"; fi
+
+run: venv
+	$(VENV)/bin/tidings serve --host $(HOST) --port $(PORT) --db $(DB)
+
+test: dev-venv system-deps node-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: dev-venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+bench: dev-venv node-deps
+	$(PY) bench/crypto.py
+
+clean:
+	rm -rf $(VENV) tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache
