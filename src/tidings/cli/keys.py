@@ -2,9 +2,87 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
 import click
+
+from tidings.webpush import InvalidKeyError, VapidKey
 
 
 @click.group()
 def keys() -> None:
     """Create and inspect keys."""
+
+
+def _write_private(path: Path, pem: bytes, *, force: bool) -> None:
+    """Write `pem` readable by the owner only (0600); never clobber unless `force`."""
+    if not force:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise click.ClickException(
+                f"{path} already exists; pass --force to replace it"
+            ) from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot create {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        return
+    # --force: write a fresh 0600 file beside the old one, then swap it in atomically.
+    directory = path.parent if str(path.parent) else Path()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)  # mode 0600
+    except OSError as exc:
+        raise click.ClickException(f"cannot write in {directory}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
+
+
+@keys.command()
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the private key here as PEM, mode 0600 (refuses to overwrite).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+def generate(out: Path | None, force: bool) -> None:
+    """Create a VAPID key pair.
+
+    With --out, the private key goes to FILE (PKCS#8 PEM, mode 0600) and the public
+    key (base64url, the browser's applicationServerKey) is printed on stdout.
+    Without --out, the PEM is printed on stdout and the public key on stderr, so
+    `tidings keys generate > key.pem` captures only the key (mind the file mode).
+    """
+    key = VapidKey.generate()
+    pem = key.to_pem()
+    if out is None:
+        click.echo(pem.decode("ascii"), nl=False)
+        click.echo(f"public key (applicationServerKey): {key.public_key_b64}", err=True)
+        return
+    _write_private(out, pem, force=force)
+    click.echo(key.public_key_b64)
+
+
+@keys.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def show(file: Path) -> None:
+    """Print the public key (base64url applicationServerKey) of a VAPID private key FILE.
+
+    FILE may be PEM (PKCS#8 or SEC 1), or what py-vapid and web-push write:
+    base64url DER or a base64url raw 32-byte private key.
+    """
+    try:
+        key = VapidKey.from_file(file)
+    except InvalidKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(key.public_key_b64)

@@ -1,0 +1,116 @@
+"""The push subscription an application server stores: endpoint plus the UA's keys."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tidings.webpush.b64 import b64url_decode, b64url_encode
+from tidings.webpush.errors import InvalidSubscription
+from tidings.webpush.keys import load_p256_public_key, load_public
+
+__all__ = ["Subscription", "load_p256_public_key"]
+
+
+def _check_endpoint(endpoint: object) -> str:
+    """The endpoint if it is an absolute http(s) URL with a host."""
+    if not isinstance(endpoint, str) or not endpoint:
+        raise InvalidSubscription("subscription endpoint must be a non-empty URL string")
+    try:
+        parts = urlsplit(endpoint)
+        _ = parts.port
+    except ValueError:
+        raise InvalidSubscription(f"subscription endpoint is not a URL: {endpoint!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise InvalidSubscription(
+            f"subscription endpoint must be an http(s) URL with a host, got {endpoint!r}"
+        )
+    if any(c.isspace() for c in endpoint):
+        raise InvalidSubscription("subscription endpoint must not contain whitespace")
+    return endpoint
+
+
+def _key_bytes(value: object, field: str) -> bytes:
+    """Raw bytes of a keys.* field given as base64url text or bytes."""
+    if isinstance(value, str):
+        try:
+            return b64url_decode(value.strip())
+        except ValueError as exc:
+            raise InvalidSubscription(f"subscription {field} is not base64url: {exc}") from None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise InvalidSubscription(f"subscription {field} is missing or not a string")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A push subscription: where to POST, and the keys to encrypt for (RFC 8291)."""
+
+    endpoint: str
+    p256dh: bytes
+    auth: bytes
+    expiration_time: int | float | None = None
+
+    def __post_init__(self) -> None:
+        _check_endpoint(self.endpoint)
+        if not isinstance(self.p256dh, bytes) or len(self.p256dh) != 65:
+            raise InvalidSubscription("subscription keys.p256dh must be 65 bytes (uncompressed)")
+        try:
+            load_public(self.p256dh)
+        except ValueError:
+            raise InvalidSubscription(
+                "subscription keys.p256dh is not a P-256 public key"
+            ) from None
+        if not isinstance(self.auth, bytes) or len(self.auth) != 16:
+            raise InvalidSubscription("subscription keys.auth must be exactly 16 bytes")
+        exp = self.expiration_time
+        if exp is not None and (
+            isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp)
+        ):
+            raise InvalidSubscription("subscription expirationTime must be null or a number")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | str | bytes) -> Subscription:
+        """From `PushSubscription.toJSON()` / pywebpush's subscription_info, or its JSON text."""
+        if isinstance(data, (str, bytes, bytearray)):
+            try:
+                data = json.loads(data)
+            except (ValueError, RecursionError):
+                raise InvalidSubscription("subscription is not valid JSON") from None
+        if not isinstance(data, Mapping):
+            raise InvalidSubscription("subscription must be a JSON object")
+        endpoint = _check_endpoint(data.get("endpoint"))
+        keys = data.get("keys")
+        if not isinstance(keys, Mapping):
+            raise InvalidSubscription("subscription has no keys object (keys.p256dh, keys.auth)")
+        p256dh = _key_bytes(keys.get("p256dh"), "keys.p256dh")
+        auth = _key_bytes(keys.get("auth"), "keys.auth")
+        if len(p256dh) != 65 or p256dh[0] != 4:
+            raise InvalidSubscription(
+                f"subscription keys.p256dh must be a 65-byte uncompressed P-256 point, "
+                f"got {len(p256dh)} bytes"
+            )
+        if len(auth) != 16:
+            raise InvalidSubscription(
+                f"subscription keys.auth must be exactly 16 bytes, got {len(auth)}"
+            )
+        return cls(endpoint, p256dh, auth, data.get("expirationTime"))
+
+    def to_json(self) -> dict[str, Any]:
+        """The browser's toJSON() shape, keys in base64url without padding."""
+        return {
+            "endpoint": self.endpoint,
+            "expirationTime": self.expiration_time,
+            "keys": {"p256dh": b64url_encode(self.p256dh), "auth": b64url_encode(self.auth)},
+        }
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        """The user agent's P-256 public key object (cached per key)."""
+        return load_p256_public_key(self.p256dh)
