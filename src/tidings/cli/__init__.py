@@ -15,9 +15,10 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Attach every sub-command; each module owns its own options."""
-    from tidings.cli import keys
+    from tidings.cli import keys, serve
 
     main.add_command(keys.keys)
+    main.add_command(serve.serve)
 
 
 _register_commands()

@@ -1,0 +1,80 @@
+"""`tidings serve`: run the push service."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tidings.service.config import ServiceConfig, load_config
+
+
+@click.command()
+@click.option("--host", help="Address to listen on. [default: 127.0.0.1; env TIDINGS_HOST]")
+@click.option("--port", type=int, help="Port for HTTP and WebSocket. [default: 8080]")
+@click.option(
+    "--db",
+    help="SQLite database file (or sqlite:///path). [default: tidings-data/tidings.db]",
+)
+@click.option(
+    "--public-url",
+    help="Origin written into push endpoints, e.g. https://push.example.com when behind a "
+    "proxy; VAPID tokens must name it as their audience. [default: http://HOST:PORT]",
+)
+@click.option(
+    "--secrets",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Token key file. [default: tidings-secrets.json next to the database]",
+)
+@click.option("--max-ttl", type=int, help="Longest TTL kept, in seconds. [default: 30 days]")
+@click.option(
+    "--max-messages",
+    "max_messages_per_user_agent",
+    type=int,
+    help="Undelivered messages kept per user agent; further pushes get 429. [default: 100]",
+)
+@click.option(
+    "--sqlite-synchronous",
+    type=click.Choice(["normal", "full", "extra"]),
+    help="SQLite durability: normal survives a crash of the process, full also a power "
+    "loss. [default: normal]",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A TOML file with these settings (top level or a [serve] table). Environment "
+    "variables TIDINGS_<SETTING> override it; flags override both.",
+)
+def serve(config_file: Path | None, **flags: Any) -> None:
+    """Run the push service (HTTP API for application servers, WebSocket for browsers).
+
+    Settings come from, lowest first: defaults, --config FILE, TIDINGS_* environment
+    variables (e.g. TIDINGS_PORT, TIDINGS_PUBLIC_URL, TIDINGS_MAX_TTL), then flags.
+    """
+    if flags.get("secrets") is not None:
+        flags["secrets"] = str(flags["secrets"])
+    try:
+        config = load_config(config_file).with_overrides(flags)
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    _announce(config)
+    from tidings.service.server import serve as run_server
+
+    run_server(config)
+
+
+def _announce(config: ServiceConfig) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    click.echo(f"Tidings push service on {config.origin}", err=True)
+    click.echo(f"  WebSocket (Firefox dom.push.serverURL): {config.websocket_url}", err=True)
+    click.echo(f"  health:   {config.origin}/health", err=True)
+    click.echo(f"  database: {config.db} (token keys: {config.secrets_path})", err=True)

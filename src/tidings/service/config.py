@@ -1,0 +1,97 @@
+"""Service configuration: defaults, a TOML file, `TIDINGS_*` variables, then flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DAY = 24 * 3600
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything `tidings serve` can be told; each field is also TIDINGS_<NAME>."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    db: str = "tidings-data/tidings.db"
+    public_url: str | None = None  # origin written into endpoints; default http://host:port
+    secrets: str | None = None  # token key file; default <db dir>/tidings-secrets.json
+    max_ttl: int = 30 * DAY  # longer TTLs are cut to this and the answer says so
+    max_messages_per_user_agent: int = 100
+    max_subscriptions_per_user_agent: int = 1000
+    max_body: int = 4096  # RFC 8030 section 7.2: at least 4096 octets must be accepted
+    hello_timeout: float = 10.0  # seconds a new WebSocket has to send `hello`
+    sqlite_synchronous: str = "normal"
+    expiry_sweep_interval: float = 60.0
+    log_level: str = "info"
+
+    @property
+    def origin(self) -> str:
+        """The public origin: VAPID `aud` must equal it and endpoints start with it."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def websocket_url(self) -> str:
+        """The URL a browser puts in `dom.push.serverURL`."""
+        origin = self.origin
+        scheme = "wss" if origin.startswith("https:") else "ws"
+        return scheme + origin[origin.index(":") :] + "/"
+
+    @property
+    def secrets_path(self) -> Path:
+        """Where the token keys live (next to the database unless told otherwise)."""
+        if self.secrets:
+            return Path(self.secrets)
+        return Path(self.db).parent / "tidings-secrets.json"
+
+    def with_overrides(self, values: dict[str, Any]) -> ServiceConfig:
+        """A copy with the given (already typed) non-None values applied."""
+        known = {f.name for f in fields(self)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+def _coerce(name: str, raw: object) -> Any:
+    """Convert a TOML or environment value to the type of field `name`."""
+    default = getattr(ServiceConfig, name)
+    kind = type(default) if default is not None else str
+    if isinstance(raw, str) and kind is not str:
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+    if kind is float and isinstance(raw, int):
+        return float(raw)
+    if not isinstance(raw, kind):
+        raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}")
+    return raw
+
+
+def load_config(file: Path | None = None, environ: dict[str, str] | None = None) -> ServiceConfig:
+    """Defaults, overridden by a TOML file (a `[serve]` table or top level), then env."""
+    config = ServiceConfig()
+    names = {f.name for f in fields(ServiceConfig)}
+    if file is not None:
+        data = tomllib.loads(file.read_text())
+        table = data.get("serve", data)
+        if not isinstance(table, dict):
+            raise ValueError("the [serve] table must be a table")
+        config = config.with_overrides(
+            {k.replace("-", "_"): _coerce(k.replace("-", "_"), v) for k, v in table.items()}
+        )
+    env = os.environ if environ is None else environ
+    from_env = {}
+    for name in names:
+        value = env.get(f"TIDINGS_{name.upper()}")
+        if value is not None and value != "":
+            from_env[name] = _coerce(name, value)
+    return config.with_overrides(from_env)

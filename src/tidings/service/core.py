@@ -1,0 +1,275 @@
+"""The push service's behaviour, independent of how requests arrive.
+
+One message's path: `accept_push` opens the endpoint token, checks the request and its
+VAPID token, stores the message (unless TTL 0), and hands it to the hub, which gives it
+to the user agent's connection if it is on this node. The connection delivers it; the
+user agent's acknowledgement reaches `acknowledge`, which deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tidings import __version__
+from tidings.service.config import ServiceConfig
+from tidings.service.errors import Errno, ServiceError
+from tidings.service.hub import Hub
+from tidings.service.keyfile import load_sealer
+from tidings.service.push_request import check_push
+from tidings.service.store import (
+    Store,
+    StoredMessage,
+    StoreUnavailable,
+    SubscriptionGone,
+    SubscriptionRecord,
+    TooManyMessages,
+    open_store,
+)
+from tidings.service.tokens import (
+    EndpointRef,
+    MessageRef,
+    TokenError,
+    TokenSealer,
+    vapid_key_hash,
+)
+from tidings.service.vapid_check import VapidChecker
+
+log = logging.getLogger("tidings.service")
+
+PUSH_PATH = "/push/"
+MESSAGE_PATH = "/m/"
+RETRY_AFTER_UNAVAILABLE = "5"
+
+
+@dataclass(frozen=True, slots=True)
+class PushAccepted:
+    """The answer to an accepted push: 201 with these headers."""
+
+    status: int
+    location: str
+    ttl: int
+    message_id: str
+    delivered_live: bool
+
+
+class RegistrationError(Exception):
+    """A `register` the service refuses; `status` goes into the reply."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def new_uaid() -> str:
+    """A fresh user agent id: 128 random bits, 32 hex digits."""
+    return secrets.token_hex(16)
+
+
+def _unavailable(exc: Exception) -> ServiceError:
+    log.warning("store unavailable: %s", exc)
+    return ServiceError(
+        503,
+        Errno.UNAVAILABLE,
+        "the service cannot store messages right now; retry later",
+        headers={"retry-after": RETRY_AFTER_UNAVAILABLE},
+    )
+
+
+class PushService:
+    """The push service of one node: store, tokens, connected user agents."""
+
+    def __init__(self, config: ServiceConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.store: Store = store or open_store(config.db, synchronous=config.sqlite_synchronous)
+        self.hub = Hub()
+        self.vapid = VapidChecker(config.origin)
+        self._sealer: TokenSealer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.draining = False
+        self.started_at = time.time()
+
+    # Life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, load (or create) the token keys, start the expiry sweeper."""
+        await self.store.open()
+        self._sealer = await load_sealer(self.config.secrets_path, self.store)
+        self._sweeper = asyncio.create_task(self._sweep_expired(), name="tidings-expiry")
+
+    async def drain(self) -> None:
+        """Stop taking connections and close WebSockets with 'going away' (1001)."""
+        self.draining = True
+        await self.hub.close_all(1001, "service shutting down")
+
+    async def stop(self) -> None:
+        """Stop background work and close the store."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.store.close()
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.expiry_sweep_interval)
+            try:
+                removed = await self.store.delete_expired(time.time())
+            except StoreUnavailable as exc:
+                log.warning("expiry sweep failed: %s", exc)
+                continue
+            if removed:
+                log.info("removed %d expired messages", removed)
+
+    @property
+    def sealer(self) -> TokenSealer:
+        if self._sealer is None:
+            raise RuntimeError("the service is not started")
+        return self._sealer
+
+    async def health(self) -> dict[str, object]:
+        """A small status document for /health."""
+        try:
+            await self.store.ping()
+            store_ok = True
+        except StoreUnavailable:
+            store_ok = False
+        return {
+            "status": "ok" if store_ok and not self.draining else "unavailable",
+            "version": __version__,
+            "store": "ok" if store_ok else "unavailable",
+            "connections": len(self.hub),
+            "draining": self.draining,
+            "uptime": round(time.time() - self.started_at, 1),
+        }
+
+    # URLs -----------------------------------------------------------------------------
+
+    def endpoint_url(self, ref: EndpointRef) -> str:
+        """The push resource URL (what the browser calls the subscription's endpoint)."""
+        return self.config.origin + PUSH_PATH + self.sealer.seal_endpoint(ref)
+
+    def message_url(self, ref: MessageRef) -> str:
+        """The push message resource URL (Location of an accepted push)."""
+        return self.config.origin + MESSAGE_PATH + self.sealer.seal_message(ref)
+
+    # The application server side --------------------------------------------------------
+
+    def open_endpoint(self, token: str) -> EndpointRef:
+        """The subscription an endpoint token names, or 404 (no store access)."""
+        try:
+            return self.sealer.open_endpoint(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such push resource") from None
+
+    async def accept_push(
+        self, token: str, headers: Mapping[str, str], body: bytes
+    ) -> PushAccepted:
+        """Check, store and forward one push; raise ServiceError to refuse it."""
+        ref = self.open_endpoint(token)
+        # Authorization comes before the other checks: a sender without the right key
+        # learns nothing more about the subscription than that it is restricted.
+        self.vapid.check(headers, ref.vapid_hash)
+        facts = check_push(headers, body, max_body=self.config.max_body)
+        ttl = min(facts.ttl, self.config.max_ttl)
+        now = time.time()
+        message = StoredMessage(
+            message_id=secrets.token_hex(16),
+            uaid=ref.uaid,
+            channel_id=ref.channel_id,
+            body=body,
+            ttl=ttl,
+            created_at=now,
+            expires_at=now + ttl,
+            urgency=str(facts.urgency),
+            topic=facts.topic,
+            headers=facts.delivery_headers,
+        )
+        location = self.message_url(MessageRef(ref.uaid, ref.channel_id, message.message_id))
+        try:
+            if ttl == 0:
+                # Delivered only to a user agent connected right now; never stored.
+                if await self.store.get_subscription(ref.uaid, ref.channel_id) is None:
+                    raise SubscriptionGone(ref.channel_id)
+            else:
+                await self.store.store_message(
+                    message, max_per_user_agent=self.config.max_messages_per_user_agent
+                )
+        except SubscriptionGone:
+            raise ServiceError(
+                410, Errno.SUBSCRIPTION_GONE, "the subscription has been removed"
+            ) from None
+        except TooManyMessages:
+            raise ServiceError(
+                429,
+                Errno.TOO_MANY_MESSAGES,
+                f"the user agent already has {self.config.max_messages_per_user_agent} "
+                "undelivered messages; retry once it has collected some",
+                headers={"retry-after": "60"},
+            ) from None
+        except StoreUnavailable as exc:
+            raise _unavailable(exc) from None
+        delivered = self.hub.offer(message)
+        return PushAccepted(201, location, ttl, message.message_id, delivered)
+
+    async def cancel_message(self, token: str) -> None:
+        """DELETE of a push message resource: drop it if still undelivered, else 404."""
+        try:
+            ref = self.sealer.open_message(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such push message") from None
+        try:
+            deleted = await self.store.delete_message(ref.uaid, ref.message_id)
+        except StoreUnavailable as exc:
+            raise _unavailable(exc) from None
+        if deleted is None or deleted.channel_id != ref.channel_id:
+            raise ServiceError(
+                404, Errno.NOT_FOUND, "the push message was delivered, expired or never existed"
+            )
+
+    # The user agent side -----------------------------------------------------------------
+
+    async def resolve_uaid(self, offered: str | None) -> str:
+        """Keep a known user agent id; give anyone else a new one."""
+        if offered is not None and await self.store.has_user_agent(offered):
+            return offered
+        return new_uaid()
+
+    async def register(self, uaid: str, channel_id: str, key: bytes | None) -> str:
+        """Create (or return) a subscription and its push endpoint URL."""
+        vapid_hash = None if key is None else vapid_key_hash(key)
+        if (
+            await self.store.count_subscriptions(uaid)
+            >= self.config.max_subscriptions_per_user_agent
+        ):
+            raise RegistrationError(429, "too many subscriptions for this user agent")
+        await self.store.add_user_agent(uaid, time.time())
+        record = await self.store.add_subscription(
+            SubscriptionRecord(uaid, channel_id, vapid_hash, time.time())
+        )
+        if record.vapid_hash != vapid_hash:
+            raise RegistrationError(409, "channelID is registered with another key")
+        return self.endpoint_url(EndpointRef(uaid, channel_id, vapid_hash))
+
+    async def unregister(self, uaid: str, channel_id: str) -> None:
+        """Delete a subscription and its messages; later pushes get 410."""
+        await self.store.delete_subscription(uaid, channel_id)
+
+    async def pending(self, uaid: str) -> list[StoredMessage]:
+        """What is stored for a user agent, oldest first."""
+        return await self.store.pending_messages(
+            uaid, time.time(), self.config.max_messages_per_user_agent
+        )
+
+    async def acknowledge(self, uaid: str, message_id: str, code: int) -> None:
+        """The user agent has the message (code 100) or cannot use it (101, 102)."""
+        deleted = await self.store.delete_message(uaid, message_id)
+        if code != 100:
+            log.info("message %s acknowledged with code %d", message_id, code)
+        if deleted is None:
+            log.debug("ack for unknown or TTL-0 message %s", message_id)

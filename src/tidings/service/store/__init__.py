@@ -1,0 +1,37 @@
+"""Storage engines behind the `Store` interface, chosen from a URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tidings.service.store.base import (
+    Store,
+    StoredMessage,
+    StoreError,
+    StoreUnavailable,
+    SubscriptionGone,
+    SubscriptionRecord,
+    TooManyMessages,
+)
+
+__all__ = [
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredMessage",
+    "SubscriptionGone",
+    "SubscriptionRecord",
+    "TooManyMessages",
+    "open_store",
+]
+
+
+def open_store(url: str, *, synchronous: str = "normal") -> Store:
+    """A store for `url`: `sqlite:///path`, a plain path, or `postgresql://...`."""
+    if url.startswith(("postgresql://", "postgres://")):
+        raise ValueError("the PostgreSQL store is not available yet")
+    from tidings.service.store.sqlite import SQLiteStore
+
+    # As in SQLAlchemy: sqlite:///relative/path and sqlite:////absolute/path.
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+    return SQLiteStore(Path(path), synchronous=synchronous)

@@ -1,0 +1,113 @@
+"""The store interface: what the push service keeps, independent of the engine.
+
+The service talks to storage only through `Store`; SQLite (embedded default) and
+PostgreSQL (scale-out) implement it. Every method is one short transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """Base of the store's own errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot take the request now (disk full, read-only, connection lost)."""
+
+
+class SubscriptionGone(StoreError):
+    """The subscription no longer exists (unregistered, or its user agent forgotten)."""
+
+
+class TooManyMessages(StoreError):
+    """The user agent already has the maximum number of stored messages."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRecord:
+    """One push message subscription of a user agent."""
+
+    uaid: str
+    channel_id: str
+    vapid_hash: bytes | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A push message as kept until the user agent acknowledges it or it expires.
+
+    `headers` are what the user agent needs to decrypt (content encoding and, for the
+    legacy `aesgcm` coding, the Encryption and Crypto-Key values); never TTL, Topic,
+    Urgency or VAPID data, which stay with the service.
+    """
+
+    message_id: str
+    uaid: str
+    channel_id: str
+    body: bytes
+    ttl: int
+    created_at: float
+    expires_at: float
+    urgency: str = "normal"
+    topic: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """Persistence for user agents, subscriptions and messages."""
+
+    async def open(self) -> None:
+        """Connect and apply schema migrations."""
+
+    async def close(self) -> None:
+        """Release connections; pending writes are complete when this returns."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers a trivial query."""
+
+    async def get_meta(self, key: str) -> str | None:
+        """A value from the service's own metadata table."""
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Write a metadata value."""
+
+    async def has_user_agent(self, uaid: str) -> bool:
+        """True when the service knows this user agent id."""
+
+    async def add_user_agent(self, uaid: str, now: float) -> None:
+        """Record a new user agent (idempotent)."""
+
+    async def add_subscription(self, record: SubscriptionRecord) -> SubscriptionRecord:
+        """Create a subscription, or return the existing one with that channel id."""
+
+    async def get_subscription(self, uaid: str, channel_id: str) -> SubscriptionRecord | None:
+        """The subscription, or None when it does not exist."""
+
+    async def delete_subscription(self, uaid: str, channel_id: str) -> bool:
+        """Delete a subscription and its stored messages; True if it existed."""
+
+    async def count_subscriptions(self, uaid: str) -> int:
+        """How many subscriptions a user agent holds."""
+
+    async def store_message(self, message: StoredMessage, *, max_per_user_agent: int) -> list[str]:
+        """Store a message; replace a stored one of the same subscription and topic.
+
+        Returns the ids of replaced messages. Raises SubscriptionGone when the
+        subscription does not exist, TooManyMessages when the user agent is at its limit.
+        """
+
+    async def pending_messages(self, uaid: str, now: float, limit: int) -> list[StoredMessage]:
+        """Unexpired stored messages of a user agent, oldest first."""
+
+    async def delete_message(self, uaid: str, message_id: str) -> StoredMessage | None:
+        """Delete a stored message (acknowledged or cancelled); return it if it existed."""
+
+    async def delete_expired(self, now: float) -> int:
+        """Delete every message whose TTL has passed; return how many."""
+
+    async def count_messages(self) -> int:
+        """How many messages are stored in all (for metrics and health)."""

@@ -1,0 +1,156 @@
+"""Capability tokens: endpoint, message and (later) subscription URLs.
+
+A token is `kind || key id || nonce || AES-256-GCM(payload) || tag`, base64url. Sealing
+under a service key means a token routes without a database look-up, reveals nothing
+(not even which user agent it names) and cannot be forged or altered: the 128-bit tag
+fails on any change. The kind byte is authenticated too, so a message token never
+opens as an endpoint token. Keys have ids: the current one seals, every held one
+opens (key rotation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from enum import IntEnum
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tidings.webpush import b64url_decode, b64url_encode
+
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+_HEADER_BYTES = 2  # kind, key id
+_ID_BYTES = 16  # uaid, channel id and message id are 128-bit values
+VAPID_HASH_BYTES = 16
+MAX_TOKEN_CHARS = 512  # anything longer is refused before base64 decoding
+
+
+class TokenKind(IntEnum):
+    """What a token designates; authenticated as part of the token."""
+
+    ENDPOINT = 1
+    MESSAGE = 2
+    SUBSCRIPTION = 3
+    SUBSCRIPTION_SET = 4
+    RECEIPT_SUBSCRIPTION = 5
+
+
+class TokenError(ValueError):
+    """A token that does not open: garbage, tampered, truncated or of another service."""
+
+
+def vapid_key_hash(public_key: bytes) -> bytes:
+    """The digest of an application server key that a restricted endpoint carries."""
+    return hashlib.sha256(public_key).digest()[:VAPID_HASH_BYTES]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRef:
+    """What a push endpoint token names: a subscription, maybe restricted to a key."""
+
+    uaid: str  # 32 lowercase hex
+    channel_id: str  # canonical lowercase UUID
+    vapid_hash: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """What a push message resource token names."""
+
+    uaid: str
+    channel_id: str
+    message_id: str  # 32 lowercase hex
+
+
+def _uuid_bytes(channel_id: str) -> bytes:
+    return bytes.fromhex(channel_id.replace("-", ""))
+
+
+def _uuid_text(raw: bytes) -> str:
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class TokenSealer:
+    """Seals and opens capability tokens under the service's keys."""
+
+    def __init__(self, keys: dict[int, bytes], current: int) -> None:
+        if current not in keys:
+            raise ValueError("the current token key must be one of the keys")
+        for key_id, key in keys.items():
+            if not 1 <= key_id <= 255:
+                raise ValueError("token key ids are 1 to 255")
+            if len(key) != 32:
+                raise ValueError("token keys are 32 bytes")
+        self._current = current
+        self._ciphers = {key_id: AESGCM(key) for key_id, key in keys.items()}
+
+    @staticmethod
+    def new_key() -> bytes:
+        """A fresh random 256-bit token key."""
+        return secrets.token_bytes(32)
+
+    def seal(self, kind: TokenKind, payload: bytes) -> str:
+        """Seal `payload` as a token of `kind` under the current (first) key."""
+        header = bytes((kind, self._current))
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._ciphers[self._current].encrypt(nonce, payload, header)
+        return b64url_encode(header + nonce + sealed)
+
+    def open(self, kind: TokenKind, token: str) -> bytes:
+        """The payload of a token of `kind`; TokenError if it does not open."""
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise TokenError("token has an impossible length")
+        try:
+            raw = b64url_decode(token)
+        except ValueError as exc:
+            raise TokenError("token is not base64url") from exc
+        if len(raw) < _HEADER_BYTES + _NONCE_BYTES + _TAG_BYTES:
+            raise TokenError("token is truncated")
+        header, nonce, sealed = raw[:2], raw[2:14], raw[14:]
+        if header[0] != kind:
+            raise TokenError("token is of another kind")
+        cipher = self._ciphers.get(header[1])
+        if cipher is None:
+            raise TokenError("token is sealed under an unknown key")
+        try:
+            return cipher.decrypt(nonce, sealed, header)
+        except InvalidTag:
+            raise TokenError("token does not authenticate") from None
+
+    # Endpoint tokens -------------------------------------------------------------
+
+    def seal_endpoint(self, ref: EndpointRef) -> str:
+        """The token of a push resource (the endpoint handed to the user agent)."""
+        payload = bytes.fromhex(ref.uaid) + _uuid_bytes(ref.channel_id)
+        if ref.vapid_hash is not None:
+            payload += ref.vapid_hash
+        return self.seal(TokenKind.ENDPOINT, payload)
+
+    def open_endpoint(self, token: str) -> EndpointRef:
+        """The subscription a push endpoint token names; TokenError otherwise."""
+        payload = self.open(TokenKind.ENDPOINT, token)
+        if len(payload) not in (2 * _ID_BYTES, 2 * _ID_BYTES + VAPID_HASH_BYTES):
+            raise TokenError("endpoint token has a bad payload")
+        vapid_hash = payload[2 * _ID_BYTES :] or None
+        return EndpointRef(payload[:16].hex(), _uuid_text(payload[16:32]), vapid_hash)
+
+    # Message tokens --------------------------------------------------------------
+
+    def seal_message(self, ref: MessageRef) -> str:
+        """The token of a push message resource (the Location of an accepted push)."""
+        payload = (
+            bytes.fromhex(ref.uaid) + _uuid_bytes(ref.channel_id) + bytes.fromhex(ref.message_id)
+        )
+        return self.seal(TokenKind.MESSAGE, payload)
+
+    def open_message(self, token: str) -> MessageRef:
+        """The message a message token names; TokenError otherwise."""
+        payload = self.open(TokenKind.MESSAGE, token)
+        if len(payload) != 3 * _ID_BYTES:
+            raise TokenError("message token has a bad payload")
+        return MessageRef(payload[:16].hex(), _uuid_text(payload[16:32]), payload[32:].hex())

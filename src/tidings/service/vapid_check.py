@@ -1,0 +1,73 @@
+"""VAPID checks for pushes (RFC 8292 section 4), with verified tokens cached.
+
+An application server reuses one token for many pushes, and an ECDSA verification
+costs far more than the rest of a push; a verified token is therefore remembered until
+it expires, keyed by the exact header values.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from tidings.service.errors import Errno, ServiceError
+from tidings.service.tokens import vapid_key_hash
+from tidings.webpush import VapidError, VerifiedVapid, verify_vapid
+
+_VAPID_SCHEMES = ("vapid", "webpush")
+
+
+class VapidChecker:
+    """Verifies push authorization against this service's origin, with a bounded cache."""
+
+    def __init__(self, audience: str, *, cache_size: int = 10_000) -> None:
+        self.audience = audience
+        self._cache: OrderedDict[tuple[str, str], VerifiedVapid] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _verify(self, authorization: str, crypto_key: str, now: float) -> VerifiedVapid:
+        cache_key = (authorization, crypto_key)
+        cached = self._cache.get(cache_key)
+        if cached is not None and cached.expires_at > now:
+            return cached
+        verified = verify_vapid(
+            authorization, audience=self.audience, crypto_key=crypto_key or None, now=now
+        )
+        self._cache[cache_key] = verified
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return verified
+
+    def check(
+        self, headers: Mapping[str, str], restricted_to: bytes | None
+    ) -> VerifiedVapid | None:
+        """Check a push's VAPID headers; `restricted_to` is the subscription's key hash.
+
+        A restricted subscription needs a valid token signed by its key: 401 when none is
+        given, 403 when it is invalid or signed by another key. An unrestricted one
+        checks a token only when one is given.
+        """
+        authorization = headers.get("authorization", "").strip()
+        scheme = authorization.split(None, 1)[0].lower() if authorization else ""
+        if scheme not in _VAPID_SCHEMES:
+            if restricted_to is None:
+                return None
+            raise ServiceError(
+                401,
+                Errno.VAPID_MISSING,
+                "this subscription is restricted to an application server key: "
+                "sign the request with VAPID (Authorization: vapid t=..., k=...)",
+                headers={"www-authenticate": "vapid"},
+            )
+        try:
+            verified = self._verify(authorization, headers.get("crypto-key", ""), time.time())
+        except VapidError as exc:
+            raise ServiceError(403, Errno.VAPID_INVALID, f"invalid VAPID token: {exc}") from None
+        if restricted_to is not None and vapid_key_hash(verified.public_key) != restricted_to:
+            raise ServiceError(
+                403,
+                Errno.VAPID_KEY_MISMATCH,
+                "the VAPID key does not match the application server key of this subscription",
+            )
+        return verified

@@ -1,0 +1,210 @@
+"""One user agent's WebSocket connection: Firefox's push protocol against the service.
+
+The I/O adapter feeds text frames to `on_text` and gives the session a `TextChannel` to
+answer on; this class holds the connection's state (its uaid, what was sent and not
+yet acknowledged) and the rules: hello first and once, deliver what is stored after
+hello, in order, then live messages; ack deletes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from tidings.service import ws_protocol as wp
+from tidings.service.core import PushService, RegistrationError
+from tidings.service.store import StoredMessage, StoreUnavailable
+from tidings.webpush import InvalidKeyError, load_p256_public_key
+from tidings.webpush.b64 import b64url_decode
+
+log = logging.getLogger("tidings.websocket")
+
+# Messages queued for a client that does not read; past this the connection is closed
+# (its messages stay stored and are delivered on the next connection).
+MAX_QUEUED_SENDS = 256
+
+
+class TextChannel(Protocol):
+    """What the session needs from the WebSocket: send a text frame, close."""
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+def decode_application_server_key(key: str) -> bytes:
+    """The raw 65-byte P-256 key of a `register` (base64url, padded or not, or base64)."""
+    raw = b64url_decode(key.strip().replace("+", "-").replace("/", "_"))
+    load_p256_public_key(raw)
+    return raw
+
+
+class WebSocketSession:
+    """The protocol state of one connected user agent."""
+
+    def __init__(self, service: PushService, channel: TextChannel, peer: str = "") -> None:
+        self.service = service
+        self.channel = channel
+        self.peer = peer
+        self.uaid: str | None = None
+        self._unacked: set[str] = set()
+        self._held: list[StoredMessage] | None = None  # live messages held while flushing
+        self._send_lock = asyncio.Lock()
+        self._queued = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    # Frames in ------------------------------------------------------------------------
+
+    async def on_text(self, text: str) -> None:
+        """Handle one frame; FrameError means the adapter must close the connection."""
+        message = wp.parse_client_frame(text)
+        if isinstance(message, wp.Hello):
+            await self._hello(message)
+            return
+        if self.uaid is None:
+            raise wp.FrameError(wp.CLOSE_POLICY_VIOLATION, "the first message must be hello")
+        if isinstance(message, wp.Ping):
+            await self._send(wp.PING_REPLY)
+        elif isinstance(message, wp.Register):
+            await self._register(self.uaid, message)
+        elif isinstance(message, wp.Unregister):
+            await self._unregister(self.uaid, message)
+        elif isinstance(message, wp.Ack):
+            for update in message.updates:
+                self._unacked.discard(update.version)
+                await self.service.acknowledge(self.uaid, update.version, update.code)
+        elif isinstance(message, wp.Nack):
+            log.info("nack from %s for %s (code %s)", self.uaid, message.version, message.code)
+        elif isinstance(message, wp.BroadcastSubscribe):
+            await self._send(wp.broadcast_reply({}))
+
+    async def _hello(self, hello: wp.Hello) -> None:
+        if self.uaid is not None:
+            raise wp.FrameError(wp.CLOSE_POLICY_VIOLATION, "hello was already received")
+        if self.service.draining:
+            raise wp.FrameError(wp.CLOSE_TRY_AGAIN_LATER, "service shutting down")
+        uaid = await self.service.resolve_uaid(hello.uaid)
+        self.uaid = uaid
+        self._held = []  # live messages wait until the stored ones have been sent
+        previous = self.service.hub.attach(uaid, self)
+        if previous is not None:
+            await previous.close(wp.CLOSE_REPLACED, "another connection took over this uaid")
+        await self._send(wp.hello_reply(uaid))
+        log.info(
+            "hello from %s: uaid %s%s", self.peer, uaid, "" if uaid == hello.uaid else " (new)"
+        )
+        await self._flush_stored(uaid)
+
+    async def _flush_stored(self, uaid: str) -> None:
+        try:
+            stored = await self.service.pending(uaid)
+        except StoreUnavailable as exc:
+            log.warning("cannot load stored messages for %s: %s", uaid, exc)
+            stored = []
+        held, self._held = self._held or [], None
+        for message in stored + held:
+            await self._deliver(message)
+
+    async def _register(self, uaid: str, register: wp.Register) -> None:
+        if register.error is not None:
+            await self._send(wp.register_reply(register.channel_id, None, 400))
+            return
+        key: bytes | None = None
+        if register.key is not None:
+            try:
+                key = decode_application_server_key(register.key)
+            except (ValueError, InvalidKeyError):
+                await self._send(wp.register_reply(register.channel_id, None, 400))
+                return
+        try:
+            endpoint = await self.service.register(uaid, register.channel_id, key)
+        except RegistrationError as exc:
+            await self._send(wp.register_reply(register.channel_id, None, exc.status))
+            return
+        except StoreUnavailable:
+            await self._send(wp.register_reply(register.channel_id, None, 503))
+            return
+        await self._send(wp.register_reply(register.channel_id, endpoint))
+
+    async def _unregister(self, uaid: str, unregister: wp.Unregister) -> None:
+        if unregister.error is not None:
+            await self._send(wp.unregister_reply(unregister.channel_id, 400))
+            return
+        try:
+            await self.service.unregister(uaid, unregister.channel_id)
+        except StoreUnavailable:
+            await self._send(wp.unregister_reply(unregister.channel_id, 503))
+            return
+        await self._send(wp.unregister_reply(unregister.channel_id))
+
+    # Frames out -----------------------------------------------------------------------
+
+    def offer(self, message: StoredMessage) -> None:
+        """A live message for this user agent (called by the hub, never blocks)."""
+        if self.closed:
+            return
+        if self._held is not None:
+            self._held.append(message)
+            return
+        if self._queued >= MAX_QUEUED_SENDS:
+            self._spawn(self.close(wp.CLOSE_TRY_AGAIN_LATER, "client is not reading"))
+            return
+        self._queued += 1
+        self._spawn(self._deliver_queued(message))
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver_queued(self, message: StoredMessage) -> None:
+        try:
+            await self._deliver(message)
+        finally:
+            self._queued -= 1
+
+    async def _deliver(self, message: StoredMessage) -> None:
+        if message.message_id in self._unacked:
+            return  # already sent on this connection (stored and live at once)
+        if message.ttl and message.expires_at <= time.time():
+            return  # a message is never delivered after its TTL
+        self._unacked.add(message.message_id)
+        frame = wp.notification_frame(
+            message.channel_id, message.message_id, message.body, message.headers
+        )
+        await self._send(frame)
+
+    async def _send(self, text: str) -> None:
+        if self.closed:
+            return
+        async with self._send_lock:
+            try:
+                await self.channel.send_text(text)
+            except Exception as exc:  # the peer went away; its messages stay stored
+                log.debug("send to %s failed: %s", self.uaid, exc)
+                self.closed = True
+
+    # End --------------------------------------------------------------------------------
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection (replaced, draining, or a client that does not read)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self.channel.close(code, reason)
+        except Exception as exc:
+            log.debug("close of %s failed: %s", self.uaid, exc)
+        self.on_disconnect()
+
+    def on_disconnect(self) -> None:
+        """The connection is gone: leave the hub; nothing stored is lost."""
+        self.closed = True
+        if self.uaid is not None:
+            self.service.hub.detach(self.uaid, self)
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
