@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 import re
 import struct
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tidings.webpush.b64 import b64url_decode, b64url_encode
+from tidings.webpush.ece import hmac_sha256
 from tidings.webpush.errors import DecryptionError, EncryptionError, PayloadTooLarge
 from tidings.webpush.keys import (
     PRIVATE_KEY_TYPES,
@@ -70,11 +70,11 @@ def _derive(
     secret: bytes, auth: bytes, salt: bytes, ua_public: bytes, as_public: bytes
 ) -> tuple[bytes, bytes]:
     """Draft key schedule: auth-mixed PRK, then key and nonce over the "P-256" context."""
-    prk_combine = hmac.digest(hmac.digest(auth, secret, "sha256"), _AUTH_INFO, "sha256")
+    prk_combine = hmac_sha256(hmac_sha256(auth, secret), _AUTH_INFO)
     context = b"P-256\x00" + _U16.pack(65) + ua_public + _U16.pack(65) + as_public
-    prk = hmac.digest(salt, prk_combine, "sha256")
-    cek = hmac.digest(prk, b"Content-Encoding: aesgcm\x00" + context + b"\x01", "sha256")[:16]
-    nonce = hmac.digest(prk, b"Content-Encoding: nonce\x00" + context + b"\x01", "sha256")[:12]
+    prk = hmac_sha256(salt, prk_combine)
+    cek = hmac_sha256(prk, b"Content-Encoding: aesgcm\x00" + context + b"\x01")[:16]
+    nonce = hmac_sha256(prk, b"Content-Encoding: nonce\x00" + context + b"\x01")[:12]
     return cek, nonce
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tidings.webpush.errors import DecryptionError, EncryptionError
@@ -22,6 +22,7 @@ __all__ = [
     "derive_key_and_nonce",
     "ece_decode",
     "ece_encode",
+    "hmac_sha256",
     "parse_ece_header",
 ]
 
@@ -40,6 +41,16 @@ IkmSource = bytes | Callable[[bytes], bytes]
 """The input keying material, or a function from the header's keyid to it."""
 
 
+_SHA256 = hashes.SHA256()
+
+
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA-256; `cryptography`'s HMAC measured faster than `hmac.digest` on 3.11."""
+    mac = hmac.HMAC(key, _SHA256)
+    mac.update(message)
+    return mac.finalize()
+
+
 @dataclass(frozen=True, slots=True)
 class EceHeader:
     """The fields of an aes128gcm header and where the records begin."""
@@ -52,10 +63,10 @@ class EceHeader:
 
 def derive_key_and_nonce(ikm: bytes, salt: bytes) -> tuple[bytes, bytes]:
     """RFC 8188 §2.2-2.3: the 16-byte content key and 12-byte nonce base (one-block HKDF)."""
-    prk = hmac.digest(salt, ikm, "sha256")
+    prk = hmac_sha256(salt, ikm)
     return (
-        hmac.digest(prk, _KEY_INFO, "sha256")[:16],
-        hmac.digest(prk, _NONCE_INFO, "sha256")[:12],
+        hmac_sha256(prk, _KEY_INFO)[:16],
+        hmac_sha256(prk, _NONCE_INFO)[:12],
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 import struct
 
@@ -14,6 +13,7 @@ from tidings.webpush.ece import (
     MAX_PLAINTEXT,
     TAG_LENGTH,
     decode_records,
+    hmac_sha256,
     parse_ece_header,
 )
 from tidings.webpush.errors import DecryptionError, EncryptionError, PayloadTooLarge
@@ -43,8 +43,8 @@ _RS_IDLEN = struct.Struct(">IB")
 
 def derive_ikm(ecdh_secret: bytes, auth: bytes, ua_public: bytes, as_public: bytes) -> bytes:
     """RFC 8291 §3.3-3.4: the aes128gcm IKM from the ECDH secret and the auth secret."""
-    prk_key = hmac.digest(auth, ecdh_secret, "sha256")
-    return hmac.digest(prk_key, _INFO + ua_public + as_public + b"\x01", "sha256")
+    prk_key = hmac_sha256(auth, ecdh_secret)
+    return hmac_sha256(prk_key, _INFO + ua_public + as_public + b"\x01")
 
 
 def encrypt(
@@ -92,11 +92,11 @@ def encrypt(
     as_public = private_key.public_key().public_bytes(_X962, _UNCOMPRESSED)
     secret = private_key.exchange(_ECDH, ua_key)
     # RFC 8291 §3.4 and RFC 8188 §2.2-2.3, each HKDF being a single HMAC-SHA-256 block.
-    prk_key = hmac.digest(auth_secret, secret, "sha256")
-    ikm = hmac.digest(prk_key, _INFO + ua_public + as_public + b"\x01", "sha256")
-    prk = hmac.digest(salt, ikm, "sha256")
-    cek = hmac.digest(prk, _KEY_INFO, "sha256")[:16]
-    nonce = hmac.digest(prk, _NONCE_INFO, "sha256")[:12]
+    prk_key = hmac_sha256(auth_secret, secret)
+    ikm = hmac_sha256(prk_key, _INFO + ua_public + as_public + b"\x01")
+    prk = hmac_sha256(salt, ikm)
+    cek = hmac_sha256(prk, _KEY_INFO)[:16]
+    nonce = hmac_sha256(prk, _NONCE_INFO)[:12]
     record = data + b"\x02" if not pad else data + b"\x02" + b"\x00" * pad
     return (
         salt
