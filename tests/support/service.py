@@ -29,10 +29,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from support.ci import free_port
-from tidings.service.asgi import TidingsApp
 from tidings.service.config import ServiceConfig
 from tidings.service.core import PushService
-from tidings.service.server import DrainingServer, uvicorn_config
+from tidings.service.run import build_server
 from tidings.webpush import VapidKey, b64url_encode, decrypt, public_key_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,24 +65,12 @@ async def running_service(tmp_path: Path, **settings: Any) -> AsyncIterator[Runn
     config = ServiceConfig(
         port=free_port(), db=str(tmp_path / "tidings.db"), log_level="warning"
     ).with_overrides(settings)
-    service = PushService(config)
-    server = DrainingServer(uvicorn_config(TidingsApp(service), config), service)
-    server.config.install_signal_handlers = False  # type: ignore[attr-defined]
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the service stopped during start-up")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the service did not start")
-        await asyncio.sleep(0.01)
+    server = build_server(config)
+    await server.start()
     try:
-        yield RunningService(config, service)
+        yield RunningService(config, server.service)
     finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 15)
+        await server.stop(grace=2)
 
 
 @pytest.fixture

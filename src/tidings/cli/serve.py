@@ -42,6 +42,17 @@ from tidings.service.config import ServiceConfig, load_config
     help="SQLite durability: normal survives a crash of the process, full also a power "
     "loss. [default: normal]",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM certificate (chain): serve HTTPS and WSS, with HTTP/2 by ALPN.",
+)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@click.option(
+    "--reuse-port/--no-reuse-port",
+    default=None,
+    help="SO_REUSEPORT, so several `tidings serve` processes can share the port.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
     "--config",
@@ -63,7 +74,7 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from exc
     _announce(config)
-    from tidings.service.server import serve as run_server
+    from tidings.service.run import serve as run_server
 
     run_server(config)
 

@@ -28,6 +28,9 @@ class ServiceConfig:
     sqlite_synchronous: str = "normal"
     expiry_sweep_interval: float = 60.0
     log_level: str = "info"
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve HTTPS/WSS
+    tls_key: str | None = None
+    reuse_port: bool = False  # SO_REUSEPORT, for several worker processes on one port
 
     @property
     def origin(self) -> str:
@@ -35,7 +38,8 @@ class ServiceConfig:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def websocket_url(self) -> str:
@@ -64,6 +68,12 @@ def _coerce(name: str, raw: object) -> Any:
     """Convert a TOML or environment value to the type of field `name`."""
     default = getattr(ServiceConfig, name)
     kind = type(default) if default is not None else str
+    if kind is bool and isinstance(raw, str):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {raw!r}")
     if isinstance(raw, str) and kind is not str:
         try:
             return kind(raw)

@@ -27,7 +27,9 @@ class Errno(IntEnum):
     VAPID_MISSING = 109  # restricted subscription, no Authorization
     VAPID_INVALID = 108  # bad signature, claims, audience, expiry
     VAPID_KEY_MISMATCH = 107  # signed with a key other than the subscription's
+    MALFORMED_REQUEST = 400  # not parseable as HTTP, or a bad WebSocket handshake
     NOT_FOUND = 404
+    UPGRADE_REQUIRED = 426  # a plain GET of the WebSocket endpoint
     METHOD_NOT_ALLOWED = 405
     TOO_MANY_MESSAGES = 120  # the user agent has too many stored messages
     RATE_LIMITED = 121

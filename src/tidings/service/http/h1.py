@@ -1,0 +1,301 @@
+"""HTTP/1.1 connections (httptools parses), with the WebSocket upgrade and h2c detection.
+
+Requests on one connection are answered in order, one at a time (pipelining works, it
+is just not parallel). A connection that starts with the HTTP/2 preface is handed to
+`Http2Connection` (cleartext HTTP/2 with prior knowledge, RFC 9113 section 3.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from tidings.service.http import websocket as ws
+from tidings.service.http.messages import Request, Response, status_line
+
+if TYPE_CHECKING:
+    from tidings.service.http.server import ConnectionContext
+
+log = logging.getLogger("tidings.http")
+access_log = logging.getLogger("tidings.access")
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_HEADER_BYTES = 16 * 1024
+MAX_QUEUED_REQUESTS = 16
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Http1Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection."""
+
+    def __init__(self, context: ConnectionContext) -> None:
+        self.context = context
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self.parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._body_limit = 0
+        self._too_large = False
+        # Parsed requests, each with its answer when parsing already decided it.
+        self._queue: deque[tuple[Request, Response | None]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._first_data = True
+        self._upgrade: Request | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    # asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client = f"{peer[0]}:{peer[1]}"
+        self.context.connections.add(self)
+        self._arm_timer(self.context.request_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.context.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if self._first_data:
+            self._first_data = False
+            if data.startswith(H2_PREFACE[: len(data)]) and data[:3] == b"PRI":
+                self._switch_to_h2(data)
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self._start_upgrade(data[offset:])
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _BodyTooLarge):
+                self._reject(413, f"the body is over {self._body_limit} bytes")
+            else:
+                self._reject(400, f"malformed HTTP request: {exc}")
+
+    # httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+        self._too_large = False
+        self._arm_timer(self.context.request_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("headers too large")
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers = self._headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        path = httptools.parse_url(self._url).path.decode("latin-1") if self._url else "/"
+        method = self.parser.get_method().decode("latin-1")
+        self._body_limit = self.context.routes.body_limit(method, path)
+        declared = self._headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._body_limit:
+            raise _BodyTooLarge  # answered at once, without waiting for the body
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._body_limit:
+            self._too_large = True
+        if not self._too_large:
+            self._body.append(body)
+        elif self._body_size > self._body_limit * 4 + 65536:
+            raise _BodyTooLarge  # stop reading a flood; a modest excess is drained politely
+
+    def on_message_complete(self) -> None:
+        url = httptools.parse_url(self._url) if self._url else None
+        request = Request(
+            method=self.parser.get_method().decode("latin-1"),
+            path=url.path.decode("latin-1") if url else "/",
+            query=(url.query or b"").decode("latin-1") if url else "",
+            headers=self._headers,
+            body=b"".join(self._body),
+            client=self.client,
+            http_version=self.parser.get_http_version(),
+        )
+        if self.parser.should_upgrade():
+            self._upgrade = request
+            return
+        ready = self.context.routes.too_large(request) if self._too_large else None
+        self._queue.append((request, ready))
+        if len(self._queue) > MAX_QUEUED_REQUESTS and self.transport is not None:
+            self.transport.pause_reading()
+        if self._worker is None:
+            self._worker = asyncio.ensure_future(self._work())
+
+    # Answering ----------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        try:
+            while self._queue and not self._closing:
+                request, ready = self._queue.popleft()
+                keep_alive = self.parser.should_keep_alive() and not self.context.draining
+                started = time.perf_counter()
+                if ready is not None:  # refused while parsing: answer, then close
+                    response = ready
+                    keep_alive = False
+                else:
+                    response = await self.context.routes.handle(request)
+                self._write_response(request, response, keep_alive)
+                self.context.log_request(request, response.status, started)
+                if not keep_alive:
+                    self._close()
+                    return
+                if self.transport is not None and len(self._queue) <= MAX_QUEUED_REQUESTS:
+                    self.transport.resume_reading()
+        finally:
+            self._worker = None
+            if not self._closing:
+                self._arm_timer(self.context.keepalive_timeout)
+
+    def _write_response(self, request: Request, response: Response, keep_alive: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        lines = [status_line(response.status)]
+        for name, value in response.headers.items():
+            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        lines.append(self.context.date_header())
+        if response.status >= 200 and response.status not in (204, 304):
+            lines.append(b"content-length: %d\r\n" % len(response.body))
+        if not keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        if request.method != "HEAD":
+            lines.append(response.body)
+        self.transport.write(b"".join(lines))
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answer an unparseable request and close, after any request already queued."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        request = Request("-", "-", "", {}, b"", self.client)
+        response = self.context.routes.plain_error(status, message)
+        if self._worker is not None or self._queue:
+            self._queue.append((request, response))
+            return
+        self._write_response(request, response, keep_alive=False)
+        self.context.log_request(request, status, time.perf_counter())
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def close_if_idle(self) -> None:
+        """Close the connection now unless a request is being answered (draining)."""
+        if self._worker is None and not self._queue:
+            self._close()
+
+    def _arm_timer(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._worker is None and not self._closing:
+            self._close()  # an idle keep-alive connection, or a request that never finished
+
+    # Protocol switches --------------------------------------------------------------------
+
+    def _start_upgrade(self, rest: bytes) -> None:
+        request = self._upgrade
+        self._upgrade = None
+        if request is None or self.transport is None:
+            self._reject(400, "bad upgrade")
+            return
+        if self._worker is not None or self._queue:
+            self._reject(400, "upgrade while requests are pending")
+            return
+        if request.headers.get("upgrade", "").lower() != "websocket":
+            self._reject(400, "only WebSocket upgrades are supported")
+            return
+        problem = self._websocket_problem(request)
+        if problem is not None:
+            status, message = problem
+            self._reject(status, message)
+            return
+        headers = [
+            b"HTTP/1.1 101 Switching Protocols\r\n",
+            b"upgrade: websocket\r\n",
+            b"connection: Upgrade\r\n",
+            b"sec-websocket-accept: %s\r\n"
+            % ws.accept_key(request.headers["sec-websocket-key"]).encode(),
+        ]
+        # Firefox asks for the "push-notification" subprotocol; extensions such as
+        # permessage-deflate are declined (frames are encrypted and incompressible).
+        offered = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",")]
+        if "push-notification" in offered:
+            headers.append(b"sec-websocket-protocol: push-notification\r\n")
+        headers.append(b"\r\n")
+        self.transport.write(b"".join(headers))
+        self.context.log_request(request, 101, time.perf_counter())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.context.connections.discard(self)
+        self._closing = True
+        protocol = self.context.make_websocket(self.transport, self.client)
+        self.transport.set_protocol(protocol)
+        if rest:
+            protocol.data_received(rest)
+
+    def _websocket_problem(self, request: Request) -> tuple[int, str] | None:
+        if request.method != "GET":
+            return 400, "a WebSocket handshake is a GET"
+        if request.path != "/":
+            return 404, "the WebSocket push endpoint is /"
+        if self.context.draining:
+            return 503, "the service is shutting down"
+        if request.headers.get("sec-websocket-version") != "13":
+            return 426, "WebSocket version 13 is required"
+        key = request.headers.get("sec-websocket-key", "")
+        if not ws.is_valid_client_key(key):
+            return 400, "missing or malformed Sec-WebSocket-Key"
+        return None
+
+    def _switch_to_h2(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.context.connections.discard(self)
+        self._closing = True
+        protocol = self.context.make_http2()
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        protocol.data_received(data)

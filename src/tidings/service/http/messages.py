@@ -1,0 +1,69 @@
+"""Requests and responses as the service's handlers see them, whatever the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Protocol
+
+from tidings.service.errors import ServiceError
+
+
+class ServerPushChannel(Protocol):
+    """HTTP/2 server push on one open request stream (RFC 8030 monitoring)."""
+
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set when the client resets the stream or the connection ends."""
+        ...
+
+    def push(self, path: str, response: Response, request_headers: dict[str, str]) -> bool:
+        """Promise `GET path` and send `response` on the promised stream; False if closed."""
+        ...
+
+
+@dataclass(slots=True)
+class Request:
+    """One HTTP request: lowercase header names, repeated headers joined with ', '."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    client: str = "-"
+    http_version: str = "1.1"
+    push_channel: ServerPushChannel | None = None  # HTTP/2 only
+
+
+@dataclass(slots=True)
+class Response:
+    """One HTTP response. `headers` names are lowercase."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @classmethod
+    def json(cls, status: int, document: object, headers: dict[str, str] | None = None) -> Response:
+        """A JSON response."""
+        body = json.dumps(document, separators=(",", ":")).encode()
+        return cls(status, {"content-type": "application/json", **(headers or {})}, body)
+
+    @classmethod
+    def error(cls, error: ServiceError) -> Response:
+        """The JSON error document of a refused request."""
+        return cls(
+            error.status, {"content-type": "application/json", **error.headers}, error.body()
+        )
+
+
+def status_line(status: int) -> bytes:
+    """`HTTP/1.1 <status> <phrase>` with CRLF."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode()

@@ -1,0 +1,103 @@
+"""The service's HTTP resources, independent of HTTP/1.1 or HTTP/2.
+
+POST    /push/<token>   an application server pushes a message (RFC 8030 section 5)
+DELETE  /m/<token>      cancel an undelivered message (RFC 8030 section 5.3)
+GET     /health         liveness and store status
+GET     /               (WebSocket upgrade) Firefox's push protocol, see ws_session.py
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tidings.service.core import MESSAGE_PATH, PUSH_PATH, PushService
+from tidings.service.errors import Errno, ServiceError
+from tidings.service.http.messages import Request, Response
+
+log = logging.getLogger("tidings.http")
+
+# Bodies the service ever needs are small: a push (max_body) or a JSON document.
+MAX_REQUEST_BODY = 64 * 1024
+
+
+def redact_path(path: str) -> str:
+    """A path fit for logs: capability tokens are secrets, so only their start is kept."""
+    for prefix in (PUSH_PATH, MESSAGE_PATH):
+        if path.startswith(prefix) and len(path) > len(prefix) + 8:
+            return path[: len(prefix) + 8] + "..."
+    return path[:200]
+
+
+def _method_not_allowed(allowed: str) -> ServiceError:
+    return ServiceError(
+        405, Errno.METHOD_NOT_ALLOWED, f"use {allowed} here", headers={"allow": allowed}
+    )
+
+
+class Routes:
+    """Maps requests to `PushService` calls and results to responses."""
+
+    def __init__(self, service: PushService) -> None:
+        self.service = service
+
+    def body_limit(self, method: str, path: str) -> int:
+        """The largest body accepted for this request (checked before reading it all)."""
+        if path.startswith(PUSH_PATH):
+            return self.service.config.max_body
+        return MAX_REQUEST_BODY
+
+    def too_large(self, request: Request) -> Response:
+        """The answer to a request whose body was over `body_limit` (not read in full)."""
+        limit = self.body_limit(request.method, request.path)
+        return Response.error(
+            ServiceError(413, Errno.BODY_TOO_LARGE, f"the body is over {limit} bytes")
+        )
+
+    @staticmethod
+    def plain_error(status: int, message: str) -> Response:
+        """A JSON error for a request that could not even be parsed."""
+        errno = Errno.BODY_TOO_LARGE if status == 413 else Errno.MALFORMED_REQUEST
+        return Response.error(ServiceError(status, errno, message))
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one request; never raises."""
+        try:
+            return await self._route(request)
+        except ServiceError as error:
+            return Response.error(error)
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, redact_path(request.path))
+            return Response.error(
+                ServiceError(500, Errno.INTERNAL, "internal error; it has been logged")
+            )
+
+    async def _route(self, request: Request) -> Response:
+        method, path = request.method, request.path
+        if path.startswith(PUSH_PATH):
+            if method != "POST":
+                raise _method_not_allowed("POST")
+            accepted = await self.service.accept_push(
+                path[len(PUSH_PATH) :], request.headers, request.body
+            )
+            return Response(
+                accepted.status, {"location": accepted.location, "ttl": str(accepted.ttl)}
+            )
+        if path.startswith(MESSAGE_PATH):
+            if method != "DELETE":
+                raise _method_not_allowed("DELETE")
+            await self.service.cancel_message(path[len(MESSAGE_PATH) :])
+            return Response(204)
+        if path == "/health":
+            if method not in ("GET", "HEAD"):
+                raise _method_not_allowed("GET, HEAD")
+            status = await self.service.health()
+            return Response.json(200 if status["status"] == "ok" else 503, status)
+        if path == "/" and method == "GET":
+            raise ServiceError(
+                426,
+                Errno.UPGRADE_REQUIRED,
+                "this is the WebSocket push endpoint (dom.push.serverURL); "
+                "application servers POST to push endpoints",
+                headers={"upgrade": "websocket"},
+            )
+        raise ServiceError(404, Errno.NOT_FOUND, f"nothing at {path[:100]}")
