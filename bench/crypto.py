@@ -101,14 +101,16 @@ def rate(fn: Callable[[], object], seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved encrypt rounds")
     args = parser.parse_args()
     seconds: float = args.seconds
+    rounds: int = args.rounds
 
     recipients = make_recipients(RECIPIENTS)
     print(
         f"python {platform.python_version()}, cryptography {cryptography.__version__}, "
         f"{os.cpu_count()} CPUs, {seconds:g} s per line, {len(PAYLOAD)}-byte payload, "
-        f"{RECIPIENTS} recipients cycled"
+        f"{RECIPIENTS} recipients cycled, best of {rounds} interleaved rounds for encrypt"
     )
 
     def per_recipient(fn: Callable[[bytes, bytes, bytes], object]) -> Callable[[], object]:
@@ -136,22 +138,20 @@ def main() -> None:
         print(f"{name:<44} {value:>10,.0f} /s")
         sys.stdout.flush()
 
-    # Interleave the three encryptors twice and keep the best of each, so that a
-    # noisy neighbour on the machine does not decide the ratio.
-    for _ in range(2):
-        for name, fn in (
-            ("direct RFC 8291, cryptography HKDF", direct_hkdf),
-            ("direct RFC 8291, cryptography HMAC", direct_hmac),
-            ("tidings encrypt", tidings_encrypt),
-        ):
-            _load_public.cache_clear()
-            value = rate(per_recipient(fn), seconds)
-            results[name] = max(results.get(name, 0.0), value)
-    for name in (
+    # Interleave the three encryptors for a few rounds and keep the best of each, so
+    # that a noisy neighbour on the machine does not decide the ratio.
+    names = (
         "direct RFC 8291, cryptography HKDF",
         "direct RFC 8291, cryptography HMAC",
         "tidings encrypt",
-    ):
+    )
+    fns = (direct_hkdf, direct_hmac, tidings_encrypt)
+    for _ in range(rounds):
+        for name, fn in zip(names, fns, strict=True):
+            _load_public.cache_clear()
+            value = rate(per_recipient(fn), seconds)
+            results[name] = max(results.get(name, 0.0), value)
+    for name in names:
         report(name, results[name])
     report("http_ece.encrypt (aes128gcm)", rate(per_recipient(http_ece_encrypt), seconds))
     p256dh0, auth0 = recipients[0]

@@ -11,6 +11,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -177,6 +178,14 @@ class VerifiedVapid:
 
 def vapid_audience(endpoint: str) -> str:
     """The origin of a push resource URL (`scheme://host[:port]`, default port left out)."""
+    if not isinstance(endpoint, str):
+        raise ValueError(f"not a URL string: {endpoint!r}")
+    return _audience(endpoint)
+
+
+@lru_cache(maxsize=512)
+def _audience(endpoint: str) -> str:
+    """vapid_audience, cached: services verify against a handful of origins all day."""
     try:
         parts = urlsplit(endpoint.strip())
         port = parts.port
