@@ -150,6 +150,10 @@ class TestMalformedBodies:
         with pytest.raises(DecryptionError, match="delimiter"):
             ece_decode(body_with_header(25, records=first + last), IKM)
 
+    def test_callback_returning_none_means_unknown_keyid(self) -> None:
+        with pytest.raises(DecryptionError, match="no known key"):
+            ece_decode(ece_encode(b"x", IKM, keyid=b"k1"), lambda keyid: None)
+
     def test_callback_value_error_becomes_decryption_error(self) -> None:
         def refuse(keyid: bytes) -> bytes:
             raise ValueError("unknown key")

@@ -37,8 +37,8 @@ _KEY_INFO = b"Content-Encoding: aes128gcm\x00\x01"
 _NONCE_INFO = b"Content-Encoding: nonce\x00\x01"
 _RS_IDLEN = struct.Struct(">IB")
 
-IkmSource = bytes | Callable[[bytes], bytes]
-"""The input keying material, or a function from the header's keyid to it."""
+IkmSource = bytes | Callable[[bytes], bytes | None]
+"""The input keying material, or a function from the header's keyid to it (None: unknown)."""
 
 
 _SHA256 = hashes.SHA256()
@@ -139,6 +139,8 @@ def ece_decode(body: bytes, ikm: IkmSource) -> bytes:
             key_material = ikm(header.keyid)
         except ValueError as exc:  # e.g. InvalidKeyError for a keyid that is no key
             raise DecryptionError(f"aes128gcm keyid is not usable: {exc}") from None
+        if key_material is None:
+            raise DecryptionError(f"aes128gcm keyid {header.keyid!r} names no known key")
     else:
         key_material = ikm
     return decode_records(body, header, bytes(key_material))

@@ -116,7 +116,7 @@ class VapidKey:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise InvalidKeyError(f"cannot read key file {os.fspath(path)!r}: {exc}") from None
-        if data.lstrip().startswith(b"-----BEGIN") or b"-----BEGIN" in data:
+        if b"-----BEGIN" in data:
             return cls.from_pem(data)
         if data and data[0] == 0x30 and not data.strip().isascii():
             return cls.from_der(data)  # binary DER
