@@ -19,6 +19,12 @@ def _register_commands() -> None:
 
     main.add_command(keys.keys)
     main.add_command(serve.serve)
+    from tidings.cli import agent
+
+    main.add_command(agent.agent)
+    from tidings.cli import listen
+
+    main.add_command(listen.listen)
 
 
 _register_commands()

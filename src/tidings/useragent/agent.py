@@ -1,0 +1,598 @@
+"""`UserAgent`: the browser's push machinery for a Python program.
+
+One connection to the push service carries every registration's messages. A
+background task keeps it open: it connects, says hello with the stored `uaid`,
+renews every subscription if the service has forgotten that uaid, then reads
+deliveries until the connection dies, and starts again after an exponential backoff
+with jitter. Each delivery is checked against the ids already handled, decrypted,
+and given to its scope's `push` handler as a task; the ack goes out once the handler
+and everything it passed to `wait_until` are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tidings.useragent.api import PushSubscription, Registration
+from tidings.useragent.backoff import Backoff
+from tidings.useragent.dispatch import DeliveryTracker, Verdict, open_message
+from tidings.useragent.errors import (
+    AbortError,
+    InvalidStateError,
+    NotConnectedError,
+    SubscriptionRefused,
+)
+from tidings.useragent.events import (
+    PushEvent,
+    PushHandler,
+    PushMessageData,
+    PushSubscriptionChangeEvent,
+    SubscriptionChangeHandler,
+    run_extendable,
+)
+from tidings.useragent.protocol import AckCode
+from tidings.useragent.state import StateStore, StoredRegistration, StoredSubscription
+from tidings.useragent.transport import (
+    Acknowledgement,
+    Connection,
+    ConnectionClosed,
+    Delivery,
+    SubscribeRefused,
+    SubscriptionLost,
+    Transport,
+    TransportEvent,
+)
+from tidings.useragent.websocket import DEFAULT_PING_INTERVAL, WebSocketTransport
+from tidings.webpush import DecryptionError, b64url_decode, b64url_encode, load_p256_private_key
+
+__all__ = ["Handlers", "UserAgent"]
+
+log = logging.getLogger("tidings.useragent")
+
+MAX_HELD_PER_SCOPE = 1000
+"""Deliveries kept for a scope whose handler is not attached yet; more wait for a redelivery."""
+
+STABLE_CONNECTION = 10.0
+"""A connection that lived this long resets the backoff when it ends."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handlers:
+    """The handlers of a registration, as supplied by a `handlers_for` callback."""
+
+    on_push: PushHandler | None = None
+    on_subscription_change: SubscriptionChangeHandler | None = None
+
+
+HandlersFor = Callable[[StoredRegistration], Handlers | None]
+"""Given a stored registration nobody attached in this process, its handlers (or None)."""
+
+
+@dataclass(slots=True)
+class _Active:
+    """A subscription with its key objects loaded (deriving a key costs ~0.1 ms)."""
+
+    stored: StoredSubscription
+    private_key: ec.EllipticCurvePrivateKey
+    subscription: PushSubscription
+
+
+_Held = Delivery | PushSubscriptionChangeEvent
+
+
+def _padded_key(key: str) -> str:
+    """The application server key in base64url with padding, as Firefox sends it."""
+    raw = b64url_decode(key)
+    text = b64url_encode(raw)
+    return text + "=" * (-len(text) % 4)
+
+
+class UserAgent:
+    """A W3C Push API user agent: registrations by scope, one shared connection.
+
+    Use it as `async with UserAgent(url, state_path) as ua:`; register scopes with
+    `await ua.register(scope, on_push=...)` and subscribe through the registration's
+    `push_manager`. State (uaid, keys, subscriptions) lives in the SQLite file at
+    `state_path` (or `useragent.db` inside it when it is a directory).
+    """
+
+    def __init__(
+        self,
+        service_url: str,
+        state_path: str | os.PathLike[str],
+        *,
+        transport: Transport | None = None,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+        ping_timeout: float = 10.0,
+        backoff: Backoff | None = None,
+        connect_timeout: float = 30.0,
+        max_concurrent_events: int = 256,
+        handlers_for: HandlersFor | None = None,
+    ) -> None:
+        self.service_url = service_url
+        self._transport: Transport = transport or WebSocketTransport(
+            service_url, ping_interval=ping_interval, ping_timeout=ping_timeout
+        )
+        self._state = StateStore(state_path)
+        self._backoff = backoff or Backoff()
+        self.connect_timeout = connect_timeout
+        self._handlers_for = handlers_for
+        self._registrations: dict[str, Registration] = {}
+        self._active: dict[str, _Active] = {}
+        self._held: dict[str, list[_Held]] = {}
+        self._tracker = DeliveryTracker(self._state)
+        self._slots = asyncio.Semaphore(max_concurrent_events)
+        self._lock = asyncio.Lock()  # subscription changes, one at a time
+        self._conn: Connection | None = None
+        self._connected = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._run_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.connections = 0
+        """How many connections were opened (a reconnect counts one more)."""
+
+    # Life cycle ---------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        """The SQLite state file."""
+        return self._state.path
+
+    @property
+    def uaid(self) -> str | None:
+        """The id the push service knows this user agent by (None before the first hello)."""
+        return self._state.uaid
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection to the service is open and ready."""
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        """Start connecting in the background (returns at once)."""
+        if self._run_task is not None:
+            raise InvalidStateError("the user agent is already started")
+        self._state.prune_seen()
+        self._run_task = asyncio.create_task(self._run(), name="tidings-useragent")
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop: let running handlers finish (up to `grace` seconds), then disconnect."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._run_task is not None:
+            self._run_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._run_task
+        if self._tasks:
+            _, still = await asyncio.wait(list(self._tasks), timeout=grace)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        self._connected.clear()
+        self._state.close()
+
+    async def __aenter__(self) -> UserAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def wait_connected(self, within: float | None = None) -> None:
+        """Wait until a connection is ready; NotConnectedError after `within` seconds."""
+        await self._wait_connection(None if within is None else time.monotonic() + within)
+
+    # Registrations ------------------------------------------------------------------------
+
+    async def register(
+        self,
+        scope: str,
+        *,
+        on_push: PushHandler | None = None,
+        on_subscription_change: SubscriptionChangeHandler | None = None,
+    ) -> Registration:
+        """Register (or re-attach to) `scope`, the role of a service worker registration.
+
+        Registrations persist in the state file; a restarted program calls `register`
+        again to attach its handlers. Messages that arrived for the scope before that
+        are held and handed over now.
+        """
+        if not scope:
+            raise ValueError("scope must be a non-empty string")
+        self._state.ensure_registration(scope)
+        registration = self._registrations.get(scope)
+        if registration is None:
+            registration = Registration(self, scope, on_push, on_subscription_change)
+            self._registrations[scope] = registration
+        else:
+            registration.on_push = on_push
+            registration.on_subscription_change = on_subscription_change
+        await self._release_held(registration)
+        return registration
+
+    async def register_command(
+        self, scope: str, command: str, *, time_limit: float = 60.0
+    ) -> Registration:
+        """Register `scope` served by a shell command, recorded in the state file.
+
+        The daemon (`tidings agent run`) starts the command for each push with the
+        message on its standard input; see `tidings.useragent.commands`.
+        """
+        from tidings.useragent.commands import command_handlers
+
+        if not command.strip():
+            raise ValueError("command must not be empty")
+        self._state.put_registration(scope, command)
+        handlers = command_handlers(command, time_limit=time_limit)
+        return await self.register(
+            scope,
+            on_push=handlers.on_push,
+            on_subscription_change=handlers.on_subscription_change,
+        )
+
+    def get_registration(self, scope: str) -> Registration | None:
+        """The registration of `scope` attached in this process, if any."""
+        return self._registrations.get(scope)
+
+    @property
+    def registrations(self) -> list[Registration]:
+        """The registrations attached in this process."""
+        return list(self._registrations.values())
+
+    def _registration_for(self, scope: str) -> Registration | None:
+        registration = self._registrations.get(scope)
+        if registration is not None or self._handlers_for is None:
+            return registration
+        stored = self._state.get_registration(scope)
+        handlers = None if stored is None else self._handlers_for(stored)
+        if handlers is None:
+            return None
+        registration = Registration(self, scope, handlers.on_push, handlers.on_subscription_change)
+        self._registrations[scope] = registration
+        return registration
+
+    async def _unregister(self, scope: str) -> bool:
+        existed = self._state.get_registration(scope) is not None
+        stored = self._state.get_subscription(scope)
+        if stored is not None:
+            await self._unsubscribe(scope, stored.handle)
+        self._state.delete_registration(scope)
+        self._registrations.pop(scope, None)
+        self._held.pop(scope, None)
+        return existed
+
+    # Subscriptions ------------------------------------------------------------------------
+
+    def _activate(self, stored: StoredSubscription) -> _Active:
+        active = self._active.get(stored.handle)
+        if active is None or active.stored != stored:
+            active = _Active(
+                stored, load_p256_private_key(stored.private_key), PushSubscription(stored, self)
+            )
+            self._active[stored.handle] = active
+        return active
+
+    def _lookup(self, handle: str) -> _Active | None:
+        active = self._active.get(handle)
+        if active is not None:
+            return active
+        # Another process (`tidings agent subscribe`) may have added it to the state.
+        stored = self._state.subscription_by_handle(handle)
+        return None if stored is None else self._activate(stored)
+
+    def _get_subscription(self, scope: str) -> PushSubscription | None:
+        stored = self._state.get_subscription(scope)
+        return None if stored is None else self._activate(stored).subscription
+
+    def _existing(self, scope: str, key: str | None) -> PushSubscription | None:
+        stored = self._state.get_subscription(scope)
+        if stored is None:
+            return None
+        if stored.application_server_key != key:
+            raise InvalidStateError(
+                f"scope {scope!r} is already subscribed with a different application server "
+                "key; unsubscribe first to subscribe with another key"
+            )
+        return self._activate(stored).subscription
+
+    async def _subscribe(
+        self, scope: str, user_visible_only: bool, key: str | None
+    ) -> PushSubscription:
+        if self._state.get_registration(scope) is None:
+            raise InvalidStateError(f"scope {scope!r} is not registered")
+        existing = self._existing(scope, key)
+        if existing is not None:
+            return existing
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            conn = await self._wait_connection(deadline)
+            async with self._lock:
+                existing = self._existing(scope, key)
+                if existing is not None:
+                    return existing
+                if conn is not self._conn:
+                    continue  # it died while we waited for the lock
+                try:
+                    stored = await self._create(conn, scope, user_visible_only, key)
+                except SubscribeRefused as exc:
+                    raise SubscriptionRefused(
+                        exc.status,
+                        f"the push service refused to subscribe scope {scope!r} "
+                        f"(status {exc.status})",
+                    ) from None
+                except ConnectionClosed:
+                    continue  # subscribe on the next connection
+            return self._activate(stored).subscription
+
+    async def _create(
+        self, conn: Connection, scope: str, user_visible_only: bool, key: str | None
+    ) -> StoredSubscription:
+        """Subscribe at the service with fresh keys and store the result."""
+        made = await conn.subscribe(str(uuid.uuid4()), None if key is None else _padded_key(key))
+        private_key = ec.generate_private_key(ec.SECP256R1())
+        stored = StoredSubscription(
+            scope=scope,
+            handle=made.handle,
+            endpoint=made.endpoint,
+            private_key=private_key.private_numbers().private_value.to_bytes(32, "big"),
+            auth=os.urandom(16),
+            application_server_key=key,
+            user_visible_only=user_visible_only,
+            expiration_time=None,
+            created_at=time.time(),
+        )
+        self._state.put_subscription(stored)
+        return stored
+
+    async def _unsubscribe(self, scope: str, handle: str) -> bool:
+        async with self._lock:
+            stored = self._state.get_subscription(scope)
+            if stored is None or stored.handle != handle:
+                return False
+            self._state.delete_subscription(scope)
+            self._active.pop(handle, None)
+        conn = self._conn
+        if conn is not None:
+            # If this fails the service keeps the channel until its next message, which
+            # the user agent then refuses and unregisters.
+            with contextlib.suppress(ConnectionClosed):
+                await conn.unsubscribe(handle)
+        return True
+
+    # Connection loop -------------------------------------------------------------------------
+
+    async def _wait_connection(self, deadline: float | None) -> Connection:
+        while True:
+            if self._stopping.is_set():
+                raise AbortError("the user agent is closed")
+            conn = self._conn
+            if conn is not None and self._connected.is_set():
+                return conn
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                raise NotConnectedError(
+                    f"no connection to the push service {self.service_url} in time"
+                )
+            waiters = [
+                asyncio.ensure_future(self._connected.wait()),
+                asyncio.ensure_future(self._stopping.wait()),
+            ]
+            try:
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            handles = [s.handle for s in self._state.subscriptions()]
+            try:
+                conn = await self._transport.connect(self._state.uaid, handles)
+            except ConnectionClosed as exc:
+                delay = self._backoff.next_delay()
+                log.info("cannot reach the push service (%s); retrying in %.2f s", exc, delay)
+                await self._pause(delay)
+                continue
+            opened = time.monotonic()
+            self._conn = conn
+            self.connections += 1
+            try:
+                await self._after_hello(conn)
+                self._connected.set()
+                log.info("connected to %s as %s", self.service_url, conn.session_id)
+                while True:
+                    await self._on_event(await conn.next_event())
+            except ConnectionClosed as exc:
+                log.info("connection to the push service lost: %s", exc)
+            finally:
+                self._connected.clear()
+                if not self._stopping.is_set():
+                    self._conn = None
+                    await conn.close()
+            if time.monotonic() - opened >= STABLE_CONNECTION:
+                self._backoff.reset()
+            await self._pause(self._backoff.next_delay())
+
+    async def _pause(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _after_hello(self, conn: Connection) -> None:
+        """Adopt the service's uaid; if it forgot ours, renew every subscription."""
+        known, given = self._state.uaid, conn.session_id
+        if given == known:
+            return
+        subscriptions = self._state.subscriptions()
+        if subscriptions:
+            log.warning(
+                "the push service no longer knows uaid %s (it answered %s): "
+                "renewing %d subscription(s)",
+                known,
+                given,
+                len(subscriptions),
+            )
+            async with self._lock:
+                for stored in subscriptions:
+                    await self._renew(conn, stored)
+        # Stored only once every subscription is renewed: if the connection dies midway,
+        # the next hello offers the old uaid again and the renewal starts over.
+        self._state.uaid = given
+
+    async def _renew(self, conn: Connection, stored: StoredSubscription) -> None:
+        old = PushSubscription(stored)  # detached: it no longer exists anywhere
+        self._active.pop(stored.handle, None)
+        new: PushSubscription | None = None
+        try:
+            made = await self._create(
+                conn, stored.scope, stored.user_visible_only, stored.application_server_key
+            )
+            new = self._activate(made).subscription
+        except SubscribeRefused as exc:
+            log.warning("cannot renew the subscription of %s: status %d", stored.scope, exc.status)
+            self._state.delete_subscription(stored.scope)
+        self._fire_change(PushSubscriptionChangeEvent(old, new, scope=stored.scope))
+
+    async def _on_event(self, event: TransportEvent) -> None:
+        if isinstance(event, Delivery):
+            await self._on_delivery(event)
+        elif isinstance(event, SubscriptionLost):
+            self._spawn(self._lost(event.handle))
+
+    async def _lost(self, handle: str) -> None:
+        """The service dropped one subscription: subscribe again, tell the registration."""
+        conn = self._conn
+        stored = self._state.subscription_by_handle(handle)
+        if conn is None or stored is None:
+            return
+        async with self._lock:
+            with contextlib.suppress(ConnectionClosed):
+                await self._renew(conn, stored)
+
+    # Messages ------------------------------------------------------------------------------
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        active = self._lookup(delivery.handle)
+        if active is None:
+            log.info("message for unknown subscription %s: refused", delivery.handle)
+            self._spawn(self._refuse(delivery))
+            return
+        decision = self._tracker.classify(delivery.message_id)
+        if decision.verdict is Verdict.IN_PROGRESS:
+            return
+        if decision.verdict is Verdict.HANDLED:
+            log.debug("duplicate delivery of %s: acked again", delivery.message_id)
+            self._spawn(self._ack(delivery, decision.code))
+            return
+        try:
+            plaintext = open_message(delivery, active.private_key, active.stored.auth)
+        except DecryptionError as exc:
+            log.warning(
+                "message %s does not decrypt (%s): acked with 101", delivery.message_id, exc
+            )
+            self._tracker.finish(delivery.message_id, AckCode.DECRYPTION_FAILED)
+            self._spawn(self._ack(delivery, AckCode.DECRYPTION_FAILED))
+            return
+        scope = active.stored.scope
+        registration = self._registration_for(scope)
+        if registration is None:
+            self._tracker.abandon(delivery.message_id)
+            self._hold(scope, delivery)
+            return
+        event = PushEvent(
+            None if plaintext is None else PushMessageData(plaintext),
+            scope=scope,
+            message_id=delivery.message_id,
+            subscription=active.subscription,
+        )
+        await self._slots.acquire()
+        self._spawn(self._dispatch(registration, delivery, event))
+
+    async def _dispatch(
+        self, registration: Registration, delivery: Delivery, event: PushEvent
+    ) -> None:
+        code = AckCode.DELIVERED
+        try:
+            if registration.on_push is not None:
+                await run_extendable(registration.on_push, event)
+        except asyncio.CancelledError:
+            self._tracker.abandon(delivery.message_id)
+            raise
+        except Exception:
+            log.exception("push handler of %s failed on %s", registration.scope, event.message_id)
+            code = AckCode.OTHER_ERROR
+        finally:
+            self._slots.release()
+        self._tracker.finish(delivery.message_id, code)
+        await self._ack(delivery, code)
+
+    async def _ack(self, delivery: Delivery, code: int) -> None:
+        conn = self._conn
+        if conn is None:
+            return  # the service redelivers; the recorded code answers it then
+        with contextlib.suppress(ConnectionClosed):
+            await conn.acknowledge([Acknowledgement(delivery.handle, delivery.message_id, code)])
+
+    async def _refuse(self, delivery: Delivery) -> None:
+        await self._ack(delivery, AckCode.OTHER_ERROR)
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await conn.unsubscribe(delivery.handle)
+
+    def _hold(self, scope: str, item: _Held) -> None:
+        held = self._held.setdefault(scope, [])
+        if len(held) < MAX_HELD_PER_SCOPE:
+            held.append(item)
+
+    async def _release_held(self, registration: Registration) -> None:
+        for item in self._held.pop(registration.scope, []):
+            if isinstance(item, Delivery):
+                await self._on_delivery(item)
+            else:
+                self._fire_change(item)
+
+    def _fire_change(self, event: PushSubscriptionChangeEvent) -> None:
+        registration = self._registration_for(event.scope)
+        if registration is None:
+            self._hold(event.scope, event)
+            return
+        handler = registration.on_subscription_change
+        if handler is not None:
+            self._spawn(self._run_change(handler, event))
+
+    async def _run_change(
+        self, handler: SubscriptionChangeHandler, event: PushSubscriptionChangeEvent
+    ) -> None:
+        try:
+            await run_extendable(handler, event)
+        except Exception:
+            log.exception("pushsubscriptionchange handler of %s failed", event.scope)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def __repr__(self) -> str:
+        return f"UserAgent({self.service_url!r}, uaid={self.uaid!r}, connected={self.connected})"

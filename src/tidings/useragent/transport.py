@@ -1,0 +1,122 @@
+"""The seam between the user agent and a push protocol.
+
+A `Transport` opens `Connection`s to a push service; the user agent keeps at most one
+open, and opens a new one (with backoff) when it dies. A connection subscribes,
+unsubscribes, acknowledges, and hands over what the service sends as `Delivery` and
+`SubscriptionLost` events. Everything protocol-specific hides behind these names:
+
+- Firefox's WebSocket protocol (`WebSocketTransport`): the session id is the `uaid`
+  of `hello`, a subscription's handle is its `channelID`, an ack is an `ack` frame.
+- RFC 8030 over HTTP/2 (its own issue): `subscribe` is a POST to the subscribe
+  resource, the handle is the push message subscription URL (`Location`), connecting
+  means a GET on each handle whose answers arrive as server pushes, an ack is a DELETE
+  of the message's URL (its `message_id`), and a 404 on a handle is `SubscriptionLost`.
+
+Handles and session ids are opaque strings the user agent stores and gives back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "Acknowledgement",
+    "Connection",
+    "ConnectionClosed",
+    "Delivery",
+    "SubscribeRefused",
+    "SubscriptionLost",
+    "Transport",
+    "TransportEvent",
+    "TransportSubscription",
+]
+
+
+class ConnectionClosed(Exception):
+    """The connection is gone (closed by either side, or found dead by a missed ping)."""
+
+
+class SubscribeRefused(Exception):
+    """The service answered a subscribe with an error `status`."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSubscription:
+    """A subscription as the service made it: an opaque handle and the push endpoint."""
+
+    handle: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A push message for subscription `handle`, still encrypted."""
+
+    handle: str
+    message_id: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionLost:
+    """The service says subscription `handle` no longer exists."""
+
+    handle: str
+
+
+TransportEvent = Delivery | SubscriptionLost
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledgement:
+    """The user agent is done with a message: code 100 delivered, 101, 102 failures."""
+
+    handle: str
+    message_id: str
+    code: int
+
+
+class Connection(Protocol):
+    """One open connection to the push service."""
+
+    @property
+    def session_id(self) -> str:
+        """Who the service thinks this user agent is (the uaid), after connecting."""
+        ...
+
+    async def subscribe(
+        self, proposed_handle: str, application_server_key: str | None
+    ) -> TransportSubscription:
+        """Create a subscription; raise SubscribeRefused when the service says no."""
+        ...
+
+    async def unsubscribe(self, handle: str) -> None:
+        """Delete a subscription at the service."""
+        ...
+
+    async def acknowledge(self, acks: Sequence[Acknowledgement]) -> None:
+        """Tell the service these messages are done with."""
+        ...
+
+    async def next_event(self) -> TransportEvent:
+        """The next message or notice from the service; ConnectionClosed when it dies."""
+        ...
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        ...
+
+
+class Transport(Protocol):
+    """Opens connections to one push service."""
+
+    async def connect(self, session_id: str | None, handles: Sequence[str]) -> Connection:
+        """Open a connection as `session_id` (None when new) monitoring `handles`."""
+        ...
