@@ -228,7 +228,9 @@ class PushWebSocket(asyncio.Protocol):
         self.parser = FrameParser(max_message)
         self._inbox: deque[str] = deque()
         self._worker: asyncio.Task[None] | None = None
-        self._closing = False
+        self._closing = False  # no more frames are read
+        self._failed = False  # closed by the service: frames still queued are dropped
+        self._lost = False
         loop = asyncio.get_running_loop()
         self._hello_timer: asyncio.TimerHandle | None = loop.call_later(
             hello_timeout, self._hello_expired
@@ -251,6 +253,7 @@ class PushWebSocket(asyncio.Protocol):
 
     def fail(self, code: int, reason: str) -> None:
         """Send a close frame and close the TCP connection."""
+        self._failed = True
         if self._closing:
             return
         self._closing = True
@@ -279,7 +282,7 @@ class PushWebSocket(asyncio.Protocol):
                 self.transport.write(encode_frame(OP_PONG, event.payload))
             elif isinstance(event, Close):
                 self._answer_close(event)
-                return
+                break  # frames that came before the close are still handled
         if self._inbox and self._worker is None:
             self._worker = asyncio.ensure_future(self._work())
 
@@ -294,7 +297,9 @@ class PushWebSocket(asyncio.Protocol):
 
     async def _work(self) -> None:
         try:
-            while self._inbox and not self._closing:
+            while self._inbox and not self._failed:
+                if self._closing and self.session.uaid is None:
+                    break  # the peer left before its hello: nothing it sent matters
                 text = self._inbox.popleft()
                 try:
                     await self.session.on_text(text)
@@ -311,6 +316,8 @@ class PushWebSocket(asyncio.Protocol):
                     self._hello_timer = None
         finally:
             self._worker = None
+            if self._lost:
+                self.session.on_disconnect()
 
     def _hello_expired(self) -> None:
         self._hello_timer = None
@@ -319,8 +326,10 @@ class PushWebSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._lost = True
         if self._hello_timer is not None:
             self._hello_timer.cancel()
-        if self._worker is not None:
-            self._worker.cancel()
-        self.session.on_disconnect()
+        if self._worker is None:
+            self.session.on_disconnect()
+        # else the worker handles what arrived before the end (an ack right before a
+        # close must count), then calls on_disconnect itself.
