@@ -1,1 +1,67 @@
-"""tidings.sender"""
+"""tidings.sender: the application server library (encrypt, sign, send, fan out).
+
+    async with Sender("vapid.pem", "mailto:ops@example.com") as sender:
+        result = await sender.send(subscription, "hello", ttl=3600)
+        if result.kind == "gone": forget(subscription)
+
+For scripts, `send(...)` / `webpush(...)` take pywebpush's arguments and block.
+"""
+
+from __future__ import annotations
+
+from tidings.sender.core import ResultCallback, Sender
+from tidings.sender.keys import VapidKeyLike, load_vapid_key
+from tidings.sender.request import (
+    CONTENT_TYPE,
+    Payload,
+    PayloadSource,
+    PushRequest,
+    SubscriptionLike,
+    build_request,
+)
+from tidings.sender.results import (
+    FanoutSummary,
+    ResultKind,
+    SendResult,
+    ServiceError,
+    parse_error_body,
+)
+from tidings.sender.retry import RetryPolicy, parse_retry_after
+from tidings.sender.sync import WebPushException, send, webpush
+from tidings.sender.transport import (
+    HttpxTransport,
+    PooledTransport,
+    Response,
+    Transport,
+    TransportError,
+)
+from tidings.sender.vapid_cache import VapidTokenCache
+
+__all__ = [
+    "CONTENT_TYPE",
+    "FanoutSummary",
+    "HttpxTransport",
+    "Payload",
+    "PayloadSource",
+    "PooledTransport",
+    "PushRequest",
+    "Response",
+    "ResultCallback",
+    "ResultKind",
+    "RetryPolicy",
+    "SendResult",
+    "Sender",
+    "ServiceError",
+    "SubscriptionLike",
+    "Transport",
+    "TransportError",
+    "VapidKeyLike",
+    "VapidTokenCache",
+    "WebPushException",
+    "build_request",
+    "load_vapid_key",
+    "parse_error_body",
+    "parse_retry_after",
+    "send",
+    "webpush",
+]

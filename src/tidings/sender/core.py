@@ -1,0 +1,612 @@
+"""`Sender`: the object an application server keeps to send Web Push messages."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from types import TracebackType
+from typing import Literal
+
+from tidings.sender.keys import VapidKeyLike, load_vapid_key
+from tidings.sender.request import (
+    Payload,
+    PayloadSource,
+    PushRequest,
+    SubscriptionLike,
+    assemble,
+    check_options,
+    encode_payload,
+    encrypt_for,
+    to_subscription,
+)
+from tidings.sender.results import (
+    FanoutSummary,
+    ResultKind,
+    SendResult,
+    classify_status,
+    parse_error_body,
+)
+from tidings.sender.retry import RetryPolicy, parse_retry_after
+from tidings.sender.transport import (
+    HttpxTransport,
+    PooledTransport,
+    Response,
+    Transport,
+    TransportError,
+    VerifyOption,
+)
+from tidings.sender.vapid_cache import VapidTokenCache
+from tidings.sender.workers import EncryptedItem, encrypt_chunk, make_pool
+from tidings.webpush import Subscription, VapidHeaders, WebPushError, vapid_audience
+
+__all__ = ["ResultCallback", "Sender"]
+
+log = logging.getLogger("tidings.sender")
+
+ResultCallback = Callable[[SendResult], Awaitable[None] | None]
+"""Called with each result; may be a plain function or a coroutine function."""
+
+_RECEIPT_REL = "urn:ietf:params:push:receipt"
+_CHUNK = 64
+
+
+class Sender:
+    """Sends Web Push messages: encrypts (RFC 8291), signs (RFC 8292), POSTs (RFC 8030).
+
+    Keep one per application server: it holds one VAPID token per push-service origin
+    (renewed before expiry), and pooled connections per origin (HTTP/2 when the service
+    offers it through TLS ALPN, HTTP/1.1 keep-alive otherwise).
+
+        async with Sender("vapid.pem", "mailto:ops@example.com") as sender:
+            result = await sender.send(subscription, "hello", ttl=3600)
+            summary = await sender.send_many(subscriptions, "news", ttl=3600)
+    """
+
+    def __init__(
+        self,
+        vapid_private_key: VapidKeyLike | None = None,
+        subject: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        verify: VerifyOption = True,
+        http2: bool = True,
+        h2c: bool = False,
+        transport: Transport | Literal["tidings", "httpx"] = "tidings",
+        max_connections_per_origin: int = 100,
+        connect_timeout: float = 10.0,
+        vapid_expires_in: int = 12 * 3600,
+        encrypt_workers: int = 0,
+        on_gone: ResultCallback | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Set up a sender.
+
+        `vapid_private_key`: a VapidKey, a PEM/DER file path, PEM text or base64url key
+        (None sends without VAPID; restricted subscriptions then get 401). `subject`: a
+        `mailto:` or `https:` contact, required with a key. `verify`: True (system CAs),
+        False, a CA file path or an `ssl.SSLContext`. `h2c`: speak HTTP/2 without TLS
+        (prior knowledge) to `http://` origins. `encrypt_workers`: processes that encrypt
+        for `send_many` (0: encrypt in this process). `on_gone`: called with each `gone`
+        result, to delete the subscription.
+        """
+        if vapid_private_key is not None:
+            if subject is None:
+                raise ValueError(
+                    "a VAPID subject is required with a key: a mailto: or https: contact, "
+                    "e.g. 'mailto:ops@example.com'"
+                )
+            self.vapid: VapidTokenCache | None = VapidTokenCache(
+                load_vapid_key(vapid_private_key), subject, expires_in=vapid_expires_in
+            )
+        else:
+            if subject is not None:
+                raise ValueError("a VAPID subject was given without a vapid_private_key")
+            self.vapid = None
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if type(encrypt_workers) is not int or encrypt_workers < 0:
+            raise ValueError(f"encrypt_workers must be an int >= 0, got {encrypt_workers!r}")
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.timeout = timeout
+        self.on_gone = on_gone
+        self.extra_headers = dict(headers or {})
+        self.encrypt_workers = encrypt_workers
+        self._pool: ProcessPoolExecutor | None = None
+        if transport == "tidings":
+            self.transport: Transport = PooledTransport(
+                verify=verify,
+                http2=http2,
+                h2c=h2c,
+                max_connections_per_origin=max_connections_per_origin,
+                connect_timeout=connect_timeout,
+            )
+        elif transport == "httpx":
+            self.transport = HttpxTransport(
+                verify=verify,
+                http2=http2,
+                max_connections_per_origin=max_connections_per_origin,
+                connect_timeout=connect_timeout,
+            )
+        elif isinstance(transport, str):
+            raise ValueError(
+                f"transport must be 'tidings', 'httpx' or a Transport, not {transport!r}"
+            )
+        else:
+            self.transport = transport
+        self._vapid_by_origin: dict[str, tuple[VapidHeaders, float]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Sender:
+        if self.encrypt_workers and self._pool is None:
+            self._pool = await asyncio.get_running_loop().run_in_executor(
+                None, make_pool, self.encrypt_workers
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close connections and stop encryption workers."""
+        await self.transport.aclose()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # ------------------------------------------------------------------ building
+
+    def vapid_for(self, endpoint: str) -> VapidHeaders | None:
+        """The cached VAPID token for an endpoint's origin (None without a key)."""
+        if self.vapid is None:
+            return None
+        return self.vapid.for_endpoint(endpoint)
+
+    def build(
+        self,
+        subscription: SubscriptionLike,
+        data: Payload,
+        *,
+        ttl: int,
+        urgency: str | None = None,
+        topic: str | None = None,
+        content_encoding: str = "aes128gcm",
+        headers: dict[str, str] | None = None,
+    ) -> PushRequest:
+        """The exact request `send` would make (encrypted and signed), without sending it."""
+        check_options(ttl, urgency, topic, content_encoding)
+        sub = to_subscription(subscription)
+        plaintext = encode_payload(data)
+        body, coding = encrypt_for(sub, plaintext, content_encoding) if plaintext else (b"", {})
+        return self._assemble(sub, body, coding, ttl, urgency, topic, headers)
+
+    def _assemble(
+        self,
+        sub: Subscription,
+        body: bytes,
+        coding: dict[str, str],
+        ttl: int,
+        urgency: str | None,
+        topic: str | None,
+        headers: dict[str, str] | None,
+    ) -> PushRequest:
+        extra = {**self.extra_headers, **headers} if headers else self.extra_headers
+        return assemble(
+            sub,
+            body,
+            coding,
+            ttl=ttl,
+            urgency=urgency,
+            topic=topic,
+            vapid=self._vapid_cached(sub.endpoint),
+            extra_headers=extra,
+        )
+
+    def _vapid_cached(self, endpoint: str) -> VapidHeaders | None:
+        """VAPID token by endpoint prefix: avoids parsing every endpoint URL in a fan-out."""
+        if self.vapid is None:
+            return None
+        cut = endpoint.find("/", endpoint.find("//") + 2)
+        prefix = endpoint if cut < 0 else endpoint[:cut]
+        hit = self._vapid_by_origin.get(prefix)
+        now = time.time()
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        token = self.vapid.for_origin(vapid_audience(endpoint))
+        self._vapid_by_origin[prefix] = (token, token.expires_at - self.vapid.renew_before)
+        return token
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(
+        self,
+        subscription: SubscriptionLike,
+        data: Payload,
+        *,
+        ttl: int,
+        urgency: str | None = None,
+        topic: str | None = None,
+        content_encoding: str = "aes128gcm",
+        timeout: float | None = None,  # noqa: ASYNC109 (per-attempt limit, not the whole call)
+        headers: dict[str, str] | None = None,
+    ) -> SendResult:
+        """Send one message to one subscription and say what became of it.
+
+        Raises before any network I/O on bad input: `PayloadTooLarge` (over 3993 bytes),
+        `InvalidSubscription`, `ValueError` (TTL, Urgency, Topic, coding). Service answers
+        and network failures never raise: they are the result's `kind`.
+        """
+        request = self.build(
+            subscription,
+            data,
+            ttl=ttl,
+            urgency=urgency,
+            topic=topic,
+            content_encoding=content_encoding,
+            headers=headers,
+        )
+        assert request.subscription is not None
+        result = await self.deliver(request, timeout=timeout, original=subscription)
+        if result.kind is ResultKind.GONE and self.on_gone is not None:
+            await _call(self.on_gone, result)
+        return result
+
+    async def deliver(
+        self,
+        request: PushRequest,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (per-attempt limit, not the whole call)
+        original: object = None,
+    ) -> SendResult:
+        """POST a built request, retrying 429/5xx/network errors by the retry policy."""
+        sub = request.subscription or _placeholder({"endpoint": request.url})
+        limit = self.timeout if timeout is None else timeout
+        policy = self.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout(limit):
+                    response = await self.transport.request(
+                        request.method, request.url, request.headers, request.body
+                    )
+            except TimeoutError:
+                problem = f"no answer within {limit:g} s"
+            except TransportError as exc:
+                problem = str(exc)
+            else:
+                kind = classify_status(response.status)
+                if kind is ResultKind.RETRY_LATER:
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                    delay = policy.next_delay(attempt, retry_after)
+                    if delay is not None:
+                        log.debug(
+                            "%s answered %s; retrying in %.2fs", request.url, response.status, delay
+                        )
+                        await asyncio.sleep(delay)
+                        continue
+                    return _result(sub, kind, response, attempt, original, retry_after)
+                return _result(sub, kind, response, attempt, original, None)
+            delay = policy.next_delay(attempt, None)
+            if delay is None:
+                return SendResult(
+                    subscription=sub,
+                    kind=ResultKind.FAILED,
+                    reason=problem,
+                    attempts=attempt,
+                    original=original,
+                )
+            log.debug("%s: %s; retrying in %.2fs", request.url, problem, delay)
+            await asyncio.sleep(delay)
+
+    async def send_many(
+        self,
+        subscriptions: Iterable[SubscriptionLike] | AsyncIterable[SubscriptionLike],
+        data: PayloadSource,
+        *,
+        ttl: int,
+        urgency: str | None = None,
+        topic: str | None = None,
+        content_encoding: str = "aes128gcm",
+        concurrency: int = 100,
+        on_result: ResultCallback | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (per-attempt limit, not the whole call)
+        headers: dict[str, str] | None = None,
+    ) -> FanoutSummary:
+        """Send one message to many subscriptions, each encrypted for its own keys.
+
+        `data` is the payload, or a function of the `Subscription` returning it
+        (personalised messages). At most `concurrency` requests are in flight. Each
+        result goes to `on_result` (and `on_gone` for gone ones) as it comes; the
+        returned summary has counts per kind, elapsed time, rate, gone subscriptions and
+        problem results. A subscription that cannot be used gives an `invalid` result
+        instead of stopping the fan-out; a fixed payload that is too large raises first.
+        """
+        check_options(ttl, urgency, topic, content_encoding)
+        if type(concurrency) is not int or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        fixed: bytes | None = None
+        personalise: Callable[[Subscription], Payload] | None = None
+        if callable(data):
+            personalise = data
+        else:
+            fixed = encode_payload(data)
+        summary = FanoutSummary()
+        started = time.perf_counter()
+        source = _Source(subscriptions)
+        run = _Fanout(self, source, fixed, personalise, summary, on_result)
+        run.ttl, run.urgency, run.topic, run.encoding = ttl, urgency, topic, content_encoding
+        run.timeout, run.headers = timeout, headers
+        try:
+            if self._pool is not None:
+                await run.with_workers(self._pool, concurrency, self.encrypt_workers)
+            else:
+                await asyncio.gather(*(run.worker() for _ in range(concurrency)))
+        finally:
+            summary.elapsed = time.perf_counter() - started
+        return summary
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+async def _call(callback: ResultCallback, result: SendResult) -> None:
+    outcome = callback(result)
+    if inspect.isawaitable(outcome):
+        await outcome
+
+
+def _result(
+    sub: Subscription,
+    kind: ResultKind,
+    response: Response,
+    attempts: int,
+    original: object,
+    retry_after: float | None,
+) -> SendResult:
+    headers = response.headers
+    ttl_text = headers.get("ttl")
+    result = SendResult(
+        subscription=sub,
+        kind=kind,
+        status=response.status,
+        location=headers.get("location"),
+        ttl=int(ttl_text) if ttl_text is not None and ttl_text.strip().isdigit() else None,
+        attempts=attempts,
+        retry_after=retry_after,
+        http_version=response.http_version,
+        original=original,
+    )
+    if kind is not ResultKind.ACCEPTED:
+        error = parse_error_body(response.body)
+        result.error = error
+        if error is not None:
+            result.reason = str(error)
+        elif response.body:
+            result.reason = response.body[:300].decode("utf-8", "replace").strip()
+        else:
+            result.reason = f"HTTP {response.status}"
+    elif response.status == 202 and "link" in headers:
+        for link in headers["link"].split(","):
+            if _RECEIPT_REL in link and "<" in link:
+                result.receipt = link[link.index("<") + 1 : link.index(">")]
+    return result
+
+
+class _Source:
+    """Subscriptions from a sync or async iterable, taken a few at a time by many workers."""
+
+    def __init__(self, items: Iterable[SubscriptionLike] | AsyncIterable[SubscriptionLike]):
+        self.sync: Iterator[SubscriptionLike] | None = None
+        self.aiter: AsyncIterator[SubscriptionLike] | None = None
+        if isinstance(items, AsyncIterable):
+            self.aiter = aiter(items)
+            self.lock = asyncio.Lock()
+        else:
+            self.sync = iter(items)
+        self.exhausted = False
+
+    async def take(self, n: int) -> list[SubscriptionLike]:
+        if self.exhausted:
+            return []
+        if self.sync is not None:
+            batch = list(itertools.islice(self.sync, n))
+        else:
+            assert self.aiter is not None
+            batch = []
+            async with self.lock:
+                for _ in range(n):
+                    try:
+                        batch.append(await anext(self.aiter))
+                    except StopAsyncIteration:
+                        break
+        if len(batch) < n:
+            self.exhausted = True
+        return batch
+
+
+class _Fanout:
+    """The state of one send_many run, shared by its worker coroutines."""
+
+    ttl: int
+    urgency: str | None
+    topic: str | None
+    encoding: str
+    timeout: float | None
+    headers: dict[str, str] | None
+
+    def __init__(
+        self,
+        sender: Sender,
+        source: _Source,
+        fixed: bytes | None,
+        personalise: Callable[[Subscription], Payload] | None,
+        summary: FanoutSummary,
+        on_result: ResultCallback | None,
+    ) -> None:
+        self.sender = sender
+        self.source = source
+        self.fixed = fixed
+        self.personalise = personalise
+        self.summary = summary
+        self.on_result = on_result
+        self.ready: deque[tuple[object, Subscription, EncryptedItem]] = deque()
+        self.in_flight = 0
+        self.wake = asyncio.Event()
+
+    def _prepare(self, item: SubscriptionLike) -> tuple[Subscription, bytes] | SendResult:
+        """The subscription and its plaintext, or an `invalid` result."""
+        try:
+            sub = to_subscription(item)
+        except (WebPushError, ValueError) as exc:
+            return _invalid(item, f"unusable subscription: {exc}")
+        if self.personalise is None:
+            assert self.fixed is not None
+            return sub, self.fixed
+        try:
+            return sub, encode_payload(self.personalise(sub))
+        except (WebPushError, ValueError, TypeError) as exc:
+            return _invalid(item, f"personalised payload refused: {exc}", sub)
+
+    async def _finish(self, result: SendResult) -> None:
+        self.summary.add(result)
+        if self.on_result is not None:
+            await _call(self.on_result, result)
+        if result.kind is ResultKind.GONE and self.sender.on_gone is not None:
+            await _call(self.sender.on_gone, result)
+
+    async def _send(self, item: object, sub: Subscription, encrypted: EncryptedItem) -> None:
+        if isinstance(encrypted, str):
+            await self._finish(_invalid(item, encrypted, sub))
+            return
+        body, coding = encrypted
+        request = self.sender._assemble(
+            sub, body, coding, self.ttl, self.urgency, self.topic, self.headers
+        )
+        await self._finish(await self.sender.deliver(request, timeout=self.timeout, original=item))
+
+    def _encrypt_here(self, sub: Subscription, plaintext: bytes) -> EncryptedItem:
+        if not plaintext:
+            return b"", {}
+        try:
+            return encrypt_for(sub, plaintext, self.encoding)
+        except (WebPushError, ValueError) as exc:
+            return f"cannot encrypt for this subscription: {exc}"
+
+    async def worker(self) -> None:
+        """Take one subscription at a time, encrypt here, send, repeat."""
+        while True:
+            batch = await self.source.take(1)
+            if not batch:
+                return
+            item = batch[0]
+            prepared = self._prepare(item)
+            if isinstance(prepared, SendResult):
+                await self._finish(prepared)
+                continue
+            sub, plaintext = prepared
+            await self._send(item, sub, self._encrypt_here(sub, plaintext))
+
+    async def with_workers(self, pool: ProcessPoolExecutor, concurrency: int, workers: int) -> None:
+        """Encrypt in `pool` ahead of the senders; senders encrypt themselves when starved."""
+        producer = asyncio.create_task(self._produce(pool, workers * 3))
+        try:
+            await asyncio.gather(*(self._pooled_worker() for _ in range(concurrency)))
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+
+    async def _produce(self, pool: ProcessPoolExecutor, max_chunks: int) -> None:
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Future[None]] = set()
+
+        async def run_chunk(items: list[tuple[object, Subscription, bytes]]) -> None:
+            triples = [(sub.p256dh, sub.auth, plaintext) for _, sub, plaintext in items]
+            try:
+                encrypted = await loop.run_in_executor(pool, encrypt_chunk, triples, self.encoding)
+            except Exception as exc:  # a dead worker: encrypt here instead
+                log.warning("encryption worker failed (%s); encrypting in-process", exc)
+                encrypted = [self._encrypt_here(sub, pt) for _, sub, pt in items]
+            for (item, sub, _), enc in zip(items, encrypted, strict=True):
+                self.ready.append((item, sub, enc))
+            self.in_flight -= len(items)
+            self.wake.set()
+
+        while not self.source.exhausted:
+            while len(pending) >= max_chunks:
+                _, pending_left = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending = set(pending_left)
+            batch = await self.source.take(_CHUNK)
+            items: list[tuple[object, Subscription, bytes]] = []
+            for item in batch:
+                prepared = self._prepare(item)
+                if isinstance(prepared, SendResult):
+                    await self._finish(prepared)
+                else:
+                    items.append((item, prepared[0], prepared[1]))
+            if items:
+                self.in_flight += len(items)
+                pending.add(asyncio.ensure_future(run_chunk(items)))
+        if pending:
+            await asyncio.gather(*pending)
+        self.wake.set()
+
+    async def _pooled_worker(self) -> None:
+        while True:
+            if self.ready:
+                item, sub, encrypted = self.ready.popleft()
+                await self._send(item, sub, encrypted)
+                continue
+            if not self.source.exhausted:
+                batch = await self.source.take(1)  # starved: encrypt one here
+                if batch:
+                    prepared = self._prepare(batch[0])
+                    if isinstance(prepared, SendResult):
+                        await self._finish(prepared)
+                    else:
+                        sub, plaintext = prepared
+                        await self._send(batch[0], sub, self._encrypt_here(sub, plaintext))
+                continue
+            if self.in_flight <= 0 and not self.ready:
+                return
+            self.wake.clear()
+            await self.wake.wait()
+
+
+def _invalid(item: object, reason: str, sub: Subscription | None = None) -> SendResult:
+    return SendResult(
+        subscription=sub if sub is not None else _placeholder(item),
+        kind=ResultKind.INVALID,
+        reason=reason,
+        attempts=0,
+        original=item,
+    )
+
+
+def _placeholder(item: object) -> Subscription:
+    """A stand-in Subscription for an unusable one, keeping its endpoint when it has one."""
+    endpoint = "https://invalid.invalid/"
+    if isinstance(item, dict) and isinstance(item.get("endpoint"), str):
+        endpoint = item["endpoint"]
+    try:
+        return Subscription(endpoint, _DUMMY_P256DH, b"\0" * 16)
+    except WebPushError:
+        return Subscription("https://invalid.invalid/", _DUMMY_P256DH, b"\0" * 16)
+
+
+_DUMMY_P256DH = bytes.fromhex(
+    "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
+    "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
+)
