@@ -91,7 +91,7 @@ def test_bad_options_are_refused_with_what_to_fix(options: dict, message: str) -
 
 
 def test_data_must_be_bytes_or_text() -> None:
-    with pytest.raises(TypeError, match="json.dumps"):
+    with pytest.raises(TypeError, match=r"json\.dumps"):
         build_request(Keys.generate().subscription(ENDPOINT), {"a": 1}, ttl=0)  # type: ignore[arg-type]
 
 
