@@ -25,6 +25,9 @@ def _register_commands() -> None:
     from tidings.cli import listen
 
     main.add_command(listen.listen)
+    from tidings.cli.send import send as send_command
+
+    main.add_command(send_command)
 
 
 _register_commands()
