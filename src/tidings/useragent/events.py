@@ -8,6 +8,7 @@ it was given completed. For a push event that is when the message is acknowledge
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -73,6 +74,8 @@ class ExtendableEvent:
         awaitable raises, the event counts as failed (a push is acked with code 102).
         """
         if self._finished:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never started: no "never awaited" warning
             raise InvalidStateError("wait_until() called after the event finished")
         self._extensions.append(asyncio.ensure_future(awaitable))
 

@@ -22,7 +22,7 @@ from typing import Any
 __all__ = ["DEFAULT_STATE_FILE", "StateStore", "StoredRegistration", "StoredSubscription"]
 
 DEFAULT_STATE_FILE = "useragent.db"
-"""The file name used when the state path is a directory."""
+"""The file name used inside a state directory."""
 
 SEEN_KEPT_SECONDS = 7 * 24 * 3600
 """How long a handled message id is remembered (the longest a service keeps a message)."""
@@ -82,13 +82,18 @@ class StoredSubscription:
 
 
 def resolve_state_file(path: str | os.PathLike[str]) -> Path:
-    """The SQLite file for `path`: itself, or `useragent.db` inside it if a directory."""
+    """The SQLite file for `path`.
+
+    An existing file, or a new name with a suffix (`ua.db`), is the file itself; an
+    existing directory, or a new name without a suffix (`state`), is a directory
+    (created with mode 0700) holding `useragent.db`.
+    """
     target = Path(path)
-    if target.is_dir() or str(path).endswith(os.sep):
-        target.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return target / DEFAULT_STATE_FILE
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return target
+    if target.is_file() or (not target.exists() and target.suffix):
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return target
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return target / DEFAULT_STATE_FILE
 
 
 class StateStore:
