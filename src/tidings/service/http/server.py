@@ -12,7 +12,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 from tidings.service.core import PushService
 from tidings.service.http.h1 import Http1Connection
@@ -102,7 +102,8 @@ class _TlsSelector(asyncio.Protocol):
         self.context = context
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
+        transport = cast(asyncio.Transport, transport)
         ssl_object = transport.get_extra_info("ssl_object")
         chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         protocol: asyncio.Protocol = (
