@@ -9,6 +9,7 @@ import signal
 from tidings.service.config import ServiceConfig
 from tidings.service.core import PushService
 from tidings.service.http.server import TidingsServer, tls_context
+from tidings.service.keyfile import KeyFileError
 
 log = logging.getLogger("tidings.service")
 
@@ -49,6 +50,11 @@ def serve(config: ServiceConfig) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run(config))
+        runner = asyncio.run
     else:
-        uvloop.run(run(config))
+        runner = uvloop.run
+    try:
+        runner(run(config))
+    except (KeyFileError, OSError) as exc:
+        # Start-up refused (key file, port in use...): say why and exit 1, no traceback.
+        raise SystemExit(f"tidings serve: {exc}") from None
