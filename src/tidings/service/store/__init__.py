@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tidings.service.store.base import (
+    Receipt,
     Store,
     StoredMessage,
     StoreError,
@@ -15,6 +16,7 @@ from tidings.service.store.base import (
 )
 
 __all__ = [
+    "Receipt",
     "Store",
     "StoreError",
     "StoreUnavailable",

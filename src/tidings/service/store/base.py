@@ -55,6 +55,24 @@ class StoredMessage:
     urgency: str = "normal"
     topic: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    receipt_id: str | None = None  # the application server's receipt subscription
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A delivery receipt waiting for its application server (RFC 8030 section 6.3).
+
+    `status` is 204 when the user agent acknowledged the message and 410 when the
+    service gave up (its TTL ran out before an acknowledgement).
+    """
+
+    seq: int
+    receipt_id: str
+    uaid: str
+    channel_id: str
+    message_id: str
+    status: int
+    created_at: float
 
 
 class Store(Protocol):
@@ -90,6 +108,15 @@ class Store(Protocol):
     async def delete_subscription(self, uaid: str, channel_id: str) -> bool:
         """Delete a subscription and its stored messages; True if it existed."""
 
+    async def delete_user_agent(self, uaid: str) -> int:
+        """Forget a user agent (a subscription set): its subscriptions and messages.
+
+        Returns how many subscriptions it had.
+        """
+
+    async def list_subscriptions(self, uaid: str) -> list[SubscriptionRecord]:
+        """Every subscription of a user agent (a subscription set)."""
+
     async def count_subscriptions(self, uaid: str) -> int:
         """How many subscriptions a user agent holds."""
 
@@ -103,11 +130,33 @@ class Store(Protocol):
     async def pending_messages(self, uaid: str, now: float, limit: int) -> list[StoredMessage]:
         """Unexpired stored messages of a user agent, oldest first."""
 
+    async def mark_delivered(self, uaid: str, message_id: str) -> None:
+        """Record that a message was sent to its user agent (for receipts)."""
+
     async def delete_message(self, uaid: str, message_id: str) -> StoredMessage | None:
-        """Delete a stored message (acknowledged or cancelled); return it if it existed."""
+        """Delete a stored message (acknowledged or cancelled); return it if it existed.
+
+        If the message wants a receipt and was delivered, a 204 receipt is queued in the
+        same transaction.
+        """
 
     async def delete_expired(self, now: float) -> int:
-        """Delete every message whose TTL has passed; return how many."""
+        """Delete every message whose TTL has passed; return how many.
+
+        Messages that wanted a receipt get a 410 receipt in the same transaction.
+        """
+
+    async def add_receipt_subscription(self, receipt_id: str, now: float) -> None:
+        """Create a receipt subscription for an application server."""
+
+    async def has_receipt_subscription(self, receipt_id: str) -> bool:
+        """True when the receipt subscription exists."""
+
+    async def pending_receipts(self, receipt_id: str, limit: int) -> list[Receipt]:
+        """Receipts not yet handed to the application server, oldest first."""
+
+    async def delete_receipt(self, seq: int) -> None:
+        """Forget a receipt once it reached its application server."""
 
     async def count_messages(self) -> int:
         """How many messages are stored in all (for metrics and health)."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tidings.service.store.base import (
+    Receipt,
     StoredMessage,
     StoreUnavailable,
     SubscriptionGone,
@@ -27,7 +29,7 @@ from tidings.service.store.base import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -61,20 +63,43 @@ _MIGRATIONS: dict[int, str] = {
     CREATE UNIQUE INDEX IF NOT EXISTS messages_by_topic
         ON messages (uaid, channel_id, topic) WHERE topic IS NOT NULL;
     """,
+    2: """
+    ALTER TABLE messages ADD COLUMN receipt_id TEXT;
+    ALTER TABLE messages ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS receipt_subscriptions (
+        receipt_id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS receipts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        receipt_id TEXT NOT NULL,
+        uaid TEXT NOT NULL,
+        channel_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS receipts_by_subscription ON receipts (receipt_id, seq);
+    """,
 }
 
 # Column order shared by the statements below and `_message_from_row`.
 _INSERT_MESSAGE = (
     "INSERT INTO messages (message_id, uaid, channel_id, body, ttl, created_at, expires_at,"
-    " urgency, topic, headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " urgency, topic, headers, receipt_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT_PENDING = (
     "SELECT message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency, topic,"
-    " headers FROM messages WHERE uaid = ? AND expires_at > ? ORDER BY seq LIMIT ?"
+    " headers, receipt_id FROM messages WHERE uaid = ? AND expires_at > ? ORDER BY seq LIMIT ?"
 )
 _DELETE_MESSAGE = (
     "DELETE FROM messages WHERE uaid = ? AND message_id = ? RETURNING message_id, uaid,"
-    " channel_id, body, ttl, created_at, expires_at, urgency, topic, headers"
+    " channel_id, body, ttl, created_at, expires_at, urgency, topic, headers, receipt_id,"
+    " delivered"
+)
+_INSERT_RECEIPT = (
+    "INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -90,6 +115,7 @@ def _message_from_row(row: tuple[Any, ...]) -> StoredMessage:
         urgency=row[7],
         topic=row[8],
         headers=json.loads(row[9]),
+        receipt_id=row[10],
     )
 
 
@@ -256,6 +282,36 @@ class SQLiteStore:
 
         return await self._run(query)
 
+    async def list_subscriptions(self, uaid: str) -> list[SubscriptionRecord]:
+        def query() -> list[SubscriptionRecord]:
+            rows = self._db.execute(
+                "SELECT channel_id, vapid_hash, created_at FROM subscriptions WHERE uaid = ?"
+                " ORDER BY created_at",
+                (uaid,),
+            ).fetchall()
+            return [
+                SubscriptionRecord(uaid, row[0], None if row[1] is None else bytes(row[1]), row[2])
+                for row in rows
+            ]
+
+        return await self._run(query)
+
+    async def delete_user_agent(self, uaid: str) -> int:
+        def write() -> int:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM messages WHERE uaid = ?", (uaid,))
+                count = db.execute("DELETE FROM subscriptions WHERE uaid = ?", (uaid,)).rowcount
+                db.execute("DELETE FROM user_agents WHERE uaid = ?", (uaid,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(count)
+
+        return await self._run(write)
+
     # Messages -------------------------------------------------------------------------
 
     async def store_message(self, message: StoredMessage, *, max_per_user_agent: int) -> list[str]:
@@ -309,6 +365,7 @@ class SQLiteStore:
                 message.urgency,
                 message.topic,
                 json.dumps(message.headers, separators=(",", ":")),
+                message.receipt_id,
             ),
         )
         return replaced
@@ -323,23 +380,81 @@ class SQLiteStore:
 
         return await self._run(query)
 
+    async def mark_delivered(self, uaid: str, message_id: str) -> None:
+        await self._run(
+            lambda: self._db.execute(
+                "UPDATE messages SET delivered = 1 WHERE uaid = ? AND message_id = ?",
+                (uaid, message_id),
+            )
+        )
+
     async def delete_message(self, uaid: str, message_id: str) -> StoredMessage | None:
         def write() -> StoredMessage | None:
-            row = self._db.execute(
-                _DELETE_MESSAGE,
-                (uaid, message_id),
-            ).fetchone()
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(_DELETE_MESSAGE, (uaid, message_id)).fetchone()
+                if row is not None and row[10] is not None and row[11]:
+                    db.execute(_INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, time.time()))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             return None if row is None else _message_from_row(row)
 
         return await self._run(write)
 
     async def delete_expired(self, now: float) -> int:
         def write() -> int:
-            return int(
-                self._db.execute("DELETE FROM messages WHERE expires_at <= ?", (now,)).rowcount
-            )
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status,"
+                    " created_at) SELECT receipt_id, uaid, channel_id, message_id, 410, ?"
+                    " FROM messages WHERE expires_at <= ? AND receipt_id IS NOT NULL",
+                    (now, now),
+                )
+                removed = db.execute("DELETE FROM messages WHERE expires_at <= ?", (now,)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(removed)
 
         return await self._run(write)
+
+    async def add_receipt_subscription(self, receipt_id: str, now: float) -> None:
+        await self._run(
+            lambda: self._db.execute(
+                "INSERT OR IGNORE INTO receipt_subscriptions (receipt_id, created_at)"
+                " VALUES (?, ?)",
+                (receipt_id, now),
+            )
+        )
+
+    async def has_receipt_subscription(self, receipt_id: str) -> bool:
+        def query() -> bool:
+            row = self._db.execute(
+                "SELECT 1 FROM receipt_subscriptions WHERE receipt_id = ?", (receipt_id,)
+            ).fetchone()
+            return row is not None
+
+        return await self._run(query)
+
+    async def pending_receipts(self, receipt_id: str, limit: int) -> list[Receipt]:
+        def query() -> list[Receipt]:
+            rows = self._db.execute(
+                "SELECT seq, receipt_id, uaid, channel_id, message_id, status, created_at"
+                " FROM receipts WHERE receipt_id = ? ORDER BY seq LIMIT ?",
+                (receipt_id, limit),
+            ).fetchall()
+            return [Receipt(*row) for row in rows]
+
+        return await self._run(query)
+
+    async def delete_receipt(self, seq: int) -> None:
+        await self._run(lambda: self._db.execute("DELETE FROM receipts WHERE seq = ?", (seq,)))
 
     async def count_messages(self) -> int:
         def query() -> int:
