@@ -31,8 +31,13 @@ class Errno(IntEnum):
     NOT_FOUND = 404
     UPGRADE_REQUIRED = 426  # a plain GET of the WebSocket endpoint
     METHOD_NOT_ALLOWED = 405
+    BAD_RECEIPT = 115  # Link names no receipt subscription of this service
+    BAD_SET = 116  # Link names no subscription set of this service
+    NEEDS_HTTP2 = 117  # monitoring needs HTTP/2 server push
     TOO_MANY_MESSAGES = 120  # the user agent has too many stored messages
     RATE_LIMITED = 121
+    ACCESS_DENIED = 130  # /dashboard, /api/stats or /metrics without the right token
+    TOO_MANY_SUBSCRIPTIONS = 122
     UNAVAILABLE = 503  # the store cannot take writes right now
     INTERNAL = 999
 
