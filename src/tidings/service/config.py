@@ -66,6 +66,8 @@ class ServiceConfig:
 
 def _coerce(name: str, raw: object) -> Any:
     """Convert a TOML or environment value to the type of field `name`."""
+    if name not in {f.name for f in fields(ServiceConfig)}:
+        raise ValueError(f"unknown configuration key {name!r}")
     default = getattr(ServiceConfig, name)
     kind = type(default) if default is not None else str
     if kind is bool and isinstance(raw, str):
