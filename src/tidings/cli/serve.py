@@ -55,6 +55,17 @@ from tidings.service.config import ServiceConfig, load_config
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
+    "--demo/--no-demo",
+    default=None,
+    help="Serve /playground (subscribe a browser, send it test messages) with a demo VAPID "
+    "key kept next to the database. For trying the service, not for production.",
+)
+@click.option(
+    "--dashboard-token",
+    help="Token for /dashboard, /api/stats and /metrics (?token= or Authorization: Bearer). "
+    "Without one they answer only clients on this machine. [env TIDINGS_DASHBOARD_TOKEN]",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -88,4 +99,17 @@ def _announce(config: ServiceConfig) -> None:
     click.echo(f"Tidings push service on {config.origin}", err=True)
     click.echo(f"  WebSocket (Firefox dom.push.serverURL): {config.websocket_url}", err=True)
     click.echo(f"  health:   {config.origin}/health", err=True)
+    click.echo(f"  metrics:  {config.origin}/metrics", err=True)
+    click.echo(f"  dashboard: {config.origin}/dashboard", err=True)
+    if config.demo:
+        click.echo(f"  playground: {config.origin}/playground/", err=True)
+    if not config.dashboard_token:
+        from tidings.service.web.access import is_loopback_host
+
+        if not is_loopback_host(config.host):
+            click.echo(
+                "  note: no --dashboard-token, so /dashboard, /api/stats and /metrics answer "
+                "only clients on this machine",
+                err=True,
+            )
     click.echo(f"  database: {config.db} (token keys: {config.secrets_path})", err=True)
