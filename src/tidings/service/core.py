@@ -21,6 +21,7 @@ from tidings.service.config import ServiceConfig
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.hub import Hub
 from tidings.service.keyfile import load_sealer
+from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
 from tidings.service.store import (
     Store,
@@ -88,6 +89,8 @@ class PushService:
         self.config = config
         self.store: Store = store or open_store(config.db, synchronous=config.sqlite_synchronous)
         self.hub = Hub()
+        self.metrics = ServiceMetrics(self.hub)  # Prometheus metrics and /api/stats
+        self.metrics.instrument_store(self.store)  # times every store call
         self.vapid = VapidChecker(config.origin)
         self._sealer: TokenSealer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -268,6 +271,7 @@ class PushService:
 
     async def acknowledge(self, uaid: str, message_id: str, code: int) -> None:
         """The user agent has the message (code 100) or cannot use it (101, 102)."""
+        self.metrics.acknowledged(code)
         deleted = await self.store.delete_message(uaid, message_id)
         if code != 100:
             log.info("message %s acknowledged with code %d", message_id, code)

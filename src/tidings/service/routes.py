@@ -13,6 +13,7 @@ import logging
 from tidings.service.core import MESSAGE_PATH, PUSH_PATH, PushService
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response
+from tidings.service.web import WEB_PREFIXES, WebRoutes
 
 log = logging.getLogger("tidings.http")
 
@@ -39,6 +40,7 @@ class Routes:
 
     def __init__(self, service: PushService) -> None:
         self.service = service
+        self.web = WebRoutes(service, self.handle)  # pages, /metrics, /api/stats, demo
 
     def body_limit(self, method: str, path: str) -> int:
         """The largest body accepted for this request (checked before reading it all)."""
@@ -60,7 +62,13 @@ class Routes:
         return Response.error(ServiceError(status, errno, message))
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request; never raises."""
+        """Answer one request; never raises. Answers to pushes are counted by status."""
+        response = await self._answer(request)
+        if request.path.startswith(PUSH_PATH):
+            self.service.metrics.push_answered(response.status)
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         try:
             return await self._route(request)
         except ServiceError as error:
@@ -100,4 +108,6 @@ class Routes:
                 "application servers POST to push endpoints",
                 headers={"upgrade": "websocket"},
             )
+        if path.startswith(WEB_PREFIXES):
+            return await self.web.handle(request)
         raise ServiceError(404, Errno.NOT_FOUND, f"nothing at {path[:100]}")

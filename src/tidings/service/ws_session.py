@@ -122,6 +122,7 @@ class WebSocketSession:
         try:
             endpoint = await self.service.register(uaid, register.channel_id, key)
         except RegistrationError as exc:
+            self.service.metrics.register_refused(exc.status)
             await self._send(wp.register_reply(register.channel_id, None, exc.status))
             return
         except StoreUnavailable:
@@ -176,6 +177,8 @@ class WebSocketSession:
             message.channel_id, message.message_id, message.body, message.headers
         )
         await self._send(frame)
+        if not self.closed:  # the frame went out
+            self.service.metrics.delivered(message)
 
     async def _send(self, text: str) -> None:
         if self.closed:

@@ -31,7 +31,9 @@ __all__ = [
 def open_store(url: str, *, synchronous: str = "normal") -> Store:
     """A store for `url`: `sqlite:///path`, a plain path, or `postgresql://...`."""
     if url.startswith(("postgresql://", "postgres://")):
-        raise ValueError("the PostgreSQL store is not available yet")
+        from tidings.service.store.postgres import store_from_url
+
+        return store_from_url(url)
     from tidings.service.store.sqlite import SQLiteStore
 
     # As in SQLAlchemy: sqlite:///relative/path and sqlite:////absolute/path.

@@ -1,0 +1,520 @@
+"""The scale-out store: PostgreSQL through `asyncpg`, shared by every node of a cluster.
+
+The same rules as the SQLite store, made safe for many nodes writing at once:
+
+- `store_message` is one call of a server-side function that takes a transaction-level
+  advisory lock on the user agent, so topic replacement and the per-user-agent limit
+  are decided by one writer at a time (two messages with one topic never both survive).
+- Messages reference their subscription with ON DELETE CASCADE: a message can never
+  outlive its subscription, even when a push and an unregister race.
+- Deleting a message or an expired batch and queueing its receipt is one statement
+  (`DELETE ... RETURNING` feeding an `INSERT`), so two nodes sweeping at once cannot
+  both emit a receipt for the same message.
+
+Every hot query is an index look-up: messages by (uaid, seq) and by primary key
+(uaid, message_id), expiry by expires_at, receipts by (receipt_id, seq). Schema
+migrations run at start under an advisory lock, so nodes starting together apply
+them once. Connection failures become `StoreUnavailable` (the service answers 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+from tidings.service.store.base import (
+    Receipt,
+    StoredMessage,
+    StoreUnavailable,
+    SubscriptionGone,
+    SubscriptionRecord,
+    TooManyMessages,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+# SQLSTATEs raised by tidings_store_message (class "TD", user defined).
+_GONE = "TD001"
+_FULL = "TD002"
+
+# Any number works: it only has to be the same for every node of a cluster.
+_MIGRATION_LOCK = 0x7469_6469_6E67  # "tiding"
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+    CREATE TABLE user_agents (uaid text PRIMARY KEY, created_at double precision NOT NULL);
+    CREATE TABLE subscriptions (
+        uaid text NOT NULL,
+        channel_id text NOT NULL,
+        vapid_hash bytea,
+        created_at double precision NOT NULL,
+        PRIMARY KEY (uaid, channel_id)
+    );
+    CREATE TABLE messages (
+        uaid text NOT NULL,
+        message_id text NOT NULL,
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        channel_id text NOT NULL,
+        topic text,
+        urgency text NOT NULL,
+        ttl integer NOT NULL,
+        created_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        headers text NOT NULL,
+        body bytea NOT NULL,
+        receipt_id text,
+        delivered boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (uaid, message_id),
+        FOREIGN KEY (uaid, channel_id) REFERENCES subscriptions ON DELETE CASCADE
+    );
+    CREATE INDEX messages_by_uaid ON messages (uaid, seq);
+    CREATE INDEX messages_by_expiry ON messages (expires_at);
+    CREATE UNIQUE INDEX messages_by_topic ON messages (uaid, channel_id, topic)
+        WHERE topic IS NOT NULL;
+    CREATE TABLE receipt_subscriptions (
+        receipt_id text PRIMARY KEY,
+        created_at double precision NOT NULL
+    );
+    CREATE TABLE receipts (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        receipt_id text NOT NULL,
+        uaid text NOT NULL,
+        channel_id text NOT NULL,
+        message_id text NOT NULL,
+        status integer NOT NULL,
+        created_at double precision NOT NULL
+    );
+    CREATE INDEX receipts_by_subscription ON receipts (receipt_id, seq);
+
+    -- The whole of store_message in one round trip and one transaction.
+    CREATE FUNCTION tidings_store_message(
+        p_message_id text, p_uaid text, p_channel_id text, p_body bytea, p_ttl integer,
+        p_created_at double precision, p_expires_at double precision, p_urgency text,
+        p_topic text, p_headers text, p_receipt_id text, p_max integer
+    ) RETURNS text[] LANGUAGE plpgsql AS $$
+    DECLARE
+        replaced text[] := '{}';
+        stored integer;
+    BEGIN
+        -- One writer per user agent: the limit and topic replacement cannot race.
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
+        PERFORM 1 FROM subscriptions WHERE uaid = p_uaid AND channel_id = p_channel_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'subscription gone' USING ERRCODE = 'TD001';
+        END IF;
+        IF p_topic IS NOT NULL THEN
+            WITH gone AS (
+                DELETE FROM messages
+                WHERE uaid = p_uaid AND channel_id = p_channel_id AND topic = p_topic
+                RETURNING message_id
+            )
+            SELECT coalesce(array_agg(message_id), '{}') INTO replaced FROM gone;
+        END IF;
+        SELECT count(*) INTO stored FROM messages
+        WHERE uaid = p_uaid AND expires_at > p_created_at;
+        IF stored >= p_max THEN
+            RAISE EXCEPTION 'too many messages' USING ERRCODE = 'TD002';
+        END IF;
+        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                              expires_at, urgency, topic, headers, receipt_id)
+        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id);
+        RETURN replaced;
+    END
+    $$;
+    """,
+}
+
+_MESSAGE_COLUMNS = (
+    "message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency, topic,"
+    " headers, receipt_id"
+)
+
+_DELETE_MESSAGE = f"""
+WITH gone AS (
+    DELETE FROM messages WHERE uaid = $1 AND message_id = $2
+    RETURNING {_MESSAGE_COLUMNS}, delivered
+), receipt AS (
+    INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
+    SELECT receipt_id, uaid, channel_id, message_id, 204, $3 FROM gone
+    WHERE receipt_id IS NOT NULL AND delivered
+)
+SELECT {_MESSAGE_COLUMNS} FROM gone
+"""
+
+# A bounded batch, so a large backlog never becomes one huge transaction; SKIP LOCKED
+# lets two nodes sweeping at once share the work instead of waiting on each other.
+EXPIRY_BATCH = 5000
+_DELETE_EXPIRED = """
+WITH gone AS (
+    DELETE FROM messages WHERE (uaid, message_id) IN (
+        SELECT uaid, message_id FROM messages WHERE expires_at <= $1
+        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING receipt_id, uaid, channel_id, message_id
+), receipt AS (
+    INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
+    SELECT receipt_id, uaid, channel_id, message_id, 410, $1 FROM gone
+    WHERE receipt_id IS NOT NULL
+)
+SELECT count(*) FROM gone
+"""
+
+# Errors that mean "the database cannot answer now" rather than a bug in a statement.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.PostgresSystemError,
+)
+
+
+def _message_from_row(row: asyncpg.Record) -> StoredMessage:
+    return StoredMessage(
+        message_id=row["message_id"],
+        uaid=row["uaid"],
+        channel_id=row["channel_id"],
+        body=bytes(row["body"]),
+        ttl=row["ttl"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        urgency=row["urgency"],
+        topic=row["topic"],
+        headers=json.loads(row["headers"]),
+        receipt_id=row["receipt_id"],
+    )
+
+
+class PostgresStore:
+    """`Store` on PostgreSQL, with a connection pool shared by the node's tasks."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        timeout: float = 5.0,
+    ) -> None:
+        self.dsn = dsn
+        self._min = min_connections
+        self._max = max_connections
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+
+    # Plumbing -----------------------------------------------------------------------
+
+    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `work` on a pooled connection; connection trouble is StoreUnavailable."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                return await work(conn)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc or type(exc).__name__}") from exc
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            # Held until commit: nodes starting together migrate one after the other.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS tidings_schema (version integer NOT NULL)"
+            )
+            version = await conn.fetchval("SELECT max(version) FROM tidings_schema") or 0
+            for target in sorted(v for v in _MIGRATIONS if v > version):
+                await conn.execute(_MIGRATIONS[target])
+                await conn.execute("INSERT INTO tidings_schema (version) VALUES ($1)", target)
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self._min,
+                max_size=self._max,
+                timeout=self._timeout,
+                command_timeout=self._timeout,
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        await self._run(self._migrate)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self._timeout)
+            except (TimeoutError, *_UNAVAILABLE):
+                pool.terminate()
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.fetchval("SELECT 1"))
+
+    # Metadata -----------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        value = await self._run(
+            lambda conn: conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
+        )
+        return None if value is None else str(value)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                key,
+                value,
+            )
+        )
+
+    # User agents ----------------------------------------------------------------------
+
+    async def has_user_agent(self, uaid: str) -> bool:
+        row = await self._run(
+            lambda conn: conn.fetchval("SELECT 1 FROM user_agents WHERE uaid = $1", uaid)
+        )
+        return row is not None
+
+    async def add_user_agent(self, uaid: str, now: float) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO user_agents (uaid, created_at) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING",
+                uaid,
+                now,
+            )
+        )
+
+    async def delete_user_agent(self, uaid: str) -> int:
+        async def write(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():
+                # Messages go with their subscriptions (ON DELETE CASCADE).
+                count = await conn.fetchval(
+                    "WITH gone AS (DELETE FROM subscriptions WHERE uaid = $1 RETURNING 1)"
+                    " SELECT count(*) FROM gone",
+                    uaid,
+                )
+                await conn.execute("DELETE FROM user_agents WHERE uaid = $1", uaid)
+            return int(count)
+
+        return await self._run(write)
+
+    # Subscriptions --------------------------------------------------------------------
+
+    async def add_subscription(self, record: SubscriptionRecord) -> SubscriptionRecord:
+        # Insert, or return the row that won: one statement, race-free across nodes.
+        row = await self._run(
+            lambda conn: conn.fetchrow(
+                "WITH new AS ("
+                " INSERT INTO subscriptions (uaid, channel_id, vapid_hash, created_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+                " RETURNING vapid_hash, created_at)"
+                " SELECT vapid_hash, created_at FROM new UNION ALL"
+                " SELECT vapid_hash, created_at FROM subscriptions"
+                " WHERE uaid = $1 AND channel_id = $2 LIMIT 1",
+                record.uaid,
+                record.channel_id,
+                record.vapid_hash,
+                record.created_at,
+            )
+        )
+        if row is None:
+            # Another node inserted it after this statement's snapshot: read it now.
+            return await self.get_subscription(record.uaid, record.channel_id) or record
+        stored_hash = None if row["vapid_hash"] is None else bytes(row["vapid_hash"])
+        return SubscriptionRecord(record.uaid, record.channel_id, stored_hash, row["created_at"])
+
+    async def get_subscription(self, uaid: str, channel_id: str) -> SubscriptionRecord | None:
+        row = await self._run(
+            lambda conn: conn.fetchrow(
+                "SELECT vapid_hash, created_at FROM subscriptions"
+                " WHERE uaid = $1 AND channel_id = $2",
+                uaid,
+                channel_id,
+            )
+        )
+        if row is None:
+            return None
+        stored_hash = None if row["vapid_hash"] is None else bytes(row["vapid_hash"])
+        return SubscriptionRecord(uaid, channel_id, stored_hash, row["created_at"])
+
+    async def delete_subscription(self, uaid: str, channel_id: str) -> bool:
+        status = await self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM subscriptions WHERE uaid = $1 AND channel_id = $2",
+                uaid,
+                channel_id,
+            )
+        )
+        return status != "DELETE 0"
+
+    async def list_subscriptions(self, uaid: str) -> list[SubscriptionRecord]:
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                "SELECT channel_id, vapid_hash, created_at FROM subscriptions WHERE uaid = $1"
+                " ORDER BY created_at",
+                uaid,
+            )
+        )
+        return [
+            SubscriptionRecord(
+                uaid,
+                row["channel_id"],
+                None if row["vapid_hash"] is None else bytes(row["vapid_hash"]),
+                row["created_at"],
+            )
+            for row in rows
+        ]
+
+    async def count_subscriptions(self, uaid: str) -> int:
+        count = await self._run(
+            lambda conn: conn.fetchval("SELECT count(*) FROM subscriptions WHERE uaid = $1", uaid)
+        )
+        return int(count)
+
+    # Messages -------------------------------------------------------------------------
+
+    async def store_message(self, message: StoredMessage, *, max_per_user_agent: int) -> list[str]:
+        async def write(conn: asyncpg.Connection) -> list[str]:
+            try:
+                replaced = await conn.fetchval(
+                    "SELECT tidings_store_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+                    " $11, $12)",
+                    message.message_id,
+                    message.uaid,
+                    message.channel_id,
+                    message.body,
+                    message.ttl,
+                    message.created_at,
+                    message.expires_at,
+                    message.urgency,
+                    message.topic,
+                    json.dumps(message.headers, separators=(",", ":")),
+                    message.receipt_id,
+                    max_per_user_agent,
+                )
+            except asyncpg.exceptions.PostgresError as exc:
+                code = getattr(exc, "sqlstate", None)
+                if code == _GONE:
+                    raise SubscriptionGone(message.channel_id) from None
+                if code == _FULL:
+                    raise TooManyMessages(message.uaid) from None
+                if isinstance(exc, asyncpg.exceptions.ForeignKeyViolationError):
+                    raise SubscriptionGone(message.channel_id) from None  # unregister raced
+                raise
+            return list(replaced)
+
+        return await self._run(write)
+
+    async def pending_messages(self, uaid: str, now: float, limit: int) -> list[StoredMessage]:
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE uaid = $1 AND expires_at > $2"
+                " ORDER BY seq LIMIT $3",
+                uaid,
+                now,
+                limit,
+            )
+        )
+        return [_message_from_row(row) for row in rows]
+
+    async def mark_delivered(self, uaid: str, message_id: str) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE messages SET delivered = true WHERE uaid = $1 AND message_id = $2",
+                uaid,
+                message_id,
+            )
+        )
+
+    async def delete_message(self, uaid: str, message_id: str) -> StoredMessage | None:
+        row = await self._run(
+            lambda conn: conn.fetchrow(_DELETE_MESSAGE, uaid, message_id, time.time())
+        )
+        return None if row is None else _message_from_row(row)
+
+    async def delete_expired(self, now: float) -> int:
+        total = 0
+        while True:
+            removed = await self._run(
+                lambda conn: conn.fetchval(_DELETE_EXPIRED, now, EXPIRY_BATCH)
+            )
+            total += int(removed)
+            if removed < EXPIRY_BATCH:
+                return total
+
+    # Receipts -------------------------------------------------------------------------
+
+    async def add_receipt_subscription(self, receipt_id: str, now: float) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO receipt_subscriptions (receipt_id, created_at) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING",
+                receipt_id,
+                now,
+            )
+        )
+
+    async def has_receipt_subscription(self, receipt_id: str) -> bool:
+        row = await self._run(
+            lambda conn: conn.fetchval(
+                "SELECT 1 FROM receipt_subscriptions WHERE receipt_id = $1", receipt_id
+            )
+        )
+        return row is not None
+
+    async def pending_receipts(self, receipt_id: str, limit: int) -> list[Receipt]:
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                "SELECT seq, receipt_id, uaid, channel_id, message_id, status, created_at"
+                " FROM receipts WHERE receipt_id = $1 ORDER BY seq LIMIT $2",
+                receipt_id,
+                limit,
+            )
+        )
+        return [Receipt(*row) for row in rows]
+
+    async def delete_receipt(self, seq: int) -> None:
+        await self._run(lambda conn: conn.execute("DELETE FROM receipts WHERE seq = $1", seq))
+
+    async def count_messages(self) -> int:
+        count = await self._run(lambda conn: conn.fetchval("SELECT count(*) FROM messages"))
+        return int(count)
+
+
+def store_from_url(url: str) -> PostgresStore:
+    """A PostgreSQL store for `postgresql://user@host/db?pool_max=20&timeout=5`.
+
+    `pool_min`, `pool_max` (connections per node, default 1 and 10) and `timeout`
+    (seconds before a query or a connection attempt counts as unavailable, default 5)
+    are Tidings' own settings; other query parameters go to the server as usual.
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    settings: dict[str, Any] = {}
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query):
+        if name == "pool_min":
+            settings["min_connections"] = int(value)
+        elif name == "pool_max":
+            settings["max_connections"] = int(value)
+        elif name == "timeout":
+            settings["timeout"] = float(value)
+        else:
+            rest.append((name, value))
+    return PostgresStore(urlunsplit(parts._replace(query=urlencode(rest))), **settings)
