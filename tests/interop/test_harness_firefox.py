@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from support.firefox import FirefoxFactory, FirefoxPushClient
+from support.firefox import FirefoxError, FirefoxFactory, FirefoxPushClient
 
 pytestmark = [pytest.mark.firefox, pytest.mark.timeout(240)]
 
@@ -269,6 +269,10 @@ async def test_firefox_subscribes_receives_and_acks(firefox_client: FirefoxFacto
         unregister = await server.wait_for("unregister", timeout=15)
         assert unregister["channelID"] == channel
         assert await firefox.get_subscription() is None
+
+        # A refusal in the page surfaces at once, with the browser's own words.
+        with pytest.raises(FirefoxError, match="InvalidAccessError"):
+            await firefox.subscribe("AAAA", timeout=20)
 
         await firefox.stop()
         print("\nconnection:", server.connections[0])
