@@ -1,0 +1,419 @@
+"""What the service counts: Prometheus metrics and a short per-second history.
+
+`ServiceMetrics` belongs to one `PushService` (its own Prometheus registry, so several
+services in one process never mix their figures). The service calls a handful of
+cheap hooks on its hot paths (a push answered, a notification sent, an ack); each is a
+Prometheus counter increment plus a few integer additions, about a microsecond.
+
+`/metrics` renders the registry; `/api/stats` (the dashboard) reads `snapshot()`:
+totals, and for each of the last ten minutes' seconds the pushes by status class,
+deliveries, connections, stored messages and delivery latency percentiles. Seconds
+are closed lazily, when the next event or snapshot comes, so nothing runs while the
+service is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sized
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.process_collector import ProcessCollector
+
+from tidings.service.store import StoredMessage, StoreUnavailable
+
+log = logging.getLogger("tidings.metrics")
+
+#: The classic text exposition format, which every Prometheus version reads.
+METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+#: Seconds of per-second history kept for the dashboard.
+HISTORY_SECONDS = 600
+
+#: `stored_messages` and `subscriptions` are counted in the store at most this often.
+STORE_COUNT_INTERVAL = 5.0
+
+#: Delivery latency buckets (seconds): sub-millisecond live delivery up to messages
+#: that waited a day for their user agent to come back.
+DELIVERY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0,
+)  # fmt: skip
+STORE_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+# The per-second latency sketch: logarithmic bins, ten per decade from 0.1 ms, so a
+# percentile read from it is within about 12 % of the exact one.
+_SKETCH_FLOOR = 1e-4
+_SKETCH_BINS_PER_DECADE = 10
+_SKETCH_BINS = 100  # 0.1 ms .. 10^6 s
+
+
+def sketch_bin(seconds: float) -> int:
+    """The latency sketch bin of a duration."""
+    if seconds <= _SKETCH_FLOOR:
+        return 0
+    index = int(math.log10(seconds / _SKETCH_FLOOR) * _SKETCH_BINS_PER_DECADE)
+    return min(index, _SKETCH_BINS - 1)
+
+
+def sketch_value(index: int) -> float:
+    """The duration a bin stands for (its geometric middle)."""
+    return _SKETCH_FLOOR * 10 ** ((index + 0.5) / _SKETCH_BINS_PER_DECADE)
+
+
+def sketch_percentiles(
+    sketch: dict[int, int], quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)
+) -> list[float | None]:
+    """The given quantiles of a latency sketch (None for an empty one)."""
+    total = sum(sketch.values())
+    if total == 0:
+        return [None for _ in quantiles]
+    ordered = sorted(sketch.items())
+    results: list[float | None] = []
+    for q in quantiles:
+        rank = max(1, math.ceil(q * total))
+        seen = 0
+        for index, count in ordered:
+            seen += count
+            if seen >= rank:
+                results.append(round(sketch_value(index), 6))
+                break
+    return results
+
+
+@dataclass(slots=True)
+class Second:
+    """The figures of one second of wall-clock time."""
+
+    t: int
+    pushes: list[int] = field(default_factory=lambda: [0, 0, 0])  # 2xx, 4xx, 5xx
+    deliveries: int = 0
+    acks: int = 0
+    connections: int = 0
+    stored: int | None = None
+    latency: dict[int, int] = field(default_factory=dict)
+
+
+_CLASS_INDEX = {2: 0, 4: 1, 5: 2}
+
+
+class StatsHistory:
+    """Per-second figures for the last `seconds` seconds, closed lazily."""
+
+    def __init__(
+        self,
+        connections: Callable[[], int],
+        *,
+        seconds: int = HISTORY_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._connections = connections
+        self._clock = clock
+        self.closed: deque[Second] = deque(maxlen=seconds)
+        self.current = Second(int(clock()))
+        self.stored: int | None = None  # the last count read from the store
+
+    def _now(self) -> Second:
+        second = int(self._clock())
+        if second != self.current.t:
+            self._roll(second)
+        return self.current
+
+    def _roll(self, second: int) -> None:
+        """Close the current second and any empty ones up to `second`."""
+        if second < self.current.t:  # the wall clock went back: start a new second
+            self.current = Second(second)
+            return
+        connections = self._connections()
+        done = self.current
+        done.connections = connections
+        done.stored = self.stored
+        self.closed.append(done)
+        maxlen = self.closed.maxlen or 0
+        gap_start = max(done.t + 1, second - maxlen)
+        for t in range(gap_start, second):
+            self.closed.append(Second(t, connections=connections, stored=self.stored))
+        self.current = Second(second)
+
+    # Hooks ----------------------------------------------------------------------------
+
+    def push(self, status: int) -> None:
+        index = _CLASS_INDEX.get(status // 100)
+        if index is not None:
+            self._now().pushes[index] += 1
+
+    def delivery(self, latency: float) -> None:
+        current = self._now()
+        current.deliveries += 1
+        sketch = current.latency
+        index = sketch_bin(latency)
+        sketch[index] = sketch.get(index, 0) + 1
+
+    def ack(self) -> None:
+        self._now().acks += 1
+
+    # Reading --------------------------------------------------------------------------
+
+    def seconds(self, last: int = HISTORY_SECONDS) -> list[Second]:
+        """The closed seconds, oldest first, at most `last` of them."""
+        self._now()
+        if last >= len(self.closed):
+            return list(self.closed)
+        return list(self.closed)[-last:] if last > 0 else []
+
+    def window_latency(self, last: int) -> dict[str, float | int | None]:
+        """Delivery latency percentiles over the last `last` seconds (current included)."""
+        merged: dict[int, int] = {}
+        for second in [*self.seconds(last), self.current]:
+            for index, count in second.latency.items():
+                merged[index] = merged.get(index, 0) + count
+        p50, p90, p99 = sketch_percentiles(merged)
+        return {"count": sum(merged.values()), "p50": p50, "p90": p90, "p99": p99}
+
+
+T = TypeVar("T")
+
+
+class ServiceMetrics:
+    """The metrics of one push service: hooks, the registry, the history."""
+
+    def __init__(self, connections: Sized, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.connections_source = connections
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.pushes = Counter(
+            "tidings_pushes",
+            "Push requests (POST to a push resource) answered, by HTTP status",
+            ["status"],
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "tidings_deliveries",
+            "Notifications sent to connected user agents",
+            registry=registry,
+        )
+        self.acks = Counter(
+            "tidings_acks",
+            "Acknowledgements from user agents, by code (100 delivered, 101 decryption "
+            "failed, 102 other error)",
+            ["code"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "tidings_rate_limited",
+            "Requests refused with 429 Too Many Requests, by kind (push, register)",
+            ["kind"],
+            registry=registry,
+        )
+        self.stored_messages = Gauge(
+            "tidings_stored_messages",
+            f"Messages stored and not yet acknowledged or expired (counted at most every "
+            f"{STORE_COUNT_INTERVAL:g} s)",
+            registry=registry,
+        )
+        self.subscriptions = Gauge(
+            "tidings_subscriptions",
+            f"Subscriptions in the store (counted at most every {STORE_COUNT_INTERVAL:g} s)",
+            registry=registry,
+        )
+        self.connected = Gauge(
+            "tidings_connected_user_agents",
+            "User agents holding a WebSocket connection to this node",
+            registry=registry,
+        )
+        self.connected.set_function(lambda: float(len(connections)))
+        self.delivery_latency = Histogram(
+            "tidings_delivery_latency_seconds",
+            "From accepting a push to sending it to the user agent (includes time the "
+            "message waited for an offline user agent)",
+            buckets=DELIVERY_BUCKETS,
+            registry=registry,
+        )
+        self.store_latency = Histogram(
+            "tidings_store_latency_seconds",
+            "Duration of store calls, by operation",
+            ["operation"],
+            buckets=STORE_BUCKETS,
+            registry=registry,
+        )
+        ProcessCollector(registry=registry)
+        self.history = StatsHistory(lambda: len(connections), clock=clock)
+        # Label children resolved once: `labels()` costs more than the increment.
+        self._push_children: dict[int, Any] = {}
+        self._ack_children: dict[int, Any] = {}
+        self.push_totals: dict[int, int] = {}
+        self.ack_totals: dict[int, int] = {}
+        self.delivery_total = 0
+        self._limited_push = self.rate_limited.labels("push")
+        self._limited_register = self.rate_limited.labels("register")
+        self.subscription_count: int | None = None
+        self._counted_at = -math.inf
+        self._counting: asyncio.Task[None] | None = None
+
+    # Hooks on the hot paths -----------------------------------------------------------
+
+    def push_answered(self, status: int) -> None:
+        """A push request got `status` (counted by the routes for push paths)."""
+        child = self._push_children.get(status)
+        if child is None:
+            child = self._push_children[status] = self.pushes.labels(str(status))
+        child.inc()
+        self.push_totals[status] = self.push_totals.get(status, 0) + 1
+        if status == 429:
+            self._limited_push.inc()
+        self.history.push(status)
+
+    def delivered(self, message: StoredMessage) -> None:
+        """A notification frame for `message` went to its user agent."""
+        latency = max(0.0, self._clock() - message.created_at)
+        self.deliveries.inc()
+        self.delivery_total += 1
+        self.delivery_latency.observe(latency)
+        self.history.delivery(latency)
+
+    def acknowledged(self, code: int) -> None:
+        """A user agent acknowledged a message with `code`."""
+        child = self._ack_children.get(code)
+        if child is None:
+            child = self._ack_children[code] = self.acks.labels(str(code))
+        child.inc()
+        self.ack_totals[code] = self.ack_totals.get(code, 0) + 1
+        self.history.ack()
+
+    def register_refused(self, status: int) -> None:
+        """A `register` was refused with `status` (only 429 is counted)."""
+        if status == 429:
+            self._limited_register.inc()
+
+    # The store ------------------------------------------------------------------------
+
+    def instrument_store(self, store: T) -> T:
+        """Time every public coroutine method of `store` (wrapped on the instance).
+
+        The object keeps its type and its other attributes; a store whose instances
+        cannot take attributes (slots) is left untimed.
+        """
+        for name in dir(type(store)):
+            if name.startswith("_"):
+                continue
+            method = getattr(store, name, None)
+            if method is None or not inspect.iscoroutinefunction(method):
+                continue
+            timed = _timed(method, self.store_latency.labels(name))
+            try:
+                setattr(store, name, timed)
+            except AttributeError:
+                log.debug("store %s cannot be timed", type(store).__name__)
+                return store
+        return store
+
+    async def refresh_counts(self, store: Any) -> None:
+        """Count stored messages (and subscriptions, when the store can) if stale.
+
+        At most once every STORE_COUNT_INTERVAL seconds, and never twice at once.
+        """
+        now = time.monotonic()
+        if now - self._counted_at < STORE_COUNT_INTERVAL:
+            return
+        if self._counting is not None and not self._counting.done():
+            await asyncio.shield(self._counting)
+            return
+        self._counted_at = now
+        self._counting = asyncio.ensure_future(self._count(store))
+        await asyncio.shield(self._counting)
+
+    async def _count(self, store: Any) -> None:
+        try:
+            stored = int(await store.count_messages())
+            counter = getattr(store, "count_all_subscriptions", None)
+            subscriptions = None if counter is None else int(await counter())
+        except StoreUnavailable as exc:
+            log.warning("cannot count stored messages: %s", exc)
+            return
+        self.stored_messages.set(stored)
+        self.history.stored = stored
+        if subscriptions is not None:
+            self.subscription_count = subscriptions
+            self.subscriptions.set(subscriptions)
+
+    # Reading --------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def snapshot(self, seconds: int = HISTORY_SECONDS) -> dict[str, Any]:
+        """Totals, latency over the last minute and ten minutes, per-second history."""
+        history = self.history.seconds(seconds)
+        columns: dict[str, list[Any]] = {
+            "t": [],
+            "pushes_2xx": [],
+            "pushes_4xx": [],
+            "pushes_5xx": [],
+            "deliveries": [],
+            "acks": [],
+            "connections": [],
+            "stored": [],
+            "p50": [],
+            "p90": [],
+            "p99": [],
+        }
+        for second in history:
+            columns["t"].append(second.t)
+            columns["pushes_2xx"].append(second.pushes[0])
+            columns["pushes_4xx"].append(second.pushes[1])
+            columns["pushes_5xx"].append(second.pushes[2])
+            columns["deliveries"].append(second.deliveries)
+            columns["acks"].append(second.acks)
+            columns["connections"].append(second.connections)
+            columns["stored"].append(second.stored)
+            p50, p90, p99 = sketch_percentiles(second.latency)
+            columns["p50"].append(p50)
+            columns["p90"].append(p90)
+            columns["p99"].append(p99)
+        return {
+            "time": round(self._clock(), 3),
+            "totals": {
+                "pushes": {str(k): v for k, v in sorted(self.push_totals.items())},
+                "pushes_accepted": sum(v for k, v in self.push_totals.items() if k < 300),
+                "deliveries": self.delivery_total,
+                "acks": {str(k): v for k, v in sorted(self.ack_totals.items())},
+                "rate_limited": self.push_totals.get(429, 0),
+                "connections": len(self.connections_source),
+                "stored": self.history.stored,
+                "subscriptions": self.subscription_count,
+            },
+            "latency": {
+                "last_minute": self.history.window_latency(60),
+                "last_10_minutes": self.history.window_latency(HISTORY_SECONDS),
+            },
+            "history": {"interval": 1, **columns},
+        }
+
+
+def _timed(method: Callable[..., Awaitable[T]], histogram: Any) -> Callable[..., Awaitable[T]]:
+    observe = histogram.observe
+    clock = time.perf_counter
+
+    @functools.wraps(method)
+    async def timed(*args: Any, **kwargs: Any) -> T:
+        started = clock()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            observe(clock() - started)
+
+    return timed
