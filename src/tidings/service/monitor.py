@@ -1,0 +1,164 @@
+"""RFC 8030 monitoring over HTTP/2: a user agent's GET of a subscription or set, and an
+application server's GET of a receipt subscription. Nothing answers these requests
+while they are open; every message (or receipt) arrives as a server push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+
+from tidings.service.core import REL_PUSH, PushService
+from tidings.service.http.messages import Response, ServerPushChannel
+from tidings.service.links import link_value
+from tidings.service.store import StoredMessage, StoreUnavailable
+from tidings.service.tokens import MessageRef
+from tidings.webpush import Urgency
+
+log = logging.getLogger("tidings.monitor")
+
+RECEIPT_BATCH = 100
+
+
+def http_date(timestamp: float) -> str:
+    """An IMF-fixdate (RFC 9110 section 5.6.7)."""
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+class PushMonitor:
+    """One open GET of a push message subscription or a subscription set.
+
+    `channel_id` is None for a set (every subscription of the user agent). Messages
+    below `min_urgency` are held back (RFC 8030 section 5.3) and stay stored.
+    """
+
+    def __init__(
+        self,
+        service: PushService,
+        channel: ServerPushChannel,
+        uaid: str,
+        channel_id: str | None,
+        min_urgency: Urgency,
+    ) -> None:
+        self.service = service
+        self.channel = channel
+        self.uaid: str | None = uaid
+        self.channel_id = channel_id
+        self.min_urgency = min_urgency
+        self._sent: set[str] = set()
+        self._held: list[StoredMessage] | None = []  # live messages held while flushing
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    # ConnectedAgent ----------------------------------------------------------------------
+
+    def accepts(self, message: StoredMessage) -> bool:
+        if self.channel.closed.is_set():
+            return False
+        if self.channel_id is not None and message.channel_id != self.channel_id:
+            return False
+        return Urgency(message.urgency).rank >= self.min_urgency.rank
+
+    def offer(self, message: StoredMessage) -> None:
+        if self._held is not None:
+            self._held.append(message)
+            return
+        task = asyncio.ensure_future(self._push(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.channel.closed.set()
+
+    # Life of the request -----------------------------------------------------------------
+
+    async def flush_stored(self) -> int:
+        """Push what is stored for this monitor, oldest first; return how many."""
+        try:
+            stored = await self.service.pending(self.uaid or "")
+        except StoreUnavailable as exc:
+            log.warning("cannot load stored messages: %s", exc)
+            stored = []
+        held, self._held = self._held or [], None
+        count = 0
+        for message in stored + held:
+            if self.accepts(message) and await self._push(message):
+                count += 1
+        return count
+
+    async def _push(self, message: StoredMessage) -> bool:
+        if message.message_id in self._sent:
+            return False
+        if message.ttl and message.expires_at <= time.time():
+            return False
+        self._sent.add(message.message_id)
+        if message.receipt_id is not None:
+            await self.service.mark_delivered(message)
+        ref = MessageRef(message.uaid, message.channel_id, message.message_id)
+        path = self.service.message_path(ref)
+        headers = {
+            "last-modified": http_date(message.created_at),
+            "cache-control": "private",
+        }
+        if message.body:
+            headers["content-type"] = "application/octet-stream"
+            headers["content-encoding"] = message.headers.get("encoding", "aes128gcm")
+            if "encryption" in message.headers:
+                headers["encryption"] = message.headers["encryption"]
+            if "crypto_key" in message.headers:
+                headers["crypto-key"] = message.headers["crypto_key"]
+        # RFC 8030 section 6.2: a pushed message names its push resource (a MUST for sets).
+        subscription = await self.service.store.get_subscription(message.uaid, message.channel_id)
+        if subscription is not None:
+            push_url = self.service.push_url(
+                message.uaid, message.channel_id, subscription.vapid_hash
+            )
+            headers["link"] = link_value(push_url, REL_PUSH)
+        return self.channel.push(path, Response(200, headers, message.body), {})
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+class ReceiptMonitor:
+    """An application server's open GET of a receipt subscription (section 6.3)."""
+
+    def __init__(self, service: PushService, channel: ServerPushChannel, receipt_id: str):
+        self.service = service
+        self.channel = channel
+        self.receipt_id = receipt_id
+        self._wake = asyncio.Event()
+        self._wake.set()  # deliver what is already waiting
+
+    def receipts_ready(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Push receipts as they come until the stream closes."""
+        closed = asyncio.ensure_future(self.channel.closed.wait())
+        try:
+            while not self.channel.closed.is_set():
+                await self._deliver_waiting()
+                woken = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({woken, closed}, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+        finally:
+            closed.cancel()
+
+    async def _deliver_waiting(self) -> None:
+        self._wake.clear()
+        try:
+            receipts = await self.service.store.pending_receipts(self.receipt_id, RECEIPT_BATCH)
+        except StoreUnavailable as exc:
+            log.warning("cannot load receipts: %s", exc)
+            return
+        for receipt in receipts:
+            ref = MessageRef(receipt.uaid, receipt.channel_id, receipt.message_id)
+            response = Response(receipt.status, {})
+            if not self.channel.push(self.service.message_path(ref), response, {}):
+                return
+            await self.service.store.delete_receipt(receipt.seq)
+        if len(receipts) == RECEIPT_BATCH:
+            self._wake.set()
