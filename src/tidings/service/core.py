@@ -13,6 +13,7 @@ import contextlib
 import logging
 import secrets
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from tidings.service.config import ServiceConfig
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.hub import Hub
 from tidings.service.keyfile import load_sealer
+from tidings.service.links import link_target
 from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
 from tidings.service.store import (
@@ -45,18 +47,36 @@ log = logging.getLogger("tidings.service")
 
 PUSH_PATH = "/push/"
 MESSAGE_PATH = "/m/"
+SUBSCRIBE_PATH = "/subscribe"
+SUBSCRIPTION_PATH = "/s/"
+SET_PATH = "/set/"
+RECEIPT_PATH = "/r/"
 RETRY_AFTER_UNAVAILABLE = "5"
+
+REL_PUSH = "urn:ietf:params:push"
+REL_SET = "urn:ietf:params:push:set"
+REL_RECEIPT = "urn:ietf:params:push:receipt"
 
 
 @dataclass(frozen=True, slots=True)
 class PushAccepted:
-    """The answer to an accepted push: 201 with these headers."""
+    """The answer to an accepted push: 201 (or 202 with a receipt subscription)."""
 
     status: int
     location: str
     ttl: int
     message_id: str
     delivered_live: bool
+    receipt_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewSubscription:
+    """The answer to an RFC 8030 subscribe: the three URLs of section 4."""
+
+    subscription_url: str  # Location: what the user agent monitors and deletes
+    push_url: str  # rel urn:ietf:params:push: what application servers post to
+    set_url: str  # rel urn:ietf:params:push:set: monitor every subscription of the set
 
 
 class RegistrationError(Exception):
@@ -128,6 +148,7 @@ class PushService:
                 continue
             if removed:
                 log.info("removed %d expired messages", removed)
+                self.hub.notify_all_receipts()  # some may have left a 410 receipt
 
     @property
     def sealer(self) -> TokenSealer:
@@ -157,9 +178,13 @@ class PushService:
         """The push resource URL (what the browser calls the subscription's endpoint)."""
         return self.config.origin + PUSH_PATH + self.sealer.seal_endpoint(ref)
 
+    def message_path(self, ref: MessageRef) -> str:
+        """The path of a push message resource (the same for the same message)."""
+        return MESSAGE_PATH + self.sealer.seal_message(ref)
+
     def message_url(self, ref: MessageRef) -> str:
         """The push message resource URL (Location of an accepted push)."""
-        return self.config.origin + MESSAGE_PATH + self.sealer.seal_message(ref)
+        return self.config.origin + self.message_path(ref)
 
     # The application server side --------------------------------------------------------
 
@@ -179,6 +204,7 @@ class PushService:
         # learns nothing more about the subscription than that it is restricted.
         self.vapid.check(headers, ref.vapid_hash)
         facts = check_push(headers, body, max_body=self.config.max_body)
+        receipt_id = await self._receipt_subscription(headers)
         ttl = min(facts.ttl, self.config.max_ttl)
         now = time.time()
         message = StoredMessage(
@@ -192,6 +218,7 @@ class PushService:
             urgency=str(facts.urgency),
             topic=facts.topic,
             headers=facts.delivery_headers,
+            receipt_id=receipt_id,
         )
         location = self.message_url(MessageRef(ref.uaid, ref.channel_id, message.message_id))
         try:
@@ -218,10 +245,50 @@ class PushService:
         except StoreUnavailable as exc:
             raise _unavailable(exc) from None
         delivered = self.hub.offer(message)
-        return PushAccepted(201, location, ttl, message.message_id, delivered)
+        if receipt_id is None:
+            return PushAccepted(201, location, ttl, message.message_id, delivered)
+        receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
+        return PushAccepted(202, location, ttl, message.message_id, delivered, receipt_url)
 
-    async def cancel_message(self, token: str) -> None:
-        """DELETE of a push message resource: drop it if still undelivered, else 404."""
+    async def _receipt_subscription(self, headers: Mapping[str, str]) -> str | None:
+        """The receipt subscription a push asks for (RFC 8030 section 5.1), if any.
+
+        `Prefer: respond-async` asks for a receipt; a `Link` with rel
+        urn:ietf:params:push:receipt names an existing receipt subscription to reuse
+        (an invalid one is a 400); without it a new one is made.
+        """
+        named = link_target(headers.get("link", ""), REL_RECEIPT)
+        wants = "respond-async" in headers.get("prefer", "").lower()
+        if named is None:
+            if not wants:
+                return None
+            receipt_id = secrets.token_hex(16)
+            try:
+                await self.store.add_receipt_subscription(receipt_id, time.time())
+            except StoreUnavailable as exc:
+                raise _unavailable(exc) from None
+            return receipt_id
+        token = named.rsplit(RECEIPT_PATH, 1)[-1] if RECEIPT_PATH in named else ""
+        try:
+            receipt_id = self.sealer.open_receipt(token)
+            known = await self.store.has_receipt_subscription(receipt_id)
+        except TokenError:
+            known = False
+        except StoreUnavailable as exc:
+            raise _unavailable(exc) from None
+        if not known:
+            raise ServiceError(
+                400, Errno.BAD_RECEIPT, "the Link names no receipt subscription of this service"
+            )
+        return receipt_id
+
+    async def delete_message_resource(self, token: str) -> None:
+        """DELETE of a push message resource (RFC 8030 sections 5.3 and 6.2).
+
+        From the user agent it acknowledges a delivered message (a receipt follows if
+        one was asked for); from the application server it cancels an undelivered one.
+        Either way the message is gone; a second DELETE is a 404.
+        """
         try:
             ref = self.sealer.open_message(token)
         except TokenError:
@@ -234,6 +301,64 @@ class PushService:
             raise ServiceError(
                 404, Errno.NOT_FOUND, "the push message was delivered, expired or never existed"
             )
+        if deleted.receipt_id is not None:
+            self.hub.notify_receipt(deleted.receipt_id)
+
+    # RFC 8030 subscriptions ----------------------------------------------------------------
+
+    async def subscribe(self, set_token: str | None, vapid_key: bytes | None) -> NewSubscription:
+        """Create a subscription, in a new set or in the set `set_token` names."""
+        if set_token is None:
+            uaid = new_uaid()
+        else:
+            try:
+                uaid = self.sealer.open_set(set_token)
+            except TokenError:
+                raise ServiceError(
+                    400, Errno.BAD_SET, "the Link names no subscription set of this service"
+                ) from None
+            if not await self.store.has_user_agent(uaid):
+                raise ServiceError(400, Errno.BAD_SET, "that subscription set no longer exists")
+        channel_id = str(uuid.uuid4())
+        try:
+            push_url = await self.register(uaid, channel_id, vapid_key)
+        except RegistrationError as exc:
+            raise ServiceError(exc.status, Errno.TOO_MANY_SUBSCRIPTIONS, str(exc)) from None
+        except StoreUnavailable as exc:
+            raise _unavailable(exc) from None
+        origin = self.config.origin
+        return NewSubscription(
+            subscription_url=origin
+            + SUBSCRIPTION_PATH
+            + self.sealer.seal_subscription(uaid, channel_id),
+            push_url=push_url,
+            set_url=origin + SET_PATH + self.sealer.seal_set(uaid),
+        )
+
+    def open_subscription(self, token: str) -> tuple[str, str]:
+        """(uaid, channel id) of a subscription URL token, or 404."""
+        try:
+            return self.sealer.open_subscription(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such subscription") from None
+
+    def open_set(self, token: str) -> str:
+        """The uaid of a subscription set URL token, or 404."""
+        try:
+            return self.sealer.open_set(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such subscription set") from None
+
+    def open_receipt(self, token: str) -> str:
+        """The receipt subscription id of a receipt URL token, or 404."""
+        try:
+            return self.sealer.open_receipt(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such receipt subscription") from None
+
+    def push_url(self, uaid: str, channel_id: str, vapid_hash: bytes | None) -> str:
+        """The push resource of an existing subscription."""
+        return self.endpoint_url(EndpointRef(uaid, channel_id, vapid_hash))
 
     # The user agent side -----------------------------------------------------------------
 
@@ -277,3 +402,12 @@ class PushService:
             log.info("message %s acknowledged with code %d", message_id, code)
         if deleted is None:
             log.debug("ack for unknown or TTL-0 message %s", message_id)
+        elif deleted.receipt_id is not None:
+            self.hub.notify_receipt(deleted.receipt_id)
+
+    async def mark_delivered(self, message: StoredMessage) -> None:
+        """Remember that a message wanting a receipt reached its user agent."""
+        try:
+            await self.store.mark_delivered(message.uaid, message.message_id)
+        except StoreUnavailable as exc:
+            log.warning("cannot mark %s delivered: %s", message.message_id, exc)

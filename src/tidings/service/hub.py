@@ -1,4 +1,10 @@
-"""Which user agents are connected to this node, and handing them messages."""
+"""Who is listening on this node: user agent connections and receipt monitors.
+
+A user agent may be reached through a Firefox WebSocket (one per user agent id) or
+through RFC 8030 HTTP/2 monitors (GET of a subscription or of a whole subscription
+set, possibly filtered by urgency); an application server may monitor a receipt
+subscription. The hub hands each live message to one connection that accepts it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ class ConnectedAgent(Protocol):
 
     uaid: str | None
 
+    def accepts(self, message: StoredMessage) -> bool:
+        """True when this connection wants this message (channel and urgency filters)."""
+
     def offer(self, message: StoredMessage) -> None:
         """Queue a message for delivery on this connection."""
 
@@ -19,24 +28,42 @@ class ConnectedAgent(Protocol):
         """Close the connection."""
 
 
+class ReceiptListener(Protocol):
+    """An application server's open receipt subscription."""
+
+    def receipts_ready(self) -> None:
+        """New receipts may be waiting in the store."""
+
+
 class Hub:
-    """The user agents connected to this node, by uaid."""
+    """The connections of this node, by user agent id and by receipt subscription."""
 
     def __init__(self) -> None:
-        self._agents: dict[str, ConnectedAgent] = {}
+        self._agents: dict[str, list[ConnectedAgent]] = {}
+        self._receipts: dict[str, list[ReceiptListener]] = {}
 
     def __len__(self) -> int:
+        """How many user agents have at least one connection here."""
         return len(self._agents)
 
-    def attach(self, uaid: str, agent: ConnectedAgent) -> ConnectedAgent | None:
-        """Make `agent` the connection of `uaid`; return the one it replaces."""
-        previous = self._agents.get(uaid)
-        self._agents[uaid] = agent
-        return previous if previous is not agent else None
+    def attach(self, uaid: str, agent: ConnectedAgent) -> None:
+        """Add a connection of `uaid`; the newest is offered messages first."""
+        agents = self._agents.setdefault(uaid, [])
+        if agent not in agents:
+            agents.append(agent)
+
+    def agents(self, uaid: str) -> list[ConnectedAgent]:
+        """The connections of a user agent, oldest first."""
+        return list(self._agents.get(uaid, ()))
 
     def detach(self, uaid: str, agent: ConnectedAgent) -> None:
-        """Forget `agent`, unless another connection has taken over the uaid since."""
-        if self._agents.get(uaid) is agent:
+        """Forget a connection."""
+        agents = self._agents.get(uaid)
+        if agents is None:
+            return
+        if agent in agents:
+            agents.remove(agent)
+        if not agents:
             del self._agents[uaid]
 
     def is_connected(self, uaid: str) -> bool:
@@ -44,14 +71,40 @@ class Hub:
         return uaid in self._agents
 
     def offer(self, message: StoredMessage) -> bool:
-        """Hand a message to its user agent if connected here; True if it was."""
-        agent = self._agents.get(message.uaid)
-        if agent is None:
-            return False
-        agent.offer(message)
-        return True
+        """Hand a message to the newest connection that accepts it; True if one did."""
+        for agent in reversed(self._agents.get(message.uaid, ())):
+            if agent.accepts(message):
+                agent.offer(message)
+                return True
+        return False
 
     async def close_all(self, code: int, reason: str) -> None:
-        """Close every connection (draining before shutdown)."""
-        for agent in list(self._agents.values()):
-            await agent.close(code, reason)
+        """Close every user agent connection (draining before shutdown)."""
+        for agents in list(self._agents.values()):
+            for agent in list(agents):
+                await agent.close(code, reason)
+
+    # Receipts ------------------------------------------------------------------------
+
+    def listen_receipts(self, receipt_id: str, listener: ReceiptListener) -> None:
+        """An application server monitors a receipt subscription."""
+        self._receipts.setdefault(receipt_id, []).append(listener)
+
+    def unlisten_receipts(self, receipt_id: str, listener: ReceiptListener) -> None:
+        """The monitor has gone."""
+        listeners = self._receipts.get(receipt_id)
+        if listeners and listener in listeners:
+            listeners.remove(listener)
+            if not listeners:
+                del self._receipts[receipt_id]
+
+    def notify_receipt(self, receipt_id: str) -> None:
+        """A receipt was queued for `receipt_id`."""
+        for listener in list(self._receipts.get(receipt_id, ())):
+            listener.receipts_ready()
+
+    def notify_all_receipts(self) -> None:
+        """Receipts may have been queued for anyone (after an expiry sweep)."""
+        for listeners in list(self._receipts.values()):
+            for listener in list(listeners):
+                listener.receipts_ready()

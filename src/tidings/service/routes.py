@@ -10,9 +10,20 @@ from __future__ import annotations
 
 import logging
 
-from tidings.service.core import MESSAGE_PATH, PUSH_PATH, PushService
+from tidings.service import rfc8030
+from tidings.service.core import (
+    MESSAGE_PATH,
+    PUSH_PATH,
+    RECEIPT_PATH,
+    RETRY_AFTER_UNAVAILABLE,
+    SET_PATH,
+    SUBSCRIBE_PATH,
+    SUBSCRIPTION_PATH,
+    PushService,
+)
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response
+from tidings.service.store import StoreUnavailable
 from tidings.service.web import WEB_PREFIXES, WebRoutes
 
 log = logging.getLogger("tidings.http")
@@ -23,7 +34,7 @@ MAX_REQUEST_BODY = 64 * 1024
 
 def redact_path(path: str) -> str:
     """A path fit for logs: capability tokens are secrets, so only their start is kept."""
-    for prefix in (PUSH_PATH, MESSAGE_PATH):
+    for prefix in (PUSH_PATH, MESSAGE_PATH, SUBSCRIPTION_PATH, SET_PATH, RECEIPT_PATH):
         if path.startswith(prefix) and len(path) > len(prefix) + 8:
             return path[: len(prefix) + 8] + "..."
     return path[:200]
@@ -73,6 +84,16 @@ class Routes:
             return await self._route(request)
         except ServiceError as error:
             return Response.error(error)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable: %s", exc)
+            return Response.error(
+                ServiceError(
+                    503,
+                    Errno.UNAVAILABLE,
+                    "the service cannot reach its store right now; retry later",
+                    headers={"retry-after": RETRY_AFTER_UNAVAILABLE},
+                )
+            )
         except Exception:
             log.exception("unexpected error on %s %s", request.method, redact_path(request.path))
             return Response.error(
@@ -84,17 +105,34 @@ class Routes:
         if path.startswith(PUSH_PATH):
             if method != "POST":
                 raise _method_not_allowed("POST")
-            accepted = await self.service.accept_push(
-                path[len(PUSH_PATH) :], request.headers, request.body
-            )
-            return Response(
-                accepted.status, {"location": accepted.location, "ttl": str(accepted.ttl)}
-            )
+            return await rfc8030.push(self.service, request, path[len(PUSH_PATH) :])
         if path.startswith(MESSAGE_PATH):
             if method != "DELETE":
                 raise _method_not_allowed("DELETE")
-            await self.service.cancel_message(path[len(MESSAGE_PATH) :])
+            await self.service.delete_message_resource(path[len(MESSAGE_PATH) :])
             return Response(204)
+        if path == SUBSCRIBE_PATH:
+            if method != "POST":
+                raise _method_not_allowed("POST")
+            return await rfc8030.subscribe(self.service, request)
+        if path.startswith(SUBSCRIPTION_PATH):
+            token = path[len(SUBSCRIPTION_PATH) :]
+            if method == "GET":
+                return await rfc8030.monitor_subscription(self.service, request, token)
+            if method == "DELETE":
+                return await rfc8030.delete_subscription(self.service, token)
+            raise _method_not_allowed("GET, DELETE")
+        if path.startswith(SET_PATH):
+            token = path[len(SET_PATH) :]
+            if method == "GET":
+                return await rfc8030.monitor_set(self.service, request, token)
+            if method == "DELETE":
+                return await rfc8030.delete_set(self.service, token)
+            raise _method_not_allowed("GET, DELETE")
+        if path.startswith(RECEIPT_PATH):
+            if method != "GET":
+                raise _method_not_allowed("GET")
+            return await rfc8030.monitor_receipts(self.service, request, path[len(RECEIPT_PATH) :])
         if path == "/health":
             if method not in ("GET", "HEAD"):
                 raise _method_not_allowed("GET, HEAD")

@@ -94,10 +94,14 @@ class TokenSealer:
         """A fresh random 256-bit token key."""
         return secrets.token_bytes(32)
 
-    def seal(self, kind: TokenKind, payload: bytes) -> str:
-        """Seal `payload` as a token of `kind` under the current (first) key."""
+    def seal(self, kind: TokenKind, payload: bytes, nonce: bytes | None = None) -> str:
+        """Seal `payload` as a token of `kind` under the current key.
+
+        A caller may fix the nonce to get the same token for the same payload; it must
+        then never reuse a nonce for another payload (message ids are unique).
+        """
         header = bytes((kind, self._current))
-        nonce = os.urandom(_NONCE_BYTES)
+        nonce = os.urandom(_NONCE_BYTES) if nonce is None else nonce[:_NONCE_BYTES]
         sealed = self._ciphers[self._current].encrypt(nonce, payload, header)
         return b64url_encode(header + nonce + sealed)
 
@@ -142,11 +146,14 @@ class TokenSealer:
     # Message tokens --------------------------------------------------------------
 
     def seal_message(self, ref: MessageRef) -> str:
-        """The token of a push message resource (the Location of an accepted push)."""
-        payload = (
-            bytes.fromhex(ref.uaid) + _uuid_bytes(ref.channel_id) + bytes.fromhex(ref.message_id)
-        )
-        return self.seal(TokenKind.MESSAGE, payload)
+        """The token of a push message resource (the Location of an accepted push).
+
+        The same message always gets the same token, so the URL an application server
+        got in Location is the one pushed to the user agent and named in its receipt.
+        """
+        message_id = bytes.fromhex(ref.message_id)
+        payload = bytes.fromhex(ref.uaid) + _uuid_bytes(ref.channel_id) + message_id
+        return self.seal(TokenKind.MESSAGE, payload, nonce=message_id)
 
     def open_message(self, token: str) -> MessageRef:
         """The message a message token names; TokenError otherwise."""
@@ -154,3 +161,38 @@ class TokenSealer:
         if len(payload) != 3 * _ID_BYTES:
             raise TokenError("message token has a bad payload")
         return MessageRef(payload[:16].hex(), _uuid_text(payload[16:32]), payload[32:].hex())
+
+    # RFC 8030 user agent and receipt resources -----------------------------------
+
+    def seal_subscription(self, uaid: str, channel_id: str) -> str:
+        """The token of a push message subscription (what a user agent monitors)."""
+        return self.seal(TokenKind.SUBSCRIPTION, bytes.fromhex(uaid) + _uuid_bytes(channel_id))
+
+    def open_subscription(self, token: str) -> tuple[str, str]:
+        """(uaid, channel id) of a subscription token; TokenError otherwise."""
+        payload = self.open(TokenKind.SUBSCRIPTION, token)
+        if len(payload) != 2 * _ID_BYTES:
+            raise TokenError("subscription token has a bad payload")
+        return payload[:16].hex(), _uuid_text(payload[16:])
+
+    def seal_set(self, uaid: str) -> str:
+        """The token of a subscription set (one per user agent id)."""
+        return self.seal(TokenKind.SUBSCRIPTION_SET, bytes.fromhex(uaid))
+
+    def open_set(self, token: str) -> str:
+        """The uaid a subscription set token names; TokenError otherwise."""
+        payload = self.open(TokenKind.SUBSCRIPTION_SET, token)
+        if len(payload) != _ID_BYTES:
+            raise TokenError("set token has a bad payload")
+        return payload.hex()
+
+    def seal_receipt(self, receipt_id: str) -> str:
+        """The token of an application server's receipt subscription."""
+        return self.seal(TokenKind.RECEIPT_SUBSCRIPTION, bytes.fromhex(receipt_id))
+
+    def open_receipt(self, token: str) -> str:
+        """The receipt subscription id of a token; TokenError otherwise."""
+        payload = self.open(TokenKind.RECEIPT_SUBSCRIPTION, token)
+        if len(payload) != _ID_BYTES:
+            raise TokenError("receipt token has a bad payload")
+        return payload.hex()

@@ -89,9 +89,10 @@ class WebSocketSession:
         uaid = await self.service.resolve_uaid(hello.uaid)
         self.uaid = uaid
         self._held = []  # live messages wait until the stored ones have been sent
-        previous = self.service.hub.attach(uaid, self)
-        if previous is not None:
-            await previous.close(wp.CLOSE_REPLACED, "another connection took over this uaid")
+        for previous in self.service.hub.agents(uaid):
+            if isinstance(previous, WebSocketSession):
+                await previous.close(wp.CLOSE_REPLACED, "another connection took over this uaid")
+        self.service.hub.attach(uaid, self)
         await self._send(wp.hello_reply(uaid))
         log.info(
             "hello from %s: uaid %s%s", self.peer, uaid, "" if uaid == hello.uaid else " (new)"
@@ -143,6 +144,10 @@ class WebSocketSession:
 
     # Frames out -----------------------------------------------------------------------
 
+    def accepts(self, message: StoredMessage) -> bool:
+        """A WebSocket user agent takes every message of its subscriptions."""
+        return not self.closed
+
     def offer(self, message: StoredMessage) -> None:
         """A live message for this user agent (called by the hub, never blocks)."""
         if self.closed:
@@ -173,6 +178,8 @@ class WebSocketSession:
         if message.ttl and message.expires_at <= time.time():
             return  # a message is never delivered after its TTL
         self._unacked.add(message.message_id)
+        if message.receipt_id is not None:
+            await self.service.mark_delivered(message)
         frame = wp.notification_frame(
             message.channel_id, message.message_id, message.body, message.headers
         )
