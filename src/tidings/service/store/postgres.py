@@ -133,21 +133,23 @@ _MIGRATIONS: dict[int, str] = {
     """,
 }
 
-_MESSAGE_COLUMNS = (
-    "message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency, topic,"
-    " headers, receipt_id"
-)
+_SELECT_PENDING = """
+SELECT message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency, topic,
+       headers, receipt_id
+FROM messages WHERE uaid = $1 AND expires_at > $2 ORDER BY seq LIMIT $3
+"""
 
-_DELETE_MESSAGE = f"""
+_DELETE_MESSAGE = """
 WITH gone AS (
     DELETE FROM messages WHERE uaid = $1 AND message_id = $2
-    RETURNING {_MESSAGE_COLUMNS}, delivered
+    RETURNING message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency,
+              topic, headers, receipt_id, delivered
 ), receipt AS (
     INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
     SELECT receipt_id, uaid, channel_id, message_id, 204, $3 FROM gone
     WHERE receipt_id IS NOT NULL AND delivered
 )
-SELECT {_MESSAGE_COLUMNS} FROM gone
+SELECT * FROM gone
 """
 
 # A bounded batch, so a large backlog never becomes one huge transaction; SKIP LOCKED
@@ -257,7 +259,7 @@ class PostgresStore:
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), self._timeout)
-            except (TimeoutError, *_UNAVAILABLE):
+            except _UNAVAILABLE:
                 pool.terminate()
 
     async def ping(self) -> None:
@@ -292,8 +294,7 @@ class PostgresStore:
     async def add_user_agent(self, uaid: str, now: float) -> None:
         await self._run(
             lambda conn: conn.execute(
-                "INSERT INTO user_agents (uaid, created_at) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING",
+                "INSERT INTO user_agents (uaid, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 uaid,
                 now,
             )
@@ -360,7 +361,7 @@ class PostgresStore:
                 channel_id,
             )
         )
-        return status != "DELETE 0"
+        return str(status) != "DELETE 0"
 
     async def list_subscriptions(self, uaid: str) -> list[SubscriptionRecord]:
         rows = await self._run(
@@ -423,8 +424,7 @@ class PostgresStore:
     async def pending_messages(self, uaid: str, now: float, limit: int) -> list[StoredMessage]:
         rows = await self._run(
             lambda conn: conn.fetch(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE uaid = $1 AND expires_at > $2"
-                " ORDER BY seq LIMIT $3",
+                _SELECT_PENDING,
                 uaid,
                 now,
                 limit,
