@@ -103,6 +103,18 @@ _INSERT_RECEIPT = (
 )
 
 
+def _statements(script: str) -> list[str]:
+    """The statements of a migration script, one by one (executescript would commit)."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s.strip(" ;\n")]
+
+
 def _message_from_row(row: tuple[Any, ...]) -> StoredMessage:
     return StoredMessage(
         message_id=row[0],
@@ -151,16 +163,23 @@ class SQLiteStore:
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=5000")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for target in sorted(v for v in _MIGRATIONS if v > version):
-            # One transaction per migration: a crash leaves the schema at a version.
-            conn.executescript(
-                f"BEGIN IMMEDIATE;{_MIGRATIONS[target]}PRAGMA user_version={target};COMMIT;"
-            )
+        # The version is read inside the write transaction, so processes opening the
+        # file together (--reuse-port workers) migrate once; a crash leaves the old one.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for target in sorted(v for v in _MIGRATIONS if v > version):
+                for statement in _statements(_MIGRATIONS[target]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         self._conn = conn
 
     async def open(self) -> None:
