@@ -90,6 +90,9 @@ class Http1Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _BodyTooLarge):
                 self._reject(413, f"the body is over {self._body_limit} bytes")
+            elif isinstance(exc.__context__, httptools.HttpParserError):
+                # Our own limit, raised in a callback (httptools reports "User callback error").
+                self._reject(431, f"{exc.__context__}: at most {MAX_HEADER_BYTES} bytes")
             else:
                 self._reject(400, f"malformed HTTP request: {exc}")
 
