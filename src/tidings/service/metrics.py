@@ -312,7 +312,7 @@ class ServiceMetrics:
             method = getattr(store, name, None)
             if method is None or not inspect.iscoroutinefunction(method):
                 continue
-            timed = _timed(method, self.store_latency.labels(name))
+            timed = _timed(method, self.store_latency, name)
             try:
                 setattr(store, name, timed)
             except AttributeError:
@@ -404,16 +404,22 @@ class ServiceMetrics:
         }
 
 
-def _timed(method: Callable[..., Awaitable[T]], histogram: Any) -> Callable[..., Awaitable[T]]:
-    observe = histogram.observe
+def _timed(
+    method: Callable[..., Awaitable[T]], histogram: Histogram, operation: str
+) -> Callable[..., Awaitable[T]]:
+    """`method`, observing its duration; the labelled series appears on first use."""
     clock = time.perf_counter
+    observe: Callable[[float], None] | None = None
 
     @functools.wraps(method)
     async def timed(*args: Any, **kwargs: Any) -> T:
+        nonlocal observe
         started = clock()
         try:
             return await method(*args, **kwargs)
         finally:
+            if observe is None:
+                observe = histogram.labels(operation).observe
             observe(clock() - started)
 
     return timed
