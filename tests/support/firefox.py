@@ -306,6 +306,7 @@ class FirefoxPushClient:
         prefs: dict[str, Any] | None = None,
         page_server: PageServer | None = None,
         binary: str = FIREFOX,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.push_server_url = push_server_url
         self._own_profile = profile_dir is None
@@ -314,6 +315,7 @@ class FirefoxPushClient:
         self.page = page_server or PageServer()
         self._own_page = page_server is None
         self.binary = binary
+        self.extra_args = extra_args  # e.g. ("--marionette",) for tests that drive pages
         self.process: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None
         self._log_file: Any = None
@@ -367,6 +369,7 @@ class FirefoxPushClient:
             "--no-remote",
             "--profile",
             str(self.profile_dir),
+            *self.extra_args,
             self.page.url,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_file,
