@@ -80,17 +80,32 @@ async def test_tidings_sender(service: RunningService, tmp_path: Path) -> None:
         assert events[1].data is not None and events[1].data.bytes() == b"\x00\xff"
 
 
-async def test_npm_web_push_cli(service: RunningService, tmp_path: Path) -> None:
-    node = pytest.importorskip("support.node")
-    key = VapidKey.generate()
+async def test_npm_web_push_cli_and_library(service: RunningService, tmp_path: Path) -> None:
+    from support.node import VapidKeys, node_cli_send, node_send, require_node
+
+    require_node()
+    vapid = VapidKeys.generate()
     inbox = Inbox()
     async with make_agent(service.ws_url, tmp_path / "ua") as ua:
         registration = await ua.register("app", on_push=inbox)
-        sub = await registration.push_manager.subscribe(application_server_key=key.public_key_b64)
+        sub = await registration.push_manager.subscribe(application_server_key=vapid.public_key)
+        info = sub.to_json()
         text = json.dumps(PAYLOAD, ensure_ascii=False)
-        await asyncio.to_thread(node.node_cli_send, sub.to_json(), text, key)
+        result = await node_cli_send(
+            info["endpoint"],
+            key=info["keys"]["p256dh"],
+            auth=info["keys"]["auth"],
+            payload=text,
+            vapid=vapid,
+            ttl=60,
+        )
+        assert result.ok, result
         events = await inbox.wait_for(1, timeout=20)
         assert events[0].data is not None and events[0].data.json() == PAYLOAD
+        answer = await node_send(info, bytes(range(200)), vapid=vapid, ttl=60)
+        assert answer["statusCode"] == 201, answer
+        events = await inbox.wait_for(2, timeout=20)
+        assert events[1].data is not None and events[1].data.bytes() == bytes(range(200))
 
 
 async def test_subscribe_same_key_same_subscription_other_key_refused(

@@ -18,6 +18,9 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     db: str = "tidings-data/tidings.db"
+    store: str | None = None  # store URL (sqlite:///path, postgresql://...); default: db
+    cluster: str | None = None  # cluster bus URL (redis://host:6379/0); default: one node
+    node_id: str | None = None  # this node's name in the cluster; default host-pid-random
     public_url: str | None = None  # origin written into endpoints; default http://host:port
     secrets: str | None = None  # token key file; default <db dir>/tidings-secrets.json
     max_ttl: int = 30 * DAY  # longer TTLs are cut to this and the answer says so
@@ -49,6 +52,16 @@ class ServiceConfig:
         origin = self.origin
         scheme = "wss" if origin.startswith("https:") else "ws"
         return scheme + origin[origin.index(":") :] + "/"
+
+    @property
+    def store_url(self) -> str:
+        """Where messages live: --store if given, else the SQLite file --db."""
+        return self.store or self.db
+
+    @property
+    def shared_store(self) -> bool:
+        """True when other nodes may use the same store (PostgreSQL)."""
+        return self.store_url.startswith(("postgresql://", "postgres://"))
 
     @property
     def secrets_path(self) -> Path:
