@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tidings import __version__
+from tidings.service.cluster import ClusterBus, open_bus
 from tidings.service.config import ServiceConfig
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.hub import Hub
@@ -107,8 +108,13 @@ class PushService:
 
     def __init__(self, config: ServiceConfig, store: Store | None = None) -> None:
         self.config = config
-        self.store: Store = store or open_store(config.db, synchronous=config.sqlite_synchronous)
-        self.hub = Hub()
+        self.store: Store = store or open_store(
+            config.store_url, synchronous=config.sqlite_synchronous
+        )
+        # The bus reaches user agents connected to other nodes (--cluster); on a single
+        # node it does nothing and its hub is a plain Hub.
+        self.cluster: ClusterBus = open_bus(config.cluster, config.node_id)
+        self.hub: Hub = self.cluster.hub
         self.metrics = ServiceMetrics(self.hub)  # Prometheus metrics and /api/stats
         self.metrics.instrument_store(self.store)  # times every store call
         self.vapid = VapidChecker(config.origin)
@@ -122,7 +128,10 @@ class PushService:
     async def start(self) -> None:
         """Open the store, load (or create) the token keys, start the expiry sweeper."""
         await self.store.open()
-        self._sealer = await load_sealer(self.config.secrets_path, self.store)
+        self._sealer = await load_sealer(
+            self.config.secrets_path, self.store, create=not self.config.shared_store
+        )
+        await self.cluster.start(self.redeliver)
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="tidings-expiry")
 
     async def drain(self) -> None:
@@ -136,6 +145,7 @@ class PushService:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.cluster.stop()
         await self.store.close()
 
     async def _sweep_expired(self) -> None:
@@ -169,6 +179,7 @@ class PushService:
             "store": "ok" if store_ok else "unavailable",
             "connections": len(self.hub),
             "draining": self.draining,
+            "cluster": self.cluster.status(),
             "uptime": round(time.time() - self.started_at, 1),
         }
 
@@ -244,7 +255,8 @@ class PushService:
             ) from None
         except StoreUnavailable as exc:
             raise _unavailable(exc) from None
-        delivered = self.hub.offer(message)
+        # Here, or through the bus to the node holding the user agent's connection.
+        delivered = self.hub.offer(message) or await self.cluster.route(message)
         if receipt_id is None:
             return PushAccepted(201, location, ttl, message.message_id, delivered)
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
@@ -393,6 +405,19 @@ class PushService:
         return await self.store.pending_messages(
             uaid, time.time(), self.config.max_messages_per_user_agent
         )
+
+    async def redeliver(self, uaid: str) -> None:
+        """Offer a connected user agent its stored messages again (the cluster bus asks
+        when live deliveries may have been missed; the connection skips duplicates)."""
+        if not self.hub.is_connected(uaid):
+            return
+        try:
+            messages = await self.pending(uaid)
+        except StoreUnavailable as exc:
+            log.warning("cannot load stored messages for %s: %s", uaid, exc)
+            return
+        for message in messages:
+            self.hub.offer(message)
 
     async def acknowledge(self, uaid: str, message_id: str, code: int) -> None:
         """The user agent has the message (code 100) or cannot use it (101, 102)."""

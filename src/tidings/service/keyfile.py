@@ -66,8 +66,12 @@ def write_keys(path: Path, keys: dict[int, bytes], current: int) -> None:
     write_private_file(path, (json.dumps(document, indent=2) + "\n").encode())
 
 
-async def load_sealer(path: Path, store: Store) -> TokenSealer:
-    """The token sealer for this service, creating the key file on first start."""
+async def load_sealer(path: Path, store: Store, *, create: bool = True) -> TokenSealer:
+    """The token sealer for this service, creating the key file on first start.
+
+    With `create` false (nodes sharing a store), a missing file is refused instead:
+    nodes starting together would each make a different key.
+    """
     recorded = await store.get_meta(_META_FINGERPRINTS)
     recorded_set = set(recorded.split(",")) if recorded else set()
     if path.exists():  # noqa: ASYNC240 - once at start-up, before serving
@@ -78,6 +82,12 @@ async def load_sealer(path: Path, store: Store) -> TokenSealer:
             "whose endpoints were sealed with it. Restore the file from a backup; starting "
             "with a new key would make every existing push endpoint fail. To start over on "
             "purpose, delete the database too."
+        )
+    elif not create:
+        raise KeyFileError(
+            f"the token key file {path} is missing. Nodes sharing a store must share one "
+            f"key file: create it once with `tidings keys token --out {path}` and give every "
+            "node that same file (--secrets)."
         )
     else:
         keys, current = {1: TokenSealer.new_key()}, 1

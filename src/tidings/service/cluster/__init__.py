@@ -1,0 +1,79 @@
+"""Reaching user agents connected to other nodes: the cluster bus.
+
+A node hands a live message to its own `Hub` first. When the user agent is not
+connected here, `ClusterBus.route` gives the message to the node that holds the
+connection, if any. The message is already stored (unless its TTL is 0), so routing is
+only about delivering it now: a lost route costs latency, never the message.
+
+`SingleNodeBus` (the default) routes nowhere and costs nothing; `RedisBus`
+(`--cluster redis://...`) records which node holds which user agent in Redis and
+passes messages between nodes over Redis pub/sub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from tidings.service.hub import Hub
+from tidings.service.store import StoredMessage
+
+__all__ = ["ClusterBus", "Redeliver", "SingleNodeBus", "open_bus"]
+
+#: What the bus calls when stored messages of a connected user agent may have missed
+#: their live delivery (after a claim, after Redis came back): offer them again.
+Redeliver = Callable[[str], Awaitable[None]]
+
+
+class ClusterBus(Protocol):
+    """How one node reaches user agents connected to the others."""
+
+    @property
+    def hub(self) -> Hub:
+        """This node's hub (it tells the bus which user agents connect here)."""
+
+    async def start(self, redeliver: Redeliver) -> None:
+        """Join the cluster; `redeliver(uaid)` re-offers stored messages to a local agent."""
+
+    async def stop(self) -> None:
+        """Leave the cluster: release this node's user agents."""
+
+    async def route(self, message: StoredMessage) -> bool:
+        """Send a message to the node holding its user agent; True if one took it."""
+
+    def status(self) -> str:
+        """ "single" (no cluster), "ok", or "degraded" (delivery falls back to the store)."""
+
+
+class SingleNodeBus:
+    """No other nodes: every user agent is either connected here or not at all."""
+
+    def __init__(self) -> None:
+        self._hub = Hub()
+
+    @property
+    def hub(self) -> Hub:
+        return self._hub
+
+    async def start(self, redeliver: Redeliver) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def route(self, message: StoredMessage) -> bool:
+        return False
+
+    def status(self) -> str:
+        return "single"
+
+
+def open_bus(url: str | None, node_id: str | None = None) -> ClusterBus:
+    """The bus for a `--cluster` URL: none for a single node, `redis://...` for Redis."""
+    if not url:
+        return SingleNodeBus()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from tidings.service.cluster.redis_bus import RedisBus
+
+        return RedisBus(url, node_id=node_id)
+    raise ValueError(f"unsupported cluster URL {url!r}: use redis://host:6379/0")

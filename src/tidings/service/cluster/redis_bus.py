@@ -1,0 +1,427 @@
+"""The Redis cluster bus: presence of user agents, and messages between nodes.
+
+Presence: `<prefix>ua:<uaid>` holds "<stamp>|<node id>" with an expiry, where the
+stamp is when that connection said hello (milliseconds). A node claims a user agent
+when it connects, refreshes its claims by heartbeat, and releases them when the
+connection ends. A claim never overwrites a newer one from another node, and a
+release deletes only the node's own entry, so a node that still believes it holds a
+user agent that has moved on (its old connection not yet noticed dead) cannot win.
+
+Delivery: each node subscribes to `<prefix>node:<id>`. Routing a message is one
+script call that reads the presence entry and PUBLISHes the message to that node's
+channel; zero receivers means the node is gone and the message simply waits in the
+store. Pub/sub rather than streams: the store is the durable copy, so the bus only
+needs to be fast (measured in docs/scaling.md).
+
+Failure: whenever this node (re)subscribes it re-claims every user agent it holds and
+re-offers their stored messages (Redis restarted, or the subscription dropped);
+pushes that could not be routed while Redis was away are remembered and their holders
+poked once it is back. Nothing here is needed for a message to survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from tidings.service.cluster import Redeliver
+from tidings.service.hub import ConnectedAgent, Hub
+from tidings.service.store import StoredMessage
+
+log = logging.getLogger("tidings.cluster")
+
+DEFAULT_PREFIX = "tidings:"
+HEARTBEAT = 10.0  # seconds between presence refreshes
+PRESENCE_TTL = 35  # seconds a claim lives without a refresh (a dead node's claims go)
+CLAIM_BATCH = 500  # user agents per claim script call
+MAX_MISSED = 10_000  # user agents remembered for a poke; past it, everyone is poked
+REDELIVER_CONCURRENCY = 16
+
+# KEYS: presence keys; ARGV: node, ttl, then one stamp per key.
+_CLAIM = """
+local taken = 0
+for i, key in ipairs(KEYS) do
+  local stamp = ARGV[2 + i]
+  local current = redis.call('GET', key)
+  local take = true
+  if current then
+    local sep = string.find(current, '|', 1, true)
+    if sep and string.sub(current, sep + 1) ~= ARGV[1]
+       and tonumber(string.sub(current, 1, sep - 1)) > tonumber(stamp) then
+      take = false
+    end
+  end
+  if take then
+    redis.call('SET', key, stamp .. '|' .. ARGV[1], 'EX', ARGV[2])
+    taken = taken + 1
+  end
+end
+return taken
+"""
+
+# KEYS: presence key; ARGV: the value this node wrote.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: presence key; ARGV: this node, channel prefix, payload.
+# Returns -2 (nobody holds it), -1 (this node does), else PUBLISH's receiver count.
+_ROUTE = """
+local current = redis.call('GET', KEYS[1])
+if not current then return -2 end
+local sep = string.find(current, '|', 1, true)
+if not sep then return -2 end
+local node = string.sub(current, sep + 1)
+if node == ARGV[1] then return -1 end
+return redis.call('PUBLISH', ARGV[2] .. node, ARGV[3])
+"""
+
+
+def default_node_id() -> str:
+    """host-pid-random: unique per process, readable in logs."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(Redis URL for the client, key prefix) from `redis://host/0?prefix=name:`."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+def encode_message(message: StoredMessage) -> str:
+    return json.dumps(
+        {
+            "t": "m",
+            "id": message.message_id,
+            "ua": message.uaid,
+            "ch": message.channel_id,
+            "b": base64.b64encode(message.body).decode("ascii"),
+            "ttl": message.ttl,
+            "c": message.created_at,
+            "e": message.expires_at,
+            "u": message.urgency,
+            "tp": message.topic,
+            "h": message.headers,
+            "r": message.receipt_id,
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode_message(data: dict[str, Any]) -> StoredMessage:
+    return StoredMessage(
+        message_id=data["id"],
+        uaid=data["ua"],
+        channel_id=data["ch"],
+        body=base64.b64decode(data["b"]),
+        ttl=int(data["ttl"]),
+        created_at=float(data["c"]),
+        expires_at=float(data["e"]),
+        urgency=data["u"],
+        topic=data["tp"],
+        headers=dict(data["h"]),
+        receipt_id=data["r"],
+    )
+
+
+class ClusterHub(Hub):
+    """A hub that tells the bus when a user agent connects to or leaves this node."""
+
+    def __init__(self, bus: RedisBus) -> None:
+        super().__init__()
+        self._bus = bus
+
+    def attach(self, uaid: str, agent: ConnectedAgent) -> None:
+        super().attach(uaid, agent)
+        self._bus.claim(uaid)
+
+    def detach(self, uaid: str, agent: ConnectedAgent) -> None:
+        super().detach(uaid, agent)
+        if not self.is_connected(uaid):
+            self._bus.release(uaid)
+
+
+class RedisBus:
+    """`ClusterBus` over Redis: presence keys with expiry, a pub/sub channel per node."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        node_id: str | None = None,
+        heartbeat: float = HEARTBEAT,
+        presence_ttl: int = PRESENCE_TTL,
+        timeout: float = 2.0,
+    ) -> None:
+        self.url, self.prefix = split_url(url)
+        self.node_id = node_id or default_node_id()
+        self.channel = f"{self.prefix}node:{self.node_id}"
+        self._heartbeat = heartbeat
+        self._ttl = presence_ttl
+        no_retry = Retry(NoBackoff(), 0)  # failures are handled here, not hidden
+        self._redis = aioredis.from_url(
+            self.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=no_retry,
+            max_connections=64,
+        )
+        # The subscriber blocks reading, so it has no read timeout of its own.
+        self._subscriber = aioredis.from_url(
+            self.url, socket_connect_timeout=timeout, socket_keepalive=True, retry=no_retry
+        )
+        self._claim_script = self._redis.register_script(_CLAIM)
+        self._release_script = self._redis.register_script(_RELEASE)
+        self._route_script = self._redis.register_script(_ROUTE)
+        self._hub = ClusterHub(self)
+        self._stamps: dict[str, str] = {}  # uaid -> the stamp this node claimed it with
+        self._last_stamp = 0
+        self._missed: set[str] = set()
+        self._missed_all = False
+        self._down_until = 0.0  # after a failure, routes skip Redis for a moment
+        self._subscribed = False
+        self._redeliver: Redeliver | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._started = asyncio.Event()
+
+    @property
+    def hub(self) -> Hub:
+        return self._hub
+
+    def status(self) -> str:
+        return "ok" if self._subscribed and time.monotonic() >= self._down_until else "degraded"
+
+    def _key(self, uaid: str) -> str:
+        return f"{self.prefix}ua:{uaid}"
+
+    # Life cycle -----------------------------------------------------------------------
+
+    async def start(self, redeliver: Redeliver) -> None:
+        self._redeliver = redeliver
+        self._loops = [
+            asyncio.create_task(self._listen(), name="tidings-cluster-listen"),
+            asyncio.create_task(self._beat(), name="tidings-cluster-heartbeat"),
+        ]
+        # Serve even if Redis is away (delivery falls back to the store); say so.
+        try:
+            await asyncio.wait_for(self._started.wait(), 5)
+        except TimeoutError:
+            log.warning(
+                "cluster: Redis at %s not reachable yet; delivering from the store", self.url
+            )
+        log.info("cluster: node %s on %s", self.node_id, self.url)
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # Release what this node holds, so pushes stop being routed here at once.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for uaid, stamp in self._stamps.items():
+                    await self._release_script(
+                        keys=[self._key(uaid)], args=[f"{stamp}|{self.node_id}"], client=pipe
+                    )
+                await pipe.execute()
+        for task in list(self._tasks):
+            task.cancel()
+        await self._redis.aclose()
+        await self._subscriber.aclose()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if time.monotonic() >= self._down_until:
+            log.warning("cluster: %s failed: %s", what, exc or type(exc).__name__)
+        self._down_until = time.monotonic() + 1.0
+
+    # Presence -------------------------------------------------------------------------
+
+    def _new_stamp(self) -> str:
+        stamp = max(int(time.time() * 1000), self._last_stamp + 1)
+        self._last_stamp = stamp
+        return str(stamp)
+
+    def claim(self, uaid: str) -> None:
+        """A connection of `uaid` said hello here: make this node its holder."""
+        self._stamps[uaid] = self._new_stamp()
+        self._spawn(self._claim_now(uaid))
+
+    def release(self, uaid: str) -> None:
+        """The last connection of `uaid` here has gone."""
+        stamp = self._stamps.pop(uaid, None)
+        if stamp is not None:
+            self._spawn(self._release_now(uaid, stamp))
+
+    async def _claim_now(self, uaid: str) -> None:
+        stamp = self._stamps.get(uaid)
+        if stamp is None:
+            return
+        try:
+            await self._claim_script(keys=[self._key(uaid)], args=[self.node_id, self._ttl, stamp])
+        except (RedisError, OSError) as exc:
+            self._failed("claim", exc)  # the next (re)subscription claims it again
+            return
+        # Messages routed to the previous holder, or stored while the claim was on its
+        # way, would otherwise wait for the next connection: offer them now.
+        await self._redeliver_one(uaid)
+
+    async def _release_now(self, uaid: str, stamp: str) -> None:
+        try:
+            await self._release_script(keys=[self._key(uaid)], args=[f"{stamp}|{self.node_id}"])
+        except (RedisError, OSError) as exc:
+            self._failed("release", exc)  # the claim expires on its own
+
+    async def _claim_all(self) -> None:
+        """Refresh (or re-create, after a Redis restart) every claim of this node."""
+        held = list(self._stamps.items())
+        for start in range(0, len(held), CLAIM_BATCH):
+            batch = held[start : start + CLAIM_BATCH]
+            await self._claim_script(
+                keys=[self._key(uaid) for uaid, _ in batch],
+                args=[self.node_id, self._ttl, *(stamp for _, stamp in batch)],
+            )
+
+    async def _redeliver_one(self, uaid: str) -> None:
+        if self._redeliver is not None and self._hub.is_connected(uaid):
+            await self._redeliver(uaid)
+
+    async def _redeliver_all(self) -> None:
+        limit = asyncio.Semaphore(REDELIVER_CONCURRENCY)
+
+        async def one(uaid: str) -> None:
+            async with limit:
+                await self._redeliver_one(uaid)
+
+        await asyncio.gather(*(one(uaid) for uaid in list(self._stamps)))
+
+    # Routing --------------------------------------------------------------------------
+
+    async def route(self, message: StoredMessage) -> bool:
+        if time.monotonic() < self._down_until:
+            self._remember_missed(message.uaid)
+            return False
+        try:
+            receivers = await self._route_script(
+                keys=[self._key(message.uaid)],
+                args=[self.node_id, f"{self.prefix}node:", encode_message(message)],
+            )
+        except (RedisError, OSError) as exc:
+            self._failed("route", exc)
+            self._remember_missed(message.uaid)
+            return False
+        return int(receivers) > 0
+
+    def _remember_missed(self, uaid: str) -> None:
+        if len(self._missed) < MAX_MISSED:
+            self._missed.add(uaid)
+        else:
+            self._missed_all = True
+
+    async def _poke_missed(self) -> None:
+        """Redis is back: ask the holders of user agents we could not reach to look."""
+        if self._missed_all:
+            self._missed.clear()
+            self._missed_all = False
+            await self._redis.publish(f"{self.prefix}all", json.dumps({"t": "all"}))
+            return
+        while self._missed:
+            uaid = self._missed.pop()
+            payload = json.dumps({"t": "p", "ua": uaid})
+            try:
+                await self._route_script(
+                    keys=[self._key(uaid)], args=[self.node_id, f"{self.prefix}node:", payload]
+                )
+            except BaseException:
+                self._missed.add(uaid)
+                raise
+
+    def _on_bus_message(self, raw: bytes) -> None:
+        try:
+            data = json.loads(raw)
+            kind = data["t"]
+            if kind == "m":
+                self._hub.offer(decode_message(data))  # not here any more: it is stored
+            elif kind == "p":
+                self._spawn(self._redeliver_one(str(data["ua"])))
+            elif kind == "all":
+                self._spawn(self._redeliver_all())
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("cluster: ignoring a malformed bus message: %s", exc)
+
+    # Background loops -------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Stay subscribed to this node's channel; after every (re)subscription, catch up."""
+        backoff = 0.05
+        while True:
+            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel, f"{self.prefix}all")
+                # From here on every route to this node arrives; claim and catch up on
+                # whatever was routed (or stored) while this node was not listening.
+                await self._claim_all()
+                self._subscribed = True
+                self._down_until = 0.0
+                self._started.set()
+                if self._stamps:
+                    log.info("cluster: subscribed; catching up %d user agents", len(self._stamps))
+                    self._spawn(self._redeliver_all())
+                backoff = 0.05
+                async for item in pubsub.listen():
+                    if item.get("type") == "message":
+                        self._on_bus_message(item["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self._subscribed:
+                    log.warning("cluster: lost the Redis subscription: %s", exc)
+                self._subscribed = False
+                self._failed("subscription", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    async def _beat(self) -> None:
+        """Refresh claims; once Redis answers again, poke the holders of missed pushes."""
+        last_beat = 0.0
+        while True:
+            await asyncio.sleep(0.25 if self._missed or self._missed_all else 1.0)
+            try:
+                if time.monotonic() - last_beat >= self._heartbeat:
+                    await self._claim_all()
+                    last_beat = time.monotonic()
+                if self._missed or self._missed_all:
+                    if time.monotonic() < self._down_until:
+                        continue
+                    await self._poke_missed()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._failed("heartbeat", exc)
