@@ -20,6 +20,17 @@ from tidings.service.config import ServiceConfig, load_config
     help="SQLite database file (or sqlite:///path). [default: tidings-data/tidings.db]",
 )
 @click.option(
+    "--store",
+    help="Store URL: sqlite:///path (one node) or postgresql://user@host/db (shared by "
+    "several nodes; ?pool_max=N&timeout=S). [default: the --db file]",
+)
+@click.option(
+    "--cluster",
+    help="Cluster bus URL, redis://host:6379/0 (?prefix=name: for the keys): deliver to "
+    "user agents connected to other nodes. [default: single node]",
+)
+@click.option("--node-id", help="This node's name in the cluster. [default: host-pid-random]")
+@click.option(
     "--public-url",
     help="Origin written into push endpoints, e.g. https://push.example.com when behind a "
     "proxy; VAPID tokens must name it as their audience. [default: http://HOST:PORT]",
@@ -112,4 +123,19 @@ def _announce(config: ServiceConfig) -> None:
                 "only clients on this machine",
                 err=True,
             )
-    click.echo(f"  database: {config.db} (token keys: {config.secrets_path})", err=True)
+    click.echo(
+        f"  store: {_redact(config.store_url)} (token keys: {config.secrets_path})", err=True
+    )
+    if config.cluster:
+        click.echo(f"  cluster: {_redact(config.cluster)}", err=True)
+
+
+def _redact(url: str) -> str:
+    """A URL fit for the terminal: no password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
