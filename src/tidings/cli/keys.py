@@ -74,6 +74,29 @@ def generate(out: Path | None, force: bool) -> None:
 
 
 @keys.command()
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The token key file to create (JSON, mode 0600; refuses to overwrite).",
+)
+def token(out: Path) -> None:
+    """Create the service's token key file (what `tidings serve --secrets` reads).
+
+    One node makes its own on first start. Nodes that share a PostgreSQL store must
+    share one file: create it once with this command and give every node a copy.
+    """
+    from tidings.service.keyfile import write_keys
+    from tidings.service.tokens import TokenSealer
+
+    if out.exists():
+        raise click.ClickException(f"{out} already exists; keep it (endpoints depend on it)")
+    write_keys(out, {1: TokenSealer.new_key()}, 1)
+    click.echo(f"token keys: {out} (mode 0600); give every node this same file")
+
+
+@keys.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def show(file: Path) -> None:
     """Print the public key (base64url applicationServerKey) of a VAPID private key FILE.
