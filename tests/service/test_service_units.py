@@ -340,9 +340,17 @@ def test_message_tokens_round_trip(sealer: TokenSealer) -> None:
     assert sealer.open_message(sealer.seal_message(ref)) == ref
 
 
-def test_tokens_are_unlinkable(sealer: TokenSealer) -> None:
+def test_endpoint_tokens_are_stable_per_subscription_and_unlinkable_across(
+    sealer: TokenSealer,
+) -> None:
     ref = EndpointRef(UAID, CHANNEL, None)
-    assert sealer.seal_endpoint(ref) != sealer.seal_endpoint(ref)
+    assert sealer.seal_endpoint(ref) == sealer.seal_endpoint(ref)  # one push resource URL
+    other = EndpointRef(UAID, "0" * 8 + CHANNEL[8:], None)
+    raw = b64url_decode(sealer.seal_endpoint(ref))
+    other_raw = b64url_decode(sealer.seal_endpoint(other))
+    # Two subscriptions of one user agent share nothing beyond the kind and key id.
+    assert raw[:2] == other_raw[:2]
+    assert raw[2:14] != other_raw[2:14] and raw[14:] != other_raw[14:]
 
 
 def test_a_message_token_never_opens_as_an_endpoint(sealer: TokenSealer) -> None:

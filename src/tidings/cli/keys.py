@@ -109,3 +109,45 @@ def show(file: Path) -> None:
     except InvalidKeyError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(key.public_key_b64)
+
+
+@keys.command()
+@click.option(
+    "--cert",
+    "cert_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("tidings-cert.pem"),
+    show_default=True,
+    help="Where to write the certificate (PEM).",
+)
+@click.option(
+    "--key",
+    "key_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("tidings-key.pem"),
+    show_default=True,
+    help="Where to write the private key (PEM, mode 0600).",
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="A name or address the certificate is for (repeatable). [default: localhost, 127.0.0.1]",
+)
+@click.option("--days", type=int, default=365, show_default=True, help="Validity.")
+@click.option("--force", is_flag=True, help="Replace existing files.")
+def tls(cert_out: Path, key_out: Path, hosts: tuple[str, ...], days: int, force: bool) -> None:
+    """Make a self-signed TLS key and certificate for local use.
+
+    Then: tidings serve --tls-cert tidings-cert.pem --tls-key tidings-key.pem
+    (HTTPS, WSS and HTTP/2 by ALPN on one port). Clients must be told to trust the
+    certificate; for production use a certificate from a real authority.
+    """
+    from tidings.service.tls import self_signed
+
+    cert_pem, key_pem = self_signed(list(hosts) or ["localhost", "127.0.0.1"], days=days)
+    _write_private(key_out, key_pem, force=force)
+    if cert_out.exists() and not force:
+        raise click.ClickException(f"{cert_out} already exists; pass --force to replace it")
+    cert_out.write_bytes(cert_pem)
+    click.echo(f"certificate: {cert_out}\nprivate key: {key_out} (mode 0600)")

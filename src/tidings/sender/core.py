@@ -239,7 +239,7 @@ class Sender:
         urgency: str | None = None,
         topic: str | None = None,
         content_encoding: str = "aes128gcm",
-        timeout: float | None = None,  # noqa: ASYNC109 (per-attempt limit, not the whole call)
+        timeout: float | None = None,
         headers: dict[str, str] | None = None,
     ) -> SendResult:
         """Send one message to one subscription and say what became of it.
@@ -267,7 +267,7 @@ class Sender:
         self,
         request: PushRequest,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 (per-attempt limit, not the whole call)
+        timeout: float | None = None,
         original: object = None,
     ) -> SendResult:
         """POST a built request, retrying 429/5xx/network errors by the retry policy."""
@@ -322,7 +322,7 @@ class Sender:
         content_encoding: str = "aes128gcm",
         concurrency: int = 100,
         on_result: ResultCallback | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (per-attempt limit, not the whole call)
+        timeout: float | None = None,
         headers: dict[str, str] | None = None,
     ) -> FanoutSummary:
         """Send one message to many subscriptions, each encrypted for its own keys.

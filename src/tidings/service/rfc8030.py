@@ -87,8 +87,12 @@ def _wait_zero(request: Request) -> bool:
 
 
 def _urgency_filter(request: Request) -> Urgency:
+    """The lowest urgency the user agent wants now; without the header, everything."""
+    value = request.headers.get("urgency")
+    if value is None or not value.strip():
+        return Urgency.VERY_LOW
     try:
-        return parse_urgency(request.headers.get("urgency"))
+        return parse_urgency(value)
     except HeaderError as exc:
         raise ServiceError(400, Errno.BAD_URGENCY, str(exc)) from None
 

@@ -133,7 +133,7 @@ class TokenSealer:
         payload = bytes.fromhex(ref.uaid) + _uuid_bytes(ref.channel_id)
         if ref.vapid_hash is not None:
             payload += ref.vapid_hash
-        return self.seal(TokenKind.ENDPOINT, payload)
+        return self.seal_stable(TokenKind.ENDPOINT, payload)
 
     def open_endpoint(self, token: str) -> EndpointRef:
         """The subscription a push endpoint token names; TokenError otherwise."""
@@ -164,9 +164,18 @@ class TokenSealer:
 
     # RFC 8030 user agent and receipt resources -----------------------------------
 
+    def seal_stable(self, kind: TokenKind, payload: bytes) -> str:
+        """A token that is the same every time for the same payload (a stable URL).
+
+        The nonce is derived from the payload, so distinct payloads never share one.
+        """
+        nonce = hashlib.sha256(bytes((kind,)) + payload).digest()[:_NONCE_BYTES]
+        return self.seal(kind, payload, nonce=nonce)
+
     def seal_subscription(self, uaid: str, channel_id: str) -> str:
         """The token of a push message subscription (what a user agent monitors)."""
-        return self.seal(TokenKind.SUBSCRIPTION, bytes.fromhex(uaid) + _uuid_bytes(channel_id))
+        payload = bytes.fromhex(uaid) + _uuid_bytes(channel_id)
+        return self.seal_stable(TokenKind.SUBSCRIPTION, payload)
 
     def open_subscription(self, token: str) -> tuple[str, str]:
         """(uaid, channel id) of a subscription token; TokenError otherwise."""
@@ -177,7 +186,7 @@ class TokenSealer:
 
     def seal_set(self, uaid: str) -> str:
         """The token of a subscription set (one per user agent id)."""
-        return self.seal(TokenKind.SUBSCRIPTION_SET, bytes.fromhex(uaid))
+        return self.seal_stable(TokenKind.SUBSCRIPTION_SET, bytes.fromhex(uaid))
 
     def open_set(self, token: str) -> str:
         """The uaid a subscription set token names; TokenError otherwise."""
@@ -188,7 +197,7 @@ class TokenSealer:
 
     def seal_receipt(self, receipt_id: str) -> str:
         """The token of an application server's receipt subscription."""
-        return self.seal(TokenKind.RECEIPT_SUBSCRIPTION, bytes.fromhex(receipt_id))
+        return self.seal_stable(TokenKind.RECEIPT_SUBSCRIPTION, bytes.fromhex(receipt_id))
 
     def open_receipt(self, token: str) -> str:
         """The receipt subscription id of a token; TokenError otherwise."""

@@ -1,0 +1,304 @@
+"""One HTTP/2 connection (TLS with ALPN h2, or cleartext with prior knowledge)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+
+class H2Error(Exception):
+    """The connection failed, or a stream was reset."""
+
+
+@dataclass
+class H2Response:
+    """A complete response: status, lowercase headers, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass
+class PushedResponse:
+    """A server push: the promised request's path and headers, then its response."""
+
+    path: str
+    request_headers: dict[str, str]
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+class H2Stream:
+    """An open request: its final response (maybe never) and the pushes it carries."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.pushes: asyncio.Queue[PushedResponse] = asyncio.Queue()
+        self.response: asyncio.Future[H2Response] = asyncio.get_running_loop().create_future()
+        self._status = 0
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+
+    async def next_push(self, timeout: float | None = None) -> PushedResponse:
+        """The next complete pushed response on this stream."""
+        return await asyncio.wait_for(self.pushes.get(), timeout)
+
+
+class _Promise:
+    """A pushed stream being received."""
+
+    def __init__(self, parent: H2Stream, pushed: PushedResponse) -> None:
+        self.parent = parent
+        self.pushed = pushed
+        self.body: list[bytes] = []
+
+
+def _decode_headers(raw: list[tuple[bytes, bytes]] | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in raw or ():
+        key = name.decode("latin-1") if isinstance(name, bytes) else name
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+class H2Client(asyncio.Protocol):
+    """An HTTP/2 client connection to one origin."""
+
+    def __init__(self, origin: str) -> None:
+        parts = urlsplit(origin)
+        self.scheme = parts.scheme
+        self.authority = parts.netloc
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config=config)
+        self.transport: asyncio.Transport | None = None
+        self._streams: dict[int, H2Stream] = {}
+        self._promises: dict[int, _Promise] = {}
+        self._window_open = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.close_reason: str | None = None
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, ssl_context: ssl.SSLContext | None = None, timeout: float = 10
+    ) -> H2Client:
+        """Connect to the origin of `url` (https: TLS + ALPN h2; http: prior knowledge)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise H2Error(f"not an http(s) URL: {url}")
+        client = cls(f"{parts.scheme}://{parts.netloc}")
+        context: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            context = ssl_context or ssl.create_default_context()
+            context.set_alpn_protocols(["h2"])
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: client,
+                    parts.hostname,
+                    port,
+                    ssl=context,
+                    server_hostname=parts.hostname if context else None,
+                ),
+                timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise H2Error(f"cannot connect to {client.authority}: {exc}") from exc
+        if context is not None:
+            assert client.transport is not None
+            ssl_object = client.transport.get_extra_info("ssl_object")
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                client.transport.close()
+                raise H2Error(f"{client.authority} does not speak HTTP/2 (ALPN)")
+        return client
+
+    # asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.conn.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.ENABLE_PUSH: 1}
+        )
+        self.conn.initiate_connection()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(f"connection lost: {exc}" if exc else "connection closed")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._fail(f"HTTP/2 protocol error: {exc}")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in events:
+            self._event(event)
+        self._flush()
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ResponseReceived):
+            self._response_headers(event.stream_id, _decode_headers(event.headers))
+        elif isinstance(event, h2.events.PushedStreamReceived):
+            parent = self._streams.get(event.parent_stream_id or 0)
+            headers = _decode_headers(event.headers)
+            if parent is not None and event.pushed_stream_id is not None:
+                pushed = PushedResponse(headers.get(":path", ""), headers)
+                self._promises[event.pushed_stream_id] = _Promise(parent, pushed)
+        elif isinstance(event, h2.events.DataReceived):
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self._body(event.stream_id, event.data or b"")
+        elif isinstance(event, h2.events.StreamEnded):
+            self._ended(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            self._reset(event.stream_id, event.error_code)
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._window_open.set()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._fail(f"server closed the connection (GOAWAY {event.error_code})")
+
+    def _response_headers(self, stream_id: int, headers: dict[str, str]) -> None:
+        status = int(headers.pop(":status", "0"))
+        promise = self._promises.get(stream_id)
+        if promise is not None:
+            promise.pushed.status, promise.pushed.headers = status, headers
+            return
+        stream = self._streams.get(stream_id)
+        if stream is not None and status >= 200:
+            stream._status, stream._headers = status, headers
+
+    def _body(self, stream_id: int, data: bytes) -> None:
+        promise = self._promises.get(stream_id)
+        if promise is not None:
+            promise.body.append(data)
+            return
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream._body.append(data)
+
+    def _ended(self, stream_id: int) -> None:
+        promise = self._promises.pop(stream_id, None)
+        if promise is not None:
+            promise.pushed.body = b"".join(promise.body)
+            promise.parent.pushes.put_nowait(promise.pushed)
+            return
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and not stream.response.done():
+            response = H2Response(stream._status, stream._headers, b"".join(stream._body))
+            stream.response.set_result(response)
+
+    def _reset(self, stream_id: int, code: object) -> None:
+        self._promises.pop(stream_id, None)
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and not stream.response.done():
+            stream.response.set_exception(H2Error(f"stream reset by the server ({code})"))
+
+    def _fail(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        self._window_open.set()
+        for stream in self._streams.values():
+            if not stream.response.done():
+                stream.response.set_exception(H2Error(reason))
+        self._streams.clear()
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # Requests ---------------------------------------------------------------------------
+
+    async def open_stream(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+    ) -> H2Stream:
+        """Send a request and return its stream (the response may come much later)."""
+        if self.closed.is_set():
+            raise H2Error(self.close_reason or "connection closed")
+        stream_id = self.conn.get_next_available_stream_id()
+        request = [
+            (b":method", method.encode()),
+            (b":scheme", self.scheme.encode()),
+            (b":authority", self.authority.encode()),
+            (b":path", path.encode()),
+        ]
+        for name, value in (headers or {}).items():
+            request.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        if body:
+            request.append((b"content-length", str(len(body)).encode()))
+        stream = H2Stream(stream_id)
+        self._streams[stream_id] = stream
+        self.conn.send_headers(stream_id, request, end_stream=not body)
+        self._flush()
+        while body:
+            window = min(
+                self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size
+            )
+            if window <= 0:
+                self._window_open.clear()
+                await self._window_open.wait()
+                if self.closed.is_set():
+                    raise H2Error(self.close_reason or "connection closed")
+                continue
+            chunk, body = body[:window], body[window:]
+            self.conn.send_data(stream_id, chunk, end_stream=not body)
+            self._flush()
+        return stream
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        *,
+        timeout: float | None = 30,
+    ) -> H2Response:
+        """Send a request and wait for its complete response."""
+        stream = await self.open_stream(method, path, headers, body)
+        return await asyncio.wait_for(asyncio.shield(stream.response), timeout)
+
+    def cancel(self, stream: H2Stream) -> None:
+        """Reset an open stream (ends a monitor)."""
+        with contextlib.suppress(h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
+            self.conn.reset_stream(stream.stream_id)
+            self._flush()
+        self._streams.pop(stream.stream_id, None)
+        if not stream.response.done():
+            stream.response.cancel()
+
+    async def close(self) -> None:
+        """Say GOAWAY and close the connection."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.close_connection()
+            self._flush()
+        self.transport.close()
+        self._fail("closed by the client")
+
+    async def __aenter__(self) -> H2Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
