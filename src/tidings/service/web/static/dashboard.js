@@ -84,6 +84,8 @@ function drawChart(svg, t, series, now, describe) {
       const v = s.values[i];
       if (v === null || v === undefined || t[i] < now - WINDOW_S) { pen = false; continue; }
       d += (pen ? 'L' : 'M') + x(t[i]).toFixed(1) + ' ' + y(v).toFixed(1);
+      const next = i + 1 < t.length ? s.values[i + 1] : null;
+      if (!pen && (next === null || next === undefined)) d += 'h0.01';  // a lone point: a dot
       pen = true;
     }
     if (d) parts.push(el('path', {class: 'line ' + s.cls, d}));
