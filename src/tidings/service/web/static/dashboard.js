@@ -61,12 +61,14 @@ function shortNumber(v) {
 }
 
 // series: [{values: [number|null], cls: 'p50'}]; t: timestamps (s); now: the newest second.
+// The time axis spans the history there is, from one to ten minutes.
 function drawChart(svg, t, series, now, describe) {
+  const span = Math.min(WINDOW_S, Math.max(60, t.length ? now - t[0] : 0));
   const plotW = W - LEFT - RIGHT, plotH = H - TOP - BOTTOM;
   let max = 0;
   for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
   max = niceMax(max);
-  const x = ts => LEFT + ((ts - (now - WINDOW_S)) / WINDOW_S) * plotW;
+  const x = ts => LEFT + ((ts - (now - span)) / span) * plotW;
   const y = v => TOP + plotH - (v / max) * plotH;
   const parts = [];
   for (const frac of [0, 0.5, 1]) {
@@ -75,14 +77,14 @@ function drawChart(svg, t, series, now, describe) {
     parts.push(el('text', {class: 'axis', x: LEFT - 4, y: yy + 4, 'text-anchor': 'end'},
       shortNumber(max * frac)));
   }
-  parts.push(el('text', {class: 'axis', x: LEFT, y: H - 3}, '−10 min'));
+  parts.push(el('text', {class: 'axis', x: LEFT, y: H - 3}, '−' + Math.round(span / 60) + ' min'));
   parts.push(el('text', {class: 'axis', x: W - RIGHT, y: H - 3, 'text-anchor': 'end'}, 'now'));
   for (const s of series) {
     let d = '';
     let pen = false;
     for (let i = 0; i < t.length; i++) {
       const v = s.values[i];
-      if (v === null || v === undefined || t[i] < now - WINDOW_S) { pen = false; continue; }
+      if (v === null || v === undefined || t[i] < now - span) { pen = false; continue; }
       d += (pen ? 'L' : 'M') + x(t[i]).toFixed(1) + ' ' + y(v).toFixed(1);
       const next = i + 1 < t.length ? s.values[i + 1] : null;
       if (!pen && (next === null || next === undefined)) d += 'h0.01';  // a lone point: a dot
