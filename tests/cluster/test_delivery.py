@@ -57,7 +57,7 @@ async def test_an_offline_agent_gets_stored_messages_from_another_node(cluster: 
     again = await connect(b, agent)
     try:
         texts = [text for _, text in await drain(again)]
-        assert texts == [b"stored via a", b"stored via b"]  # TTL 0 was never stored
+        assert texts == [b"stored via a", b"stored via b"], texts  # TTL 0 was never stored
     finally:
         await close_quietly(again)
 

@@ -406,9 +406,9 @@ class PushService:
             uaid, time.time(), self.config.max_messages_per_user_agent
         )
 
-    async def redeliver(self, uaid: str) -> None:
-        """Offer a connected user agent its stored messages again (the cluster bus asks
-        when live deliveries may have been missed; the connection skips duplicates)."""
+    async def redeliver(self, uaid: str, since: float = 0.0) -> None:
+        """Offer a connected user agent its stored messages (created at `since` or later)
+        again: the cluster bus asks when live deliveries may have been missed."""
         if not self.hub.is_connected(uaid):
             return
         try:
@@ -417,7 +417,8 @@ class PushService:
             log.warning("cannot load stored messages for %s: %s", uaid, exc)
             return
         for message in messages:
-            self.hub.offer(message)
+            if message.created_at >= since:
+                self.hub.offer(message)
 
     async def acknowledge(self, uaid: str, message_id: str, code: int) -> None:
         """The user agent has the message (code 100) or cannot use it (101, 102)."""

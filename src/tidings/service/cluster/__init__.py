@@ -21,8 +21,9 @@ from tidings.service.store import StoredMessage
 __all__ = ["ClusterBus", "Redeliver", "SingleNodeBus", "open_bus"]
 
 #: What the bus calls when stored messages of a connected user agent may have missed
-#: their live delivery (after a claim, after Redis came back): offer them again.
-Redeliver = Callable[[str], Awaitable[None]]
+#: their live delivery: `redeliver(uaid, since)` offers again those created at `since`
+#: or later (after a claim, the few seconds around it; after Redis came back, all).
+Redeliver = Callable[[str, float], Awaitable[None]]
 
 
 class ClusterBus(Protocol):

@@ -50,6 +50,10 @@ PRESENCE_TTL = 35  # seconds a claim lives without a refresh (a dead node's clai
 CLAIM_BATCH = 500  # user agents per claim script call
 MAX_MISSED = 10_000  # user agents remembered for a poke; past it, everyone is poked
 REDELIVER_CONCURRENCY = 16
+# After a claim, stored messages this much older than the hello are not offered again:
+# the connection's own first read of the store already had them (margin for clocks and
+# for a push accepted just before the hello but committed just after that read).
+CLAIM_REDELIVERY_WINDOW = 5.0
 
 # KEYS: presence keys; ARGV: node, ttl, then one stamp per key.
 _CLAIM = """
@@ -288,7 +292,7 @@ class RedisBus:
             return
         # Messages routed to the previous holder, or stored while the claim was on its
         # way, would otherwise wait for the next connection: offer them now.
-        await self._redeliver_one(uaid)
+        await self._redeliver_one(uaid, int(stamp) / 1000 - CLAIM_REDELIVERY_WINDOW)
 
     async def _release_now(self, uaid: str, stamp: str) -> None:
         try:
@@ -306,9 +310,9 @@ class RedisBus:
                 args=[self.node_id, self._ttl, *(stamp for _, stamp in batch)],
             )
 
-    async def _redeliver_one(self, uaid: str) -> None:
+    async def _redeliver_one(self, uaid: str, since: float = 0.0) -> None:
         if self._redeliver is not None and self._hub.is_connected(uaid):
-            await self._redeliver(uaid)
+            await self._redeliver(uaid, since)
 
     async def _redeliver_all(self) -> None:
         limit = asyncio.Semaphore(REDELIVER_CONCURRENCY)
