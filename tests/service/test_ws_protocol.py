@@ -554,3 +554,20 @@ async def test_bad_frame_closes_with_a_clear_code(
     assert (await bystander.next_notification()).plaintext == b"still here"
     await settle(bystander)
     await bystander.close()
+
+
+# handshake ------------------------------------------------------------------------------
+
+
+async def test_firefox_subprotocol_is_accepted_and_compression_declined(
+    service: RunningService,
+) -> None:
+    import websockets
+
+    async with websockets.connect(
+        service.ws_url, subprotocols=["push-notification"], compression="deflate", open_timeout=5
+    ) as connection:
+        assert connection.subprotocol == "push-notification"
+        assert connection.protocol.extensions == []
+        await connection.send(json.dumps({"messageType": "hello", "use_webpush": True}))
+        assert json.loads(await asyncio.wait_for(connection.recv(), 5))["status"] == 200
