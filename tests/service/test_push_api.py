@@ -437,6 +437,12 @@ async def test_unrestricted_with_an_invalid_token_is_403(
 class StoreSpy:
     """Counts every call the service makes to its store while installed."""
 
+    async def proves_it_works(self, registration: Registration) -> None:
+        """A good push is seen by the spy (so an empty record means something)."""
+        before = len(self.calls)
+        assert (await push(registration)).status_code == 201
+        assert len(self.calls) > before
+
     def __init__(self, service: RunningService, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[str] = []
         store = service.service.store
@@ -491,10 +497,14 @@ async def test_bad_endpoint_tokens_are_404_without_store_access(
         assert response.status_code == 404, (name, response.text)
         assert_error(response, 404, Errno.INVALID_TOKEN)
     assert spy.calls == []
+    await spy.proves_it_works(registration)
 
 
 async def test_endpoint_of_another_service_is_404(
-    service: RunningService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    service: RunningService,
+    registration: Registration,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async with running_service(tmp_path / "other") as other:
         stranger = await other.agent()
@@ -509,6 +519,7 @@ async def test_endpoint_of_another_service_is_404(
     )
     assert_error(response, 404, Errno.INVALID_TOKEN)
     assert spy.calls == []
+    await spy.proves_it_works(registration)
 
 
 async def test_bad_message_tokens_are_404_without_store_access(
@@ -526,6 +537,7 @@ async def test_bad_message_tokens_are_404_without_store_access(
             assert response.status_code == 404, (name, response.text)
             assert_error(response, 404, Errno.INVALID_TOKEN)
     assert spy.calls == []
+    await spy.proves_it_works(registration)
 
 
 # Routes ---------------------------------------------------------------------------------
