@@ -56,7 +56,9 @@ async def test_an_offline_agent_gets_stored_messages_from_another_node(cluster: 
     assert (await push(b, registration, "stored via b")).status_code == 201
     again = await connect(b, agent)
     try:
-        texts = [text for _, text in await drain(again)]
+        # At least once: a message may come twice (redelivered around the reconnect);
+        # the user agent drops duplicates by message id.
+        texts = list(dict(await drain(again)).values())
         assert texts == [b"stored via a", b"stored via b"], texts  # TTL 0 was never stored
     finally:
         await close_quietly(again)
@@ -108,7 +110,7 @@ async def test_topic_limit_and_cancel_hold_across_nodes(cluster: Cluster) -> Non
         assert codes == [201] * 4 + [429] * 4, codes
     again = await connect(b, agent)
     try:
-        texts = [text for _, text in await drain(again)]
+        texts = list(dict(await drain(again)).values())
         topics = [t for t in texts if t and t.startswith(b"topic")]
         assert len(topics) == 1
         assert len(texts) == 5 and b"cancel me" not in texts
