@@ -185,7 +185,7 @@ class WebRoutes:
             except ValueError:
                 raise ServiceError(400, Errno.MALFORMED_REQUEST, "send a JSON body") from None
             try:
-                result = await demo.send(document)
+                result = await demo.send(document, request.client)
             except DemoRequestError as exc:
                 raise ServiceError(400, Errno.MALFORMED_REQUEST, str(exc)) from None
             return _json(result)

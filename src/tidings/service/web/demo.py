@@ -182,8 +182,11 @@ class DemoSender:
             "origin": self.config.origin,
         }
 
-    async def send(self, document: object) -> dict[str, Any]:
-        """Build the push for a /demo/send document and (unless dry_run) push it."""
+    async def send(self, document: object, client: str = "-") -> dict[str, Any]:
+        """Build the push for a /demo/send document and (unless dry_run) push it.
+
+        The push carries the page's client address, so per-address limits apply to it.
+        """
         message = parse_demo_request(document, self.config.origin)
         headers, body = build_push(message, self.key)
         sent = {
@@ -201,7 +204,7 @@ class DemoSender:
             "",
             {name.lower(): value for name, value in headers.items()},
             body,
-            client="demo",
+            client=client,
             http_version="1.1",
         )
         started = time.perf_counter()
