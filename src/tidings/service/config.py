@@ -28,6 +28,16 @@ class ServiceConfig:
     max_subscriptions_per_user_agent: int = 1000
     max_body: int = 4096  # RFC 8030 section 7.2: at least 4096 octets must be accepted
     hello_timeout: float = 10.0  # seconds a new WebSocket has to send `hello`
+    request_timeout: float = 30.0  # seconds to send a whole HTTP request (slow clients)
+    keepalive_timeout: float = 75.0  # an idle HTTP connection is closed after this
+    # Rate limits (limits.py): `N/s`, `N/min` or `N/h`, optionally `burst B`, or `off`.
+    rate_push_subscription: str = "600/min"  # pushes to one subscription
+    rate_push_vapid_key: str = "5000/s burst 50000"  # pushes signed by one VAPID key
+    rate_push_address: str = "5000/s burst 50000"  # pushes from one client address
+    rate_connect_address: str = "600/min"  # new WebSocket connections from one address
+    rate_subscribe_address: str = "600/min"  # new subscriptions from one address
+    rate_limit_exempt: str = "127.0.0.0/8,::1"  # addresses the address rules skip
+    rate_limit_buckets: int = 100_000  # buckets kept in memory (least recently used go)
     sqlite_synchronous: str = "normal"
     expiry_sweep_interval: float = 60.0
     log_level: str = "info"
@@ -36,6 +46,23 @@ class ServiceConfig:
     reuse_port: bool = False  # SO_REUSEPORT, for several worker processes on one port
     demo: bool = False  # the /playground page and its demo sender (POST /demo/send)
     dashboard_token: str | None = None  # for /dashboard, /api/stats, /metrics; else local only
+
+    def __post_init__(self) -> None:
+        # A bad rate limit or network is a configuration error, reported at start-up.
+        from tidings.service.limits import parse_networks, rules_from
+
+        rules_from(self.rate_settings)
+        parse_networks(self.rate_limit_exempt)
+
+    @property
+    def rate_settings(self) -> dict[str, str]:
+        """The `rate_<limit>` settings (rules for limits.py), by name."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name.startswith("rate_")
+            and f.name not in ("rate_limit_exempt", "rate_limit_buckets")
+        }
 
     @property
     def origin(self) -> str:

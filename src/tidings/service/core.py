@@ -23,6 +23,7 @@ from tidings.service.config import ServiceConfig
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.hub import Hub
 from tidings.service.keyfile import load_sealer
+from tidings.service.limits import Limit, RateLimiter, client_address, open_limiter, retry_after
 from tidings.service.links import link_target
 from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
@@ -118,6 +119,12 @@ class PushService:
         self.metrics = ServiceMetrics(self.hub)  # Prometheus metrics and /api/stats
         self.metrics.instrument_store(self.store)  # times every store call
         self.vapid = VapidChecker(config.origin)
+        self.limits: RateLimiter = open_limiter(
+            config.rate_settings,
+            exempt=config.rate_limit_exempt,
+            cluster=config.cluster,
+            max_buckets=config.rate_limit_buckets,
+        )
         self._sealer: TokenSealer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
@@ -146,6 +153,7 @@ class PushService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.cluster.stop()
+        await self.limits.close()
         await self.store.close()
 
     async def _sweep_expired(self) -> None:
@@ -197,6 +205,25 @@ class PushService:
         """The push message resource URL (Location of an accepted push)."""
         return self.config.origin + self.message_path(ref)
 
+    # Rate limits ------------------------------------------------------------------------
+
+    async def check_rate(self, limit: Limit, key: str) -> None:
+        """Take a token for `key` under `limit`, or refuse with 429 and Retry-After."""
+        wait = await self.limits.acquire(limit, key)
+        if wait > 0:
+            raise ServiceError(
+                429,
+                Errno.RATE_LIMITED,
+                f"too many {limit.description}; retry in {retry_after(wait)} s",
+                headers={"retry-after": retry_after(wait)},
+            )
+
+    async def check_address_rate(self, limit: Limit, client: str) -> None:
+        """`check_rate` keyed by the client's address, unless the address is exempt."""
+        address = client_address(client)
+        if not self.limits.exempt(address):
+            await self.check_rate(limit, address)
+
     # The application server side --------------------------------------------------------
 
     def open_endpoint(self, token: str) -> EndpointRef:
@@ -211,9 +238,12 @@ class PushService:
     ) -> PushAccepted:
         """Check, store and forward one push; raise ServiceError to refuse it."""
         ref = self.open_endpoint(token)
+        await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id)
         # Authorization comes before the other checks: a sender without the right key
         # learns nothing more about the subscription than that it is restricted.
-        self.vapid.check(headers, ref.vapid_hash)
+        verified = self.vapid.check(headers, ref.vapid_hash)
+        if verified is not None:
+            await self.check_rate(Limit.PUSH_VAPID_KEY, verified.public_key.hex())
         facts = check_push(headers, body, max_body=self.config.max_body)
         receipt_id = await self._receipt_subscription(headers)
         ttl = min(facts.ttl, self.config.max_ttl)
@@ -414,7 +444,7 @@ class PushService:
         try:
             messages = await self.pending(uaid)
         except StoreUnavailable as exc:
-            log.warning("cannot load stored messages for %s: %s", uaid, exc)
+            log.warning("cannot load stored messages for %s: %s", uaid[:8] + "...", exc)
             return
         for message in messages:
             if message.created_at >= since:

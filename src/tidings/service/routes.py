@@ -23,6 +23,7 @@ from tidings.service.core import (
 )
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response
+from tidings.service.limits import Limit
 from tidings.service.store import StoreUnavailable
 from tidings.service.web import WEB_PREFIXES, WebRoutes
 
@@ -105,6 +106,7 @@ class Routes:
         if path.startswith(PUSH_PATH):
             if method != "POST":
                 raise _method_not_allowed("POST")
+            await self.service.check_address_rate(Limit.PUSH_ADDRESS, request.client)
             return await rfc8030.push(self.service, request, path[len(PUSH_PATH) :])
         if path.startswith(MESSAGE_PATH):
             if method != "DELETE":
@@ -114,6 +116,7 @@ class Routes:
         if path == SUBSCRIBE_PATH:
             if method != "POST":
                 raise _method_not_allowed("POST")
+            await self.service.check_address_rate(Limit.SUBSCRIBE_ADDRESS, request.client)
             return await rfc8030.subscribe(self.service, request)
         if path.startswith(SUBSCRIPTION_PATH):
             token = path[len(SUBSCRIPTION_PATH) :]

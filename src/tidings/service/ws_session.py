@@ -15,6 +15,8 @@ from typing import Protocol
 
 from tidings.service import ws_protocol as wp
 from tidings.service.core import PushService, RegistrationError
+from tidings.service.errors import ServiceError
+from tidings.service.limits import Limit
 from tidings.service.store import StoredMessage, StoreUnavailable
 from tidings.webpush import InvalidKeyError, load_p256_public_key
 from tidings.webpush.b64 import b64url_decode
@@ -32,6 +34,11 @@ class TextChannel(Protocol):
     async def send_text(self, text: str) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
+
+
+def redact_uaid(uaid: str | None) -> str:
+    """A uaid fit for logs: whoever knows a uaid can take over its connection."""
+    return "-" if uaid is None else uaid[:8] + "..."
 
 
 def decode_application_server_key(key: str) -> bytes:
@@ -77,7 +84,12 @@ class WebSocketSession:
                 self._unacked.discard(update.version)
                 await self.service.acknowledge(self.uaid, update.version, update.code)
         elif isinstance(message, wp.Nack):
-            log.info("nack from %s for %s (code %s)", self.uaid, message.version, message.code)
+            log.info(
+                "nack from %s for %s (code %s)",
+                redact_uaid(self.uaid),
+                message.version,
+                message.code,
+            )
         elif isinstance(message, wp.BroadcastSubscribe):
             await self._send(wp.broadcast_reply({}))
 
@@ -95,7 +107,10 @@ class WebSocketSession:
         self.service.hub.attach(uaid, self)
         await self._send(wp.hello_reply(uaid))
         log.info(
-            "hello from %s: uaid %s%s", self.peer, uaid, "" if uaid == hello.uaid else " (new)"
+            "hello from %s: uaid %s%s",
+            self.peer,
+            redact_uaid(uaid),
+            "" if uaid == hello.uaid else " (new)",
         )
         await self._flush_stored(uaid)
 
@@ -103,7 +118,7 @@ class WebSocketSession:
         try:
             stored = await self.service.pending(uaid)
         except StoreUnavailable as exc:
-            log.warning("cannot load stored messages for %s: %s", uaid, exc)
+            log.warning("cannot load stored messages for %s: %s", redact_uaid(uaid), exc)
             stored = []
         held, self._held = self._held or [], None
         for message in stored + held:
@@ -120,6 +135,11 @@ class WebSocketSession:
             except (ValueError, InvalidKeyError):
                 await self._send(wp.register_reply(register.channel_id, None, 400))
                 return
+        try:
+            await self.service.check_address_rate(Limit.SUBSCRIBE_ADDRESS, self.peer)
+        except ServiceError as exc:
+            await self._send(wp.register_reply(register.channel_id, None, exc.status))
+            return
         try:
             endpoint = await self.service.register(uaid, register.channel_id, key)
         except RegistrationError as exc:
@@ -194,7 +214,7 @@ class WebSocketSession:
             try:
                 await self.channel.send_text(text)
             except Exception as exc:  # the peer went away; its messages stay stored
-                log.debug("send to %s failed: %s", self.uaid, exc)
+                log.debug("send to %s failed: %s", redact_uaid(self.uaid), exc)
                 self.closed = True
 
     # End --------------------------------------------------------------------------------
@@ -207,7 +227,7 @@ class WebSocketSession:
         try:
             await self.channel.close(code, reason)
         except Exception as exc:
-            log.debug("close of %s failed: %s", self.uaid, exc)
+            log.debug("close of %s failed: %s", redact_uaid(self.uaid), exc)
         self.on_disconnect()
 
     def on_disconnect(self) -> None:

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from tidings.service.errors import ServiceError
 from tidings.service.http import websocket as ws
 from tidings.service.http.messages import Request, Response, status_line
+from tidings.service.limits import Limit
 
 if TYPE_CHECKING:
     from tidings.service.http.server import ConnectionContext
@@ -27,6 +29,7 @@ access_log = logging.getLogger("tidings.access")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_HEADER_BYTES = 16 * 1024
 MAX_QUEUED_REQUESTS = 16
+WRITE_BUFFER_LIMIT = 1 << 20  # answers piling up unread: the client is not reading
 
 
 class _BodyTooLarge(Exception):
@@ -175,6 +178,11 @@ class Http1Connection(asyncio.Protocol):
                     response = await self.context.routes.handle(request)
                 self._write_response(request, response, keep_alive)
                 self.context.log_request(request, response.status, started)
+                if self.transport is not None and (
+                    self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT
+                ):
+                    self.transport.abort()  # pipelining without reading the answers
+                    return
                 if not keep_alive:
                     self._close()
                     return
@@ -253,6 +261,27 @@ class Http1Connection(asyncio.Protocol):
             status, message = problem
             self._reject(status, message)
             return
+        # New connections are rate limited per address; the limiter may be remote (Redis).
+        self.transport.pause_reading()
+        self._worker = asyncio.ensure_future(self._upgrade_if_allowed(request, rest))
+
+    async def _upgrade_if_allowed(self, request: Request, rest: bytes) -> None:
+        try:
+            await self.context.service.check_address_rate(Limit.CONNECT_ADDRESS, self.client)
+        except ServiceError as error:
+            self._worker = None
+            if self.transport is not None and not self.transport.is_closing():
+                self._write_response(request, Response.error(error), keep_alive=False)
+                self.context.log_request(request, error.status, time.perf_counter())
+            self._close()
+            return
+        self._worker = None
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        self._complete_upgrade(request, rest)
+
+    def _complete_upgrade(self, request: Request, rest: bytes) -> None:
+        assert self.transport is not None
         headers = [
             b"HTTP/1.1 101 Switching Protocols\r\n",
             b"upgrade: websocket\r\n",
@@ -275,6 +304,7 @@ class Http1Connection(asyncio.Protocol):
         self._closing = True
         protocol = self.context.make_websocket(self.transport, self.client)
         self.transport.set_protocol(protocol)
+        self.transport.resume_reading()
         if rest:
             protocol.data_received(rest)
 

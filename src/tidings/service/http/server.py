@@ -39,8 +39,9 @@ class ConnectionContext:
         self.routes = routes
         self.scheme = scheme
         self.connections: set[Drainable] = set()
-        self.request_timeout = 30.0  # to send a whole request (slow clients are cut off)
-        self.keepalive_timeout = 75.0  # an idle keep-alive connection is closed after this
+        # To send a whole request (slow clients are cut off), and to send the next one.
+        self.request_timeout = service.config.request_timeout
+        self.keepalive_timeout = service.config.keepalive_timeout
         self.max_websocket_message = WEBSOCKET_MAX_MESSAGE
         self._date_second = 0
         self._date_line = b""

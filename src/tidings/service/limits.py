@@ -1,0 +1,290 @@
+"""Rate limits: token buckets per subscription, per VAPID key and per client address.
+
+A rule such as `600/min` gives each key (a subscription, a key, an address) a bucket of
+600 tokens refilled at 10 a second; each request takes one, and an empty bucket means
+429 with `Retry-After` (the seconds until a token is back). `600/min burst 50` keeps the
+rate but holds at most 50 tokens; `off` disables a rule.
+
+`RateLimiter` is the seam: `MemoryRateLimiter` keeps the buckets of one node in a
+bounded LRU (an evicted bucket comes back full, which only forgives); `RedisRateLimiter`
+keeps them in Redis so that the nodes of a cluster count together.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+log = logging.getLogger("tidings.limits")
+
+_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}
+_PERIODS |= {"h": 3600.0, "hour": 3600.0}
+_RULE = re.compile(
+    r"^\s*(?P<count>\d+(?:\.\d+)?)\s*/\s*(?P<period>[a-z]+)\s*(?:burst\s+(?P<burst>\d+))?\s*$"
+)
+
+
+class Limit(StrEnum):
+    """What a rule counts; the value is the configuration name's suffix."""
+
+    PUSH_SUBSCRIPTION = "push_subscription"  # pushes to one subscription
+    PUSH_VAPID_KEY = "push_vapid_key"  # pushes signed by one application server key
+    PUSH_ADDRESS = "push_address"  # pushes from one client address
+    CONNECT_ADDRESS = "connect_address"  # new WebSocket connections from one address
+    SUBSCRIBE_ADDRESS = "subscribe_address"  # new subscriptions from one address
+
+    @property
+    def description(self) -> str:
+        """What the rule counts, in words (for error messages)."""
+        what, per = self.value.split("_", 1)
+        noun = {"push": "pushes", "connect": "connections", "subscribe": "subscriptions"}[what]
+        return f"{noun} per {per.replace('_', ' ')}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A token bucket's shape: `rate` tokens a second, at most `burst` held."""
+
+    rate: float
+    burst: float
+
+    @classmethod
+    def parse(cls, text: str) -> Rule | None:
+        """`N/s`, `N/min`, `N/h`, optionally `burst B`; `off` (or `0`) is None."""
+        if text.strip().lower() in ("off", "none", "0", ""):
+            return None
+        match = _RULE.match(text.lower())
+        if match is None or match["period"] not in _PERIODS:
+            raise ValueError(
+                f"bad rate limit {text!r}: write N/s, N/min or N/h, optionally "
+                "followed by 'burst B', or off"
+            )
+        count = float(match["count"])
+        burst = float(match["burst"]) if match["burst"] else count
+        if count <= 0 or burst < 1:
+            raise ValueError(f"bad rate limit {text!r}: the rate and burst must be positive")
+        return cls(count / _PERIODS[match["period"]], burst)
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """A bucket's state: tokens held at `stamp` (monotonic seconds)."""
+
+    tokens: float
+    stamp: float
+
+    def take(self, rule: Rule, now: float) -> float:
+        """Take a token: 0.0 if there was one, else the seconds until there will be."""
+        self.tokens = min(rule.burst, self.tokens + (now - self.stamp) * rule.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / rule.rate
+
+
+class RateLimiter(Protocol):
+    """Counts requests against the configured rules."""
+
+    async def acquire(self, limit: Limit, key: str) -> float:
+        """Take a token for `key` under `limit`: 0.0 when allowed, else seconds to wait."""
+        ...
+
+    def exempt(self, address: str) -> bool:
+        """True for client addresses no address rule applies to."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """`127.0.0.0/8,::1` as networks (addresses exempt from the address rules)."""
+    networks = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                networks.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"bad network {part.strip()!r} in rate_limit_exempt") from None
+    return networks
+
+
+def client_address(client: str) -> str:
+    """The address part of a `host:port` peer name (`-` when unknown)."""
+    host = client.rsplit(":", 1)[0] if ":" in client else client
+    return host.strip("[]")
+
+
+def retry_after(seconds: float) -> str:
+    """A `Retry-After` value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+class _Rules:
+    """The rules of a limiter and the exempt networks (shared by both limiters)."""
+
+    def __init__(
+        self,
+        rules: Mapping[Limit, Rule | None],
+        exempt: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+    ) -> None:
+        self.rules = {limit: rule for limit, rule in rules.items() if rule is not None}
+        self._exempt = list(exempt)
+        self._exempt_cache: OrderedDict[str, bool] = OrderedDict()
+
+    def exempt(self, address: str) -> bool:
+        cached = self._exempt_cache.get(address)
+        if cached is not None:
+            return cached
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            result = False
+        else:
+            result = any(ip in network for network in self._exempt)
+        self._exempt_cache[address] = result
+        if len(self._exempt_cache) > 4096:
+            self._exempt_cache.popitem(last=False)
+        return result
+
+
+class MemoryRateLimiter(_Rules):
+    """The buckets of one node, in an LRU of at most `max_buckets` entries."""
+
+    def __init__(
+        self,
+        rules: Mapping[Limit, Rule | None],
+        exempt: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        *,
+        max_buckets: int = 100_000,
+        clock: Any = time.monotonic,
+    ) -> None:
+        super().__init__(rules, exempt)
+        self.max_buckets = max_buckets
+        self._clock = clock
+        self._buckets: OrderedDict[tuple[Limit, str], TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, limit: Limit, key: str) -> float:
+        """`acquire` without the coroutine (the in-memory answer is immediate)."""
+        rule = self.rules.get(limit)
+        if rule is None:
+            return 0.0
+        now = self._clock()
+        slot = (limit, key)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = TokenBucket(rule.burst, now)
+            if len(self._buckets) > self.max_buckets:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(slot)
+        return bucket.take(rule, now)
+
+    async def acquire(self, limit: Limit, key: str) -> float:
+        return self.take(limit, key)
+
+    async def close(self) -> None:
+        self._buckets.clear()
+
+
+# KEYS: bucket key; ARGV: rate per second, burst, now (seconds), expiry (seconds).
+# Returns 0 when a token was taken, else the milliseconds until one is back.
+_TAKE = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 't', 's')
+local tokens = tonumber(state[1]) or burst
+local stamp = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = math.ceil((1 - tokens) / rate * 1000)
+end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 's', tostring(now))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return wait
+"""
+
+
+class RedisRateLimiter(_Rules):
+    """Buckets in Redis, shared by every node of a cluster (one script call a request).
+
+    If Redis cannot be reached the request is allowed (a limit must not take the
+    service down with it) and a warning is logged at most once a minute.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        rules: Mapping[Limit, Rule | None],
+        exempt: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        *,
+        prefix: str = "tidings:",
+    ) -> None:
+        super().__init__(rules, exempt)
+        import redis.asyncio as aioredis
+
+        self._client: Any = aioredis.Redis.from_url(url, socket_timeout=1.0)
+        self._script: Any = self._client.register_script(_TAKE)
+        self._prefix = prefix + "rl:"
+        self._warned = 0.0
+
+    async def acquire(self, limit: Limit, key: str) -> float:
+        rule = self.rules.get(limit)
+        if rule is None:
+            return 0.0
+        expiry = max(1, math.ceil(rule.burst / rule.rate)) + 1
+        try:
+            wait_ms = await self._script(
+                keys=[f"{self._prefix}{limit.value}:{key}"],
+                args=[repr(rule.rate), repr(rule.burst), repr(time.time()), expiry],
+            )
+        except Exception as exc:  # Redis down or slow: fail open
+            now = time.monotonic()
+            if now - self._warned > 60:
+                self._warned = now
+                log.warning("rate limits not counted (Redis unavailable): %s", exc)
+            return 0.0
+        return int(wait_ms) / 1000.0
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def rules_from(settings: Mapping[str, str]) -> dict[Limit, Rule | None]:
+    """The rules of a configuration: `rate_<limit>` settings parsed."""
+    return {limit: Rule.parse(settings[f"rate_{limit.value}"]) for limit in Limit}
+
+
+def open_limiter(
+    settings: Mapping[str, str],
+    *,
+    exempt: str,
+    cluster: str | None,
+    max_buckets: int,
+) -> RateLimiter:
+    """The limiter for a configuration: in Redis when clustered, else in memory."""
+    rules = rules_from(settings)
+    networks = parse_networks(exempt)
+    if cluster and cluster.startswith(("redis://", "rediss://", "unix://")):
+        from tidings.service.cluster.redis_bus import split_url
+
+        url, prefix = split_url(cluster)
+        return RedisRateLimiter(url, rules, networks, prefix=prefix)
+    return MemoryRateLimiter(rules, networks, max_buckets=max_buckets)
