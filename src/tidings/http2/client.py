@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -46,9 +48,19 @@ class H2Stream:
         self.stream_id = stream_id
         self.pushes: asyncio.Queue[PushedResponse] = asyncio.Queue()
         self.response: asyncio.Future[H2Response] = asyncio.get_running_loop().create_future()
+        self.done = asyncio.Event()
+        """Set once the stream is over and every push it promised is in `pushes` (or lost)."""
         self._status = 0
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
+        self._finished = False
+        self._open_promises = 0
+
+    def _settle(self, *, finished: bool = False, promise_over: bool = False) -> None:
+        self._finished = self._finished or finished
+        self._open_promises -= 1 if promise_over else 0
+        if self._finished and self._open_promises <= 0:
+            self.done.set()
 
     async def next_push(self, timeout: float | None = None) -> PushedResponse:
         """The next complete pushed response on this stream."""
@@ -86,6 +98,7 @@ class H2Client(asyncio.Protocol):
         self._streams: dict[int, H2Stream] = {}
         self._promises: dict[int, _Promise] = {}
         self._window_open = asyncio.Event()
+        self._pings: dict[bytes, asyncio.Future[None]] = {}
         self.closed = asyncio.Event()
         self.close_reason: str | None = None
 
@@ -159,6 +172,7 @@ class H2Client(asyncio.Protocol):
             if parent is not None and event.pushed_stream_id is not None:
                 pushed = PushedResponse(headers.get(":path", ""), headers)
                 self._promises[event.pushed_stream_id] = _Promise(parent, pushed)
+                parent._open_promises += 1
         elif isinstance(event, h2.events.DataReceived):
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             self._body(event.stream_id, event.data or b"")
@@ -168,6 +182,10 @@ class H2Client(asyncio.Protocol):
             self._reset(event.stream_id, event.error_code)
         elif isinstance(event, h2.events.WindowUpdated):
             self._window_open.set()
+        elif isinstance(event, h2.events.PingAckReceived):
+            waiter = self._pings.pop(bytes(event.ping_data or b""), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._fail(f"server closed the connection (GOAWAY {event.error_code})")
 
@@ -195,17 +213,24 @@ class H2Client(asyncio.Protocol):
         if promise is not None:
             promise.pushed.body = b"".join(promise.body)
             promise.parent.pushes.put_nowait(promise.pushed)
+            promise.parent._settle(promise_over=True)
             return
         stream = self._streams.pop(stream_id, None)
         if stream is not None and not stream.response.done():
             response = H2Response(stream._status, stream._headers, b"".join(stream._body))
             stream.response.set_result(response)
+        if stream is not None:
+            stream._settle(finished=True)
 
     def _reset(self, stream_id: int, code: object) -> None:
-        self._promises.pop(stream_id, None)
+        promise = self._promises.pop(stream_id, None)
+        if promise is not None:
+            promise.parent._settle(promise_over=True)
         stream = self._streams.pop(stream_id, None)
         if stream is not None and not stream.response.done():
             stream.response.set_exception(H2Error(f"stream reset by the server ({code})"))
+        if stream is not None:
+            stream._settle(finished=True)
 
     def _fail(self, reason: str) -> None:
         if self.closed.is_set():
@@ -216,7 +241,16 @@ class H2Client(asyncio.Protocol):
         for stream in self._streams.values():
             if not stream.response.done():
                 stream.response.set_exception(H2Error(reason))
+            stream._settle(finished=True)
+        for promise in self._promises.values():
+            promise.parent._open_promises = 0
+            promise.parent._settle()
+        for waiter in self._pings.values():
+            if not waiter.done():
+                waiter.set_exception(H2Error(reason))
         self._streams.clear()
+        self._promises.clear()
+        self._pings.clear()
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -279,13 +313,34 @@ class H2Client(asyncio.Protocol):
         return await asyncio.wait_for(asyncio.shield(stream.response), timeout)
 
     def cancel(self, stream: H2Stream) -> None:
-        """Reset an open stream (ends a monitor)."""
+        """Reset an open stream (ends a monitor); pushes it already promised still arrive."""
         with contextlib.suppress(h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
             self.conn.reset_stream(stream.stream_id)
             self._flush()
         self._streams.pop(stream.stream_id, None)
         if not stream.response.done():
             stream.response.cancel()
+        stream._settle(finished=True)
+
+    async def ping(self, timeout: float | None = 10) -> float:
+        """Send a PING and wait for its ACK; return the round trip in seconds.
+
+        H2Error when the connection is gone, TimeoutError when no ACK came in time
+        (a dead peer or a NAT that forgot the connection).
+        """
+        if self.closed.is_set():
+            raise H2Error(self.close_reason or "connection closed")
+        opaque = os.urandom(8)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pings[opaque] = waiter
+        started = time.monotonic()
+        self.conn.ping(opaque)
+        self._flush()
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        finally:
+            self._pings.pop(opaque, None)
+        return time.monotonic() - started
 
     async def close(self) -> None:
         """Say GOAWAY and close the connection."""
