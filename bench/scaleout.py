@@ -1,0 +1,245 @@
+"""Scale-out figures (issue 7): accepted and delivered pushes per second with
+  * one node on SQLite,
+  * one node on PostgreSQL,
+  * two nodes on PostgreSQL + Redis (agents and posts spread over both nodes, so about
+    half the deliveries cross from one node to the other through Redis),
+all in one run; and, with --bus, Redis pub/sub against Redis streams as the bus.
+
+    python bench/scaleout.py [--duration 8] [--connections 32] [--agents 200] [--bus]
+
+Needs `wrk`, PostgreSQL on 127.0.0.1:5432 (database `test` to create a scratch one
+in) and Redis on 127.0.0.1:6379. Posts are made by wrk (bench/service_load.py's
+runner); user agents are WebSocket clients in other processes that acknowledge all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from service_load import AGENTS_CODE, free_port, run_wrk, wait_port  # noqa: E402
+
+from tidings.webpush import VapidKey, encrypt  # noqa: E402
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+PUBLIC = "http://push.bench"
+
+
+def psql(sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(f"{PG}/test")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def start_node(workdir: Path, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    node = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--db",
+         str(workdir / name / "t.db"), "--public-url", PUBLIC, "--log-level", "warning",
+         "--node-id", name, *args],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{name}.log", "wb"),
+    )  # fmt: skip
+    wait_port(port)
+    time.sleep(0.3)
+    return node, port
+
+
+def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Namespace,
+              workdir: Path) -> dict[str, float]:  # fmt: skip
+    nodes = [start_node(workdir, f"{label}-{i}", node_args) for i in range(n_nodes)]
+    agent_procs = []
+    endpoints: list[str] = []
+    try:
+        for _, port in nodes:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", AGENTS_CODE, f"ws://127.0.0.1:{port}/",
+                 str(args.agents // n_nodes), "1"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert proc.stdout is not None
+            endpoints += json.loads(proc.stdout.readline())
+            agent_procs.append(proc)
+        paths = [e.removeprefix(PUBLIC) for e in endpoints]
+        body = encrypt(b"x" * 100, VapidKey.generate().public_key_bytes, os.urandom(16))
+        headers = {"TTL": "60", "Content-Encoding": "aes128gcm"}
+        for proc in agent_procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results: list[dict[str, float]] = []
+
+        def load(port: int, offset: int) -> None:
+            mine = paths[offset:] + paths[:offset]  # every node posts to every agent
+            results.append(
+                run_wrk(f"http://127.0.0.1:{port}", mine, headers, body, args.duration,
+                        max(1, args.connections // n_nodes), workdir / f"wrk{port}")
+            )  # fmt: skip
+
+        threads = []
+        for i, (_, port) in enumerate(nodes):
+            (workdir / f"wrk{port}").mkdir()
+            threads.append(threading.Thread(target=load, args=(port, i * 7)))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        time.sleep(1.0)  # the last deliveries land
+        delivered = 0
+        for proc in agent_procs:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("stop\n")
+            proc.stdin.flush()
+            delivered += json.loads(proc.stdout.readline())["delivered"]
+        total = sum(r["total"] for r in results)
+        bad = sum(r["non2xx"] for r in results)
+        return {
+            "accepted_per_s": (total - bad) / args.duration,
+            "non2xx": bad,
+            "delivered_per_s": delivered / args.duration,
+            "p50_ms": max(r["p50_ms"] for r in results),
+            "p99_ms": max(r["p99_ms"] for r in results),
+        }
+    finally:
+        for proc in agent_procs:
+            proc.kill()
+        for node, _ in nodes:
+            node.send_signal(signal.SIGTERM)
+            node.wait(20)
+
+
+async def bus_compare(count: int = 20000, producers: int = 32, size: int = 700) -> None:
+    """Redis pub/sub vs streams as the node-to-node channel: one round trip per message
+    (as a route is), `producers` at a time, one consumer; messages/s until all arrived."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis()
+    consumer = aioredis.Redis()
+    payload = b"x" * size
+    prefix = f"bench-{secrets.token_hex(3)}:"
+
+    async def produce(send: object) -> None:
+        per = count // producers
+
+        async def one() -> None:
+            for _ in range(per):
+                await send()  # type: ignore[operator]
+
+        await asyncio.gather(*(one() for _ in range(producers)))
+
+    # pub/sub
+    pubsub = consumer.pubsub()
+    await pubsub.subscribe(prefix + "ch")
+    await pubsub.get_message(timeout=1)
+    received = 0
+    done = asyncio.Event()
+
+    async def listen() -> None:
+        nonlocal received
+        async for item in pubsub.listen():
+            if item["type"] == "message":
+                received += 1
+                if received >= (count // producers) * producers:
+                    done.set()
+                    return
+
+    task = asyncio.create_task(listen())
+    t0 = time.perf_counter()
+    await produce(lambda: client.publish(prefix + "ch", payload))
+    await done.wait()
+    pub_rate = received / (time.perf_counter() - t0)
+    task.cancel()
+    await pubsub.aclose()
+
+    # streams (XADD with MAXLEN, XREAD BLOCK)
+    stream = prefix + "stream"
+    got = 0
+    total = (count // producers) * producers
+
+    async def read() -> None:
+        nonlocal got
+        last = "0-0"
+        while got < total:
+            answer = await consumer.xread({stream: last}, count=1000, block=1000)
+            for _, entries in answer:
+                got += len(entries)
+                last = entries[-1][0]
+
+    reader = asyncio.create_task(read())
+    t0 = time.perf_counter()
+    await produce(lambda: client.xadd(stream, {"m": payload}, maxlen=100000, approximate=True))
+    await reader
+    stream_rate = got / (time.perf_counter() - t0)
+    await client.delete(stream)
+    await client.aclose()
+    await consumer.aclose()
+    print(f"bus: pub/sub {pub_rate:,.0f} msg/s, streams {stream_rate:,.0f} msg/s "
+          f"({total} messages of {size} B, {producers} concurrent producers)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--bus", action="store_true", help="also compare pub/sub and streams")
+    parser.add_argument(
+        "--pg-options", default="", help="appended to the store URL, e.g. &synchronous_commit=off"
+    )
+    args = parser.parse_args()
+    if args.bus:
+        asyncio.run(bus_compare())
+    database = "tidings_bench_" + secrets.token_hex(4)
+    psql(f"CREATE DATABASE {database}")
+    prefix = f"tidings-bench-{secrets.token_hex(3)}:"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            keys = workdir / "keys.json"
+            subprocess.run([sys.executable, "-m", "tidings", "keys", "token", "--out", str(keys)],
+                           cwd=REPO, check=True, capture_output=True)  # fmt: skip
+            pg = [
+                "--store",
+                f"{PG}/{database}?pool_max=10{args.pg_options}",
+                "--secrets",
+                str(keys),
+            ]
+            setups = [
+                ("1 node, SQLite", [], 1),
+                ("1 node, PostgreSQL", pg, 1),
+                ("2 nodes, PostgreSQL + Redis",
+                 [*pg, "--cluster", f"redis://127.0.0.1:6379/0?prefix={prefix}"], 2),
+            ]  # fmt: skip
+            print(f"{'setup':30} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>7} "
+                  f"{'p99 ms':>7} {'non-2xx':>8}")  # fmt: skip
+            for i, (label, node_args, n) in enumerate(setups):
+                r = run_setup(f"s{i}", node_args, n, args, workdir)
+                print(f"{label:30} {r['accepted_per_s']:>11,.0f} {r['delivered_per_s']:>12,.0f} "
+                      f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['non2xx']:>8,.0f}",
+                      flush=True)  # fmt: skip
+    finally:
+        psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+if __name__ == "__main__":
+    main()
