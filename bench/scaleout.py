@@ -32,7 +32,6 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from service_load import AGENTS_CODE, free_port, run_wrk, wait_port  # noqa: E402
-
 from tidings.webpush import VapidKey, encrypt  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -58,7 +57,7 @@ def start_node(workdir: Path, name: str, args: list[str]) -> tuple[subprocess.Po
         [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--db",
          str(workdir / name / "t.db"), "--public-url", PUBLIC, "--log-level", "warning",
          "--node-id", name, *args],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{name}.log", "wb"),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{name}.log", "wb"),  # noqa: SIM115 - lives with the node
     )  # fmt: skip
     wait_port(port)
     time.sleep(0.3)
