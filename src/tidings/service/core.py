@@ -343,6 +343,7 @@ class PushService:
             raise ServiceError(
                 404, Errno.NOT_FOUND, "the push message was delivered, expired or never existed"
             )
+        self.metrics.acknowledged(100)  # an RFC 8030 acknowledgement (or a cancellation)
         if deleted.receipt_id is not None:
             self.hub.notify_receipt(deleted.receipt_id)
 

@@ -338,8 +338,7 @@ class ServiceMetrics:
     async def _count(self, store: Any) -> None:
         try:
             stored = int(await store.count_messages())
-            counter = getattr(store, "count_all_subscriptions", None)
-            subscriptions = None if counter is None else int(await counter())
+            subscriptions: int | None = int(await store.count_all_subscriptions())
         except StoreUnavailable as exc:
             log.warning("cannot count stored messages: %s", exc)
             return

@@ -115,7 +115,10 @@ class PushMonitor:
                 message.uaid, message.channel_id, subscription.vapid_hash
             )
             headers["link"] = link_value(push_url, REL_PUSH)
-        return self.channel.push(path, Response(200, headers, message.body), {})
+        pushed = self.channel.push(path, Response(200, headers, message.body), {})
+        if pushed:
+            self.service.metrics.delivered(message)
+        return pushed
 
     def stop(self) -> None:
         for task in list(self._tasks):

@@ -160,3 +160,6 @@ class Store(Protocol):
 
     async def count_messages(self) -> int:
         """How many messages are stored in all (for metrics and health)."""
+
+    async def count_all_subscriptions(self) -> int:
+        """How many subscriptions exist in all (for metrics and the dashboard)."""

@@ -495,6 +495,10 @@ class PostgresStore:
         count = await self._run(lambda conn: conn.fetchval("SELECT count(*) FROM messages"))
         return int(count)
 
+    async def count_all_subscriptions(self) -> int:
+        count = await self._run(lambda conn: conn.fetchval("SELECT count(*) FROM subscriptions"))
+        return int(count)
+
 
 def store_from_url(url: str) -> PostgresStore:
     """A PostgreSQL store for `postgresql://user@host/db?pool_max=20&timeout=5`.

@@ -565,3 +565,9 @@ class SQLiteStore:
             return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
 
         return await self._op(query)
+
+    async def count_all_subscriptions(self) -> int:
+        def query(db: sqlite3.Connection) -> int:
+            return int(db.execute("SELECT count(*) FROM subscriptions").fetchone()[0])
+
+        return await self._op(query)
