@@ -1,0 +1,347 @@
+"""Accepted and delivered pushes per second on one service process (issue 9, item 1).
+
+Side by side, in one run, on this machine:
+  * Tidings: `wrk` posts valid aes128gcm bodies with a VAPID header to subscriptions
+    whose user agents (WebSocket clients in another process) are connected and
+    acknowledge every message; we report accepted/s (wrk) and delivered/s (agents);
+  * the ceiling: the same server stack (Tidings' HTTP/1.1 connection code) answering
+    201 to the same POST with no work at all;
+  * a peer: the npm `web-push-testing` push service receiving the same load.
+
+    python bench/service_load.py [--duration 10] [--connections 64] [--agents 200]
+
+Needs `wrk` (apt-get install wrk) and, for the peer, node with tests/node installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from tidings.webpush import VapidKey, encrypt, sign_vapid  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+WRK_SCRIPT = """
+local paths = {}
+for line in io.lines(os.getenv("PATHS_FILE")) do paths[#paths + 1] = line end
+local body = io.open(os.getenv("BODY_FILE"), "rb"):read("*a")
+local headers = {}
+for line in io.lines(os.getenv("HEADERS_FILE")) do
+  local k, v = line:match("^([^:]+): (.*)$")
+  headers[k] = v
+end
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", paths[(counter % #paths) + 1], headers, body)
+end
+"""
+
+
+def run_wrk(
+    base: str,
+    paths: list[str],
+    headers: dict[str, str],
+    body: bytes,
+    duration: int,
+    connections: int,
+    workdir: Path,
+) -> dict[str, float]:
+    """Run wrk; return requests/s and the share of non-2xx answers."""
+    (workdir / "paths").write_text("\n".join(paths) + "\n")
+    (workdir / "body").write_bytes(body)
+    (workdir / "headers").write_text("".join(f"{k}: {v}\n" for k, v in headers.items()))
+    (workdir / "script.lua").write_text(WRK_SCRIPT)
+    env = {
+        **os.environ,
+        "PATHS_FILE": str(workdir / "paths"),
+        "BODY_FILE": str(workdir / "body"),
+        "HEADERS_FILE": str(workdir / "headers"),
+    }
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(workdir / "script.lua"),
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+
+    def ms(m: re.Match[str] | None) -> float:
+        if m is None:
+            return float("nan")
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    return {
+        "rps": rps,
+        "total": total,
+        "non2xx": int(bad.group(1)) if bad else 0,
+        "p50_ms": ms(p50),
+        "p99_ms": ms(p99),
+    }
+
+
+# The user agents: a separate process holding WebSockets that acknowledge everything.
+
+AGENTS_CODE = r"""
+import asyncio, json, sys, uuid, time
+import websockets
+async def agent(url, n_subs, endpoints, counter):
+    ws = await websockets.connect(url, compression=None, max_queue=None)
+    await ws.send(json.dumps({"messageType": "hello", "use_webpush": True}))
+    await ws.recv()
+    for _ in range(n_subs):
+        await ws.send(json.dumps({"messageType": "register", "channelID": str(uuid.uuid4())}))
+        endpoints.append(json.loads(await ws.recv())["pushEndpoint"])
+    async def reader():
+        async for text in ws:
+            m = json.loads(text)
+            if m.get("messageType") == "notification":
+                counter[0] += 1
+                await ws.send(json.dumps({"messageType": "ack", "updates": [
+                    {"channelID": m["channelID"], "version": m["version"], "code": 100}]}))
+    return asyncio.create_task(reader())
+async def main():
+    url, n_agents, n_subs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    endpoints, counter = [], [0]
+    tasks = [await agent(url, n_subs, endpoints, counter) for _ in range(n_agents)]
+    print(json.dumps(endpoints), flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    start = counter[0]; t0 = time.perf_counter()
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    print(json.dumps({"delivered": counter[0] - start, "seconds": time.perf_counter() - t0}), flush=True)
+asyncio.run(main())
+"""
+
+
+def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    port = free_port()
+    data = workdir / "svc"
+    service = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tidings",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            str(data / "t.db"),
+            "--log-level",
+            "warning",
+            *args.serve_args,
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "svc.log", "wb"),
+    )
+    try:
+        wait_port(port)
+        agents = subprocess.Popen(
+            [sys.executable, "-c", AGENTS_CODE, f"ws://127.0.0.1:{port}/", str(args.agents), "1"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert agents.stdout is not None and agents.stdin is not None
+        endpoints = json.loads(agents.stdout.readline())
+        key = VapidKey.generate()
+        vapid = sign_vapid(key, endpoints[0], "mailto:bench@example.com").authorization
+        body = encrypt(b"x" * 100, VapidKey.generate().public_key_bytes, os.urandom(16))
+        paths = [e.split(str(port), 1)[1] for e in endpoints]
+        headers = {"TTL": "60", "Content-Encoding": "aes128gcm", "Authorization": vapid}
+        agents.stdin.write("go\n")
+        agents.stdin.flush()
+        result = run_wrk(
+            f"http://127.0.0.1:{port}",
+            paths,
+            headers,
+            body,
+            args.duration,
+            args.connections,
+            workdir,
+        )
+        time.sleep(0.5)  # let the last deliveries land
+        agents.stdin.write("stop\n")
+        agents.stdin.flush()
+        delivered = json.loads(agents.stdout.readline())
+        agents.terminate()
+        result["delivered_per_s"] = delivered["delivered"] / args.duration
+        return result
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(20)
+
+
+NULL_SERVER = r"""
+import asyncio, sys
+sys.path.insert(0, sys.argv[2])
+from tidings.service.http.h1 import Http1Connection
+from tidings.service.http.messages import Response
+class NullRoutes:
+    def body_limit(self, method, path): return 4096
+    async def handle(self, request): return Response(201, {"location": "/m/x", "ttl": "60"})
+    def too_large(self, request): return Response(413)
+    def plain_error(self, status, message): return Response(status)
+class Context:
+    def __init__(self):
+        self.routes = NullRoutes(); self.connections = set(); self.draining = False
+        self.request_timeout = 30.0; self.keepalive_timeout = 75.0
+    def date_header(self): return b"date: Mon, 30 Nov 2026 00:00:00 GMT\r\n"
+    def log_request(self, *a): pass
+async def main():
+    loop = asyncio.get_running_loop()
+    ctx = Context()
+    server = await loop.create_server(lambda: Http1Connection(ctx), "127.0.0.1", int(sys.argv[1]))
+    await asyncio.Event().wait()
+import uvloop
+uvloop.run(main())
+"""
+
+
+def bench_ceiling(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", NULL_SERVER, str(port), str(REPO / "src")])
+    try:
+        wait_port(port)
+        body = b"\0" * 230
+        return run_wrk(
+            f"http://127.0.0.1:{port}",
+            ["/push/x"],
+            {"TTL": "60"},
+            body,
+            args.duration,
+            args.connections,
+            workdir,
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def bench_peer(args: argparse.Namespace, workdir: Path) -> dict[str, float] | None:
+    node_dir = REPO / "tests" / "node"
+    if shutil.which("node") is None or not (node_dir / "node_modules").exists():
+        return None
+    port = free_port()
+    peer = subprocess.Popen(
+        ["node", str(node_dir / "wpt-server.js"), str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=node_dir,
+    )
+    try:
+        assert peer.stdout is not None
+        ready = json.loads(peer.stdout.readline())
+        base = ready.get("url", f"http://127.0.0.1:{port}").rstrip("/")
+        key = VapidKey.generate()
+        import httpx
+
+        sub = httpx.post(
+            f"{base}/subscribe",
+            json={"applicationServerKey": key.public_key_b64, "userVisibleOnly": "true"},
+        ).json()["data"]
+        endpoint = sub["endpoint"]
+        path = "/" + endpoint.split("/", 3)[3]
+        from tidings.webpush import Subscription
+
+        subscription = Subscription.from_json(sub)
+        body = encrypt(b"x" * 100, subscription.p256dh, subscription.auth)
+        vapid = sign_vapid(key, endpoint, "mailto:bench@example.com").authorization
+        headers = {
+            "TTL": "60",
+            "Content-Encoding": "aes128gcm",
+            "Authorization": vapid,
+            "Content-Type": "application/octet-stream",
+        }
+        return run_wrk(base, [path], headers, body, args.duration, args.connections, workdir)
+    finally:
+        peer.terminate()
+        peer.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--serve-args", nargs="*", default=[])
+    parser.add_argument("--skip-peer", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        print(
+            f"# {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores; "
+            f"{args.duration}s each, wrk -c{args.connections}, {args.agents} agents"
+        )
+        ceiling = bench_ceiling(args, workdir)
+        print(
+            f"ceiling (same server, no work):   {ceiling['rps']:>9,.0f} req/s  "
+            f"p50 {ceiling['p50_ms']:.2f} ms  p99 {ceiling['p99_ms']:.2f} ms"
+        )
+        tidings = bench_tidings(args, workdir)
+        print(
+            f"tidings accepted:                 {tidings['rps']:>9,.0f} req/s  "
+            f"p50 {tidings['p50_ms']:.2f} ms  p99 {tidings['p99_ms']:.2f} ms  "
+            f"non-2xx {tidings['non2xx']}"
+        )
+        print(f"tidings delivered+acked:          {tidings['delivered_per_s']:>9,.0f} msg/s")
+        peer = None if args.skip_peer else bench_peer(args, workdir)
+        if peer is not None:
+            print(
+                f"web-push-testing accepted:        {peer['rps']:>9,.0f} req/s  "
+                f"non-2xx {peer['non2xx']}"
+            )
+            print(
+                f"ratio tidings/peer: {tidings['rps'] / peer['rps']:.1f}x; "
+                f"tidings/ceiling: {tidings['rps'] / ceiling['rps']:.0%}"
+            )
+
+
+if __name__ == "__main__":
+    main()
