@@ -28,13 +28,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 CLIENT_CODE = r"""
 import asyncio, base64, json, os, random, struct, sys, time, uuid
-host, port, count, src_base, sample = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+host, port = sys.argv[1], int(sys.argv[2])
+count, src_base, sample = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 
 def frame(text):
     payload = text.encode(); mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     n = len(payload)
-    head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    if n < 126:
+        head = struct.pack("!BB", 0x81, 0x80 | n)
+    else:
+        head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
     return head + mask + masked
 
 def read_frames(buf):
@@ -82,7 +86,8 @@ async def listen(reader, writer, buf, latencies):
             if m.get("messageType") == "notification":
                 sent = float(base64.urlsafe_b64decode(m["data"] + "==")[-20:].decode().strip())
                 latencies.append(time.time() - sent)
-                writer.write(frame(json.dumps({"messageType": "ack", "updates": [{"channelID": m["channelID"], "version": m["version"], "code": 100}]})))
+                update = {"channelID": m["channelID"], "version": m["version"], "code": 100}
+                writer.write(frame(json.dumps({"messageType": "ack", "updates": [update]})))
 
 async def main():
     endpoints, latencies, conns = [], [], []
