@@ -28,6 +28,10 @@ def _register_commands() -> None:
     from tidings.cli.send import send as send_command
 
     main.add_command(send_command)
+    from tidings.cli import demo, hyperty
+
+    main.add_command(hyperty.hyperty)
+    main.add_command(demo.demo)
 
 
 _register_commands()

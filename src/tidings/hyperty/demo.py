@@ -1,0 +1,334 @@
+"""A whole call set-up on one machine: push service, push element, caller and callee.
+
+`CallDemo` is what `tidings demo call`, the end-to-end tests and the wake-up benchmark
+run. The caller runtime lives in this process and holds its message connection (it
+long-polls the element). The callee runtime is
+
+- `asleep`: no process. `tidings agent` (a separate process, the role a browser or an
+  OS plays) holds the push connection and starts `python -m tidings.hyperty.wake` per
+  push; that process re-creates the Connector at its old address and answers;
+- `awake`: `tidings hyperty runtime run` as a separate process whose own user agent
+  wakes the Connector in-process (the app is running, but has no message connection).
+
+Every step is timed with the wall clock (all processes are on one machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tidings.hyperty.element import ElementEvent, PushElement
+from tidings.hyperty.http import ElementApp, ElementServer
+from tidings.hyperty.message import Message
+from tidings.hyperty.runtime import HypertyRuntime
+
+__all__ = ["CallDemo", "CallResult", "Step"]
+
+Mode = Literal["asleep", "awake"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of the timeline: seconds since the invitation, who, what."""
+
+    at: float
+    actor: str
+    what: str
+
+
+@dataclass
+class CallResult:
+    """One call: the answer, when the Connector rang, and the timeline."""
+
+    answer: Message
+    started: float
+    rang_at: float | None
+    callee_pid: int | None
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def wake_latency(self) -> float | None:
+        """Seconds from the invitation to the callee Connector's handler."""
+        return None if self.rang_at is None else self.rang_at - self.started
+
+    def timeline(self) -> str:
+        return "\n".join(
+            f"{step.at * 1000:9.1f} ms  {step.actor:<8} {step.what}" for step in self.steps
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wake_command(state: Path) -> str:
+    """The command `tidings agent` runs per push for a sleeping runtime."""
+    return (
+        f"{shlex.quote(sys.executable)} -m tidings.hyperty.wake --state {shlex.quote(str(state))}"
+    )
+
+
+class CallDemo:
+    """Start everything (`async with`), then `await demo.call()` as often as wanted."""
+
+    def __init__(
+        self,
+        work_dir: str | os.PathLike[str],
+        *,
+        mode: Mode = "asleep",
+        answer: str = "accept",
+        ring_seconds: float = 0.0,
+        domain: str = "example.com",
+        ttl: int = 60,
+    ) -> None:
+        self.work_dir = Path(work_dir)
+        self.mode = mode
+        self.answer = answer
+        self.ring_seconds = ring_seconds
+        self.domain = domain
+        self.ttl = ttl
+        self.events: list[ElementEvent] = []
+        self.service_ws = ""
+        self.callee_url = ""
+        self.caller_url = ""
+        self.callee_state = self.work_dir / "callee"
+        self.caller: HypertyRuntime | None = None
+        self.element: PushElement | None = None
+        self.element_server: ElementServer | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    # Set-up -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> CallDemo:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        from tidings.sender import RetryPolicy, Sender
+        from tidings.service.config import ServiceConfig
+        from tidings.service.run import build_server
+        from tidings.webpush import VapidKey
+
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        config = ServiceConfig(
+            port=_free_port(), db=str(self.work_dir / "service" / "tidings.db"), log_level="warning"
+        )
+        (self.work_dir / "service").mkdir(exist_ok=True)
+        service = build_server(config)
+        await service.start()
+        self._stack.push_async_callback(service.stop, 2)
+        self.service_ws = config.websocket_url
+
+        key = VapidKey.generate()
+        sender = Sender(key, "mailto:demo@example.com", retry=RetryPolicy.none(), timeout=10)
+        await self._stack.enter_async_context(sender)
+        self.element = PushElement(
+            self.domain,
+            sender,
+            ttl=self.ttl,
+            application_server_key=key.public_key_b64,
+            on_event=self.events.append,
+        )
+        self.element_server = ElementServer(ElementApp(self.element))
+        await self.element_server.start()
+        self._stack.push_async_callback(self.element_server.stop)
+        element = self.element_server.url + "/hyperty"
+
+        await self._start_callee(element)
+
+        self.caller = HypertyRuntime(
+            None, self.work_dir / "caller", domain=self.domain, element=element, listen=True
+        )
+        await self.caller.start()
+        self._stack.push_async_callback(self.caller.close)
+        self.caller_url = await self.caller.create_hyperty("connector", options={"name": "Alice"})
+        await self.caller.wait_listening()
+
+    async def _start_callee(self, element: str) -> None:
+        options = {"name": "Bob", "answer": self.answer, "ring_seconds": self.ring_seconds}
+        runtime = HypertyRuntime(
+            None, self.callee_state, domain=self.domain, element=element, service=self.service_ws
+        )
+        if self.mode == "asleep":
+            async with runtime:
+                self.callee_url = await runtime.create_hyperty("connector", options=options)
+                await runtime.subscribe(command=wake_command(self.callee_state))
+            command = [sys.executable, "-m", "tidings", "agent", "--service", self.service_ws]
+            command += ["--state", str(self.callee_state), "--command-timeout", "20"]
+            ready = "connected to"
+        else:
+            self.callee_url = await runtime.create_hyperty("connector", options=options)
+            command = [sys.executable, "-m", "tidings", "hyperty", "runtime", "run"]
+            command += ["--state", str(self.callee_state)]
+            ready = "runtime ready"
+        self.process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        self._stack.push_async_callback(self._stop_process)
+        await self._wait_ready(ready)
+
+    async def _wait_ready(self, marker: str, timeout: float = 20.0) -> None:
+        """Wait until the callee's process holds its push connection."""
+        assert self.process is not None and self.process.stdout is not None
+        lines: list[str] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    raw = await self.process.stdout.readline()
+                    if not raw:
+                        raise RuntimeError("the callee process exited:\n" + "".join(lines))
+                    line = raw.decode(errors="replace")
+                    lines.append(line)
+                    if marker in line:
+                        break
+        except TimeoutError:
+            raise RuntimeError(
+                "the callee process did not connect:\n" + "".join(lines[-20:])
+            ) from None
+        self._drain = asyncio.create_task(self._drain_output(self.process.stdout))
+
+    async def _drain_output(self, stream: asyncio.StreamReader) -> None:
+        log = (self.work_dir / "callee.log").open("ab")
+        try:
+            while raw := await stream.readline():
+                log.write(raw)
+                log.flush()
+        finally:
+            log.close()
+
+    async def _stop_process(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, 15)
+            try:
+                await asyncio.wait_for(process.wait(), 5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, 9)
+                await process.wait()
+        # Anything the agent started and left behind (a wake process) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, 9)
+        drain = getattr(self, "_drain", None)
+        if drain is not None:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+
+    # One call -----------------------------------------------------------------------------
+
+    def callee_events(self) -> list[dict[str, Any]]:
+        return HypertyRuntime(None, self.callee_state).events()
+
+    async def call(self, timeout: float = 20.0) -> CallResult:
+        """Call the callee; the final answer and the timeline of the set-up."""
+        assert self.caller is not None
+        connector = self.caller.running(self.caller_url)
+        assert connector is not None
+        events_before = len(self.callee_events())
+        element_before = len(self.events)
+        invitation = connector.invitation(self.callee_url)  # type: ignore[attr-defined]
+        provisional: list[tuple[float, Message]] = []
+        started = time.time()
+        answer = await connector.call(  # type: ignore[attr-defined]
+            self.callee_url,
+            timeout=timeout,
+            invitation=invitation,
+            on_answer=lambda m: provisional.append((time.time(), m)),
+        )
+        answered = time.time()
+        callee = await self._callee_events_after(events_before, invitation.id)
+        rang = next((e for e in callee if e["event"] == "ring"), None)
+        result = CallResult(
+            answer,
+            started,
+            None if rang is None else rang["at"],
+            None if rang is None else rang["pid"],
+        )
+        result.steps = self._steps(
+            invitation, started, answered, answer, callee, self.events[element_before:]
+        )
+        return result
+
+    async def _callee_events_after(self, start: int, message_id: int) -> list[dict[str, Any]]:
+        """The callee's events for this call (the answer may beat the log line by a hair)."""
+        deadline = time.monotonic() + 2
+        while True:
+            events = self.callee_events()[start:]
+            if any(e["event"] in ("accepted", "declined", "missed") for e in events):
+                return events
+            if time.monotonic() > deadline:
+                return events
+            await asyncio.sleep(0.01)
+
+    def _steps(
+        self,
+        invitation: Message,
+        started: float,
+        answered: float,
+        answer: Message,
+        callee: list[dict[str, Any]],
+        element: list[ElementEvent],
+    ) -> list[Step]:
+        steps = [Step(0.0, "caller", f"invites {invitation.target} (create {invitation.from_})")]
+        for happening in element:
+            detail = happening.detail
+            if happening.kind == "pushed":
+                what = (
+                    f"pushed the {detail['type']}: {detail['status']} {detail['kind']}, "
+                    f"Urgency {detail['urgency']}, TTL {detail['ttl']}, Topic {detail['topic']}, "
+                    f"{detail['bytes']} bytes"
+                )
+            elif happening.kind == "inbox" and detail.get("type") == "response":
+                continue  # shown as "routed" below
+            elif happening.kind == "routed":
+                what = f"routed the {detail['code']} response to the caller ({detail['via']})"
+            else:
+                what = f"{happening.kind} {detail}"
+            steps.append(Step(happening.at - started, "element", what))
+        texts = {
+            "runtime-started": "runtime process started by `tidings agent` (pid {pid})",
+            "woken": "runtime woken by the push ({type} for {to})",
+            "hyperty-created": "Connector re-created at its old address {hyperty}",
+            "ring": "Connector rings: {caller} is calling",
+            "accepted": "Connector accepts: response 200",
+            "declined": "Connector declines: response 486",
+            "runtime-exit": "runtime process exits",
+        }
+        for event in callee:
+            if event["event"] in texts:
+                steps.append(
+                    Step(event["at"] - started, "callee", texts[event["event"]].format(**event))
+                )
+        steps.append(
+            Step(answered - started, "caller", f"final answer {answer.code} {answer.description}")
+        )
+        steps.sort(key=lambda step: step.at)
+        return steps

@@ -1,0 +1,612 @@
+"""The runtime side: a Hyperty runtime that sleeps and is woken by Web Push.
+
+    runtime = HypertyRuntime(None, "state/", domain="example.com",
+                             element="http://127.0.0.1:8090/hyperty",
+                             service="ws://127.0.0.1:8080/")
+    async with runtime:
+        await runtime.create_hyperty("connector")          # hyperty://example.com/<id>
+        await runtime.subscribe()                           # Web Push + register at the element
+        ...                                                 # pushes wake hyperties
+
+The runtime keeps its `hyperty-runtime://` URL and its hyperties (address, factory,
+options) in `<state>/runtime.json`, so a restarted or freshly woken runtime re-creates
+each hyperty at its old address. Its message bus is the in-process `post`: a message for
+a local hyperty is handed to it, anything else goes to the push element over HTTP (which
+stands for the runtime's message node connection). `listen=True` long-polls the element's
+inbox for the runtime's hyperties, which is how a caller gets its answers and how the
+element knows the runtime is connected.
+
+Three ways to be woken:
+- in-process: `service=` set, the runtime's own `UserAgent` calls `wake` on each push;
+- asleep: `subscribe(command=...)` records a command for `tidings agent`, which starts
+  `python -m tidings.hyperty.wake --state DIR` per push (see `wake.py`);
+- a browser: the service worker of the demo page (`web/sw.js`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import itertools
+import json
+import logging
+import os
+import random
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tidings.hyperty.addresses import (
+    hyperty_url,
+    is_hyperty,
+    parse_address,
+    push_element_url,
+    runtime_registry_url,
+)
+from tidings.hyperty.addresses import runtime_url as new_runtime_url
+from tidings.hyperty.message import Message, MessageError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from tidings.useragent import PushEvent, PushSubscriptionChangeEvent, UserAgent
+
+__all__ = [
+    "BUILTIN_FACTORIES",
+    "Hyperty",
+    "HypertyContext",
+    "HypertyFactory",
+    "HypertyRuntime",
+    "RuntimeError_",
+]
+
+log = logging.getLogger("tidings.hyperty.runtime")
+
+SCOPE = "hyperty-runtime"
+STATE_FILE = "runtime.json"
+EVENTS_FILE = "events.jsonl"
+
+#: Factories known by name; any other name of the form `module:attribute` is imported.
+BUILTIN_FACTORIES: dict[str, str] = {"connector": "tidings.hyperty.connector:Connector"}
+
+
+class RuntimeError_(Exception):
+    """The runtime cannot do what was asked (no state, element unreachable, ...)."""
+
+
+class Hyperty(Protocol):
+    """A hyperty instance: it receives the messages addressed to it."""
+
+    async def on_message(self, message: Message) -> None: ...
+
+
+HypertyFactory = Callable[["HypertyContext"], Hyperty]
+
+
+class HypertyContext:
+    """What a hyperty gets from its runtime: its address, options and the bus."""
+
+    def __init__(
+        self, runtime: HypertyRuntime, url: str, factory: str, options: dict[str, Any]
+    ) -> None:
+        self.runtime = runtime
+        self.url = url
+        self.factory = factory
+        self.options = options
+
+    @property
+    def domain(self) -> str:
+        return parse_address(self.url).domain
+
+    def next_id(self) -> int:
+        return self.runtime.next_id()
+
+    async def post(self, message: Message) -> Message | None:
+        """Send on the runtime's bus; the element's answer for a remote message."""
+        return await self.runtime.post(message)
+
+    async def request(
+        self, message: Message, timeout: float = 30.0, *, on_answer: AnswerCallback | None = None
+    ) -> Message:
+        """Send and wait for the final response (see `HypertyRuntime.request`)."""
+        return await self.runtime.request(message, timeout, on_answer=on_answer)
+
+    async def reply(
+        self, request: Message, code: int, description: str | None = None, value: Any = None
+    ) -> Message | None:
+        """Answer `request` with a reTHINK response from this hyperty."""
+        return await self.runtime.post(request.response(code, description, value, from_=self.url))
+
+    def log_event(self, kind: str, **detail: Any) -> None:
+        self.runtime.log_event(kind, hyperty=self.url, **detail)
+
+
+AnswerCallback = Callable[[Message], None]
+
+
+def _load_factory(spec: str) -> HypertyFactory:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise RuntimeError_(f"factory {spec!r} is neither a known name nor module:attribute")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    if not callable(factory):
+        raise RuntimeError_(f"factory {spec!r} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+class HypertyRuntime:
+    """A Hyperty runtime with a persistent address, hosting hyperties made by factories."""
+
+    def __init__(
+        self,
+        runtime_url: str | None,
+        state_path: str | os.PathLike[str],
+        *,
+        domain: str | None = None,
+        element: str | None = None,
+        service: str | None = None,
+        factories: Mapping[str, HypertyFactory | str] | None = None,
+        listen: bool = False,
+        poll_timeout: float = 25.0,
+        http_timeout: float = 10.0,
+    ) -> None:
+        self.state_path = Path(state_path)
+        self.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._state: dict[str, Any] = self._load_state()
+        stored = self._state.get("runtime_url")
+        if runtime_url is None:
+            if stored is None:
+                if domain is None:
+                    raise RuntimeError_(
+                        f"no runtime in {self.state_path}: give a runtime URL or a domain"
+                    )
+                runtime_url = new_runtime_url(domain)
+            else:
+                runtime_url = stored
+        elif stored is not None and stored != runtime_url:
+            raise RuntimeError_(f"{self.state_path} holds the runtime {stored}, not {runtime_url}")
+        self.url: str = runtime_url
+        self.domain: str = parse_address(runtime_url).domain
+        self._state["runtime_url"] = runtime_url
+        for name, value in (("element", element), ("service", service)):
+            if value is not None:
+                self._state[name] = value.rstrip("/") if name == "element" else value
+        self._state.setdefault("hyperties", {})
+        self._save_state()
+        self.factories: dict[str, HypertyFactory | str] = {**BUILTIN_FACTORIES, **(factories or {})}
+        self.listen = listen
+        self.poll_timeout = poll_timeout
+        self.http_timeout = http_timeout
+        self._running: dict[str, Hyperty] = {}
+        self._creating: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[
+            tuple[int, str], tuple[asyncio.Future[Message], AnswerCallback | None]
+        ] = {}
+        self._ids = itertools.count(random.randrange(1, 2**30))
+        self._http: httpx.AsyncClient | None = None  # only for the inbox long-poll
+        self._started = False
+        self._agent: UserAgent | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # State --------------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, Any]:
+        path = self.state_path / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise RuntimeError_(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise RuntimeError_(f"{path} does not hold a JSON object")
+        return data
+
+    def _save_state(self) -> None:
+        path = self.state_path / STATE_FILE
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump(self._state, file, indent=2)
+        os.replace(temporary, path)
+
+    @property
+    def element(self) -> str:
+        """The push element's HTTP base URL (`http://host:port/hyperty`)."""
+        element = self._state.get("element")
+        if not element:
+            raise RuntimeError_("no push element URL: pass element='http://host:port/hyperty'")
+        return str(element)
+
+    @property
+    def element_address(self) -> str:
+        """The push element's reTHINK address, `domain://push.<domain>`."""
+        return push_element_url(self.domain)
+
+    @property
+    def hyperties(self) -> dict[str, dict[str, Any]]:
+        """The hosted hyperties: address -> {factory, options}."""
+        return dict(self._state["hyperties"])
+
+    @property
+    def subscription(self) -> dict[str, Any] | None:
+        """The push subscription the runtime registered (the browser's toJSON shape)."""
+        value = self._state.get("subscription")
+        return dict(value) if isinstance(value, dict) else None
+
+    def log_event(self, kind: str, **detail: Any) -> None:
+        """Append one line to `<state>/events.jsonl` (what woke, what ran, when)."""
+        record = {"event": kind, "at": time.time(), "pid": os.getpid(), **detail}
+        with open(self.state_path / EVENTS_FILE, "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def events(self) -> list[dict[str, Any]]:
+        """Everything `log_event` recorded, oldest first."""
+        try:
+            lines = (self.state_path / EVENTS_FILE).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    # Life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Attach the push handler and start the inbox poll, if this runtime does those.
+
+        The runtime's own user agent is started when a push service is known and the
+        runtime is not served by a command (`subscribe(command=...)`, the asleep mode).
+        """
+        self._started = True
+        if self._state.get("service") and self._agent is None and not self._state.get("command"):
+            from tidings.useragent import UserAgent
+
+            self._agent = UserAgent(self._state["service"], self.state_path)
+            await self._agent.start()
+            await self._agent.register(
+                SCOPE, on_push=self._on_push, on_subscription_change=self._on_change
+            )
+        if self.listen:
+            import httpx
+
+            self._http = httpx.AsyncClient(timeout=self.http_timeout)
+            self._poller = asyncio.create_task(self._poll(), name="hyperty-inbox")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        if self._agent is not None:
+            await self._agent.close()
+            self._agent = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        self._started = False
+        for future, _ in self._waiting.values():
+            future.cancel()
+
+    async def __aenter__(self) -> HypertyRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(
+        self, method: str, path: str, body: bytes | None = None, query: str = ""
+    ) -> tuple[int, Any]:
+        """One request to the push element: (status, parsed JSON body).
+
+        The standard library in a thread: a woken runtime answers without loading an
+        HTTP client library (the answer is one small POST; see docs/hyperty.md).
+        """
+        if not self._started:
+            raise RuntimeError_("the runtime is not started (use `async with` or start())")
+        url = self.element + path + (f"?{query}" if query else "")
+        headers = {"content-type": "application/json"} if body is not None else {}
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310 - the element's own http(s) URL
+
+        def run() -> tuple[int, Any]:
+            try:
+                with urllib.request.urlopen(request, timeout=self.http_timeout) as response:  # noqa: S310
+                    return response.status, json.loads(response.read() or b"null")
+            except urllib.error.HTTPError as error:
+                raw = error.read()
+                try:
+                    return error.code, json.loads(raw)
+                except ValueError:
+                    return error.code, {"message": raw.decode(errors="replace")}
+            except (urllib.error.URLError, OSError) as exc:
+                raise RuntimeError_(
+                    f"the push element at {self.element} is unreachable: {exc}"
+                ) from None
+
+        return await asyncio.to_thread(run)
+
+    # Hyperties ----------------------------------------------------------------------------
+
+    async def create_hyperty(
+        self,
+        factory: str,
+        *,
+        options: dict[str, Any] | None = None,
+        address: str | None = None,
+    ) -> str:
+        """Create a hyperty from a factory (at `address` if given); returns its address.
+
+        The address, factory name and options are kept, so the runtime re-creates the
+        hyperty at the same address after a restart or a wake-up.
+        """
+        url = address or hyperty_url(self.domain)
+        if not is_hyperty(url):
+            raise RuntimeError_(f"{url!r} is not a hyperty:// address")
+        self._resolve(factory)
+        self._state["hyperties"][url] = {"factory": factory, "options": options or {}}
+        self._save_state()
+        await self.get_hyperty(url)
+        if self._poller is not None:  # poll for the new address too, from now on
+            self._poller.cancel()
+            self._poller = asyncio.create_task(self._poll(), name="hyperty-inbox")
+        return url
+
+    def _resolve(self, name: str) -> HypertyFactory:
+        factory = self.factories.get(name, name)
+        return _load_factory(factory) if isinstance(factory, str) else factory
+
+    async def get_hyperty(self, url: str) -> Hyperty | None:
+        """The running hyperty at `url`, created from its factory if it is not running."""
+        running = self._running.get(url)
+        if running is not None:
+            return running
+        spec = self._state["hyperties"].get(url)
+        if spec is None:
+            return None
+        async with self._creating.setdefault(url, asyncio.Lock()):
+            if url not in self._running:
+                context = HypertyContext(self, url, spec["factory"], dict(spec["options"]))
+                self._running[url] = self._resolve(spec["factory"])(context)
+                self.log_event("hyperty-created", hyperty=url, factory=spec["factory"])
+        return self._running[url]
+
+    def running(self, url: str) -> Hyperty | None:
+        """The hyperty instance at `url` if it is running."""
+        return self._running.get(url)
+
+    # The bus ------------------------------------------------------------------------------
+
+    async def wake(self, message: Message) -> None:
+        """A pushed message: deliver it on the bus, creating its hyperty if needed."""
+        self.log_event("woken", id=message.id, type=message.type, to=message.target)
+        await self.dispatch(message)
+
+    async def dispatch(self, message: Message) -> None:
+        """Hand an incoming message to whoever waits for it: a request's waiter or a hyperty."""
+        if message.is_response:
+            waiting = self._waiting.get((message.id, message.target))
+            if waiting is not None:
+                future, on_answer = waiting
+                if on_answer is not None:
+                    on_answer(message)
+                if message.is_final and not future.done():
+                    future.set_result(message)
+                return
+        hyperty = await self.get_hyperty(message.target)
+        if hyperty is None:
+            if not message.is_response:
+                await self.post(
+                    message.response(404, f"{message.target} is not hosted by {self.url}")
+                )
+            return
+        await hyperty.on_message(message)
+
+    async def post(self, message: Message) -> Message | None:
+        """Send a message: to a local hyperty directly, else through the push element.
+
+        Returns the element's reTHINK answer to a request (a provisional 100 when it was
+        pushed or queued for a connected runtime), None for a response or a local message.
+        """
+        if message.target in self._state["hyperties"]:
+            self._spawn(self.dispatch(message))
+            return None
+        status, document = await self._call("POST", "/messages", message.encoded())
+        if message.is_response:
+            if status not in (200, 202):
+                log.warning("response %s not routed: %s", message.id, document)
+            return None
+        if status != 200:
+            raise RuntimeError_(f"the push element refused the message ({status}): {document}")
+        return Message.from_dict(document)
+
+    async def request(
+        self,
+        message: Message,
+        timeout: float = 30.0,
+        *,
+        on_answer: AnswerCallback | None = None,
+    ) -> Message:
+        """Send a request and wait for its final response (code >= 200).
+
+        Provisional answers (100 from the element) go to `on_answer`, as do all others.
+        The final response arrives on the inbox, so the runtime must `listen`, unless the
+        element answers with an error at once. TimeoutError after `timeout` seconds.
+        """
+        key = (message.id, message.from_)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = (future, on_answer)
+        try:
+            answer = await self.post(message)
+            if answer is not None:
+                if on_answer is not None:
+                    on_answer(answer)
+                if answer.is_final:
+                    return answer
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiting.pop(key, None)
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("hyperty message handling failed", exc_info=task.exception())
+
+    async def _poll(self) -> None:
+        """The runtime's message connection: long-poll the element's inbox."""
+        client = self._http
+        assert client is not None
+        failures = 0
+        while True:
+            addresses = list(self._state["hyperties"])
+            if not addresses:  # nothing to listen for until a hyperty is created
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                response = await client.get(
+                    self.element + "/inbox",
+                    params=[("address", a) for a in addresses] + [("timeout", self.poll_timeout)],
+                    timeout=self.poll_timeout + 10,
+                )
+                response.raise_for_status()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                log.warning("inbox poll failed (%s); retrying", exc)
+                await asyncio.sleep(min(0.2 * 2**failures, 10.0))
+                continue
+            for item in response.json().get("messages", []):
+                try:
+                    message = Message.from_dict(item)
+                except MessageError as exc:
+                    log.warning("dropped a malformed message from the inbox: %s", exc)
+                    continue
+                self._spawn(self.dispatch(message))
+
+    async def wait_listening(self, within: float = 5.0) -> None:
+        """Wait until the element sees this runtime's hyperties as connected (`live`)."""
+        deadline = time.monotonic() + within
+        addresses = list(self._state["hyperties"])
+        if self._poller is None or not addresses:
+            raise RuntimeError_("the runtime does not listen (listen=True) or hosts no hyperty")
+        query = urllib.parse.urlencode({"address": addresses[0]})
+        while True:
+            status, document = await self._call("GET", "/status", query=query)
+            if status == 200 and document.get("status") == "live":
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the push element does not see {addresses[0]} as live")
+            await asyncio.sleep(0.02)
+
+    # Push ---------------------------------------------------------------------------------
+
+    async def element_config(self) -> dict[str, Any]:
+        """The element's `/config`: its domain, address and VAPID public key."""
+        status, config = await self._call("GET", "/config")
+        if status != 200 or not isinstance(config, dict):
+            raise RuntimeError_(f"the push element's /config answered {status}: {config}")
+        return config
+
+    async def subscribe(
+        self,
+        *,
+        application_server_key: str | None = None,
+        command: str | None = None,
+        timeout: float = 15.0,
+    ) -> Message:
+        """Subscribe for Web Push and register at the push element; the element's answer.
+
+        Without `command` the runtime's own user agent wakes it in this process. With
+        `command` the subscription is served by that command through `tidings agent`
+        (the runtime is asleep between pushes).
+        """
+        from tidings.useragent import UserAgent
+
+        service = self._state.get("service")
+        if not service:
+            raise RuntimeError_("no push service URL: pass service='ws://host:port/'")
+        key = application_server_key or (await self.element_config()).get("applicationServerKey")
+        if command is not None:
+            self._state["command"] = command
+            async with UserAgent(service, self.state_path, connect_timeout=timeout) as agent:
+                registration = await agent.register_command(SCOPE, command)
+                subscription = await registration.push_manager.subscribe(application_server_key=key)
+        else:
+            if self._agent is None:
+                self._agent = UserAgent(service, self.state_path, connect_timeout=timeout)
+                await self._agent.start()
+                await self._agent.register(
+                    SCOPE, on_push=self._on_push, on_subscription_change=self._on_change
+                )
+            registration = await self._agent.register(
+                SCOPE, on_push=self._on_push, on_subscription_change=self._on_change
+            )
+            subscription = await registration.push_manager.subscribe(application_server_key=key)
+        self._state["subscription"] = subscription.to_json()
+        self._save_state()
+        return await self.register()
+
+    async def register(self, subscription: dict[str, Any] | None = None) -> Message:
+        """Register (again) at the push element: `create` from the runtime's registry."""
+        if subscription is not None:
+            self._state["subscription"] = subscription
+            self._save_state()
+        if self.subscription is None:
+            raise RuntimeError_("the runtime has no push subscription yet: subscribe() first")
+        message = Message(
+            self.next_id(),
+            "create",
+            runtime_registry_url(self.url),
+            self.element_address,
+            {
+                "value": {
+                    "subscription": self.subscription,
+                    "hyperties": list(self._state["hyperties"]),
+                    "user": self._state.get("user"),
+                }
+            },
+        )
+        answer = await self.post(message)
+        assert answer is not None
+        if answer.code != 200:
+            raise RuntimeError_(f"the push element refused the registration: {answer.description}")
+        self.log_event("registered", element=self.element_address)
+        return answer
+
+    async def unregister(self) -> Message:
+        """`delete` the runtime's registration at the push element."""
+        message = Message(
+            self.next_id(), "delete", runtime_registry_url(self.url), self.element_address
+        )
+        answer = await self.post(message)
+        assert answer is not None
+        return answer
+
+    async def _on_push(self, event: PushEvent) -> None:
+        if event.data is None:
+            return
+        try:
+            message = Message.from_json(event.data.bytes())
+        except MessageError as exc:
+            log.warning("a push that is not a reTHINK message: %s", exc)
+            return
+        await self.wake(message)
+
+    async def _on_change(self, event: PushSubscriptionChangeEvent) -> None:
+        if event.new_subscription is not None:
+            await self.register(event.new_subscription.to_json())
