@@ -3,7 +3,9 @@
 Exit status: 0 every message accepted (or --dry-run); 1 some rejected, failed or
 invalid; 2 usage error (bad option, unreadable file, bad key); 3 some subscriptions
 gone (404/410; nothing worse); 4 some left for later (429/5xx after retries; nothing
-worse than gone).
+worse than gone). With --receipt (one subscription, accepted): 0 delivered; 5 expired
+undelivered (410 receipt); 6 no receipt within --receipt-timeout; 7 no receipt can be
+had (the service gave no receipt subscription, or speaks only HTTP/1.1).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import click
 
 from tidings.sender import (
     PushRequest,
+    ReceiptError,
     ResultKind,
     RetryPolicy,
     Sender,
@@ -28,13 +31,26 @@ from tidings.sender import (
 from tidings.sender.request import URGENCIES, encode_payload
 from tidings.webpush import InvalidKeyError, VapidKey, WebPushError
 
-__all__ = ["EXIT_GONE", "EXIT_PROBLEM", "EXIT_RETRY_LATER", "EXIT_USAGE", "exit_code", "send"]
+__all__ = [
+    "EXIT_EXPIRED",
+    "EXIT_GONE",
+    "EXIT_NO_RECEIPT",
+    "EXIT_PROBLEM",
+    "EXIT_RECEIPT_TIMEOUT",
+    "EXIT_RETRY_LATER",
+    "EXIT_USAGE",
+    "exit_code",
+    "send",
+]
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 EXIT_GONE = 3
 EXIT_RETRY_LATER = 4
+EXIT_EXPIRED = 5  # --receipt: the service gave up before the user agent acknowledged (410)
+EXIT_RECEIPT_TIMEOUT = 6  # --receipt: no receipt within --receipt-timeout
+EXIT_NO_RECEIPT = 7  # --receipt: no receipt subscription, or it cannot be monitored
 
 
 def exit_code(counts: dict[ResultKind, int]) -> int:
@@ -134,6 +150,8 @@ def _describe(result: SendResult) -> None:
         click.echo(f"  protocol: {result.http_version}")
     if result.location:
         click.echo(f"  location: {result.location}")
+    if result.receipt:
+        click.echo(f"  receipt subscription: {result.receipt}")
     if result.ttl is not None:
         click.echo(f"  ttl kept: {result.ttl}")
     if result.reason:
@@ -156,7 +174,9 @@ def _gone_line(result: SendResult) -> str:
     epilog=(
         "Exit status: 0 all accepted (or --dry-run); 1 some rejected, failed or invalid; "
         "2 usage error; 3 some subscriptions gone (404/410), nothing worse; "
-        "4 some to retry later (429/5xx after retries), nothing worse than gone."
+        "4 some to retry later (429/5xx after retries), nothing worse than gone. "
+        "With --receipt: 0 delivered, 5 expired undelivered, 6 no receipt in time, "
+        "7 no receipt possible (none offered, or HTTP/1.1 only)."
     ),
 )
 @click.argument("message", required=False)
@@ -225,6 +245,18 @@ def _gone_line(result: SendResult) -> str:
     help="Trust this CA (PEM) for https endpoints.",
 )
 @click.option("--insecure", is_flag=True, help="Do not verify TLS certificates.")
+@click.option(
+    "--receipt",
+    is_flag=True,
+    help="Ask for a delivery receipt (RFC 8030) and wait for it (--subscription only).",
+)
+@click.option(
+    "--receipt-timeout",
+    type=click.FloatRange(0.1, 86400),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the receipt.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the exact request(s) instead of sending.")
 @click.option(
     "--body-out",
@@ -255,6 +287,8 @@ def send(
     timeout: float,
     cacert: Path | None,
     insecure: bool,
+    receipt: bool,
+    receipt_timeout: float,
     dry_run: bool,
     body_out: Path | None,
     gone_out: Path | None,
@@ -265,6 +299,8 @@ def send(
         raise click.UsageError("give exactly one of --subscription FILE or --subscriptions FILE")
     if body_out is not None and not dry_run:
         raise click.UsageError("--body-out goes with --dry-run")
+    if receipt and many is not None:
+        raise click.UsageError("--receipt goes with --subscription (one message)")
     try:
         key: VapidKey = load_vapid_key(key_path)
     except InvalidKeyError as exc:
@@ -294,7 +330,13 @@ def send(
         items = [_read_one(one)] if one is not None else list(_read_many(many))  # type: ignore[arg-type]
         for index, item in enumerate(items, 1):
             try:
-                request = sender.build(item, data, content_encoding=encoding, **options)
+                request = sender.build(
+                    item,
+                    data,
+                    content_encoding=encoding,
+                    headers={"Prefer": "respond-async"} if receipt else None,
+                    **options,
+                )
             except (WebPushError, ValueError) as exc:
                 click.echo(f"* subscription {index}: not usable: {exc}", err=True)
                 continue
@@ -307,14 +349,24 @@ def send(
     if one is not None:
         subscription = _read_one(one)
 
-        async def single() -> SendResult:
+        async def single() -> tuple[SendResult, tuple[int, str] | None]:
             async with sender:
-                return await sender.send(subscription, data, content_encoding=encoding, **options)
+                result = await sender.send(
+                    subscription, data, content_encoding=encoding, receipt=receipt, **options
+                )
+                if not (receipt and result.ok):
+                    return result, None
+                _describe(result)  # before the wait, which may be long
+                return result, await _wait_for_receipt(sender, result, receipt_timeout)
 
         try:
-            result = asyncio.run(single())
+            result, outcome = asyncio.run(single())
         except (WebPushError, ValueError) as exc:
             raise click.UsageError(f"subscription not usable: {exc}") from None
+        if outcome is not None:
+            code, line = outcome
+            click.echo(line)
+            sys.exit(code)
         _describe(result)
         if gone_out is not None and result.kind is ResultKind.GONE:
             gone_out.write_text(_gone_line(result) + "\n", "utf-8")
@@ -331,6 +383,23 @@ def send(
             for result in summary.gone:
                 handle.write(_gone_line(result) + "\n")
     sys.exit(exit_code(summary.counts))
+
+
+async def _wait_for_receipt(sender: Sender, result: SendResult, timeout: float) -> tuple[int, str]:
+    """Wait for the receipt of an accepted push: (exit code, line to print)."""
+    started = asyncio.get_running_loop().time()
+    try:
+        receipt = await sender.wait_for_receipt(result, timeout=timeout)
+    except TimeoutError:
+        return EXIT_RECEIPT_TIMEOUT, f"receipt: none within {timeout:g} s"
+    except ReceiptError as exc:
+        return EXIT_NO_RECEIPT, f"receipt: unavailable: {exc}"
+    elapsed = asyncio.get_running_loop().time() - started
+    if receipt.delivered:
+        return EXIT_OK, f"receipt: delivered ({receipt.status}) after {elapsed:.1f} s"
+    if receipt.expired:
+        return EXIT_EXPIRED, f"receipt: expired ({receipt.status}) after {elapsed:.1f} s"
+    return EXIT_PROBLEM, f"receipt: status {receipt.status} after {elapsed:.1f} s"
 
 
 async def _fan_out(

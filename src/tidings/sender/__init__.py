@@ -4,6 +4,11 @@
         result = await sender.send(subscription, "hello", ttl=3600)
         if result.kind == "gone": forget(subscription)
 
+With `receipt=True` the push service reports delivery (RFC 8030 receipts):
+
+        result = await sender.send(subscription, "ring", ttl=60, receipt=True)
+        receipt = await sender.wait_for_receipt(result, timeout=30)   # .delivered / .expired
+
 For scripts, `send(...)` / `webpush(...)` take pywebpush's arguments and block.
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 from tidings.sender.core import ResultCallback, Sender
 from tidings.sender.keys import VapidKeyLike, load_vapid_key
+from tidings.sender.receipts import Http2Required, Receipt, ReceiptError, ReceiptStream
 from tidings.sender.request import (
     CONTENT_TYPE,
     Payload,
@@ -40,11 +46,15 @@ from tidings.sender.vapid_cache import VapidTokenCache
 __all__ = [
     "CONTENT_TYPE",
     "FanoutSummary",
+    "Http2Required",
     "HttpxTransport",
     "Payload",
     "PayloadSource",
     "PooledTransport",
     "PushRequest",
+    "Receipt",
+    "ReceiptError",
+    "ReceiptStream",
     "Response",
     "ResultCallback",
     "ResultKind",

@@ -6,14 +6,24 @@ import asyncio
 import inspect
 import itertools
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
 from typing import Literal
+from urllib.parse import urljoin
 
 from tidings.sender.keys import VapidKeyLike, load_vapid_key
+from tidings.sender.receipts import (
+    REL_RECEIPT,
+    Receipt,
+    ReceiptBook,
+    ReceiptStream,
+    link_target,
+    origin_of,
+)
 from tidings.sender.request import (
     Payload,
     PayloadSource,
@@ -40,6 +50,7 @@ from tidings.sender.transport import (
     Transport,
     TransportError,
     VerifyOption,
+    make_ssl_context,
 )
 from tidings.sender.vapid_cache import VapidTokenCache
 from tidings.sender.workers import EncryptedItem, encrypt_chunk, make_pool
@@ -52,7 +63,6 @@ log = logging.getLogger("tidings.sender")
 ResultCallback = Callable[[SendResult], Awaitable[None] | None]
 """Called with each result; may be a plain function or a coroutine function."""
 
-_RECEIPT_REL = "urn:ietf:params:push:receipt"
 _CHUNK = 64
 
 
@@ -141,6 +151,14 @@ class Sender:
         else:
             self.transport = transport
         self._vapid_by_origin: dict[str, tuple[VapidHeaders, float]] = {}
+        self._verify = verify
+        self._alpn = ["h2", "http/1.1"] if http2 else ["http/1.1"]
+        self.receipt_book = ReceiptBook(
+            ssl_context=self._monitor_ssl_context,
+            after_connect=self._restore_alpn if isinstance(verify, ssl.SSLContext) else None,
+            connect_timeout=connect_timeout,
+        )
+        """Receipt subscriptions per origin and their monitors (see `receipts`)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,7 +178,8 @@ class Sender:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close connections and stop encryption workers."""
+        """Close connections and receipt monitors, and stop encryption workers."""
+        await self.receipt_book.aclose()
         await self.transport.aclose()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -241,12 +260,17 @@ class Sender:
         content_encoding: str = "aes128gcm",
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        receipt: bool = False,
     ) -> SendResult:
         """Send one message to one subscription and say what became of it.
 
         Raises before any network I/O on bad input: `PayloadTooLarge` (over 3993 bytes),
         `InvalidSubscription`, `ValueError` (TTL, Urgency, Topic, coding). Service answers
         and network failures never raise: they are the result's `kind`.
+
+        `receipt=True` asks for a delivery receipt (RFC 8030 section 5.1): the result
+        then has `receipt` (the receipt subscription) and `location`; see
+        `wait_for_receipt` and `receipts`.
         """
         request = self.build(
             subscription,
@@ -258,7 +282,12 @@ class Sender:
             headers=headers,
         )
         assert request.subscription is not None
-        result = await self.deliver(request, timeout=timeout, original=subscription)
+        if receipt:
+            result = await self.deliver_with_receipt(
+                request, timeout=timeout, original=subscription
+            )
+        else:
+            result = await self.deliver(request, timeout=timeout, original=subscription)
         if result.kind is ResultKind.GONE and self.on_gone is not None:
             await _call(self.on_gone, result)
         return result
@@ -311,6 +340,73 @@ class Sender:
             log.debug("%s: %s; retrying in %.2fs", request.url, problem, delay)
             await asyncio.sleep(delay)
 
+    async def deliver_with_receipt(
+        self,
+        request: PushRequest,
+        *,
+        timeout: float | None = None,
+        original: object = None,
+    ) -> SendResult:
+        """`deliver` asking for a receipt: `Prefer: respond-async`, and the origin's
+        receipt subscription sent back as a `Link` once the service has given one.
+
+        If the service refuses that receipt subscription (400: it expired or the service
+        lost it), the request is made once more without it, for a new one.
+        """
+        origin = origin_of(request.url)
+        _add_prefer(request.headers, "respond-async")
+        async with self.receipt_book.slot(origin) as known:
+            if known is not None:
+                _add_link(request.headers, f'<{known}>; rel="{REL_RECEIPT}"')
+            result = await self.deliver(request, timeout=timeout, original=original)
+            if known is not None and result.status == 400:
+                log.info("%s refused receipt subscription %s; asking for a new one", origin, known)
+                self.receipt_book.forget(origin, known)
+                _remove_link(request.headers, known)
+                attempts = result.attempts
+                result = await self.deliver(request, timeout=timeout, original=original)
+                result.attempts += attempts
+            if result.receipt is not None:
+                self.receipt_book.remember(origin, result.receipt)
+            elif result.ok:  # e.g. 201: this service does not offer receipts
+                self.receipt_book.without_receipts.add(origin)
+        return result
+
+    def receipts(self, target: str | SendResult) -> ReceiptStream:
+        """Receipts as they arrive, by monitoring receipt subscriptions over HTTP/2.
+
+        `target` is a push-service origin (every receipt subscription this sender got
+        from it, now and later), a receipt subscription URL, or a `SendResult`:
+
+            async with sender.receipts("https://push.example.net") as receipts:
+                async for receipt in receipts:
+                    print(receipt.message_url, receipt.delivered, receipt.expired)
+
+        Raises ReceiptError when nothing can be monitored; a service speaking only
+        HTTP/1.1 is reported as `Http2Required` from the iteration.
+        """
+        return self.receipt_book.stream(target)
+
+    async def wait_for_receipt(self, result: SendResult, timeout: float | None = None) -> Receipt:
+        """Wait for the receipt of one message sent with `receipt=True`.
+
+        Returns the `Receipt` (`delivered` or `expired`); raises TimeoutError after
+        `timeout` seconds, and ReceiptError (or its `Http2Required`) when the result has
+        no receipt subscription or it cannot be monitored.
+        """
+        return await self.receipt_book.wait_for(result, timeout)
+
+    def _monitor_ssl_context(self) -> ssl.SSLContext:
+        """A TLS context for a receipt monitor (H2Client sets its ALPN to h2 only)."""
+        if isinstance(self._verify, ssl.SSLContext):
+            return self._verify
+        return make_ssl_context(self._verify)
+
+    def _restore_alpn(self) -> None:
+        """Put back the sending transport's ALPN on a caller's shared SSLContext."""
+        if isinstance(self._verify, ssl.SSLContext):
+            self._verify.set_alpn_protocols(self._alpn)
+
     async def send_many(
         self,
         subscriptions: Iterable[SubscriptionLike] | AsyncIterable[SubscriptionLike],
@@ -324,6 +420,7 @@ class Sender:
         on_result: ResultCallback | None = None,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        receipt: bool = False,
     ) -> FanoutSummary:
         """Send one message to many subscriptions, each encrypted for its own keys.
 
@@ -333,6 +430,7 @@ class Sender:
         returned summary has counts per kind, elapsed time, rate, gone subscriptions and
         problem results. A subscription that cannot be used gives an `invalid` result
         instead of stopping the fan-out; a fixed payload that is too large raises first.
+        `receipt=True` asks for a receipt for every message (see `send`).
         """
         check_options(ttl, urgency, topic, content_encoding)
         if type(concurrency) is not int or concurrency < 1:
@@ -348,7 +446,7 @@ class Sender:
         source = _Source(subscriptions)
         run = _Fanout(self, source, fixed, personalise, summary, on_result)
         run.ttl, run.urgency, run.topic, run.encoding = ttl, urgency, topic, content_encoding
-        run.timeout, run.headers = timeout, headers
+        run.timeout, run.headers, run.receipt = timeout, headers, receipt
         try:
             if self._pool is not None:
                 await run.with_workers(self._pool, concurrency, self.encrypt_workers)
@@ -398,11 +496,39 @@ def _result(
             result.reason = response.body[:300].decode("utf-8", "replace").strip()
         else:
             result.reason = f"HTTP {response.status}"
-    elif response.status == 202 and "link" in headers:
-        for link in headers["link"].split(","):
-            if _RECEIPT_REL in link and "<" in link:
-                result.receipt = link[link.index("<") + 1 : link.index(">")]
+    elif response.status == 202:
+        target = link_target(headers.get("link"), REL_RECEIPT)
+        if target:
+            result.receipt = urljoin(sub.endpoint, target)
     return result
+
+
+def _header_name(headers: dict[str, str], name: str) -> str:
+    """The spelling `headers` uses for `name` (case-insensitive), or `name`."""
+    lower = name.lower()
+    return next((key for key in headers if key.lower() == lower), name)
+
+
+def _add_prefer(headers: dict[str, str], preference: str) -> None:
+    key = _header_name(headers, "Prefer")
+    current = headers.get(key, "")
+    if preference not in current.lower():
+        headers[key] = f"{current}, {preference}" if current.strip() else preference
+
+
+def _add_link(headers: dict[str, str], value: str) -> None:
+    key = _header_name(headers, "Link")
+    current = headers.get(key, "")
+    headers[key] = f"{current}, {value}" if current.strip() else value
+
+
+def _remove_link(headers: dict[str, str], target: str) -> None:
+    key = _header_name(headers, "Link")
+    kept = [v for v in headers.get(key, "").split(", ") if v and f"<{target}>" not in v]
+    if kept:
+        headers[key] = ", ".join(kept)
+    else:
+        headers.pop(key, None)
 
 
 class _Source:
@@ -446,6 +572,7 @@ class _Fanout:
     encoding: str
     timeout: float | None
     headers: dict[str, str] | None
+    receipt: bool = False
 
     def __init__(
         self,
@@ -495,7 +622,13 @@ class _Fanout:
         request = self.sender._assemble(
             sub, body, coding, self.ttl, self.urgency, self.topic, self.headers
         )
-        await self._finish(await self.sender.deliver(request, timeout=self.timeout, original=item))
+        if self.receipt:
+            result = await self.sender.deliver_with_receipt(
+                request, timeout=self.timeout, original=item
+            )
+        else:
+            result = await self.sender.deliver(request, timeout=self.timeout, original=item)
+        await self._finish(result)
 
     def _encrypt_here(self, sub: Subscription, plaintext: bytes) -> EncryptedItem:
         if not plaintext:
