@@ -132,6 +132,13 @@ class Http1Connection(asyncio.Protocol):
         declared = self._headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._body_limit:
             raise _BodyTooLarge  # answered at once, without waiting for the body
+        # A client that sent `Expect: 100-continue` waits for this before sending the
+        # body (curl for a second). Not while an earlier pipelined request is unanswered:
+        # the interim answer would be taken for that request's.
+        expect = self._headers.get("expect", "").strip().lower()
+        idle = self._worker is None and not self._queue
+        if expect == "100-continue" and idle and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -188,6 +195,10 @@ class Http1Connection(asyncio.Protocol):
                     return
                 if self.transport is not None and len(self._queue) <= MAX_QUEUED_REQUESTS:
                     self.transport.resume_reading()
+                if self._queue:
+                    # Let other connections in between pipelined requests: one client's
+                    # pipeline must not hold up everyone else's pushes.
+                    await asyncio.sleep(0)
         finally:
             self._worker = None
             if not self._closing:
