@@ -184,3 +184,39 @@ async def test_errors_over_http2_are_json(service: RunningService) -> None:
         assert response.headers["content-type"] == "application/json"
         assert response.json()["errno"] == errno
     await agent.close()
+
+
+async def test_expect_100_continue_is_answered(service: RunningService) -> None:
+    # curl, .NET and Java clients send `Expect: 100-continue` and then wait (curl: 1 s)
+    # for the interim answer before sending the body.
+    agent = await service.agent()
+    registration = await agent.register()
+    body = encrypted(registration, "expected")
+    path = "/push/" + registration.endpoint.rsplit("/", 1)[1]
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: a\r\nttl: 60\r\ncontent-encoding: aes128gcm\r\n"
+        f"expect: 100-continue\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.config.port)
+    try:
+        writer.write(head)
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        writer.write(body)
+        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert final.startswith(b"HTTP/1.1 201 ")
+    finally:
+        writer.close()
+    assert (await agent.next_notification()).plaintext == b"expected"
+    await agent.close()
+
+
+async def test_expect_100_continue_with_too_large_body_gets_413(
+    service: RunningService,
+) -> None:
+    request = (
+        b"POST /push/x HTTP/1.1\r\nhost: a\r\nttl: 60\r\nexpect: 100-continue\r\n"
+        b"content-length: 100000\r\n\r\n"
+    )
+    (answer,) = await exchange(service, request)
+    assert_json_error(answer, 413)
