@@ -60,6 +60,12 @@ from tidings.service.config import ServiceConfig, load_config
 )
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="Processes sharing the port (SO_REUSEPORT), one per core; needs --cluster so "
+    "that a push accepted by one reaches user agents held by another. [default: 1]",
+)
+@click.option(
     "--reuse-port/--no-reuse-port",
     default=None,
     help="SO_REUSEPORT, so several `tidings serve` processes can share the port.",

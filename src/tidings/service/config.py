@@ -44,6 +44,7 @@ class ServiceConfig:
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve HTTPS/WSS
     tls_key: str | None = None
     reuse_port: bool = False  # SO_REUSEPORT, for several worker processes on one port
+    workers: int = 1  # processes sharing the port (needs a cluster bus to reach each other)
     demo: bool = False  # the /playground page and its demo sender (POST /demo/send)
     dashboard_token: str | None = None  # for /dashboard, /api/stats, /metrics; else local only
 

@@ -188,6 +188,7 @@ class PushService:
             "connections": len(self.hub),
             "draining": self.draining,
             "cluster": self.cluster.status(),
+            "node": self.config.node_id,
             "uptime": round(time.time() - self.started_at, 1),
         }
 

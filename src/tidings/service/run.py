@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
+import os
 import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from tidings.service.config import ServiceConfig
 from tidings.service.core import PushService
@@ -45,16 +51,78 @@ async def run(config: ServiceConfig) -> None:
     log.info("stopped")
 
 
-def serve(config: ServiceConfig) -> None:
-    """Run the push service (with uvloop when it is installed)."""
+def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop's runner when it is installed, asyncio's otherwise."""
     try:
         import uvloop
     except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
+        return asyncio.run
+    return uvloop.run
+
+
+async def prepare(config: ServiceConfig) -> None:
+    """Migrate the store and create the token keys once, before workers start."""
+    service = PushService(config)
+    await service.store.open()
     try:
-        runner(run(config))
+        from tidings.service.keyfile import load_sealer
+
+        await load_sealer(config.secrets_path, service.store)
+    finally:
+        await service.store.close()
+
+
+def serve_workers(config: ServiceConfig) -> None:
+    """Run `config.workers` processes sharing the port (SO_REUSEPORT); stop them together.
+
+    Each worker is a node of the cluster (its own node id), so a push accepted by one
+    reaches a user agent connected to another through the cluster bus.
+    """
+    if not config.cluster:
+        raise SystemExit(
+            "tidings serve: --workers needs --cluster redis://...: a push accepted by one "
+            "worker must reach user agents connected to the others"
+        )
+    _runner()(prepare(config))
+    base = config.node_id or f"{os.uname().nodename}-{os.getpid()}"
+    children: list[int] = []
+    for index in range(config.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            worker = dataclasses.replace(
+                config, workers=1, reuse_port=True, node_id=f"{base}-w{index}"
+            )
+            code = 0
+            try:
+                _runner()(run(worker))
+            except BaseException as exc:  # report and leave without running parent code
+                print(f"tidings worker {index}: {exc}", file=sys.stderr)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        failed += os.waitstatus_to_exitcode(status) != 0
+    if failed:
+        raise SystemExit(1)
+
+
+def serve(config: ServiceConfig) -> None:
+    """Run the push service (with uvloop when it is installed)."""
+    try:
+        if config.workers > 1:
+            serve_workers(config)
+        else:
+            _runner()(run(config))
     except (KeyFileError, OSError) as exc:
         # Start-up refused (key file, port in use...): say why and exit 1, no traceback.
         raise SystemExit(f"tidings serve: {exc}") from None
