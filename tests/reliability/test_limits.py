@@ -1,0 +1,270 @@
+"""Rate limits: token buckets (units), then 429 + Retry-After over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from support.service import Registration, running_service
+from tidings.service.config import ServiceConfig
+from tidings.service.limits import (
+    Limit,
+    MemoryRateLimiter,
+    RedisRateLimiter,
+    Rule,
+    client_address,
+    parse_networks,
+    retry_after,
+)
+from tidings.webpush import VapidKey, encrypt, sign_vapid
+
+# Units --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rate", "burst"),
+    [
+        ("10/s", 10.0, 10.0),
+        ("600/min", 10.0, 600.0),
+        ("3600/h burst 5", 1.0, 5.0),
+        ("2 / second", 2.0, 2.0),
+        ("0.5/s burst 1", 0.5, 1.0),
+    ],
+)
+def test_rule_parses(text: str, rate: float, burst: float) -> None:
+    assert Rule.parse(text) == Rule(rate, burst)
+
+
+@pytest.mark.parametrize("text", ["off", "OFF", "0", "none", ""])
+def test_rule_off(text: str) -> None:
+    assert Rule.parse(text) is None
+
+
+@pytest.mark.parametrize("text", ["10", "10/day", "abc", "-1/s", "10/s burst", "10/s burst 0"])
+def test_rule_refuses_nonsense(text: str) -> None:
+    with pytest.raises(ValueError, match="rate limit"):
+        Rule.parse(text)
+
+
+def test_bad_settings_refused_when_configured() -> None:
+    with pytest.raises(ValueError, match="rate limit"):
+        ServiceConfig(rate_push_address="lots")
+    with pytest.raises(ValueError, match="rate_limit_exempt"):
+        ServiceConfig(rate_limit_exempt="10.0.0.0/8,not-a-network")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bucket_allows_the_burst_then_refills_at_the_rate() -> None:
+    clock = Clock()
+    limiter = MemoryRateLimiter({Limit.PUSH_SUBSCRIPTION: Rule(2.0, 5.0)}, clock=clock)
+    assert [limiter.take(Limit.PUSH_SUBSCRIPTION, "a") for _ in range(5)] == [0.0] * 5
+    assert limiter.take(Limit.PUSH_SUBSCRIPTION, "a") == pytest.approx(0.5)
+    assert limiter.take(Limit.PUSH_SUBSCRIPTION, "b") == 0.0  # buckets are per key
+    clock.now += 0.5
+    assert limiter.take(Limit.PUSH_SUBSCRIPTION, "a") == 0.0
+    assert limiter.take(Limit.PUSH_SUBSCRIPTION, "a") > 0
+    clock.now += 3600
+    assert [limiter.take(Limit.PUSH_SUBSCRIPTION, "a") for _ in range(5)] == [0.0] * 5
+    assert limiter.take(Limit.PUSH_SUBSCRIPTION, "a") > 0  # never more than the burst
+
+
+def test_a_rule_that_is_off_never_limits() -> None:
+    limiter = MemoryRateLimiter({Limit.PUSH_ADDRESS: None})
+    assert all(limiter.take(Limit.PUSH_ADDRESS, "x") == 0.0 for _ in range(10_000))
+    assert len(limiter) == 0
+
+
+def test_memory_is_bounded() -> None:
+    limiter = MemoryRateLimiter({Limit.PUSH_ADDRESS: Rule(1.0, 1.0)}, max_buckets=100)
+    for index in range(10_000):
+        limiter.take(Limit.PUSH_ADDRESS, f"10.0.{index // 256}.{index % 256}")
+    assert len(limiter) == 100
+    # The most recently used buckets are the ones kept.
+    assert limiter.take(Limit.PUSH_ADDRESS, "10.0.39.15") > 0
+
+
+def test_exempt_networks_and_addresses() -> None:
+    limiter = MemoryRateLimiter({}, parse_networks("127.0.0.0/8, ::1"))
+    assert limiter.exempt("127.0.0.1")
+    assert limiter.exempt("::1")
+    assert not limiter.exempt("192.0.2.1")
+    assert not limiter.exempt("-")
+    assert client_address("192.0.2.1:5555") == "192.0.2.1"
+    assert client_address("::1:5555") == "::1"
+    assert client_address("-") == "-"
+    assert retry_after(0.01) == "1"
+    assert retry_after(2.2) == "3"
+
+
+@pytest.mark.redis
+async def test_redis_buckets_are_shared_by_nodes() -> None:
+    import redis.asyncio as aioredis
+
+    prefix = f"tidings-test-{uuid.uuid4().hex[:8]}:"
+    rules = {Limit.PUSH_VAPID_KEY: Rule(1.0, 3.0)}
+    url = "redis://127.0.0.1:6379/0"
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError):
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    nodes = [RedisRateLimiter(url, rules, prefix=prefix) for _ in range(2)]
+    answers = [await nodes[i % 2].acquire(Limit.PUSH_VAPID_KEY, "k") for i in range(4)]
+    assert answers[:3] == [0.0, 0.0, 0.0]
+    assert 0 < answers[3] <= 1.0
+    assert await nodes[0].acquire(Limit.PUSH_VAPID_KEY, "other") == 0.0
+    for node in nodes:
+        await node.close()
+    keys = await client.keys(prefix + "*")
+    assert len(keys) == 2
+    ttls = [await client.ttl(key) for key in keys]
+    assert all(0 < ttl <= 5 for ttl in ttls)  # they expire
+    await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_redis_down_fails_open() -> None:
+    limiter = RedisRateLimiter("redis://127.0.0.1:1/0", {Limit.PUSH_ADDRESS: Rule(1.0, 1.0)})
+    assert [await limiter.acquire(Limit.PUSH_ADDRESS, "a") for _ in range(3)] == [0.0] * 3
+    await limiter.close()
+
+
+# Over the wire --------------------------------------------------------------------------
+
+
+def body_for(registration: Registration, text: str = "hi") -> bytes:
+    keys = registration.subscription_info()["keys"]
+    return encrypt(text.encode(), keys["p256dh"], keys["auth"])
+
+
+async def push(
+    client: httpx.AsyncClient, registration: Registration, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return await client.post(
+        registration.endpoint,
+        content=body_for(registration),
+        headers={"ttl": "60", "content-encoding": "aes128gcm", **(headers or {})},
+    )
+
+
+def assert_limited(response: httpx.Response, what: str) -> None:
+    assert response.status_code == 429, response.text
+    assert int(response.headers["retry-after"]) >= 1
+    document = response.json()
+    assert document["errno"] == 121
+    assert what in document["message"]
+
+
+async def test_pushes_per_subscription(tmp_path: Path) -> None:
+    async with running_service(tmp_path, rate_push_subscription="3/min") as running:
+        agent = await running.agent()
+        first, second = await agent.register(), await agent.register()
+        async with httpx.AsyncClient() as client:
+            assert [(await push(client, first)).status_code for _ in range(3)] == [201] * 3
+            response = await push(client, first)
+            assert_limited(response, "pushes per subscription")
+            assert int(response.headers["retry-after"]) == 20  # 3/min: a token in 20 s
+            assert (await push(client, second)).status_code == 201  # its own bucket
+        await agent.close()
+
+
+async def test_pushes_per_vapid_key(tmp_path: Path) -> None:
+    key, other = VapidKey.generate(), VapidKey.generate()
+    async with running_service(tmp_path, rate_push_vapid_key="2/min") as running:
+        agent = await running.agent()
+        registrations = [await agent.register() for _ in range(3)]
+
+        def signed(vapid: VapidKey) -> dict[str, str]:
+            return {"authorization": sign_vapid(vapid, running.url, "mailto:t@x.org").authorization}
+
+        async with httpx.AsyncClient() as client:
+            statuses = [(await push(client, r, signed(key))).status_code for r in registrations]
+            assert statuses[:2] == [201, 201]
+            assert_limited(await push(client, registrations[2], signed(key)), "per vapid key")
+            assert (await push(client, registrations[2], signed(other))).status_code == 201
+            assert (await push(client, registrations[2])).status_code == 201  # unsigned
+        await agent.close()
+
+
+async def test_pushes_per_address(tmp_path: Path) -> None:
+    settings = {"rate_push_address": "2/min", "rate_limit_exempt": ""}
+    async with running_service(tmp_path, **settings) as running:
+        agent = await running.agent()
+        registration = await agent.register()
+        async with httpx.AsyncClient() as client:
+            assert [(await push(client, registration)).status_code for _ in range(2)] == [201] * 2
+            assert_limited(await push(client, registration), "pushes per address")
+            # Garbage counts too: a flood of bad tokens is a flood.
+            bad = await client.post(running.url + "/push/nonsense", headers={"ttl": "1"})
+            assert bad.status_code == 429
+        await agent.close()
+
+
+async def test_loopback_is_exempt_by_default(tmp_path: Path) -> None:
+    async with running_service(tmp_path, rate_push_address="1/min") as running:
+        agent = await running.agent()
+        registration = await agent.register()
+        async with httpx.AsyncClient() as client:
+            assert [(await push(client, registration)).status_code for _ in range(3)] == [201] * 3
+        await agent.close()
+
+
+def handshake() -> bytes:
+    key = base64.b64encode(os.urandom(16))
+    return (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
+    )
+
+
+async def test_websocket_connections_per_address(tmp_path: Path) -> None:
+    settings = {"rate_connect_address": "2/min", "rate_limit_exempt": ""}
+    async with running_service(tmp_path, **settings) as running:
+        first, second = await running.agent(), await running.agent()
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.config.port)
+        writer.write(handshake())
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 429"), answer
+        assert b"retry-after: " in head.lower()
+        assert b"connections per address" in body
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+        writer.close()
+        with pytest.raises(websockets.InvalidStatus):
+            await websockets.connect(running.ws_url, open_timeout=5)
+        # The connections already made are not touched.
+        await first.send("{}")  # the protocol's ping
+        assert await first.receive() == {}
+        await first.close()
+        await second.close()
+
+
+async def test_subscriptions_per_address(tmp_path: Path) -> None:
+    settings = {"rate_subscribe_address": "2/min", "rate_limit_exempt": ""}
+    async with running_service(tmp_path, **settings) as running:
+        agent = await running.agent()
+        await agent.register()
+        async with httpx.AsyncClient() as client:
+            assert (await client.post(running.url + "/subscribe")).status_code == 201
+            response = await client.post(running.url + "/subscribe")
+            assert_limited(response, "subscriptions per address")
+        channel_id = str(uuid.uuid4())
+        await agent.send({"messageType": "register", "channelID": channel_id})
+        reply = await agent.expect("register")
+        assert reply["status"] == 429
+        assert "pushEndpoint" not in reply
+        await agent.close()
