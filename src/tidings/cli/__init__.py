@@ -15,23 +15,19 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Attach every sub-command; each module owns its own options."""
-    from tidings.cli import keys, serve
+    from tidings.cli import agent, bench, demo, hyperty, keys, listen, send, serve
 
-    main.add_command(keys.keys)
-    main.add_command(serve.serve)
-    from tidings.cli import agent
-
-    main.add_command(agent.agent)
-    from tidings.cli import listen
-
-    main.add_command(listen.listen)
-    from tidings.cli.send import send as send_command
-
-    main.add_command(send_command)
-    from tidings.cli import demo, hyperty
-
-    main.add_command(hyperty.hyperty)
-    main.add_command(demo.demo)
+    for command in (
+        serve.serve,
+        keys.keys,
+        send.send,
+        listen.listen,
+        agent.agent,
+        bench.bench,
+        hyperty.hyperty,
+        demo.demo,
+    ):
+        main.add_command(command)
 
 
 _register_commands()
