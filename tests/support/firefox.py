@@ -307,6 +307,7 @@ class FirefoxPushClient:
         page_server: PageServer | None = None,
         binary: str = FIREFOX,
         extra_args: tuple[str, ...] = (),
+        start_url: str | None = None,
     ) -> None:
         self.push_server_url = push_server_url
         self._own_profile = profile_dir is None
@@ -316,6 +317,9 @@ class FirefoxPushClient:
         self._own_page = page_server is None
         self.binary = binary
         self.extra_args = extra_args  # e.g. ("--marionette",) for tests that drive pages
+        # A page of another origin to open instead of the test page (its service worker
+        # can still report to `self.page`); e.g. the push element's /hyperty/ demo.
+        self.start_url = start_url
         self.process: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None
         self._log_file: Any = None
@@ -370,7 +374,7 @@ class FirefoxPushClient:
             "--profile",
             str(self.profile_dir),
             *self.extra_args,
-            self.page.url,
+            self.start_url or self.page.url,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=asyncio.subprocess.STDOUT,
