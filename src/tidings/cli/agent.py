@@ -16,13 +16,16 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from tidings.useragent import UserAgent, UserAgentError
+from tidings.useragent.agent import PushProtocol
 from tidings.useragent.commands import DEFAULT_COMMAND_TIMEOUT, handlers_from_state
 from tidings.useragent.state import StateStore
 
@@ -33,9 +36,45 @@ def _service_option(function: Any) -> Any:
     return click.option(
         "--service",
         envvar="TIDINGS_AGENT_SERVICE",
-        help="The push service: its WebSocket URL (ws://host:port/) or its http(s) origin. "
-        "[env TIDINGS_AGENT_SERVICE]",
+        help="The push service: its WebSocket URL (ws://host:port/) or its http(s) origin, "
+        "or h2c://host:port / h2://host for RFC 8030 over HTTP/2. [env TIDINGS_AGENT_SERVICE]",
     )(function)
+
+
+def _connection_options(function: Any) -> Any:
+    function = click.option(
+        "--cafile",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar="TIDINGS_AGENT_CAFILE",
+        help="Trust the service's TLS certificate from this PEM file (a private CA). "
+        "[env TIDINGS_AGENT_CAFILE]",
+    )(function)
+    return click.option(
+        "--protocol",
+        type=click.Choice(["websocket", "rfc8030"]),
+        envvar="TIDINGS_AGENT_PROTOCOL",
+        help="The push protocol: Firefox's WebSocket protocol or RFC 8030 (HTTP/2 server "
+        "push). [default: rfc8030 for h2:// and h2c:// URLs, else websocket; "
+        "env TIDINGS_AGENT_PROTOCOL]",
+    )(function)
+
+
+@dataclass(frozen=True)
+class _Connection:
+    """How to reach the service: its URL, the protocol, the certificates to trust."""
+
+    service: str
+    protocol: PushProtocol | None
+    ssl_context: ssl.SSLContext | None
+
+    def agent(self, state: Path, **options: Any) -> UserAgent:
+        return UserAgent(
+            self.service,
+            state,
+            transport=self.protocol,
+            ssl_context=self.ssl_context,
+            **options,
+        )
 
 
 def _state_option(function: Any) -> Any:
@@ -48,14 +87,26 @@ def _state_option(function: Any) -> Any:
     )(function)
 
 
-def _settings(ctx: click.Context, service: str | None, state: Path | None) -> tuple[str, Path]:
-    """Service URL and state dir from the sub-command, else from the group."""
+def _settings(
+    ctx: click.Context,
+    service: str | None,
+    state: Path | None,
+    protocol: PushProtocol | None = None,
+    cafile: Path | None = None,
+) -> tuple[_Connection, Path]:
+    """Connection and state dir from the sub-command, else from the group."""
     parent: dict[str, Any] = ctx.find_root().obj or {}
     service = service or parent.get("service")
     state = state or parent.get("state") or Path(DEFAULT_STATE)
+    protocol = protocol or parent.get("protocol")
+    cafile = cafile or parent.get("cafile")
     if not service:
         raise click.UsageError("--service URL is required (or TIDINGS_AGENT_SERVICE)")
-    return service, state
+    try:
+        context = None if cafile is None else ssl.create_default_context(cafile=str(cafile))
+    except (OSError, ssl.SSLError) as exc:
+        raise click.UsageError(f"--cafile {cafile}: {exc}") from exc
+    return _Connection(service, protocol, context), state
 
 
 def _logging(level: str) -> None:
@@ -69,6 +120,7 @@ def _logging(level: str) -> None:
 @click.group(invoke_without_command=True)
 @_service_option
 @_state_option
+@_connection_options
 @click.option("--ping-interval", type=float, default=300.0, show_default=True)
 @click.option("--command-timeout", type=float, default=DEFAULT_COMMAND_TIMEOUT, show_default=True)
 @click.option(
@@ -82,6 +134,8 @@ def agent(
     ctx: click.Context,
     service: str | None,
     state: Path | None,
+    protocol: PushProtocol | None,
+    cafile: Path | None,
     ping_interval: float,
     command_timeout: float,
     log_level: str,
@@ -90,12 +144,14 @@ def agent(
 
     Without a sub-command it runs the daemon (like `tidings agent run`).
     """
-    ctx.obj = {"service": service, "state": state}
+    ctx.obj = {"service": service, "state": state, "protocol": protocol, "cafile": cafile}
     if ctx.invoked_subcommand is None:
         ctx.invoke(
             run,
             service=service,
             state=state,
+            protocol=protocol,
+            cafile=cafile,
             ping_interval=ping_interval,
             command_timeout=command_timeout,
             log_level=log_level,
@@ -105,6 +161,7 @@ def agent(
 @agent.command()
 @_service_option
 @_state_option
+@_connection_options
 @click.option("--ping-interval", type=float, default=300.0, show_default=True)
 @click.option(
     "--command-timeout",
@@ -124,29 +181,35 @@ def run(
     ctx: click.Context,
     service: str | None,
     state: Path | None,
+    protocol: PushProtocol | None,
+    cafile: Path | None,
     ping_interval: float,
     command_timeout: float,
     log_level: str,
 ) -> None:
     """Run the daemon: keep the connection, start each registration's command on push."""
-    service, state_dir = _settings(ctx, service, state)
+    connection, state_dir = _settings(ctx, service, state, protocol, cafile)
     _logging(log_level)
-    asyncio.run(_daemon(service, state_dir, ping_interval, command_timeout))
+    try:
+        asyncio.run(_daemon(connection, state_dir, ping_interval, command_timeout))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
-async def _daemon(service: str, state: Path, ping_interval: float, command_timeout: float) -> None:
+async def _daemon(
+    connection: _Connection, state: Path, ping_interval: float, command_timeout: float
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    ua = UserAgent(
-        service,
+    ua = connection.agent(
         state,
         ping_interval=ping_interval,
         handlers_for=handlers_from_state(time_limit=command_timeout),
     )
     async with ua:
-        click.echo(f"tidings agent: {service}, state {ua.state_path}", err=True)
+        click.echo(f"tidings agent: {connection.service}, state {ua.state_path}", err=True)
         await stop.wait()
     click.echo("tidings agent: stopped", err=True)
 
@@ -154,6 +217,7 @@ async def _daemon(service: str, state: Path, ping_interval: float, command_timeo
 @agent.command()
 @_service_option
 @_state_option
+@_connection_options
 @click.option("--scope", required=True, help="The registration's name.")
 @click.option(
     "--key",
@@ -171,16 +235,18 @@ def subscribe(
     ctx: click.Context,
     service: str | None,
     state: Path | None,
+    protocol: PushProtocol | None,
+    cafile: Path | None,
     scope: str,
     application_server_key: str | None,
     command: str | None,
     timeout: float,
 ) -> None:
     """Register SCOPE, subscribe it, print the subscription JSON for the sender."""
-    service, state_dir = _settings(ctx, service, state)
+    connection, state_dir = _settings(ctx, service, state, protocol, cafile)
     try:
         document = asyncio.run(
-            _subscribe(service, state_dir, scope, application_server_key, command, timeout)
+            _subscribe(connection, state_dir, scope, application_server_key, command, timeout)
         )
     except (UserAgentError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -188,14 +254,14 @@ def subscribe(
 
 
 async def _subscribe(
-    service: str,
+    connection: _Connection,
     state: Path,
     scope: str,
     key: str | None,
     command: str | None,
     wait: float,
 ) -> dict[str, Any]:
-    async with UserAgent(service, state, connect_timeout=wait) as ua:
+    async with connection.agent(state, connect_timeout=wait) as ua:
         if command:
             registration = await ua.register_command(scope, command)
         else:
@@ -207,25 +273,32 @@ async def _subscribe(
 @agent.command()
 @_service_option
 @_state_option
+@_connection_options
 @click.option("--scope", required=True)
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 @click.pass_context
 def unsubscribe(
-    ctx: click.Context, service: str | None, state: Path | None, scope: str, timeout: float
+    ctx: click.Context,
+    service: str | None,
+    state: Path | None,
+    protocol: PushProtocol | None,
+    cafile: Path | None,
+    scope: str,
+    timeout: float,
 ) -> None:
     """Unsubscribe SCOPE at the service and forget its registration."""
-    service, state_dir = _settings(ctx, service, state)
+    connection, state_dir = _settings(ctx, service, state, protocol, cafile)
     try:
-        found = asyncio.run(_unsubscribe(service, state_dir, scope, timeout))
-    except UserAgentError as exc:
+        found = asyncio.run(_unsubscribe(connection, state_dir, scope, timeout))
+    except (UserAgentError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     if not found:
         raise click.ClickException(f"no registration {scope!r} in {state_dir}")
     click.echo(f"unsubscribed {scope}", err=True)
 
 
-async def _unsubscribe(service: str, state: Path, scope: str, wait: float) -> bool:
-    async with UserAgent(service, state, connect_timeout=wait) as ua:
+async def _unsubscribe(connection: _Connection, state: Path, scope: str, wait: float) -> bool:
+    async with connection.agent(state, connect_timeout=wait) as ua:
         await ua.wait_connected(wait)
         registration = await ua.register(scope)
         return await registration.unregister()

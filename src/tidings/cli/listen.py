@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import signal
+import ssl
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from typing import Any
 import click
 
 from tidings.useragent import PushEvent, UserAgent, UserAgentError
+from tidings.useragent.agent import PushProtocol
 
 
 def message_line(event: PushEvent) -> dict[str, Any]:
@@ -45,7 +47,19 @@ def message_line(event: PushEvent) -> dict[str, Any]:
     "--service",
     required=True,
     envvar="TIDINGS_AGENT_SERVICE",
-    help="The push service: ws://host:port/ or its http(s) origin.",
+    help="The push service: ws://host:port/ or its http(s) origin (the WebSocket protocol), "
+    "or h2c://host:port / h2://host (RFC 8030 over HTTP/2).",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["websocket", "rfc8030"]),
+    envvar="TIDINGS_AGENT_PROTOCOL",
+    help="The push protocol. [default: rfc8030 for h2:// and h2c://, else websocket]",
+)
+@click.option(
+    "--cafile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Trust the service's TLS certificate from this PEM file (a private CA).",
 )
 @click.option(
     "--application-server-key",
@@ -62,6 +76,8 @@ def message_line(event: PushEvent) -> dict[str, Any]:
 @click.option("-v", "--verbose", is_flag=True, help="Log connection events on stderr.")
 def listen(
     service: str,
+    protocol: PushProtocol | None,
+    cafile: Path | None,
     key: str | None,
     state: Path | None,
     scope: str,
@@ -75,12 +91,23 @@ def listen(
         stream=sys.stderr,
     )
     try:
+        context = None if cafile is None else ssl.create_default_context(cafile=str(cafile))
+
+        def agent(directory: Path) -> UserAgent:
+            return UserAgent(
+                service,
+                directory,
+                transport=protocol,
+                ssl_context=context,
+                connect_timeout=timeout,
+            )
+
         if state is not None:
-            asyncio.run(_listen(service, key, state, scope, timeout, ephemeral=False))
+            asyncio.run(_listen(agent(state), key, scope, ephemeral=False))
         else:
             with tempfile.TemporaryDirectory(prefix="tidings-listen-") as directory:
-                asyncio.run(_listen(service, key, Path(directory), scope, timeout, ephemeral=True))
-    except (UserAgentError, ValueError) as exc:
+                asyncio.run(_listen(agent(Path(directory)), key, scope, ephemeral=True))
+    except (UserAgentError, ValueError, ssl.SSLError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -89,9 +116,7 @@ def _print(document: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def _listen(
-    service: str, key: str | None, state: Path, scope: str, wait: float, *, ephemeral: bool
-) -> None:
+async def _listen(ua: UserAgent, key: str | None, scope: str, *, ephemeral: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -104,7 +129,7 @@ async def _listen(
             stop.set()
             raise
 
-    async with UserAgent(service, state, connect_timeout=wait) as ua:
+    async with ua:
         registration = await ua.register(scope, on_push=on_push)
         subscribing = asyncio.ensure_future(
             registration.push_manager.subscribe(application_server_key=key)

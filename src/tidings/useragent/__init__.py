@@ -1,6 +1,6 @@
 """The W3C Push API for Python programs: a user agent that receives Web Push messages.
 
-    async with UserAgent("ws://127.0.0.1:8080/", "state-dir") as ua:
+    async with UserAgent("ws://127.0.0.1:8080/", "state-dir") as ua:  # or "h2c://..."
         registration = await ua.register("my-app", on_push=handle)
         subscription = await registration.push_manager.subscribe(
             application_server_key=VAPID_PUBLIC_KEY
@@ -25,6 +25,7 @@ from tidings.useragent.errors import (
     AbortError,
     InvalidStateError,
     NotConnectedError,
+    NotSupportedError,
     SubscriptionRefused,
     UserAgentError,
 )
@@ -36,6 +37,7 @@ from tidings.useragent.events import (
     PushSubscriptionChangeEvent,
     SubscriptionChangeHandler,
 )
+from tidings.useragent.http2 import Http2Transport
 from tidings.useragent.transport import Connection, Transport
 from tidings.useragent.websocket import WebSocketTransport
 
@@ -45,8 +47,10 @@ __all__ = [
     "Connection",
     "ExtendableEvent",
     "Handlers",
+    "Http2Transport",
     "InvalidStateError",
     "NotConnectedError",
+    "NotSupportedError",
     "PermissionState",
     "PushEvent",
     "PushHandler",

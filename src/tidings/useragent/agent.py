@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -32,6 +33,7 @@ from tidings.useragent.errors import (
     AbortError,
     InvalidStateError,
     NotConnectedError,
+    NotSupportedError,
     SubscriptionRefused,
 )
 from tidings.useragent.events import (
@@ -42,6 +44,7 @@ from tidings.useragent.events import (
     SubscriptionChangeHandler,
     run_extendable,
 )
+from tidings.useragent.http2 import Http2Transport, is_rfc8030_url
 from tidings.useragent.protocol import AckCode
 from tidings.useragent.state import StateStore, StoredRegistration, StoredSubscription
 from tidings.useragent.transport import (
@@ -51,13 +54,14 @@ from tidings.useragent.transport import (
     Delivery,
     SubscribeRefused,
     SubscriptionLost,
+    SupportsUrgency,
     Transport,
     TransportEvent,
 )
 from tidings.useragent.websocket import DEFAULT_PING_INTERVAL, WebSocketTransport
 from tidings.webpush import DecryptionError, b64url_decode, b64url_encode, load_p256_private_key
 
-__all__ = ["Handlers", "UserAgent"]
+__all__ = ["Handlers", "PushProtocol", "UserAgent", "make_transport"]
 
 log = logging.getLogger("tidings.useragent")
 
@@ -92,6 +96,42 @@ class _Active:
 _Held = Delivery | PushSubscriptionChangeEvent
 
 
+PushProtocol = Literal["websocket", "rfc8030"]
+"""The push protocols: Firefox's WebSocket protocol, or RFC 8030 over HTTP/2."""
+
+
+def make_transport(
+    service_url: str,
+    protocol: PushProtocol | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    ping_interval: float = DEFAULT_PING_INTERVAL,
+    ping_timeout: float = 10.0,
+) -> Transport:
+    """The transport for `service_url`: `protocol` when given, else by the URL's scheme.
+
+    h2:// (TLS) and h2c:// (cleartext) mean RFC 8030; ws(s):// and http(s):// mean the
+    WebSocket protocol unless `protocol="rfc8030"` says otherwise.
+    """
+    if protocol is None:
+        protocol = "rfc8030" if is_rfc8030_url(service_url) else "websocket"
+    if protocol == "rfc8030":
+        return Http2Transport(
+            service_url,
+            ssl_context=ssl_context,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+        )
+    if protocol == "websocket":
+        return WebSocketTransport(
+            service_url,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            ssl_context=ssl_context,
+        )
+    raise ValueError(f"protocol must be 'websocket' or 'rfc8030', not {protocol!r}")
+
+
 def _padded_key(key: str) -> str:
     """The application server key in base64url with padding, as Firefox sends it."""
     raw = b64url_decode(key)
@@ -106,6 +146,11 @@ class UserAgent:
     `await ua.register(scope, on_push=...)` and subscribe through the registration's
     `push_manager`. State (uaid, keys, subscriptions) lives in the SQLite file at
     `state_path` (or `useragent.db` inside it when it is a directory).
+
+    `transport` picks the protocol: `"websocket"` (Firefox's), `"rfc8030"` (HTTP/2
+    server push), or a `Transport` object; by default h2:// and h2c:// URLs mean RFC
+    8030 and every other URL the WebSocket protocol. `ssl_context` says which
+    certificates to trust over TLS.
     """
 
     def __init__(
@@ -113,7 +158,8 @@ class UserAgent:
         service_url: str,
         state_path: str | os.PathLike[str],
         *,
-        transport: Transport | None = None,
+        transport: Transport | PushProtocol | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         ping_timeout: float = 10.0,
         backoff: Backoff | None = None,
@@ -122,9 +168,15 @@ class UserAgent:
         handlers_for: HandlersFor | None = None,
     ) -> None:
         self.service_url = service_url
-        self._transport: Transport = transport or WebSocketTransport(
-            service_url, ping_interval=ping_interval, ping_timeout=ping_timeout
-        )
+        if transport is None or isinstance(transport, str):
+            transport = make_transport(
+                service_url,
+                transport,
+                ssl_context=ssl_context,
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+            )
+        self._transport: Transport = transport
         self._state = StateStore(state_path)
         self._backoff = backoff or Backoff()
         self.connect_timeout = connect_timeout
@@ -198,6 +250,31 @@ class UserAgent:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    @property
+    def transport(self) -> Transport:
+        """The transport in use (`WebSocketTransport`, `Http2Transport`, or the one given)."""
+        return self._transport
+
+    @property
+    def urgency(self) -> str | None:
+        """The lowest urgency asked of the service (None: every message)."""
+        transport = self._transport
+        return transport.urgency if isinstance(transport, SupportsUrgency) else None
+
+    async def set_urgency(self, level: str | None) -> None:
+        """Receive only messages of at least `level` urgency, e.g. `"high"` on battery.
+
+        The service holds the others back (RFC 8030 section 5.3) until `set_urgency(None)`
+        (or a lower level) lets them through. Levels: very-low, low, normal, high. Only
+        RFC 8030 can do this; over the WebSocket protocol it raises NotSupportedError.
+        """
+        transport = self._transport
+        if not isinstance(transport, SupportsUrgency):
+            raise NotSupportedError(
+                "the urgency filter needs the RFC 8030 protocol (transport='rfc8030')"
+            )
+        await transport.set_urgency(level)
 
     async def wait_connected(self, within: float | None = None) -> None:
         """Wait until a connection is ready; NotConnectedError after `within` seconds."""
@@ -297,8 +374,11 @@ class UserAgent:
         active = self._active.get(handle)
         if active is not None:
             return active
-        # Another process (`tidings agent subscribe`) may have added it to the state.
+        # Another process (`tidings agent subscribe`) may have added it to the state; an
+        # RFC 8030 connection names a subscription it did not make by its endpoint.
         stored = self._state.subscription_by_handle(handle)
+        if stored is None:
+            stored = self._state.subscription_by_endpoint(handle)
         return None if stored is None else self._activate(stored)
 
     def _get_subscription(self, scope: str) -> PushSubscription | None:
@@ -343,6 +423,7 @@ class UserAgent:
                     ) from None
                 except ConnectionClosed:
                     continue  # subscribe on the next connection
+                self._adopt_session(conn)
             return self._activate(stored).subscription
 
     async def _create(
@@ -438,10 +519,15 @@ class UserAgent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
 
+    def _adopt_session(self, conn: Connection) -> None:
+        """Store a session id that a subscribe made (RFC 8030: the first one makes the set)."""
+        if conn.session_id and conn.session_id != self._state.uaid:
+            self._state.uaid = conn.session_id
+
     async def _after_hello(self, conn: Connection) -> None:
         """Adopt the service's uaid; if it forgot ours, renew every subscription."""
         known, given = self._state.uaid, conn.session_id
-        if given == known:
+        if given == known or (not given and not known):
             return
         subscriptions = self._state.subscriptions()
         if subscriptions:
@@ -456,8 +542,9 @@ class UserAgent:
                 for stored in subscriptions:
                     await self._renew(conn, stored)
         # Stored only once every subscription is renewed: if the connection dies midway,
-        # the next hello offers the old uaid again and the renewal starts over.
-        self._state.uaid = given
+        # the next hello offers the old uaid again and the renewal starts over. (Over RFC
+        # 8030 the renewal made a new set: the session id is its URL now.)
+        self._state.uaid = conn.session_id or None
 
     async def _renew(self, conn: Connection, stored: StoredSubscription) -> None:
         old = PushSubscription(stored)  # detached: it no longer exists anywhere
@@ -488,6 +575,7 @@ class UserAgent:
         async with self._lock:
             with contextlib.suppress(ConnectionClosed):
                 await self._renew(conn, stored)
+                self._adopt_session(conn)
 
     # Messages ------------------------------------------------------------------------------
 

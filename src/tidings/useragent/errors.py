@@ -6,6 +6,7 @@ __all__ = [
     "AbortError",
     "InvalidStateError",
     "NotConnectedError",
+    "NotSupportedError",
     "SubscriptionRefused",
     "UserAgentError",
 ]
@@ -34,6 +35,10 @@ class SubscriptionRefused(UserAgentError):
 
 class NotConnectedError(UserAgentError):
     """No connection to the push service could be made within the time allowed."""
+
+
+class NotSupportedError(UserAgentError):
+    """The push protocol in use cannot do this (e.g. an urgency filter over WebSocket)."""
 
 
 class AbortError(UserAgentError):

@@ -246,6 +246,15 @@ class StateStore:
             ).fetchone()
         )
 
+    def subscription_by_endpoint(self, endpoint: str) -> StoredSubscription | None:
+        """The subscription whose push endpoint is `endpoint`, if any."""
+        return self._subscription(
+            self._db.execute(
+                f"SELECT {self._COLUMNS} FROM subscriptions WHERE endpoint = ?",  # noqa: S608
+                (endpoint,),
+            ).fetchone()
+        )
+
     def subscriptions(self) -> list[StoredSubscription]:
         """Every subscription, oldest first."""
         rows = self._db.execute(

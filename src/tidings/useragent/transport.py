@@ -7,10 +7,13 @@ unsubscribes, acknowledges, and hands over what the service sends as `Delivery` 
 
 - Firefox's WebSocket protocol (`WebSocketTransport`): the session id is the `uaid`
   of `hello`, a subscription's handle is its `channelID`, an ack is an `ack` frame.
-- RFC 8030 over HTTP/2 (its own issue): `subscribe` is a POST to the subscribe
-  resource, the handle is the push message subscription URL (`Location`), connecting
-  means a GET on each handle whose answers arrive as server pushes, an ack is a DELETE
-  of the message's URL (its `message_id`), and a 404 on a handle is `SubscriptionLost`.
+- RFC 8030 over HTTP/2 (`Http2Transport`): the session id is the subscription set
+  URL, `subscribe` is a POST to the subscribe resource (into the set), the handle is
+  the push message subscription URL (`Location`), connecting means one GET of the set
+  whose messages arrive as server pushes, an ack is a DELETE of the message's URL (its
+  `message_id`), and a set the service no longer knows is an empty session id. A
+  delivery for a subscription the connection did not make names it by its push
+  resource URL (its endpoint).
 
 Handles and session ids are opaque strings the user agent stores and gives back.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 __all__ = [
     "Acknowledgement",
@@ -28,6 +31,7 @@ __all__ = [
     "Delivery",
     "SubscribeRefused",
     "SubscriptionLost",
+    "SupportsUrgency",
     "Transport",
     "TransportEvent",
     "TransportSubscription",
@@ -119,4 +123,18 @@ class Transport(Protocol):
 
     async def connect(self, session_id: str | None, handles: Sequence[str]) -> Connection:
         """Open a connection as `session_id` (None when new) monitoring `handles`."""
+        ...
+
+
+@runtime_checkable
+class SupportsUrgency(Protocol):
+    """A transport whose service can hold back less urgent messages (RFC 8030 5.3)."""
+
+    @property
+    def urgency(self) -> str | None:
+        """The lowest urgency wanted now, or None for every message."""
+        ...
+
+    async def set_urgency(self, level: str | None) -> None:
+        """Want messages of at least `level` from now on (None: all of them)."""
         ...

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -62,8 +63,10 @@ class WebSocketTransport:
         ping_timeout: float = 10.0,
         open_timeout: float = 10.0,
         request_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = websocket_url(url)
+        self.ssl_context = ssl_context
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
@@ -71,6 +74,9 @@ class WebSocketTransport:
 
     async def connect(self, session_id: str | None, handles: Sequence[str]) -> WebSocketConnection:
         """Open a WebSocket, say hello as `session_id`, return the live connection."""
+        tls: dict[str, Any] = {}
+        if self.ssl_context is not None and self.url.startswith("wss:"):
+            tls["ssl"] = self.ssl_context  # which certificates to trust (a private CA)
         try:
             ws = await connect(
                 self.url,
@@ -81,6 +87,7 @@ class WebSocketTransport:
                 ping_interval=None,
                 close_timeout=2,
                 max_size=1 << 20,
+                **tls,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise ConnectionClosed(f"cannot connect to {self.url}: {exc}") from exc
