@@ -115,7 +115,9 @@ class PushMonitor:
                 message.uaid, message.channel_id, subscription.vapid_hash
             )
             headers["link"] = link_value(push_url, REL_PUSH)
-        pushed = self.channel.push(path, Response(200, headers, message.body), {})
+        # Section 6.1: the synthetic request itself names the push resource (sets: MUST).
+        promised = {"link": headers["link"]} if "link" in headers else {}
+        pushed = self.channel.push(path, Response(200, headers, message.body), promised)
         if pushed:
             self.service.metrics.delivered(message)
         return pushed
