@@ -23,6 +23,7 @@ from tidings.sender.receipts import (
     ReceiptStream,
     link_target,
     origin_of,
+    redacted,
 )
 from tidings.sender.request import (
     Payload,
@@ -360,7 +361,11 @@ class Sender:
                 _add_link(request.headers, f'<{known}>; rel="{REL_RECEIPT}"')
             result = await self.deliver(request, timeout=timeout, original=original)
             if known is not None and result.status == 400:
-                log.info("%s refused receipt subscription %s; asking for a new one", origin, known)
+                log.info(
+                    "%s refused receipt subscription %s; asking for a new one",
+                    origin,
+                    redacted(known),
+                )
                 self.receipt_book.forget(origin, known)
                 _remove_link(request.headers, known)
                 attempts = result.attempts

@@ -42,6 +42,7 @@ __all__ = [
     "ReceiptStream",
     "link_target",
     "origin_of",
+    "redacted",
 ]
 
 log = logging.getLogger("tidings.sender.receipts")
@@ -60,6 +61,12 @@ def link_target(header: str | None, relation: str) -> str | None:
             if relation in (rel.group(1) or rel.group(2) or "").split():
                 return match.group(1).strip()
     return None
+
+
+def redacted(url: str) -> str:
+    """A capability URL fit for logs and messages: the start of its token only."""
+    head, _, token = url.rpartition("/")
+    return f"{head}/{token[:8]}..." if len(token) > 8 else url
 
 
 def origin_of(url: str) -> str:
@@ -172,7 +179,7 @@ class ReceiptMonitor:
     def start(self) -> None:
         """Open the GET in the background (once)."""
         if self._task is None and not self._closed and self.error is None:
-            self._task = asyncio.create_task(self._run(), name=f"receipts {self.url}")
+            self._task = asyncio.create_task(self._run(), name=f"receipts {redacted(self.url)}")
 
     async def wait_for(self, message_path: str, timeout: float | None = None) -> Receipt:
         """The receipt for the push message resource at `message_path`.
@@ -251,7 +258,7 @@ class ReceiptMonitor:
 
     def _fail(self, error: ReceiptError) -> None:
         """Monitoring cannot work: tell everyone, stop."""
-        log.warning("receipts from %s: %s", self.url, error)
+        log.warning("receipts from %s: %s", redacted(self.url), error)
         self.error = error
         self._fail_waiters(error)
         for queue in self._listeners:
@@ -279,7 +286,9 @@ class ReceiptMonitor:
             if delivered or loop.time() - started > 10:
                 delay = self._retry_delay
             wait = delay * random.uniform(0.8, 1.2)
-            log.info("receipts from %s: %s; reconnecting in %.2f s", self.url, problem, wait)
+            log.info(
+                "receipts from %s: %s; reconnecting in %.2f s", redacted(self.url), problem, wait
+            )
             await asyncio.sleep(wait)
             delay = min(delay * 2, self._max_retry_delay)
 
@@ -350,14 +359,14 @@ def _check_final(url: str, response: H2Response) -> None:
     status = response.status
     if status == 404:
         raise ReceiptError(
-            f"the push service does not know the receipt subscription {url} (404): it "
+            f"the push service does not know the receipt subscription {redacted(url)} (404): it "
             "expired or never existed; send with receipt=True again to get a new one"
         )
     if status == 505 or (status == 400 and f'"errno": {_ERRNO_NEEDS_HTTP2}' in _text(response)):
         raise Http2Required(_http1_message(urlsplit(url).netloc))
     if 400 <= status < 500 and status not in (408, 429):
         raise ReceiptError(
-            f"the push service refused to monitor {url}: {status} {_text(response)[:200]}"
+            f"the push service refused to monitor {redacted(url)}: {status} {_text(response)[:200]}"
         )
     # 2xx (the service ended the stream, e.g. shutting down) or 5xx: reconnect.
 
