@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+import h2.settings
 import httpx
 import pytest
 
@@ -168,6 +169,38 @@ async def test_6_3_receipt_carries_no_data_and_the_get_stays_open(h2c: Rfc8030) 
         await asyncio.sleep(0.1)
         assert not receipts.response.done()
         client.cancel(receipts)
+
+
+class _NoPushClient(H2Client):
+    """An HTTP/2 client that disables server push (SETTINGS_ENABLE_PUSH 0), as curl does."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+        self._flush()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the service answers 204 (as if nothing were stored) when the client disabled "
+    "server push; it cannot deliver and should say so",
+)
+async def test_6_monitor_without_server_push_is_refused(h2c: Rfc8030) -> None:
+    """§6: messages can only arrive as server pushes; a monitor whose connection refuses
+    them must not be told "no messages" (204) while messages are stored."""
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        await push(client, ua, "stored")
+    client = await _NoPushClient.connect(h2c.service.url)
+    try:
+        await asyncio.sleep(0.1)  # the SETTINGS change is acknowledged
+        stream = await client.open_stream("GET", path_of(ua.subscription), {"prefer": "wait=0"})
+        response = await asyncio.wait_for(stream.response, 5)
+    finally:
+        await client.close()
+    async with await h2c.connect() as client:  # nothing was lost meanwhile
+        assert [ua.decrypt(p) for p in await drain(client, ua.subscription)] == ["stored"]
+    assert 400 <= response.status < 500, response
 
 
 # Section 7.2: expiration and size -----------------------------------------------------------
