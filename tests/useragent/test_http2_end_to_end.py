@@ -160,3 +160,15 @@ async def test_unsubscribe_deletes_the_subscription(
         fresh = await registration.push_manager.subscribe()
         assert fresh.endpoint != subscription.endpoint
         assert (await send_raw(fresh.to_json(), b"fresh")).status_code == 201
+
+
+async def test_an_empty_push_has_no_data(service: RunningService, tmp_path: Path) -> None:
+    inbox = Inbox()
+    async with h2_agent(service, tmp_path / "ua") as ua:
+        registration = await ua.register("app", on_push=inbox)
+        info = (await registration.push_manager.subscribe()).to_json()
+        assert (await send_raw(info, b"", body=b"")).status_code == 201
+        assert (await send_raw(info, b"raw")).status_code == 201
+        events = await inbox.wait_for(2)
+        assert events[0].data is None
+        assert events[1].data is not None and events[1].data.bytes() == b"raw"
