@@ -41,6 +41,11 @@ class PushedResponse:
     body: bytes = b""
 
 
+def _retrieve(future: asyncio.Future[H2Response]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class H2Stream:
     """An open request: its final response (maybe never) and the pushes it carries."""
 
@@ -48,6 +53,8 @@ class H2Stream:
         self.stream_id = stream_id
         self.pushes: asyncio.Queue[PushedResponse] = asyncio.Queue()
         self.response: asyncio.Future[H2Response] = asyncio.get_running_loop().create_future()
+        # A monitor's response is often never awaited; its failure is no news to log.
+        self.response.add_done_callback(_retrieve)
         self.done = asyncio.Event()
         """Set once the stream is over and every push it promised is in `pushes` (or lost)."""
         self._status = 0
