@@ -11,6 +11,22 @@ from typing import Any
 DAY = 24 * 3600
 
 
+# Ranges of numeric settings. RFC 8030 section 7.2: a push service MUST accept bodies of
+# at least 4096 octets.
+_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("port", 0, 65535),
+    ("max_ttl", 0, 2**31),
+    ("max_messages_per_user_agent", 1, 1_000_000),
+    ("max_subscriptions_per_user_agent", 1, 1_000_000),
+    ("max_body", 4096, 1 << 20),
+    ("hello_timeout", 0.01, 3600),
+    ("request_timeout", 0.01, 3600),
+    ("keepalive_timeout", 0.01, 86400),
+    ("expiry_sweep_interval", 0.01, 86400),
+    ("workers", 1, 64),
+)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything `tidings serve` can be told; each field is also TIDINGS_<NAME>."""
@@ -49,7 +65,11 @@ class ServiceConfig:
     dashboard_token: str | None = None  # for /dashboard, /api/stats, /metrics; else local only
 
     def __post_init__(self) -> None:
-        # A bad rate limit or network is a configuration error, reported at start-up.
+        # A bad value is a configuration error reported at start-up, not a later surprise.
+        for name, low, high in _RANGES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name} must be a number from {low} to {high}, got {value!r}")
         from tidings.service.limits import parse_networks, rules_from
 
         rules_from(self.rate_settings)

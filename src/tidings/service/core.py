@@ -340,7 +340,11 @@ class PushService:
             deleted = await self.store.delete_message(ref.uaid, ref.message_id)
         except StoreUnavailable as exc:
             raise _unavailable(exc) from None
-        if deleted is None or deleted.channel_id != ref.channel_id:
+        if (
+            deleted is None
+            or deleted.channel_id != ref.channel_id
+            or (deleted.ttl and deleted.expires_at <= time.time())  # expired, not yet swept
+        ):
             raise ServiceError(
                 404, Errno.NOT_FOUND, "the push message was delivered, expired or never existed"
             )

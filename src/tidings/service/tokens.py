@@ -113,6 +113,8 @@ class TokenSealer:
             raw = b64url_decode(token)
         except ValueError as exc:
             raise TokenError("token is not base64url") from exc
+        if b64url_encode(raw) != token:
+            raise TokenError("token is not in canonical base64url")  # one spelling per URL
         if len(raw) < _HEADER_BYTES + _NONCE_BYTES + _TAG_BYTES:
             raise TokenError("token is truncated")
         header, nonce, sealed = raw[:2], raw[2:14], raw[14:]

@@ -28,6 +28,7 @@ OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 CLOSE_PROTOCOL_ERROR = 1002
 WRITE_BUFFER_LIMIT = 1 << 20  # a client that lets this much pile up is not reading
+MAX_QUEUED_FRAMES = 32  # frames received but not yet handled before reading pauses
 
 
 class FrameError(Exception):
@@ -227,6 +228,7 @@ class PushWebSocket(asyncio.Protocol):
         hello_timeout = service.config.hello_timeout
         self.parser = FrameParser(max_message)
         self._inbox: deque[str] = deque()
+        self._reading_paused = False
         self._worker: asyncio.Task[None] | None = None
         self._closing = False  # no more frames are read
         self._failed = False  # closed by the service: frames still queued are dropped
@@ -283,6 +285,11 @@ class PushWebSocket(asyncio.Protocol):
             elif isinstance(event, Close):
                 self._answer_close(event)
                 break  # frames that came before the close are still handled
+        if len(self._inbox) >= MAX_QUEUED_FRAMES and not self._reading_paused:
+            # A client sending faster than its frames are handled waits in its own
+            # socket buffer, not in our memory.
+            self._reading_paused = True
+            self.transport.pause_reading()
         if self._inbox and self._worker is None:
             self._worker = asyncio.ensure_future(self._work())
 
@@ -314,6 +321,10 @@ class PushWebSocket(asyncio.Protocol):
                 if self.session.uaid is not None and self._hello_timer is not None:
                     self._hello_timer.cancel()
                     self._hello_timer = None
+                if self._reading_paused and len(self._inbox) <= MAX_QUEUED_FRAMES // 2:
+                    self._reading_paused = False
+                    if not self.transport.is_closing():
+                        self.transport.resume_reading()
         finally:
             self._worker = None
             if self._lost:
