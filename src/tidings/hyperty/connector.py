@@ -1,9 +1,9 @@
 """The Connector hyperty, reduced to call set-up: invite, ring, accept or decline, cancel.
 
 Callee: a Connection invitation (`create` of a `connection://` object with the Connection
-schema) rings; the Connector answers 200 (accept) or 486 (Busy Here: declined, or already
-in a call). A `delete` of the object while it rings (the caller cancelled) stops the
-ring and nothing is answered. The SDP offer and ICE candidates that follow as `update`
+schema) rings; the Connector answers 200 (accept) or 486 (Busy Here: declined). A
+`delete` of the object while it rings (the caller cancelled) stops the ring and nothing
+is answered. The SDP offer and ICE candidates that follow as `update`
 messages in reTHINK are out of scope here.
 
 Caller: `call(callee)` creates the Connection URL, sends the invitation and waits for
@@ -62,7 +62,6 @@ class Connector:
         self.ring_seconds = float(context.options.get("ring_seconds", 0.0))
         self.name = str(context.options.get("name", "Tidings user"))
         self.on_invitation = on_invitation
-        self.in_call: str | None = None
         self._ringing: dict[str, asyncio.Event] = {}
 
     # Callee -------------------------------------------------------------------------------
@@ -92,7 +91,7 @@ class Connector:
             result = self.on_invitation(invitation)
             if inspect.isawaitable(result):
                 await result
-        busy = self.in_call is not None or self.answer != "accept"
+        busy = self.answer != "accept"
         cancelled = asyncio.Event()
         self._ringing[call] = cancelled
         try:
@@ -105,12 +104,11 @@ class Connector:
         finally:
             self._ringing.pop(call, None)
         if busy:
-            await self.context.reply(invitation, 486, "Busy Here")
             self.context.log_event("declined", connection=call, id=invitation.id)
+            await self.context.reply(invitation, 486, "Busy Here")
         else:
-            self.in_call = call
-            await self.context.reply(invitation, 200, "OK", {"status": "accepted"})
             self.context.log_event("accepted", connection=call, id=invitation.id)
+            await self.context.reply(invitation, 200, "OK", {"status": "accepted"})
 
     # Caller -------------------------------------------------------------------------------
 

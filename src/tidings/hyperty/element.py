@@ -238,7 +238,10 @@ class PushElement:
             replaced = len(cancelled)
             if cancelled:
                 self._event("cancelled", object=object_url(message.from_), hyperty=hyperty)
-        delivery = await self._send_to(hyperty, message, ttl=ttl, keep_pending=True)
+        # A cancel is not kept: it replaces, and nobody waits for its answer.
+        delivery = await self._send_to(
+            hyperty, message, ttl=ttl, keep_pending=not is_cancel(message)
+        )
         if replaced:
             value = dict(delivery.answer.value or {}, replaced=replaced)
             answer = delivery.answer.with_body(value=value)
