@@ -180,11 +180,6 @@ class _NoPushClient(H2Client):
         self._flush()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the service answers 204 (as if nothing were stored) when the client disabled "
-    "server push; it cannot deliver and should say so",
-)
 async def test_6_monitor_without_server_push_is_refused(h2c: Rfc8030) -> None:
     """§6: messages can only arrive as server pushes; a monitor whose connection refuses
     them must not be told "no messages" (204) while messages are stored."""

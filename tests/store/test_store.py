@@ -55,6 +55,8 @@ def message(
 async def subscribe(store: Store, uaid: str = "ua1", channel_id: str = "ch1") -> None:
     await store.add_user_agent(uaid, NOW)
     await store.add_subscription(SubscriptionRecord(uaid, channel_id, None, NOW))
+    for receipt_id in ("r1", "r2"):  # the receipt subscriptions the tests name
+        await store.add_receipt_subscription(receipt_id, NOW)
 
 
 async def put(store: Store, msg: StoredMessage, limit: int = 100) -> list[str]:
@@ -448,3 +450,19 @@ async def test_a_push_racing_an_unregister_leaves_no_orphan(stores: Any) -> None
         )
         assert not isinstance(results[0], BaseException) or isinstance(results[0], SubscriptionGone)
     assert await nodes[0].count_messages() == 0
+
+
+async def test_a_deleted_receipt_subscription_gets_no_more_receipts(store: Store) -> None:
+    await subscribe(store)
+    queued, later = message(ttl=10, receipt_id="r1"), message(ttl=10, receipt_id="r1")
+    await put(store, queued)
+    await put(store, later)
+    await store.mark_delivered("ua1", queued.message_id)
+    await store.delete_message("ua1", queued.message_id)
+    assert len(await store.pending_receipts("r1", 10)) == 1
+    assert await store.delete_receipt_subscription("r1")
+    assert not await store.delete_receipt_subscription("r1")
+    assert not await store.has_receipt_subscription("r1")
+    assert await store.pending_receipts("r1", 10) == []
+    assert await store.delete_expired(NOW + 10) == 1
+    assert await store.pending_receipts("r1", 10) == []

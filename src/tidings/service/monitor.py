@@ -93,8 +93,6 @@ class PushMonitor:
         if message.ttl and message.expires_at <= time.time():
             return False
         self._sent.add(message.message_id)
-        if message.receipt_id is not None:
-            await self.service.mark_delivered(message)
         ref = MessageRef(message.uaid, message.channel_id, message.message_id)
         path = self.service.message_path(ref)
         headers = {
@@ -118,9 +116,23 @@ class PushMonitor:
         # Section 6.1: the synthetic request itself names the push resource (sets: MUST).
         promised = {"link": headers["link"]} if "link" in headers else {}
         pushed = self.channel.push(path, Response(200, headers, message.body), promised)
-        if pushed:
-            self.service.metrics.delivered(message)
-        return pushed
+        if not pushed:
+            self._sent.discard(message.message_id)
+            return False
+        self.service.metrics.delivered(message)
+        if message.receipt_id is not None:  # only once it is on its way
+            await self.service.mark_delivered(message)
+        return True
+
+    async def settle(self) -> None:
+        """Wait for pushes already under way (before answering `Prefer: wait=0`)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    @property
+    def sent_any(self) -> bool:
+        """True once this monitor pushed at least one message."""
+        return bool(self._sent)
 
     def stop(self) -> None:
         for task in list(self._tasks):

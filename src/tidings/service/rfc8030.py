@@ -78,6 +78,13 @@ def _monitor_channel(request: Request) -> ServerPushChannel:
             "monitoring needs HTTP/2 server push (RFC 8030 section 6); "
             "connect with HTTP/2 (h2 over TLS, or cleartext h2c with prior knowledge)",
         )
+    if not request.push_channel.enabled:
+        raise ServiceError(
+            400,
+            Errno.NEEDS_HTTP2,
+            "this connection disabled server push (SETTINGS_ENABLE_PUSH 0), the only way "
+            "messages are delivered (RFC 8030 section 6); enable it to monitor",
+        )
     return request.push_channel
 
 
@@ -106,12 +113,17 @@ async def _monitor(
     try:
         await monitor.flush_stored()
         if _wait_zero(request):
+            await monitor.settle()  # live messages that arrived meanwhile go out too
             return Response(204)
         await channel.closed.wait()
         return Response(204)  # never sent: the client reset the stream
     finally:
         service.hub.detach(uaid, monitor)
         monitor.stop()
+        if monitor.sent_any and service.hub.is_connected(uaid):
+            # What this monitor pushed may never be acknowledged now; the user agent's
+            # other connections get it (they drop what they already sent).
+            await service.redeliver(uaid)
 
 
 async def monitor_subscription(service: PushService, request: Request, token: str) -> Response:
@@ -159,4 +171,12 @@ async def monitor_receipts(service: PushService, request: Request, token: str) -
         await monitor.run()
     finally:
         service.hub.unlisten_receipts(receipt_id, monitor)
+    return Response(204)
+
+
+async def delete_receipts(service: PushService, token: str) -> Response:
+    """DELETE of a receipt subscription (section 7.3): no more receipts on it."""
+    receipt_id = service.open_receipt(token)
+    if not await service.store.delete_receipt_subscription(receipt_id):
+        raise ServiceError(404, Errno.NOT_FOUND, "no such receipt subscription")
     return Response(204)

@@ -56,6 +56,10 @@ class Http2PushChannel:
     def closed(self) -> asyncio.Event:
         return self._stream.closed
 
+    @property
+    def enabled(self) -> bool:
+        return bool(self._connection.conn.remote_settings.enable_push)
+
     def push(self, path: str, response: Response, request_headers: dict[str, str]) -> bool:
         """Promise `GET path` and answer it with `response`; False if that is impossible."""
         return self._connection.push(self._stream_id, path, response, request_headers)

@@ -19,6 +19,11 @@ class ServerPushChannel(Protocol):
         """Set when the client resets the stream or the connection ends."""
         ...
 
+    @property
+    def enabled(self) -> bool:
+        """False when the client disabled server push (SETTINGS_ENABLE_PUSH 0)."""
+        ...
+
     def push(self, path: str, response: Response, request_headers: dict[str, str]) -> bool:
         """Promise `GET path` and send `response` on the promised stream; False if closed."""
         ...

@@ -152,6 +152,12 @@ class Store(Protocol):
     async def has_receipt_subscription(self, receipt_id: str) -> bool:
         """True when the receipt subscription exists."""
 
+    async def delete_receipt_subscription(self, receipt_id: str) -> bool:
+        """Remove a receipt subscription and its waiting receipts; True if it existed.
+
+        Messages that named it produce no receipt afterwards.
+        """
+
     async def pending_receipts(self, receipt_id: str, limit: int) -> list[Receipt]:
         """Receipts not yet handed to the application server, oldest first."""
 

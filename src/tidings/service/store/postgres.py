@@ -148,6 +148,7 @@ WITH gone AS (
     INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
     SELECT receipt_id, uaid, channel_id, message_id, 204, $3 FROM gone
     WHERE receipt_id IS NOT NULL AND delivered
+      AND receipt_id IN (SELECT receipt_id FROM receipt_subscriptions)
 )
 SELECT * FROM gone
 """
@@ -166,6 +167,7 @@ WITH gone AS (
     INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
     SELECT receipt_id, uaid, channel_id, message_id, 410, $1 FROM gone
     WHERE receipt_id IS NOT NULL
+      AND receipt_id IN (SELECT receipt_id FROM receipt_subscriptions)
 )
 SELECT count(*) FROM gone
 """
@@ -487,6 +489,17 @@ class PostgresStore:
             )
         )
         return [Receipt(*row) for row in rows]
+
+    async def delete_receipt_subscription(self, receipt_id: str) -> bool:
+        async def delete(conn: Any) -> bool:
+            async with conn.transaction():
+                await conn.execute("DELETE FROM receipts WHERE receipt_id = $1", receipt_id)
+                status = await conn.execute(
+                    "DELETE FROM receipt_subscriptions WHERE receipt_id = $1", receipt_id
+                )
+            return str(status).endswith(" 1")
+
+        return bool(await self._run(delete))
 
     async def delete_receipt(self, seq: int) -> None:
         await self._run(lambda conn: conn.execute("DELETE FROM receipts WHERE seq = $1", seq))

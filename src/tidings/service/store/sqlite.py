@@ -108,9 +108,11 @@ _DELETE_MESSAGE = (
     " channel_id, body, ttl, created_at, expires_at, urgency, topic, headers, receipt_id,"
     " delivered"
 )
+# A receipt is queued only while its receipt subscription exists.
 _INSERT_RECEIPT = (
     "INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS"
+    " (SELECT 1 FROM receipt_subscriptions WHERE receipt_id = ?)"
 )
 
 
@@ -510,7 +512,9 @@ class SQLiteStore:
         def write(db: sqlite3.Connection) -> StoredMessage | None:
             row = db.execute(_DELETE_MESSAGE, (uaid, message_id)).fetchone()
             if row is not None and row[10] is not None and row[11]:
-                db.execute(_INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, time.time()))
+                db.execute(
+                    _INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, time.time(), row[10])
+                )
             return None if row is None else _message_from_row(row)
 
         return await self._op(write)
@@ -520,7 +524,8 @@ class SQLiteStore:
             db.execute(
                 "INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status,"
                 " created_at) SELECT receipt_id, uaid, channel_id, message_id, 410, ?"
-                " FROM messages WHERE expires_at <= ? AND receipt_id IS NOT NULL",
+                " FROM messages WHERE expires_at <= ? AND receipt_id IN"
+                " (SELECT receipt_id FROM receipt_subscriptions)",
                 (now, now),
             )
             removed = db.execute("DELETE FROM messages WHERE expires_at <= ?", (now,)).rowcount
@@ -571,3 +576,14 @@ class SQLiteStore:
             return int(db.execute("SELECT count(*) FROM subscriptions").fetchone()[0])
 
         return await self._op(query)
+
+    async def delete_receipt_subscription(self, receipt_id: str) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM receipts WHERE receipt_id = ?", (receipt_id,))
+            return bool(
+                db.execute(
+                    "DELETE FROM receipt_subscriptions WHERE receipt_id = ?", (receipt_id,)
+                ).rowcount
+            )
+
+        return await self._op(write)
