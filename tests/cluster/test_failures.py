@@ -129,7 +129,7 @@ async def test_kill_9_of_the_node_holding_the_agent(cluster: Cluster) -> None:
     receiver = Receiver(agent, fallback=b)
     receiver.start()
     try:
-        sent = await stream([b, c], registration, 80, events={30: a.kill}, short_ttl_every=7)
+        sent = await stream([b, c], registration, 50, events={20: a.kill}, short_ttl_every=7)
         accepted = [s for s in sent if s.status == 201]
         assert len(accepted) == len(sent)  # b and c kept accepting throughout
         lasting = {s.text for s in accepted if s.ttl > 1}
@@ -163,7 +163,7 @@ async def test_redis_restart_degrades_to_stored_delivery_and_recovers(
         receiver = Receiver(agent)  # no fallback: the connection must survive
         receiver.start()
         try:
-            sent = await stream([b], registration, 90, events={25: redis.kill, 55: redis.start})
+            sent = await stream([b], registration, 60, events={15: redis.kill, 35: redis.start})
             assert all(s.status == 201 for s in sent), [s.status for s in sent]
             await receiver.wait_for({s.text for s in sent}, timeout=15)
             assert receiver.reconnects == 0
@@ -201,8 +201,13 @@ async def test_postgresql_unavailable_gives_503_and_loses_nothing_accepted(
             codes = collections.Counter(s.status for s in sent)
             assert set(codes) == {201, 503}, codes
             assert all(s.retry_after for s in sent if s.status == 503)
-            assert all(s.status == 201 for s in sent[50:])  # recovered
-            await receiver.wait_for({s.text for s in sent if s.status == 201}, timeout=10)
+            # Recovered: the node's pool reconnects on its own (with back-off).
+            deadline = time.monotonic() + 15
+            while (await push(b, registration, "after")).status_code != 201:
+                assert time.monotonic() < deadline, "no recovery after PostgreSQL came back"
+                await asyncio.sleep(0.2)
+            accepted = {s.text for s in sent if s.status == 201} | {b"after"}
+            await receiver.wait_for(accepted, timeout=10)
         finally:
             await receiver.stop()
     finally:
