@@ -3,11 +3,14 @@
 POST    /push/<token>   an application server pushes a message (RFC 8030 section 5)
 DELETE  /m/<token>      cancel an undelivered message (RFC 8030 section 5.3)
 GET     /health         liveness and store status
+GET     /openapi.json   the OpenAPI description of this API (openapi.py)
+OPTIONS any of these    204 with Allow, and no CORS grant (see docs/security.md)
 GET     /               (WebSocket upgrade) Firefox's push protocol, see ws_session.py
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 from tidings.service import rfc8030
@@ -24,6 +27,7 @@ from tidings.service.core import (
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response
 from tidings.service.limits import Limit
+from tidings.service.openapi import openapi_document
 from tidings.service.store import StoreUnavailable
 from tidings.service.web import WEB_PREFIXES, WebRoutes
 
@@ -41,6 +45,37 @@ def redact_path(path: str) -> str:
     return path[:200]
 
 
+def allowed_methods(path: str) -> str | None:
+    """The methods the API answers on `path` (None: not an API path)."""
+    for prefix, methods in (
+        (PUSH_PATH, "POST"),
+        (MESSAGE_PATH, "DELETE"),
+        (SUBSCRIPTION_PATH, "GET, DELETE"),
+        (SET_PATH, "GET, DELETE"),
+        (RECEIPT_PATH, "GET"),
+    ):
+        if path.startswith(prefix):
+            return methods
+    return {"/subscribe": "POST", "/health": "GET, HEAD", "/openapi.json": "GET, HEAD"}.get(path)
+
+
+def options(path: str) -> Response | None:
+    """The answer to OPTIONS (a CORS preflight, usually) on an API path.
+
+    Push resources are for application servers, not web pages: no CORS grant is made,
+    so a browser refuses to send a cross-origin push (TTL is not a CORS-safelisted
+    header, so every valid push needs the preflight). Only the public API description
+    may be read from any origin.
+    """
+    methods = allowed_methods(path)
+    if methods is None:
+        return None
+    headers = {"allow": f"{methods}, OPTIONS"}
+    if path == "/openapi.json":
+        headers |= {"access-control-allow-origin": "*", "access-control-allow-methods": "GET"}
+    return Response(204, headers)
+
+
 def _method_not_allowed(allowed: str) -> ServiceError:
     return ServiceError(
         405, Errno.METHOD_NOT_ALLOWED, f"use {allowed} here", headers={"allow": allowed}
@@ -53,6 +88,7 @@ class Routes:
     def __init__(self, service: PushService) -> None:
         self.service = service
         self.web = WebRoutes(service, self.handle)  # pages, /metrics, /api/stats, demo
+        self._openapi_body: bytes | None = None
 
     def body_limit(self, method: str, path: str) -> int:
         """The largest body accepted for this request (checked before reading it all)."""
@@ -66,6 +102,13 @@ class Routes:
         return Response.error(
             ServiceError(413, Errno.BODY_TOO_LARGE, f"the body is over {limit} bytes")
         )
+
+    def _openapi(self) -> Response:
+        if self._openapi_body is None:
+            document = openapi_document(self.service.config.origin)
+            self._openapi_body = json.dumps(document, indent=1).encode()
+        headers = {"content-type": "application/json", "access-control-allow-origin": "*"}
+        return Response(200, headers, self._openapi_body)
 
     @staticmethod
     def plain_error(status: int, message: str) -> Response:
@@ -103,6 +146,10 @@ class Routes:
 
     async def _route(self, request: Request) -> Response:
         method, path = request.method, request.path
+        if method == "OPTIONS":
+            answer = options(path)
+            if answer is not None:
+                return answer
         if path.startswith(PUSH_PATH):
             if method != "POST":
                 raise _method_not_allowed("POST")
@@ -141,6 +188,10 @@ class Routes:
                 raise _method_not_allowed("GET, HEAD")
             status = await self.service.health()
             return Response.json(200 if status["status"] == "ok" else 503, status)
+        if path == "/openapi.json":
+            if method not in ("GET", "HEAD"):
+                raise _method_not_allowed("GET, HEAD")
+            return self._openapi()
         if path == "/" and method == "GET":
             raise ServiceError(
                 426,
