@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from typing import Protocol
 
 from tidings.service import ws_protocol as wp
@@ -26,6 +27,7 @@ log = logging.getLogger("tidings.websocket")
 # Messages queued for a client that does not read; past this the connection is closed
 # (its messages stay stored and are delivered on the next connection).
 MAX_QUEUED_SENDS = 256
+RECENT_ACKS = 256  # acknowledged message ids remembered per connection
 
 
 class TextChannel(Protocol):
@@ -57,6 +59,8 @@ class WebSocketSession:
         self.peer = peer
         self.uaid: str | None = None
         self._unacked: set[str] = set()
+        # Recently acknowledged ids: a redelivery racing the ack's delete is not sent again.
+        self._acked: OrderedDict[str, None] = OrderedDict()
         self._held: list[StoredMessage] | None = None  # live messages held while flushing
         self._send_lock = asyncio.Lock()
         self._queued = 0
@@ -82,6 +86,9 @@ class WebSocketSession:
         elif isinstance(message, wp.Ack):
             for update in message.updates:
                 self._unacked.discard(update.version)
+                self._acked[update.version] = None
+                if len(self._acked) > RECENT_ACKS:
+                    self._acked.popitem(last=False)
                 await self.service.acknowledge(self.uaid, update.version, update.code)
         elif isinstance(message, wp.Nack):
             log.info(
@@ -193,7 +200,7 @@ class WebSocketSession:
             self._queued -= 1
 
     async def _deliver(self, message: StoredMessage) -> None:
-        if message.message_id in self._unacked:
+        if message.message_id in self._unacked or message.message_id in self._acked:
             return  # already sent on this connection (stored and live at once)
         if message.ttl and message.expires_at <= time.time():
             return  # a message is never delivered after its TTL
