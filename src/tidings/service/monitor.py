@@ -20,6 +20,7 @@ from tidings.webpush import Urgency
 log = logging.getLogger("tidings.monitor")
 
 RECEIPT_BATCH = 100
+RECEIPT_POLL = 2.0  # seconds between store reads of an open receipt subscription
 
 
 def http_date(timestamp: float) -> str:
@@ -159,7 +160,11 @@ class ReceiptMonitor:
             while not self.channel.closed.is_set():
                 await self._deliver_waiting()
                 woken = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait({woken, closed}, return_when=asyncio.FIRST_COMPLETED)
+                # The poll catches receipts queued by another node of a cluster, which
+                # cannot wake this one.
+                await asyncio.wait(
+                    {woken, closed}, timeout=RECEIPT_POLL, return_when=asyncio.FIRST_COMPLETED
+                )
                 woken.cancel()
         finally:
             closed.cancel()
