@@ -215,6 +215,10 @@ class ElementServer:
         self.app = app
         self.host = host
         self._socket = socket.create_server((host, port), reuse_port=False)
+        # Accepted sockets inherit this; asyncio sets TCP_NODELAY itself only on sockets it
+        # creates (proto IPPROTO_TCP), and without it a long-poll answer on a kept-alive
+        # connection waited ~40 ms for a delayed ACK (Nagle: headers and body are 2 writes).
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
             app,
