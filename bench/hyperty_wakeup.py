@@ -53,6 +53,7 @@ async def run_mode(mode: str, calls: int) -> dict[str, Any]:
                 await demo.call()
             wake: list[float] = []
             answer: list[float] = []
+            process: list[float] = []
             pids: set[int] = set()
             for number in range(calls):
                 started = time.time()
@@ -61,6 +62,8 @@ async def run_mode(mode: str, calls: int) -> dict[str, Any]:
                     raise RuntimeError(f"call {number} failed: {result.answer.to_json()}")
                 wake.append(result.wake_latency * 1000)
                 answer.append((time.time() - started) * 1000)
+                if (at := result.callee_at("runtime-started")) is not None:
+                    process.append(at * 1000)
                 if result.callee_pid is not None:
                     pids.add(result.callee_pid)
     return {
@@ -69,6 +72,7 @@ async def run_mode(mode: str, calls: int) -> dict[str, Any]:
         "callee_processes": len(pids),
         "wake_ms": summary(wake),
         "answer_ms": summary(answer),
+        "process_started_ms": summary(process) if process else None,
     }
 
 
@@ -120,6 +124,9 @@ def main() -> None:
             f"{r['mode']:<8} {r['calls']:>5}  {w['p50']:>7.1f}ms {w['p99']:>7.1f}ms  "
             f"{a['p50']:>8.1f}ms {a['p99']:>8.1f}ms  {r['callee_processes']}"
         )
+        if r["process_started_ms"]:
+            p = r["process_started_ms"]
+            print(f"         woken process's first line: p50 {p['p50']:.1f}ms p99 {p['p99']:.1f}ms")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": info, "results": results}, indent=2))

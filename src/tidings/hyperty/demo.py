@@ -54,6 +54,13 @@ class CallResult:
     rang_at: float | None
     callee_pid: int | None
     steps: list[Step] = field(default_factory=list)
+    callee_events: list[dict[str, Any]] = field(default_factory=list)
+    """What the callee logged for this call (`events.jsonl` lines)."""
+
+    def callee_at(self, event: str) -> float | None:
+        """Seconds from the invitation to the callee's first `event`, if it logged one."""
+        found = next((e for e in self.callee_events if e["event"] == event), None)
+        return None if found is None else found["at"] - self.started
 
     @property
     def wake_latency(self) -> float | None:
@@ -272,6 +279,7 @@ class CallDemo:
             None if rang is None else rang["at"],
             None if rang is None else rang["pid"],
         )
+        result.callee_events = callee
         result.steps = self._steps(
             invitation, started, answered, answer, callee, self.events[element_before:]
         )
