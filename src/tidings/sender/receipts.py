@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import re
@@ -362,13 +363,23 @@ def _check_final(url: str, response: H2Response) -> None:
             f"the push service does not know the receipt subscription {redacted(url)} (404): it "
             "expired or never existed; send with receipt=True again to get a new one"
         )
-    if status == 505 or (status == 400 and f'"errno": {_ERRNO_NEEDS_HTTP2}' in _text(response)):
+    if status == 505 or (status == 400 and _errno(response) == _ERRNO_NEEDS_HTTP2):
         raise Http2Required(_http1_message(urlsplit(url).netloc))
     if 400 <= status < 500 and status not in (408, 429):
         raise ReceiptError(
             f"the push service refused to monitor {redacted(url)}: {status} {_text(response)[:200]}"
         )
     # 2xx (the service ended the stream, e.g. shutting down) or 5xx: reconnect.
+
+
+def _errno(response: H2Response) -> int | None:
+    """The `errno` of a JSON error body (Tidings, Mozilla), if any."""
+    try:
+        value = json.loads(response.body)
+    except ValueError:
+        return None
+    errno = value.get("errno") if isinstance(value, dict) else None
+    return errno if isinstance(errno, int) else None
 
 
 def _text(response: H2Response) -> str:
