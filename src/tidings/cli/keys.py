@@ -1,4 +1,4 @@
-"""`tidings keys`: VAPID key pairs (and later TLS pairs)."""
+"""`tidings keys`: VAPID key pairs, the service's token keys (and their rotation), TLS pairs."""
 
 from __future__ import annotations
 
@@ -94,6 +94,60 @@ def token(out: Path) -> None:
         raise click.ClickException(f"{out} already exists; keep it (endpoints depend on it)")
     write_keys(out, {1: TokenSealer.new_key()}, 1)
     click.echo(f"token keys: {out} (mode 0600); give every node this same file")
+
+
+@keys.command()
+@click.option(
+    "--secrets",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The token key file (what `tidings serve --secrets` reads).",
+)
+@click.option(
+    "--stage",
+    is_flag=True,
+    help="Add the new key without sealing with it yet (first step on a cluster: give "
+    "every node the file, restart them, then run `rotate --activate`).",
+)
+@click.option(
+    "--activate",
+    is_flag=True,
+    help="Seal with the newest key held (the staged one); adds no key.",
+)
+def rotate(path: Path, stage: bool, activate: bool) -> None:
+    """Add a new token key and seal new tokens with it; older keys still open theirs.
+
+    Endpoints already handed out keep working (every key in the file opens tokens);
+    new endpoints and message URLs are sealed with the new key once the service is
+    restarted. Keep the old keys: browsers hold their endpoints for years.
+    """
+    from tidings.service.keyfile import KeyFileError, fingerprint, read_keys, write_keys
+    from tidings.service.tokens import TokenSealer
+
+    if stage and activate:
+        raise click.UsageError("--stage and --activate go in two separate steps")
+    try:
+        held, current = read_keys(path)
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    if activate:
+        newest = max(held)
+        if newest == current:
+            raise click.ClickException(f"key {current} is already the one that seals")
+        current = newest
+    else:
+        if max(held) >= 255:
+            raise click.ClickException("the key file holds key id 255 already; no ids left")
+        new_id = max(held) + 1
+        held[new_id] = TokenSealer.new_key()
+        if not stage:
+            current = new_id
+    write_keys(path, held, current)
+    for key_id, key in sorted(held.items()):
+        role = "seals and opens" if key_id == current else "opens"
+        click.echo(f"key {key_id}: {fingerprint(key)} ({role})")
+    click.echo("restart the service (every node) to use it")
 
 
 @keys.command()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -293,6 +294,9 @@ class SQLiteStore:
 
     def _open_sync(self, _db: sqlite3.Connection | None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only from the start: user agent ids let a client take over a connection.
+        # SQLite gives the -wal and -shm files the mode of the database file.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA journal_mode=WAL")
