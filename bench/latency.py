@@ -173,6 +173,8 @@ def start_service(port: int, directory: Path) -> subprocess.Popen[bytes]:
             "--log-level", "warning",
         ],
         stdout=log, stderr=log, cwd=REPO,
+        # One subscription at up to 1000 msg/s: over the default per-subscription limit.
+        env={**os.environ, "TIDINGS_RATE_PUSH_SUBSCRIPTION": "off"},
     )  # fmt: skip
     import httpx
 
