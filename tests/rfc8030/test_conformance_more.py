@@ -252,10 +252,6 @@ async def test_7_3_unknown_receipt_subscription_is_404(h2c: Rfc8030) -> None:
         assert response.status == 404
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not implemented: DELETE of a receipt subscription answers 405 (only GET is routed)",
-)
 async def test_7_3_application_server_deletes_its_receipt_subscription(h2c: Rfc8030) -> None:
     """§7.3: an application server removes its receipt subscription with DELETE; then a
     GET of it is a 404 and a push naming it is a 400 (§5.1)."""

@@ -34,6 +34,9 @@ class ReceiptListener(Protocol):
     def receipts_ready(self) -> None:
         """New receipts may be waiting in the store."""
 
+    def close(self) -> None:
+        """End the monitor (the service is shutting down)."""
+
 
 class Hub:
     """The connections of this node, by user agent id and by receipt subscription."""
@@ -79,10 +82,13 @@ class Hub:
         return False
 
     async def close_all(self, code: int, reason: str) -> None:
-        """Close every user agent connection (draining before shutdown)."""
+        """Close every user agent connection and receipt monitor (before shutdown)."""
         for agents in list(self._agents.values()):
             for agent in list(agents):
                 await agent.close(code, reason)
+        for listeners in list(self._receipts.values()):
+            for listener in list(listeners):
+                listener.close()
 
     # Receipts ------------------------------------------------------------------------
 

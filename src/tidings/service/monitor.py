@@ -153,6 +153,9 @@ class ReceiptMonitor:
     def receipts_ready(self) -> None:
         self._wake.set()
 
+    def close(self) -> None:
+        self.channel.closed.set()
+
     async def run(self) -> None:
         """Push receipts as they come until the stream closes."""
         closed = asyncio.ensure_future(self.channel.closed.wait())

@@ -233,6 +233,10 @@ def openapi_document(origin: str) -> dict[str, Any]:
                     "Receive delivery receipts (RFC 8030 section 6.3)",
                     "Receipts arrive as server pushes: 204 delivered, 410 expired.",
                 ),
+                "delete": _delete(
+                    "Remove a receipt subscription",
+                    "Its waiting receipts are dropped; later pushes naming it get 400.",
+                ),
             },
             "/health": {
                 "get": {

@@ -52,7 +52,7 @@ def allowed_methods(path: str) -> str | None:
         (MESSAGE_PATH, "DELETE"),
         (SUBSCRIPTION_PATH, "GET, DELETE"),
         (SET_PATH, "GET, DELETE"),
-        (RECEIPT_PATH, "GET"),
+        (RECEIPT_PATH, "GET, DELETE"),
     ):
         if path.startswith(prefix):
             return methods
@@ -180,9 +180,12 @@ class Routes:
                 return await rfc8030.delete_set(self.service, token)
             raise _method_not_allowed("GET, DELETE")
         if path.startswith(RECEIPT_PATH):
-            if method != "GET":
-                raise _method_not_allowed("GET")
-            return await rfc8030.monitor_receipts(self.service, request, path[len(RECEIPT_PATH) :])
+            token = path[len(RECEIPT_PATH) :]
+            if method == "GET":
+                return await rfc8030.monitor_receipts(self.service, request, token)
+            if method == "DELETE":
+                return await rfc8030.delete_receipts(self.service, token)
+            raise _method_not_allowed("GET, DELETE")
         if path == "/health":
             if method not in ("GET", "HEAD"):
                 raise _method_not_allowed("GET, HEAD")
