@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from hyperty.helpers import DOMAIN, Stack, events_of, wait_for
 from tidings.hyperty import HypertyRuntime, Message, object_url, topic_for
 from tidings.hyperty.connector import identity_for
-from tidings.hyperty.runtime import SCOPE, RuntimeError_
+from tidings.hyperty.runtime import SCOPE, HypertyRuntimeError
 from tidings.useragent import UserAgent
 from tidings.webpush import MAX_PLAINTEXT
 
@@ -228,11 +229,11 @@ async def test_the_runtime_keeps_its_address_and_hyperties(stack: Stack, tmp_pat
     second = HypertyRuntime(None, tmp_path / "r")
     assert second.url == first.url and second.hyperties == first.hyperties
     assert second.running(hyperty) is None
-    with pytest.raises(RuntimeError_, match="holds the runtime"):
+    with pytest.raises(HypertyRuntimeError, match="holds the runtime"):
         HypertyRuntime("hyperty-runtime://example.com/other", tmp_path / "r")
-    with pytest.raises(RuntimeError_, match="give a runtime URL or a domain"):
+    with pytest.raises(HypertyRuntimeError, match="give a runtime URL or a domain"):
         HypertyRuntime(None, tmp_path / "empty")
-    with pytest.raises(RuntimeError_, match="neither a known name nor module:attribute"):
+    with pytest.raises(HypertyRuntimeError, match="neither a known name nor module:attribute"):
         await second.create_hyperty("no-such-factory")
 
     # A message for the sleeping hyperty re-creates it at its old address.
@@ -246,3 +247,21 @@ async def test_the_runtime_keeps_its_address_and_hyperties(stack: Stack, tmp_pat
     assert second.running(hyperty) is not None
     assert events_of(second, "hyperty-created")[-1]["hyperty"] == hyperty
     assert events_of(second, "ring")[0]["caller"] == "Carol"
+
+
+async def test_the_wake_command_handles_a_subscription_change(stack: Stack) -> None:
+    from tidings.hyperty.wake import wake
+
+    runtime = await stack.runtime("sleepy", service=stack.service.ws_url)
+    hyperty = await runtime.create_hyperty("connector")
+    await runtime.subscribe(command="true")  # served by `tidings agent` from now on
+    old = runtime.subscription
+    assert old is not None
+    new = {**old, "endpoint": old["endpoint"] + "-renewed"}
+    change = json.dumps({"oldSubscription": old, "newSubscription": new}).encode()
+    assert await wake(str(runtime.state_path), change, "pushsubscriptionchange") == 0
+    record = stack.element.store.runtime_for(hyperty)
+    assert record is not None and record.subscription["endpoint"] == new["endpoint"]
+    assert HypertyRuntime(None, runtime.state_path).subscription == new
+
+    assert await wake(str(runtime.state_path), b"not a message") == 1

@@ -149,7 +149,7 @@ def runtime_init(
 ) -> None:
     """Create a runtime with one hyperty, subscribe it and register it at the push element."""
     from tidings.hyperty.demo import wake_command
-    from tidings.hyperty.runtime import HypertyRuntime, RuntimeError_
+    from tidings.hyperty.runtime import HypertyRuntime, HypertyRuntimeError
 
     async def init() -> dict[str, object]:
         runtime = HypertyRuntime(None, state, domain=domain, element=element, service=service)
@@ -161,7 +161,7 @@ def runtime_init(
 
     try:
         click.echo(json.dumps(asyncio.run(init())))
-    except (RuntimeError_, OSError) as exc:
+    except (HypertyRuntimeError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -171,7 +171,7 @@ def runtime_init(
 @_log_level
 def runtime_run(state: Path, listen: bool, log_level: str) -> None:
     """Run an awake runtime: its own user agent wakes its hyperties in this process."""
-    from tidings.hyperty.runtime import HypertyRuntime, RuntimeError_
+    from tidings.hyperty.runtime import HypertyRuntime, HypertyRuntimeError
 
     _logging(log_level)
 
@@ -188,7 +188,7 @@ def runtime_run(state: Path, listen: bool, log_level: str) -> None:
 
     try:
         asyncio.run(run())
-    except RuntimeError_ as exc:
+    except HypertyRuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -201,7 +201,7 @@ def runtime_run(state: Path, listen: bool, log_level: str) -> None:
 def call(state: Path, domain: str | None, element: str | None, timeout: float, callee: str) -> None:
     """Call CALLEE (a hyperty:// address) from a Connector; print the answer."""
     from tidings.hyperty.connector import Connector
-    from tidings.hyperty.runtime import HypertyRuntime, RuntimeError_
+    from tidings.hyperty.runtime import HypertyRuntime, HypertyRuntimeError
 
     async def run() -> str:
         runtime = HypertyRuntime(None, state, domain=domain, element=element, listen=True)
@@ -216,7 +216,7 @@ def call(state: Path, domain: str | None, element: str | None, timeout: float, c
 
     try:
         click.echo(asyncio.run(run()))
-    except (RuntimeError_, TimeoutError) as exc:
+    except (HypertyRuntimeError, TimeoutError) as exc:
         raise click.ClickException(str(exc) or "no answer in time") from exc
 
 

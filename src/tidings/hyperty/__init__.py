@@ -55,7 +55,13 @@ if TYPE_CHECKING:
         topic_for,
         urgency_for,
     )
-    from tidings.hyperty.runtime import Hyperty, HypertyContext, HypertyFactory, HypertyRuntime
+    from tidings.hyperty.runtime import (
+        Hyperty,
+        HypertyContext,
+        HypertyFactory,
+        HypertyRuntime,
+        HypertyRuntimeError,
+    )
     from tidings.hyperty.store import ElementStore
 
 #: Where each public name lives; imported on first use, so that a woken runtime
@@ -72,6 +78,7 @@ _EXPORTS = {
     "HypertyContext": "tidings.hyperty.runtime",
     "HypertyFactory": "tidings.hyperty.runtime",
     "HypertyRuntime": "tidings.hyperty.runtime",
+    "HypertyRuntimeError": "tidings.hyperty.runtime",
     "Mailboxes": "tidings.hyperty.element",
     "Message": "tidings.hyperty.message",
     "MessageError": "tidings.hyperty.message",
@@ -115,6 +122,7 @@ __all__ = [
     "HypertyContext",
     "HypertyFactory",
     "HypertyRuntime",
+    "HypertyRuntimeError",
     "Mailboxes",
     "Message",
     "MessageError",

@@ -62,7 +62,7 @@ __all__ = [
     "HypertyContext",
     "HypertyFactory",
     "HypertyRuntime",
-    "RuntimeError_",
+    "HypertyRuntimeError",
 ]
 
 log = logging.getLogger("tidings.hyperty.runtime")
@@ -75,7 +75,7 @@ EVENTS_FILE = "events.jsonl"
 BUILTIN_FACTORIES: dict[str, str] = {"connector": "tidings.hyperty.connector:Connector"}
 
 
-class RuntimeError_(Exception):
+class HypertyRuntimeError(Exception):
     """The runtime cannot do what was asked (no state, element unreachable, ...)."""
 
 
@@ -132,10 +132,10 @@ AnswerCallback = Callable[[Message], None]
 def _load_factory(spec: str) -> HypertyFactory:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise RuntimeError_(f"factory {spec!r} is neither a known name nor module:attribute")
+        raise HypertyRuntimeError(f"factory {spec!r} is neither a known name nor module:attribute")
     factory = getattr(importlib.import_module(module_name), attribute)
     if not callable(factory):
-        raise RuntimeError_(f"factory {spec!r} is not callable")
+        raise HypertyRuntimeError(f"factory {spec!r} is not callable")
     return factory  # type: ignore[no-any-return]
 
 
@@ -162,14 +162,16 @@ class HypertyRuntime:
         if runtime_url is None:
             if stored is None:
                 if domain is None:
-                    raise RuntimeError_(
+                    raise HypertyRuntimeError(
                         f"no runtime in {self.state_path}: give a runtime URL or a domain"
                     )
                 runtime_url = new_runtime_url(domain)
             else:
                 runtime_url = stored
         elif stored is not None and stored != runtime_url:
-            raise RuntimeError_(f"{self.state_path} holds the runtime {stored}, not {runtime_url}")
+            raise HypertyRuntimeError(
+                f"{self.state_path} holds the runtime {stored}, not {runtime_url}"
+            )
         self.url: str = runtime_url
         self.domain: str = parse_address(runtime_url).domain
         self._state["runtime_url"] = runtime_url
@@ -203,9 +205,9 @@ class HypertyRuntime:
         except FileNotFoundError:
             return {}
         except ValueError as exc:
-            raise RuntimeError_(f"{path} is not valid JSON: {exc}") from None
+            raise HypertyRuntimeError(f"{path} is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise RuntimeError_(f"{path} does not hold a JSON object")
+            raise HypertyRuntimeError(f"{path} does not hold a JSON object")
         return data
 
     def _save_state(self) -> None:
@@ -221,7 +223,9 @@ class HypertyRuntime:
         """The push element's HTTP base URL (`http://host:port/hyperty`)."""
         element = self._state.get("element")
         if not element:
-            raise RuntimeError_("no push element URL: pass element='http://host:port/hyperty'")
+            raise HypertyRuntimeError(
+                "no push element URL: pass element='http://host:port/hyperty'"
+            )
         return str(element)
 
     @property
@@ -314,7 +318,7 @@ class HypertyRuntime:
         HTTP client library (the answer is one small POST; see docs/hyperty.md).
         """
         if not self._started:
-            raise RuntimeError_("the runtime is not started (use `async with` or start())")
+            raise HypertyRuntimeError("the runtime is not started (use `async with` or start())")
         url = self.element + path + (f"?{query}" if query else "")
         headers = {"content-type": "application/json"} if body is not None else {}
         request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310 - the element's own http(s) URL
@@ -330,7 +334,7 @@ class HypertyRuntime:
                 except ValueError:
                     return error.code, {"message": raw.decode(errors="replace")}
             except (urllib.error.URLError, OSError) as exc:
-                raise RuntimeError_(
+                raise HypertyRuntimeError(
                     f"the push element at {self.element} is unreachable: {exc}"
                 ) from None
 
@@ -352,7 +356,7 @@ class HypertyRuntime:
         """
         url = address or hyperty_url(self.domain)
         if not is_hyperty(url):
-            raise RuntimeError_(f"{url!r} is not a hyperty:// address")
+            raise HypertyRuntimeError(f"{url!r} is not a hyperty:// address")
         self._resolve(factory)
         self._state["hyperties"][url] = {"factory": factory, "options": options or {}}
         self._save_state()
@@ -427,7 +431,9 @@ class HypertyRuntime:
                 log.warning("response %s not routed: %s", message.id, document)
             return None
         if status != 200:
-            raise RuntimeError_(f"the push element refused the message ({status}): {document}")
+            raise HypertyRuntimeError(
+                f"the push element refused the message ({status}): {document}"
+            )
         return Message.from_dict(document)
 
     async def request(
@@ -503,7 +509,9 @@ class HypertyRuntime:
         deadline = time.monotonic() + within
         addresses = list(self._state["hyperties"])
         if self._poller is None or not addresses:
-            raise RuntimeError_("the runtime does not listen (listen=True) or hosts no hyperty")
+            raise HypertyRuntimeError(
+                "the runtime does not listen (listen=True) or hosts no hyperty"
+            )
         query = urllib.parse.urlencode({"address": addresses[0]})
         while True:
             status, document = await self._call("GET", "/status", query=query)
@@ -519,7 +527,7 @@ class HypertyRuntime:
         """The element's `/config`: its domain, address and VAPID public key."""
         status, config = await self._call("GET", "/config")
         if status != 200 or not isinstance(config, dict):
-            raise RuntimeError_(f"the push element's /config answered {status}: {config}")
+            raise HypertyRuntimeError(f"the push element's /config answered {status}: {config}")
         return config
 
     async def subscribe(
@@ -539,7 +547,7 @@ class HypertyRuntime:
 
         service = self._state.get("service")
         if not service:
-            raise RuntimeError_("no push service URL: pass service='ws://host:port/'")
+            raise HypertyRuntimeError("no push service URL: pass service='ws://host:port/'")
         key = application_server_key or (await self.element_config()).get("applicationServerKey")
         if command is not None:
             self._state["command"] = command
@@ -567,7 +575,7 @@ class HypertyRuntime:
             self._state["subscription"] = subscription
             self._save_state()
         if self.subscription is None:
-            raise RuntimeError_("the runtime has no push subscription yet: subscribe() first")
+            raise HypertyRuntimeError("the runtime has no push subscription yet: subscribe() first")
         message = Message(
             self.next_id(),
             "create",
@@ -584,7 +592,9 @@ class HypertyRuntime:
         answer = await self.post(message)
         assert answer is not None
         if answer.code != 200:
-            raise RuntimeError_(f"the push element refused the registration: {answer.description}")
+            raise HypertyRuntimeError(
+                f"the push element refused the registration: {answer.description}"
+            )
         self.log_event("registered", element=self.element_address)
         return answer
 

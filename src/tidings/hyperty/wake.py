@@ -21,7 +21,7 @@ import sys
 import time
 
 from tidings.hyperty.message import Message, MessageError
-from tidings.hyperty.runtime import HypertyRuntime, RuntimeError_
+from tidings.hyperty.runtime import HypertyRuntime, HypertyRuntimeError
 
 __all__ = ["main", "wake"]
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     event = os.environ.get("TIDINGS_EVENT", "push")
     try:
         return asyncio.run(wake(args.state, data, event, started))
-    except RuntimeError_ as exc:
+    except HypertyRuntimeError as exc:
         print(f"tidings hyperty wake: {exc}", file=sys.stderr)
         return 1
 
