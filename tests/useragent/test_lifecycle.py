@@ -133,3 +133,24 @@ async def test_an_unanswered_ping_means_a_dead_connection(tmp_path: Path) -> Non
                 while ua.connections < 3:
                     await asyncio.sleep(0.02)
         assert hellos >= 3
+
+
+async def test_an_unsubscribe_made_offline_reaches_the_service_later(tmp_path: Path) -> None:
+    """W3C unsubscribe() while the push service is unreachable: the service is told on
+    the next connection, so pushes to the old endpoint then get 410."""
+    port = free_port()
+    async with make_agent(f"ws://127.0.0.1:{port}/", tmp_path / "ua") as ua:
+        async with running_service(tmp_path / "svc", port=port):
+            registration = await ua.register("app", on_push=Inbox())
+            subscription = await registration.push_manager.subscribe()
+            info = subscription.to_json()
+        assert await subscription.unsubscribe()  # offline now
+        async with running_service(tmp_path / "svc", port=port):  # same database
+            await ua.wait_connected()
+            status = 0
+            for _ in range(50):  # the unregister follows the hello
+                status = (await send_raw(info, b"too late")).status_code
+                if status == 410:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 410

@@ -180,6 +180,7 @@ class UserAgent:
         self._state = StateStore(state_path)
         self._backoff = backoff or Backoff()
         self.connect_timeout = connect_timeout
+        self._pending_unsubscribes: set[str] = set()  # handles to unregister once connected
         self._handlers_for = handlers_for
         self._registrations: dict[str, Registration] = {}
         self._active: dict[str, _Active] = {}
@@ -453,13 +454,22 @@ class UserAgent:
                 return False
             self._state.delete_subscription(scope)
             self._active.pop(handle, None)
-        conn = self._conn
-        if conn is not None:
-            # If this fails the service keeps the channel until its next message, which
-            # the user agent then refuses and unregisters.
-            with contextlib.suppress(ConnectionClosed):
-                await conn.unsubscribe(handle)
+        conn = self._conn if self._connected.is_set() else None
+        if conn is None:
+            # Not connected now: tell the service as soon as the connection is back.
+            self._pending_unsubscribes.add(handle)
+            return True
+        try:
+            await conn.unsubscribe(handle)
+        except ConnectionClosed:
+            self._pending_unsubscribes.add(handle)
         return True
+
+    async def _send_pending_unsubscribes(self, conn: Connection) -> None:
+        """Unsubscriptions made while offline reach the service on the next connection."""
+        for handle in list(self._pending_unsubscribes):
+            await conn.unsubscribe(handle)
+            self._pending_unsubscribes.discard(handle)
 
     # Connection loop -------------------------------------------------------------------------
 
@@ -500,6 +510,7 @@ class UserAgent:
             self.connections += 1
             try:
                 await self._after_hello(conn)
+                await self._send_pending_unsubscribes(conn)
                 self._connected.set()
                 log.info("connected to %s as %s", self.service_url, conn.session_id)
                 while True:
