@@ -245,7 +245,11 @@ class PushWebSocket(asyncio.Protocol):
         if self._closing or self.transport.is_closing():
             raise ConnectionError("connection closed")
         if self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-            self.fail(wp.CLOSE_TRY_AGAIN_LATER, "client is not reading")
+            # A close frame would wait behind what it never read: drop the connection
+            # (and the buffer) now. Its messages stay stored for the next connection.
+            log.info("dropping %s: not reading", self.session.peer)
+            self._failed = self._closing = True
+            self.transport.abort()
             raise ConnectionError("client is not reading")
         self.transport.write(encode_frame(OP_TEXT, text.encode()))
 
