@@ -141,8 +141,11 @@ async def test_flood_on_one_subscription_does_not_slow_the_others(tmp_path: Path
         f"flood answers {counts}; B median {median_before * 1000:.1f} ms before, "
         f"{median_during * 1000:.1f} ms during (max {max(during) * 1000:.1f} ms)"
     )
-    assert counts.get("429", 0) > 1000, counts  # the flood was real and was limited
-    assert counts.get("201", 0) <= 600 + 10 * 6  # burst + rate x time (600/min default)
-    assert flooded_agent_got == counts.get("201", 0)
-    assert median_during < max(3 * median_before, 0.05)
-    assert max(during) < 0.5
+    figures = f"{counts}, before {before}, during {during}"
+    assert counts.get("429", 0) > 1000, figures  # the flood was real and was limited
+    assert counts.get("201", 0) <= 600 + 10 * 6, figures  # burst + rate x time (600/min)
+    assert flooded_agent_got == counts.get("201", 0), figures
+    # Measured 4-6 ms before and 11-34 ms during on a 2-core machine, where the flood
+    # takes a core; the bounds leave room for a machine busy with other work.
+    assert median_during < max(5 * median_before, 0.1), figures
+    assert max(during) < 1.0, figures

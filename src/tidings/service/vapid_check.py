@@ -7,6 +7,7 @@ it expires, keyed by the exact header values.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -64,7 +65,9 @@ class VapidChecker:
             verified = self._verify(authorization, headers.get("crypto-key", ""), time.time())
         except VapidError as exc:
             raise ServiceError(403, Errno.VAPID_INVALID, f"invalid VAPID token: {exc}") from None
-        if restricted_to is not None and vapid_key_hash(verified.public_key) != restricted_to:
+        # Constant time, like every comparison with a value taken from a token.
+        key_hash = vapid_key_hash(verified.public_key)
+        if restricted_to is not None and not hmac.compare_digest(key_hash, restricted_to):
             raise ServiceError(
                 403,
                 Errno.VAPID_KEY_MISMATCH,
