@@ -117,3 +117,13 @@ async def test_a_client_flooding_frames_is_paused_not_buffered(tmp_path: Path) -
         await session.started.wait()
         assert transport.paused
         protocol.connection_lost(None)
+
+
+async def test_an_idle_http2_connection_is_closed(tmp_path: Path) -> None:
+    """A connection that opens HTTP/2 and then asks nothing does not hold a socket forever."""
+    from tidings.http2 import H2Client
+
+    async with running_service(tmp_path, keepalive_timeout=0.3) as service:
+        client = await H2Client.connect(service.url)
+        assert (await client.request("GET", "/health")).status == 200
+        await asyncio.wait_for(client.closed.wait(), 5)  # closed after 0.3 s of idleness

@@ -80,6 +80,7 @@ class Http2Connection(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._push_tasks: set[asyncio.Task[None]] = set()
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._closed = False
 
     # asyncio.Protocol -------------------------------------------------------------------
@@ -101,9 +102,27 @@ class Http2Connection(asyncio.Protocol):
         )
         self.conn.initiate_connection()
         self._flush()
+        self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        """Close a connection that holds no stream for `keepalive_timeout` seconds."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(
+            self.context.keepalive_timeout, self._idle_timed_out
+        )
+
+    def _idle_timed_out(self) -> None:
+        self._idle_timer = None
+        if not self.streams and not self._closed:
+            self.conn.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR)
+            self._flush()
+            self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self.context.connections.discard(self)
         for stream in self.streams.values():
             stream.closed.set()
@@ -155,6 +174,9 @@ class Http2Connection(asyncio.Protocol):
         if declared.isdigit() and int(declared) > limit:
             stream.too_large = True
         self.streams[event.stream_id] = stream
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if event.stream_ended is not None:
             self._dispatch(event.stream_id)
 
@@ -205,6 +227,8 @@ class Http2Connection(asyncio.Protocol):
             pass
         finally:
             self.streams.pop(stream_id, None)
+            if not self.streams and not self._closed:
+                self._arm_idle_timer()
 
     async def _respond(self, stream_id: int, method: str, response: Response) -> None:
         if self._closed:
