@@ -13,7 +13,10 @@ from tidings.loadcheck import run_bench
 
 
 def test_bench_reports_throughput_and_latency(tmp_path: Path) -> None:
-    service = ServiceProcess(tmp_path / "service", args=["--log-level", "warning"])
+    # The per-subscription limit (600/min) would refuse most of a burst to 5 subscriptions.
+    (tmp_path / "tidings.toml").write_text('rate_push_subscription = "off"\n')
+    args = ["--log-level", "warning", "--config", str(tmp_path / "tidings.toml")]
+    service = ServiceProcess(tmp_path / "service", args=args)
     service.start()
     try:
         report = asyncio.run(

@@ -49,6 +49,8 @@ def bench(
 
     It subscribes its own user agents (Firefox's WebSocket protocol) with a fresh VAPID
     key and acknowledges everything, so it leaves nothing behind but the subscriptions.
+    Pushes refused by the service's rate limits (429, e.g. 600/min per subscription by
+    default) are counted as refused: use more --agents to measure beyond them.
     """
     from tidings.loadcheck import run_bench
 
