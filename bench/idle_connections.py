@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -112,6 +113,22 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the workers of `tidings serve --workers N`)."""
+    pids = [pid]
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        pids += process_tree(int(child))
+    return pids
+
+
+def tree_rss_kib(pid: int) -> int:
+    return sum(rss_kib(p) for p in process_tree(pid))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -130,7 +147,9 @@ def main() -> None:
     parser.add_argument("--sample", type=float, default=0.01, help="share that subscribes")
     parser.add_argument("--idle", type=float, default=10, help="seconds to measure idle CPU")
     parser.add_argument("--pushes", type=int, default=200)
-    parser.add_argument("--serve-args", nargs="*", default=[])
+    parser.add_argument(
+        "--serve-args", default="", help='extra `tidings serve` arguments, e.g. "--workers 2"'
+    )
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,13 +165,13 @@ def main() -> None:
                 f"{tmp}/t.db",
                 "--log-level",
                 "warning",
-                *args.serve_args,
+                *shlex.split(args.serve_args),
             ],
             cwd=REPO,
         )
         try:
-            time.sleep(1.5)
-            baseline = rss_kib(service.pid)
+            time.sleep(3)  # workers, if any, are up
+            baseline = tree_rss_kib(service.pid)
             per_client = args.connections // args.clients
             clients = [
                 subprocess.Popen(
@@ -182,16 +201,17 @@ def main() -> None:
                 endpoints += report["endpoints"]
             opened = time.monotonic() - started
             time.sleep(2)
-            loaded = rss_kib(service.pid)
-            cpu0 = cpu_seconds(service.pid)
+            loaded = tree_rss_kib(service.pid)
+            cpu0 = tree_cpu_seconds(service.pid)
             time.sleep(args.idle)
-            idle_cpu = (cpu_seconds(service.pid) - cpu0) / args.idle
+            idle_cpu = (tree_cpu_seconds(service.pid) - cpu0) / args.idle
+            workers = len(process_tree(service.pid))
             per_conn = (loaded - baseline) * 1024 / max(ready, 1)
             print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
             print(f"connections with hello: {ready} in {opened:.1f} s")
             print(
-                f"service RSS: {baseline / 1024:.1f} MiB before, {loaded / 1024:.1f} MiB after "
-                f"-> {per_conn / 1024:.2f} kB per connection"
+                f"service RSS ({workers} processes): {baseline / 1024:.1f} MiB before, "
+                f"{loaded / 1024:.1f} MiB after -> {per_conn / 1024:.2f} kB per connection"
             )
             print(f"idle CPU: {idle_cpu:.1%} of a core with {ready} connections")
             import httpx

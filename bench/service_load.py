@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -179,7 +180,7 @@ def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
             "warning",
             "--config",
             str(config),
-            *args.serve_args,
+            *shlex.split(args.serve_args),
         ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -315,7 +316,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--agents", type=int, default=200)
-    parser.add_argument("--serve-args", nargs="*", default=[])
+    parser.add_argument(
+        "--serve-args", default="", help='extra `tidings serve` arguments, e.g. "--workers 2"'
+    )
     parser.add_argument("--skip-peer", action="store_true")
     args = parser.parse_args()
     if shutil.which("wrk") is None:

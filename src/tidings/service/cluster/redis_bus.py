@@ -181,13 +181,17 @@ class RedisBus:
         self._heartbeat = heartbeat
         self._ttl = presence_ttl
         no_retry = Retry(NoBackoff(), 0)  # failures are handled here, not hidden
-        self._redis = aioredis.from_url(
+        # A burst of hellos (a node restarting, thousands reconnecting) waits for one of
+        # the 64 connections instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=no_retry,
             max_connections=64,
+            timeout=timeout,
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         # The subscriber blocks reading, so it has no read timeout of its own.
         self._subscriber = aioredis.from_url(
             self.url, socket_connect_timeout=timeout, socket_keepalive=True, retry=no_retry
