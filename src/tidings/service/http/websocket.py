@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from tidings.service import ws_protocol as wp
 from tidings.service.core import PushService
+from tidings.service.store import StoreUnavailable
 from tidings.service.ws_session import WebSocketSession
 
 log = logging.getLogger("tidings.websocket")
@@ -317,6 +318,11 @@ class PushWebSocket(asyncio.Protocol):
                 except wp.FrameError as exc:
                     log.info("closing %s: %s", self.session.peer, exc.reason)
                     self.fail(exc.code, exc.reason)
+                    return
+                except StoreUnavailable as exc:
+                    # The store is down or closing (shutdown): the client retries later.
+                    log.warning("store unavailable for %s: %s", self.session.peer, exc)
+                    self.fail(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
                     return
                 except Exception:
                     log.exception("error handling a frame from %s", self.session.peer)
