@@ -39,6 +39,7 @@ class ConnectionContext:
         self.routes = routes
         self.scheme = scheme
         self.connections: set[Drainable] = set()
+        self.busy_websockets: set[PushWebSocket] = set()  # handling frames right now
         # To send a whole request (slow clients are cut off), and to send the next one.
         self.request_timeout = service.config.request_timeout
         self.keepalive_timeout = service.config.keepalive_timeout
@@ -68,7 +69,11 @@ class ConnectionContext:
 
     def make_websocket(self, transport: asyncio.Transport, client: str) -> PushWebSocket:
         return PushWebSocket(
-            transport, self.service, client, max_message=self.max_websocket_message
+            transport,
+            self.service,
+            client,
+            max_message=self.max_websocket_message,
+            busy=self.busy_websockets,
         )
 
     def make_http2(self) -> Http2Connection:
@@ -165,7 +170,8 @@ class TidingsServer:
         while True:
             for connection in list(self.context.connections):
                 connection.close_if_idle()
-            if not self.context.connections or time.monotonic() > deadline:
+            idle = not self.context.connections and not self.context.busy_websockets
+            if idle or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
         if self._server is not None:

@@ -223,9 +223,13 @@ class PushWebSocket(asyncio.Protocol):
         client: str,
         *,
         max_message: int,
+        busy: set[PushWebSocket] | None = None,
     ) -> None:
         self.transport = transport
         self.session = WebSocketSession(service, self, client)
+        # The connections whose frames are being handled: shutdown waits for them
+        # before it closes the store, so an ack that arrived is not lost.
+        self._busy = busy if busy is not None else set()
         hello_timeout = service.config.hello_timeout
         self.parser = FrameParser(max_message)
         self._inbox: deque[str] = deque()
@@ -297,6 +301,7 @@ class PushWebSocket(asyncio.Protocol):
             self.transport.pause_reading()
         if self._inbox and self._worker is None:
             self._worker = asyncio.ensure_future(self._work())
+            self._busy.add(self)
 
     def _answer_close(self, event: Close) -> None:
         self._closing = True
@@ -337,6 +342,7 @@ class PushWebSocket(asyncio.Protocol):
                         self.transport.resume_reading()
         finally:
             self._worker = None
+            self._busy.discard(self)
             if self._lost:
                 self.session.on_disconnect()
 
