@@ -22,7 +22,7 @@ from tidings.webpush import (
     VapidHeaders,
     aesgcm_encrypt,
     b64url_decode,
-    encrypt,
+    encrypt_for_key,
 )
 
 __all__ = [
@@ -155,9 +155,10 @@ def encrypt_for(
 ) -> tuple[bytes, dict[str, str]]:
     """The encrypted body and its coding headers (without VAPID) for one subscription."""
     if content_encoding == "aes128gcm":
-        return encrypt(plaintext, subscription.p256dh, subscription.auth), {
-            "Content-Encoding": "aes128gcm"
-        }
+        body = encrypt_for_key(
+            plaintext, subscription.public_key, subscription.p256dh, subscription.auth
+        )
+        return body, {"Content-Encoding": "aes128gcm"}
     message = aesgcm_encrypt(plaintext, subscription.p256dh, subscription.auth)
     return message.body, dict(message.headers)
 

@@ -14,7 +14,7 @@ from tidings.webpush.aesgcm import (
 )
 from tidings.webpush.b64 import b64url_decode, b64url_encode
 from tidings.webpush.ece import MAX_PLAINTEXT, EceHeader, ece_decode, ece_encode, parse_ece_header
-from tidings.webpush.encryption import MAX_BODY, decrypt, encrypt
+from tidings.webpush.encryption import MAX_BODY, decrypt, encrypt, encrypt_for_key
 from tidings.webpush.errors import (
     DecryptionError,
     EncryptionError,
@@ -63,6 +63,7 @@ __all__ = [
     "ece_decode",
     "ece_encode",
     "encrypt",
+    "encrypt_for_key",
     "load_auth_secret",
     "load_p256_private_key",
     "load_p256_public_key",

@@ -59,6 +59,30 @@ def encrypt(
 ) -> bytes:
     """Encrypt `data` for one subscription as an RFC 8291 aes128gcm body (a single record)."""
     ua_key, ua_public = load_public(p256dh)
+    return encrypt_for_key(
+        data,
+        ua_key,
+        ua_public,
+        auth,
+        salt=salt,
+        sender_private_key=sender_private_key,
+        record_size=record_size,
+        pad=pad,
+    )
+
+
+def encrypt_for_key(
+    data: bytes,
+    ua_key: ec.EllipticCurvePublicKey,
+    ua_public: bytes,
+    auth: str | bytes,
+    *,
+    salt: bytes | None = None,
+    sender_private_key: PRIVATE_KEY_TYPES | None = None,
+    record_size: int = 4096,
+    pad: int = 0,
+) -> bytes:
+    """`encrypt` for a user agent key already decoded (`ua_public` its 65 raw bytes)."""
     auth_secret = auth if type(auth) is bytes and len(auth) == 16 else load_auth_secret(auth)
     if not isinstance(data, bytes):
         if not isinstance(data, (bytearray, memoryview)):
