@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from tidings.service.config import ServiceConfig, load_config
+from tidings.service.logs import configure_logging
 
 
 @click.command()
@@ -72,6 +71,12 @@ from tidings.service.config import ServiceConfig, load_config
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="text lines, or one JSON object per line with request_id and message_id "
+    "(debug level follows a message from its POST to its delivery). [default: text]",
+)
+@click.option(
     "--demo/--no-demo",
     default=None,
     help="Serve /playground (subscribe a browser, send it test messages) with a demo VAPID "
@@ -108,11 +113,7 @@ def serve(config_file: Path | None, **flags: Any) -> None:
 
 
 def _announce(config: ServiceConfig) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level, config.log_format)
     click.echo(f"Tidings push service on {config.origin}", err=True)
     click.echo(f"  WebSocket (Firefox dom.push.serverURL): {config.websocket_url}", err=True)
     click.echo(f"  health:   {config.origin}/health", err=True)

@@ -57,6 +57,7 @@ class ServiceConfig:
     sqlite_synchronous: str = "normal"
     expiry_sweep_interval: float = 60.0
     log_level: str = "info"
+    log_format: str = "text"  # text, or json: one JSON object per line (logs.py)
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve HTTPS/WSS
     tls_key: str | None = None
     reuse_port: bool = False  # SO_REUSEPORT, for several worker processes on one port

@@ -235,7 +235,12 @@ class PushService:
             raise ServiceError(404, Errno.INVALID_TOKEN, "no such push resource") from None
 
     async def accept_push(
-        self, token: str, headers: Mapping[str, str], body: bytes
+        self,
+        token: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        request_id: str | None = None,
     ) -> PushAccepted:
         """Check, store and forward one push; raise ServiceError to refuse it."""
         ref = self.open_endpoint(token)
@@ -261,6 +266,7 @@ class PushService:
             topic=facts.topic,
             headers=facts.delivery_headers,
             receipt_id=receipt_id,
+            request_id=request_id,
         )
         location = self.message_url(MessageRef(ref.uaid, ref.channel_id, message.message_id))
         try:

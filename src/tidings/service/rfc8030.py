@@ -23,7 +23,10 @@ _WAIT = re.compile(r"(?:^|[\s,;])wait\s*=\s*(\d+)")
 
 async def push(service: PushService, request: Request, token: str) -> Response:
     """POST to a push resource: 201, or 202 with a receipt subscription."""
-    accepted = await service.accept_push(token, request.headers, request.body)
+    accepted = await service.accept_push(
+        token, request.headers, request.body, request_id=request.request_id
+    )
+    request.message_id = accepted.message_id
     headers = {"location": accepted.location, "ttl": str(accepted.ttl)}
     if accepted.receipt_url is not None:
         headers["link"] = link_value(accepted.receipt_url, REL_RECEIPT)

@@ -27,6 +27,7 @@ from tidings.service.core import (
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response
 from tidings.service.limits import Limit
+from tidings.service.logs import request_id
 from tidings.service.openapi import openapi_document
 from tidings.service.store import StoreUnavailable
 from tidings.service.web import WEB_PREFIXES, WebRoutes
@@ -118,7 +119,9 @@ class Routes:
 
     async def handle(self, request: Request) -> Response:
         """Answer one request; never raises. Answers to pushes are counted by status."""
+        request.request_id = request_id(request.headers.get("x-request-id"))
         response = await self._answer(request)
+        response.headers["x-request-id"] = request.request_id
         if request.path.startswith(PUSH_PATH):
             self.service.metrics.push_answered(response.status)
         return response

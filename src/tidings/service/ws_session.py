@@ -85,6 +85,12 @@ class WebSocketSession:
             await self._unregister(self.uaid, message)
         elif isinstance(message, wp.Ack):
             for update in message.updates:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "acknowledged with code %d",
+                        update.code,
+                        extra={"message_id": update.version},
+                    )
                 self._unacked.discard(update.version)
                 self._acked[update.version] = None
                 if len(self._acked) > RECENT_ACKS:
@@ -207,6 +213,12 @@ class WebSocketSession:
         self._unacked.add(message.message_id)
         if message.receipt_id is not None:
             await self.service.mark_delivered(message)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "delivering to %s",
+                redact_uaid(message.uaid),
+                extra={"request_id": message.request_id, "message_id": message.message_id},
+            )
         frame = wp.notification_frame(
             message.channel_id, message.message_id, message.body, message.headers
         )

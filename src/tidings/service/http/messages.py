@@ -41,6 +41,8 @@ class Request:
     client: str = "-"
     http_version: str = "1.1"
     push_channel: ServerPushChannel | None = None  # HTTP/2 only
+    request_id: str | None = None  # set when the request is answered (logs.request_id)
+    message_id: str | None = None  # the push message this request created, if any
 
 
 @dataclass(slots=True)

@@ -89,6 +89,7 @@ class ConnectionContext:
                 request.http_version,
                 status,
                 (time.perf_counter() - started) * 1000,
+                extra={"request_id": request.request_id, "message_id": request.message_id},
             )
 
 

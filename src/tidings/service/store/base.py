@@ -56,6 +56,9 @@ class StoredMessage:
     topic: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     receipt_id: str | None = None  # the application server's receipt subscription
+    # The id of the request that pushed it, for logs; kept in memory only (a message
+    # read back from the store is followed by its message id).
+    request_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

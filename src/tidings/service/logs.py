@@ -1,0 +1,72 @@
+"""Logging set-up: readable lines by default, one JSON object per line on request.
+
+Log records may carry `request_id` and `message_id` (passed with `extra=`): the access
+line of a push names both, and the delivery and acknowledgement lines (debug level)
+name the message, so one message can be followed from its POST to its delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import sys
+import time
+
+CORRELATION_FIELDS = ("request_id", "message_id")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id(offered: str | None) -> str:
+    """The id of a request: the client's `X-Request-Id` if it is sane, else a new one."""
+    if offered and _REQUEST_ID.match(offered):
+        return offered
+    return secrets.token_hex(8)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, correlation ids."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CORRELATION_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                document[name] = value
+        if record.exc_info:
+            document["error"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """The plain format, with correlation ids appended when a record has them."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = [
+            f"{name}={getattr(record, name)}"
+            for name in CORRELATION_FIELDS
+            if getattr(record, name, None) is not None
+        ]
+        return f"{line} {' '.join(ids)}" if ids else line
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Send logs to stderr at `level`, as text or JSON lines."""
+    if fmt not in ("text", "json"):
+        raise ValueError("log format must be text or json")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
