@@ -1,7 +1,7 @@
 """A real, unmodified Firefox uses Tidings as its push service (issue 3's end to end).
 
-Firefox subscribes through the WebSocket protocol with a VAPID key; pywebpush (and the
-npm web-push CLI) send; the service worker reports the exact plaintexts it decrypted.
+Firefox subscribes through the WebSocket protocol with a VAPID key; pywebpush and the
+npm web-push CLI send; the service worker reports the exact plaintexts it decrypted.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 from pywebpush import WebPushException, webpush
 
 from support.firefox import FirefoxFactory, FirefoxPushClient
+from support.node import VapidKeys, node_cli_send
 from support.service import RunningService, pywebpush_key, running_service
 from tidings.webpush import VapidKey
 
@@ -103,3 +104,26 @@ async def test_firefox_offline_then_back(tmp_path: Path, firefox_client: Firefox
         # decrypts and runs the worker's handlers concurrently, so reports may swap.
         assert sorted(received) == ["ring 2", "while you were away"]
         await firefox.no_push_within(2.0)
+
+
+async def test_firefox_receives_from_the_npm_web_push_cli(
+    tmp_path: Path, firefox_client: FirefoxFactory
+) -> None:
+    """The npm `web-push send-notification` CLI, as a user runs it, reaches Firefox."""
+    vapid = VapidKeys.generate()
+    async with running_service(tmp_path) as service:
+        firefox = firefox_client(service.ws_url)
+        await firefox.start()
+        await wait_connected(service)
+        subscription = await firefox.subscribe(vapid.public_key, timeout=60)
+        for text in ("Incoming call from Bob", "hang up ✓"):
+            result = await node_cli_send(
+                subscription["endpoint"],
+                key=subscription["keys"]["p256dh"],
+                auth=subscription["keys"]["auth"],
+                payload=text,
+                vapid=vapid,
+                ttl=60,
+            )
+            assert result.ok, result
+            assert await firefox.next_push() == text
