@@ -72,7 +72,7 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
     try:
         for _, port in nodes:
             proc = subprocess.Popen(
-                [sys.executable, "-c", AGENTS_CODE, f"ws://127.0.0.1:{port}/",
+                [sys.executable, "-c", AGENTS_CODE, "127.0.0.1", str(port),
                  str(args.agents // n_nodes), "1"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
