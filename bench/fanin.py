@@ -26,39 +26,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
 
-CLIENT_CODE = r"""
-import asyncio, base64, json, os, struct, sys, time, uuid
+import rawws  # noqa: E402
+
+CLIENT_CODE = (
+    rawws.client_prelude()
+    + r"""
+import asyncio, json, sys, time, uuid
 host, port, count, src = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 expect = int(sys.argv[5])
 
-def frame(text):
-    payload = text.encode(); mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x81, 0x80 | n)
-    else:
-        head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
-    return head + mask + masked
-
-def frames(buf):
-    out = []
-    while len(buf) >= 2:
-        n = buf[1] & 0x7F; off = 2
-        if n == 126:
-            if len(buf) < 4: break
-            n = struct.unpack("!H", buf[2:4])[0]; off = 4
-        if len(buf) < off + n: break
-        out.append(buf[off:off + n].decode()); buf = buf[off + n:]
-    return out, buf
+from rawws import HANDSHAKE, frame, frames
 
 async def open_ws():
     reader, writer = await asyncio.open_connection(host, port, local_addr=(src, 0))
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    writer.write(HANDSHAKE.format(host=host).encode())
     await reader.readuntil(b"\r\n\r\n")
     return reader, writer
 
@@ -114,6 +97,7 @@ async def main():
                       "complete": sum(1 for d in done if d >= expect)}), flush=True)
 asyncio.run(main())
 """
+)
 
 
 def free_port() -> int:

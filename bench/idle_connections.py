@@ -26,53 +26,37 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
 
-CLIENT_CODE = r"""
-import asyncio, base64, json, os, random, struct, sys, time, uuid
+import rawws  # noqa: E402
+
+CLIENT_CODE = (
+    rawws.client_prelude()
+    + r"""
+import asyncio, base64, json, os, random, sys, time, uuid
 host, port = sys.argv[1], int(sys.argv[2])
 count, src_base, sample = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 
-def frame(text):
-    payload = text.encode(); mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x81, 0x80 | n)
-    else:
-        head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
-    return head + mask + masked
-
-def read_frames(buf):
-    out = []
-    while len(buf) >= 2:
-        n = buf[1] & 0x7F; off = 2
-        if n == 126:
-            if len(buf) < 4: break
-            n = struct.unpack("!H", buf[2:4])[0]; off = 4
-        if len(buf) < off + n: break
-        out.append(buf[off:off + n].decode()); buf = buf[off + n:]
-    return out, buf
+from rawws import HANDSHAKE, frame, frames
 
 async def connect(i, endpoints, latencies):
     src = f"127.0.0.{src_base + i // 20000}"
     reader, writer = await asyncio.open_connection(host, port, local_addr=(src, 0))
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    writer.write(HANDSHAKE.format(host=host).encode())
     await reader.readuntil(b"\r\n\r\n")
     writer.write(frame(json.dumps({"messageType": "hello", "use_webpush": True})))
     buf = b""
     while True:
         buf += await reader.read(4096)
-        frames, buf = read_frames(buf)
-        if frames: break
+        got, buf = frames(buf)
+        if got: break
     if random.random() < sample:
         writer.write(frame(json.dumps({"messageType": "register", "channelID": str(uuid.uuid4())})))
         while True:
             buf += await reader.read(4096)
-            frames, buf = read_frames(buf)
-            if frames: break
-        endpoints.append(json.loads(frames[0])["pushEndpoint"])
+            got, buf = frames(buf)
+            if got: break
+        endpoints.append(json.loads(got[0])["pushEndpoint"])
         asyncio.ensure_future(listen(reader, writer, buf, latencies))
     return reader, writer
 
@@ -81,8 +65,8 @@ async def listen(reader, writer, buf, latencies):
         data = await reader.read(65536)
         if not data: return
         buf += data
-        frames, buf = read_frames(buf)
-        for text in frames:
+        got, buf = frames(buf)
+        for text in got:
             m = json.loads(text)
             if m.get("messageType") == "notification":
                 sent = float(base64.urlsafe_b64decode(m["data"] + "==")[-20:].decode().strip())
@@ -104,6 +88,7 @@ async def main():
     await loop.run_in_executor(None, sys.stdin.readline)
 asyncio.run(main())
 """
+)
 
 
 def rss_kib(pid: int) -> int:

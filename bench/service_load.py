@@ -32,7 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 
+import rawws  # noqa: E402
 from tidings.webpush import VapidKey, encrypt, sign_vapid  # noqa: E402
 
 
@@ -130,36 +132,12 @@ def run_wrk(
 # The user agents: lean raw WebSocket clients (a few syscalls and one JSON parse per
 # message), so that the agents take as little of the two cores as they can; every
 # notification is acknowledged, all those read together in one ack frame.
-AGENTS_CODE = r"""
-import asyncio, json, os, struct, sys, time, uuid
+AGENTS_CODE = (
+    rawws.client_prelude()
+    + r"""
+import asyncio, json, sys, time, uuid
 
-def frame(text):
-    payload = text.encode()
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x81, 0x80 | n)
-    else:
-        head = struct.pack("!BBH", 0x81, 0xFE, n)
-    m = int.from_bytes(mask * (n // 4 + 1), "little") & ((1 << (8 * n)) - 1)
-    body = (int.from_bytes(payload, "little") ^ m).to_bytes(n, "little")
-    return head + mask + body
-
-def frames(buf):
-    out = []
-    while len(buf) >= 2:
-        n = buf[1] & 0x7F
-        off = 2
-        if n == 126:
-            if len(buf) < 4:
-                break
-            n = struct.unpack("!H", buf[2:4])[0]
-            off = 4
-        if len(buf) < off + n:
-            break
-        out.append(buf[off:off + n])
-        buf = buf[off + n:]
-    return out, buf
+from rawws import HANDSHAKE, frame, frames
 
 class Agent(asyncio.Protocol):
     def __init__(self, counter):
@@ -195,9 +173,7 @@ async def agent(host, port, n_subs, endpoints, counter):
     loop = asyncio.get_running_loop()
     _, proto = await loop.create_connection(lambda: Agent(counter), host, port)
     proto.waiter = loop.create_future()
-    proto.transport.write((f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    proto.transport.write(HANDSHAKE.format(host=host).encode())
     await proto.waiter
     await proto.ask({"messageType": "hello", "use_webpush": True})
     for _ in range(n_subs):
@@ -224,6 +200,7 @@ try:
 except ImportError:
     asyncio.run(main())
 """
+)
 
 
 def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
