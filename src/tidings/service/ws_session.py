@@ -133,9 +133,15 @@ class WebSocketSession:
         except StoreUnavailable as exc:
             log.warning("cannot load stored messages for %s: %s", redact_uaid(uaid), exc)
             stored = []
-        held, self._held = self._held or [], None
-        for message in stored + held:
+        for message in stored:
             await self._deliver(message)
+        # Live messages that arrived meanwhile keep waiting in `_held` (offer appends
+        # there) until every one before them is out: delivery stays in order.
+        while self._held:
+            held, self._held = self._held, []
+            for message in held:
+                await self._deliver(message)
+        self._held = None
 
     async def _register(self, uaid: str, register: wp.Register) -> None:
         if register.error is not None:
@@ -188,11 +194,57 @@ class WebSocketSession:
         if self._held is not None:
             self._held.append(message)
             return
+        if self._deliver_now(message):
+            return
         if self._queued >= MAX_QUEUED_SENDS:
             self._spawn(self.close(wp.CLOSE_TRY_AGAIN_LATER, "client is not reading"))
             return
         self._queued += 1
         self._spawn(self._deliver_queued(message))
+
+    def _deliver_now(self, message: StoredMessage) -> bool:
+        """Deliver without a task when nothing is queued ahead (the common live case).
+
+        Returns False when the message must take the queued path: frames already
+        waiting (order), a send in progress, a receipt to record first, or a channel
+        that cannot write without waiting.
+        """
+        send_now = getattr(self.channel, "send_text_nowait", None)
+        if (
+            send_now is None
+            or self._queued
+            or self._send_lock.locked()
+            or message.receipt_id is not None
+        ):
+            return False
+        frame = self._frame_for(message)
+        if frame is None:
+            return True
+        try:
+            send_now(frame)
+        except Exception as exc:  # the peer went away; its messages stay stored
+            log.debug("send to %s failed: %s", redact_uaid(self.uaid), exc)
+            self.closed = True
+            return True
+        self.service.metrics.delivered(message)
+        return True
+
+    def _frame_for(self, message: StoredMessage) -> str | None:
+        """The notification frame, or None if it must not be sent (again, or late)."""
+        if message.message_id in self._unacked or message.message_id in self._acked:
+            return None  # already sent on this connection (stored and live at once)
+        if message.ttl and message.expires_at <= time.time():
+            return None  # a message is never delivered after its TTL
+        self._unacked.add(message.message_id)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "delivering to %s",
+                redact_uaid(message.uaid),
+                extra={"request_id": message.request_id, "message_id": message.message_id},
+            )
+        return wp.notification_frame(
+            message.channel_id, message.message_id, message.body, message.headers
+        )
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
@@ -206,22 +258,11 @@ class WebSocketSession:
             self._queued -= 1
 
     async def _deliver(self, message: StoredMessage) -> None:
-        if message.message_id in self._unacked or message.message_id in self._acked:
-            return  # already sent on this connection (stored and live at once)
-        if message.ttl and message.expires_at <= time.time():
-            return  # a message is never delivered after its TTL
-        self._unacked.add(message.message_id)
+        frame = self._frame_for(message)
+        if frame is None:
+            return
         if message.receipt_id is not None:
             await self.service.mark_delivered(message)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "delivering to %s",
-                redact_uaid(message.uaid),
-                extra={"request_id": message.request_id, "message_id": message.message_id},
-            )
-        frame = wp.notification_frame(
-            message.channel_id, message.message_id, message.body, message.headers
-        )
         await self._send(frame)
         if not self.closed:  # the frame went out
             self.service.metrics.delivered(message)

@@ -247,6 +247,10 @@ class PushWebSocket(asyncio.Protocol):
 
     async def send_text(self, text: str) -> None:
         """Send one text message (TextChannel)."""
+        self.send_text_nowait(text)
+
+    def send_text_nowait(self, text: str) -> None:
+        """Send one text message now: writing to the transport never waits."""
         if self._closing or self.transport.is_closing():
             raise ConnectionError("connection closed")
         if self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
