@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 
 from store.engines import delete_prefix, redis_url, require_redis
-from support.service import ServiceProcess
+from support.ci import free_port
+from support.service import REPO, ServiceProcess
 from tidings.webpush import encrypt
 
 
@@ -60,3 +64,27 @@ def test_workers_need_a_cluster_bus(tmp_path: Path) -> None:
     else:
         node.stop()
         raise AssertionError("--workers without --cluster must refuse to start")
+
+
+async def test_a_sigterm_during_start_up_stops_every_worker(tmp_path: Path) -> None:
+    """No orphaned worker, whenever the signal comes (here: while they are starting)."""
+    require_redis()
+    url = redis_url()
+    port = str(free_port())
+    command = [sys.executable, "-m", "tidings", "serve", "--port", port, "--db",
+               str(tmp_path / "t.db"), "--workers", "2", "--cluster", url]  # fmt: skip
+    parent = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(0.8)  # the parent has forked; the workers are starting
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(40)
+        await asyncio.sleep(0.5)
+        left = subprocess.run(
+            ["pgrep", "-f", f"tidings serve --port {port} "], capture_output=True, text=True
+        )
+        assert left.stdout.strip() == "", f"workers left running: {left.stdout}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        subprocess.run(["pkill", "-9", "-f", f"tidings serve --port {port} "], check=False)
+        await delete_prefix(url)

@@ -34,20 +34,28 @@ def build_server(config: ServiceConfig, service: PushService | None = None) -> T
     )
 
 
+DRAIN_GRACE = 10.0  # seconds for connections to finish before they are closed
+STOP_LIMIT = 30.0  # past this, shutdown gives up waiting (store, cluster) and exits
+
+
 async def run(config: ServiceConfig) -> None:
     """Serve until a termination signal, then drain and stop."""
-    server = build_server(config)
-    await server.start()
-    log.info("serving on %s", config.origin)
+    # Signals are taken before start-up, so a SIGTERM during it still drains cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server = build_server(config)
+    await server.start()
+    log.info("serving on %s", config.origin)
     try:
         await stop.wait()
         log.info("draining: closing connections")
     finally:
-        await server.stop()
+        try:
+            await asyncio.wait_for(server.stop(grace=DRAIN_GRACE), STOP_LIMIT)
+        except TimeoutError:
+            log.error("shutdown did not finish within %.0f s; exiting anyway", STOP_LIMIT)
     log.info("stopped")
 
 
@@ -86,9 +94,25 @@ def serve_workers(config: ServiceConfig) -> None:
     _runner()(prepare(config))
     base = config.node_id or f"{os.uname().nodename}-{os.getpid()}"
     children: list[int] = []
+    received: list[int] = []  # a stop signal that came while workers were forking
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    # Taken before forking, so no signal can stop the parent and orphan its workers.
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     for index in range(config.workers):
+        if received:
+            break
         pid = os.fork()
         if pid == 0:  # the worker
+            # The parent's forwarding handler is not the worker's: run() takes the signals.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             worker = dataclasses.replace(
                 config, workers=1, reuse_port=True, node_id=f"{base}-w{index}"
             )
@@ -100,14 +124,8 @@ def serve_workers(config: ServiceConfig) -> None:
                 code = 1
             os._exit(code)
         children.append(pid)
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    if received:  # workers forked after the signal have not heard it yet
+        forward(received[0], None)
     failed = 0
     for child in children:
         _, status = os.waitpid(child, 0)
