@@ -94,12 +94,13 @@ def new_uaid() -> str:
     return secrets.token_hex(16)
 
 
-def _unavailable(exc: Exception) -> ServiceError:
+def store_unavailable(exc: Exception) -> ServiceError:
+    """The 503 (with Retry-After) for a request the store cannot serve now."""
     log.warning("store unavailable: %s", exc)
     return ServiceError(
         503,
         Errno.UNAVAILABLE,
-        "the service cannot store messages right now; retry later",
+        "the service cannot reach its store right now; retry later",
         headers={"retry-after": RETRY_AFTER_UNAVAILABLE},
     )
 
@@ -291,7 +292,7 @@ class PushService:
                 headers={"retry-after": "60"},
             ) from None
         except StoreUnavailable as exc:
-            raise _unavailable(exc) from None
+            raise store_unavailable(exc) from None
         # Here, or through the bus to the node holding the user agent's connection.
         delivered = self.hub.offer(message) or await self.cluster.route(message)
         if receipt_id is None:
@@ -315,7 +316,7 @@ class PushService:
             try:
                 await self.store.add_receipt_subscription(receipt_id, time.time())
             except StoreUnavailable as exc:
-                raise _unavailable(exc) from None
+                raise store_unavailable(exc) from None
             return receipt_id
         token = named.rsplit(RECEIPT_PATH, 1)[-1] if RECEIPT_PATH in named else ""
         try:
@@ -324,7 +325,7 @@ class PushService:
         except TokenError:
             known = False
         except StoreUnavailable as exc:
-            raise _unavailable(exc) from None
+            raise store_unavailable(exc) from None
         if not known:
             raise ServiceError(
                 400, Errno.BAD_RECEIPT, "the Link names no receipt subscription of this service"
@@ -345,7 +346,7 @@ class PushService:
         try:
             deleted = await self.store.delete_message(ref.uaid, ref.message_id)
         except StoreUnavailable as exc:
-            raise _unavailable(exc) from None
+            raise store_unavailable(exc) from None
         if (
             deleted is None
             or deleted.channel_id != ref.channel_id
@@ -379,7 +380,7 @@ class PushService:
         except RegistrationError as exc:
             raise ServiceError(exc.status, Errno.TOO_MANY_SUBSCRIPTIONS, str(exc)) from None
         except StoreUnavailable as exc:
-            raise _unavailable(exc) from None
+            raise store_unavailable(exc) from None
         origin = self.config.origin
         return NewSubscription(
             subscription_url=origin

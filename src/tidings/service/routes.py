@@ -18,11 +18,11 @@ from tidings.service.core import (
     MESSAGE_PATH,
     PUSH_PATH,
     RECEIPT_PATH,
-    RETRY_AFTER_UNAVAILABLE,
     SET_PATH,
     SUBSCRIBE_PATH,
     SUBSCRIPTION_PATH,
     PushService,
+    store_unavailable,
 )
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response
@@ -132,15 +132,7 @@ class Routes:
         except ServiceError as error:
             return Response.error(error)
         except StoreUnavailable as exc:
-            log.warning("store unavailable: %s", exc)
-            return Response.error(
-                ServiceError(
-                    503,
-                    Errno.UNAVAILABLE,
-                    "the service cannot reach its store right now; retry later",
-                    headers={"retry-after": RETRY_AFTER_UNAVAILABLE},
-                )
-            )
+            return Response.error(store_unavailable(exc))
         except Exception:
             log.exception("unexpected error on %s %s", request.method, redact_path(request.path))
             return Response.error(
