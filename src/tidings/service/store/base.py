@@ -6,6 +6,7 @@ PostgreSQL (scale-out) implement it. Every method is one short transaction.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,6 +77,24 @@ class Receipt:
     message_id: str
     status: int
     created_at: float
+
+
+def message_columns(message: StoredMessage) -> tuple[object, ...]:
+    """A message as the stores persist it: message_id, uaid, channel_id, body, ttl,
+    created_at, expires_at, urgency, topic, headers (compact JSON), receipt_id."""
+    return (
+        message.message_id,
+        message.uaid,
+        message.channel_id,
+        message.body,
+        message.ttl,
+        message.created_at,
+        message.expires_at,
+        message.urgency,
+        message.topic,
+        json.dumps(message.headers, separators=(",", ":")),
+        message.receipt_id,
+    )
 
 
 class Store(Protocol):

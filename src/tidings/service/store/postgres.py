@@ -34,6 +34,7 @@ from tidings.service.store.base import (
     SubscriptionGone,
     SubscriptionRecord,
     TooManyMessages,
+    message_columns,
 )
 
 T = TypeVar("T")
@@ -397,17 +398,7 @@ class PostgresStore:
                 replaced = await conn.fetchval(
                     "SELECT tidings_store_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
                     " $11, $12)",
-                    message.message_id,
-                    message.uaid,
-                    message.channel_id,
-                    message.body,
-                    message.ttl,
-                    message.created_at,
-                    message.expires_at,
-                    message.urgency,
-                    message.topic,
-                    json.dumps(message.headers, separators=(",", ":")),
-                    message.receipt_id,
+                    *message_columns(message),
                     max_per_user_agent,
                 )
             except asyncpg.exceptions.PostgresError as exc:

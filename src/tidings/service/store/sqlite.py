@@ -33,6 +33,7 @@ from tidings.service.store.base import (
     SubscriptionGone,
     SubscriptionRecord,
     TooManyMessages,
+    message_columns,
 )
 
 T = TypeVar("T")
@@ -476,22 +477,7 @@ class SQLiteStore:
         ).fetchone()[0]
         if count >= max_per_user_agent:
             raise TooManyMessages(message.uaid)
-        db.execute(
-            _INSERT_MESSAGE,
-            (
-                message.message_id,
-                message.uaid,
-                message.channel_id,
-                message.body,
-                message.ttl,
-                message.created_at,
-                message.expires_at,
-                message.urgency,
-                message.topic,
-                json.dumps(message.headers, separators=(",", ":")),
-                message.receipt_id,
-            ),
-        )
+        db.execute(_INSERT_MESSAGE, message_columns(message))
         return replaced
 
     async def pending_messages(self, uaid: str, now: float, limit: int) -> list[StoredMessage]:
