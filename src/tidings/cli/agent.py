@@ -41,6 +41,24 @@ def _service_option(function: Any) -> Any:
     )(function)
 
 
+def _daemon_options(function: Any) -> Any:
+    """The daemon's own options, on `tidings agent` and `tidings agent run` alike."""
+    function = click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+    )(function)
+    function = click.option(
+        "--command-timeout",
+        type=float,
+        default=DEFAULT_COMMAND_TIMEOUT,
+        show_default=True,
+        help="Seconds a command may run before it is killed (and the message acked with 102).",
+    )(function)
+    return click.option("--ping-interval", type=float, default=300.0, show_default=True)(function)
+
+
 def _connection_options(function: Any) -> Any:
     function = click.option(
         "--cafile",
@@ -121,14 +139,7 @@ def _logging(level: str) -> None:
 @_service_option
 @_state_option
 @_connection_options
-@click.option("--ping-interval", type=float, default=300.0, show_default=True)
-@click.option("--command-timeout", type=float, default=DEFAULT_COMMAND_TIMEOUT, show_default=True)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-)
+@_daemon_options
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -162,20 +173,7 @@ def agent(
 @_service_option
 @_state_option
 @_connection_options
-@click.option("--ping-interval", type=float, default=300.0, show_default=True)
-@click.option(
-    "--command-timeout",
-    type=float,
-    default=DEFAULT_COMMAND_TIMEOUT,
-    show_default=True,
-    help="Seconds a command may run before it is killed (and the message acked with 102).",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-)
+@_daemon_options
 @click.pass_context
 def run(
     ctx: click.Context,
