@@ -203,6 +203,20 @@ except ImportError:
 )
 
 
+def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy on the service for most of the load phase (--profile FILE)."""
+    if not args.profile:
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    seconds = max(1, args.duration - 2)
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250"]
+        + ["--threads", "--format", args.profile_format, "--output", args.profile],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     port = free_port()
     data = workdir / "svc"
@@ -247,6 +261,7 @@ def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         headers = {"TTL": "60", "Content-Encoding": "aes128gcm", "Authorization": vapid}
         agents.stdin.write("go\n")
         agents.stdin.flush()
+        profiler = start_profiler(args, service.pid)
         result = run_wrk(
             f"http://127.0.0.1:{port}",
             paths,
@@ -256,6 +271,8 @@ def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
             args.connections,
             workdir,
         )
+        if profiler is not None:
+            profiler.wait(args.duration + 30)
         time.sleep(0.5)  # let the last deliveries land
         agents.stdin.write("stop\n")
         agents.stdin.flush()
@@ -364,6 +381,10 @@ def main() -> None:
         "--serve-args", default="", help='extra `tidings serve` arguments, e.g. "--workers 2"'
     )
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--profile", help="py-spy the service during its load phase into FILE")
+    parser.add_argument(
+        "--profile-format", default="raw", choices=["raw", "flamegraph", "speedscope"]
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")

@@ -22,6 +22,7 @@ from tidings.service.cluster import ClusterBus, open_bus
 from tidings.service.config import ServiceConfig
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.hub import Hub
+from tidings.service.ids import random_hex
 from tidings.service.keyfile import load_sealer
 from tidings.service.limits import Limit, RateLimiter, client_address, open_limiter, retry_after
 from tidings.service.links import link_target
@@ -256,7 +257,7 @@ class PushService:
         ttl = min(facts.ttl, self.config.max_ttl)
         now = time.time()
         message = StoredMessage(
-            message_id=secrets.token_hex(16),
+            message_id=random_hex(16),
             uaid=ref.uaid,
             channel_id=ref.channel_id,
             body=body,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 import sys
 import time
+
+from tidings.service.ids import random_hex
 
 CORRELATION_FIELDS = ("request_id", "message_id")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -22,7 +23,7 @@ def request_id(offered: str | None) -> str:
     """The id of a request: the client's `X-Request-Id` if it is sane, else a new one."""
     if offered and _REQUEST_ID.match(offered):
         return offered
-    return secrets.token_hex(8)
+    return random_hex(8)
 
 
 class JsonFormatter(logging.Formatter):
