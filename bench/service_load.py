@@ -203,6 +203,18 @@ except ImportError:
 )
 
 
+def thread_cpu(pid: int) -> dict[str, int]:
+    """CPU clock ticks (user + system) used so far by each thread of `pid`: the event
+    loop is "main", the others (the SQLite worker, executors) are named by thread id."""
+    ticks: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = "main" if task.name == str(pid) else f"thread {task.name}"
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            ticks[name] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
 def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
     """py-spy on the service for most of the load phase (--profile FILE)."""
     if not args.profile:
@@ -210,8 +222,10 @@ def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     seconds = max(1, args.duration - 2)
     return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250"]
-        + ["--threads", "--format", args.profile_format, "--output", args.profile],
+        [
+            *(py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250"),
+            *("--threads", "--format", args.profile_format, "--output", args.profile),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -262,6 +276,7 @@ def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         agents.stdin.write("go\n")
         agents.stdin.flush()
         profiler = start_profiler(args, service.pid)
+        cpu_before = thread_cpu(service.pid)
         result = run_wrk(
             f"http://127.0.0.1:{port}",
             paths,
@@ -271,6 +286,7 @@ def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
             args.connections,
             workdir,
         )
+        cpu_after = thread_cpu(service.pid)
         if profiler is not None:
             profiler.wait(args.duration + 30)
         time.sleep(0.5)  # let the last deliveries land
@@ -279,6 +295,10 @@ def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         delivered = json.loads(agents.stdout.readline())
         agents.terminate()
         result["delivered_per_s"] = delivered["delivered"] / args.duration
+        result["cpu"] = {  # type: ignore[assignment]
+            name: (ticks - cpu_before.get(name, 0)) / os.sysconf("SC_CLK_TCK") / args.duration
+            for name, ticks in cpu_after.items()
+        }
         return result
     finally:
         service.send_signal(signal.SIGTERM)
@@ -406,6 +426,12 @@ def main() -> None:
             f"non-2xx {tidings['non2xx']}"
         )
         print(f"tidings delivered+acked:          {tidings['delivered_per_s']:>9,.0f} msg/s")
+        busy = {name: share for name, share in tidings["cpu"].items() if share >= 0.01}  # type: ignore[attr-defined]
+        print(
+            "tidings service CPU (cores):      "
+            + ", ".join(f"{name} {share:.2f}" for name, share in busy.items())
+            + f"; {1e6 * sum(busy.values()) / max(tidings['rps'], 1):.0f} µs per push"
+        )
         peer = None if args.skip_peer else bench_peer(args, workdir)
         if peer is not None:
             print(

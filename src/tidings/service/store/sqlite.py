@@ -96,10 +96,14 @@ _MIGRATIONS: dict[int, str] = {
     """,
 }
 
-# Column order shared by the statements below and `_message_from_row`.
-_INSERT_MESSAGE = (
+# Column order shared by the statements below and `_message_from_row`. A push is
+# inserted only while its subscription exists and its user agent has fewer than the
+# allowed number of unexpired messages stored.
+_INSERT_CHECKED_MESSAGE = (
     "INSERT INTO messages (message_id, uaid, channel_id, body, ttl, created_at, expires_at,"
-    " urgency, topic, headers, receipt_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " urgency, topic, headers, receipt_id) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+    " WHERE EXISTS (SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?)"
+    " AND (SELECT count(*) FROM messages WHERE uaid = ? AND expires_at > ?) < ?"
 )
 _SELECT_PENDING = (
     "SELECT message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency, topic,"
@@ -165,6 +169,10 @@ class _Job:
 
 
 _STOP = object()
+
+
+class _Replay(Exception):
+    """An operation of a group failed: run the group again with savepoints."""
 
 
 def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -260,24 +268,17 @@ class SQLiteStore:
         job.loop.call_soon_threadsafe(_settle, [(job.future, value, error)])
 
     def _commit_group(self, group: list[_Job]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         db = self._conn
         if db is None:
             closed = StoreUnavailable("the store is not open")
             results = [(job.future, None, closed) for job in group]
         else:
             try:
-                db.execute("BEGIN IMMEDIATE")
-                for job in group:
-                    db.execute("SAVEPOINT op")
-                    try:
-                        results.append((job.future, job.fn(db), None))
-                        db.execute("RELEASE op")
-                    except Exception as exc:
-                        db.execute("ROLLBACK TO op")
-                        db.execute("RELEASE op")
-                        results.append((job.future, None, _as_store_error(exc)))
-                db.execute("COMMIT")
+                try:
+                    results = self._run_group(db, group, savepoints=False)
+                except _Replay:
+                    results = self._run_group(db, group, savepoints=True)
             except sqlite3.Error as exc:
                 # BEGIN or COMMIT failed (disk full, read-only, locked): nothing was
                 # stored, so nobody is told otherwise.
@@ -290,6 +291,38 @@ class SQLiteStore:
             by_loop.setdefault(job.loop, []).append(result)
         for loop, settled in by_loop.items():
             loop.call_soon_threadsafe(_settle, settled)
+
+    @staticmethod
+    def _run_group(
+        db: sqlite3.Connection, group: list[_Job], *, savepoints: bool
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """Run `group` in one transaction and commit it.
+
+        Without savepoints (the common case: no operation fails) the first failure
+        rolls everything back and raises _Replay; the group then runs again with a
+        savepoint around each operation, so that only the failed one is undone.
+        """
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        db.execute("BEGIN IMMEDIATE")
+        for job in group:
+            if not savepoints:
+                try:
+                    results.append((job.future, job.fn(db), None))
+                except Exception:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise _Replay from None
+                continue
+            db.execute("SAVEPOINT op")
+            try:
+                results.append((job.future, job.fn(db), None))
+                db.execute("RELEASE op")
+            except Exception as exc:
+                db.execute("ROLLBACK TO op")
+                db.execute("RELEASE op")
+                results.append((job.future, None, _as_store_error(exc)))
+        db.execute("COMMIT")
+        return results
 
     # Life cycle -----------------------------------------------------------------------
 
@@ -457,12 +490,6 @@ class SQLiteStore:
     def _store_message_in(
         db: sqlite3.Connection, message: StoredMessage, max_per_user_agent: int
     ) -> list[str]:
-        exists = db.execute(
-            "SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?",
-            (message.uaid, message.channel_id),
-        ).fetchone()
-        if exists is None:
-            raise SubscriptionGone(message.channel_id)
         replaced: list[str] = []
         if message.topic is not None:
             rows = db.execute(
@@ -471,14 +498,28 @@ class SQLiteStore:
                 (message.uaid, message.channel_id, message.topic),
             ).fetchall()
             replaced = [row[0] for row in rows]
-        count = db.execute(
-            "SELECT count(*) FROM messages WHERE uaid = ? AND expires_at > ?",
-            (message.uaid, message.created_at),
-        ).fetchone()[0]
-        if count >= max_per_user_agent:
-            raise TooManyMessages(message.uaid)
-        db.execute(_INSERT_MESSAGE, message_columns(message))
-        return replaced
+        # One statement checks the subscription and the limit and inserts; only when
+        # nothing was inserted do we look again to say why.
+        inserted = db.execute(
+            _INSERT_CHECKED_MESSAGE,
+            (
+                *message_columns(message),
+                message.uaid,
+                message.channel_id,
+                message.uaid,
+                message.created_at,
+                max_per_user_agent,
+            ),
+        ).rowcount
+        if inserted:
+            return replaced
+        exists = db.execute(
+            "SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?",
+            (message.uaid, message.channel_id),
+        ).fetchone()
+        if exists is None:
+            raise SubscriptionGone(message.channel_id)
+        raise TooManyMessages(message.uaid)
 
     async def pending_messages(self, uaid: str, now: float, limit: int) -> list[StoredMessage]:
         def query(db: sqlite3.Connection) -> list[StoredMessage]:
