@@ -115,3 +115,58 @@ def test_load_p256_public_key(ua: UserAgentKeys) -> None:
     for bad in ("", "!!", b"\x02" + bytes(32), b"\x04" + bytes(64), 42):
         with pytest.raises(InvalidKeyError):
             load_p256_public_key(bad)  # type: ignore[arg-type]
+
+
+ENDPOINTS = [
+    "https://push.example.net/wpush/v2/a",
+    "https://push.example.net/wpush/v2/with space",
+    "https://push.example.net/wpush/v2/tab\there",
+    "https://push.example.net/wpush/v2/new\nline",
+    "https://push.example.net/wpush/v2/ünïcode",
+    "https://push.example.net/wpush/v2/a?q=1#f",
+    "https://push.example.net?x=/y",
+    "https://push.example.net#/y",
+    "https://push.example.net",
+    "HTTPS://PUSH.example.net/upper",
+    "https://push.example.net:443/port",
+    "https://push.example.net:99999/port",
+    "https://push.example.net:x/port",
+    "https://[::1]:8443/v6",
+    "https://[::1/broken",
+    "http://user@push.example.net/u",
+    "ftp://push.example.net/x",
+    "https:///nohost/x",
+    "https:/push.example.net//x/y",
+    " https://push.example.net/leading-space",
+    "\x01https://push.example.net/leading-control",
+]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_endpoint_shortcut_decides_like_the_full_check(endpoint: str) -> None:
+    """Origins seen valid skip urlsplit; every endpoint must still be judged the same."""
+    from tidings.webpush import subscription as module
+
+    def verdict(check: Any, value: str) -> str:
+        try:
+            return check(value)  # type: ignore[no-any-return]
+        except InvalidSubscription as exc:
+            return f"refused: {exc}"
+
+    expected = verdict(module._check_endpoint_fully, endpoint)
+    for valid in ENDPOINTS:  # warm the shortcut with every origin that is valid
+        verdict(module._check_endpoint, valid)
+    assert verdict(module._check_endpoint, endpoint) == expected
+    assert verdict(module._check_endpoint, endpoint) == expected  # and once more, cached
+
+
+def test_an_invalid_key_is_refused_every_time(ua: UserAgentKeys) -> None:
+    """The decoded-key cache keeps only valid points: a bad one is never let through."""
+    not_on_curve = b"\x04" + bytes(64)
+    for _ in range(3):
+        with pytest.raises(InvalidSubscription, match="not a P-256 public key"):
+            Subscription("https://a.example/1", not_on_curve, ua.auth)
+        with pytest.raises(InvalidKeyError, match="not a point on the curve"):
+            load_p256_public_key(not_on_curve)
+    good = Subscription("https://a.example/1", ua.public, ua.auth)
+    assert good.public_key.public_numbers() == load_p256_public_key(ua.public).public_numbers()

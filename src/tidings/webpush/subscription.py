@@ -20,10 +20,42 @@ __all__ = ["Subscription", "load_p256_public_key"]
 
 
 _WHITESPACE = re.compile(r"\s")  # str.isspace's characters, found in one C-level scan
+_VALID_ORIGINS: dict[str, None] = {}
+"""Endpoint prefixes up to the path (`scheme://host:port`) seen in valid endpoints.
+
+Whether an endpoint passes the checks below depends only on that prefix (scheme, host,
+port: urlsplit ignores the path) and on the whole URL being free of whitespace, so an
+endpoint whose prefix is here needs only the whitespace scan. A fan-out sends to a few
+push services, so this stays small; it is bounded anyway.
+"""
+_MAX_VALID_ORIGINS = 1024
+
+
+def _origin_prefix(endpoint: str) -> str | None:
+    """`endpoint` up to its path's first "/", or None when that is not where urlsplit's
+    network location ends (no path, or a "?" or "#" before it)."""
+    cut = endpoint.find("/", endpoint.find("//") + 2)
+    if cut < 0:
+        return None
+    prefix = endpoint[:cut]
+    return None if "?" in prefix or "#" in prefix else prefix
 
 
 def _check_endpoint(endpoint: object) -> str:
     """The endpoint if it is an absolute http(s) URL with a host."""
+    if type(endpoint) is str:
+        prefix = _origin_prefix(endpoint)
+        if prefix in _VALID_ORIGINS and _WHITESPACE.search(endpoint) is None:
+            return endpoint
+        _check_endpoint_fully(endpoint)
+        if prefix is not None and len(_VALID_ORIGINS) < _MAX_VALID_ORIGINS:
+            _VALID_ORIGINS[prefix] = None
+        return endpoint
+    return _check_endpoint_fully(endpoint)
+
+
+def _check_endpoint_fully(endpoint: object) -> str:
+    """`_check_endpoint` without the shortcut: parse the URL and check every part."""
     if not isinstance(endpoint, str) or not endpoint:
         raise InvalidSubscription("subscription endpoint must be a non-empty URL string")
     try:
