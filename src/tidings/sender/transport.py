@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -139,19 +140,28 @@ class _H1Connection(asyncio.Protocol):
             self._fail(f"malformed HTTP/1.1 answer: {exc}")
 
     # request side
-    async def request(self, head: bytes, body: bytes) -> Response:
-        """Write one request and wait for its complete answer."""
-        if self.closed or self.transport is None:
+    async def request(
+        self, head: bytes, body: bytes, expiry: _Expiry | None = None, deadline: float = 0.0
+    ) -> Response:
+        """Write one request and wait for its complete answer.
+
+        With `expiry`, the answer must come by `deadline` (loop time), else TimeoutError.
+        """
+        transport = self.transport
+        if self.closed or transport is None:
             raise TransportError("connection is closed")
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Response] = loop.create_future()
+        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self._got_bytes = False
         self._head = None
         self._body = bytearray()
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            self.transport.write(body)
+        if len(body) < 65536:
+            transport.write(head + body)
+        else:
+            transport.write(head)
+            transport.write(body)
+        if expiry is not None:
+            expiry.add(self, deadline)
         try:
             return await waiter
         except BaseException:
@@ -160,6 +170,15 @@ class _H1Connection(asyncio.Protocol):
             raise
         finally:
             self._waiter = None
+            if expiry is not None:
+                expiry.deadlines.pop(self, None)
+
+    def expire(self) -> None:
+        """The answer is overdue: drop the connection and fail the request (TimeoutError)."""
+        waiter = self._waiter
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
 
     def close(self) -> None:
         """Drop the connection."""
@@ -264,6 +283,53 @@ class _H1Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(Response(status, headers, bytes(self._body), version))
         self._head = None
+
+
+class _Expiry:
+    """Deadlines of the HTTP/1.1 requests in flight to one origin, kept by one timer.
+
+    `asyncio.timeout` arms and cancels a timer for every request (4.6 µs with uvloop, 3 %
+    of a fan-out message's CPU). Here a request only records its deadline, and a single
+    timer, set for the earliest one, expires what is overdue when it fires, then sets
+    itself for the earliest deadline left.
+    """
+
+    _EARLY = 0.001
+    """Timers may fire up to a clock tick early: a deadline this close counts as passed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.deadlines: dict[_H1Connection, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = math.inf
+
+    def add(self, conn: _H1Connection, deadline: float) -> None:
+        self.deadlines[conn] = deadline
+        if deadline < self._when:
+            self._arm(deadline)
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._when = when
+        self._handle = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._when = math.inf
+        now = self.loop.time() + self._EARLY
+        overdue = [conn for conn, deadline in self.deadlines.items() if deadline <= now]
+        for conn in overdue:
+            del self.deadlines[conn]
+            conn.expire()
+        if self.deadlines:
+            self._arm(min(self.deadlines.values()))
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._when = math.inf
 
 
 # --------------------------------------------------------------------------- HTTP/2
@@ -537,7 +603,7 @@ class _OriginPool:
         self.idle: deque[_H1Connection] = deque()
         self.h1_count = 0
         self._h1_waiters: deque[asyncio.Future[None]] = deque()
-        self._head_prefix = b""
+        self._expiry: _Expiry | None = None
 
     async def _connect(self, factory: Callable[[], _P]) -> _P:
         loop = asyncio.get_running_loop()
@@ -660,13 +726,57 @@ class _OriginPool:
                 return
 
     async def request(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float | None = None,
+    ) -> Response:
+        """One exchange; with `timeout`, TimeoutError when it takes longer (seconds)."""
+        if timeout is None:
+            return await self._request(method, path, headers, body)
+        if self.protocol == "http/1.1" and self.idle:
+            # The common case in a fan-out: a kept-alive connection is waiting.
+            return await self._h1_request_by(
+                self._h1_head(method, path, headers, len(body)), body, timeout
+            )
+        async with asyncio.timeout(timeout):
+            return await self._request(method, path, headers, body)
+
+    async def _request(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
     ) -> Response:
         await self._ensure_protocol()
         if self.protocol == "h2":
             conn2 = await self._h2_connection()
             return await conn2.request(method, path, headers, body)
-        head = self._h1_head(method, path, headers, len(body))
+        return await self._h1_exchange(self._h1_head(method, path, headers, len(body)), body)
+
+    async def _h1_request_by(self, head: bytes, body: bytes, timeout: float) -> Response:
+        """The exchange on an idle connection, its deadline kept by `_Expiry`, not a timer."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        expiry = self._expiry
+        if expiry is None or expiry.loop is not loop:
+            expiry = self._expiry = _Expiry(loop)
+        conn = self.idle.pop()
+        if conn.closed:
+            self.h1_count -= 1
+        else:
+            try:
+                return await conn.request(head, body, expiry, deadline)
+            except TransportError as exc:
+                conn.reusable = False
+                if not exc.safe_to_retry:
+                    raise
+                # A kept-alive connection the service had already closed: go on below.
+            finally:
+                self._h1_release(conn)
+        async with asyncio.timeout_at(deadline):
+            return await self._h1_exchange(head, body)
+
+    async def _h1_exchange(self, head: bytes, body: bytes) -> Response:
         for _ in range(2):
             conn, reused = await self._h1_acquire()
             try:
@@ -687,6 +797,8 @@ class _OriginPool:
         return "".join(lines).encode("latin-1")
 
     def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.close()
         if self.h2 is not None:
             self.h2.close()
         for conn in self.idle:
@@ -761,13 +873,22 @@ class PooledTransport:
         return pool, path
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        timeout: float | None = None,
     ) -> Response:
-        """Send one request on a pooled connection to the URL's origin."""
+        """Send one request on a pooled connection to the URL's origin.
+
+        `timeout` (seconds) bounds the whole exchange: TimeoutError when it runs out.
+        """
         if self._closed:
             raise TransportError("transport is closed", safe_to_retry=False)
         pool, path = self._pool_for(url)
-        return await pool.request(method, path, headers, body)
+        return await pool.request(method, path, headers, body, timeout)
 
     def protocol_of(self, url: str) -> str | None:
         """ "h2" or "http/1.1" once known for the URL's origin, else None."""

@@ -1,0 +1,90 @@
+"""The fan-out's fast paths: batches built ahead of sending, and deadlines kept without a
+timer per request on kept-alive HTTP/1.1 connections."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sender.helpers import Keys, ScriptedService
+from tidings.sender import ResultKind, RetryPolicy, Sender, SendResult
+from tidings.sender.core import _BATCH
+from tidings.webpush import VapidKey
+
+
+def sender(key: VapidKey, **options: object) -> Sender:
+    options.setdefault("retry", RetryPolicy.none())
+    return Sender(key, "mailto:ops@example.com", **options)  # type: ignore[arg-type]
+
+
+async def test_batches_keep_every_message_its_own_and_invalid_ones_in_place(
+    push_service: ScriptedService, vapid_key: VapidKey
+) -> None:
+    count = 2 * _BATCH + 17
+    keys = [Keys.generate() for _ in range(count)]
+    subs: list[object] = [
+        k.subscription(push_service.endpoint(f"b{i}")) for i, k in enumerate(keys)
+    ]
+    for at in (0, _BATCH - 1, _BATCH, count):  # unusable ones at the edges of batches
+        subs.insert(at, {"endpoint": push_service.endpoint("bad"), "keys": {"p256dh": "x"}})
+    push_service.delay = 0.005
+    results: list[SendResult] = []
+    async with sender(vapid_key) as s:
+        summary = await s.send_many(
+            subs, "batched", ttl=60, concurrency=5, on_result=results.append
+        )
+    assert summary.total == count + 4 == len(results)
+    assert summary.accepted == count and summary.counts[ResultKind.INVALID] == 4
+    assert push_service.max_in_flight <= 5
+    assert sorted(id(r.original) for r in results) == sorted(id(item) for item in subs)
+    invalid = [r for r in results if r.kind is ResultKind.INVALID]
+    assert all(r.original["endpoint"].endswith("/bad") for r in invalid)  # type: ignore[index]
+    for i, k in enumerate(keys):
+        (request,) = push_service.seen(f"b{i}")
+        assert k.decrypt(request.body, request.headers) == b"batched"
+
+
+async def test_a_kept_alive_connection_that_stops_answering_times_out(
+    push_service: ScriptedService, vapid_key: VapidKey
+) -> None:
+    keys = Keys.generate()
+    async with sender(vapid_key) as s:
+        assert (await s.send(keys.subscription(push_service.endpoint("w")), "x", ttl=0)).ok
+        push_service.delay = 1.0
+        started = time.monotonic()
+        late = await s.send(keys.subscription(push_service.endpoint("t")), "x", ttl=0, timeout=0.2)
+        waited = time.monotonic() - started
+        push_service.delay = 0.0
+        again = await s.send(keys.subscription(push_service.endpoint("n")), "x", ttl=0)
+    assert late.kind is ResultKind.FAILED and "no answer within 0.2 s" in (late.reason or "")
+    assert 0.19 <= waited < 0.8
+    assert again.ok  # the timed-out connection was dropped, a new one answers
+
+
+async def test_deadlines_of_requests_in_flight_expire_each_at_its_own_time(
+    push_service: ScriptedService, vapid_key: VapidKey
+) -> None:
+    keys = [Keys.generate() for _ in range(3)]
+    async with sender(vapid_key) as s:
+        push_service.delay = 0.05  # three connections open at once, then kept alive
+        warm = await s.send_many(
+            [k.subscription(push_service.endpoint(f"k{i}")) for i, k in enumerate(keys)],
+            "x",
+            ttl=0,
+            concurrency=3,
+        )
+        assert warm.all_accepted and len(push_service.peers) == 3
+        push_service.delay = 0.5
+        started = time.monotonic()
+
+        async def timed(i: int, timeout: float) -> tuple[SendResult, float]:
+            sub = keys[i].subscription(push_service.endpoint(f"d{i}"))
+            result = await s.send(sub, "x", ttl=0, timeout=timeout)
+            return result, time.monotonic() - started
+
+        (a, at_a), (b, at_b), (c, at_c) = await asyncio.gather(
+            timed(0, 0.3), timed(1, 2.0), timed(2, 0.15)
+        )
+    assert c.kind is ResultKind.FAILED and 0.14 <= at_c < 0.3
+    assert a.kind is ResultKind.FAILED and 0.29 <= at_a < 0.5
+    assert b.ok and 0.45 <= at_b < 1.5
