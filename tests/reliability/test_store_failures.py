@@ -15,6 +15,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -134,6 +135,15 @@ async def test_full_disk_answers_503_never_201_then_recovers(
         await asyncio.to_thread(process.stop)
 
 
+async def _query_only(store: Any, on: bool) -> None:
+    """Make both of the SQLite store's connections (its worker's and the event loop's)
+    refuse writes, as a read-only file would."""
+    pragma = f"PRAGMA query_only = {'ON' if on else 'OFF'}"
+    await store._run(lambda db: db.execute(pragma))
+    if store._inline is not None:
+        store._inline.execute(pragma)
+
+
 async def test_read_only_database_answers_503_never_201(tmp_path: Path) -> None:
     async with running_service(tmp_path, rate_push_subscription="off") as running:
         assert running.service is not None
@@ -143,13 +153,13 @@ async def test_read_only_database_answers_503_never_201(tmp_path: Path) -> None:
         await agent.close()
         async with httpx.AsyncClient(timeout=10) as client:
             assert (await push(client, registration, "before")).status_code == 201
-            await store._run(lambda db: db.execute("PRAGMA query_only = ON"))  # type: ignore[attr-defined]
+            await _query_only(store, True)
             for number in range(5):
                 response = await push(client, registration, f"read-only {number}")
                 assert response.status_code == 503, response.text
                 assert response.headers["retry-after"].isdigit()
                 assert response.json()["errno"] == 503
-            await store._run(lambda db: db.execute("PRAGMA query_only = OFF"))  # type: ignore[attr-defined]
+            await _query_only(store, False)
             assert (await push(client, registration, "after")).status_code == 201
         again = await running.agent(agent.uaid)
         again.registrations = agent.registrations

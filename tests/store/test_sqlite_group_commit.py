@@ -4,10 +4,14 @@ that fails half-way is undone alone while the others are committed."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
 from tidings.service.store import TooManyMessages
+from tidings.service.store import sqlite as sqlite_module
 from tidings.service.store.base import StoredMessage
 from tidings.service.store.sqlite import SQLiteStore
 
@@ -58,5 +62,87 @@ async def test_a_group_without_failures_is_committed_whole(tmp_path: Path) -> No
         results = await _queued_together(store, *((m, 100) for m in sent))
         assert results == [[] for _ in sent]
         assert await store.count_messages() == 20
+    finally:
+        await store.close()
+
+
+# Groups run on the event loop (synchronous=NORMAL) ---------------------------------
+
+
+async def test_the_loop_never_waits_for_another_writer(tmp_path: Path) -> None:
+    """Another process holding the write lock: the push goes to the worker thread,
+    which waits for the lock, while the event loop keeps running."""
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    other = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    try:
+        await subscribe(store)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as a --workers sibling
+        pushed = asyncio.ensure_future(put(store, message()))
+        ticks = 0
+        for _ in range(20):  # 0.2 s during which the loop must keep turning
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20 and not pushed.done()
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(pushed, 5) == []
+        assert await store.count_messages() == 1
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_group_waits_for_earlier_groups_on_the_worker(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    try:
+        await subscribe(store)
+        hold = threading.Event()
+        held = asyncio.ensure_future(store._run(lambda _db: hold.wait(5)))
+        await asyncio.sleep(0.05)
+        later = asyncio.ensure_future(put(store, message()))  # could run inline, but
+        await asyncio.sleep(0.05)
+        assert not later.done()  # order: it waits behind the held group
+        hold.set()
+        await held
+        assert await later == []
+    finally:
+        await store.close()
+
+
+async def test_full_synchronous_mode_runs_every_group_on_the_worker(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db", synchronous="full")
+    await store.open()
+    try:
+        await subscribe(store)
+        assert await put(store, message()) == []
+        assert store._inline is None and store._inline_commits == 0
+    finally:
+        await store.close()
+
+
+async def test_inline_commits_ask_the_worker_to_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY", 5)
+    store = SQLiteStore(tmp_path / "t.db")
+    checkpoints = threading.Semaphore(0)
+    checkpoint = store._checkpoint
+
+    def counted() -> None:
+        checkpoint()
+        checkpoints.release()
+
+    monkeypatch.setattr(store, "_checkpoint", counted)
+    await store.open()
+    try:
+        await subscribe(store)
+        for _ in range(12):
+            await put(store, message())
+        assert store._inline_commits >= 10
+        assert checkpoints.acquire(timeout=5)
+        # The loop's connection never checkpoints on its own: that would fsync on it.
+        assert store._inline is not None
+        assert store._inline.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
     finally:
         await store.close()
