@@ -57,6 +57,8 @@ class Http1Connection(asyncio.Protocol):
         self._first_data = True
         self._upgrade: Request | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the pending timer fires
+        self._deadline = 0.0  # when the connection times out (may be later: re-armed then)
         self._closing = False
 
     # asyncio.Protocol -----------------------------------------------------------------
@@ -244,12 +246,24 @@ class Http1Connection(asyncio.Protocol):
             self._close()
 
     def _arm_timer(self, delay: float) -> None:
+        # Called twice per request: moving a deadline later only records it, and the
+        # timer, when it fires, re-arms itself for what is left (no cancel, no new
+        # timer per request).
+        loop = asyncio.get_running_loop()
+        self._deadline = deadline = loop.time() + delay
         if self._timer is not None:
+            if deadline >= self._timer_at:
+                return
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(delay, self._timed_out)
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._timed_out)
 
     def _timed_out(self) -> None:
         self._timer = None
+        if self._deadline > self._timer_at:
+            self._timer_at = self._deadline
+            self._timer = asyncio.get_running_loop().call_at(self._deadline, self._timed_out)
+            return
         if self._worker is None and not self._closing:
             self._close()  # an idle keep-alive connection, or a request that never finished
 
