@@ -667,3 +667,18 @@ def test_accept_key_of_the_rfc_example() -> None:
     assert ws.is_valid_client_key("dGhlIHNhbXBsZSBub25jZQ==")
     assert not ws.is_valid_client_key("short")
     assert not ws.is_valid_client_key("")
+
+
+def test_the_garbage_collector_is_tuned_once_started() -> None:
+    import gc
+
+    from tidings.service.run import GC_YOUNG_THRESHOLD, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0  # start-up's objects are out of its sight
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
