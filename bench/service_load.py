@@ -223,7 +223,7 @@ def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes
     seconds = max(1, args.duration - 2)
     return subprocess.Popen(
         [
-            *(py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250"),
+            *(py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100"),
             *("--threads", "--format", args.profile_format, "--output", args.profile),
         ],
         stdout=subprocess.DEVNULL,
@@ -351,6 +351,50 @@ def bench_ceiling(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         server.wait(10)
 
 
+UVICORN_APP = r"""
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 201,
+                "headers": [(b"location", b"/m/x"), (b"ttl", b"60")]})
+    await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def bench_uvicorn(args: argparse.Namespace, workdir: Path) -> dict[str, float] | None:
+    """The reference of issue 9: a do-nothing POST handler on uvicorn (httptools, uvloop)."""
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        return None
+    (workdir / "null_app.py").write_text(UVICORN_APP)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "uvicorn", "null_app:app", "--port", str(port)),
+            *("--loop", "uvloop", "--http", "httptools", "--log-level", "warning"),
+            "--no-access-log",
+        ],
+        cwd=workdir,
+    )
+    try:
+        wait_port(port)
+        return run_wrk(
+            f"http://127.0.0.1:{port}",
+            ["/push/x"],
+            {"TTL": "60"},
+            b"\0" * 230,
+            args.duration,
+            args.connections,
+            workdir,
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def bench_peer(args: argparse.Namespace, workdir: Path) -> dict[str, float] | None:
     node_dir = REPO / "tests" / "node"
     if shutil.which("node") is None or not (node_dir / "node_modules").exists():
@@ -419,6 +463,12 @@ def main() -> None:
             f"ceiling (same server, no work):   {ceiling['rps']:>9,.0f} req/s  "
             f"p50 {ceiling['p50_ms']:.2f} ms  p99 {ceiling['p99_ms']:.2f} ms"
         )
+        uvicorn = bench_uvicorn(args, workdir)
+        if uvicorn is not None:
+            print(
+                f"uvicorn do-nothing (reference):   {uvicorn['rps']:>9,.0f} req/s  "
+                f"p50 {uvicorn['p50_ms']:.2f} ms  p99 {uvicorn['p99_ms']:.2f} ms"
+            )
         tidings = bench_tidings(args, workdir)
         print(
             f"tidings accepted:                 {tidings['rps']:>9,.0f} req/s  "
@@ -438,10 +488,10 @@ def main() -> None:
                 f"web-push-testing accepted:        {peer['rps']:>9,.0f} req/s  "
                 f"non-2xx {peer['non2xx']}"
             )
-            print(
-                f"ratio tidings/peer: {tidings['rps'] / peer['rps']:.1f}x; "
-                f"tidings/ceiling: {tidings['rps'] / ceiling['rps']:.0%}"
-            )
+            print(f"ratio tidings/peer: {tidings['rps'] / peer['rps']:.1f}x")
+        print(f"ratio tidings/own ceiling: {tidings['rps'] / ceiling['rps']:.0%}")
+        if uvicorn is not None:
+            print(f"ratio tidings/uvicorn do-nothing: {tidings['rps'] / uvicorn['rps']:.0%}")
 
 
 if __name__ == "__main__":
