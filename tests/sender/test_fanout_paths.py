@@ -4,7 +4,11 @@ timer per request on kept-alive HTTP/1.1 connections."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from sender.helpers import Keys, ScriptedService
 from tidings.sender import ResultKind, RetryPolicy, Sender, SendResult
@@ -88,3 +92,35 @@ async def test_deadlines_of_requests_in_flight_expire_each_at_its_own_time(
     assert c.kind is ResultKind.FAILED and 0.14 <= at_c < 0.3
     assert a.kind is ResultKind.FAILED and 0.29 <= at_a < 0.5
     assert b.ok and 0.45 <= at_b < 1.5
+
+
+async def test_when_the_workers_are_behind_the_loop_encrypts_batches_itself(
+    push_service: ScriptedService, vapid_key: VapidKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks wait in a busy pool; the rest is built here meanwhile, none is lost or doubled."""
+    from tidings.sender import core
+
+    monkeypatch.setattr(core, "_CHUNK", 4)
+    released = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    pool.submit(released.wait, 10)  # the only "worker" is busy until released
+    keys = [Keys.generate() for _ in range(40)]
+    subs = [k.subscription(push_service.endpoint(f"s{i}")) for i, k in enumerate(keys)]
+    async with sender(vapid_key) as s:
+        s._pool, s.encrypt_workers = pool, 1  # type: ignore[assignment]
+        released_at: list[float] = []
+
+        def release() -> None:
+            released_at.append(time.monotonic())
+            released.set()
+
+        asyncio.get_running_loop().call_later(0.5, release)
+        summary = await s.send_many(subs, "starved", ttl=60, concurrency=6)
+        s._pool = None
+    pool.shutdown()
+    assert summary.accepted == 40
+    early = [r for r in push_service.requests if r.at < released_at[0]]
+    assert len(early) >= 40 - 3 * 4  # all but the chunks held by the pool went out before
+    for i, k in enumerate(keys):
+        (request,) = push_service.seen(f"s{i}")
+        assert k.decrypt(request.body, request.headers) == b"starved"
