@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -21,14 +22,20 @@ def sender(key: VapidKey, **options: object) -> Sender:
     return Sender(key, "mailto:ops@example.com", **options)  # type: ignore[arg-type]
 
 
+def subscribers(
+    service: ScriptedService, prefix: str, count: int
+) -> tuple[list[Keys], list[dict[str, Any]]]:
+    """`count` user agents' keys and their subscriptions at /push/<prefix><i>."""
+    keys = [Keys.generate() for _ in range(count)]
+    return keys, [k.subscription(service.endpoint(f"{prefix}{i}")) for i, k in enumerate(keys)]
+
+
 async def test_batches_keep_every_message_its_own_and_invalid_ones_in_place(
     push_service: ScriptedService, vapid_key: VapidKey
 ) -> None:
     count = 2 * _BATCH + 17
-    keys = [Keys.generate() for _ in range(count)]
-    subs: list[object] = [
-        k.subscription(push_service.endpoint(f"b{i}")) for i, k in enumerate(keys)
-    ]
+    keys, found = subscribers(push_service, "b", count)
+    subs: list[object] = list(found)
     for at in (0, _BATCH - 1, _BATCH, count):  # unusable ones at the edges of batches
         subs.insert(at, {"endpoint": push_service.endpoint("bad"), "keys": {"p256dh": "x"}})
     push_service.delay = 0.005
@@ -104,8 +111,7 @@ async def test_when_the_workers_are_behind_the_loop_encrypts_batches_itself(
     released = threading.Event()
     pool = ThreadPoolExecutor(1)
     pool.submit(released.wait, 10)  # the only "worker" is busy until released
-    keys = [Keys.generate() for _ in range(40)]
-    subs = [k.subscription(push_service.endpoint(f"s{i}")) for i, k in enumerate(keys)]
+    keys, subs = subscribers(push_service, "s", 40)
     async with sender(vapid_key) as s:
         s._pool, s.encrypt_workers = pool, 1  # type: ignore[assignment]
         released_at: list[float] = []
@@ -124,3 +130,45 @@ async def test_when_the_workers_are_behind_the_loop_encrypts_batches_itself(
     for i, k in enumerate(keys):
         (request,) = push_service.seen(f"s{i}")
         assert k.decrypt(request.body, request.headers) == b"starved"
+
+
+async def test_a_point_off_the_curve_is_refused_alike_with_and_without_workers(
+    push_service: ScriptedService, vapid_key: VapidKey
+) -> None:
+    """With workers the point is first decoded in the worker; the result must not differ."""
+    from tidings.webpush import b64url_encode
+
+    keys, subs = subscribers(push_service, "c", 5)
+    off_curve = keys[0].subscription(push_service.endpoint("off"))
+    off_curve["keys"]["p256dh"] = b64url_encode(b"\x04" + bytes(64))
+    subs.insert(2, off_curve)
+    reasons = []
+    for workers in (0, 1):
+        async with sender(vapid_key, encrypt_workers=workers) as s:
+            summary = await s.send_many(subs, "curve", ttl=60)
+        assert summary.accepted == 5 and summary.counts[ResultKind.INVALID] == 1
+        (refused,) = summary.problems
+        assert refused.original is off_curve and refused.attempts == 0
+        reasons.append(refused.reason)
+    assert reasons[0] == reasons[1]
+    assert reasons[0] == "unusable subscription: subscription keys.p256dh is not a P-256 public key"
+    assert push_service.seen("off") == []
+    for i, k in enumerate(keys):
+        for request in push_service.seen(f"c{i}"):
+            assert k.decrypt(request.body, request.headers) == b"curve"
+
+
+async def test_results_from_workers_carry_a_usable_subscription(
+    push_service: ScriptedService, vapid_key: VapidKey
+) -> None:
+    keys, subs = subscribers(push_service, "u", 3)
+    results: list[SendResult] = []
+    async with sender(vapid_key, encrypt_workers=1) as s:
+        await s.send_many(subs, "u", ttl=60, on_result=results.append)
+    assert len(results) == 3
+    for result in results:
+        i = int(result.subscription.endpoint.rsplit("u", 1)[1])
+        assert result.subscription.p256dh == keys[i].p256dh
+        assert result.subscription.public_key.public_numbers() == (
+            keys[i].private_key.public_key().public_numbers()
+        )

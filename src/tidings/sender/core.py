@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import urljoin
 
 from tidings.sender.keys import VapidKeyLike, load_vapid_key
@@ -35,6 +35,7 @@ from tidings.sender.request import (
     encode_payload,
     encrypt_for,
     to_subscription,
+    to_subscription_for_worker,
 )
 from tidings.sender.results import (
     FanoutSummary,
@@ -619,10 +620,16 @@ class _Fanout:
         self.in_flight = 0
         self.wake = asyncio.Event()
 
-    def _prepare(self, item: SubscriptionLike) -> tuple[Subscription, bytes] | SendResult:
-        """The subscription and its plaintext, or an `invalid` result."""
+    def _prepare(
+        self, item: SubscriptionLike, for_worker: bool = False
+    ) -> tuple[Subscription, bytes] | SendResult:
+        """The subscription and its plaintext, or an `invalid` result.
+
+        `for_worker`: the point is left for the encryption worker to check (`_send` turns
+        its refusal into the same `invalid` result).
+        """
         try:
-            sub = to_subscription(item)
+            sub = to_subscription_for_worker(item) if for_worker else to_subscription(item)
         except (WebPushError, ValueError) as exc:
             return _invalid(item, f"unusable subscription: {exc}")
         if self.personalise is None:
@@ -642,7 +649,13 @@ class _Fanout:
 
     async def _send(self, item: object, sub: Subscription, encrypted: EncryptedItem) -> None:
         if isinstance(encrypted, str):
-            await self._finish(_invalid(item, encrypted, sub))
+            # Check the subscription fully (a worker may have been the first to decode its
+            # point): an unusable one gets the same result as when built in this process.
+            prepared = self._prepare(cast(SubscriptionLike, item))
+            if isinstance(prepared, SendResult):
+                await self._finish(prepared)
+            else:
+                await self._finish(_invalid(item, encrypted, prepared[0]))
             return
         body, coding = encrypted
         request = self.sender._assemble(
@@ -734,7 +747,7 @@ class _Fanout:
             batch = await self.source.take(_CHUNK)
             items: list[tuple[object, Subscription, bytes]] = []
             for item in batch:
-                prepared = self._prepare(item)
+                prepared = self._prepare(item, for_worker=True)
                 if isinstance(prepared, SendResult):
                     await self._finish(prepared)
                 else:

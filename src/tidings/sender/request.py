@@ -82,6 +82,16 @@ class PushRequest:
 
 def to_subscription(value: SubscriptionLike) -> Subscription:
     """A `Subscription` from the model itself, a `toJSON()` dict, or its JSON text."""
+    return _to_subscription(value, Subscription)
+
+
+def to_subscription_for_worker(value: SubscriptionLike) -> Subscription:
+    """`to_subscription` leaving a dict's point to be checked by the encryption worker that
+    decodes it anyway (see `Subscription._point_checked_elsewhere`)."""
+    return _to_subscription(value, Subscription._point_checked_elsewhere)
+
+
+def _to_subscription(value: SubscriptionLike, make: Callable[..., Subscription]) -> Subscription:
     if isinstance(value, Subscription):
         return value
     if type(value) is dict:
@@ -89,7 +99,7 @@ def to_subscription(value: SubscriptionLike) -> Subscription:
         # anything unusual goes through from_json for its precise error message.
         try:
             keys = value["keys"]
-            return Subscription(
+            return make(
                 value["endpoint"],
                 b64url_decode(keys["p256dh"]),
                 b64url_decode(keys["auth"]),
