@@ -66,6 +66,9 @@ class _SlowSession:
     def __init__(self) -> None:
         self.started = asyncio.Event()
 
+    def handle_now(self, text: str) -> bool:
+        return False  # every frame takes the queued path
+
     async def on_text(self, text: str) -> None:
         self.started.set()
         await asyncio.Event().wait()

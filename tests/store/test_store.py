@@ -293,6 +293,28 @@ async def test_delete_message_returns_it_once(store: Store) -> None:
     assert await store.pending_messages("ua1", NOW, 10) == []
 
 
+async def test_delete_messages_answers_each_key_in_order(store: Store) -> None:
+    await subscribe(store)
+    await store.add_receipt_subscription("r1", NOW)
+    plain, wanted = message(), message(receipt_id="r1")
+    kept = message()
+    for sent in (plain, wanted, kept):
+        await put(store, sent)
+    await store.mark_delivered("ua1", wanted.message_id)
+    keys = [
+        ("ua1", plain.message_id),
+        ("ua1", "unknown"),
+        ("other-ua", kept.message_id),  # not that user agent's: untouched
+        ("ua1", wanted.message_id),
+        ("ua1", plain.message_id),  # a repeated ack finds nothing the second time
+    ]
+    assert await store.delete_messages(keys) == [plain, None, None, wanted, None]
+    assert ids(await store.pending_messages("ua1", NOW, 10)) == [kept.message_id]
+    (receipt,) = await store.pending_receipts("r1", 10)
+    assert (receipt.message_id, receipt.status) == (wanted.message_id, 204)
+    assert await store.delete_messages([]) == []
+
+
 async def test_count_messages(store: Store) -> None:
     assert await store.count_messages() == 0
     await subscribe(store, "ua1")

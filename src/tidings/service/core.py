@@ -106,6 +106,9 @@ def store_unavailable(exc: Exception) -> ServiceError:
     )
 
 
+MAX_ACKS_PER_WRITE = 256  # acknowledgements deleted in one store call at most
+
+
 class PushService:
     """The push service of one node: store, tokens, connected user agents."""
 
@@ -129,6 +132,8 @@ class PushService:
         )
         self._sealer: TokenSealer | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._acks: list[tuple[str, str]] = []  # acknowledged, not yet deleted
+        self._ack_writer: asyncio.Task[None] | None = None
         self.draining = False
         self.started_at = time.time()
 
@@ -150,6 +155,9 @@ class PushService:
 
     async def stop(self) -> None:
         """Stop background work and close the store."""
+        if self._ack_writer is not None:
+            with contextlib.suppress(Exception):
+                await self._ack_writer  # acknowledged messages are deleted before closing
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -466,14 +474,37 @@ class PushService:
 
     async def acknowledge(self, uaid: str, message_id: str, code: int) -> None:
         """The user agent has the message (code 100) or cannot use it (101, 102)."""
+        self.acknowledge_soon(uaid, message_id, code)
+        if self._ack_writer is not None:
+            await asyncio.shield(self._ack_writer)
+
+    def acknowledge_soon(self, uaid: str, message_id: str, code: int) -> None:
+        """`acknowledge` without waiting: the deletes of the acknowledgements that arrive
+        together are written in one store call (a receipt follows if one was asked
+        for). If the store is down the message stays stored and is delivered again."""
         self.metrics.acknowledged(code)
-        deleted = await self.store.delete_message(uaid, message_id)
         if code != 100:
             log.info("message %s acknowledged with code %d", message_id, code)
-        if deleted is None:
-            log.debug("ack for unknown or TTL-0 message %s", message_id)
-        elif deleted.receipt_id is not None:
-            self.hub.notify_receipt(deleted.receipt_id)
+        self._acks.append((uaid, message_id))
+        if self._ack_writer is None:
+            self._ack_writer = asyncio.ensure_future(self._write_acks())
+
+    async def _write_acks(self) -> None:
+        try:
+            while self._acks:
+                keys, self._acks = self._acks[:MAX_ACKS_PER_WRITE], self._acks[MAX_ACKS_PER_WRITE:]
+                try:
+                    deleted = await self.store.delete_messages(keys)
+                except StoreUnavailable as exc:
+                    log.warning("cannot delete %d acknowledged messages: %s", len(keys), exc)
+                    continue
+                for (_, message_id), message in zip(keys, deleted, strict=True):
+                    if message is None:
+                        log.debug("ack for unknown or TTL-0 message %s", message_id)
+                    elif message.receipt_id is not None:
+                        self.hub.notify_receipt(message.receipt_id)
+        finally:
+            self._ack_writer = None
 
     async def mark_delivered(self, message: StoredMessage) -> None:
         """Remember that a message wanting a receipt reached its user agent."""

@@ -84,18 +84,7 @@ class WebSocketSession:
         elif isinstance(message, wp.Unregister):
             await self._unregister(self.uaid, message)
         elif isinstance(message, wp.Ack):
-            for update in message.updates:
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug(
-                        "acknowledged with code %d",
-                        update.code,
-                        extra={"message_id": update.version},
-                    )
-                self._unacked.discard(update.version)
-                self._acked[update.version] = None
-                if len(self._acked) > RECENT_ACKS:
-                    self._acked.popitem(last=False)
-                await self.service.acknowledge(self.uaid, update.version, update.code)
+            self._on_ack(self.uaid, message)
         elif isinstance(message, wp.Nack):
             log.info(
                 "nack from %s for %s (code %s)",
@@ -105,6 +94,35 @@ class WebSocketSession:
             )
         elif isinstance(message, wp.BroadcastSubscribe):
             await self._send(wp.broadcast_reply({}))
+
+    def handle_now(self, text: str) -> bool:
+        """Handle an `ack` frame at once, without waiting for a task: it is the frame
+        a user agent sends most, and needs no answer. False for any other frame (or
+        one that does not parse), which then takes the queued path of `on_text`."""
+        if self.uaid is None or "ack" not in text:
+            return False
+        try:
+            message = wp.parse_client_frame(text)
+        except wp.FrameError:
+            return False
+        if not isinstance(message, wp.Ack):
+            return False
+        self._on_ack(self.uaid, message)
+        return True
+
+    def _on_ack(self, uaid: str, message: wp.Ack) -> None:
+        for update in message.updates:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "acknowledged with code %d",
+                    update.code,
+                    extra={"message_id": update.version},
+                )
+            self._unacked.discard(update.version)
+            self._acked[update.version] = None
+            if len(self._acked) > RECENT_ACKS:
+                self._acked.popitem(last=False)
+            self.service.acknowledge_soon(uaid, update.version, update.code)
 
     async def _hello(self, hello: wp.Hello) -> None:
         if self.uaid is not None:

@@ -292,6 +292,8 @@ class PushWebSocket(asyncio.Protocol):
                 if event.text is None:
                     self.fail(wp.CLOSE_UNSUPPORTED_DATA, "only text frames are accepted")
                     return
+                if not self._inbox and self._worker is None and self.session.handle_now(event.text):
+                    continue  # an ack, handled in order: nothing was waiting before it
                 self._inbox.append(event.text)
             elif isinstance(event, Ping):
                 self.transport.write(encode_frame(OP_PONG, event.payload))

@@ -7,6 +7,7 @@ PostgreSQL (scale-out) implement it. Every method is one short transaction.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -161,6 +162,10 @@ class Store(Protocol):
         If the message wants a receipt and was delivered, a 204 receipt is queued in the
         same transaction.
         """
+
+    async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
+        """`delete_message` for each (uaid, message_id), in one transaction; one result
+        per key, in order (acknowledgements arriving together)."""
 
     async def delete_expired(self, now: float) -> int:
         """Delete every message whose TTL has passed; return how many.

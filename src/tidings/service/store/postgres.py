@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -439,6 +439,15 @@ class PostgresStore:
             lambda conn: conn.fetchrow(_DELETE_MESSAGE, uaid, message_id, time.time())
         )
         return None if row is None else _message_from_row(row)
+
+    async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
+        async def work(conn: asyncpg.Connection) -> list[StoredMessage | None]:
+            now = time.time()
+            async with conn.transaction():
+                rows = [await conn.fetchrow(_DELETE_MESSAGE, uaid, mid, now) for uaid, mid in keys]
+            return [None if row is None else _message_from_row(row) for row in rows]
+
+        return await self._run(work)
 
     async def delete_expired(self, now: float) -> int:
         total = 0

@@ -35,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -641,15 +641,25 @@ class SQLiteStore:
         )
 
     async def delete_message(self, uaid: str, message_id: str) -> StoredMessage | None:
-        def write(db: sqlite3.Connection) -> StoredMessage | None:
-            row = db.execute(_DELETE_MESSAGE, (uaid, message_id)).fetchone()
-            if row is not None and row[10] is not None and row[11]:
-                db.execute(
-                    _INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, time.time(), row[10])
-                )
-            return None if row is None else _message_from_row(row)
+        return await self._op(lambda db: self._delete_message_in(db, uaid, message_id))
 
-        return await self._op(write)
+    async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
+        return await self._op(
+            lambda db: [self._delete_message_in(db, uaid, message_id) for uaid, message_id in keys]
+        )
+
+    @staticmethod
+    def _delete_message_in(
+        db: sqlite3.Connection, uaid: str, message_id: str
+    ) -> StoredMessage | None:
+        row = db.execute(_DELETE_MESSAGE, (uaid, message_id)).fetchone()
+        if row is None:
+            return None
+        if row[10] is not None and row[11]:
+            db.execute(
+                _INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, time.time(), row[10])
+            )
+        return _message_from_row(row)
 
     async def delete_expired(self, now: float) -> int:
         def write(db: sqlite3.Connection) -> int:
