@@ -13,6 +13,7 @@ from tidings.webpush.ece import (
     MAX_PLAINTEXT,
     TAG_LENGTH,
     decode_records,
+    derive_key_and_nonce,
     hmac_sha256,
     parse_ece_header,
 )
@@ -35,8 +36,6 @@ _ECDH = ec.ECDH()
 _X962 = serialization.Encoding.X962
 _UNCOMPRESSED = serialization.PublicFormat.UncompressedPoint
 _INFO = b"WebPush: info\x00"
-_KEY_INFO = b"Content-Encoding: aes128gcm\x00\x01"
-_NONCE_INFO = b"Content-Encoding: nonce\x00\x01"
 _HEADER_LENGTH = 16 + 4 + 1 + 65
 _RS_IDLEN = struct.Struct(">IB")
 
@@ -116,11 +115,7 @@ def encrypt_for_key(
     as_public = private_key.public_key().public_bytes(_X962, _UNCOMPRESSED)
     secret = private_key.exchange(_ECDH, ua_key)
     # RFC 8291 §3.4 and RFC 8188 §2.2-2.3, each HKDF being a single HMAC-SHA-256 block.
-    prk_key = hmac_sha256(auth_secret, secret)
-    ikm = hmac_sha256(prk_key, _INFO + ua_public + as_public + b"\x01")
-    prk = hmac_sha256(salt, ikm)
-    cek = hmac_sha256(prk, _KEY_INFO)[:16]
-    nonce = hmac_sha256(prk, _NONCE_INFO)[:12]
+    cek, nonce = derive_key_and_nonce(derive_ikm(secret, auth_secret, ua_public, as_public), salt)
     record = data + b"\x02" if not pad else data + b"\x02" + b"\x00" * pad
     return (
         salt
