@@ -202,14 +202,14 @@ class _H1Connection(asyncio.Protocol):
                 if len(buf) > _MAX_HEAD:
                     self._fail("answer headers too long")
                 return
-            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+            status_line, _, rest = buf[:end].decode("latin-1").partition("\r\n")
             del buf[: end + 4]
-            version, _, rest = lines[0].partition(" ")
+            version, _, reason = status_line.partition(" ")
             if not version.startswith("HTTP/1."):
-                raise ValueError(f"bad status line {lines[0][:80]!r}")
-            status = int(rest[:3])
+                raise ValueError(f"bad status line {status_line[:80]!r}")
+            status = int(reason[:3])
             headers: dict[str, str] = {}
-            for line in lines[1:]:
+            for line in rest.split("\r\n") if rest else ():
                 name, sep, value = line.partition(":")
                 if not sep:
                     raise ValueError(f"bad header line {line[:80]!r}")
@@ -220,12 +220,18 @@ class _H1Connection(asyncio.Protocol):
                 self._parse()
                 return
             self._head = (status, version, headers)
-            connection = headers.get("connection", "").lower()
-            if "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection):
+            connection = headers.get("connection")
+            if connection is not None:
+                connection = connection.lower()
+                if "close" in connection:
+                    self.reusable = False
+            if version == "HTTP/1.0" and "keep-alive" not in (connection or ""):
                 self.reusable = False
-            if status in (204, 304):
+            if status == 204 or status == 304:
                 self._remaining = 0
-            elif "chunked" in headers.get("transfer-encoding", "").lower():
+            elif (
+                "transfer-encoding" in headers and "chunked" in headers["transfer-encoding"].lower()
+            ):
                 self._remaining = -2
                 self._chunk_left = 0
             elif "content-length" in headers:
@@ -236,10 +242,12 @@ class _H1Connection(asyncio.Protocol):
             else:
                 self._remaining = -1
                 self.reusable = False
-        if self._remaining >= 0:
-            if len(buf) >= self._remaining:
-                self._body += buf[: self._remaining]
-                del buf[: self._remaining]
+        remaining = self._remaining
+        if remaining >= 0:
+            if len(buf) >= remaining:
+                if remaining:
+                    self._body += buf[:remaining]
+                    del buf[:remaining]
                 self._finish()
         elif self._remaining == -2:
             self._parse_chunks()
