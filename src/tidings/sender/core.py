@@ -457,6 +457,9 @@ class Sender:
         problem results. A subscription that cannot be used gives an `invalid` result
         instead of stopping the fan-out; a fixed payload that is too large raises first.
         `receipt=True` asks for a receipt for every message (see `send`).
+
+        Subscriptions are taken, validated and encrypted (and `data` called) a batch
+        of 64 at a time, ahead of sending them (256 per job with `encrypt_workers`).
         """
         check_options(ttl, urgency, topic, content_encoding)
         if type(concurrency) is not int or concurrency < 1:
