@@ -682,3 +682,48 @@ def test_the_garbage_collector_is_tuned_once_started() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@given(
+    channel_id=st.one_of(st.uuids().map(str), st.text(max_size=40)),
+    version=st.one_of(st.uuids().map(lambda u: u.hex), st.text(max_size=40)),
+    body=st.binary(max_size=64),
+    headers=st.one_of(
+        st.just({"encoding": "aes128gcm"}),
+        st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=3),
+    ),
+)
+def test_notification_frames_are_the_json_of_their_fields(
+    channel_id: str, version: str, body: bytes, headers: dict[str, str]
+) -> None:
+    frame = wp.notification_frame(channel_id, version, body, headers)
+    expected: dict[str, Any] = {
+        "messageType": "notification",
+        "channelID": channel_id,
+        "version": version,
+    }
+    if body:
+        expected.update(data=b64url_encode(body), headers=headers)
+    assert json.loads(frame) == expected
+    assert frame == json.dumps(expected, separators=(",", ":"))
+
+
+def test_opened_endpoint_tokens_are_remembered_but_only_authentic_ones() -> None:
+    from tidings.service import tokens
+
+    sealer = TokenSealer({1: TokenSealer.new_key()}, 1)
+    ref = EndpointRef("ab" * 16, "12345678-1234-1234-1234-123456789abc", None)
+    token = sealer.seal_endpoint(ref)
+    assert sealer.open_endpoint(token) == ref
+    assert sealer.open_endpoint(token) is sealer.open_endpoint(token)  # from the cache
+    forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    for _ in range(2):
+        with pytest.raises(TokenError):
+            sealer.open_endpoint(forged)
+    assert forged not in sealer._endpoints
+    for n in range(tokens.ENDPOINT_CACHE_SIZE + 5):  # bounded
+        sealer.open_endpoint(sealer.seal_endpoint(EndpointRef(f"{n:032x}", ref.channel_id, None)))
+    assert len(sealer._endpoints) <= tokens.ENDPOINT_CACHE_SIZE
+    other = TokenSealer({1: TokenSealer.new_key()}, 1)  # another key: its own cache
+    with pytest.raises(TokenError):
+        other.open_endpoint(token)

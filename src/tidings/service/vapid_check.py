@@ -24,21 +24,24 @@ class VapidChecker:
 
     def __init__(self, audience: str, *, cache_size: int = 10_000) -> None:
         self.audience = audience
-        self._cache: OrderedDict[tuple[str, str], VerifiedVapid] = OrderedDict()
+        # A verified token with the hash of its key (what restricted endpoints carry).
+        self._cache: OrderedDict[tuple[str, str], tuple[VerifiedVapid, bytes]] = OrderedDict()
         self._cache_size = cache_size
 
-    def _verify(self, authorization: str, crypto_key: str, now: float) -> VerifiedVapid:
+    def _verify(
+        self, authorization: str, crypto_key: str, now: float
+    ) -> tuple[VerifiedVapid, bytes]:
         cache_key = (authorization, crypto_key)
         cached = self._cache.get(cache_key)
-        if cached is not None and cached.expires_at > now:
+        if cached is not None and cached[0].expires_at > now:
             return cached
         verified = verify_vapid(
             authorization, audience=self.audience, crypto_key=crypto_key or None, now=now
         )
-        self._cache[cache_key] = verified
+        entry = self._cache[cache_key] = (verified, vapid_key_hash(verified.public_key))
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return verified
+        return entry
 
     def check(
         self, headers: Mapping[str, str], restricted_to: bytes | None
@@ -62,11 +65,12 @@ class VapidChecker:
                 headers={"www-authenticate": "vapid"},
             )
         try:
-            verified = self._verify(authorization, headers.get("crypto-key", ""), time.time())
+            verified, key_hash = self._verify(
+                authorization, headers.get("crypto-key", ""), time.time()
+            )
         except VapidError as exc:
             raise ServiceError(403, Errno.VAPID_INVALID, f"invalid VAPID token: {exc}") from None
         # Constant time, like every comparison with a value taken from a token.
-        key_hash = vapid_key_hash(verified.public_key)
         if restricted_to is not None and not hmac.compare_digest(key_hash, restricted_to):
             raise ServiceError(
                 403,

@@ -247,17 +247,29 @@ def broadcast_reply(broadcasts: dict[str, Any]) -> str:
     return _frame({"messageType": "broadcast", "broadcasts": broadcasts})
 
 
+_PLAIN = re.compile(r"[0-9a-f-]+")  # what canonical channel ids and message ids are made of
+_AES128GCM_HEADERS = _frame({"encoding": "aes128gcm"})
+
+
 def notification_frame(channel_id: str, version: str, body: bytes, headers: dict[str, str]) -> str:
     """A push message for the user agent. Carries no TTL, Topic, Urgency or VAPID data."""
-    payload: dict[str, Any] = {
-        "messageType": "notification",
-        "channelID": channel_id,
-        "version": version,
-    }
-    if body:
-        payload["data"] = b64url_encode(body)
-        payload["headers"] = headers
-    return _frame(payload)
+    if not _PLAIN.fullmatch(channel_id + version):
+        payload: dict[str, Any] = {
+            "messageType": "notification",
+            "channelID": channel_id,
+            "version": version,
+        }
+        if body:
+            payload["data"] = b64url_encode(body)
+            payload["headers"] = headers
+        return _frame(payload)
+    # The frame sent most: its ids and base64url data need no escaping, so it is
+    # assembled directly (the JSON encoder was 5 % of the service's time under load).
+    head = f'{{"messageType":"notification","channelID":"{channel_id}","version":"{version}"'
+    if not body:
+        return head + "}"
+    encoded = _AES128GCM_HEADERS if headers == {"encoding": "aes128gcm"} else _frame(headers)
+    return f'{head},"data":"{b64url_encode(body)}","headers":{encoded}}}'
 
 
 PING_REPLY = "{}"
