@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -172,3 +173,22 @@ async def test_results_from_workers_carry_a_usable_subscription(
         assert result.subscription.public_key.public_numbers() == (
             keys[i].private_key.public_key().public_numbers()
         )
+
+
+async def test_an_async_source_keeps_every_worker_busy_to_the_end(
+    push_service: ScriptedService, vapid_key: VapidKey
+) -> None:
+    """Workers waiting for the source while another takes its last batch must not leave."""
+    _, subs = subscribers(push_service, "a", 2 * _BATCH)
+
+    async def slowly() -> AsyncIterator[dict[str, Any]]:
+        for sub in subs:
+            await asyncio.sleep(0.001)
+            yield sub
+
+    push_service.delay = 0.05
+    async with sender(vapid_key) as s:
+        summary = await s.send_many(slowly(), "x", ttl=0, concurrency=8)
+    assert summary.accepted == 2 * _BATCH
+    # 128 answers of 50 ms, 8 at a time: about 0.8 s, not a last batch sent one by one.
+    assert summary.elapsed < 2.0

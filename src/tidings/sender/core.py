@@ -634,7 +634,7 @@ class _Fanout:
         try:
             sub = to_subscription_for_worker(item) if for_worker else to_subscription(item)
         except (WebPushError, ValueError) as exc:
-            return _invalid(item, f"unusable subscription: {exc}")
+            return _unusable(item, exc)
         if self.personalise is None:
             assert self.fixed is not None
             return sub, self.fixed
@@ -654,11 +654,12 @@ class _Fanout:
         if isinstance(encrypted, str):
             # Check the subscription fully (a worker may have been the first to decode its
             # point): an unusable one gets the same result as when built in this process.
-            prepared = self._prepare(cast(SubscriptionLike, item))
-            if isinstance(prepared, SendResult):
-                await self._finish(prepared)
+            try:
+                checked = to_subscription(cast(SubscriptionLike, item))
+            except (WebPushError, ValueError) as exc:
+                await self._finish(_unusable(item, exc))
             else:
-                await self._finish(_invalid(item, encrypted, prepared[0]))
+                await self._finish(_invalid(item, encrypted, checked))
             return
         body, coding = encrypted
         request = self.sender._assemble(
@@ -689,9 +690,10 @@ class _Fanout:
         while True:
             if not built:
                 batch = await self.source.take(_BATCH)
-                if not batch:
+                if batch:
+                    self._build_batch(batch)
+                elif not built:  # (another worker may have built the last batch meanwhile)
                     return
-                self._build_batch(batch)
                 continue
             job = built.popleft()
             if isinstance(job, SendResult):
@@ -786,6 +788,10 @@ class _Fanout:
                 return
             self.wake.clear()
             await self.wake.wait()
+
+
+def _unusable(item: object, problem: Exception) -> SendResult:
+    return _invalid(item, f"unusable subscription: {problem}")
 
 
 def _invalid(item: object, reason: str, sub: Subscription | None = None) -> SendResult:
