@@ -93,9 +93,38 @@ def message_columns(message: StoredMessage) -> tuple[object, ...]:
         message.expires_at,
         message.urgency,
         message.topic,
-        json.dumps(message.headers, separators=(",", ":")),
+        encode_headers(message.headers),
         message.receipt_id,
     )
+
+
+# Nearly every message carries the same delivery headers ({"encoding": "aes128gcm"}):
+# their JSON text is remembered both ways instead of encoded and parsed per message.
+# Only single-header sets are kept (aesgcm's carry per-message salts: never the same).
+_HEADER_CACHE_SIZE = 16
+_encoded_headers: dict[tuple[tuple[str, str], ...], str] = {}
+_decoded_headers: dict[str, dict[str, str]] = {}
+
+
+def encode_headers(headers: dict[str, str]) -> str:
+    """A message's delivery headers as the compact JSON the stores keep."""
+    key = tuple(headers.items())
+    text = _encoded_headers.get(key)
+    if text is None:
+        text = json.dumps(headers, separators=(",", ":"))
+        if len(key) == 1 and len(_encoded_headers) < _HEADER_CACHE_SIZE:
+            _encoded_headers[key] = text
+    return text
+
+
+def decode_headers(text: str) -> dict[str, str]:
+    """The delivery headers kept as `text` (a new dict each time: callers may change it)."""
+    headers = _decoded_headers.get(text)
+    if headers is None:
+        headers = json.loads(text)
+        if len(headers) == 1 and len(_decoded_headers) < _HEADER_CACHE_SIZE:
+            _decoded_headers[text] = headers
+    return dict(headers)
 
 
 class Store(Protocol):

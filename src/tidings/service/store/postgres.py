@@ -20,7 +20,6 @@ them once. Connection failures become `StoreUnavailable` (the service answers 50
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -34,6 +33,7 @@ from tidings.service.store.base import (
     SubscriptionGone,
     SubscriptionRecord,
     TooManyMessages,
+    decode_headers,
     message_columns,
 )
 
@@ -198,7 +198,7 @@ def _message_from_row(row: asyncpg.Record) -> StoredMessage:
         expires_at=row["expires_at"],
         urgency=row["urgency"],
         topic=row["topic"],
-        headers=json.loads(row["headers"]),
+        headers=decode_headers(row["headers"]),
         receipt_id=row["receipt_id"],
     )
 

@@ -28,7 +28,6 @@ WAL, in the OS page cache) but the last few may be lost if the machine loses pow
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import queue
@@ -46,6 +45,7 @@ from tidings.service.store.base import (
     SubscriptionGone,
     SubscriptionRecord,
     TooManyMessages,
+    decode_headers,
     message_columns,
 )
 
@@ -160,7 +160,7 @@ def _message_from_row(row: tuple[Any, ...]) -> StoredMessage:
         expires_at=row[6],
         urgency=row[7],
         topic=row[8],
-        headers=json.loads(row[9]),
+        headers=decode_headers(row[9]),
         receipt_id=row[10],
     )
 
