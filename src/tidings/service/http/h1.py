@@ -60,6 +60,7 @@ class Http1Connection(asyncio.Protocol):
         self._timer_at = 0.0  # when the pending timer fires
         self._deadline = 0.0  # when the connection times out (may be later: re-armed then)
         self._closing = False
+        self._loop = asyncio.get_running_loop()
 
     # asyncio.Protocol -----------------------------------------------------------------
 
@@ -249,7 +250,7 @@ class Http1Connection(asyncio.Protocol):
         # Called twice per request: moving a deadline later only records it, and the
         # timer, when it fires, re-arms itself for what is left (no cancel, no new
         # timer per request).
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._deadline = deadline = loop.time() + delay
         if self._timer is not None:
             if deadline >= self._timer_at:
@@ -262,7 +263,7 @@ class Http1Connection(asyncio.Protocol):
         self._timer = None
         if self._deadline > self._timer_at:
             self._timer_at = self._deadline
-            self._timer = asyncio.get_running_loop().call_at(self._deadline, self._timed_out)
+            self._timer = self._loop.call_at(self._deadline, self._timed_out)
             return
         if self._worker is None and not self._closing:
             self._close()  # an idle keep-alive connection, or a request that never finished
