@@ -15,7 +15,7 @@ import pytest
 from sender.helpers import Keys, ScriptedService
 from tidings.sender import ResultKind, RetryPolicy, Sender, SendResult
 from tidings.sender.core import _BATCH
-from tidings.webpush import VapidKey
+from tidings.webpush import Subscription, VapidKey, b64url_encode
 
 
 def sender(key: VapidKey, **options: object) -> Sender:
@@ -29,6 +29,13 @@ def subscribers(
     """`count` user agents' keys and their subscriptions at /push/<prefix><i>."""
     keys = [Keys.generate() for _ in range(count)]
     return keys, [k.subscription(service.endpoint(f"{prefix}{i}")) for i, k in enumerate(keys)]
+
+
+def point_off_the_curve(service: ScriptedService) -> dict[str, Any]:
+    """A well-formed subscription at /push/off whose p256dh is 0x04 || 64 zeros."""
+    subscription = Keys.generate().subscription(service.endpoint("off"))
+    subscription["keys"]["p256dh"] = b64url_encode(b"\x04" + bytes(64))
+    return subscription
 
 
 async def test_batches_keep_every_message_its_own_and_invalid_ones_in_place(
@@ -137,11 +144,8 @@ async def test_a_point_off_the_curve_is_refused_alike_with_and_without_workers(
     push_service: ScriptedService, vapid_key: VapidKey
 ) -> None:
     """With workers the point is first decoded in the worker; the result must not differ."""
-    from tidings.webpush import b64url_encode
-
     keys, subs = subscribers(push_service, "c", 5)
-    off_curve = keys[0].subscription(push_service.endpoint("off"))
-    off_curve["keys"]["p256dh"] = b64url_encode(b"\x04" + bytes(64))
+    off_curve = point_off_the_curve(push_service)
     subs.insert(2, off_curve)
     reasons = []
     for workers in (0, 1):
@@ -192,3 +196,23 @@ async def test_an_async_source_keeps_every_worker_busy_to_the_end(
     assert summary.accepted == 2 * _BATCH
     # 128 answers of 50 ms, 8 at a time: about 0.8 s, not a last batch sent one by one.
     assert summary.elapsed < 2.0
+
+
+async def test_with_workers_a_personalised_payload_sees_only_checked_subscriptions(
+    push_service: ScriptedService, vapid_key: VapidKey
+) -> None:
+    keys, subs = subscribers(push_service, "p", 3)
+    off_curve = point_off_the_curve(push_service)
+    seen: list[str] = []
+
+    def personal(sub: Subscription) -> str:
+        seen.append(sub.endpoint)
+        return "hi " + sub.endpoint.rsplit("/", 1)[1]
+
+    async with sender(vapid_key, encrypt_workers=1) as s:
+        summary = await s.send_many([*subs, off_curve], personal, ttl=60)
+    assert summary.accepted == 3 and summary.counts[ResultKind.INVALID] == 1
+    assert sorted(seen) == sorted(sub["endpoint"] for sub in subs)
+    for i, k in enumerate(keys):
+        (request,) = push_service.seen(f"p{i}")
+        assert k.decrypt(request.body, request.headers) == f"hi p{i}".encode()

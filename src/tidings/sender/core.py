@@ -752,7 +752,8 @@ class _Fanout:
             batch = await self.source.take(_CHUNK)
             items: list[tuple[object, Subscription, bytes]] = []
             for item in batch:
-                prepared = self._prepare(item, for_worker=True)
+                # (A personalised payload's function is shown checked subscriptions only.)
+                prepared = self._prepare(item, for_worker=self.personalise is None)
                 if isinstance(prepared, SendResult):
                     await self._finish(prepared)
                 else:
