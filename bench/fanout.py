@@ -4,7 +4,9 @@
     .venv/bin/python bench/fanout.py --n 2000 --rounds 1 --variants tidings,pywebpush_async
 
 A local sink answers 201 to every push (raw asyncio.Protocol on uvloop, in its own
-process: HTTP/1.1 keep-alive, and a minimal h2c variant). Every variant runs in its own
+process: HTTP/1.1 keep-alive, and a minimal h2c variant); with `--target service` the
+pushes go to a local `tidings serve` (SQLite) instead, to subscriptions made on it,
+where each push is checked, stored and answered for real. Every variant runs in its own
 subprocess so its peak memory (ru_maxrss) is its own; rounds are interleaved and the
 median is reported. Each subscription has its own P-256 key pair and auth secret.
 A variant's clock starts once its modules are imported; Tidings variants time the
@@ -162,7 +164,8 @@ def load_subs(path: Path, n: int, port: int) -> list[dict[str, Any]]:
             if i >= n:
                 break
             sub = json.loads(line)
-            sub["endpoint"] = f"http://127.0.0.1:{port}/wpush/v2/{sub['endpoint']}"
+            if not sub["endpoint"].startswith("http"):  # a sink's: any path will do
+                sub["endpoint"] = f"http://127.0.0.1:{port}/wpush/v2/{sub['endpoint']}"
             subs.append(sub)
     return subs
 
@@ -315,7 +318,7 @@ def run_variant(name: str, subs_file: Path, n: int, port: int) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def make_subscriptions(path: Path, n: int) -> None:
+def make_subscriptions(path: Path, n: int, endpoints: list[str] | None = None) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -330,7 +333,7 @@ def make_subscriptions(path: Path, n: int) -> None:
             handle.write(
                 json.dumps(
                     {
-                        "endpoint": f"{i:08d}{os.urandom(12).hex()}",
+                        "endpoint": endpoints[i] if endpoints else f"{i:08d}{os.urandom(12).hex()}",
                         "keys": {
                             "p256dh": b64url_encode(raw),
                             "auth": b64url_encode(os.urandom(16)),
@@ -353,6 +356,63 @@ def start_sink(h2c: bool) -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
+SERVICE_CONFIG = """
+# One VAPID key sends every variant's fan-out, and each subscription gets one message
+# per variant and round: past the defaults meant for real traffic.
+rate_push_vapid_key = "off"
+rate_push_subscription = "off"
+"""
+
+
+def start_service(workdir: Path, n: int) -> tuple[subprocess.Popen[bytes], int, list[str]]:
+    """`tidings serve` on SQLite, and `n` subscriptions made on it (RFC 8030 subscribe)."""
+    sys.path.insert(0, str(HERE.parents[1] / "tests"))
+    import httpx
+
+    from support.ci import free_port
+
+    port = free_port()
+    config = workdir / "service.toml"
+    config.write_text(SERVICE_CONFIG)
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tidings", "serve", "--port", str(port)),
+            *("--db", str(workdir / "service.db"), "--config", str(config)),
+            *("--log-level", "warning"),
+        ],
+        cwd=HERE.parents[1],
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=0.5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.05)
+
+    async def subscribe_all() -> list[str]:
+        from tidings.service.links import link_target
+
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            semaphore = asyncio.Semaphore(32)
+
+            async def one() -> str:
+                async with semaphore:
+                    answer = await client.post("/subscribe")
+                answer.raise_for_status()
+                target = link_target(answer.headers["link"], "urn:ietf:params:push")
+                assert target is not None
+                return target
+
+            return list(await asyncio.gather(*(one() for _ in range(n))))
+
+    return process, port, asyncio.run(subscribe_all())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -364,6 +424,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--target",
+        choices=["sink", "service"],
+        default="sink",
+        help="push to local sinks answering 201, or to a local Tidings service (SQLite)",
+    )
     parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--h2c", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -382,9 +448,17 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     with tempfile.TemporaryDirectory() as tmp:
         subs_file = Path(tmp) / "subs.jsonl"
-        make_subscriptions(subs_file, max(args.n, args.slow_n))
-        h1, h1_port = start_sink(False)
-        h2, h2_port = start_sink(True)
+        count = max(args.n, args.slow_n)
+        if args.target == "service":
+            # One process serves both: h2c is recognised by its connection preface.
+            service, h1_port, endpoints = start_service(Path(tmp), count)
+            make_subscriptions(subs_file, count, endpoints)
+            h1 = h2 = service
+            h2_port = h1_port
+        else:
+            make_subscriptions(subs_file, count)
+            h1, h1_port = start_sink(False)
+            h2, h2_port = start_sink(True)
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         try:
             for round_ in range(args.rounds):
@@ -419,6 +493,7 @@ def main() -> None:
         finally:
             h1.terminate()
             h2.terminate()
+            h1.wait(30)
     report(results, args)
 
 
@@ -429,7 +504,11 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
         f"{platform.python_implementation()} "
         f"{platform.python_version()}, {platform.platform()}; load average {os.getloadavg()[0]:.2f}"
     )
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; rounds: {args.rounds} (median shown)\n")
+    target = "a local Tidings service (SQLite)" if args.target == "service" else "local sinks"
+    print(
+        f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; rounds: {args.rounds} (median shown); "
+        f"pushes to {target}\n"
+    )
     print("| variant | messages | msg/s (median) | CPU µs/msg | peak RSS MB | ok |")
     print("|---|---:|---:|---:|---:|---|")
     for v, rs in results.items():
