@@ -146,3 +146,18 @@ async def test_inline_commits_ask_the_worker_to_checkpoint(
         assert store._inline.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
     finally:
         await store.close()
+
+
+async def test_a_crowd_of_calls_is_committed_in_bounded_groups(tmp_path: Path) -> None:
+    """600 calls in one turn: groups of at most MAX_BATCH, the loop free in between."""
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    try:
+        await subscribe(store)
+        commits_before = store._inline_commits
+        results = await asyncio.gather(*(put(store, message(), 1000) for _ in range(600)))
+        assert results == [[] for _ in range(600)]
+        assert await store.count_messages() == 600
+        assert store._inline_commits - commits_before >= 600 // sqlite_module.MAX_BATCH + 1
+    finally:
+        await store.close()

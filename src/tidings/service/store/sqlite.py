@@ -251,8 +251,16 @@ class SQLiteStore:
 
     def _submit(self, loop: asyncio.AbstractEventLoop) -> None:
         jobs = self._outbox.pop(loop, None)
-        if not jobs:
-            return
+        if jobs:
+            self._submit_jobs(loop, jobs)
+
+    def _submit_jobs(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        if len(jobs) > MAX_BATCH:
+            # A crowd of calls (user agents reconnecting at once): one group now, the
+            # rest at the next turn, so that the loop reads its sockets in between. A
+            # group asked for meanwhile is submitted after these (call_soon is FIFO).
+            loop.call_soon(self._submit_jobs, loop, jobs[MAX_BATCH:])
+            jobs = jobs[:MAX_BATCH]
         if self._run_inline(jobs):
             return
         self._handed += 1
