@@ -9,7 +9,7 @@ PORT ?= 8080
 DB ?= tidings-data/tidings.db
 PYTEST_ARGS ?=
 
-.PHONY: run test lint venv dev-venv system-deps node-deps bench clean
+.PHONY: bench-deps run test lint venv dev-venv system-deps node-deps bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,7 +54,15 @@ lint: dev-venv
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
-bench: dev-venv node-deps
+# wrk drives the service benchmarks (bench/service_load.py, scaleout.py).
+bench-deps:
+	@if ! command -v wrk >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "note: wrk is missing and cannot be installed here (need root on Debian)"; fi; \
+	fi
+
+bench: dev-venv node-deps bench-deps
 	$(PY) bench/crypto.py
 
 clean:
