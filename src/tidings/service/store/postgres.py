@@ -154,6 +154,24 @@ WITH gone AS (
 SELECT * FROM gone
 """
 
+# The acknowledgements of one event-loop turn in one statement (one round trip).
+_DELETE_MESSAGES = """
+WITH keys AS (
+    SELECT * FROM unnest($1::text[], $2::text[]) AS k(uaid, message_id)
+), gone AS (
+    DELETE FROM messages m USING keys k
+    WHERE m.uaid = k.uaid AND m.message_id = k.message_id
+    RETURNING m.message_id, m.uaid, m.channel_id, m.body, m.ttl, m.created_at,
+              m.expires_at, m.urgency, m.topic, m.headers, m.receipt_id, m.delivered
+), receipt AS (
+    INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
+    SELECT receipt_id, uaid, channel_id, message_id, 204, $3 FROM gone
+    WHERE receipt_id IS NOT NULL AND delivered
+      AND receipt_id IN (SELECT receipt_id FROM receipt_subscriptions)
+)
+SELECT * FROM gone
+"""
+
 # A bounded batch, so a large backlog never becomes one huge transaction; SKIP LOCKED
 # lets two nodes sweeping at once share the work instead of waiting on each other.
 EXPIRY_BATCH = 5000
@@ -441,13 +459,16 @@ class PostgresStore:
         return None if row is None else _message_from_row(row)
 
     async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
-        async def work(conn: asyncpg.Connection) -> list[StoredMessage | None]:
-            now = time.time()
-            async with conn.transaction():
-                rows = [await conn.fetchrow(_DELETE_MESSAGE, uaid, mid, now) for uaid, mid in keys]
-            return [None if row is None else _message_from_row(row) for row in rows]
-
-        return await self._run(work)
+        if not keys:
+            return []
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                _DELETE_MESSAGES, [k[0] for k in keys], [k[1] for k in keys], time.time()
+            )
+        )
+        deleted = {(row["uaid"], row["message_id"]): _message_from_row(row) for row in rows}
+        # A key named twice (the same ack repeated) finds its message the first time only.
+        return [deleted.pop(key, None) for key in keys]
 
     async def delete_expired(self, now: float) -> int:
         total = 0
