@@ -496,7 +496,11 @@ class PushService:
                 try:
                     deleted = await self.store.delete_messages(keys)
                 except StoreUnavailable as exc:
+                    # They stay stored and are delivered again: at least once.
                     log.warning("cannot delete %d acknowledged messages: %s", len(keys), exc)
+                    continue
+                except Exception:
+                    log.exception("deleting %d acknowledged messages failed", len(keys))
                     continue
                 for (_, message_id), message in zip(keys, deleted, strict=True):
                     if message is None:
