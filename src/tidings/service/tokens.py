@@ -39,7 +39,7 @@ class TokenKind(IntEnum):
     RECEIPT_SUBSCRIPTION = 5
 
 
-ENDPOINT_CACHE_SIZE = 16_384  # opened endpoint tokens remembered (about 4 MB at most)
+ENDPOINT_CACHE_SIZE = 16_384  # opened endpoint tokens remembered (a few MB at most)
 
 
 class TokenError(ValueError):
