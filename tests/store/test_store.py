@@ -335,6 +335,32 @@ async def test_receipt_subscriptions(store: Store) -> None:
     assert await store.pending_receipts("r1", 10) == []
 
 
+async def test_using_a_receipt_subscription_marks_it_used(store: Store) -> None:
+    assert not await store.use_receipt_subscription("r1", NOW)
+    await store.add_receipt_subscription("r1", NOW - 100)
+    assert await store.use_receipt_subscription("r1", NOW)
+    # Used at NOW: a sweep of those unused since NOW - 50 keeps it.
+    assert await store.delete_stale_receipt_subscriptions(NOW - 50) == 0
+    assert await store.has_receipt_subscription("r1")
+
+
+async def test_only_unused_receipt_subscriptions_nothing_needs_are_swept(store: Store) -> None:
+    await subscribe(store)  # also makes r1 and r2, at NOW
+    old = NOW - 1000
+    for receipt_id in ("unused", "named", "holding", "recent"):
+        await store.add_receipt_subscription(receipt_id, NOW if receipt_id == "recent" else old)
+    await put(store, message(receipt_id="named"))  # a stored message may still need it
+    holding = message(receipt_id="holding")
+    await put(store, holding)
+    await store.mark_delivered("ua1", holding.message_id)
+    await store.delete_message("ua1", holding.message_id)  # its receipt waits there
+    assert len(await store.pending_receipts("holding", 10)) == 1
+    assert await store.delete_stale_receipt_subscriptions(NOW - 10) == 1
+    for receipt_id in ("named", "holding", "recent", "r1", "r2"):
+        assert await store.has_receipt_subscription(receipt_id), receipt_id
+    assert not await store.has_receipt_subscription("unused")
+
+
 async def test_ack_of_a_delivered_message_queues_a_204_receipt(store: Store) -> None:
     await subscribe(store)
     await store.add_receipt_subscription("r1", NOW)

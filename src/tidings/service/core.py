@@ -107,6 +107,8 @@ def store_unavailable(exc: Exception) -> ServiceError:
 
 
 MAX_ACKS_PER_WRITE = 256  # acknowledgements deleted in one store call at most
+RECEIPT_SWEEP_INTERVAL = 3600.0  # seconds between two sweeps of receipt subscriptions
+RECEIPT_SUBSCRIPTION_GRACE = 86400.0  # past the longest TTL, before an unused one goes
 
 
 class PushService:
@@ -167,6 +169,7 @@ class PushService:
         await self.store.close()
 
     async def _sweep_expired(self) -> None:
+        last_receipt_sweep = time.monotonic()
         while True:
             await asyncio.sleep(self.config.expiry_sweep_interval)
             try:
@@ -177,6 +180,26 @@ class PushService:
             if removed:
                 log.info("removed %d expired messages", removed)
                 self.hub.notify_all_receipts()  # some may have left a 410 receipt
+            if time.monotonic() - last_receipt_sweep >= RECEIPT_SWEEP_INTERVAL:
+                last_receipt_sweep = time.monotonic()
+                await self._sweep_receipt_subscriptions()
+
+    async def _sweep_receipt_subscriptions(self) -> None:
+        """Receipt subscriptions unused for longer than any message can live (and a
+        day), with no message naming them and no receipt waiting, are deleted: an
+        application server asking for a new one on every push must not grow the
+        store without bound. One named again after that gets a 400."""
+        now = time.time()
+        unused_since = now - self.config.max_ttl - RECEIPT_SUBSCRIPTION_GRACE
+        try:
+            for receipt_id in self.hub.monitored_receipts():  # a monitor is a use
+                await self.store.use_receipt_subscription(receipt_id, now)
+            removed = await self.store.delete_stale_receipt_subscriptions(unused_since)
+        except StoreUnavailable as exc:
+            log.warning("receipt subscription sweep failed: %s", exc)
+            return
+        if removed:
+            log.info("removed %d unused receipt subscriptions", removed)
 
     @property
     def sealer(self) -> TokenSealer:
@@ -330,7 +353,8 @@ class PushService:
         token = named.rsplit(RECEIPT_PATH, 1)[-1] if RECEIPT_PATH in named else ""
         try:
             receipt_id = self.sealer.open_receipt(token)
-            known = await self.store.has_receipt_subscription(receipt_id)
+            # Each use keeps it alive: the sweep removes only unused ones.
+            known = await self.store.use_receipt_subscription(receipt_id, time.time())
         except TokenError:
             known = False
         except StoreUnavailable as exc:

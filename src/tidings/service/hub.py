@@ -104,6 +104,10 @@ class Hub:
             if not listeners:
                 del self._receipts[receipt_id]
 
+    def monitored_receipts(self) -> list[str]:
+        """The receipt subscriptions monitored on this node now."""
+        return list(self._receipts)
+
     def notify_receipt(self, receipt_id: str) -> None:
         """A receipt was queued for `receipt_id`."""
         for listener in list(self._receipts.get(receipt_id, ())):

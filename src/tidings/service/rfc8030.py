@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 from tidings.service.core import REL_PUSH, REL_RECEIPT, REL_SET, SET_PATH, PushService
 from tidings.service.errors import Errno, ServiceError
@@ -165,7 +166,7 @@ async def delete_set(service: PushService, token: str) -> Response:
 async def monitor_receipts(service: PushService, request: Request, token: str) -> Response:
     """GET of a receipt subscription (section 6.3): receipts arrive as server pushes."""
     receipt_id = service.open_receipt(token)
-    if not await service.store.has_receipt_subscription(receipt_id):
+    if not await service.store.use_receipt_subscription(receipt_id, time.time()):
         raise ServiceError(404, Errno.NOT_FOUND, "no such receipt subscription")
     channel = _monitor_channel(request)
     monitor = ReceiptMonitor(service, channel, receipt_id)

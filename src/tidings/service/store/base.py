@@ -208,6 +208,14 @@ class Store(Protocol):
     async def has_receipt_subscription(self, receipt_id: str) -> bool:
         """True when the receipt subscription exists."""
 
+    async def use_receipt_subscription(self, receipt_id: str, now: float) -> bool:
+        """True when the receipt subscription exists; it is then marked used at `now`
+        (its `created_at` becomes the time of its last use)."""
+
+    async def delete_stale_receipt_subscriptions(self, unused_since: float) -> int:
+        """Delete receipt subscriptions not used since `unused_since` that no stored
+        message names and that hold no receipt; return how many."""
+
     async def delete_receipt_subscription(self, receipt_id: str) -> bool:
         """Remove a receipt subscription and its waiting receipts; True if it existed.
 

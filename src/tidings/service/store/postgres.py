@@ -154,6 +154,13 @@ WITH gone AS (
 SELECT * FROM gone
 """
 
+# Receipt subscriptions nothing can use any more (see the SQLite store).
+_DELETE_STALE_RECEIPT_SUBSCRIPTIONS = """
+DELETE FROM receipt_subscriptions rs WHERE rs.created_at < $1
+  AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.receipt_id = rs.receipt_id)
+  AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.receipt_id = rs.receipt_id)
+"""
+
 # The acknowledgements of one event-loop turn in one statement (one round trip).
 _DELETE_MESSAGES = """
 WITH keys AS (
@@ -510,6 +517,22 @@ class PostgresStore:
             )
         )
         return [Receipt(*row) for row in rows]
+
+    async def use_receipt_subscription(self, receipt_id: str, now: float) -> bool:
+        status = await self._run(
+            lambda conn: conn.execute(
+                "UPDATE receipt_subscriptions SET created_at = $1 WHERE receipt_id = $2",
+                now,
+                receipt_id,
+            )
+        )
+        return bool(status != "UPDATE 0")
+
+    async def delete_stale_receipt_subscriptions(self, unused_since: float) -> int:
+        status = await self._run(
+            lambda conn: conn.execute(_DELETE_STALE_RECEIPT_SUBSCRIPTIONS, unused_since)
+        )
+        return int(status.split()[-1])
 
     async def delete_receipt_subscription(self, receipt_id: str) -> bool:
         async def delete(conn: Any) -> bool:

@@ -129,6 +129,13 @@ _DELETE_MESSAGE = (
     " channel_id, body, ttl, created_at, expires_at, urgency, topic, headers, receipt_id,"
     " delivered"
 )
+# Receipt subscriptions nothing can use any more: unused for longer than any message
+# lives, named by no stored message, holding no receipt.
+_DELETE_STALE_RECEIPT_SUBSCRIPTIONS = (
+    "DELETE FROM receipt_subscriptions WHERE created_at < ?"
+    " AND receipt_id NOT IN (SELECT receipt_id FROM messages WHERE receipt_id IS NOT NULL)"
+    " AND receipt_id NOT IN (SELECT receipt_id FROM receipts)"
+)
 # A receipt is queued only while its receipt subscription exists.
 _INSERT_RECEIPT = (
     "INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)"
@@ -700,6 +707,23 @@ class SQLiteStore:
             return row is not None
 
         return await self._op(query)
+
+    async def use_receipt_subscription(self, receipt_id: str, now: float) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            return bool(
+                db.execute(
+                    "UPDATE receipt_subscriptions SET created_at = ? WHERE receipt_id = ?",
+                    (now, receipt_id),
+                ).rowcount
+            )
+
+        return await self._op(write)
+
+    async def delete_stale_receipt_subscriptions(self, unused_since: float) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            return int(db.execute(_DELETE_STALE_RECEIPT_SUBSCRIPTIONS, (unused_since,)).rowcount)
+
+        return await self._op(write, slow=True)
 
     async def pending_receipts(self, receipt_id: str, limit: int) -> list[Receipt]:
         def query(db: sqlite3.Connection) -> list[Receipt]:
