@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import rawws  # noqa: E402
-from latency import free_port, percentile, start_service  # noqa: E402
+from latency import free_port, percentile, plot, start_service  # noqa: E402
 from tidings.webpush import VapidKey, sign_vapid  # noqa: E402
 
 CONNECTIONS = 32  # sender keep-alive connections (more than enough at 5,000/s)
@@ -196,30 +196,6 @@ async def run_rate(port: int, rate: float, duration: float) -> dict[str, Any]:
     }
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for result in results:
-        values = result["latencies_ms"]
-        fractions = [100 * (i + 1) / len(values) for i in range(len(values))]
-        ax.plot(values, fractions, label=f"{result['rate']:g} msg/s (p99 {result['p99_ms']} ms)")
-    ax.set_xscale("log")
-    ax.set_xlabel("POST written to notification read (ms, log scale)")
-    ax.set_ylabel("messages at or below (%)")
-    ax.axvline(2, color="grey", linestyle=":", linewidth=1)
-    ax.axvline(10, color="grey", linestyle="--", linewidth=1)
-    ax.set_title("Tidings push service latency, bare clients, one machine")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-
-
 async def main(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()[0]
     results = []
@@ -247,7 +223,12 @@ async def main(args: argparse.Namespace) -> None:
         f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}"
     )
     if args.plot:
-        plot(results, Path(args.plot))
+        plot(
+            results,
+            Path(args.plot),
+            xlabel="POST written to notification read (ms, log scale)",
+            title="Tidings push service latency, bare clients, one machine",
+        )
         print(f"plot: {args.plot}")
 
 
