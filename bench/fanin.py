@@ -18,7 +18,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import rawws  # noqa: E402
+from benchkit import free_port, start_tidings  # noqa: E402
 
 CLIENT_CODE = (
     rawws.client_prelude()
@@ -100,12 +100,6 @@ asyncio.run(main())
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def store_messages(port: int, paths: list[str], per_agent: int, body: bytes) -> float:
     """POST every message over 32 keep-alive connections; return the seconds it took."""
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -140,12 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
         config.write_text('rate_push_subscription = "off"\n')
-        service = subprocess.Popen(
-            [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--db",
-             f"{tmp}/t.db", "--log-level", "warning", "--config", str(config),
-             *shlex.split(args.serve_args)],
-            cwd=REPO,
-        )  # fmt: skip
+        service = start_tidings(port, f"{tmp}/t.db", *shlex.split(args.serve_args), config=config)
         try:
             time.sleep(2)
             per_client = args.agents // args.clients

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchkit import free_port, start_tidings, wait_healthy
+
 HERE = Path(__file__).resolve()
 PAYLOAD = b'{"title":"Tidings","body":"A new message is waiting for you.","id":1234567}'
 SLOW = {"pywebpush_loop", "pywebpush_session", "pywebpush_async"}
@@ -345,9 +347,6 @@ def make_subscriptions(path: Path, n: int, endpoints: list[str] | None = None) -
 
 
 def start_sink(h2c: bool) -> tuple[subprocess.Popen[bytes], int]:
-    sys.path.insert(0, str(HERE.parents[1] / "tests"))
-    from support.ci import free_port
-
     port = free_port()
     args = [sys.executable, str(HERE), "--sink", str(port)] + (["--h2c"] if h2c else [])
     process = subprocess.Popen(args, stdout=subprocess.PIPE)
@@ -366,33 +365,14 @@ rate_push_subscription = "off"
 
 def start_service(workdir: Path, n: int) -> tuple[subprocess.Popen[bytes], int, list[str]]:
     """`tidings serve` on SQLite, and `n` subscriptions made on it (RFC 8030 subscribe)."""
-    sys.path.insert(0, str(HERE.parents[1] / "tests"))
     import httpx
-
-    from support.ci import free_port
 
     port = free_port()
     config = workdir / "service.toml"
     config.write_text(SERVICE_CONFIG)
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "tidings", "serve", "--port", str(port)),
-            *("--db", str(workdir / "service.db"), "--config", str(config)),
-            *("--log-level", "warning"),
-        ],
-        cwd=HERE.parents[1],
-    )
+    process = start_tidings(port, workdir / "service.db", config=config)
+    wait_healthy(port, process)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=0.5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.05)
 
     async def subscribe_all() -> list[str]:
         from tidings.service.links import link_target

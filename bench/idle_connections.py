@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import rawws  # noqa: E402
+from benchkit import free_port, start_tidings  # noqa: E402
 
 CLIENT_CODE = (
     rawws.client_prelude()
@@ -119,12 +119,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=10_000)
@@ -138,22 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        service = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tidings",
-                "serve",
-                "--port",
-                str(port),
-                "--db",
-                f"{tmp}/t.db",
-                "--log-level",
-                "warning",
-                *shlex.split(args.serve_args),
-            ],
-            cwd=REPO,
-        )
+        service = start_tidings(port, f"{tmp}/t.db", *shlex.split(args.serve_args))
         try:
             time.sleep(3)  # workers, if any, are up
             baseline = tree_rss_kib(service.pid)

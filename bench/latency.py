@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,13 +28,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from benchkit import free_port, start_tidings, wait_healthy  # noqa: E402
+
 WARMUP = 50  # messages sent and dropped from the figures before each run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # The sender process ------------------------------------------------------------------------
@@ -166,26 +162,13 @@ async def run_rate(
 
 def start_service(port: int, directory: Path) -> subprocess.Popen[bytes]:
     log = (directory / "service.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "tidings", "serve", "--port", str(port),
-            "--db", str(directory / "service.db"), "--max-messages", "100000",
-            "--log-level", "warning",
-        ],
-        stdout=log, stderr=log, cwd=REPO,
+    process = start_tidings(
+        port, directory / "service.db", "--max-messages", "100000", stdout=log, stderr=log,
         # One subscription at up to 1000 msg/s: over the default per-subscription limit.
         env={**os.environ, "TIDINGS_RATE_PUSH_SUBSCRIPTION": "off"},
     )  # fmt: skip
-    import httpx
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
-                return process
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("tidings serve did not start")
+    wait_healthy(port, process)
+    return process
 
 
 def plot(

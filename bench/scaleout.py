@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from service_load import AGENTS_CODE, free_port, run_wrk, wait_port  # noqa: E402
+from benchkit import free_port, start_tidings, wait_port  # noqa: E402
+from service_load import AGENTS_CODE, run_wrk  # noqa: E402
 from tidings.webpush import VapidKey, encrypt  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -53,11 +54,10 @@ def psql(sql: str) -> None:
 
 def start_node(workdir: Path, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    node = subprocess.Popen(
-        [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--db",
-         str(workdir / name / "t.db"), "--public-url", PUBLIC, "--log-level", "warning",
-         "--node-id", name, *args],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{name}.log", "wb"),  # noqa: SIM115 - lives with the node
+    node = start_tidings(
+        port, workdir / name / "t.db", "--public-url", PUBLIC, "--node-id", name, *args,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / f"{name}.log", "wb"),  # noqa: SIM115 - lives with the node
     )  # fmt: skip
     wait_port(port)
     time.sleep(0.3)

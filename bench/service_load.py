@@ -23,7 +23,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,23 +34,8 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import rawws  # noqa: E402
+from benchkit import free_port, start_tidings, wait_port  # noqa: E402
 from tidings.webpush import VapidKey, encrypt, sign_vapid  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
-
 
 WRK_SCRIPT = """
 local paths = {}
@@ -238,23 +222,11 @@ def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     # far past the per-subscription limit (600/min), which would then measure 429s.
     config = workdir / "bench.toml"
     config.write_text('rate_push_subscription = "off"\n')
-    service = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tidings",
-            "serve",
-            "--port",
-            str(port),
-            "--db",
-            str(data / "t.db"),
-            "--log-level",
-            "warning",
-            "--config",
-            str(config),
-            *shlex.split(args.serve_args),
-        ],
-        cwd=REPO,
+    service = start_tidings(
+        port,
+        data / "t.db",
+        *shlex.split(args.serve_args),
+        config=config,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

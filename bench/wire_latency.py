@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import rawws  # noqa: E402
-from latency import free_port, percentile, plot, start_service  # noqa: E402
+from benchkit import free_port  # noqa: E402
+from latency import percentile, plot, start_service  # noqa: E402
 from tidings.webpush import VapidKey, sign_vapid  # noqa: E402
 
 CONNECTIONS = 32  # sender keep-alive connections (more than enough at 5,000/s)
