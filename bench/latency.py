@@ -91,6 +91,19 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+def latency_figures(latencies: list[float], round_trips: list[float]) -> dict[str, Any]:
+    """The percentiles reported for one rate, from sorted latencies and POST round trips."""
+    return {
+        "p50_ms": round(percentile(latencies, 50), 3),
+        "p90_ms": round(percentile(latencies, 90), 3),
+        "p99_ms": round(percentile(latencies, 99), 3),
+        "max_ms": round(latencies[-1], 3) if latencies else None,
+        "post_p50_ms": round(percentile(round_trips, 50), 3),
+        "post_p99_ms": round(percentile(round_trips, 99), 3),
+        "latencies_ms": latencies,
+    }
+
+
 async def run_rate(
     service_url: str, state: Path, vapid: Any, rate: float, duration: float, work: Path
 ) -> dict[str, Any]:
@@ -149,13 +162,7 @@ async def run_rate(
         "send_failures": sent_doc["failures"],
         "duplicates": duplicates,
         "resent_by_sender": resent,
-        "p50_ms": round(percentile(latencies, 50), 3),
-        "p90_ms": round(percentile(latencies, 90), 3),
-        "p99_ms": round(percentile(latencies, 99), 3),
-        "max_ms": round(latencies[-1], 3) if latencies else None,
-        "post_p50_ms": round(percentile(round_trips, 50), 3),
-        "post_p99_ms": round(percentile(round_trips, 99), 3),
-        "latencies_ms": latencies,
+        **latency_figures(latencies, round_trips),
         "series_ms": series,
     }
 

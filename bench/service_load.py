@@ -303,21 +303,25 @@ uvloop.run(main())
 """
 
 
+def post_nothing(port: int, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    """The load the do-nothing servers get: a push-sized POST to one path, as from wrk."""
+    return run_wrk(
+        f"http://127.0.0.1:{port}",
+        ["/push/x"],
+        {"TTL": "60"},
+        b"\0" * 230,
+        args.duration,
+        args.connections,
+        workdir,
+    )
+
+
 def bench_ceiling(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", NULL_SERVER, str(port), str(REPO / "src")])
     try:
         wait_port(port)
-        body = b"\0" * 230
-        return run_wrk(
-            f"http://127.0.0.1:{port}",
-            ["/push/x"],
-            {"TTL": "60"},
-            body,
-            args.duration,
-            args.connections,
-            workdir,
-        )
+        return post_nothing(port, args, workdir)
     finally:
         server.terminate()
         server.wait(10)
@@ -353,15 +357,7 @@ def bench_uvicorn(args: argparse.Namespace, workdir: Path) -> dict[str, float] |
     )
     try:
         wait_port(port)
-        return run_wrk(
-            f"http://127.0.0.1:{port}",
-            ["/push/x"],
-            {"TTL": "60"},
-            b"\0" * 230,
-            args.duration,
-            args.connections,
-            workdir,
-        )
+        return post_nothing(port, args, workdir)
     finally:
         server.terminate()
         server.wait(10)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import rawws  # noqa: E402
 from benchkit import free_port  # noqa: E402
-from latency import percentile, plot, start_service  # noqa: E402
+from latency import latency_figures, plot, start_service  # noqa: E402
 from tidings.webpush import VapidKey, sign_vapid  # noqa: E402
 
 CONNECTIONS = 32  # sender keep-alive connections (more than enough at 5,000/s)
@@ -187,13 +187,7 @@ async def run_rate(port: int, rate: float, duration: float) -> dict[str, Any]:
         "sent": total,
         "received": len(latencies),
         "failures": sum(p.failures for p in posters),
-        "p50_ms": round(percentile(latencies, 50), 3),
-        "p90_ms": round(percentile(latencies, 90), 3),
-        "p99_ms": round(percentile(latencies, 99), 3),
-        "max_ms": round(latencies[-1], 3) if latencies else None,
-        "post_p50_ms": round(percentile(round_trips, 50), 3),
-        "post_p99_ms": round(percentile(round_trips, 99), 3),
-        "latencies_ms": latencies,
+        **latency_figures(latencies, round_trips),
     }
 
 
