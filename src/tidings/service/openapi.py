@@ -31,6 +31,17 @@ def _header(name: str, description: str, schema: dict[str, Any], **extra: Any) -
     return {"name": name, "in": "header", "description": description, "schema": schema, **extra}
 
 
+def _error_response(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    """A JSON error answer (the Error schema), with a Retry-After header when it has one."""
+    response: dict[str, Any] = {"description": description}
+    if retry_after:
+        response["headers"] = {
+            "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}
+        }
+    response["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return response
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     answers: dict[str, Any] = {str(status): _ERROR for status in statuses}
     answers["429"] = _LIMITED
@@ -295,38 +306,17 @@ def openapi_document(origin: str) -> dict[str, Any]:
                 "TTL": {"description": "The TTL kept.", "schema": {"type": "string"}},
             },
             "responses": {
-                "Error": {
-                    "description": "Refused; see errno.",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                    },
-                },
-                "RateLimited": {
-                    "description": "Rate limited (errno 121) or too many stored messages or "
+                "Error": _error_response("Refused; see errno."),
+                "RateLimited": _error_response(
+                    "Rate limited (errno 121) or too many stored messages or "
                     "subscriptions (120, 122).",
-                    "headers": {
-                        "Retry-After": {
-                            "description": "Seconds to wait.",
-                            "schema": {"type": "string"},
-                        }
-                    },
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                    },
-                },
-                "Unavailable": {
-                    "description": "The store cannot take writes (disk full, read-only, "
+                    retry_after=True,
+                ),
+                "Unavailable": _error_response(
+                    "The store cannot take writes (disk full, read-only, "
                     "unreachable); nothing was stored.",
-                    "headers": {
-                        "Retry-After": {
-                            "description": "Seconds to wait.",
-                            "schema": {"type": "string"},
-                        }
-                    },
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                    },
-                },
+                    retry_after=True,
+                ),
                 "Health": {
                     "description": "Status document.",
                     "content": {
