@@ -496,16 +496,12 @@ class PushService:
             if message.created_at >= since:
                 self.hub.offer(message)
 
-    async def acknowledge(self, uaid: str, message_id: str, code: int) -> None:
-        """The user agent has the message (code 100) or cannot use it (101, 102)."""
-        self.acknowledge_soon(uaid, message_id, code)
-        if self._ack_writer is not None:
-            await asyncio.shield(self._ack_writer)
-
     def acknowledge_soon(self, uaid: str, message_id: str, code: int) -> None:
-        """`acknowledge` without waiting: the deletes of the acknowledgements that arrive
-        together are written in one store call (a receipt follows if one was asked
-        for). If the store is down the message stays stored and is delivered again."""
+        """The user agent has the message (code 100) or cannot use it (101, 102).
+
+        The deletes of the acknowledgements that arrive together are written in one
+        store call (a receipt follows if one was asked for); nobody waits for them. If
+        the store is down the message stays stored and is delivered again."""
         self.metrics.acknowledged(code)
         if code != 100:
             log.info("message %s acknowledged with code %d", message_id, code)
