@@ -119,12 +119,13 @@ def encode_headers(headers: dict[str, str]) -> str:
 
 def decode_headers(text: str) -> dict[str, str]:
     """The delivery headers kept as `text` (a new dict each time: callers may change it)."""
-    headers = _decoded_headers.get(text)
-    if headers is None:
-        headers = json.loads(text)
-        if len(headers) == 1 and len(_decoded_headers) < _HEADER_CACHE_SIZE:
-            _decoded_headers[text] = headers
-    return dict(headers)
+    cached = _decoded_headers.get(text)
+    if cached is not None:
+        return dict(cached)
+    headers: dict[str, str] = json.loads(text)
+    if len(headers) == 1 and len(_decoded_headers) < _HEADER_CACHE_SIZE:
+        _decoded_headers[text] = dict(headers)
+    return headers
 
 
 class Store(Protocol):
