@@ -319,7 +319,7 @@ class SQLiteStore:
                 continue
             batch: list[_Job] = list(first)  # type: ignore[call-overload]
             handed = 1
-            stop = False
+            stop = checkpoint = False
             while len(batch) < MAX_BATCH:
                 try:
                     jobs = self._jobs.get_nowait()
@@ -329,11 +329,14 @@ class SQLiteStore:
                     stop = True
                     break
                 if jobs is _CHECKPOINT:
-                    continue  # this group's commit is about to run anyway
+                    checkpoint = True  # once this batch is committed
+                    continue
                 batch.extend(jobs)  # type: ignore[arg-type]
                 handed += 1
             self._execute(batch)
             self._finished += handed
+            if checkpoint:
+                self._checkpoint()
             if stop:
                 return
 
