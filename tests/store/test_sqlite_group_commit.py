@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,6 +109,34 @@ async def test_a_group_waits_for_earlier_groups_on_the_worker(tmp_path: Path) ->
         await held
         assert await later == []
     finally:
+        await store.close()
+
+
+async def test_the_call_after_a_worker_answer_runs_on_the_loop(tmp_path: Path) -> None:
+    """The worker counts its batch finished before answering: a caller that resumes
+    while the worker thread is still between answering and counting (a busy machine)
+    must not find a backlog and send its next call to the worker too."""
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    loop = asyncio.get_running_loop()
+    wake = loop.call_soon_threadsafe
+    loop_thread = threading.get_ident()
+
+    def slow_after_waking(callback: Any, *args: Any) -> Any:
+        handle = wake(callback, *args)
+        if threading.get_ident() != loop_thread:
+            time.sleep(0.05)  # the worker preempted right after waking the loop
+        return handle
+
+    try:
+        await subscribe(store)
+        loop.call_soon_threadsafe = slow_after_waking  # type: ignore[method-assign]
+        await store._run(lambda _db: None)  # through the worker
+        before = store._inline_commits
+        assert await put(store, message()) == []
+        assert store._inline_commits == before + 1
+    finally:
+        del loop.call_soon_threadsafe
         await store.close()
 
 

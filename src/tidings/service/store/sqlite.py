@@ -333,8 +333,13 @@ class SQLiteStore:
                     continue
                 batch.extend(jobs)  # type: ignore[arg-type]
                 handed += 1
-            self._execute(batch)
+            answers = self._execute(batch)
+            # Counted finished before anyone is answered: a caller woken by its answer
+            # may commit its next call on the loop at once, and must not find this
+            # batch still counted as the worker's backlog.
             self._finished += handed
+            for loop, settled in answers:
+                loop.call_soon_threadsafe(_settle, settled)
             if checkpoint:
                 self._checkpoint()
             if stop:
@@ -348,28 +353,32 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 log.warning("SQLite checkpoint failed: %s", exc)
 
-    def _execute(self, batch: list[_Job]) -> None:
+    def _execute(self, batch: list[_Job]) -> list[tuple[asyncio.AbstractEventLoop, list[Any]]]:
+        """Run `batch` in order; return the answers for each caller's loop, not yet sent."""
+        answers: list[tuple[asyncio.AbstractEventLoop, list[Any]]] = []
         group: list[_Job] = []
         for job in batch:
             if job.transactional:
                 group.append(job)
                 continue
             if group:
-                self._commit_and_settle(group)
+                answers.extend(self._commit_on_worker(group))
                 group = []
-            self._run_alone(job)
+            answers.append((job.loop, [self._run_alone(job)]))
         if group:
-            self._commit_and_settle(group)
+            answers.extend(self._commit_on_worker(group))
+        return answers
 
-    def _run_alone(self, job: _Job) -> None:
+    def _run_alone(self, job: _Job) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
         try:
-            value, error = job.fn(self._conn), None
+            return job.future, job.fn(self._conn), None
         except BaseException as exc:
-            value, error = None, _as_store_error(exc)
-        job.loop.call_soon_threadsafe(_settle, [(job.future, value, error)])
+            return job.future, None, _as_store_error(exc)
 
-    def _commit_and_settle(self, group: list[_Job]) -> None:
-        """On the worker: commit `group` and answer each caller on its own loop."""
+    def _commit_on_worker(
+        self, group: list[_Job]
+    ) -> list[tuple[asyncio.AbstractEventLoop, list[Any]]]:
+        """On the worker: commit `group`; return its answers grouped by caller loop."""
         db = self._conn
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         if db is None:
@@ -380,8 +389,7 @@ class SQLiteStore:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for job, result in zip(group, results, strict=True):
             by_loop.setdefault(job.loop, []).append(result)
-        for loop, settled in by_loop.items():
-            loop.call_soon_threadsafe(_settle, settled)
+        return list(by_loop.items())
 
     def _commit_group(
         self, db: sqlite3.Connection, group: list[_Job], *, begun: bool
