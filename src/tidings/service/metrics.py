@@ -3,7 +3,7 @@
 `ServiceMetrics` belongs to one `PushService` (its own Prometheus registry, so several
 services in one process never mix their figures). The service calls a handful of
 cheap hooks on its hot paths (a push answered, a notification sent, an ack); each is a
-Prometheus counter increment plus a few integer additions, about a microsecond.
+few integer additions, exposed to Prometheus at scrape time (`exposition.py`).
 
 `/metrics` renders the registry; `/api/stats` (the dashboard) reads `snapshot()`:
 totals, and for each of the last ten minutes' seconds the pushes by status class,
@@ -25,10 +25,11 @@ from collections.abc import Awaitable, Callable, Sized
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.process_collector import ProcessCollector
 
+from tidings.service.exposition import LabelledCounter, LatencyHistogram, PlainCollector
 from tidings.service.store import StoredMessage, StoreUnavailable
 
 log = logging.getLogger("tidings.metrics")
@@ -194,23 +195,54 @@ class ServiceMetrics:
         self.connections_source = connections
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
-        self.pushes = Counter(
-            "tidings_pushes",
-            "Push requests (POST to a push resource) answered, by HTTP status",
-            ["status"],
-            registry=registry,
-        )
-        self.deliveries = Counter(
-            "tidings_deliveries",
-            "Notifications sent to connected user agents",
-            registry=registry,
-        )
-        self.acks = Counter(
-            "tidings_acks",
-            "Acknowledgements from user agents, by code (100 delivered, 101 decryption "
-            "failed, 102 other error)",
-            ["code"],
-            registry=registry,
+        # The push path's counts are plain numbers, read at scrape time (exposition.py).
+        self.pushes: LabelledCounter[int] = LabelledCounter()
+        self.acks: LabelledCounter[int] = LabelledCounter()
+        self.delivery_total = 0
+        self.delivery_latency = LatencyHistogram(DELIVERY_BUCKETS)
+        self.store_latency: dict[str, LatencyHistogram] = {}
+        started = time.time()
+        registry.register(
+            PlainCollector(
+                counters=[
+                    (
+                        "tidings_pushes",
+                        "Push requests (POST to a push resource) answered, by HTTP status",
+                        "status",
+                        self.pushes,
+                    ),
+                    (
+                        "tidings_acks",
+                        "Acknowledgements from user agents, by code (100 delivered, 101 "
+                        "decryption failed, 102 other error)",
+                        "code",
+                        self.acks,
+                    ),
+                ],
+                totals=[
+                    (
+                        "tidings_deliveries",
+                        "Notifications sent to connected user agents",
+                        lambda: self.delivery_total,
+                        started,
+                    )
+                ],
+                histograms=[
+                    (
+                        "tidings_delivery_latency_seconds",
+                        "From accepting a push to sending it to the user agent (includes "
+                        "time the message waited for an offline user agent)",
+                        "",
+                        lambda: {"": self.delivery_latency},
+                    ),
+                    (
+                        "tidings_store_latency_seconds",
+                        "Duration of store calls, by operation",
+                        "operation",
+                        lambda: self.store_latency,
+                    ),
+                ],
+            )
         )
         self.rate_limited = Counter(
             "tidings_rate_limited",
@@ -235,28 +267,11 @@ class ServiceMetrics:
             registry=registry,
         )
         self.connected.set_function(lambda: float(len(connections)))
-        self.delivery_latency = Histogram(
-            "tidings_delivery_latency_seconds",
-            "From accepting a push to sending it to the user agent (includes time the "
-            "message waited for an offline user agent)",
-            buckets=DELIVERY_BUCKETS,
-            registry=registry,
-        )
-        self.store_latency = Histogram(
-            "tidings_store_latency_seconds",
-            "Duration of store calls, by operation",
-            ["operation"],
-            buckets=STORE_BUCKETS,
-            registry=registry,
-        )
         ProcessCollector(registry=registry)
         self.history = StatsHistory(lambda: len(connections), clock=clock)
-        # Label children resolved once: `labels()` costs more than the increment.
-        self._push_children: dict[int, Any] = {}
-        self._ack_children: dict[int, Any] = {}
-        self.push_totals: dict[int, int] = {}
-        self.ack_totals: dict[int, int] = {}
-        self.delivery_total = 0
+        # By status and by code, for the snapshot: the counters' own dicts.
+        self.push_totals = self.pushes.counts
+        self.ack_totals = self.acks.counts
         self._limited_push = self.rate_limited.labels("push")
         self._limited_register = self.rate_limited.labels("register")
         self.subscription_count: int | None = None
@@ -267,11 +282,7 @@ class ServiceMetrics:
 
     def push_answered(self, status: int) -> None:
         """A push request got `status` (counted by the routes for push paths)."""
-        child = self._push_children.get(status)
-        if child is None:
-            child = self._push_children[status] = self.pushes.labels(str(status))
-        child.inc()
-        self.push_totals[status] = self.push_totals.get(status, 0) + 1
+        self.pushes.add(status)
         if status == 429:
             self._limited_push.inc()
         self.history.push(status)
@@ -279,18 +290,13 @@ class ServiceMetrics:
     def delivered(self, message: StoredMessage) -> None:
         """A notification frame for `message` went to its user agent."""
         latency = max(0.0, self._clock() - message.created_at)
-        self.deliveries.inc()
         self.delivery_total += 1
         self.delivery_latency.observe(latency)
         self.history.delivery(latency)
 
     def acknowledged(self, code: int) -> None:
         """A user agent acknowledged a message with `code`."""
-        child = self._ack_children.get(code)
-        if child is None:
-            child = self._ack_children[code] = self.acks.labels(str(code))
-        child.inc()
-        self.ack_totals[code] = self.ack_totals.get(code, 0) + 1
+        self.acks.add(code)
         self.history.ack()
 
     def register_refused(self, status: int) -> None:
@@ -312,13 +318,19 @@ class ServiceMetrics:
             method = getattr(store, name, None)
             if method is None or not inspect.iscoroutinefunction(method):
                 continue
-            timed = _timed(method, self.store_latency, name)
+            histogram = LatencyHistogram(STORE_BUCKETS)
+            timed = _timed(method, functools.partial(self._first_store_call, name, histogram))
             try:
                 setattr(store, name, timed)
             except AttributeError:
                 log.debug("store %s cannot be timed", type(store).__name__)
                 return store
         return store
+
+    def _first_store_call(self, operation: str, histogram: LatencyHistogram) -> LatencyHistogram:
+        """Show `operation`'s series from its first call on, not one per method up front."""
+        self.store_latency[operation] = histogram
+        return histogram
 
     async def refresh_counts(self, store: Any) -> None:
         """Count stored messages (and subscriptions, when the store can) if stale.
@@ -404,9 +416,9 @@ class ServiceMetrics:
 
 
 def _timed(
-    method: Callable[..., Awaitable[T]], histogram: Histogram, operation: str
+    method: Callable[..., Awaitable[T]], first_use: Callable[[], LatencyHistogram]
 ) -> Callable[..., Awaitable[T]]:
-    """`method`, observing its duration; the labelled series appears on first use."""
+    """`method`, observing its duration in the histogram `first_use` returns."""
     clock = time.perf_counter
     observe: Callable[[float], None] | None = None
 
@@ -418,7 +430,7 @@ def _timed(
             return await method(*args, **kwargs)
         finally:
             if observe is None:
-                observe = histogram.labels(operation).observe
+                observe = first_use().observe
             observe(clock() - started)
 
     return timed
