@@ -63,7 +63,7 @@ def run_wrk(
     connections: int,
     workdir: Path,
 ) -> dict[str, float]:
-    """Run wrk; return requests/s and the share of non-2xx answers."""
+    """Run wrk; return requests/s, accepted (2xx) requests/s and the non-2xx count."""
     (workdir / "paths").write_text("\n".join(paths) + "\n")
     (workdir / "body").write_bytes(body)
     (workdir / "headers").write_text("".join(f"{k}: {v}\n" for k, v in headers.items()))
@@ -102,10 +102,12 @@ def run_wrk(
         scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
         return float(m.group(1)) * scale
 
+    non2xx = int(bad.group(1)) if bad else 0
     return {
         "rps": rps,
+        "accepted": rps * (total - non2xx) / max(total, 1),
         "total": total,
-        "non2xx": int(bad.group(1)) if bad else 0,
+        "non2xx": non2xx,
         "p50_ms": ms(p50),
         "p99_ms": ms(p99),
     }
@@ -119,9 +121,14 @@ def run_wrk(
 AGENTS_CODE = (
     rawws.client_prelude()
     + r"""
-import asyncio, json, sys, time, uuid
+import asyncio, json, re, sys, time, uuid
 
 from rawws import HANDSHAKE, frame, frames
+
+NOTIFICATION = re.compile(
+    rb'{"messageType":"notification","channelID":"([^"]+)","version":"([^"]+)"'
+)
+ACK_UPDATE = '{"channelID":"%s","version":"%s","code":100}'
 
 class Agent(asyncio.Protocol):
     def __init__(self, counter):
@@ -140,14 +147,20 @@ class Agent(asyncio.Protocol):
         got, self.buf = frames(self.buf)
         updates = []
         for raw in got:
-            m = json.loads(raw)
-            if m.get("messageType") == "notification":
+            # Notifications are most of what arrives: their two ids are read without
+            # decoding the JSON, so that the agents keep up with the service.
+            ids = NOTIFICATION.match(raw)
+            if ids is not None:
                 self.counter[0] += 1
-                updates.append({"channelID": m["channelID"], "version": m["version"], "code": 100})
-            elif self.waiter is not None and not self.waiter.done():
+                updates.append(ACK_UPDATE % (ids[1].decode(), ids[2].decode()))
+                continue
+            m = json.loads(raw)
+            if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result(m)
         if updates:
-            self.transport.write(frame(json.dumps({"messageType": "ack", "updates": updates})))
+            self.transport.write(
+                frame('{"messageType":"ack","updates":[%s]}' % ",".join(updates))
+            )
     async def ask(self, message):
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(frame(json.dumps(message)))
@@ -218,10 +231,11 @@ def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes
 def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     port = free_port()
     data = workdir / "svc"
-    # The load sends thousands of pushes a second to each of a few hundred subscriptions:
-    # far past the per-subscription limit (600/min), which would then measure 429s.
+    # The load sends thousands of pushes a second to each of a few hundred subscriptions,
+    # all signed with one VAPID key: far past the per-subscription limit (600/min) and
+    # the per-key one (5,000/s after a burst of 50,000), which would then measure 429s.
     config = workdir / "bench.toml"
-    config.write_text('rate_push_subscription = "off"\n')
+    config.write_text('rate_push_subscription = "off"\nrate_push_vapid_key = "off"\n')
     service = start_tidings(
         port,
         data / "t.db",
@@ -439,7 +453,7 @@ def main() -> None:
             )
         tidings = bench_tidings(args, workdir)
         print(
-            f"tidings accepted:                 {tidings['rps']:>9,.0f} req/s  "
+            f"tidings accepted (2xx):           {tidings['accepted']:>9,.0f} req/s  "
             f"p50 {tidings['p50_ms']:.2f} ms  p99 {tidings['p99_ms']:.2f} ms  "
             f"non-2xx {tidings['non2xx']}"
         )
@@ -448,18 +462,18 @@ def main() -> None:
         print(
             "tidings service CPU (cores):      "
             + ", ".join(f"{name} {share:.2f}" for name, share in busy.items())
-            + f"; {1e6 * sum(busy.values()) / max(tidings['rps'], 1):.0f} µs per push"
+            + f"; {1e6 * sum(busy.values()) / max(tidings['accepted'], 1):.0f} µs per push"
         )
         peer = None if args.skip_peer else bench_peer(args, workdir)
         if peer is not None:
             print(
-                f"web-push-testing accepted:        {peer['rps']:>9,.0f} req/s  "
+                f"web-push-testing accepted (2xx):  {peer['accepted']:>9,.0f} req/s  "
                 f"non-2xx {peer['non2xx']}"
             )
-            print(f"ratio tidings/peer: {tidings['rps'] / peer['rps']:.1f}x")
-        print(f"ratio tidings/own ceiling: {tidings['rps'] / ceiling['rps']:.0%}")
+            print(f"ratio tidings/peer: {tidings['accepted'] / peer['accepted']:.1f}x")
+        print(f"ratio tidings/own ceiling: {tidings['accepted'] / ceiling['rps']:.0%}")
         if uvicorn is not None:
-            print(f"ratio tidings/uvicorn do-nothing: {tidings['rps'] / uvicorn['rps']:.0%}")
+            print(f"ratio tidings/uvicorn do-nothing: {tidings['accepted'] / uvicorn['rps']:.0%}")
 
 
 if __name__ == "__main__":
