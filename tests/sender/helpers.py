@@ -111,6 +111,13 @@ class ScriptedService:
     def seen(self, path: str) -> list[Seen]:
         return [r for r in self.requests if r.path == path]
 
+    def plaintexts(self, keys: list[Keys], prefix: str) -> list[list[bytes]]:
+        """For subscriber i (path `prefix`i), every request it got, decrypted with its keys."""
+        return [
+            [k.decrypt(r.body, r.headers) for r in self.seen(f"{prefix}{i}")]
+            for i, k in enumerate(keys)
+        ]
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         path = request.match_info["path"]

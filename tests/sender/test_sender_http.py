@@ -227,9 +227,7 @@ async def test_send_many_counts_calls_back_and_bounds_concurrency(
     assert {r.kind for r in summary.problems} == {ResultKind.REJECTED, ResultKind.INVALID}
     assert push_service.max_in_flight <= 7
     assert summary.messages_per_second > 0 and not summary.all_accepted
-    for i, k in enumerate(keys):
-        request = push_service.seen(f"s{i}")[0]
-        assert k.decrypt(request.body, request.headers) == b"news"
+    assert [each[0] for each in push_service.plaintexts(keys, "s")] == [b"news"] * len(keys)
 
 
 async def test_personalised_payloads_and_async_sources(
@@ -248,9 +246,9 @@ async def test_personalised_payloads_and_async_sources(
     async with sender(vapid_key) as s:
         summary = await s.send_many(source(), personal, ttl=60, concurrency=4)
     assert summary.all_accepted and summary.total == 12
-    for i, k in enumerate(keys):
-        request = push_service.seen(f"p{i}")[0]
-        assert k.decrypt(request.body, request.headers) == f"hello p{i}".encode()
+    assert [each[0] for each in push_service.plaintexts(keys, "p")] == [
+        f"hello p{i}".encode() for i in range(len(keys))
+    ]
 
 
 async def test_personalised_payload_too_large_is_one_invalid_result(
@@ -276,9 +274,8 @@ async def test_send_many_with_an_encryption_worker_process(
     async with sender(vapid_key, encrypt_workers=1) as s:
         summary = await s.send_many(subs, "from a worker", ttl=60, concurrency=20)
     assert summary.accepted == 150 and summary.counts[ResultKind.INVALID] == 1
-    for i, k in enumerate(keys):
-        request = push_service.seen(f"w{i}")[0]
-        assert k.decrypt(request.body, request.headers) == b"from a worker"
+    firsts = [each[0] for each in push_service.plaintexts(keys, "w")]
+    assert firsts == [b"from a worker"] * len(keys)
 
 
 async def test_httpx_transport_gives_the_same_results(
