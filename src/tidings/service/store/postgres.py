@@ -140,20 +140,6 @@ SELECT message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency,
 FROM messages WHERE uaid = $1 AND expires_at > $2 ORDER BY seq LIMIT $3
 """
 
-_DELETE_MESSAGE = """
-WITH gone AS (
-    DELETE FROM messages WHERE uaid = $1 AND message_id = $2
-    RETURNING message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency,
-              topic, headers, receipt_id, delivered
-), receipt AS (
-    INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
-    SELECT receipt_id, uaid, channel_id, message_id, 204, $3 FROM gone
-    WHERE receipt_id IS NOT NULL AND delivered
-      AND receipt_id IN (SELECT receipt_id FROM receipt_subscriptions)
-)
-SELECT * FROM gone
-"""
-
 # Receipt subscriptions nothing can use any more (see the SQLite store).
 _DELETE_STALE_RECEIPT_SUBSCRIPTIONS = """
 DELETE FROM receipt_subscriptions rs WHERE rs.created_at < $1
@@ -161,7 +147,8 @@ DELETE FROM receipt_subscriptions rs WHERE rs.created_at < $1
   AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.receipt_id = rs.receipt_id)
 """
 
-# The acknowledgements of one event-loop turn in one statement (one round trip).
+# Acknowledged or cancelled messages, one or the acknowledgements of one event-loop
+# turn, in one statement (one round trip).
 _DELETE_MESSAGES = """
 WITH keys AS (
     SELECT * FROM unnest($1::text[], $2::text[]) AS k(uaid, message_id)
@@ -460,12 +447,13 @@ class PostgresStore:
         )
 
     async def delete_message(self, uaid: str, message_id: str) -> StoredMessage | None:
-        row = await self._run(
-            lambda conn: conn.fetchrow(_DELETE_MESSAGE, uaid, message_id, time.time())
-        )
-        return None if row is None else _message_from_row(row)
+        return (await self._delete_messages([(uaid, message_id)]))[0]
 
     async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
+        return await self._delete_messages(keys)
+
+    async def _delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
+        """One statement for both (the public methods are timed under their own names)."""
         if not keys:
             return []
         rows = await self._run(
