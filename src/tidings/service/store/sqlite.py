@@ -201,7 +201,11 @@ class _Replay(Exception):
     """An operation of a group failed: run the group again with savepoints."""
 
 
-def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+#: A call's answer: its future, and the value or the error to settle it with.
+_Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _settle(results: list[_Answer]) -> None:
     for future, value, error in results:
         if future.done():
             continue
@@ -333,12 +337,14 @@ class SQLiteStore:
                     continue
                 batch.extend(jobs)  # type: ignore[arg-type]
                 handed += 1
-            answers = self._execute(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+            for job, answer in zip(batch, self._execute(batch), strict=True):
+                by_loop.setdefault(job.loop, []).append(answer)
             # Counted finished before anyone is answered: a caller woken by its answer
             # may commit its next call on the loop at once, and must not find this
             # batch still counted as the worker's backlog.
             self._finished += handed
-            for loop, settled in answers:
+            for loop, settled in by_loop.items():
                 loop.call_soon_threadsafe(_settle, settled)
             if checkpoint:
                 self._checkpoint()
@@ -353,9 +359,9 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 log.warning("SQLite checkpoint failed: %s", exc)
 
-    def _execute(self, batch: list[_Job]) -> list[tuple[asyncio.AbstractEventLoop, list[Any]]]:
-        """Run `batch` in order; return the answers for each caller's loop, not yet sent."""
-        answers: list[tuple[asyncio.AbstractEventLoop, list[Any]]] = []
+    def _execute(self, batch: list[_Job]) -> list[_Answer]:
+        """Run `batch` in order; return one answer per job, not yet sent."""
+        answers: list[_Answer] = []
         group: list[_Job] = []
         for job in batch:
             if job.transactional:
@@ -364,36 +370,28 @@ class SQLiteStore:
             if group:
                 answers.extend(self._commit_on_worker(group))
                 group = []
-            answers.append((job.loop, [self._run_alone(job)]))
+            answers.append(self._run_alone(job))
         if group:
             answers.extend(self._commit_on_worker(group))
         return answers
 
-    def _run_alone(self, job: _Job) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
+    def _run_alone(self, job: _Job) -> _Answer:
         try:
             return job.future, job.fn(self._conn), None
         except BaseException as exc:
             return job.future, None, _as_store_error(exc)
 
-    def _commit_on_worker(
-        self, group: list[_Job]
-    ) -> list[tuple[asyncio.AbstractEventLoop, list[Any]]]:
-        """On the worker: commit `group`; return its answers grouped by caller loop."""
+    def _commit_on_worker(self, group: list[_Job]) -> list[_Answer]:
+        """On the worker: commit `group`; one answer per job."""
         db = self._conn
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         if db is None:
             closed = StoreUnavailable("the store is not open")
-            results = [(job.future, None, closed) for job in group]
-        else:
-            results = self._commit_group(db, group, begun=False)
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for job, result in zip(group, results, strict=True):
-            by_loop.setdefault(job.loop, []).append(result)
-        return list(by_loop.items())
+            return [(job.future, None, closed) for job in group]
+        return self._commit_group(db, group, begun=False)
 
     def _commit_group(
         self, db: sqlite3.Connection, group: list[_Job], *, begun: bool
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    ) -> list[_Answer]:
         try:
             try:
                 return self._run_group(db, group, savepoints=False, begun=begun)
@@ -410,14 +408,14 @@ class SQLiteStore:
     @staticmethod
     def _run_group(
         db: sqlite3.Connection, group: list[_Job], *, savepoints: bool, begun: bool
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    ) -> list[_Answer]:
         """Run `group` in one transaction and commit it.
 
         Without savepoints (the common case: no operation fails) the first failure
         rolls everything back and raises _Replay; the group then runs again with a
         savepoint around each operation, so that only the failed one is undone.
         """
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        results: list[_Answer] = []
         if not begun:
             db.execute("BEGIN IMMEDIATE")
         for job in group:
