@@ -8,6 +8,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DB ?= tidings-data/tidings.db
 PYTEST_ARGS ?=
+# DEMO=1: also serve /playground/ and its demo sender (a try-out mode, not for production).
+DEMO ?=
 
 .PHONY: bench-deps run test lint venv dev-venv system-deps node-deps bench clean
 
@@ -44,7 +46,7 @@ tests/node/node_modules/.package-lock.json: tests/node/package.json tests/node/p
 	else echo "note: npm is missing; the npm interop tests will be skipped"; fi
 
 run: venv
-	$(VENV)/bin/tidings serve --host $(HOST) --port $(PORT) --db $(DB)
+	$(VENV)/bin/tidings serve --host $(HOST) --port $(PORT) --db $(DB) $(if $(DEMO),--demo)
 
 test: dev-venv system-deps node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

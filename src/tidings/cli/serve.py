@@ -121,6 +121,8 @@ def _announce(config: ServiceConfig) -> None:
     click.echo(f"  dashboard: {config.origin}/dashboard", err=True)
     if config.demo:
         click.echo(f"  playground: {config.origin}/playground/", err=True)
+    else:
+        click.echo("  playground: off (start with --demo, or `make run DEMO=1`)", err=True)
     if not config.dashboard_token:
         from tidings.service.web.access import is_loopback_host
 
