@@ -30,12 +30,18 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 venv: $(VENV)/.run-installed
 dev-venv: $(VENV)/.dev-installed
 
-# Debian packages the end-to-end tests drive (as root only; elsewhere say what is missing).
+# Debian packages the end-to-end tests drive (as root only; elsewhere say what is missing):
+# Firefox, nginx in front of the service (deploy/nginx) and certutil to make a Firefox
+# profile trust the tests' private CA; systemd-analyze checks deploy/systemd.
+SYSTEM_PACKAGES := firefox-esr:firefox-esr nginx:nginx certutil:libnss3-tools systemd-analyze:systemd
 system-deps:
-	@if ! command -v firefox-esr >/dev/null 2>&1; then \
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firefox-esr >/dev/null; \
-	  else echo "note: firefox-esr is missing and cannot be installed here (need root on Debian); Firefox tests will be skipped"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: missing Debian packages:$$missing (need root on Debian to install); their tests will be skipped"; fi; \
 	fi
 
 # The npm peers: the web-push sender and the web-push-testing push service.
