@@ -412,7 +412,7 @@ class RedisBus:
                 self._failed("subscription", exc)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 6
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
 
