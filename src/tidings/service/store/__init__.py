@@ -25,6 +25,7 @@ __all__ = [
     "SubscriptionRecord",
     "TooManyMessages",
     "open_store",
+    "sqlite_path",
 ]
 
 
@@ -36,6 +37,10 @@ def open_store(url: str, *, synchronous: str = "normal") -> Store:
         return store_from_url(url)
     from tidings.service.store.sqlite import SQLiteStore
 
+    return SQLiteStore(sqlite_path(url), synchronous=synchronous)
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of an SQLite store URL (a plain path is one too)."""
     # As in SQLAlchemy: sqlite:///relative/path and sqlite:////absolute/path.
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
-    return SQLiteStore(Path(path), synchronous=synchronous)
+    return Path(url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url)
