@@ -15,7 +15,18 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Attach every sub-command; each module owns its own options."""
-    from tidings.cli import agent, backup, bench, demo, hyperty, keys, listen, send, serve
+    from tidings.cli import (
+        agent,
+        backup,
+        bench,
+        demo,
+        hyperty,
+        keys,
+        listen,
+        migrate,
+        send,
+        serve,
+    )
 
     for command in (
         serve.serve,
@@ -28,6 +39,7 @@ def _register_commands() -> None:
         demo.demo,
         backup.backup,
         backup.restore,
+        migrate.migrate,
     ):
         main.add_command(command)
 

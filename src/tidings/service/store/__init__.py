@@ -41,6 +41,8 @@ def open_store(url: str, *, synchronous: str = "normal") -> Store:
 
 
 def sqlite_path(url: str) -> Path:
-    """The file of an SQLite store URL (a plain path is one too)."""
+    """The file of an SQLite store URL: sqlite:///PATH, sqlite:PATH or a plain path."""
     # As in SQLAlchemy: sqlite:///relative/path and sqlite:////absolute/path.
-    return Path(url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url)
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return Path(url.removeprefix("sqlite:"))
