@@ -14,7 +14,7 @@ import pytest
 
 from sender.helpers import Keys, ScriptedService
 from tidings.sender import ResultKind, RetryPolicy, Sender, SendResult
-from tidings.sender.core import _BATCH
+from tidings.sender.fanout import BATCH
 from tidings.webpush import Subscription, VapidKey, b64url_encode
 
 
@@ -41,10 +41,10 @@ def point_off_the_curve(service: ScriptedService) -> dict[str, Any]:
 async def test_batches_keep_every_message_its_own_and_invalid_ones_in_place(
     push_service: ScriptedService, vapid_key: VapidKey
 ) -> None:
-    count = 2 * _BATCH + 17
+    count = 2 * BATCH + 17
     keys, found = subscribers(push_service, "b", count)
     subs: list[object] = list(found)
-    for at in (0, _BATCH - 1, _BATCH, count):  # unusable ones at the edges of batches
+    for at in (0, BATCH - 1, BATCH, count):  # unusable ones at the edges of batches
         subs.insert(at, {"endpoint": push_service.endpoint("bad"), "keys": {"p256dh": "x"}})
     push_service.delay = 0.005
     results: list[SendResult] = []
@@ -111,9 +111,9 @@ async def test_when_the_workers_are_behind_the_loop_encrypts_batches_itself(
     push_service: ScriptedService, vapid_key: VapidKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunks wait in a busy pool; the rest is built here meanwhile, none is lost or doubled."""
-    from tidings.sender import core
+    from tidings.sender import fanout
 
-    monkeypatch.setattr(core, "_CHUNK", 4)
+    monkeypatch.setattr(fanout, "CHUNK", 4)
     released = threading.Event()
     pool = ThreadPoolExecutor(1)
     pool.submit(released.wait, 10)  # the only "worker" is busy until released
@@ -177,7 +177,7 @@ async def test_an_async_source_keeps_every_worker_busy_to_the_end(
     push_service: ScriptedService, vapid_key: VapidKey
 ) -> None:
     """Workers waiting for the source while another takes its last batch must not leave."""
-    _, subs = subscribers(push_service, "a", 2 * _BATCH)
+    _, subs = subscribers(push_service, "a", 2 * BATCH)
 
     async def slowly() -> AsyncIterator[dict[str, Any]]:
         for sub in subs:
@@ -187,7 +187,7 @@ async def test_an_async_source_keeps_every_worker_busy_to_the_end(
     push_service.delay = 0.05
     async with sender(vapid_key) as s:
         summary = await s.send_many(slowly(), "x", ttl=0, concurrency=8)
-    assert summary.accepted == 2 * _BATCH
+    assert summary.accepted == 2 * BATCH
     # 128 answers of 50 ms, 8 at a time: about 0.8 s, not a last batch sent one by one.
     assert summary.elapsed < 2.0
 
