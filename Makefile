@@ -61,6 +61,7 @@ lint: dev-venv
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # wrk drives the service benchmarks (bench/service_load.py, scaleout.py).
 bench-deps:
