@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from tidings import tracing
 from tidings.sender import (
     PushRequest,
     ReceiptError,
@@ -269,6 +270,13 @@ def _gone_line(result: SendResult) -> str:
     help="Write gone subscriptions here, as JSON lines.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option(
+    "--otlp-endpoint",
+    envvar="TIDINGS_OTLP_ENDPOINT",
+    metavar="URL",
+    help="Trace each push (OpenTelemetry, OTLP over HTTP to URL, e.g. http://127.0.0.1:4318); "
+    "the service continues the trace from the request's traceparent.",
+)
 def send(
     message: str | None,
     key_path: str,
@@ -293,8 +301,16 @@ def send(
     body_out: Path | None,
     gone_out: Path | None,
     quiet: bool,
+    otlp_endpoint: str | None,
 ) -> None:
     """Send MESSAGE (or --file / --json) to --subscription or to every --subscriptions line."""
+    if otlp_endpoint:
+        try:
+            tracing.enable("tidings-send", endpoint=otlp_endpoint)
+        except tracing.TracingUnavailable as exc:
+            raise click.UsageError(str(exc)) from None
+        # Spans still queued are exported when the command ends, however it ends.
+        click.get_current_context().call_on_close(tracing.disable)
     if (one is None) == (many is None):
         raise click.UsageError("give exactly one of --subscription FILE or --subscriptions FILE")
     if body_out is not None and not dry_run:

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
 from typing import Literal
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
+from tidings import tracing
 from tidings.sender.fanout import (
     Fanout,
     ResultCallback,
@@ -305,6 +306,32 @@ class Sender:
         original: object = None,
     ) -> SendResult:
         """POST a built request, retrying 429/5xx/network errors by the retry policy."""
+        if tracing.enabled():
+            return await self._deliver_traced(request, timeout, original)
+        return await self._deliver(request, timeout, original)
+
+    async def _deliver_traced(
+        self, request: PushRequest, timeout: float | None, original: object
+    ) -> SendResult:
+        """`_deliver` in a client span whose `traceparent` the request carries."""
+        with tracing.span(
+            "webpush send",
+            kind="client",
+            # The endpoint is a capability URL: only its host goes into the trace.
+            attributes={"server.address": urlsplit(request.url).hostname or ""},
+        ) as current:
+            tracing.inject(request.headers, current)
+            result = await self._deliver(request, timeout, original)
+            if current is not None:
+                current.set_attribute("tidings.result", str(result.kind))
+                current.set_attribute("tidings.attempts", result.attempts)
+                if result.status is not None:
+                    current.set_attribute("http.response.status_code", result.status)
+            return result
+
+    async def _deliver(
+        self, request: PushRequest, timeout: float | None, original: object
+    ) -> SendResult:
         sub = request.subscription or placeholder_subscription({"endpoint": request.url})
         limit = self.timeout if timeout is None else timeout
         policy = self.retry
