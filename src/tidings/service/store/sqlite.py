@@ -156,6 +156,34 @@ def _statements(script: str) -> list[str]:
     return [s for s in statements if s.strip(" ;\n")]
 
 
+BUSY_TIMEOUT = 5.0  # seconds a connection waits for another's write lock
+_sleep_while_locked = time.sleep  # between attempts to enter WAL mode (tests watch it)
+
+
+def _enter_wal_mode(conn: sqlite3.Connection) -> None:
+    """`PRAGMA journal_mode=WAL`, waiting for other connections as a busy timeout would.
+
+    A new file starts in rollback-journal mode. Switching it to WAL writes its header
+    while holding a read lock; when another connection (a store opening the same file
+    at the same moment) holds the write lock meanwhile, SQLite answers SQLITE_BUSY at
+    once without calling the busy handler (waiting could deadlock: the other needs our
+    read lock gone). So the switch is retried here, the read lock released in between,
+    until BUSY_TIMEOUT has passed. Once the file is in WAL mode the pragma takes no
+    lock that can conflict, so later openers pass at the first attempt.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        _sleep_while_locked(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _message_from_row(row: tuple[Any, ...]) -> StoredMessage:
     return StoredMessage(
         message_id=row[0],
@@ -445,9 +473,11 @@ class SQLiteStore:
         # Owner-only from the start: user agent ids let a client take over a connection.
         # SQLite gives the -wal and -shm files the mode of the database file.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA journal_mode=WAL")
+        # The busy timeout is set by connect(), before any statement runs.
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        _enter_wal_mode(conn)
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
         # The version is read inside the write transaction, so processes opening the
@@ -465,8 +495,10 @@ class SQLiteStore:
             raise
         self._conn = conn
         if self._synchronous == "NORMAL":
-            inline = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            inline.execute("PRAGMA busy_timeout=0")  # never wait on the loop: hand over
+            # A busy timeout of 0: never wait on the loop, hand over to the worker.
+            inline = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
             inline.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (fsync) elsewhere
             inline.execute("PRAGMA synchronous=NORMAL")
             inline.execute("PRAGMA foreign_keys=ON")
