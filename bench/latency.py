@@ -172,7 +172,12 @@ def start_service(port: int, directory: Path) -> subprocess.Popen[bytes]:
     process = start_tidings(
         port, directory / "service.db", "--max-messages", "100000", stdout=log, stderr=log,
         # One subscription at up to 1000 msg/s: over the default per-subscription limit.
-        env={**os.environ, "TIDINGS_RATE_PUSH_SUBSCRIPTION": "off"},
+        env={
+            **os.environ,
+            "TIDINGS_RATE_PUSH_SUBSCRIPTION": "off",
+            "TIDINGS_MAX_MESSAGES_PER_SUBSCRIPTION": "100000",
+            "TIDINGS_MAX_BYTES_PER_USER_AGENT": str(1 << 40),
+        },
     )  # fmt: skip
     wait_healthy(port, process)
     return process

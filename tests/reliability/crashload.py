@@ -30,6 +30,8 @@ from tidings.webpush import encrypt
 
 CONFIG = """\
 max_messages_per_user_agent = 100000
+max_messages_per_subscription = 100000
+max_bytes_per_user_agent = 1099511627776
 rate_push_subscription = "off"
 rate_push_address = "off"
 rate_push_vapid_key = "off"

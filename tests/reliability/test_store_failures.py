@@ -23,7 +23,10 @@ import pytest
 from support.service import Registration, ServiceProcess, TestAgent, running_service
 from tidings.webpush import encrypt
 
-CONFIG = 'max_messages_per_user_agent = 100000\nrate_push_subscription = "off"\n'
+CONFIG = (
+    "max_messages_per_user_agent = 100000\nmax_messages_per_subscription = 100000\n"
+    'max_bytes_per_user_agent = 1099511627776\nrate_push_subscription = "off"\n'
+)
 
 
 def encrypted(registration: Registration, text: str) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tidings.service.store import (
+    MessageQuota,
     Store,
     StoredMessage,
     StoreUnavailable,
@@ -59,8 +60,10 @@ async def subscribe(store: Store, uaid: str = "ua1", channel_id: str = "ch1") ->
         await store.add_receipt_subscription(receipt_id, NOW)
 
 
-async def put(store: Store, msg: StoredMessage, limit: int = 100) -> list[str]:
-    return await store.store_message(msg, max_per_user_agent=limit)
+async def put(store: Store, msg: StoredMessage, limit: int = 100, **quota: int) -> list[str]:
+    """Store `msg` with `limit` messages allowed per user agent (and per subscription)."""
+    values = {"per_subscription": limit, "per_user_agent": limit, **quota}
+    return await store.store_message(msg, quota=MessageQuota(**values))
 
 
 def ids(messages: list[StoredMessage]) -> list[str]:

@@ -44,7 +44,8 @@ from tidings.service.logs import configure_logging
     "--max-messages",
     "max_messages_per_user_agent",
     type=int,
-    help="Undelivered messages kept per user agent; further pushes get 429. [default: 100]",
+    help="Undelivered messages kept per user agent (all its subscriptions); further pushes "
+    "get 429. Per subscription: max_messages_per_subscription. [default: 1000]",
 )
 @click.option(
     "--sqlite-synchronous",

@@ -18,6 +18,10 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("max_ttl", 0, 2**31),
     ("max_messages_per_user_agent", 1, 1_000_000),
     ("max_subscriptions_per_user_agent", 1, 1_000_000),
+    ("max_messages_per_subscription", 1, 1_000_000),
+    ("max_bytes_per_user_agent", 4096, 1 << 40),
+    ("max_stored_messages", 1, 10**12),
+    ("user_agent_expiry", 60, 10 * 365 * DAY),
     ("max_body", 4096, 1 << 20),
     ("hello_timeout", 0.01, 3600),
     ("request_timeout", 0.01, 3600),
@@ -40,8 +44,12 @@ class ServiceConfig:
     public_url: str | None = None  # origin written into endpoints; default http://host:port
     secrets: str | None = None  # token key file; default <db dir>/tidings-secrets.json
     max_ttl: int = 30 * DAY  # longer TTLs are cut to this and the answer says so
-    max_messages_per_user_agent: int = 100
+    max_messages_per_user_agent: int = 1000  # unexpired stored messages, all channels
     max_subscriptions_per_user_agent: int = 1000
+    max_messages_per_subscription: int = 100  # unexpired stored messages of one channel
+    max_bytes_per_user_agent: int = 1 << 20  # bytes of the stored bodies of one user agent
+    max_stored_messages: int = 10_000_000  # the whole store; then 507 (docs/operations.md)
+    user_agent_expiry: float = 60 * DAY  # user agents not seen for this long are forgotten
     max_body: int = 4096  # RFC 8030 section 7.2: at least 4096 octets must be accepted
     hello_timeout: float = 10.0  # seconds a new WebSocket has to send `hello`
     request_timeout: float = 30.0  # seconds to send a whole HTTP request (slow clients)

@@ -29,12 +29,15 @@ from tidings.service.links import link_target
 from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
 from tidings.service.store import (
+    MessageQuota,
     Store,
     StoredMessage,
+    StoreFull,
     StoreUnavailable,
     SubscriptionGone,
     SubscriptionRecord,
     TooManyMessages,
+    TooManySubscriptions,
     open_store,
 )
 from tidings.service.tokens import (
@@ -109,6 +112,30 @@ def store_unavailable(exc: Exception) -> ServiceError:
 MAX_ACKS_PER_WRITE = 256  # acknowledgements deleted in one store call at most
 RECEIPT_SWEEP_INTERVAL = 3600.0  # seconds between two sweeps of receipt subscriptions
 RECEIPT_SUBSCRIPTION_GRACE = 86400.0  # past the longest TTL, before an unused one goes
+USER_AGENT_SWEEP_BATCH = 1000  # user agents forgotten per store call by the expiry sweep
+RETRY_AFTER_STORE_FULL = "300"  # seconds; the sweep frees room as messages expire
+
+
+def quota_refused(exc: TooManyMessages | StoreFull) -> ServiceError:
+    """The answer to a push refused by a storage quota (docs/security.md).
+
+    A full subscription or user agent is the sender's (or its user agent's) backlog:
+    429 with Retry-After (RFC 6585 section 4, RFC 8030 section 8.4). A full store is
+    the service's condition, not the request's: 507 Insufficient Storage (RFC 4918
+    section 11.5), temporary, with Retry-After. No stored message is ever evicted.
+    """
+    if isinstance(exc, StoreFull):
+        log.warning("push refused: %s", exc)
+        status, errno, retry = 507, Errno.STORE_FULL, RETRY_AFTER_STORE_FULL
+        why = "the push service has no room for more messages now"
+    elif exc.scope == "bytes":
+        status, errno, retry = 429, Errno.TOO_MANY_BYTES, "60"
+        why = f"the user agent's undelivered messages already take {exc.limit} bytes"
+    else:
+        status, errno, retry = 429, Errno.TOO_MANY_MESSAGES, "60"
+        holder = "subscription" if exc.scope == "subscription" else "user agent"
+        why = f"the {holder} already has {exc.limit} undelivered messages"
+    return ServiceError(status, errno, why + "; retry later", headers={"retry-after": retry})
 
 
 class PushService:
@@ -138,6 +165,12 @@ class PushService:
         self._ack_writer: asyncio.Task[None] | None = None
         self.draining = False
         self.started_at = time.time()
+        self.quota = MessageQuota(
+            per_subscription=config.max_messages_per_subscription,
+            per_user_agent=config.max_messages_per_user_agent,
+            bytes_per_user_agent=config.max_bytes_per_user_agent,
+            stored_messages=config.max_stored_messages,
+        )
 
     # Life cycle -----------------------------------------------------------------------
 
@@ -183,6 +216,31 @@ class PushService:
             if time.monotonic() - last_receipt_sweep >= RECEIPT_SWEEP_INTERVAL:
                 last_receipt_sweep = time.monotonic()
                 await self._sweep_receipt_subscriptions()
+                await self.sweep_user_agents(time.time())
+
+    async def sweep_user_agents(self, now: float) -> int:
+        """Forget user agents not seen for `user_agent_expiry`, with their subscriptions
+        and messages (as autopush does after 60 days); return how many.
+
+        Those connected to this node right now count as seen (a connection may outlive
+        the expiry); each node marks its own before the sweep.
+        """
+        seen_before = now - self.config.user_agent_expiry
+        removed = 0
+        try:
+            await self.store.touch_user_agents(self.hub.connected_user_agents(), now)
+            while True:
+                batch = await self.store.delete_stale_user_agents(
+                    seen_before, USER_AGENT_SWEEP_BATCH
+                )
+                removed += batch
+                if batch < USER_AGENT_SWEEP_BATCH:
+                    break
+        except StoreUnavailable as exc:
+            log.warning("user agent sweep failed: %s", exc)
+        if removed:
+            log.info("forgot %d user agents not seen since %.0f", removed, seen_before)
+        return removed
 
     async def _sweep_receipt_subscriptions(self) -> None:
         """Receipt subscriptions unused for longer than any message can live (and a
@@ -308,21 +366,13 @@ class PushService:
                 if await self.store.get_subscription(ref.uaid, ref.channel_id) is None:
                     raise SubscriptionGone(ref.channel_id)
             else:
-                await self.store.store_message(
-                    message, max_per_user_agent=self.config.max_messages_per_user_agent
-                )
+                await self.store.store_message(message, quota=self.quota)
         except SubscriptionGone:
             raise ServiceError(
                 410, Errno.SUBSCRIPTION_GONE, "the subscription has been removed"
             ) from None
-        except TooManyMessages:
-            raise ServiceError(
-                429,
-                Errno.TOO_MANY_MESSAGES,
-                f"the user agent already has {self.config.max_messages_per_user_agent} "
-                "undelivered messages; retry once it has collected some",
-                headers={"retry-after": "60"},
-            ) from None
+        except (TooManyMessages, StoreFull) as exc:
+            raise quota_refused(exc) from None
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from None
         # Here, or through the bus to the node holding the user agent's connection.
@@ -452,22 +502,24 @@ class PushService:
 
     async def resolve_uaid(self, offered: str | None) -> str:
         """Keep a known user agent id; give anyone else a new one."""
-        if offered is not None and await self.store.has_user_agent(offered):
+        # A hello is what makes a user agent "seen" (user_agent_expiry).
+        if offered is not None and await self.store.touch_user_agent(offered, time.time()):
             return offered
         return new_uaid()
 
     async def register(self, uaid: str, channel_id: str, key: bytes | None) -> str:
         """Create (or return) a subscription and its push endpoint URL."""
         vapid_hash = None if key is None else vapid_key_hash(key)
-        if (
-            await self.store.count_subscriptions(uaid)
-            >= self.config.max_subscriptions_per_user_agent
-        ):
-            raise RegistrationError(429, "too many subscriptions for this user agent")
         await self.store.add_user_agent(uaid, time.time())
-        record = await self.store.add_subscription(
-            SubscriptionRecord(uaid, channel_id, vapid_hash, time.time())
-        )
+        try:
+            # The store counts and inserts atomically: concurrent registers cannot
+            # pass the cap.
+            record = await self.store.add_subscription(
+                SubscriptionRecord(uaid, channel_id, vapid_hash, time.time()),
+                max_per_user_agent=self.config.max_subscriptions_per_user_agent,
+            )
+        except TooManySubscriptions:
+            raise RegistrationError(429, "too many subscriptions for this user agent") from None
         if record.vapid_hash != vapid_hash:
             raise RegistrationError(409, "channelID is registered with another key")
         return self.endpoint_url(EndpointRef(uaid, channel_id, vapid_hash))

@@ -34,10 +34,12 @@ class Errno(IntEnum):
     BAD_RECEIPT = 115  # Link names no receipt subscription of this service
     BAD_SET = 116  # Link names no subscription set of this service
     NEEDS_HTTP2 = 117  # monitoring needs HTTP/2 server push
-    TOO_MANY_MESSAGES = 120  # the user agent has too many stored messages
+    TOO_MANY_MESSAGES = 120  # the subscription or the user agent has too many stored messages
     RATE_LIMITED = 121
     ACCESS_DENIED = 130  # /dashboard, /api/stats or /metrics without the right token
     TOO_MANY_SUBSCRIPTIONS = 122
+    TOO_MANY_BYTES = 125  # the user agent's stored messages take too many bytes
+    STORE_FULL = 126  # 507: the whole store holds its maximum of messages
     UNAVAILABLE = 503  # the store cannot take writes right now
     INTERNAL = 999
 

@@ -69,6 +69,10 @@ class Hub:
         if not agents:
             del self._agents[uaid]
 
+    def connected_user_agents(self) -> list[str]:
+        """The ids of the user agents connected to this node right now."""
+        return list(self._agents)
+
     def is_connected(self, uaid: str) -> bool:
         """True when the user agent has a connection on this node."""
         return uaid in self._agents

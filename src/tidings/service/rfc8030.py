@@ -135,13 +135,14 @@ async def monitor_subscription(service: PushService, request: Request, token: st
     uaid, channel_id = service.open_subscription(token)
     if await service.store.get_subscription(uaid, channel_id) is None:
         raise ServiceError(404, Errno.SUBSCRIPTION_GONE, "the subscription has been removed")
+    await service.store.touch_user_agent(uaid, time.time())  # seen: user_agent_expiry
     return await _monitor(service, request, uaid, channel_id)
 
 
 async def monitor_set(service: PushService, request: Request, token: str) -> Response:
     """GET of a subscription set (section 6.1): messages of every subscription in it."""
     uaid = service.open_set(token)
-    if not await service.store.has_user_agent(uaid):
+    if not await service.store.touch_user_agent(uaid, time.time()):  # seen: user_agent_expiry
         raise ServiceError(404, Errno.SUBSCRIPTION_GONE, "the subscription set has been removed")
     return await _monitor(service, request, uaid, None)
 

@@ -5,25 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from tidings.service.store.base import (
+    MessageQuota,
     Receipt,
     Store,
     StoredMessage,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     SubscriptionGone,
     SubscriptionRecord,
     TooManyMessages,
+    TooManySubscriptions,
 )
 
 __all__ = [
+    "MessageQuota",
     "Receipt",
     "Store",
     "StoreError",
+    "StoreFull",
     "StoreUnavailable",
     "StoredMessage",
     "SubscriptionGone",
     "SubscriptionRecord",
     "TooManyMessages",
+    "TooManySubscriptions",
     "open_store",
     "sqlite_path",
 ]

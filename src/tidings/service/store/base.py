@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# A user agent's last-seen time is written at most once per this many seconds.
+SEEN_RESOLUTION = 3600.0
+
 
 class StoreError(Exception):
     """Base of the store's own errors."""
@@ -25,7 +28,41 @@ class SubscriptionGone(StoreError):
 
 
 class TooManyMessages(StoreError):
-    """The user agent already has the maximum number of stored messages."""
+    """A stored-message quota of a subscription or a user agent is reached.
+
+    `scope` says which: "subscription" (messages of the channel), "user_agent" (messages
+    of every channel of the user agent) or "bytes" (bytes of the user agent's bodies);
+    `limit` is that quota.
+    """
+
+    def __init__(self, scope: str, limit: int) -> None:
+        super().__init__(f"{scope} quota of {limit} reached")
+        self.scope = scope
+        self.limit = limit
+
+
+class StoreFull(StoreError):
+    """The whole store holds its configured maximum of messages (a ceiling for all)."""
+
+
+class TooManySubscriptions(StoreError):
+    """The user agent already holds the maximum number of subscriptions."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageQuota:
+    """How many unexpired messages may be stored, checked in the insert's transaction.
+
+    Per subscription, so that one site filling its channel does not block the user
+    agent's other sites; per user agent (count and body bytes), so that one browser
+    cannot take the store; and for the whole store (every stored message, expired
+    or not, until the sweep removes it).
+    """
+
+    per_subscription: int = 100
+    per_user_agent: int = 1000
+    bytes_per_user_agent: int = 1 << 20
+    stored_messages: int = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +187,27 @@ class Store(Protocol):
         """True when the service knows this user agent id."""
 
     async def add_user_agent(self, uaid: str, now: float) -> None:
-        """Record a new user agent (idempotent)."""
+        """Record a new user agent (idempotent); either way it was seen at `now`."""
 
-    async def add_subscription(self, record: SubscriptionRecord) -> SubscriptionRecord:
-        """Create a subscription, or return the existing one with that channel id."""
+    async def touch_user_agent(self, uaid: str, now: float) -> bool:
+        """True when the user agent exists; it is then recorded as seen at `now`
+        (written only when the last record is older than SEEN_RESOLUTION: cheap)."""
+
+    async def touch_user_agents(self, uaids: Sequence[str], now: float) -> None:
+        """`touch_user_agent` for many (those connected right now), one transaction."""
+
+    async def delete_stale_user_agents(self, seen_before: float, limit: int) -> int:
+        """Forget at most `limit` user agents not seen since `seen_before`, with their
+        subscriptions and messages; return how many."""
+
+    async def add_subscription(
+        self, record: SubscriptionRecord, *, max_per_user_agent: int | None = None
+    ) -> SubscriptionRecord:
+        """Create a subscription, or return the existing one with that channel id.
+
+        Raises TooManySubscriptions when the user agent already holds
+        `max_per_user_agent` others; the count and the insert are one atomic step.
+        """
 
     async def get_subscription(self, uaid: str, channel_id: str) -> SubscriptionRecord | None:
         """The subscription, or None when it does not exist."""
@@ -173,11 +227,15 @@ class Store(Protocol):
     async def count_subscriptions(self, uaid: str) -> int:
         """How many subscriptions a user agent holds."""
 
-    async def store_message(self, message: StoredMessage, *, max_per_user_agent: int) -> list[str]:
+    async def store_message(self, message: StoredMessage, *, quota: MessageQuota) -> list[str]:
         """Store a message; replace a stored one of the same subscription and topic.
 
         Returns the ids of replaced messages. Raises SubscriptionGone when the
-        subscription does not exist, TooManyMessages when the user agent is at its limit.
+        subscription does not exist, TooManyMessages when a quota of its subscription
+        or user agent is reached, StoreFull when the whole store is. The quotas are
+        checked in the insert's transaction: concurrent pushes never exceed them
+        (the whole-store ceiling may be passed by the pushes in flight at once on
+        PostgreSQL: see the store's notes).
         """
 
     async def pending_messages(self, uaid: str, now: float, limit: int) -> list[StoredMessage]:

@@ -27,29 +27,71 @@ from typing import Any, TypeVar
 import asyncpg
 
 from tidings.service.store.base import (
+    SEEN_RESOLUTION,
+    MessageQuota,
     Receipt,
     StoredMessage,
+    StoreFull,
     StoreUnavailable,
     SubscriptionGone,
     SubscriptionRecord,
     TooManyMessages,
+    TooManySubscriptions,
     decode_headers,
     message_columns,
 )
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# SQLSTATEs raised by tidings_store_message (class "TD", user defined).
+# SQLSTATEs raised by tidings_store_message and tidings_add_subscription (class "TD",
+# user defined).
 _GONE = "TD001"
-_FULL = "TD002"
+_SUBSCRIPTION_FULL = "TD003"
+_USER_AGENT_FULL = "TD004"
+_BYTES_FULL = "TD005"
+_STORE_FULL = "TD006"
+_TOO_MANY_SUBSCRIPTIONS = "TD007"
 
 # Any number works: it only has to be the same for every node of a cluster.
 _MIGRATION_LOCK = 0x7469_6469_6E67  # "tiding"
 
+# Constant SQL text shared by the versions of tidings_store_message (never user input).
+# The start of tidings_store_message in every schema: one writer per user agent (its
+# limits and topic replacement cannot race), the subscription must exist, then the
+# message of the same topic goes.
+_LOCK_AND_REPLACE = """
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
+        PERFORM 1 FROM subscriptions WHERE uaid = p_uaid AND channel_id = p_channel_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'subscription gone' USING ERRCODE = 'TD001';
+        END IF;
+        IF p_topic IS NOT NULL THEN
+            WITH gone AS (
+                DELETE FROM messages
+                WHERE uaid = p_uaid AND channel_id = p_channel_id AND topic = p_topic
+                RETURNING message_id
+            )
+            SELECT coalesce(array_agg(message_id), '{}') INTO replaced FROM gone;
+        END IF;
+"""
+
+# Its end: the insert, and the ids of the messages the topic replaced.
+_INSERT_AND_RETURN = """
+        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                              expires_at, urgency, topic, headers, receipt_id)
+        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id);
+        RETURN replaced;
+    END
+    $$;
+"""
+
 _MIGRATIONS: dict[int, str] = {
-    1: """
+    1: "".join(
+        (
+            """
     CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
     CREATE TABLE user_agents (uaid text PRIMARY KEY, created_at double precision NOT NULL);
     CREATE TABLE subscriptions (
@@ -105,34 +147,151 @@ _MIGRATIONS: dict[int, str] = {
         replaced text[] := '{}';
         stored integer;
     BEGIN
-        -- One writer per user agent: the limit and topic replacement cannot race.
-        PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
-        PERFORM 1 FROM subscriptions WHERE uaid = p_uaid AND channel_id = p_channel_id;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'subscription gone' USING ERRCODE = 'TD001';
-        END IF;
-        IF p_topic IS NOT NULL THEN
-            WITH gone AS (
-                DELETE FROM messages
-                WHERE uaid = p_uaid AND channel_id = p_channel_id AND topic = p_topic
-                RETURNING message_id
-            )
-            SELECT coalesce(array_agg(message_id), '{}') INTO replaced FROM gone;
-        END IF;
-        SELECT count(*) INTO stored FROM messages
+""",
+            _LOCK_AND_REPLACE,
+            """        SELECT count(*) INTO stored FROM messages
         WHERE uaid = p_uaid AND expires_at > p_created_at;
         IF stored >= p_max THEN
             RAISE EXCEPTION 'too many messages' USING ERRCODE = 'TD002';
         END IF;
-        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
-                              expires_at, urgency, topic, headers, receipt_id)
-        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
-                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id);
-        RETURN replaced;
+""",
+            _INSERT_AND_RETURN,
+        )
+    ),
+    # Quotas per subscription, per user agent (count and bytes) and for the whole store;
+    # an atomic subscription cap; user agents expire when not seen for long.
+    #
+    # The whole store's message count is kept in 16 rows, the stripe of a message
+    # chosen by its user agent, updated by statement triggers: no COUNT(*) per push,
+    # and pushes of different user agents rarely wait on the same row (one counter row
+    # would make every push of every node take turns). A push reads the sum of the
+    # stripes (16 rows of one page). Within 1024 of the ceiling it also takes a global
+    # advisory lock, held until its commit like its increment, and reads the sum again:
+    # pushes near the ceiling take turns, so it is never passed, unless more than 1024
+    # store transactions are in flight at once (more than the pools of all nodes).
+    2: "".join(
+        (
+            """
+    ALTER TABLE user_agents ADD COLUMN last_seen double precision NOT NULL DEFAULT 0;
+    UPDATE user_agents SET last_seen = greatest(created_at, extract(epoch from now()));
+    CREATE INDEX user_agents_by_last_seen ON user_agents (last_seen);
+
+    CREATE TABLE message_counts (stripe integer PRIMARY KEY, n bigint NOT NULL);
+    INSERT INTO message_counts (stripe, n) SELECT s, 0 FROM generate_series(0, 15) s;
+    UPDATE message_counts c SET n = d.k FROM (
+        SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM messages GROUP BY 1
+    ) d WHERE c.stripe = d.stripe;
+
+    CREATE FUNCTION tidings_count_messages() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        -- Stripes are locked in order, so two bulk deletes cannot deadlock.
+        IF TG_OP = 'INSERT' THEN
+            PERFORM 1 FROM message_counts WHERE stripe IN
+                (SELECT DISTINCT hashtext(uaid) & 15 FROM new_rows)
+                ORDER BY stripe FOR UPDATE;
+            UPDATE message_counts c SET n = c.n + d.k FROM (
+                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM new_rows GROUP BY 1
+            ) d WHERE c.stripe = d.stripe;
+        ELSE
+            PERFORM 1 FROM message_counts WHERE stripe IN
+                (SELECT DISTINCT hashtext(uaid) & 15 FROM old_rows)
+                ORDER BY stripe FOR UPDATE;
+            UPDATE message_counts c SET n = c.n - d.k FROM (
+                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM old_rows GROUP BY 1
+            ) d WHERE c.stripe = d.stripe;
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER messages_counted_in AFTER INSERT ON messages
+        REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION tidings_count_messages();
+    CREATE TRIGGER messages_counted_out AFTER DELETE ON messages
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION tidings_count_messages();
+
+    DROP FUNCTION tidings_store_message(text, text, text, bytea, integer, double precision,
+        double precision, text, text, text, text, integer);
+    CREATE FUNCTION tidings_store_message(
+        p_message_id text, p_uaid text, p_channel_id text, p_body bytea, p_ttl integer,
+        p_created_at double precision, p_expires_at double precision, p_urgency text,
+        p_topic text, p_headers text, p_receipt_id text, p_max_subscription integer,
+        p_max_user_agent integer, p_max_bytes bigint, p_max_stored bigint
+    ) RETURNS text[] LANGUAGE plpgsql AS $$
+    DECLARE
+        replaced text[] := '{}';
+        in_channel bigint;
+        stored bigint;
+        stored_bytes bigint;
+    BEGIN
+""",
+            _LOCK_AND_REPLACE,
+            """        SELECT count(*) FILTER (WHERE channel_id = p_channel_id), count(*),
+               coalesce(sum(octet_length(body)), 0)
+        INTO in_channel, stored, stored_bytes
+        FROM messages WHERE uaid = p_uaid AND expires_at > p_created_at;
+        IF in_channel >= p_max_subscription THEN
+            RAISE EXCEPTION 'subscription quota' USING ERRCODE = 'TD003';
+        END IF;
+        IF stored >= p_max_user_agent THEN
+            RAISE EXCEPTION 'user agent quota' USING ERRCODE = 'TD004';
+        END IF;
+        IF stored_bytes + octet_length(p_body) > p_max_bytes THEN
+            RAISE EXCEPTION 'user agent byte quota' USING ERRCODE = 'TD005';
+        END IF;
+        -- Near the ceiling, pushes take turns on one more lock (held to commit, as is
+        -- their count's increment) and look again: exact. Far from it, none waits.
+        IF (SELECT sum(n) FROM message_counts) >= p_max_stored - 1024 THEN
+            PERFORM pg_advisory_xact_lock(7596132042353772902);
+            IF (SELECT sum(n) FROM message_counts) >= p_max_stored THEN
+                RAISE EXCEPTION 'store full' USING ERRCODE = 'TD006';
+            END IF;
+        END IF;
+""",
+            _INSERT_AND_RETURN,
+            """
+    -- The count and the insert under the user agent's lock: the cap cannot be raced.
+    CREATE FUNCTION tidings_add_subscription(
+        p_uaid text, p_channel_id text, p_vapid_hash bytea, p_created_at double precision,
+        p_max integer
+    ) RETURNS subscriptions LANGUAGE plpgsql AS $$
+    DECLARE
+        found_row subscriptions;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
+        SELECT * INTO found_row FROM subscriptions
+        WHERE uaid = p_uaid AND channel_id = p_channel_id;
+        IF FOUND THEN
+            RETURN found_row;
+        END IF;
+        IF p_max IS NOT NULL
+           AND (SELECT count(*) FROM subscriptions WHERE uaid = p_uaid) >= p_max THEN
+            RAISE EXCEPTION 'too many subscriptions' USING ERRCODE = 'TD007';
+        END IF;
+        INSERT INTO subscriptions (uaid, channel_id, vapid_hash, created_at)
+        VALUES (p_uaid, p_channel_id, p_vapid_hash, p_created_at)
+        RETURNING * INTO found_row;
+        RETURN found_row;
     END
     $$;
     """,
+        )
+    ),
 }
+
+# User agents not seen since $1, at most $2, with their subscriptions (and so their
+# messages); SKIP LOCKED lets two nodes sweeping at once share the work.
+_DELETE_STALE_USER_AGENTS = """
+WITH stale AS (
+    SELECT uaid FROM user_agents WHERE last_seen < $1
+    ORDER BY last_seen LIMIT $2 FOR UPDATE SKIP LOCKED
+), subscriptions_gone AS (
+    DELETE FROM subscriptions WHERE uaid IN (SELECT uaid FROM stale)
+), gone AS (
+    DELETE FROM user_agents WHERE uaid IN (SELECT uaid FROM stale) RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
 
 _SELECT_PENDING = """
 SELECT message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency, topic,
@@ -309,11 +468,44 @@ class PostgresStore:
     async def add_user_agent(self, uaid: str, now: float) -> None:
         await self._run(
             lambda conn: conn.execute(
-                "INSERT INTO user_agents (uaid, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                "INSERT INTO user_agents (uaid, created_at, last_seen) VALUES ($1, $2, $2)"
+                " ON CONFLICT (uaid) DO UPDATE SET last_seen = excluded.last_seen",
                 uaid,
                 now,
             )
         )
+
+    async def touch_user_agent(self, uaid: str, now: float) -> bool:
+        # The UPDATE writes only when the last record is old; the SELECT sees the row
+        # as it was before the statement: it exists either way.
+        found = await self._run(
+            lambda conn: conn.fetchval(
+                "WITH touched AS (UPDATE user_agents SET last_seen = $2"
+                " WHERE uaid = $1 AND last_seen < $3 RETURNING 1)"
+                " SELECT EXISTS (SELECT 1 FROM user_agents WHERE uaid = $1)",
+                uaid,
+                now,
+                now - SEEN_RESOLUTION,
+            )
+        )
+        return bool(found)
+
+    async def touch_user_agents(self, uaids: Sequence[str], now: float) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE user_agents SET last_seen = $2 WHERE uaid = ANY($1::text[])"
+                " AND last_seen < $3",
+                list(uaids),
+                now,
+                now - SEEN_RESOLUTION,
+            )
+        )
+
+    async def delete_stale_user_agents(self, seen_before: float, limit: int) -> int:
+        removed = await self._run(
+            lambda conn: conn.fetchval(_DELETE_STALE_USER_AGENTS, seen_before, limit)
+        )
+        return int(removed)
 
     async def delete_user_agent(self, uaid: str) -> int:
         async def write(conn: asyncpg.Connection) -> int:
@@ -331,26 +523,28 @@ class PostgresStore:
 
     # Subscriptions --------------------------------------------------------------------
 
-    async def add_subscription(self, record: SubscriptionRecord) -> SubscriptionRecord:
-        # Insert, or return the row that won: one statement, race-free across nodes.
-        row = await self._run(
-            lambda conn: conn.fetchrow(
-                "WITH new AS ("
-                " INSERT INTO subscriptions (uaid, channel_id, vapid_hash, created_at)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
-                " RETURNING vapid_hash, created_at)"
-                " SELECT vapid_hash, created_at FROM new UNION ALL"
-                " SELECT vapid_hash, created_at FROM subscriptions"
-                " WHERE uaid = $1 AND channel_id = $2 LIMIT 1",
-                record.uaid,
-                record.channel_id,
-                record.vapid_hash,
-                record.created_at,
-            )
-        )
-        if row is None:
-            # Another node inserted it after this statement's snapshot: read it now.
-            return await self.get_subscription(record.uaid, record.channel_id) or record
+    async def add_subscription(
+        self, record: SubscriptionRecord, *, max_per_user_agent: int | None = None
+    ) -> SubscriptionRecord:
+        # Insert, or return the row that won, under the user agent's lock: race-free
+        # across nodes, the cap included.
+        async def write(conn: asyncpg.Connection) -> asyncpg.Record:
+            try:
+                return await conn.fetchrow(
+                    "SELECT vapid_hash, created_at FROM tidings_add_subscription"
+                    "($1, $2, $3, $4, $5)",
+                    record.uaid,
+                    record.channel_id,
+                    record.vapid_hash,
+                    record.created_at,
+                    max_per_user_agent,
+                )
+            except asyncpg.exceptions.PostgresError as exc:
+                if getattr(exc, "sqlstate", None) == _TOO_MANY_SUBSCRIPTIONS:
+                    raise TooManySubscriptions(record.uaid) from None
+                raise
+
+        row = await self._run(write)
         stored_hash = None if row["vapid_hash"] is None else bytes(row["vapid_hash"])
         return SubscriptionRecord(record.uaid, record.channel_id, stored_hash, row["created_at"])
 
@@ -404,21 +598,32 @@ class PostgresStore:
 
     # Messages -------------------------------------------------------------------------
 
-    async def store_message(self, message: StoredMessage, *, max_per_user_agent: int) -> list[str]:
+    async def store_message(self, message: StoredMessage, *, quota: MessageQuota) -> list[str]:
         async def write(conn: asyncpg.Connection) -> list[str]:
             try:
                 replaced = await conn.fetchval(
                     "SELECT tidings_store_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-                    " $11, $12)",
+                    " $11, $12, $13, $14, $15)",
                     *message_columns(message),
-                    max_per_user_agent,
+                    quota.per_subscription,
+                    quota.per_user_agent,
+                    quota.bytes_per_user_agent,
+                    quota.stored_messages,
                 )
             except asyncpg.exceptions.PostgresError as exc:
                 code = getattr(exc, "sqlstate", None)
                 if code == _GONE:
                     raise SubscriptionGone(message.channel_id) from None
-                if code == _FULL:
-                    raise TooManyMessages(message.uaid) from None
+                if code == _SUBSCRIPTION_FULL:
+                    raise TooManyMessages("subscription", quota.per_subscription) from None
+                if code == _USER_AGENT_FULL:
+                    raise TooManyMessages("user_agent", quota.per_user_agent) from None
+                if code == _BYTES_FULL:
+                    raise TooManyMessages("bytes", quota.bytes_per_user_agent) from None
+                if code == _STORE_FULL:
+                    raise StoreFull(
+                        f"the store holds its maximum of {quota.stored_messages} messages"
+                    ) from None
                 if isinstance(exc, asyncpg.exceptions.ForeignKeyViolationError):
                     raise SubscriptionGone(message.channel_id) from None  # unregister raced
                 raise
@@ -537,7 +742,8 @@ class PostgresStore:
         await self._run(lambda conn: conn.execute("DELETE FROM receipts WHERE seq = $1", seq))
 
     async def count_messages(self) -> int:
-        count = await self._run(lambda conn: conn.fetchval("SELECT count(*) FROM messages"))
+        # The trigger-kept count (see migration 2), not a scan of every message.
+        count = await self._run(lambda conn: conn.fetchval("SELECT sum(n) FROM message_counts"))
         return int(count)
 
     async def count_all_subscriptions(self) -> int:

@@ -39,12 +39,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tidings.service.store.base import (
+    SEEN_RESOLUTION,
+    MessageQuota,
     Receipt,
     StoredMessage,
+    StoreFull,
     StoreUnavailable,
     SubscriptionGone,
     SubscriptionRecord,
     TooManyMessages,
+    TooManySubscriptions,
     decode_headers,
     message_columns,
 )
@@ -57,7 +61,7 @@ MAX_BATCH = 256  # operations committed together at most
 
 Operation = Callable[[Any], Any]  # takes the connection (None before open)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -109,16 +113,41 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX IF NOT EXISTS receipts_by_subscription ON receipts (receipt_id, seq);
     """,
+    # User agents not seen for long expire; user agents known before count as seen now.
+    # The whole store's message count is kept by triggers (one row, no COUNT per push:
+    # SQLite has one writer at a time anyway, so the row is no point of contention).
+    3: """
+    ALTER TABLE user_agents ADD COLUMN last_seen REAL NOT NULL DEFAULT 0;
+    UPDATE user_agents SET last_seen = max(created_at, CAST(strftime('%s', 'now') AS REAL));
+    CREATE INDEX IF NOT EXISTS user_agents_by_last_seen ON user_agents (last_seen);
+    CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
+        WITHOUT ROWID;
+    INSERT INTO counters (name, value) SELECT 'messages', count(*) FROM messages;
+    CREATE TRIGGER IF NOT EXISTS messages_counted_in AFTER INSERT ON messages BEGIN
+        UPDATE counters SET value = value + 1 WHERE name = 'messages';
+    END;
+    CREATE TRIGGER IF NOT EXISTS messages_counted_out AFTER DELETE ON messages BEGIN
+        UPDATE counters SET value = value - 1 WHERE name = 'messages';
+    END;
+    """,
 }
 
 # Column order shared by the statements below and `_message_from_row`. A push is
-# inserted only while its subscription exists and its user agent has fewer than the
-# allowed number of unexpired messages stored.
+# inserted only while its subscription exists, its subscription and its user agent are
+# under their quotas of unexpired messages (count and bytes: one index range of the
+# user agent's rows, at most its quota long) and the store under its ceiling.
 _INSERT_CHECKED_MESSAGE = (
     "INSERT INTO messages (message_id, uaid, channel_id, body, ttl, created_at, expires_at,"
     " urgency, topic, headers, receipt_id) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
     " WHERE EXISTS (SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?)"
-    " AND (SELECT count(*) FROM messages WHERE uaid = ? AND expires_at > ?) < ?"
+    " AND (SELECT coalesce(sum(channel_id = ?), 0) < ? AND count(*) < ?"
+    " AND coalesce(sum(length(body)), 0) + ? <= ?"
+    " FROM messages WHERE uaid = ? AND expires_at > ?)"
+    " AND (SELECT value FROM counters WHERE name = 'messages') < ?"
+)
+_USER_AGENT_USAGE = (
+    "SELECT coalesce(sum(channel_id = ?), 0), count(*), coalesce(sum(length(body)), 0)"
+    " FROM messages WHERE uaid = ? AND expires_at > ?"
 )
 _SELECT_PENDING = (
     "SELECT message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency, topic,"
@@ -154,6 +183,34 @@ def _statements(script: str) -> list[str]:
             statements.append(current.strip())
             current = ""
     return [s for s in statements if s.strip(" ;\n")]
+
+
+BUSY_TIMEOUT = 5.0  # seconds a connection waits for another's write lock
+_sleep_while_locked = time.sleep  # between attempts to enter WAL mode (tests watch it)
+
+
+def _enter_wal_mode(conn: sqlite3.Connection) -> None:
+    """`PRAGMA journal_mode=WAL`, waiting for other connections as a busy timeout would.
+
+    A new file starts in rollback-journal mode. Switching it to WAL writes its header
+    while holding a read lock; when another connection (a store opening the same file
+    at the same moment) holds the write lock meanwhile, SQLite answers SQLITE_BUSY at
+    once without calling the busy handler (waiting could deadlock: the other needs our
+    read lock gone). So the switch is retried here, the read lock released in between,
+    until BUSY_TIMEOUT has passed. Once the file is in WAL mode the pragma takes no
+    lock that can conflict, so later openers pass at the first attempt.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        _sleep_while_locked(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _message_from_row(row: tuple[Any, ...]) -> StoredMessage:
@@ -445,9 +502,11 @@ class SQLiteStore:
         # Owner-only from the start: user agent ids let a client take over a connection.
         # SQLite gives the -wal and -shm files the mode of the database file.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA journal_mode=WAL")
+        # The busy timeout is set by connect(), before any statement runs.
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        _enter_wal_mode(conn)
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
         # The version is read inside the write transaction, so processes opening the
@@ -465,8 +524,10 @@ class SQLiteStore:
             raise
         self._conn = conn
         if self._synchronous == "NORMAL":
-            inline = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            inline.execute("PRAGMA busy_timeout=0")  # never wait on the loop: hand over
+            # A busy timeout of 0: never wait on the loop, hand over to the worker.
+            inline = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
             inline.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (fsync) elsewhere
             inline.execute("PRAGMA synchronous=NORMAL")
             inline.execute("PRAGMA foreign_keys=ON")
@@ -525,24 +586,75 @@ class SQLiteStore:
     async def add_user_agent(self, uaid: str, now: float) -> None:
         await self._op(
             lambda db: db.execute(
-                "INSERT OR IGNORE INTO user_agents (uaid, created_at) VALUES (?, ?)", (uaid, now)
+                "INSERT INTO user_agents (uaid, created_at, last_seen) VALUES (?, ?, ?)"
+                " ON CONFLICT (uaid) DO UPDATE SET last_seen = excluded.last_seen",
+                (uaid, now, now),
             )
         )
 
+    async def touch_user_agent(self, uaid: str, now: float) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            if db.execute(
+                "UPDATE user_agents SET last_seen = ? WHERE uaid = ? AND last_seen < ?",
+                (now, uaid, now - SEEN_RESOLUTION),
+            ).rowcount:
+                return True
+            row = db.execute("SELECT 1 FROM user_agents WHERE uaid = ?", (uaid,)).fetchone()
+            return row is not None
+
+        return await self._op(write)
+
+    async def touch_user_agents(self, uaids: Sequence[str], now: float) -> None:
+        await self._op(
+            lambda db: db.executemany(
+                "UPDATE user_agents SET last_seen = ? WHERE uaid = ? AND last_seen < ?",
+                [(now, uaid, now - SEEN_RESOLUTION) for uaid in uaids],
+            ),
+            slow=True,
+        )
+
+    async def delete_stale_user_agents(self, seen_before: float, limit: int) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            stale = db.execute(
+                "SELECT uaid FROM user_agents WHERE last_seen < ? ORDER BY last_seen LIMIT ?",
+                (seen_before, limit),
+            ).fetchall()
+            db.executemany("DELETE FROM messages WHERE uaid = ?", stale)
+            db.executemany("DELETE FROM subscriptions WHERE uaid = ?", stale)
+            db.executemany("DELETE FROM user_agents WHERE uaid = ?", stale)
+            return len(stale)
+
+        return await self._op(write, slow=True)
+
     # Subscriptions --------------------------------------------------------------------
 
-    async def add_subscription(self, record: SubscriptionRecord) -> SubscriptionRecord:
+    async def add_subscription(
+        self, record: SubscriptionRecord, *, max_per_user_agent: int | None = None
+    ) -> SubscriptionRecord:
         def write(db: sqlite3.Connection) -> SubscriptionRecord:
+            # Counted and inserted in one statement of the write transaction: writers
+            # (threads, processes) take turns, so the cap cannot be raced past.
             db.execute(
                 "INSERT OR IGNORE INTO subscriptions (uaid, channel_id, vapid_hash, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (record.uaid, record.channel_id, record.vapid_hash, record.created_at),
+                " SELECT ?, ?, ?, ? WHERE ? IS NULL"
+                " OR (SELECT count(*) FROM subscriptions WHERE uaid = ?) < ?",
+                (
+                    record.uaid,
+                    record.channel_id,
+                    record.vapid_hash,
+                    record.created_at,
+                    max_per_user_agent,
+                    record.uaid,
+                    max_per_user_agent,
+                ),
             )
             row = db.execute(
                 "SELECT vapid_hash, created_at FROM subscriptions"
                 " WHERE uaid = ? AND channel_id = ?",
                 (record.uaid, record.channel_id),
             ).fetchone()
+            if row is None:
+                raise TooManySubscriptions(record.uaid)
             stored_hash = None if row[0] is None else bytes(row[0])
             return SubscriptionRecord(record.uaid, record.channel_id, stored_hash, row[1])
 
@@ -608,12 +720,12 @@ class SQLiteStore:
 
     # Messages -------------------------------------------------------------------------
 
-    async def store_message(self, message: StoredMessage, *, max_per_user_agent: int) -> list[str]:
-        return await self._op(lambda db: self._store_message_in(db, message, max_per_user_agent))
+    async def store_message(self, message: StoredMessage, *, quota: MessageQuota) -> list[str]:
+        return await self._op(lambda db: self._store_message_in(db, message, quota))
 
     @staticmethod
     def _store_message_in(
-        db: sqlite3.Connection, message: StoredMessage, max_per_user_agent: int
+        db: sqlite3.Connection, message: StoredMessage, quota: MessageQuota
     ) -> list[str]:
         replaced: list[str] = []
         if message.topic is not None:
@@ -623,7 +735,7 @@ class SQLiteStore:
                 (message.uaid, message.channel_id, message.topic),
             ).fetchall()
             replaced = [row[0] for row in rows]
-        # One statement checks the subscription and the limit and inserts; only when
+        # One statement checks the subscription and the quotas and inserts; only when
         # nothing was inserted do we look again to say why.
         inserted = db.execute(
             _INSERT_CHECKED_MESSAGE,
@@ -631,9 +743,14 @@ class SQLiteStore:
                 *message_columns(message),
                 message.uaid,
                 message.channel_id,
+                message.channel_id,
+                quota.per_subscription,
+                quota.per_user_agent,
+                len(message.body),
+                quota.bytes_per_user_agent,
                 message.uaid,
                 message.created_at,
-                max_per_user_agent,
+                quota.stored_messages,
             ),
         ).rowcount
         if inserted:
@@ -644,7 +761,16 @@ class SQLiteStore:
         ).fetchone()
         if exists is None:
             raise SubscriptionGone(message.channel_id)
-        raise TooManyMessages(message.uaid)
+        in_channel, count, size = db.execute(
+            _USER_AGENT_USAGE, (message.channel_id, message.uaid, message.created_at)
+        ).fetchone()
+        if in_channel >= quota.per_subscription:
+            raise TooManyMessages("subscription", quota.per_subscription)
+        if count >= quota.per_user_agent:
+            raise TooManyMessages("user_agent", quota.per_user_agent)
+        if size + len(message.body) > quota.bytes_per_user_agent:
+            raise TooManyMessages("bytes", quota.bytes_per_user_agent)
+        raise StoreFull(f"the store holds its maximum of {quota.stored_messages} messages")
 
     async def pending_messages(self, uaid: str, now: float, limit: int) -> list[StoredMessage]:
         def query(db: sqlite3.Connection) -> list[StoredMessage]:
@@ -750,9 +876,10 @@ class SQLiteStore:
 
     async def count_messages(self) -> int:
         def query(db: sqlite3.Connection) -> int:
-            return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+            row = db.execute("SELECT value FROM counters WHERE name = 'messages'").fetchone()
+            return int(row[0])
 
-        return await self._op(query, slow=True)
+        return await self._op(query)
 
     async def count_all_subscriptions(self) -> int:
         def query(db: sqlite3.Connection) -> int:
