@@ -151,6 +151,14 @@ class UserAgent:
     server push), or a `Transport` object; by default h2:// and h2c:// URLs mean RFC
     8030 and every other URL the WebSocket protocol. `ssl_context` says which
     certificates to trust over TLS.
+
+    When the service drops a subscription (it expired, the service forgot this user
+    agent), each registration's `pushsubscriptionchange` handler is called with the old
+    subscription. With `resubscribe=True` (the default, as Firefox and Chrome do) the
+    agent has already subscribed again with the same options and the event carries the
+    new subscription; with `resubscribe=False` the event's `new_subscription` is None
+    and the handler subscribes again if it wants to
+    (`await registration.push_manager.subscribe(...)`), as a service worker would.
     """
 
     def __init__(
@@ -166,8 +174,10 @@ class UserAgent:
         connect_timeout: float = 30.0,
         max_concurrent_events: int = 256,
         handlers_for: HandlersFor | None = None,
+        resubscribe: bool = True,
     ) -> None:
         self.service_url = service_url
+        self.resubscribe = resubscribe
         if transport is None or isinstance(transport, str):
             transport = make_transport(
                 service_url,
@@ -561,6 +571,10 @@ class UserAgent:
         old = PushSubscription(stored)  # detached: it no longer exists anywhere
         self._active.pop(stored.handle, None)
         new: PushSubscription | None = None
+        if not self.resubscribe:  # the handler decides whether to subscribe again
+            self._state.delete_subscription(stored.scope)
+            self._fire_change(PushSubscriptionChangeEvent(old, None, scope=stored.scope))
+            return
         try:
             made = await self._create(
                 conn, stored.scope, stored.user_visible_only, stored.application_server_key
