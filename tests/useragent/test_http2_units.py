@@ -15,7 +15,7 @@ from tidings.useragent import (
     WebSocketTransport,
 )
 from tidings.useragent.agent import make_transport
-from tidings.useragent.http2 import (
+from tidings.useragent.rfc8030 import (
     REL_PUSH,
     REL_SET,
     check_urgency,

@@ -37,7 +37,7 @@ from tidings.useragent.events import (
     PushSubscriptionChangeEvent,
     SubscriptionChangeHandler,
 )
-from tidings.useragent.http2 import Http2Transport
+from tidings.useragent.rfc8030 import Http2Transport
 from tidings.useragent.transport import Connection, Transport
 from tidings.useragent.websocket import WebSocketTransport
 

@@ -44,8 +44,8 @@ from tidings.useragent.events import (
     SubscriptionChangeHandler,
     run_extendable,
 )
-from tidings.useragent.http2 import Http2Transport, is_rfc8030_url
 from tidings.useragent.protocol import AckCode
+from tidings.useragent.rfc8030 import Http2Transport, is_rfc8030_url
 from tidings.useragent.state import StateStore, StoredRegistration, StoredSubscription
 from tidings.useragent.transport import (
     Acknowledgement,
@@ -360,11 +360,12 @@ class UserAgent:
         self._registrations[scope] = registration
         return registration
 
-    async def _unregister(self, scope: str) -> bool:
+    async def unregister_scope(self, scope: str) -> bool:
+        """`Registration.unregister`: unsubscribe and forget `scope`."""
         existed = self._state.get_registration(scope) is not None
         stored = self._state.get_subscription(scope)
         if stored is not None:
-            await self._unsubscribe(scope, stored.handle)
+            await self.unsubscribe_scope(scope, stored.handle)
         self._state.delete_registration(scope)
         self._registrations.pop(scope, None)
         self._held.pop(scope, None)
@@ -392,7 +393,8 @@ class UserAgent:
             stored = self._state.subscription_by_endpoint(handle)
         return None if stored is None else self._activate(stored)
 
-    def _get_subscription(self, scope: str) -> PushSubscription | None:
+    def subscription_of(self, scope: str) -> PushSubscription | None:
+        """`PushManager.get_subscription` for `scope`."""
         stored = self._state.get_subscription(scope)
         return None if stored is None else self._activate(stored).subscription
 
@@ -407,9 +409,11 @@ class UserAgent:
             )
         return self._activate(stored).subscription
 
-    async def _subscribe(
-        self, scope: str, user_visible_only: bool, key: str | None
+    async def subscribe_scope(
+        self, scope: str, user_visible_only: bool, application_server_key: str | None
     ) -> PushSubscription:
+        """`PushManager.subscribe` for `scope` (see `tidings.useragent.api.PushAgent`)."""
+        key = application_server_key
         if self._state.get_registration(scope) is None:
             raise InvalidStateError(f"scope {scope!r} is not registered")
         existing = self._existing(scope, key)
@@ -457,7 +461,8 @@ class UserAgent:
         self._state.put_subscription(stored)
         return stored
 
-    async def _unsubscribe(self, scope: str, handle: str) -> bool:
+    async def unsubscribe_scope(self, scope: str, handle: str) -> bool:
+        """`PushSubscription.unsubscribe` for the subscription `handle` of `scope`."""
         async with self._lock:
             stored = self._state.get_subscription(scope)
             if stored is None or stored.handle != handle:

@@ -8,7 +8,7 @@ made them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from tidings.useragent.dispatch import SUPPORTED_CONTENT_ENCODINGS
 from tidings.useragent.errors import InvalidStateError
@@ -24,11 +24,9 @@ from tidings.webpush import (
     public_key_bytes,
 )
 
-if TYPE_CHECKING:
-    from tidings.useragent.agent import UserAgent
-
 __all__ = [
     "PermissionState",
+    "PushAgent",
     "PushManager",
     "PushSubscription",
     "PushSubscriptionOptions",
@@ -37,6 +35,32 @@ __all__ = [
 ]
 
 PermissionState = Literal["granted", "denied", "prompt"]
+
+
+class PushAgent(Protocol):
+    """What the Push API objects ask of the user agent that made them (`UserAgent`).
+
+    The objects hold the agent through this protocol, so this module does not depend on
+    the agent's module, and the calls they make are the agent's public ones.
+    """
+
+    async def subscribe_scope(
+        self, scope: str, user_visible_only: bool, application_server_key: str | None
+    ) -> PushSubscription:
+        """The scope's subscription, made at the service when there is none."""
+        ...
+
+    def subscription_of(self, scope: str) -> PushSubscription | None:
+        """The scope's subscription, or None."""
+        ...
+
+    async def unsubscribe_scope(self, scope: str, handle: str) -> bool:
+        """Delete the subscription `handle` of `scope`; False if it was already gone."""
+        ...
+
+    async def unregister_scope(self, scope: str) -> bool:
+        """Unsubscribe and forget `scope`; False if it was not registered."""
+        ...
 
 
 def normalize_application_server_key(key: str | bytes | None) -> str | None:
@@ -67,7 +91,7 @@ class PushSubscriptionOptions:
 class PushSubscription:
     """A push subscription (the W3C `PushSubscription`): hand `to_json()` to a sender."""
 
-    def __init__(self, stored: StoredSubscription, agent: UserAgent | None = None) -> None:
+    def __init__(self, stored: StoredSubscription, agent: PushAgent | None = None) -> None:
         self._stored = stored
         self._agent = agent
         self._public_key = public_key_bytes(load_p256_private_key(stored.private_key))
@@ -124,7 +148,7 @@ class PushSubscription:
         """Delete the subscription at the service and here; False if it was already gone."""
         if self._agent is None:
             raise InvalidStateError("this subscription is not attached to a user agent")
-        return await self._agent._unsubscribe(self.scope, self._stored.handle)
+        return await self._agent.unsubscribe_scope(self.scope, self._stored.handle)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PushSubscription):
@@ -161,11 +185,11 @@ class PushManager:
         """
         key = normalize_application_server_key(application_server_key)
         agent = self._registration._agent
-        return await agent._subscribe(self._registration.scope, user_visible_only, key)
+        return await agent.subscribe_scope(self._registration.scope, user_visible_only, key)
 
     async def get_subscription(self) -> PushSubscription | None:
         """The registration's subscription, or None."""
-        return self._registration._agent._get_subscription(self._registration.scope)
+        return self._registration._agent.subscription_of(self._registration.scope)
 
     async def permission_state(
         self,
@@ -183,7 +207,7 @@ class Registration:
 
     def __init__(
         self,
-        agent: UserAgent,
+        agent: PushAgent,
         scope: str,
         on_push: PushHandler | None = None,
         on_subscription_change: SubscriptionChangeHandler | None = None,
@@ -198,7 +222,7 @@ class Registration:
 
     async def unregister(self) -> bool:
         """Unsubscribe and forget this scope; False if it was not registered."""
-        return await self._agent._unregister(self.scope)
+        return await self._agent.unregister_scope(self.scope)
 
     def __repr__(self) -> str:
         return f"Registration(scope={self.scope!r})"
