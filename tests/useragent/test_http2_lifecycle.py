@@ -24,7 +24,7 @@ from tidings.useragent import NotConnectedError, PushSubscriptionChangeEvent
 from tidings.webpush import encrypt
 
 from .helpers import Inbox, make_agent, send_raw
-from .test_http2_end_to_end import h2_agent, service_uaid
+from .test_end_to_end import h2_agent, service_uaid
 
 
 async def push(
