@@ -102,6 +102,9 @@ async def test_a_full_store_is_507_with_retry_after_and_keeps_every_message(
         assert await running.service.store.count_messages() == 2  # nothing evicted
         assert await collected(running, first, 1) == {b"kept 1"}
         assert (await push(site_a, "room again")).status_code == 201
+        async with httpx.AsyncClient() as client:
+            document = (await client.get(running.url + "/openapi.json")).json()
+        assert "507" in document["paths"]["/push/{token}"]["post"]["responses"]
 
 
 async def test_racing_registers_never_pass_the_subscription_cap(tmp_path: Path) -> None:
