@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from support.service import Registration, RunningService, TestAgent, running_service
+from tidings.service import core
 from tidings.service.core import RegistrationError
 from tidings.service.errors import Errno
 from tidings.webpush import encrypt
@@ -102,6 +104,9 @@ async def test_a_full_store_is_507_with_retry_after_and_keeps_every_message(
         assert await running.service.store.count_messages() == 2  # nothing evicted
         assert await collected(running, first, 1) == {b"kept 1"}
         assert (await push(site_a, "room again")).status_code == 201
+        async with httpx.AsyncClient() as client:
+            document = (await client.get(running.url + "/openapi.json")).json()
+        assert "507" in document["paths"]["/push/{token}"]["post"]["responses"]
 
 
 async def test_racing_registers_never_pass_the_subscription_cap(tmp_path: Path) -> None:
@@ -147,3 +152,21 @@ async def test_user_agents_not_seen_for_the_expiry_are_forgotten(tmp_path: Path)
         returned = await running.agent(gone.uaid)
         assert returned.uaid != gone.uaid
         await returned.close()
+
+
+async def test_the_background_sweep_forgets_stale_user_agents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core, "RECEIPT_SWEEP_INTERVAL", 0.0)  # every expiry sweep
+    settings = {"expiry_sweep_interval": 0.05, "user_agent_expiry": 60}
+    async with running_service(tmp_path, **settings) as running:
+        service = running.service
+        assert service is not None
+        stale, (stale_site,) = await away_with(running, 1)
+        assert stale.uaid is not None
+        await service.store.add_user_agent(stale.uaid, time.time() - 3600)
+        deadline = time.monotonic() + 30
+        while await service.store.has_user_agent(stale.uaid):
+            assert time.monotonic() < deadline, "the sweep never forgot the user agent"
+            await asyncio.sleep(0.05)
+        assert (await push(stale_site, "late")).status_code == 410

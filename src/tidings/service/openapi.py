@@ -165,7 +165,8 @@ def openapi_document(origin: str) -> dict[str, Any]:
                             },
                         },
                     }
-                    | _errors(400, 401, 403, 404, 410, 413),
+                    | _errors(400, 401, 403, 404, 410, 413)
+                    | {"507": {"$ref": "#/components/responses/StoreFull"}},
                 },
             },
             "/m/{token}": {
@@ -308,8 +309,13 @@ def openapi_document(origin: str) -> dict[str, Any]:
             "responses": {
                 "Error": _error_response("Refused; see errno."),
                 "RateLimited": _error_response(
-                    "Rate limited (errno 121) or too many stored messages or "
-                    "subscriptions (120, 122).",
+                    "Rate limited (errno 121) or too many stored messages, stored bytes "
+                    "or subscriptions (120, 125, 122).",
+                    retry_after=True,
+                ),
+                "StoreFull": _error_response(
+                    "The whole store holds max_stored_messages (errno 126); nothing was "
+                    "stored and nothing evicted.",
                     retry_after=True,
                 ),
                 "Unavailable": _error_response(
