@@ -375,7 +375,7 @@ def start_service(workdir: Path, n: int) -> tuple[subprocess.Popen[bytes], int, 
     base = f"http://127.0.0.1:{port}"
 
     async def subscribe_all() -> list[str]:
-        from tidings.service.links import link_target
+        from tidings.webpush.links import link_target
 
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             semaphore = asyncio.Semaphore(32)

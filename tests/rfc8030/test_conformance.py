@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from rfc8030.conftest import Rfc8030
 from tidings.http2 import H2Client, PushedResponse
-from tidings.service.links import link_target
 from tidings.webpush import VapidKey, b64url_encode, decrypt, encrypt, public_key_bytes, sign_vapid
+from tidings.webpush.links import link_target
 
 REL_PUSH = "urn:ietf:params:push"
 REL_SET = "urn:ietf:params:push:set"

@@ -21,8 +21,8 @@ from rfc8030.conftest import Rfc8030
 from rfc8030.test_conformance import UA, drain, path_of, push, subscribe
 from support.service import running_service
 from tidings.http2 import H2Client
-from tidings.service.links import link_target
 from tidings.webpush import b64url_decode, encrypt, public_key_bytes
+from tidings.webpush.links import link_target
 
 REL_PUSH = "urn:ietf:params:push"
 REL_RECEIPT = "urn:ietf:params:push:receipt"

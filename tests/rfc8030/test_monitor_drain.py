@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 from support.ci import free_port
 from tidings.http2 import H2Client
 from tidings.service.config import ServiceConfig
-from tidings.service.links import link_target
 from tidings.service.run import build_server
+from tidings.webpush.links import link_target
 
 
 async def test_stop_closes_subscription_and_receipt_monitors(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 from support.service import ServiceProcess
-from tidings.service.links import link_target
 from tidings.webpush import VapidKey, encrypt, public_key_bytes
+from tidings.webpush.links import link_target
 
 schemathesis = pytest.importorskip("schemathesis")
 

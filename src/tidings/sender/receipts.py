@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import random
-import re
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urljoin, urlsplit
 
 from tidings.http2 import H2Client, H2Error, H2Response, H2Stream, PushedResponse
+from tidings.webpush.links import REL_RECEIPT, link_target
 
 if TYPE_CHECKING:
     from tidings.sender.results import SendResult
@@ -48,20 +48,8 @@ __all__ = [
 
 log = logging.getLogger("tidings.sender.receipts")
 
-REL_RECEIPT = "urn:ietf:params:push:receipt"
-_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]*)*)")
-_REL = re.compile(r"""rel\s*=\s*(?:"([^"]*)"|([^\s;,"]+))""", re.IGNORECASE)
 _BACKLOG = 10_000
 _ERRNO_NEEDS_HTTP2 = 117  # Tidings' errno for a monitor attempted over HTTP/1.1
-
-
-def link_target(header: str | None, relation: str) -> str | None:
-    """The first target of `relation` in a `Link` header (RFC 8288), or None."""
-    for match in _LINK.finditer((header or "")[:8192]):
-        for rel in _REL.finditer(match.group(2)):
-            if relation in (rel.group(1) or rel.group(2) or "").split():
-                return match.group(1).strip()
-    return None
 
 
 def redacted(url: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,13 +15,17 @@ from typing import Any, Literal, TypeAlias
 
 from tidings.webpush import (
     MAX_PLAINTEXT,
+    MAX_TTL,
+    HeaderError,
     InvalidSubscription,
     PayloadTooLarge,
     Subscription,
+    Urgency,
     VapidHeaders,
     aesgcm_encrypt,
     b64url_decode,
     encrypt_for_key,
+    parse_topic,
 )
 
 __all__ = [
@@ -41,9 +44,8 @@ __all__ = [
 
 CONTENT_TYPE = "application/octet-stream"
 """Sent with every encrypted body, as the npm web-push does (some services require it)."""
-URGENCIES = ("very-low", "low", "normal", "high")
-_TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
-_MAX_TTL = 2**31
+URGENCIES = tuple(urgency.value for urgency in Urgency)
+"""RFC 8030's urgencies, lowest first (what `--urgency` and `urgency=` accept)."""
 
 ContentEncoding: TypeAlias = Literal["aes128gcm", "aesgcm"]
 Payload: TypeAlias = bytes | bytearray | memoryview | str | None
@@ -140,15 +142,26 @@ def encode_payload(data: Payload) -> bytes:
     return raw
 
 
+def _valid_topic(topic: object) -> bool:
+    """RFC 8030 §5.4's rule as the service applies it, with no surrounding spaces either."""
+    if not isinstance(topic, str) or topic != topic.strip(" \t"):
+        return False
+    try:
+        parse_topic(topic)
+    except HeaderError:
+        return False
+    return True
+
+
 def check_options(ttl: int, urgency: str | None, topic: str | None, content_encoding: str) -> None:
     """Raise ValueError (with what to fix) for a TTL, Urgency, Topic or coding a service refuses."""
     if type(ttl) is not int or ttl < 0:
         raise ValueError(f"ttl must be a whole number of seconds >= 0, got {ttl!r}")
-    if ttl > _MAX_TTL:
+    if ttl > MAX_TTL:
         raise ValueError(f"ttl must be at most 2**31 seconds, got {ttl}")
     if urgency is not None and urgency not in URGENCIES:
         raise ValueError(f"urgency must be one of {', '.join(URGENCIES)}; got {urgency!r}")
-    if topic is not None and (not isinstance(topic, str) or not _TOPIC.fullmatch(topic)):
+    if topic is not None and not _valid_topic(topic):
         raise ValueError(
             "topic must be 1 to 32 characters of the base64url alphabet (A-Z a-z 0-9 - _); "
             f"got {topic!r}"

@@ -25,7 +25,6 @@ from tidings.service.hub import Hub
 from tidings.service.ids import random_hex
 from tidings.service.keyfile import load_sealer
 from tidings.service.limits import Limit, RateLimiter, client_address, open_limiter, retry_after
-from tidings.service.links import link_target
 from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
 from tidings.service.store import (
@@ -48,6 +47,7 @@ from tidings.service.tokens import (
     vapid_key_hash,
 )
 from tidings.service.vapid_check import VapidChecker
+from tidings.webpush.links import REL_RECEIPT, link_target
 
 log = logging.getLogger("tidings.service")
 
@@ -58,10 +58,6 @@ SUBSCRIPTION_PATH = "/s/"
 SET_PATH = "/set/"
 RECEIPT_PATH = "/r/"
 RETRY_AFTER_UNAVAILABLE = "5"
-
-REL_PUSH = "urn:ietf:params:push"
-REL_SET = "urn:ietf:params:push:set"
-REL_RECEIPT = "urn:ietf:params:push:receipt"
 
 
 @dataclass(frozen=True, slots=True)

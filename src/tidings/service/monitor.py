@@ -10,12 +10,12 @@ import email.utils
 import logging
 import time
 
-from tidings.service.core import REL_PUSH, PushService
+from tidings.service.core import PushService
 from tidings.service.http.messages import Response, ServerPushChannel
-from tidings.service.links import link_value
 from tidings.service.store import StoredMessage, StoreUnavailable
 from tidings.service.tokens import MessageRef
 from tidings.webpush import Urgency
+from tidings.webpush.links import REL_PUSH, link_value
 
 log = logging.getLogger("tidings.monitor")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tidings import __version__
+from tidings.webpush import MAX_TTL, Urgency
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _LIMITED = {"$ref": "#/components/responses/RateLimited"}
@@ -54,13 +55,13 @@ _PUSH_HEADERS = [
         "TTL",
         "Seconds the service may keep the message (RFC 8030 section 5.2); longer than "
         "max_ttl is cut and the answer's TTL says so; 0 delivers only to a connected agent.",
-        {"type": "integer", "minimum": 0, "maximum": 2**31},
+        {"type": "integer", "minimum": 0, "maximum": MAX_TTL},
         required=True,
     ),
     _header(
         "Urgency",
         "RFC 8030 section 5.3.",
-        {"type": "string", "enum": ["very-low", "low", "normal", "high"]},
+        {"type": "string", "enum": [urgency.value for urgency in Urgency]},
     ),
     _header(
         "Topic",
@@ -102,7 +103,7 @@ def _monitor(summary: str, description: str) -> dict[str, Any]:
             _header(
                 "Urgency",
                 "The lowest urgency wanted now.",
-                {"type": "string", "enum": ["very-low", "low", "normal", "high"]},
+                {"type": "string", "enum": [urgency.value for urgency in Urgency]},
             ),
         ],
         "responses": {"204": {"description": "Prefer: wait=0 and all was pushed."}}

@@ -10,15 +10,21 @@ import json
 import re
 import time
 
-from tidings.service.core import REL_PUSH, REL_RECEIPT, REL_SET, SET_PATH, PushService
+from tidings.service.core import SET_PATH, PushService
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response, ServerPushChannel
-from tidings.service.links import link_target, link_value
 from tidings.service.monitor import PushMonitor, ReceiptMonitor
 from tidings.service.ws_session import decode_application_server_key
 from tidings.webpush import HeaderError, InvalidKeyError, Urgency, parse_urgency
+from tidings.webpush.links import (
+    REL_PUSH,
+    REL_RECEIPT,
+    REL_SET,
+    WEBPUSH_OPTIONS,
+    link_target,
+    link_value,
+)
 
-WEBPUSH_OPTIONS = "application/webpush-options+json"
 _WAIT = re.compile(r"(?:^|[\s,;])wait\s*=\s*(\d+)")
 
 

@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
@@ -43,7 +42,8 @@ from tidings.useragent.transport import (
     TransportEvent,
     TransportSubscription,
 )
-from tidings.webpush import HeaderError, parse_urgency
+from tidings.webpush import HeaderError, Urgency, parse_urgency
+from tidings.webpush.links import REL_PUSH, REL_SET, WEBPUSH_OPTIONS, link_target
 
 __all__ = [
     "REL_PUSH",
@@ -61,18 +61,12 @@ __all__ = [
 
 log = logging.getLogger("tidings.useragent.rfc8030")
 
-REL_PUSH = "urn:ietf:params:push"
-REL_SET = "urn:ietf:params:push:set"
-WEBPUSH_OPTIONS = "application/webpush-options+json"
-URGENCY_LEVELS = ("very-low", "low", "normal", "high")
+URGENCY_LEVELS = tuple(urgency.value for urgency in Urgency)
 REDIRECTS = (307, 308)
 MAX_DELIVERED_REMEMBERED = 10_000
 """Message URLs remembered per connection so a second push of one is not handed over."""
 ERRNO_BAD_SET = 116
 """Tidings' errno for a subscribe naming a set it does not know (it was removed)."""
-
-_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]*)*)")
-_REL = re.compile(r"""rel\s*=\s*(?:"([^"]*)"|([^\s;,"]+))""", re.IGNORECASE)
 
 
 # Plain functions ---------------------------------------------------------------------------
@@ -104,15 +98,6 @@ def subscribe_url(service_url: str) -> str:
     if parts.path in ("", "/"):
         return urlunsplit((parts.scheme, parts.netloc, "/subscribe", "", ""))
     return url
-
-
-def link_target(header: str, relation: str) -> str | None:
-    """The first target of `relation` in a Link header (RFC 8288), or None."""
-    for match in _LINK.finditer(header[:8192]):
-        for rel in _REL.finditer(match.group(2)):
-            if relation in (rel.group(1) or rel.group(2) or "").split():
-                return match.group(1).strip()
-    return None
 
 
 def check_urgency(level: str | None) -> str | None:

@@ -25,7 +25,7 @@ from tidings.webpush.errors import (
     VapidError,
     WebPushError,
 )
-from tidings.webpush.headers import Urgency, parse_topic, parse_ttl, parse_urgency
+from tidings.webpush.headers import MAX_TTL, Urgency, parse_topic, parse_ttl, parse_urgency
 from tidings.webpush.keys import load_auth_secret, load_p256_private_key, public_key_bytes
 from tidings.webpush.subscription import Subscription, load_p256_public_key
 from tidings.webpush.vapid import (
@@ -40,6 +40,7 @@ from tidings.webpush.vapid import (
 __all__ = [
     "MAX_BODY",
     "MAX_PLAINTEXT",
+    "MAX_TTL",
     "AesgcmMessage",
     "DecryptionError",
     "EceHeader",

@@ -32,6 +32,7 @@ from tidings.service.http.messages import Request, Response
 from tidings.service.keyfile import write_private_file
 from tidings.webpush import (
     MAX_PLAINTEXT,
+    Urgency,
     VapidKey,
     b64url_decode,
     encrypt,
@@ -41,7 +42,7 @@ from tidings.webpush import (
 
 DEMO_KEY_NAME = "tidings-demo-vapid.pem"
 DEMO_SUBJECT = "mailto:playground@tidings.invalid"
-URGENCIES = ("very-low", "low", "normal", "high")
+URGENCIES = tuple(urgency.value for urgency in Urgency)
 MAX_DEMO_TTL = 24 * 3600
 RECENT_SENDS = 50
 
