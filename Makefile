@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # DEMO=1: also serve /playground/ and its demo sender (a try-out mode, not for production).
 DEMO ?=
 
-.PHONY: bench-deps run test lint venv dev-venv system-deps node-deps bench clean
+.PHONY: bench-deps run test lint venv dev-venv system-deps node-deps bench clean faults faults-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -76,3 +76,18 @@ bench: dev-venv node-deps bench-deps
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# The fault campaign (bench/faults, issue 22): three nodes, PostgreSQL with a replica and
+# Redis in network namespaces, a seeded nemesis and a checker. Root only (namespaces,
+# iptables, tc). SEED and DURATION (seconds of faults) replay a run.
+SEED ?= 1
+DURATION ?= 120
+faults-deps:
+	@if ! command -v iptables >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null; \
+	  else echo "note: the fault campaign needs iptables and root"; exit 1; fi; \
+	fi
+
+faults: dev-venv faults-deps
+	$(PY) bench/faults/campaign.py --seed $(SEED) --duration $(DURATION)

@@ -1,0 +1,111 @@
+"""The campaign's judge: reads a history, knows nothing of the service's code.
+
+Promises checked (docs/reliability.md):
+- lost: a push answered 201/202 with TTL > 0, not deleted by its sender and not made
+  obsolete by a later push with the same Topic, that never reached its user agent,
+  although its TTL ran past the moment the cluster healed plus a recovery time (a user
+  agent notices a dead connection only when a ping goes unanswered, then reconnects);
+- misrouted: a message that reached another user agent or channel than it was sent to;
+- late: a message delivered after its TTL (a second of slack for clocks and transit);
+- obsolete: a message delivered after a newer one with its Topic was accepted (the same
+  slack: one already on the wire may still land);
+- after delete: a message delivered after its sender's DELETE was answered 204;
+- undecryptable: a body the user agent could not decrypt;
+- duplicated (counted, allowed: Web Push is at least once) and TTL-0 pushes that were
+  delivered or not (counted, allowed either way).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+SLACK = 1.0
+
+
+@dataclass
+class Verdict:
+    accepted: int = 0
+    delivered: int = 0
+    duplicated: int = 0
+    violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.violations.values())
+
+    def table(self) -> str:
+        kinds = ("lost", "misrouted", "late", "obsolete", "after delete", "undecryptable")
+        rows = [("pushes accepted", self.accepted), ("delivered (distinct)", self.delivered),
+                ("duplicated deliveries", self.duplicated)]  # fmt: skip
+        rows += [(kind, len(self.violations.get(kind, []))) for kind in kinds]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value:>8}" for name, value in rows)
+
+
+def check(events: list[dict[str, Any]], healed_at: float, recovery: float = 10.0) -> Verdict:
+    """Judge `events` (History.events); `healed_at` is when the last fault was lifted,
+    `recovery` the seconds after it that a message may still be lost in."""
+    verdict = Verdict()
+    pushes: dict[str, dict[str, Any]] = {}
+    answers: dict[str, dict[str, Any]] = {}
+    deletes: dict[str, float] = {}
+    deliveries: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    accepted_by_topic: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
+    for event in events:
+        kind = event["kind"]
+        if kind == "push":
+            pushes[event["id"]] = event
+        elif kind == "answer":
+            answers[event["id"]] = event
+            push = pushes.get(event["id"])
+            if push and event["status"] in (201, 202) and push.get("topic"):
+                key = (push["channel"], push["topic"])
+                accepted_by_topic[key].append((event["t"], event["id"]))
+        elif kind == "deleted" and event["status"] == 204:
+            deletes[event["id"]] = event["t"]
+        elif kind == "delivered":
+            if event.get("id") is None:
+                verdict.violations["undecryptable"].append(str(event.get("version")))
+            else:
+                deliveries[event["id"]].append(event)
+        elif kind == "undecryptable":
+            verdict.violations["undecryptable"].append(event.get("error", ""))
+
+    for message_id, push in pushes.items():
+        answer = answers.get(message_id)
+        got = deliveries.get(message_id, [])
+        if got:
+            verdict.delivered += 1
+            verdict.duplicated += len(got) - 1
+        for delivery in got:
+            if delivery["agent"] != push["agent"] or delivery["channel"] != push["channel"]:
+                verdict.violations["misrouted"].append(message_id)
+            if answer is not None and push["ttl"] > 0:
+                expires = answer["t"] + push["ttl"]
+                if delivery["t"] > expires + SLACK:
+                    verdict.violations["late"].append(message_id)
+            deleted_at = deletes.get(message_id)
+            if deleted_at is not None and delivery["t"] > deleted_at + SLACK:
+                verdict.violations["after delete"].append(message_id)
+            if push.get("topic"):
+                newer = [
+                    at for at, other in accepted_by_topic[(push["channel"], push["topic"])]
+                    if other != message_id and answer is not None and at > answer["t"]
+                ]  # fmt: skip
+                if newer and delivery["t"] > min(newer) + SLACK:
+                    verdict.violations["obsolete"].append(message_id)
+        if answer is None or answer["status"] not in (201, 202) or push["ttl"] == 0:
+            continue
+        verdict.accepted += 1
+        if got or message_id in deletes:
+            continue
+        if push.get("topic") and any(
+            at > answer["t"] and other != message_id
+            for at, other in accepted_by_topic[(push["channel"], push["topic"])]
+        ):
+            continue  # replaced: the newer one stands for it
+        if answer["t"] + push["ttl"] > healed_at + recovery:
+            verdict.violations["lost"].append(message_id)
+    return verdict

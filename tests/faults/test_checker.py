@@ -1,0 +1,66 @@
+"""The fault campaign's checker (bench/faults/checker.py) on histories written by hand:
+each promise it guards, broken once, is reported; kept, it is not."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "faults"))
+
+from checker import check
+
+HEALED = 100.0
+
+
+def push(
+    mid: str, t: float, ttl: int = 600, topic: str | None = None, agent: str = "a"
+) -> list[dict[str, Any]]:
+    sent = {"kind": "push", "t": t, "id": mid, "agent": agent, "channel": "c", "ttl": ttl}
+    answer = {"kind": "answer", "t": t + 0.01, "id": mid, "status": 201, "location": "/m/x"}
+    return [{**sent, "topic": topic, "node": "n1"}, answer]
+
+
+def delivered(mid: str, t: float, agent: str = "a", channel: str = "c") -> dict[str, Any]:
+    return {"kind": "delivered", "t": t, "id": mid, "agent": agent, "channel": channel}
+
+
+def kinds(events: list[dict[str, Any]]) -> dict[str, list[str]]:
+    return {k: v for k, v in check(events, HEALED).violations.items() if v}
+
+
+def test_a_clean_history_passes_and_duplicates_are_only_counted() -> None:
+    events = [*push("m1", 10), delivered("m1", 11), delivered("m1", 12)]
+    verdict = check(events, HEALED)
+    assert verdict.ok and verdict.accepted == 1 and verdict.duplicated == 1
+
+
+def test_an_accepted_message_that_never_arrives_is_lost() -> None:
+    assert kinds(push("m1", 10)) == {"lost": ["m1"]}
+
+
+def test_a_message_whose_ttl_ended_before_the_cluster_recovered_may_be_lost() -> None:
+    assert kinds(push("m1", 10, ttl=5)) == {}  # expired at 15, healed at 100
+    assert kinds(push("m2", 95, ttl=12)) == {}  # expired within the recovery time
+
+
+def test_deleted_and_replaced_messages_need_not_arrive() -> None:
+    deleted = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": 204}]
+    replaced = [*push("m1", 10, topic="t"), *push("m2", 20, topic="t"), delivered("m2", 21)]
+    assert kinds(deleted) == {} and kinds(replaced) == {}
+
+
+def test_wrong_agent_late_obsolete_after_delete_and_undecryptable_are_reported() -> None:
+    assert kinds([*push("m1", 10), delivered("m1", 11, agent="b")]) == {"misrouted": ["m1"]}
+    assert kinds([*push("m1", 10, ttl=5), delivered("m1", 20)]) == {"late": ["m1"]}
+    obsolete = [*push("m1", 10, topic="t"), *push("m2", 20, topic="t"), delivered("m1", 30)]
+    assert kinds([*obsolete, delivered("m2", 31)]) == {"obsolete": ["m1"]}
+    after = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": 204}]
+    assert kinds([*after, delivered("m1", 20)]) == {"after delete": ["m1"]}
+    garbled = [
+        *push("m1", 10),
+        delivered("m1", 11),
+        {"kind": "delivered", "t": 12, "id": None, "version": "v"},
+    ]
+    assert kinds(garbled) == {"undecryptable": ["v"]}
