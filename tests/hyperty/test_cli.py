@@ -72,6 +72,8 @@ def test_a_call_between_command_line_runtimes(
                 str(port),
                 "--db",
                 str(tmp_path / "element.db"),
+                "--push-origin",
+                service.url,
             ],
             stdout=log,
             stderr=log,
