@@ -400,11 +400,11 @@ class PushElement:
             if runtime_of(message.from_) != runtime:
                 raise _forbidden(f"the credential is not the one of {runtime_of(message.from_)}")
             return Admitted(message, runtime)
-        if not self.owns(runtime, message.from_):
-            raise _forbidden(f"{message.from_} is not an address of the sending runtime")
-        source = message.source
+        source = message.source  # checked first: a refused message binds no data object
         if source is not None and is_hyperty(source) and not self.owns(runtime, source):
             raise _forbidden(f"body.source {source} is not an address of the sending runtime")
+        if not self.owns(runtime, message.from_):
+            raise _forbidden(f"{message.from_} is not an address of the sending runtime")
         identity = message.identity
         if identity is not None:
             if self.identity is None:
@@ -417,6 +417,10 @@ class PushElement:
                     raise _forbidden(f"body.identity.assertion: {exc}") from None
             message = message.with_body(identity=checked)
         return Admitted(message, runtime)
+
+    def open_polls(self, runtime: str) -> int:
+        """Inbox long-polls `runtime` holds open now."""
+        return self._polls[runtime]
 
     async def poll(
         self, credential: str | None, addresses: list[str], timeout: float
