@@ -510,3 +510,33 @@ async def test_an_inbox_is_bounded_in_messages_and_bytes(stack: Stack) -> None:
         codes.append((await stack.element.deliver(message)).answer.code)
     assert codes == [100, 100, 503]
     assert stack.element.mailboxes.queued(bob)[0] == 2
+
+
+async def test_the_runtimes_an_element_holds_are_bounded(stack: Stack) -> None:
+    stack.element.limits = replace(stack.element.limits, max_runtimes=2)
+    codes = []
+    for index in range(3):
+        runtime = f"hyperty-runtime://example.com/many-{index}"
+        codes.append(
+            Message.from_dict(
+                (await stack.post(registration(runtime, {"hyperties": []}))).json()
+            ).code
+        )
+    assert codes == [200, 200, 503]
+    assert stack.element.store.runtime_count() == 2
+
+
+async def test_data_objects_bound_to_a_runtime_are_bounded(stack: Stack) -> None:
+    stack.element.limits = replace(stack.element.limits, objects_per_runtime=2)
+    _, bob = await stack.callee()
+    runtime, alice = await stack.caller()
+    calls = [alice.invitation(bob) for _ in range(3)]
+    for invitation in calls:
+        cancel = Message(runtime.next_id(), "delete", invitation.from_.rsplit("/", 1)[0], bob)
+        assert (await stack.post(cancel.to_dict(), runtime.credential)).status_code == 200
+    assert stack.element.store.object_count(runtime.url) == 2
+    # The oldest was released: it is anyone's again, the newer ones are still Alice's.
+    thief, _ = await attacker(stack)
+    oldest, newest = (c.from_.rsplit("/", 1)[0] for c in (calls[0], calls[2]))
+    assert stack.element.owns(thief.url, oldest)
+    assert not stack.element.owns(thief.url, newest)
