@@ -78,6 +78,20 @@ def hyperty() -> None:
 @click.option("--idp-issuer", default=None, help="Verify identity assertions from this issuer.")
 @click.option("--idp-jwks", default=None, help="The issuer's keys: a JWKS URL or file.")
 @click.option("--idp-audience", default=None, help="The assertions' aud. [default: DOMAIN]")
+@click.option(
+    "--rate-registrations",
+    default="30/min",
+    show_default=True,
+    help="Registrations per client IP address (N/s, N/min, N/h [burst B], or off).",
+)
+@click.option(
+    "--rate-messages",
+    default="10/s burst 100",
+    show_default=True,
+    help="Messages per runtime (N/s, N/min, N/h [burst B], or off).",
+)
+@click.option("--max-hyperties", type=int, default=32, show_default=True, help="Per runtime.")
+@click.option("--max-polls", type=int, default=4, show_default=True, help="Open polls per runtime.")
 @_log_level
 def push_element(
     domain: str,
@@ -91,10 +105,16 @@ def push_element(
     idp_issuer: str | None,
     idp_jwks: str | None,
     idp_audience: str | None,
+    rate_registrations: str,
+    rate_messages: str,
+    max_hyperties: int,
+    max_polls: int,
     log_level: str,
 ) -> None:
     """Run the push element domain://push.<DOMAIN> with its HTTP endpoint at /hyperty/."""
+    from tidings.hyperty.element import ElementLimits
     from tidings.hyperty.identity import IdentityVerifier
+    from tidings.service.limits import Rule
 
     _logging(log_level)
     if (idp_issuer is None) != (idp_jwks is None):
@@ -103,10 +123,20 @@ def push_element(
     if idp_issuer is not None and idp_jwks is not None:
         verifier = IdentityVerifier(idp_issuer, idp_audience or domain, idp_jwks)
     # What the element is told beyond where it runs: its TTL, whom it pushes to, whom it trusts.
+    try:
+        limits = ElementLimits(
+            registrations_per_client=Rule.parse(rate_registrations),
+            messages_per_runtime=Rule.parse(rate_messages),
+            hyperties_per_runtime=max_hyperties,
+            polls_per_runtime=max_polls,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     element_options: dict[str, Any] = {
         "ttl": ttl,
         "push_origins": push_origins or None,
         "identity": verifier,
+        "limits": limits,
     }
     try:
         asyncio.run(_push_element(domain, key, subject, (host, port), db, element_options))
