@@ -540,3 +540,26 @@ async def test_data_objects_bound_to_a_runtime_are_bounded(stack: Stack) -> None
     oldest, newest = (c.from_.rsplit("/", 1)[0] for c in (calls[0], calls[2]))
     assert stack.element.owns(thief.url, oldest)
     assert not stack.element.owns(thief.url, newest)
+
+
+def test_registrations_made_without_credentials_are_dropped(tmp_path: Path) -> None:
+    from tidings.hyperty.store import ElementStore
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the schema before credentials
+        db.executescript(
+            "CREATE TABLE runtimes (runtime TEXT PRIMARY KEY, subscription TEXT NOT NULL, "
+            "user TEXT, registered_at REAL NOT NULL);"
+            "CREATE TABLE hyperties (hyperty TEXT PRIMARY KEY, runtime TEXT NOT NULL);"
+            "INSERT INTO runtimes VALUES ('hyperty-runtime://example.com/old', '{}', NULL, 0);"
+            "INSERT INTO hyperties VALUES ('hyperty://example.com/h', "
+            "'hyperty-runtime://example.com/old');"
+        )
+    db.close()
+    store = ElementStore(path)
+    try:
+        assert store.runtime_count() == 0 and store.runtime_for("hyperty://example.com/h") is None
+        assert store.create_runtime("hyperty-runtime://example.com/old", "c", 0.0)
+        assert store.runtime_by_credential("c") == "hyperty-runtime://example.com/old"
+    finally:
+        store.close()
