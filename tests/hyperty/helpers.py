@@ -68,9 +68,11 @@ class Stack:
         assert isinstance(connector, Connector)
         return runtime, connector
 
-    async def post(self, document: Any) -> httpx.Response:
+    async def post(self, document: Any, credential: str | None = None) -> httpx.Response:
+        """POST a message to the element (with `Authorization: Bearer credential`)."""
+        headers = {} if credential is None else {"authorization": f"Bearer {credential}"}
         async with httpx.AsyncClient(timeout=5) as client:
-            return await client.post(self.element_url + "/messages", json=document)
+            return await client.post(self.element_url + "/messages", json=document, headers=headers)
 
 
 @pytest.fixture
@@ -80,7 +82,11 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     async with running_service(tmp_path / "service") as service, sender:
         events: list[ElementEvent] = []
         element = PushElement(
-            DOMAIN, sender, application_server_key=key.public_key_b64, on_event=events.append
+            DOMAIN,
+            sender,
+            application_server_key=key.public_key_b64,
+            on_event=events.append,
+            push_origins=[service.url],
         )
         async with ElementServer(ElementApp(element)) as server:
             result = Stack(tmp_path, service, element, server, key, events)

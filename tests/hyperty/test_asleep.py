@@ -109,7 +109,7 @@ def test_tidings_demo_call_prints_the_timeline(tmp_path: Path) -> None:
         "caller   invites hyperty://example.com/",
         "element  pushed the create: 201 accepted, Urgency high, TTL 60, Topic ",
         "callee   runtime process started by `tidings agent`",
-        "callee   Connector rings: Alice is calling",
+        "callee   Connector rings: Alice is calling (verified caller)",
         "caller   final answer 200 OK",
         "wake-up latency (invitation to the Connector's handler): ",
     ):

@@ -72,6 +72,8 @@ def test_a_call_between_command_line_runtimes(
                 str(port),
                 "--db",
                 str(tmp_path / "element.db"),
+                "--push-origin",
+                service.url,
             ],
             stdout=log,
             stderr=log,
@@ -140,3 +142,15 @@ def test_a_call_between_command_line_runtimes(
         assert bad.returncode != 0 and "give a runtime URL or a domain" in bad.stderr
     finally:
         service.stop()
+
+
+def test_push_element_flags_are_checked(tmp_path: Path) -> None:
+    key = tmp_path / "vapid.pem"
+    key.write_bytes(VapidKey.generate().to_pem())
+    base = ["hyperty", "push-element", "--domain", "example.com", "--key", str(key)]
+    alone = run([*base, "--idp-issuer", "https://idp.example.com"])
+    assert alone.returncode != 0 and "--idp-issuer and --idp-jwks go together" in alone.stderr
+    bad = run([*base, "--rate-messages", "lots"])
+    assert bad.returncode != 0 and "bad rate limit 'lots'" in bad.stderr
+    missing = run([*base, "--idp-issuer", "https://i", "--idp-jwks", str(tmp_path / "no.json")])
+    assert missing.returncode != 0 and "keys cannot be loaded" in missing.stderr

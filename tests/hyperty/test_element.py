@@ -22,7 +22,11 @@ async def test_registration_and_unregistration(stack: Stack) -> None:
     assert record is not None and record.runtime == runtime.url
     assert record.subscription == runtime.subscription
     assert stack.element.status(hyperty) == "disconnected"
-    assert stack.kinds("registered") == [{"runtime": runtime.url, "hyperties": [hyperty]}]
+    # The first registration (before the address allocation) got the credential.
+    assert stack.kinds("registered") == [
+        {"runtime": runtime.url, "hyperties": []},
+        {"runtime": runtime.url, "hyperties": [hyperty]},
+    ]
 
     answer = await runtime.unregister()
     assert (answer.code, answer.from_, answer.to) == (
@@ -39,7 +43,7 @@ async def test_registration_and_unregistration(stack: Stack) -> None:
 async def test_bad_registrations_get_a_rethink_400(stack: Stack) -> None:
     sender = "hyperty-runtime://example.com/r1/registry"
     base = {"id": 5, "type": "create", "from": sender, "to": stack.element.url}
-    response = await stack.post({**base, "body": {"value": {"hyperties": []}}})
+    response = await stack.post({**base, "body": {"value": {"subscription": 1, "hyperties": []}}})
     assert response.status_code == 200
     answer = Message.from_dict(response.json())
     assert (answer.id, answer.type, answer.to, answer.code) == (5, "response", sender, 400)
@@ -70,14 +74,16 @@ async def test_http_errors(stack: Stack) -> None:
         config = (await client.get(stack.element_url + "/config")).json()
         assert config["applicationServerKey"] == stack.key.public_key_b64
         assert config["element"] == "domain://push.example.com" and config["ttl"] == 60
+    runtime = await stack.runtime("answering")
+    callee = await runtime.create_hyperty("connector")
     orphan = {
         "id": 77,
         "type": "response",
-        "from": "hyperty://example.com/callee",
+        "from": callee,
         "to": "connection://example.com/nobody/subscription",
         "body": {"code": 200},
     }
-    response = await stack.post(orphan)
+    response = await stack.post(orphan, runtime.credential)
     assert response.status_code == 404 and response.json()["errno"] == 304
 
 
@@ -225,7 +231,8 @@ async def test_a_connected_runtime_gets_messages_on_its_inbox(stack: Stack) -> N
 
 async def test_the_runtime_keeps_its_address_and_hyperties(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
     first = HypertyRuntime(None, tmp_path / "r", domain=DOMAIN, element=stack.element_url)
-    hyperty = await first.create_hyperty("connector", options={"answer": "decline"})
+    async with first:  # the element allocates the address
+        hyperty = await first.create_hyperty("connector", options={"answer": "decline"})
     second = HypertyRuntime(None, tmp_path / "r")
     assert second.url == first.url and second.hyperties == first.hyperties
     assert second.running(hyperty) is None

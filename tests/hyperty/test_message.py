@@ -451,6 +451,9 @@ def test_parse_registration() -> None:
     assert registration.hyperties == (CALLEE,)
     assert registration.subscription == SUBSCRIPTION
     assert registration.user == "user://example.com/bob"
+    # A runtime that holds its message connection registers without a subscription.
+    bare = parse_registration(_registration({"hyperties": []}), "example.com")
+    assert bare.subscription is None and bare.hyperties == ()
 
 
 def _registration(value: Any, sender: str = RUNTIME + "/registry") -> Message:
@@ -461,7 +464,8 @@ def _registration(value: Any, sender: str = RUNTIME + "/registry") -> Message:
     ("value", "field", "text"),
     [
         (None, "body.value", "a registration carries"),
-        ({"hyperties": [CALLEE]}, "body.value.subscription", "PushSubscription JSON"),
+        ({"subscription": [], "hyperties": [CALLEE]}, "body.value.subscription",
+         "PushSubscription JSON"),
         ({"subscription": {"endpoint": "ftp://x"}, "hyperties": [CALLEE]},
          "body.value.subscription", "endpoint"),
         ({"subscription": SUBSCRIPTION}, "body.value.hyperties", "must be a list"),

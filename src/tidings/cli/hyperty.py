@@ -1,6 +1,7 @@
 """`tidings hyperty`: push towards reTHINK Hyperty runtimes.
 
     tidings hyperty push-element --domain example.com --key vapid.pem [--port 8090]
+        [--push-origin https://push.example.com] [--idp-issuer ISS --idp-jwks URL|FILE]
     tidings hyperty runtime init --state DIR --domain example.com \\
         --element http://127.0.0.1:8090/hyperty --service ws://127.0.0.1:8080/ [--asleep]
     tidings hyperty runtime run --state DIR        (an awake runtime: woken in-process)
@@ -18,6 +19,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -66,6 +68,30 @@ def hyperty() -> None:
 @click.option("--port", type=int, default=8090, show_default=True)
 @click.option("--db", default=None, help="SQLite file for registrations. [default: in memory]")
 @click.option("--ttl", type=int, default=DEFAULT_TTL, show_default=True, help="TTL of pushes (s).")
+@click.option(
+    "--push-origin",
+    "push_origins",
+    multiple=True,
+    help="A push service origin the element may push to (repeat for several). "
+    "[default: the co-located Tidings service, http://127.0.0.1:8080]",
+)
+@click.option("--idp-issuer", default=None, help="Verify identity assertions from this issuer.")
+@click.option("--idp-jwks", default=None, help="The issuer's keys: a JWKS URL or file.")
+@click.option("--idp-audience", default=None, help="The assertions' aud. [default: DOMAIN]")
+@click.option(
+    "--rate-registrations",
+    default="30/min",
+    show_default=True,
+    help="Registrations per client IP address (N/s, N/min, N/h [burst B], or off).",
+)
+@click.option(
+    "--rate-messages",
+    default="10/s burst 100",
+    show_default=True,
+    help="Messages per runtime (N/s, N/min, N/h [burst B], or off).",
+)
+@click.option("--max-hyperties", type=int, default=32, show_default=True, help="Per runtime.")
+@click.option("--max-polls", type=int, default=4, show_default=True, help="Open polls per runtime.")
 @_log_level
 def push_element(
     domain: str,
@@ -75,24 +101,65 @@ def push_element(
     port: int,
     db: str | None,
     ttl: int,
+    push_origins: tuple[str, ...],
+    idp_issuer: str | None,
+    idp_jwks: str | None,
+    idp_audience: str | None,
+    rate_registrations: str,
+    rate_messages: str,
+    max_hyperties: int,
+    max_polls: int,
     log_level: str,
 ) -> None:
     """Run the push element domain://push.<DOMAIN> with its HTTP endpoint at /hyperty/."""
+    from tidings.hyperty.element import ElementLimits
+    from tidings.hyperty.identity import IdentityVerifier
+    from tidings.service.limits import Rule
+
     _logging(log_level)
+    if (idp_issuer is None) != (idp_jwks is None):
+        raise click.UsageError("--idp-issuer and --idp-jwks go together")
+    verifier = None
+    if idp_issuer is not None and idp_jwks is not None:
+        verifier = IdentityVerifier(idp_issuer, idp_audience or domain, idp_jwks)
+    # What the element is told beyond where it runs: its TTL, whom it pushes to, whom it trusts.
     try:
-        asyncio.run(_push_element(domain, key, subject, host, port, db, ttl))
+        limits = ElementLimits(
+            registrations_per_client=Rule.parse(rate_registrations),
+            messages_per_runtime=Rule.parse(rate_messages),
+            hyperties_per_runtime=max_hyperties,
+            polls_per_runtime=max_polls,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    element_options: dict[str, Any] = {
+        "ttl": ttl,
+        "push_origins": push_origins or None,
+        "identity": verifier,
+        "limits": limits,
+    }
+    try:
+        asyncio.run(_push_element(domain, key, subject, (host, port), db, element_options))
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 async def _push_element(
-    domain: str, key: str, subject: str | None, host: str, port: int, db: str | None, ttl: int
+    domain: str,
+    key: str,
+    subject: str | None,
+    listen: tuple[str, int],
+    db: str | None,
+    element_options: dict[str, Any],
 ) -> None:
     from tidings.hyperty.element import PushElement
     from tidings.hyperty.http import ElementApp, ElementServer
     from tidings.hyperty.store import ElementStore
     from tidings.sender import RetryPolicy, Sender, load_vapid_key
 
+    verifier = element_options["identity"]
+    if verifier is not None:
+        await verifier.keys()  # a JWKS that cannot be loaded stops the start-up
     vapid = load_vapid_key(key)
     store = ElementStore(db) if db else ElementStore()
     stop = asyncio.Event()
@@ -102,12 +169,17 @@ async def _push_element(
     retry = RetryPolicy(max_attempts=2, base_delay=0.2, max_delay=1.0)
     async with Sender(vapid, subject or f"mailto:push@{domain}", retry=retry, timeout=10) as sender:
         element = PushElement(
-            domain, sender, store=store, ttl=ttl, application_server_key=vapid.public_key_b64
+            domain,
+            sender,
+            store=store,
+            application_server_key=vapid.public_key_b64,
+            **element_options,
         )
-        async with ElementServer(ElementApp(element), host, port) as server:
+        async with ElementServer(ElementApp(element), *listen) as server:
             click.echo(
                 f"push element {element.url} at {server.url}/hyperty/messages "
-                f"(demo page {server.url}/hyperty/), key {vapid.public_key_b64}",
+                f"(demo page {server.url}/hyperty/), key {vapid.public_key_b64}, pushing to "
+                f"{', '.join(sorted(element.push_origins))}",
                 err=True,
             )
             await stop.wait()

@@ -3,8 +3,11 @@
 - `Message`, `MessageError`, `check_response`: the reTHINK message model (message.py);
 - address helpers for `hyperty://`, `hyperty-runtime://`, `user://`, `domain://` and data
   objects (addresses.py);
-- `PushElement`: `domain://push.<domain>`, next to the message node: registrations,
-  delivery by Web Push, cancel by Topic, answers routed back (element.py, http.py);
+- `PushElement`: `domain://push.<domain>`, next to the message node: runtime credentials,
+  address allocation, registrations, delivery by Web Push, cancel by Topic, answers
+  routed back, `ElementLimits` (element.py, http.py);
+- `IdentityVerifier`: identity assertions checked against an IdP's JWKS (identity.py);
+  `IdentityProvider`: a test IdP (idp.py);
 - `HypertyRuntime`: a runtime that keeps its address, sleeps, and is woken by a push
   (runtime.py, wake.py); `Connector`: the call set-up hyperty (connector.py).
 
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
     from tidings.hyperty.addresses import (
         Address,
         AddressError,
+        allocation_url,
         connection_url,
         hyperty_url,
         is_data_object,
@@ -33,7 +37,16 @@ if TYPE_CHECKING:
         runtime_url,
         user_url,
     )
-    from tidings.hyperty.element import Delivery, ElementEvent, Mailboxes, PushElement
+    from tidings.hyperty.element import (
+        Delivery,
+        ElementEvent,
+        ElementLimits,
+        Mailboxes,
+        PushElement,
+        Refused,
+    )
+    from tidings.hyperty.identity import IdentityError, IdentityVerifier
+    from tidings.hyperty.idp import IdentityProvider
     from tidings.hyperty.message import (
         MESSAGE_TYPES,
         Message,
@@ -73,12 +86,16 @@ _EXPORTS = {
     "AddressError": "tidings.hyperty.addresses",
     "Delivery": "tidings.hyperty.element",
     "ElementEvent": "tidings.hyperty.element",
+    "ElementLimits": "tidings.hyperty.element",
     "ElementStore": "tidings.hyperty.store",
     "Hyperty": "tidings.hyperty.runtime",
     "HypertyContext": "tidings.hyperty.runtime",
     "HypertyFactory": "tidings.hyperty.runtime",
     "HypertyRuntime": "tidings.hyperty.runtime",
     "HypertyRuntimeError": "tidings.hyperty.runtime",
+    "IdentityError": "tidings.hyperty.identity",
+    "IdentityProvider": "tidings.hyperty.idp",
+    "IdentityVerifier": "tidings.hyperty.identity",
     "Mailboxes": "tidings.hyperty.element",
     "Message": "tidings.hyperty.message",
     "MessageError": "tidings.hyperty.message",
@@ -86,8 +103,10 @@ _EXPORTS = {
     "MessageType": "tidings.hyperty.message",
     "PushElement": "tidings.hyperty.element",
     "PushPlan": "tidings.hyperty.rules",
+    "Refused": "tidings.hyperty.element",
     "Registration": "tidings.hyperty.rules",
     "Route": "tidings.hyperty.rules",
+    "allocation_url": "tidings.hyperty.addresses",
     "check_response": "tidings.hyperty.message",
     "classify": "tidings.hyperty.rules",
     "connection_url": "tidings.hyperty.addresses",
@@ -117,12 +136,16 @@ __all__ = [
     "AddressError",
     "Delivery",
     "ElementEvent",
+    "ElementLimits",
     "ElementStore",
     "Hyperty",
     "HypertyContext",
     "HypertyFactory",
     "HypertyRuntime",
     "HypertyRuntimeError",
+    "IdentityError",
+    "IdentityProvider",
+    "IdentityVerifier",
     "Mailboxes",
     "Message",
     "MessageError",
@@ -130,8 +153,10 @@ __all__ = [
     "MessageType",
     "PushElement",
     "PushPlan",
+    "Refused",
     "Registration",
     "Route",
+    "allocation_url",
     "check_response",
     "classify",
     "connection_url",

@@ -19,6 +19,7 @@ __all__ = [
     "ADDRESS_SCHEMES",
     "Address",
     "AddressError",
+    "allocation_url",
     "connection_url",
     "hyperty_url",
     "is_data_object",
@@ -28,6 +29,7 @@ __all__ = [
     "parse_address",
     "push_element_url",
     "registry_url",
+    "runtime_allocation_url",
     "runtime_registry_url",
     "runtime_url",
     "user_url",
@@ -124,6 +126,18 @@ def runtime_registry_url(runtime: str) -> str:
 def push_element_url(domain: str) -> str:
     """`domain://push.<domain>`: the push element of the service provider."""
     return f"domain://push.{_domain(domain)}"
+
+
+def allocation_url(domain: str) -> str:
+    """`domain://msg-node.<domain>/address-allocation`: where runtimes get hyperty addresses."""
+    return f"domain://msg-node.{_domain(domain)}/address-allocation"
+
+
+def runtime_allocation_url(runtime: str) -> str:
+    """The runtime's address allocation function, the `from` of its allocation requests."""
+    if not is_runtime(runtime):
+        raise AddressError(f"{runtime!r} is not a hyperty-runtime:// address")
+    return runtime.rstrip("/") + "/address-allocation"
 
 
 def registry_url(domain: str) -> str:

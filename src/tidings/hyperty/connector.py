@@ -86,6 +86,7 @@ class Connector:
             id=invitation.id,
             caller=invitation.caller_name or invitation.source,
             source=invitation.source,
+            verified=(invitation.identity or {}).get("verified") is True,
         )
         if self.on_invitation is not None:
             result = self.on_invitation(invitation)

@@ -10,6 +10,10 @@ long-polls the element). The callee runtime is
 - `awake`: `tidings hyperty runtime run` as a separate process whose own user agent
   wakes the Connector in-process (the app is running, but has no message connection).
 
+The element trusts only this service's push origin and checks identity assertions
+against a test identity provider (`idp.py`): the caller's invitation carries Alice's
+assertion, so the callee rings for a verified caller.
+
 Every step is timed with the wall clock (all processes are on one machine).
 """
 
@@ -28,6 +32,8 @@ from typing import Any, Literal
 
 from tidings.hyperty.element import ElementEvent, PushElement
 from tidings.hyperty.http import ElementApp, ElementServer
+from tidings.hyperty.identity import IdentityVerifier, KeySet
+from tidings.hyperty.idp import IdentityProvider
 from tidings.hyperty.message import Message
 from tidings.hyperty.runtime import HypertyRuntime
 
@@ -106,6 +112,7 @@ class CallDemo:
         self.domain = domain
         self.ttl = ttl
         self.events: list[ElementEvent] = []
+        self.idp = IdentityProvider(f"https://idp.{domain}")
         self.service_ws = ""
         self.callee_url = ""
         self.caller_url = ""
@@ -154,6 +161,10 @@ class CallDemo:
             ttl=self.ttl,
             application_server_key=key.public_key_b64,
             on_event=self.events.append,
+            push_origins=[config.origin],
+            identity=IdentityVerifier(
+                self.idp.issuer, self.domain, KeySet.from_jwks(self.idp.jwks())
+            ),
         )
         self.element_server = ElementServer(ElementApp(self.element))
         await self.element_server.start()
@@ -183,7 +194,8 @@ class CallDemo:
             command += ["--state", str(self.callee_state), "--command-timeout", "20"]
             ready = "connected to"
         else:
-            self.callee_url = await runtime.create_hyperty("connector", options=options)
+            async with runtime:
+                self.callee_url = await runtime.create_hyperty("connector", options=options)
             command = [sys.executable, "-m", "tidings", "hyperty", "runtime", "run"]
             command += ["--state", str(self.callee_state)]
             ready = "runtime ready"
@@ -261,7 +273,13 @@ class CallDemo:
         assert connector is not None
         events_before = len(self.callee_events())
         element_before = len(self.events)
-        invitation = connector.invitation(self.callee_url)  # type: ignore[attr-defined]
+        assertion = self.idp.assertion(
+            f"user://{self.idp.domain}/alice",
+            audience=self.domain,
+            name="Alice",
+            username=f"alice@{self.idp.domain}",
+        )
+        invitation = connector.invitation(self.callee_url, assertion=assertion)  # type: ignore[attr-defined]
         provisional: list[tuple[float, Message]] = []
         started = time.time()
         answer = await connector.call(  # type: ignore[attr-defined]
@@ -332,9 +350,10 @@ class CallDemo:
         }
         for event in callee:
             if event["event"] in texts:
-                steps.append(
-                    Step(event["at"] - started, "callee", texts[event["event"]].format(**event))
-                )
+                what = texts[event["event"]].format(**event)
+                if event["event"] == "ring" and event.get("verified"):
+                    what += " (verified caller)"
+                steps.append(Step(event["at"] - started, "callee", what))
         steps.append(
             Step(answered - started, "caller", f"final answer {answer.code} {answer.description}")
         )

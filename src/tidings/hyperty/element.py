@@ -8,6 +8,13 @@ the callee's answer comes back here and goes on to the caller.
 "Connected" means what the message node knows: a runtime that holds its message
 connection, here a long-poll on `/hyperty/inbox` (see `Mailboxes`), gets its messages
 there and is not pushed. The I/O-free decisions live in `rules.py`.
+
+Who may do what (`admit`, `poll`): a runtime's first registration gets a credential
+(256 random bits, returned once, stored hashed); everything it does afterwards carries
+it. Hyperty addresses are allocated by the element and belong to that runtime; a
+message's `from` must be an address of the sending runtime, or a data object URL bound
+to it (on first use). Identity assertions are verified when an identity provider is
+configured; pushes go only to trusted push service origins. See docs/hyperty.md.
 """
 
 from __future__ import annotations
@@ -15,32 +22,117 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tidings.hyperty.addresses import is_hyperty, object_url, push_element_url
+from tidings.hyperty.addresses import (
+    AddressError,
+    allocation_url,
+    hyperty_url,
+    is_data_object,
+    is_hyperty,
+    object_url,
+    push_element_url,
+)
+from tidings.hyperty.identity import IdentityError, IdentityVerifier, strip_verified
 from tidings.hyperty.message import Message, MessageError
 from tidings.hyperty.rules import (
     DEFAULT_TTL,
     MessageTooLarge,
     PushPlan,
     Route,
+    check_endpoint,
     classify,
     is_cancel,
+    parse_allocation,
     parse_registration,
     plan_push,
+    runtime_of,
 )
 from tidings.hyperty.store import ElementStore, Pending
 from tidings.sender.results import ResultKind, SendResult
+from tidings.service.limits import Rule, TokenBucket
 
-__all__ = ["Delivery", "ElementEvent", "Mailboxes", "PushElement", "PushSender"]
+__all__ = [
+    "Admitted",
+    "Delivery",
+    "ElementEvent",
+    "ElementLimits",
+    "Mailboxes",
+    "PushElement",
+    "PushSender",
+    "Refused",
+]
 
 log = logging.getLogger("tidings.hyperty.element")
 
 #: Messages kept per address for a runtime that is between two polls.
 MAILBOX_LIMIT = 256
+#: Bytes of messages kept per address for a runtime that is between two polls.
+MAILBOX_BYTES = 256 * 1024
+
+#: Stable error numbers of the element's refusals (the HTTP endpoint's space, 301-319).
+ERRNO_UNAUTHORIZED = 306
+ERRNO_FORBIDDEN = 307
+ERRNO_RATE = 308
+ERRNO_POLLS = 309
+
+
+@dataclass(frozen=True)
+class ElementLimits:
+    """What one client or runtime may make the element hold or do."""
+
+    registrations_per_client: Rule | None = Rule(0.5, 30)  # noqa: RUF009 - frozen, shared
+    """Registrations (and unregistrations) per client IP address: 30/min, bursts of 30."""
+    messages_per_runtime: Rule | None = Rule(10.0, 100)  # noqa: RUF009 - frozen, shared
+    """Messages (requests, answers, allocations) per runtime: 10/s, bursts of 100."""
+    hyperties_per_runtime: int = 32
+    """Hyperty addresses allocated to one runtime (and so registered by it)."""
+    allocation_batch: int = 8
+    """Addresses one allocation request may ask for."""
+    objects_per_runtime: int = 1024
+    """Data object URLs bound to one runtime; binding more releases its oldest."""
+    inbox_messages: int = MAILBOX_LIMIT
+    inbox_bytes: int = MAILBOX_BYTES
+    polls_per_runtime: int = 4
+    """Inbox long-polls one runtime may hold open at once."""
+    max_runtimes: int = 100_000
+    buckets: int = 100_000
+    """Rate limit buckets kept (an LRU: an evicted bucket comes back full)."""
+
+
+class Refused(Exception):
+    """A request the element will not act on: an HTTP status and the JSON error body."""
+
+    def __init__(
+        self, status: int, errno: int, error: str, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.errno = errno
+        self.error = error
+        self.message = message
+        self.retry_after = retry_after
+
+
+def _unauthorized(message: str) -> Refused:
+    return Refused(401, ERRNO_UNAUTHORIZED, "unauthorized", message)
+
+
+def _forbidden(message: str) -> Refused:
+    return Refused(403, ERRNO_FORBIDDEN, "forbidden", message)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A message the element will act on, as it will pass it on."""
+
+    message: Message
+    runtime: str | None
+    """The authenticated sending runtime; None only for a new runtime's first registration."""
 
 
 class PushSender(Protocol):
@@ -73,10 +165,20 @@ class Mailboxes:
     seconds after one returned (the runtime is about to poll again).
     """
 
-    def __init__(self, grace: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        grace: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_messages: int = MAILBOX_LIMIT,
+        max_bytes: int = MAILBOX_BYTES,
+    ) -> None:
         self.grace = grace
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
         self._clock = clock
         self._queues: dict[str, collections.deque[Message]] = {}
+        self._bytes: collections.Counter[str] = collections.Counter()
         self._polls: collections.Counter[str] = collections.Counter()
         self._last_seen: dict[str, float] = {}
         self._changed = asyncio.Event()
@@ -88,15 +190,30 @@ class Mailboxes:
         seen = self._last_seen.get(address)
         return seen is not None and self._clock() - seen < self.grace
 
-    def put(self, address: str, message: Message) -> None:
-        queue = self._queues.setdefault(address, collections.deque(maxlen=MAILBOX_LIMIT))
+    def put(self, address: str, message: Message) -> bool:
+        """Queue a message for `address`; False (nothing queued) when its inbox is full."""
+        size = len(message.encoded())
+        queue = self._queues.get(address)
+        if queue is not None and (
+            len(queue) >= self.max_messages or self._bytes[address] + size > self.max_bytes
+        ):
+            return False
+        if queue is None:
+            queue = self._queues[address] = collections.deque()
         queue.append(message)
+        self._bytes[address] += size
         self._changed.set()
+        return True
+
+    def queued(self, address: str) -> tuple[int, int]:
+        """Messages and bytes waiting for `address`."""
+        return len(self._queues.get(address, ())), self._bytes[address]
 
     def _drain(self, addresses: Iterable[str]) -> list[Message]:
         taken: list[Message] = []
         for address in addresses:
             queue = self._queues.pop(address, None)
+            self._bytes.pop(address, None)
             if queue:
                 taken.extend(queue)
         return taken
@@ -147,7 +264,9 @@ class PushElement:
 
     `sender` is a `tidings.sender.Sender` with the element's VAPID key (the key runtimes
     subscribe with). `store` defaults to memory; give an `ElementStore(path)` to keep
-    registrations across restarts.
+    registrations across restarts. `push_origins` are the push services it pushes to
+    (default: the co-located Tidings service, `http://127.0.0.1:8080`); `identity`
+    checks `body.identity` assertions (None: not checked, and never marked verified).
     """
 
     def __init__(
@@ -161,16 +280,35 @@ class PushElement:
         application_server_key: str | None = None,
         on_event: Callable[[ElementEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
+        push_origins: Collection[str] | None = None,
+        identity: IdentityVerifier | None = None,
+        limits: ElementLimits | None = None,
     ) -> None:
+        from tidings.webpush.vapid import vapid_audience
+
         self.domain = domain
         self.url = push_element_url(domain)
+        self.allocation = allocation_url(domain)
         self.sender = sender
         self.store = store or ElementStore()
         self.ttl = ttl
-        self.mailboxes = mailboxes or Mailboxes()
+        self.limits = limits or ElementLimits()
+        self.mailboxes = mailboxes or Mailboxes(
+            max_messages=self.limits.inbox_messages, max_bytes=self.limits.inbox_bytes
+        )
         self.application_server_key = application_server_key
         self.on_event = on_event
         self._clock = clock
+        if push_origins is None:
+            from tidings.service.config import ServiceConfig
+
+            push_origins = (ServiceConfig().origin,)
+        self.push_origins = frozenset(vapid_audience(origin) for origin in push_origins)
+        self.identity = identity
+        self._buckets: collections.OrderedDict[tuple[str, str], TokenBucket] = (
+            collections.OrderedDict()
+        )
+        self._polls: collections.Counter[str] = collections.Counter()
 
     def _event(self, what: str, /, **detail: Any) -> None:
         log.debug("%s %s", what, detail)
@@ -183,19 +321,149 @@ class PushElement:
             return "live"
         return "disconnected" if self.store.runtime_for(hyperty) is not None else None
 
+    # Who may do what ----------------------------------------------------------------------
+
+    def _take(self, kind: str, key: str, rule: Rule | None, what: str) -> None:
+        """Take a token from a rate limit bucket; Refused (429) when it is empty."""
+        if rule is None:
+            return
+        now = time.monotonic()
+        slot = (kind, key)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = TokenBucket(rule.burst, now)
+            if len(self._buckets) > self.limits.buckets:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(slot)
+        wait = bucket.take(rule, now)
+        if wait > 0:
+            raise Refused(429, ERRNO_RATE, "too many requests", f"too many {what}; slow down", wait)
+
+    def authenticate(self, credential: str | None) -> str:
+        """The runtime a credential belongs to; Refused (401) for none or an unknown one."""
+        if not credential:
+            raise _unauthorized(
+                "present the runtime credential the registration returned "
+                "(Authorization: Bearer <credential>)"
+            )
+        runtime = self.store.runtime_by_credential(credential)
+        if runtime is None:
+            raise _unauthorized("the credential is not valid here")
+        return runtime
+
+    def owns(self, runtime: str, address: str) -> bool:
+        """Whether `runtime` may send from `address`: an address allocated to it, the
+        runtime itself or one of its functions, or a data object bound to it (a data
+        object nobody holds yet becomes its)."""
+        if is_hyperty(address):
+            return self.store.owner_of(address) == runtime
+        if address == runtime or address.startswith(runtime + "/"):
+            return True
+        if is_data_object(address):
+            try:
+                data_object = object_url(address)
+            except AddressError:
+                return False
+            owner = self.store.claim_object(
+                data_object, runtime, self._clock(), self.limits.objects_per_runtime
+            )
+            return owner == runtime
+        return False
+
+    async def admit(
+        self, message: Message, *, credential: str | None, client: str = "-"
+    ) -> Admitted:
+        """Check that the sender may send `message`; the message as it will be passed on.
+
+        Refused: 401 without a valid credential, 403 when the credential is another
+        runtime's or `from` (or `body.source`) is not the sender's, 429 over a rate limit.
+        A registration from a runtime the element does not know needs no credential (it
+        is where the credential comes from).
+        """
+        try:
+            route = classify(message, self.url, self.allocation)
+        except MessageError:
+            return Admitted(message, None)  # `handle` answers it with a 400, doing nothing
+        if route in (Route.REGISTER, Route.UNREGISTER):
+            self._take("client", client, self.limits.registrations_per_client, "registrations")
+            claimed = runtime_of(message.from_)
+            if (
+                route is Route.REGISTER
+                and not credential
+                and not self.store.runtime_exists(claimed)
+            ):
+                return Admitted(message, None)
+        runtime = self.authenticate(credential)
+        self._take("runtime", runtime, self.limits.messages_per_runtime, "messages")
+        if route in (Route.REGISTER, Route.UNREGISTER, Route.ALLOCATE):
+            if runtime_of(message.from_) != runtime:
+                raise _forbidden(f"the credential is not the one of {runtime_of(message.from_)}")
+            return Admitted(message, runtime)
+        source = message.source  # checked first: a refused message binds no data object
+        if source is not None and is_hyperty(source) and not self.owns(runtime, source):
+            raise _forbidden(f"body.source {source} is not an address of the sending runtime")
+        if not self.owns(runtime, message.from_):
+            raise _forbidden(f"{message.from_} is not an address of the sending runtime")
+        identity = message.identity
+        if identity is not None:
+            if self.identity is None:
+                checked = strip_verified(identity)
+            else:
+                try:
+                    checked = await self.identity.check(identity)
+                except IdentityError as exc:
+                    self._event("refused", id=message.id, reason=f"identity: {exc}")
+                    raise _forbidden(f"body.identity.assertion: {exc}") from None
+            message = message.with_body(identity=checked)
+        return Admitted(message, runtime)
+
+    def open_polls(self, runtime: str) -> int:
+        """Inbox long-polls `runtime` holds open now."""
+        return self._polls[runtime]
+
+    async def poll(
+        self, credential: str | None, addresses: list[str], timeout: float
+    ) -> list[Message]:
+        """A runtime's long-poll on its inbox: only its own addresses, a few polls at once."""
+        runtime = self.authenticate(credential)
+        foreign = [a for a in addresses if not is_hyperty(a) or self.store.owner_of(a) != runtime]
+        if foreign:
+            raise _forbidden(f"{foreign[0]} is not an address of this runtime")
+        if self._polls[runtime] >= self.limits.polls_per_runtime:
+            raise Refused(
+                429,
+                ERRNO_POLLS,
+                "too many polls",
+                f"at most {self.limits.polls_per_runtime} open inbox polls per runtime",
+                1.0,
+            )
+        self._polls[runtime] += 1
+        try:
+            return await self.mailboxes.take(addresses, timeout)
+        finally:
+            self._polls[runtime] -= 1
+            if not self._polls[runtime]:
+                del self._polls[runtime]
+
     # The one entry point of the HTTP endpoint ---------------------------------------------
 
-    async def handle(self, message: Message) -> Message | None:
-        """Act on a message posted to the element; the reTHINK answer (None for a response)."""
+    async def handle(self, message: Message, *, runtime: str | None = None) -> Message | None:
+        """Act on an admitted message (`admit`); the reTHINK answer (None for a response).
+
+        `runtime` is the authenticated sender (None: a new runtime registering).
+        """
         self.store.expire(self._clock())
         try:
-            route = classify(message, self.url)
+            route = classify(message, self.url, self.allocation)
         except MessageError as exc:
             return message.response(400, str(exc), from_=self.url)
         if route is Route.REGISTER:
-            return self.register(message)
+            return self.register(message, runtime)
         if route is Route.UNREGISTER:
             return self.unregister(message)
+        if route is Route.ALLOCATE:
+            return self.allocate(message, runtime)
         if route is Route.RESPONSE:
             await self.route_response(message)
             return None
@@ -203,29 +471,85 @@ class PushElement:
 
     # Registrations ------------------------------------------------------------------------
 
-    def register(self, message: Message) -> Message:
-        """A runtime's `create`: keep its subscription and hyperties; answer 200."""
+    def register(self, message: Message, runtime: str | None = None) -> Message:
+        """A runtime's `create`: keep its subscription and hyperties; answer 200.
+
+        `runtime` None registers a new runtime: the answer carries its credential
+        (`body.value.credential`), the only time the element reveals it.
+        """
         try:
             registration = parse_registration(message, self.domain)
+            if registration.subscription is not None:
+                check_endpoint(registration.subscription["endpoint"], self.push_origins)
         except MessageError as exc:
             return message.response(400, str(exc), from_=self.url)
+        for hyperty in registration.hyperties:
+            owner = self.store.owner_of(hyperty)
+            if owner is not None and owner != registration.runtime:
+                return message.response(
+                    409, f"{hyperty} belongs to another runtime", from_=self.url
+                )
+            if owner is None:
+                return message.response(
+                    403,
+                    f"{hyperty} was not allocated to {registration.runtime}: ask "
+                    f"{self.allocation} for addresses",
+                    from_=self.url,
+                )
+        credential = None
+        if runtime is None:
+            if self.store.runtime_count() >= self.limits.max_runtimes:
+                text = "the element holds all the runtimes it can"
+                return message.response(503, text, from_=self.url)
+            credential = secrets.token_urlsafe(32)
+            if not self.store.create_runtime(registration.runtime, credential, self._clock()):
+                return message.response(
+                    409, f"{registration.runtime} is registered already", from_=self.url
+                )
         self.store.put_runtime(registration, self._clock())
         self._event(
             "registered", runtime=registration.runtime, hyperties=list(registration.hyperties)
         )
-        return message.response(
-            200,
-            value={"runtime": registration.runtime, "hyperties": list(registration.hyperties)},
-            from_=self.url,
-        )
+        value: dict[str, Any] = {
+            "runtime": registration.runtime,
+            "hyperties": list(registration.hyperties),
+        }
+        if credential is not None:
+            value["credential"] = credential
+        return message.response(200, value=value, from_=self.url)
 
     def unregister(self, message: Message) -> Message:
-        """A runtime's `delete`: forget it; 404 when it was not registered."""
-        runtime = message.from_.removesuffix("/registry")
+        """A runtime's `delete`: stop pushing to it; 404 when it was not registered.
+
+        The runtime keeps its credential and its addresses, to register again.
+        """
+        runtime = runtime_of(message.from_)
         if not self.store.delete_runtime(runtime):
             return message.response(404, f"{runtime} is not registered", from_=self.url)
         self._event("unregistered", runtime=runtime)
         return message.response(200, from_=self.url)
+
+    def allocate(self, message: Message, runtime: str | None) -> Message:
+        """Address allocation: fresh hyperty addresses, owned by the asking runtime."""
+        answering = self.allocation
+        if runtime is None:
+            return message.response(401, "register first", from_=answering)
+        try:
+            number = parse_allocation(message, self.limits.allocation_batch)
+        except MessageError as exc:
+            return message.response(400, str(exc), from_=answering)
+        held = self.store.address_count(runtime)
+        if held + number > self.limits.hyperties_per_runtime:
+            return message.response(
+                429,
+                f"a runtime holds at most {self.limits.hyperties_per_runtime} hyperty "
+                f"addresses ({held} allocated)",
+                from_=answering,
+            )
+        allocated = [hyperty_url(self.domain) for _ in range(number)]
+        self.store.allocate(runtime, allocated)
+        self._event("allocated", runtime=runtime, addresses=allocated)
+        return message.response(200, value={"allocated": allocated}, from_=answering)
 
     # Delivery -----------------------------------------------------------------------------
 
@@ -253,7 +577,9 @@ class PushElement:
     ) -> Delivery:
         answering = message.target if message.target == hyperty else self.url
         if self.mailboxes.connected(hyperty):
-            self.mailboxes.put(hyperty, message)
+            if not self.mailboxes.put(hyperty, message):
+                self._event("refused", hyperty=hyperty, id=message.id, reason="inbox full")
+                return self._refuse(message, 503, f"the inbox of {hyperty} is full")
             if keep_pending and not message.is_response:
                 self._keep_pending(message, ttl or self.ttl)
             self._event("inbox", hyperty=hyperty, id=message.id, type=message.type)
@@ -311,14 +637,12 @@ class PushElement:
             return self._refuse(
                 message,
                 410,
-                f"the push subscription of {record.runtime} is gone ({result.status}); "
-                f"the runtime was unregistered",
+                f"the push subscription of {record.runtime} is gone; the runtime was unregistered",
                 plan,
                 result,
             )
-        return self._refuse(
-            message, 502, f"the push service did not take the message: {result}", plan, result
-        )
+        # A fixed text: what the push service answered stays here (it is in the event).
+        return self._refuse(message, 502, "the push service did not take the message", plan, result)
 
     def _keep_pending(self, message: Message, ttl: int) -> int:
         reply_to = message.source if message.source and is_hyperty(message.source) else None

@@ -6,6 +6,10 @@
     GET  /hyperty/inbox?address=A&address=B&timeout=25
                                 long-poll: `{"messages": [...]}` for those addresses;
                                 polling makes them "connected" (no push while it lasts)
+
+Both carry `Authorization: Bearer <credential>`, the runtime credential its first
+registration returned (only that registration goes without): 401 without a valid one,
+403 when it is not the sender's, 429 over a limit (with `Retry-After`).
     GET  /hyperty/status?address=hyperty://...
                                 `{"status": "live" | "disconnected" | null}`
     GET  /hyperty/config        `{"domain", "element", "applicationServerKey", "ttl"}`
@@ -30,7 +34,7 @@ from urllib.parse import parse_qs
 
 import uvicorn
 
-from tidings.hyperty.element import PushElement
+from tidings.hyperty.element import PushElement, Refused
 from tidings.hyperty.message import Message, MessageError
 
 __all__ = ["ElementApp", "ElementServer"]
@@ -86,7 +90,7 @@ class ElementApp:
             if method != "POST":
                 await _error(send, 405, ERRNO_METHOD, "method not allowed", "POST a message")
                 return
-            await self._messages(receive, send)
+            await self._messages(scope, receive, send)
         elif name == "inbox" and method == "GET":
             await self._inbox(scope, send)
         elif name == "status" and method == "GET":
@@ -110,9 +114,10 @@ class ElementApp:
             "applicationServerKey": element.application_server_key,
             "ttl": element.ttl,
             "messages": self.prefix + "/messages",
+            "allocation": element.allocation,
         }
 
-    async def _messages(self, receive: Receive, send: Send) -> None:
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await _read_body(receive)
         if body is None:
             await _error(send, 413, ERRNO_TOO_LARGE, "too large", f"at most {MAX_BODY} bytes")
@@ -122,6 +127,14 @@ class ElementApp:
         except MessageError as exc:
             await _error(send, 400, ERRNO_BAD_MESSAGE, "bad message", str(exc))
             return
+        try:
+            admitted = await self.element.admit(
+                message, credential=_bearer(scope), client=_client(scope)
+            )
+        except Refused as refused:
+            await _refused(send, refused)
+            return
+        message = admitted.message
         if message.is_response:
             destination = await self.element.route_response(message)
             if destination is None:
@@ -136,7 +149,7 @@ class ElementApp:
             else:
                 await _json(send, 202, {"routed": destination})
             return
-        answer = await self.element.handle(message)
+        answer = await self.element.handle(message, runtime=admitted.runtime)
         assert answer is not None
         await _json(send, 200, answer.to_dict())
 
@@ -151,8 +164,46 @@ class ElementApp:
         except ValueError:
             await _error(send, 400, ERRNO_BAD_MESSAGE, "bad timeout", "timeout is in seconds")
             return
-        messages = await self.element.mailboxes.take(addresses, timeout)
+        try:
+            messages = await self.element.poll(_bearer(scope), addresses, timeout)
+        except Refused as refused:
+            await _refused(send, refused)
+            return
         await _json(send, 200, {"messages": [m.to_dict() for m in messages]})
+
+
+def _bearer(scope: Scope) -> str | None:
+    """The credential of `Authorization: Bearer <credential>`, if given."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            text: str = bytes(value).decode("latin-1")
+            scheme, _, credential = text.partition(" ")
+            if scheme.lower() == "bearer" and credential.strip():
+                return credential.strip()
+    return None
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "-"
+
+
+async def _refused(send: Send, refused: Refused) -> None:
+    headers: list[tuple[bytes, bytes]] = []
+    if refused.status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="hyperty"'))
+    if refused.retry_after is not None:
+        from tidings.service.limits import retry_after
+
+        headers.append((b"retry-after", retry_after(refused.retry_after).encode()))
+    document = {
+        "code": refused.status,
+        "errno": refused.errno,
+        "error": refused.error,
+        "message": refused.message,
+    }
+    body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    await _respond(send, refused.status, body, "application/json", headers)
 
 
 async def _read_body(receive: Receive) -> bytes | None:

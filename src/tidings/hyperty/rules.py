@@ -2,7 +2,9 @@
 
 - `classify(message, element)`: a runtime registration, an unregistration, a response
   travelling back to a caller, or a message for a hyperty to deliver.
-- `parse_registration(message, domain)`: the runtime, its push subscription and hyperties.
+- `parse_registration(message, domain)`: the runtime, its push subscription and hyperties;
+  `check_endpoint(endpoint, origins)`: only push services the element trusts.
+- `parse_allocation(message, limit)`: how many hyperty addresses a runtime asks for.
 - `plan_push(message)`: the payload (the reTHINK message itself, slimmed when too big),
   `Urgency`, `TTL` and the `Topic` derived from the data object URL.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +36,11 @@ __all__ = [
     "PushPlan",
     "Registration",
     "Route",
+    "check_endpoint",
     "classify",
     "is_cancel",
     "is_invitation",
+    "parse_allocation",
     "parse_registration",
     "plan_push",
     "slim",
@@ -57,19 +61,32 @@ CONNECTION_SCHEMA = "Connection"
 class Route(enum.Enum):
     """What the push element does with a message it is handed."""
 
+    ALLOCATE = "allocate"  # create from the runtime's address-allocation to the msg node's
     REGISTER = "register"  # create from hyperty-runtime://.../registry to the element
     UNREGISTER = "unregister"  # delete from the runtime's registry to the element
     RESPONSE = "response"  # an answer from a callee, back to the caller
     DELIVER = "deliver"  # a message for a hyperty: inbox if connected, else push
 
 
-def classify(message: Message, element: str) -> Route:
+def classify(message: Message, element: str, allocation: str | None = None) -> Route:
     """Which `Route` a message takes at the element `domain://push.<domain>`.
 
-    MessageError when the element has nothing to do with it.
+    `allocation` is the message node's address allocation function the element serves
+    (`domain://msg-node.<domain>/address-allocation`). MessageError when the element has
+    nothing to do with the message.
     """
     if message.is_response:
         return Route.RESPONSE
+    if allocation is not None and allocation in message.recipients:
+        if message.type != "create":
+            raise MessageError("type", f"address allocation takes create, not {message.type}")
+        if not (is_runtime(message.from_) and message.from_.endswith("/address-allocation")):
+            raise MessageError(
+                "from",
+                "allocation requests come from a runtime's address allocation function "
+                f"(hyperty-runtime://<domain>/<id>/address-allocation), got {message.from_!r}",
+            )
+        return Route.ALLOCATE
     if element in message.recipients:
         if message.type not in ("create", "delete"):
             raise MessageError(
@@ -98,14 +115,52 @@ class Registration:
     """A runtime's registration: where to push, and which hyperties it hosts."""
 
     runtime: str
-    subscription: dict[str, Any]
+    subscription: dict[str, Any] | None
+    """None: the runtime holds its message connection and is not pushed to."""
     hyperties: tuple[str, ...]
     user: str | None = None
 
 
-def runtime_of(registry: str) -> str:
-    """`hyperty-runtime://d/id/registry` -> `hyperty-runtime://d/id`."""
-    return registry.removesuffix("/registry")
+def runtime_of(function: str) -> str:
+    """`hyperty-runtime://d/id/registry` (or any function of it) -> `hyperty-runtime://d/id`."""
+    address = parse_address(function)
+    return f"{address.scheme}://{address.domain}/{address.segments[0]}"
+
+
+def check_endpoint(endpoint: str, origins: Collection[str]) -> None:
+    """MessageError unless the push endpoint is at one of the trusted push service origins.
+
+    The element POSTs to the endpoint a runtime gives: without this check any runtime
+    could make it send requests anywhere (server-side request forgery).
+    """
+    from tidings.webpush.vapid import vapid_audience
+
+    try:
+        origin = vapid_audience(endpoint)
+    except ValueError:
+        origin = None
+    if origin is None or origin not in origins:
+        raise MessageError(
+            "body.value.subscription.endpoint",
+            "is not at a push service this element trusts "
+            f"(trusted: {', '.join(sorted(origins)) or 'none'})",
+        )
+
+
+def parse_allocation(message: Message, limit: int) -> int:
+    """How many hyperty addresses an allocation request asks for (1 to `limit`)."""
+    scheme = message.body.get("scheme", "hyperty")
+    if scheme != "hyperty":
+        raise MessageError(
+            "body.scheme",
+            f"this element allocates hyperty addresses only, not {scheme!r} (data object "
+            "URLs belong to the runtime that first sends from them)",
+        )
+    value = message.value
+    number = value.get("number") if isinstance(value, dict) else None
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= limit:
+        raise MessageError("body.value.number", f"must be an integer from 1 to {limit}")
+    return number
 
 
 def parse_registration(message: Message, domain: str) -> Registration:
@@ -114,17 +169,18 @@ def parse_registration(message: Message, domain: str) -> Registration:
     if not isinstance(value, dict):
         raise MessageError("body.value", "a registration carries {subscription, hyperties, user}")
     subscription = value.get("subscription")
-    if not isinstance(subscription, dict):
-        raise MessageError(
-            "body.value.subscription", "must be the PushSubscription JSON {endpoint, keys}"
-        )
-    from tidings.webpush.errors import InvalidSubscription
-    from tidings.webpush.subscription import Subscription
+    if subscription is not None:
+        if not isinstance(subscription, dict):
+            raise MessageError(
+                "body.value.subscription", "must be the PushSubscription JSON {endpoint, keys}"
+            )
+        from tidings.webpush.errors import InvalidSubscription
+        from tidings.webpush.subscription import Subscription
 
-    try:
-        Subscription.from_json(subscription)
-    except InvalidSubscription as exc:
-        raise MessageError("body.value.subscription", str(exc)) from None
+        try:
+            Subscription.from_json(subscription)
+        except InvalidSubscription as exc:
+            raise MessageError("body.value.subscription", str(exc)) from None
     hyperties = value.get("hyperties")
     if not isinstance(hyperties, list) or not all(isinstance(h, str) for h in hyperties):
         raise MessageError("body.value.hyperties", "must be a list of hyperty:// addresses")
@@ -142,7 +198,12 @@ def parse_registration(message: Message, domain: str) -> Registration:
     runtime = runtime_of(message.from_)
     if parse_address(runtime).domain != domain:
         raise MessageError("from", f"the runtime {runtime!r} is not in the domain {domain!r}")
-    return Registration(runtime, dict(subscription), tuple(dict.fromkeys(hyperties)), user)
+    return Registration(
+        runtime,
+        None if subscription is None else dict(subscription),
+        tuple(dict.fromkeys(hyperties)),
+        user,
+    )
 
 
 # Pushing ------------------------------------------------------------------------------------

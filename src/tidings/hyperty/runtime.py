@@ -8,13 +8,18 @@
         await runtime.subscribe()                           # Web Push + register at the element
         ...                                                 # pushes wake hyperties
 
-The runtime keeps its `hyperty-runtime://` URL and its hyperties (address, factory,
-options) in `<state>/runtime.json`, so a restarted or freshly woken runtime re-creates
-each hyperty at its old address. Its message bus is the in-process `post`: a message for
-a local hyperty is handed to it, anything else goes to the push element over HTTP (which
-stands for the runtime's message node connection). `listen=True` long-polls the element's
-inbox for the runtime's hyperties, which is how a caller gets its answers and how the
-element knows the runtime is connected.
+The runtime keeps its `hyperty-runtime://` URL, its hyperties (address, factory,
+options) and the credential the element issued it in `<state>/runtime.json` (0600), so
+a restarted or freshly woken runtime re-creates each hyperty at its old address and
+speaks for it. Hyperty addresses come from the element's address allocation
+(`allocate`); the first registration, made before the first allocation, gets the
+credential that every later request presents (`Authorization: Bearer`).
+
+Its message bus is the in-process `post`: a message for a local hyperty is handed to
+it, anything else goes to the push element over HTTP (which stands for the runtime's
+message node connection). `listen=True` long-polls the element's inbox for the
+runtime's hyperties, which is how a caller gets its answers and how the element knows
+the runtime is connected.
 
 Three ways to be woken:
 - in-process: `service=` set, the runtime's own `UserAgent` calls `wake` on each push;
@@ -42,10 +47,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tidings.hyperty.addresses import (
-    hyperty_url,
+    allocation_url,
     is_hyperty,
     parse_address,
     push_element_url,
+    runtime_allocation_url,
     runtime_registry_url,
 )
 from tidings.hyperty.addresses import runtime_url as new_runtime_url
@@ -229,6 +235,16 @@ class HypertyRuntime:
         return str(element)
 
     @property
+    def credential(self) -> str | None:
+        """The credential the element issued this runtime at its first registration."""
+        value = self._state.get("credential")
+        return value if isinstance(value, str) else None
+
+    def _authorization(self) -> dict[str, str]:
+        credential = self.credential
+        return {"authorization": f"Bearer {credential}"} if credential else {}
+
+    @property
     def element_address(self) -> str:
         """The push element's reTHINK address, `domain://push.<domain>`."""
         return push_element_url(self.domain)
@@ -321,6 +337,7 @@ class HypertyRuntime:
             raise HypertyRuntimeError("the runtime is not started (use `async with` or start())")
         url = self.element + path + (f"?{query}" if query else "")
         headers = {"content-type": "application/json"} if body is not None else {}
+        headers.update(self._authorization())
         request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310 - the element's own http(s) URL
 
         def run() -> tuple[int, Any]:
@@ -351,13 +368,14 @@ class HypertyRuntime:
     ) -> str:
         """Create a hyperty from a factory (at `address` if given); returns its address.
 
-        The address, factory name and options are kept, so the runtime re-creates the
-        hyperty at the same address after a restart or a wake-up.
+        Without `address` the element allocates one (`allocate`). The address, factory
+        name and options are kept, so the runtime re-creates the hyperty at the same
+        address after a restart or a wake-up.
         """
-        url = address or hyperty_url(self.domain)
+        self._resolve(factory)  # an unknown factory fails before any address is taken
+        url = address or (await self.allocate(1))[0]
         if not is_hyperty(url):
             raise HypertyRuntimeError(f"{url!r} is not a hyperty:// address")
-        self._resolve(factory)
         self._state["hyperties"][url] = {"factory": factory, "options": options or {}}
         self._save_state()
         await self.get_hyperty(url)
@@ -487,6 +505,7 @@ class HypertyRuntime:
                 response = await client.get(
                     self.element + "/inbox",
                     params=[("address", a) for a in addresses] + [("timeout", self.poll_timeout)],
+                    headers=self._authorization(),
                     timeout=self.poll_timeout + 10,
                 )
                 response.raise_for_status()
@@ -570,24 +589,30 @@ class HypertyRuntime:
         return await self.register()
 
     async def register(self, subscription: dict[str, Any] | None = None) -> Message:
-        """Register (again) at the push element: `create` from the runtime's registry."""
+        """Register (again) at the push element: `create` from the runtime's registry.
+
+        The first registration, which needs no subscription, returns the runtime's
+        credential (kept in the state file); later ones present it.
+        """
         if subscription is not None:
             self._state["subscription"] = subscription
             self._save_state()
         if self.subscription is None:
             raise HypertyRuntimeError("the runtime has no push subscription yet: subscribe() first")
+        answer = await self._register(self.subscription, list(self._state["hyperties"]))
+        self.log_event("registered", element=self.element_address)
+        return answer
+
+    async def _register(self, subscription: dict[str, Any] | None, hyperties: list[str]) -> Message:
+        value: dict[str, Any] = {"hyperties": hyperties, "user": self._state.get("user")}
+        if subscription is not None:
+            value["subscription"] = subscription
         message = Message(
             self.next_id(),
             "create",
             runtime_registry_url(self.url),
             self.element_address,
-            {
-                "value": {
-                    "subscription": self.subscription,
-                    "hyperties": list(self._state["hyperties"]),
-                    "user": self._state.get("user"),
-                }
-            },
+            {"value": value},
         )
         answer = await self.post(message)
         assert answer is not None
@@ -595,8 +620,42 @@ class HypertyRuntime:
             raise HypertyRuntimeError(
                 f"the push element refused the registration: {answer.description}"
             )
-        self.log_event("registered", element=self.element_address)
+        credential = (answer.value or {}).get("credential")
+        if isinstance(credential, str):
+            self._state["credential"] = credential
+            self._save_state()
         return answer
+
+    async def ensure_credential(self) -> str:
+        """The runtime's credential, registering (without push) first if it has none."""
+        if self.credential is None:
+            await self._register(None, [])
+        if self.credential is None:
+            raise HypertyRuntimeError("the push element issued no credential")
+        return self.credential
+
+    async def allocate(self, number: int = 1) -> list[str]:
+        """Ask the domain for `number` hyperty addresses (reTHINK address allocation)."""
+        await self.ensure_credential()
+        message = Message(
+            self.next_id(),
+            "create",
+            runtime_allocation_url(self.url),
+            allocation_url(self.domain),
+            {"scheme": "hyperty", "value": {"number": number, "allocationKey": self.url}},
+        )
+        answer = await self.post(message)
+        assert answer is not None
+        allocated = (answer.value or {}).get("allocated") if answer.code == 200 else None
+        if (
+            not isinstance(allocated, list)
+            or len(allocated) != number
+            or not all(isinstance(a, str) and is_hyperty(a) for a in allocated)
+        ):
+            raise HypertyRuntimeError(
+                f"the address allocation answered {answer.code}: {answer.description}"
+            )
+        return allocated
 
     async def unregister(self) -> Message:
         """`delete` the runtime's registration at the push element."""

@@ -1,12 +1,20 @@
 """The push element's state in one SQLite file: runtimes, their hyperties, pending messages.
 
+A runtime row exists from its first registration: it holds the SHA-256 of the runtime's
+credential (the credential itself is never stored) and, while the runtime is registered
+for push, its subscription. `addresses` are the hyperty addresses allocated to (owned
+by) a runtime, `hyperties` those registered for push, `objects` the data object URLs a
+runtime sends from (bound to it on first use).
+
 Each call is one short statement on a local file (WAL mode), run on the event loop as the
 user agent's state does. `":memory:"` keeps everything in memory (tests, the demo).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -17,19 +25,33 @@ from typing import Any
 from tidings.hyperty.message import Message
 from tidings.hyperty.rules import Registration
 
-__all__ = ["ElementStore", "Pending", "RuntimeRecord"]
+log = logging.getLogger("tidings.hyperty.store")
+
+__all__ = ["ElementStore", "Pending", "RuntimeRecord", "credential_hash"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runtimes (
     runtime TEXT PRIMARY KEY,
-    subscription TEXT NOT NULL,
+    credential TEXT NOT NULL UNIQUE,
+    subscription TEXT,
     user TEXT,
     registered_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS addresses (
+    address TEXT PRIMARY KEY,
+    runtime TEXT NOT NULL REFERENCES runtimes(runtime) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS addresses_runtime ON addresses (runtime);
 CREATE TABLE IF NOT EXISTS hyperties (
     hyperty TEXT PRIMARY KEY,
     runtime TEXT NOT NULL REFERENCES runtimes(runtime) ON DELETE CASCADE
 );
+CREATE TABLE IF NOT EXISTS objects (
+    object TEXT PRIMARY KEY,
+    runtime TEXT NOT NULL REFERENCES runtimes(runtime) ON DELETE CASCADE,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_runtime ON objects (runtime, created);
 CREATE TABLE IF NOT EXISTS pending (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id INTEGER NOT NULL,
@@ -53,6 +75,11 @@ class RuntimeRecord:
     runtime: str
     subscription: dict[str, Any]
     user: str | None
+
+
+def credential_hash(credential: str) -> str:
+    """What the store keeps of a credential: its SHA-256, hex."""
+    return hashlib.sha256(credential.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -79,43 +106,83 @@ class ElementStore:
         if name != ":memory:":
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runtimes)")}
+        if columns and "credential" not in columns:
+            # Registrations from before runtimes had credentials cannot be owned by anyone:
+            # the runtimes register again (and get a credential).
+            log.warning("%s: dropping registrations made without credentials", name)
+            self._db.executescript("DROP TABLE hyperties; DROP TABLE runtimes;")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
 
-    # Runtimes -----------------------------------------------------------------------------
+    # Runtimes and what they own ------------------------------------------------------------
+
+    def create_runtime(self, runtime: str, credential: str, now: float) -> bool:
+        """Record a new runtime with its credential; False when the runtime exists."""
+        with self._db:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO runtimes (runtime, credential, registered_at) "
+                "VALUES (?, ?, ?)",
+                (runtime, credential_hash(credential), now),
+            )
+        return cursor.rowcount > 0
+
+    def runtime_by_credential(self, credential: str) -> str | None:
+        """The runtime a credential was issued to, None for any other string."""
+        row = self._db.execute(
+            "SELECT runtime FROM runtimes WHERE credential = ?", (credential_hash(credential),)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def runtime_exists(self, runtime: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM runtimes WHERE runtime = ?", (runtime,)).fetchone()
+        return row is not None
 
     def put_runtime(self, registration: Registration, now: float | None = None) -> None:
-        """Record (or replace) a runtime's registration and the hyperties it hosts."""
+        """Record (or replace) a runtime's push registration and the hyperties it hosts.
+
+        The runtime must exist (`create_runtime`).
+        """
+        subscription = registration.subscription
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM runtimes WHERE runtime = ?", (registration.runtime,))
             self._db.execute(
-                "INSERT INTO runtimes VALUES (?, ?, ?, ?)",
+                "UPDATE runtimes SET subscription = ?, user = ?, registered_at = ? "
+                "WHERE runtime = ?",
                 (
-                    registration.runtime,
-                    json.dumps(registration.subscription),
+                    None if subscription is None else json.dumps(subscription),
                     registration.user,
                     time.time() if now is None else now,
+                    registration.runtime,
                 ),
             )
+            self._db.execute("DELETE FROM hyperties WHERE runtime = ?", (registration.runtime,))
             self._db.executemany(
                 "INSERT OR REPLACE INTO hyperties VALUES (?, ?)",
                 [(hyperty, registration.runtime) for hyperty in registration.hyperties],
             )
 
     def delete_runtime(self, runtime: str) -> bool:
-        """Forget a runtime and its hyperties; False when it was not registered."""
+        """Unregister a runtime for push (its subscription and hyperty list go; it keeps its
+        credential and addresses); False when it was not registered."""
         with self._db:
-            cursor = self._db.execute("DELETE FROM runtimes WHERE runtime = ?", (runtime,))
-        return cursor.rowcount > 0
+            self._db.execute("BEGIN")
+            cursor = self._db.execute(
+                "UPDATE runtimes SET subscription = NULL "
+                "WHERE runtime = ? AND subscription IS NOT NULL",
+                (runtime,),
+            )
+            hyperties = self._db.execute("DELETE FROM hyperties WHERE runtime = ?", (runtime,))
+        return cursor.rowcount > 0 or hyperties.rowcount > 0
 
     def runtime_for(self, hyperty: str) -> RuntimeRecord | None:
-        """The runtime hosting `hyperty`, if one registered it."""
+        """The runtime registered for push with `hyperty`, if any."""
         row = self._db.execute(
             "SELECT r.runtime, r.subscription, r.user FROM hyperties h "
-            "JOIN runtimes r ON r.runtime = h.runtime WHERE h.hyperty = ?",
+            "JOIN runtimes r ON r.runtime = h.runtime "
+            "WHERE h.hyperty = ? AND r.subscription IS NOT NULL",
             (hyperty,),
         ).fetchone()
         if row is None:
@@ -123,8 +190,11 @@ class ElementStore:
         return RuntimeRecord(row[0], json.loads(row[1]), row[2])
 
     def get_runtime(self, runtime: str) -> RuntimeRecord | None:
+        """The runtime's push registration, None when it is not registered for push."""
         row = self._db.execute(
-            "SELECT runtime, subscription, user FROM runtimes WHERE runtime = ?", (runtime,)
+            "SELECT runtime, subscription, user FROM runtimes "
+            "WHERE runtime = ? AND subscription IS NOT NULL",
+            (runtime,),
         ).fetchone()
         return None if row is None else RuntimeRecord(row[0], json.loads(row[1]), row[2])
 
@@ -136,6 +206,54 @@ class ElementStore:
 
     def runtime_count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM runtimes").fetchone()[0])
+
+    def allocate(self, runtime: str, addresses: list[str]) -> None:
+        """Give `addresses` (fresh, unguessable) to `runtime`."""
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO addresses VALUES (?, ?)", [(a, runtime) for a in addresses]
+            )
+
+    def owner_of(self, address: str) -> str | None:
+        """The runtime an address was allocated to."""
+        row = self._db.execute(
+            "SELECT runtime FROM addresses WHERE address = ?", (address,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def address_count(self, runtime: str) -> int:
+        return int(
+            self._db.execute(
+                "SELECT count(*) FROM addresses WHERE runtime = ?", (runtime,)
+            ).fetchone()[0]
+        )
+
+    def claim_object(self, data_object: str, runtime: str, now: float, keep: int) -> str:
+        """The runtime a data object URL belongs to, binding it to `runtime` if unbound.
+
+        A runtime holds at most `keep` objects: binding one more releases its oldest.
+        """
+        with self._db:
+            self._db.execute("BEGIN")
+            row = self._db.execute(
+                "SELECT runtime FROM objects WHERE object = ?", (data_object,)
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            self._db.execute("INSERT INTO objects VALUES (?, ?, ?)", (data_object, runtime, now))
+            self._db.execute(
+                "DELETE FROM objects WHERE runtime = ? AND object NOT IN (SELECT object FROM "
+                "objects WHERE runtime = ? ORDER BY created DESC, rowid DESC LIMIT ?)",
+                (runtime, runtime, keep),
+            )
+        return runtime
+
+    def object_count(self, runtime: str) -> int:
+        return int(
+            self._db.execute(
+                "SELECT count(*) FROM objects WHERE runtime = ?", (runtime,)
+            ).fetchone()[0]
+        )
 
     # Pending messages ---------------------------------------------------------------------
 

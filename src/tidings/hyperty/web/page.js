@@ -1,6 +1,8 @@
-// The demo page: a browser Hyperty runtime. Subscribes for push with the push element's
-// VAPID key, registers the runtime and its Connector hyperty at the element with a
-// reTHINK `create`, and can place a test call to itself. `?report=URL` sends what
+// The demo page: a browser Hyperty runtime. Registers the runtime at the push element
+// (the first registration returns the runtime's credential, kept in localStorage and in
+// the Cache API for the service worker), asks the domain for a hyperty address (reTHINK
+// address allocation), subscribes for push with the element's VAPID key, registers the
+// subscription and the hyperty, and can place a test call to itself. `?report=URL` sends what
 // happened to URL/report/<kind> too (the tests read it there).
 'use strict';
 
@@ -61,17 +63,53 @@ async function subscribe(registration, key) {
 let nextId = Math.floor(Math.random() * 1e6);
 
 async function post(message) {
-  const response = await fetch('messages', {
-    method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(message),
+  const headers = {'Content-Type': 'application/json'};
+  const credential = localStorage.getItem('tidings-credential');
+  if (credential) headers.Authorization = 'Bearer ' + credential;
+  const response = await fetch('messages', {method: 'POST', headers, body: JSON.stringify(message)});
+  const answer = await response.json();
+  if (!response.ok) throw new Error('the element answered ' + response.status + ': ' + answer.message);
+  return answer;
+}
+
+// The first registration (no subscription yet) returns the runtime's credential, once.
+async function credentialFor(runtime, config) {
+  let credential = localStorage.getItem('tidings-credential');
+  if (!credential) {
+    const answer = await post({
+      id: nextId++, type: 'create', from: runtime + '/registry', to: config.element,
+      body: {value: {hyperties: []}},
+    });
+    if (answer.body.code !== 200) throw new Error('registration refused: ' + answer.body.description);
+    credential = answer.body.value.credential;
+    localStorage.setItem('tidings-credential', credential);
+  }
+  // The service worker answers calls with it: it cannot read localStorage.
+  const cache = await caches.open('tidings-hyperty');
+  await cache.put('credential', new Response(credential));
+  return credential;
+}
+
+// reTHINK address allocation: the domain, not the runtime, makes hyperty addresses.
+async function allocate(runtime, config) {
+  const answer = await post({
+    id: nextId++, type: 'create', from: runtime + '/address-allocation', to: config.allocation,
+    body: {scheme: 'hyperty', value: {number: 1, allocationKey: runtime}},
   });
-  return response.json();
+  if (answer.body.code !== 200) throw new Error('allocation refused: ' + answer.body.description);
+  return answer.body.value.allocated[0];
 }
 
 async function main() {
   const config = await (await fetch('config')).json();
   document.getElementById('element').textContent = config.element;
   const runtime = remembered('tidings-runtime', () => 'hyperty-runtime://' + config.domain + '/' + crypto.randomUUID());
-  const hyperty = remembered('tidings-hyperty', () => 'hyperty://' + config.domain + '/' + crypto.randomUUID());
+  await credentialFor(runtime, config);
+  let hyperty = localStorage.getItem('tidings-hyperty');
+  if (!hyperty) {
+    hyperty = await allocate(runtime, config);
+    localStorage.setItem('tidings-hyperty', hyperty);
+  }
   document.getElementById('runtime').textContent = runtime;
   document.getElementById('hyperty').textContent = hyperty;
 
@@ -96,7 +134,7 @@ async function main() {
     from: 'connection://' + config.domain + '/' + crypto.randomUUID() + '/subscription',
     to: hyperty,
     body: {
-      source: 'hyperty://' + config.domain + '/demo-caller',
+      source: hyperty,
       schema: 'hyperty-catalogue://catalogue.' + config.domain + '/.well-known/dataschema/Connection',
       identity: {idp: config.domain, userProfile: {name: 'Demo caller', username: 'demo@' + config.domain}},
       value: {name: 'call', status: 'created'},

@@ -2,7 +2,8 @@
 // reTHINK message is a Connection invitation (show "Incoming call" with the caller's
 // name), or the caller's delete of the Connection (close that notification). Accept or
 // Decline on the notification answer with a reTHINK response (200 or 486) through the
-// push element, since a sleeping runtime has no message connection.
+// push element, since a sleeping runtime has no message connection; the answer carries
+// the runtime's credential (the page keeps it in the Cache API for the worker).
 'use strict';
 
 const REPORT = new URL(self.location).searchParams.get('report');
@@ -35,9 +36,11 @@ async function answer(message, code, description) {
     id: message.id, type: 'response', from: message.to, to: message.from,
     body: {code, description},
   };
-  await fetch('messages', {
-    method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(response),
-  });
+  // The runtime's credential, put in the cache by the page when it registered.
+  const cached = await (await caches.open('tidings-hyperty')).match('credential');
+  const headers = {'Content-Type': 'application/json'};
+  if (cached) headers.Authorization = 'Bearer ' + (await cached.text());
+  await fetch('messages', {method: 'POST', headers, body: JSON.stringify(response)});
 }
 
 self.addEventListener('install', () => self.skipWaiting());
@@ -53,7 +56,9 @@ self.addEventListener('push', event => {
       message = JSON.parse(text);
       const tag = objectUrl(message.from);
       if (isInvitation(message)) {
-        shown = {title: 'Incoming call', body: callerName(message) + ' is calling', tag};
+        // `verified` is set by the push element only, after it checked the assertion.
+        const verified = message.body.identity && message.body.identity.verified === true;
+        shown = {title: 'Incoming call', body: callerName(message) + ' is calling' + (verified ? ' (verified caller)' : ''), tag};
         await self.registration.showNotification(shown.title, {
           body: shown.body, tag, requireInteraction: true, data: message,
           actions: [{action: 'accept', title: 'Accept'}, {action: 'decline', title: 'Decline'}],
