@@ -10,8 +10,9 @@ black-hole partitions (node - Redis, node - PostgreSQL, node - user agents), lat
 loss (a narrow token bucket and random drops), a Redis restart with its data gone,
 and one PostgreSQL failover. Then it heals everything, waits for the nodes' /health,
 lets the backlog drain, and hands the history to the checker (checker.py), which
-prints the table and every violation with the faults around it. The same seed draws the same schedule; the history and the logs stay in
---out. Exit status 1 when a promise was broken. Needs root (namespaces, iptables, tc).
+prints the table and every violation with the faults around it. The same seed draws
+the same schedule; the history and the logs stay in --out. Exit status 1 when a
+promise was broken. Needs root (namespaces, iptables, tc).
 """
 
 from __future__ import annotations
