@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from support.service import Registration, RunningService, TestAgent, running_service
+from tidings.service.config import ServiceConfig
 from tidings.service.tokens import EndpointRef, MessageRef, TokenSealer
 from tidings.webpush import VapidKey, b64url_encode, encrypt, sign_vapid
 
@@ -162,7 +163,7 @@ CORPUS: list[tuple[str, Callable[[Target], bytes], int, int | None]] = [
             "POST",
             t.open_path,
             [("ttl", "60"), ("content-encoding", "aes128gcm")],
-            os.urandom(4097),
+            os.urandom(ServiceConfig().max_body + 1),
         ),
         413,
         104,

@@ -212,11 +212,14 @@ async def test_truncated_aes128gcm_body_is_400(registration: Registration, size:
     assert_error(await push(registration, body=encrypted(registration)[:size]), 400, Errno.BAD_BODY)
 
 
-async def test_body_over_4096_is_413(registration: Registration) -> None:
-    assert_error(await push(registration, body=b"\x00" * 4097), 413, Errno.BODY_TOO_LARGE)
+async def test_body_over_max_body_is_413(
+    service: RunningService, registration: Registration
+) -> None:
+    too_large = b"\x00" * (service.config.max_body + 1)
+    assert_error(await push(registration, body=too_large), 413, Errno.BODY_TOO_LARGE)
 
 
-async def test_declared_length_over_4096_is_413(
+async def test_declared_length_over_max_body_is_413(
     service: RunningService, registration: Registration
 ) -> None:
     # Headers only: the service must answer without waiting for a body that never comes.
@@ -240,7 +243,7 @@ async def test_declared_length_over_4096_is_413(
     assert json.loads(body)["errno"] == Errno.BODY_TOO_LARGE
 
 
-async def test_chunked_body_over_4096_is_413(registration: Registration) -> None:
+async def test_chunked_body_over_max_body_is_413(registration: Registration) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(10):
             yield b"\x00" * 1000
@@ -377,10 +380,20 @@ INVALID_TOKENS = {
         forged_token(key, {"typ": "JWT", "alg": "ES256"}, {"aud": endpoint.split("/push/")[0]}),
         key.public_key_b64,
     ),
-    "no-k": lambda key, endpoint: authorization(key, endpoint).split(", k=")[0],
     "not-a-jwt": lambda key, endpoint: f"vapid t=garbage, k={key.public_key_b64}",
+}
+# Headers from which no token and key can be read: 401 on any subscription (issue #19).
+UNREADABLE_AUTHORIZATIONS = {
+    "no-k": lambda key, endpoint: authorization(key, endpoint).split(", k=")[0],
+    "no-t": lambda key, endpoint: f"vapid k={key.public_key_b64}",
     "webpush-without-crypto-key": lambda key, endpoint: (
         sign_vapid(key, endpoint, SUBJECT).legacy_authorization
+    ),
+    "bearer-without-token": lambda key, endpoint: "Bearer",
+    "basic-scheme": lambda key, endpoint: "Basic dXNlcjpwYXNz",
+    "gcm-key": lambda key, endpoint: "key=AIzaSyExample",
+    "unknown-scheme-with-jwt": lambda key, endpoint: (
+        "Token " + sign_vapid(key, endpoint, SUBJECT).token
     ),
 }
 
@@ -393,6 +406,24 @@ async def test_restricted_with_an_invalid_token_is_403(
         restricted, headers={"authorization": make(vapid_key, restricted.endpoint)}
     )
     assert_error(response, 403, Errno.VAPID_INVALID)
+
+
+@pytest.mark.parametrize("restricted_to_key", [True, False], ids=["restricted", "unrestricted"])
+@pytest.mark.parametrize(
+    "make", UNREADABLE_AUTHORIZATIONS.values(), ids=UNREADABLE_AUTHORIZATIONS.keys()
+)
+async def test_an_unreadable_authorization_is_401_on_any_subscription(
+    agent: TestAgent, vapid_key: VapidKey, make: Any, restricted_to_key: bool
+) -> None:
+    """Once ignored on an unrestricted subscription (and the push accepted), so a sender
+    never learnt that its VAPID set-up was broken."""
+    registration = await agent.register(vapid_key.public_key_b64 if restricted_to_key else None)
+    response = await push(
+        registration, headers={"authorization": make(vapid_key, registration.endpoint)}
+    )
+    assert_error(response, 401, Errno.VAPID_MISSING)
+    assert response.headers["www-authenticate"] == "vapid"
+    await agent.no_frame()
 
 
 async def test_legacy_webpush_authorization_is_accepted(

@@ -495,7 +495,7 @@ def test_malformed_key_file_is_refused(tmp_path: Path, content: str) -> None:
 def test_config_defaults() -> None:
     config = ServiceConfig()
     assert config.max_ttl == 30 * 24 * 3600
-    assert config.max_body == 4096
+    assert config.max_body == 5630  # autopush's default max_data_bytes
     assert config.origin == "http://127.0.0.1:8080"
     assert config.websocket_url == "ws://127.0.0.1:8080/"
     assert config.secrets_path == Path("tidings-data/tidings-secrets.json")

@@ -202,19 +202,31 @@ class TestVerifyHeaderForms:
             "keyid=p256dh;dh=BAAA,keyid=vapid;p256ecdsa={k}",
         ],
     )
-    def test_webpush_scheme_with_crypto_key(self, crypto_key: str) -> None:
-        verify_vapid(
-            f"WebPush {self.token}",
+    @pytest.mark.parametrize("scheme", ["WebPush", "webpush", "Bearer", "bearer"])
+    def test_draft_schemes_with_crypto_key(self, crypto_key: str, scheme: str) -> None:
+        """Both draft forms: `WebPush <jwt>` (draft-01) and `Bearer <jwt>` (draft-00)."""
+        verified = verify_vapid(
+            f"{scheme} {self.token}",
             audience=AUD,
             crypto_key=crypto_key.format(k=KEY.public_key_b64),
             now=NOW,
         )
+        assert verified.public_key == KEY.public_key_bytes
+
+    def test_draft_tokens_may_lack_sub(self) -> None:
+        token = forge(good_claims(sub=None))
+        verified = verify_vapid(
+            f"Bearer {token}", audience=AUD, crypto_key=f"p256ecdsa={KEY.public_key_b64}", now=NOW
+        )
+        assert verified.subject is None
 
     @pytest.mark.parametrize(
         ("value", "crypto_key", "reason"),
         [
             ("", None, "scheme"),
-            ("Bearer {t}", None, "scheme"),
+            ("Basic {t}", None, "scheme"),
+            ("Bearer {t}", None, "Crypto-Key"),
+            ("Bearer", "p256ecdsa={k}", "no token"),
             ("vapid", None, "t="),
             ("vapid k={k}", None, "t="),
             ("vapid t={t}", None, "k="),
@@ -236,6 +248,8 @@ class TestVerifyHeaderForms:
                 now=NOW,
             )
         assert reason.lower() in info.value.reason.lower()
+        readable = reason in ("P-256", "signature")
+        assert info.value.unreadable is not readable  # 401 rather than 403 at the service
 
 
 class TestVerifyClaims:

@@ -58,6 +58,7 @@ SUBSCRIPTION_PATH = "/s/"
 SET_PATH = "/set/"
 RECEIPT_PATH = "/r/"
 RETRY_AFTER_UNAVAILABLE = "5"
+GONE_CACHE_CONTROL = "max-age=86400"  # a 410 stays true: senders and caches may remember it
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,18 +328,37 @@ class PushService:
         headers: Mapping[str, str],
         body: bytes,
         *,
+        client: str = "-",
         request_id: str | None = None,
     ) -> PushAccepted:
-        """Check, store and forward one push; raise ServiceError to refuse it."""
-        ref = self.open_endpoint(token)
-        await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id)
-        # Authorization comes before the other checks: a sender without the right key
-        # learns nothing more about the subscription than that it is restricted.
-        verified = self.vapid.check(headers, ref.vapid_hash)
-        if verified is not None:
+        """Check, store and forward one push; raise ServiceError to refuse it.
+
+        `client` is the sender's address (`host:port`). The VAPID token is verified
+        before any rate limit is charged, so that nobody can spend a signed sender's
+        buckets: a signed push counts against its key and the subscription; a request
+        refused before that point (a token that does not open, a VAPID failure) counts
+        against the client address only; an unsigned push against the address and the
+        subscription's separate bucket for unsigned pushes.
+        """
+        try:
+            ref = self.open_endpoint(token)
+            # Authorization comes before the other checks: a sender without the right
+            # key learns nothing more about the subscription than that it is restricted.
+            verified = self.vapid.check(headers, ref.vapid_hash)
+        except ServiceError:
+            await self.check_address_rate(Limit.PUSH_ADDRESS, client)
+            raise
+        if verified is None:
+            # Unsigned: the address, and a bucket of the subscription of its own, so that
+            # unsigned pushes stay limited (RFC 8030 section 8.4) without ever emptying
+            # the bucket of the subscription's signed sender.
+            await self.check_address_rate(Limit.PUSH_ADDRESS, client)
+            await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id + "~")
+        else:
             await self.check_rate(Limit.PUSH_VAPID_KEY, verified.public_key.hex())
+            await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id)
         facts = check_push(headers, body, max_body=self.config.max_body)
-        receipt_id = await self._receipt_subscription(headers)
+        receipt_id, new_receipt = await self._receipt_subscription(headers)
         ttl = min(facts.ttl, self.config.max_ttl)
         now = time.time()
         message = StoredMessage(
@@ -365,12 +385,18 @@ class PushService:
                 await self.store.store_message(message, quota=self.quota)
         except SubscriptionGone:
             raise ServiceError(
-                410, Errno.SUBSCRIPTION_GONE, "the subscription has been removed"
+                410,
+                Errno.SUBSCRIPTION_GONE,
+                "the subscription has been removed",
+                headers={"cache-control": GONE_CACHE_CONTROL},
             ) from None
         except (TooManyMessages, StoreFull) as exc:
             raise quota_refused(exc) from None
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from None
+        if new_receipt and receipt_id is not None:
+            # Only now that the push is accepted: a refused push leaves no row behind.
+            await self._add_receipt_subscription(receipt_id, message)
         # Here, or through the bus to the node holding the user agent's connection.
         delivered = self.hub.offer(message) or await self.cluster.route(message)
         if receipt_id is None:
@@ -378,8 +404,9 @@ class PushService:
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
         return PushAccepted(202, location, ttl, message.message_id, delivered, receipt_url)
 
-    async def _receipt_subscription(self, headers: Mapping[str, str]) -> str | None:
-        """The receipt subscription a push asks for (RFC 8030 section 5.1), if any.
+    async def _receipt_subscription(self, headers: Mapping[str, str]) -> tuple[str | None, bool]:
+        """The receipt subscription a push asks for (RFC 8030 section 5.1), if any, and
+        whether it is a new one (created once the push is accepted).
 
         `Prefer: respond-async` asks for a receipt; a `Link` with rel
         urn:ietf:params:push:receipt names an existing receipt subscription to reuse
@@ -389,13 +416,8 @@ class PushService:
         wants = "respond-async" in headers.get("prefer", "").lower()
         if named is None:
             if not wants:
-                return None
-            receipt_id = secrets.token_hex(16)
-            try:
-                await self.store.add_receipt_subscription(receipt_id, time.time())
-            except StoreUnavailable as exc:
-                raise store_unavailable(exc) from None
-            return receipt_id
+                return None, False
+            return secrets.token_hex(16), True
         token = named.rsplit(RECEIPT_PATH, 1)[-1] if RECEIPT_PATH in named else ""
         try:
             receipt_id = self.sealer.open_receipt(token)
@@ -409,7 +431,18 @@ class PushService:
             raise ServiceError(
                 400, Errno.BAD_RECEIPT, "the Link names no receipt subscription of this service"
             )
-        return receipt_id
+        return receipt_id, False
+
+    async def _add_receipt_subscription(self, receipt_id: str, message: StoredMessage) -> None:
+        """Create the receipt subscription of an accepted push; if the store fails, the
+        push is withdrawn (its message deleted) and answered 503, so it is retried."""
+        try:
+            await self.store.add_receipt_subscription(receipt_id, time.time())
+        except StoreUnavailable as exc:
+            if message.ttl:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.delete_message(message.uaid, message.message_id)
+            raise store_unavailable(exc) from None
 
     async def delete_message_resource(self, token: str) -> None:
         """DELETE of a push message resource (RFC 8030 sections 5.3 and 6.2).

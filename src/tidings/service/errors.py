@@ -24,7 +24,7 @@ class Errno(IntEnum):
     BAD_ENCODING = 110  # missing/unknown Content-Encoding or missing Encryption/Crypto-Key
     BAD_BODY = 114  # body not a well-formed aes128gcm/aesgcm payload
     BODY_TOO_LARGE = 104
-    VAPID_MISSING = 109  # restricted subscription, no Authorization
+    VAPID_MISSING = 109  # restricted subscription without Authorization, or one unreadable
     VAPID_INVALID = 108  # bad signature, claims, audience, expiry
     VAPID_KEY_MISMATCH = 107  # signed with a key other than the subscription's
     MALFORMED_REQUEST = 400  # not parseable as HTTP, or a bad WebSocket handshake
@@ -34,6 +34,7 @@ class Errno(IntEnum):
     BAD_RECEIPT = 115  # Link names no receipt subscription of this service
     BAD_SET = 116  # Link names no subscription set of this service
     NEEDS_HTTP2 = 117  # monitoring needs HTTP/2 server push
+    CRYPTO_HEADER_TOO_LONG = 118  # aesgcm Encryption or Crypto-Key over MAX_CRYPTO_HEADER
     TOO_MANY_MESSAGES = 120  # the subscription or the user agent has too many stored messages
     RATE_LIMITED = 121
     ACCESS_DENIED = 130  # /dashboard, /api/stats or /metrics without the right token

@@ -119,7 +119,7 @@ def _delete(summary: str, description: str) -> dict[str, Any]:
     }
 
 
-def openapi_document(origin: str) -> dict[str, Any]:
+def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
     """The OpenAPI document for a service whose public origin is `origin`."""
     return {
         "openapi": "3.1.0",
@@ -142,7 +142,11 @@ def openapi_document(origin: str) -> dict[str, Any]:
                         "required": False,
                         "content": {
                             "application/octet-stream": {
-                                "schema": {"type": "string", "format": "binary", "maxLength": 4096}
+                                "schema": {
+                                    "type": "string",
+                                    "format": "binary",
+                                    "maxLength": max_body,
+                                }
                             }
                         },
                     },

@@ -7,6 +7,7 @@ status: 400 for bad TTL/Urgency/Topic/encoding, 413 for a body too large.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,15 +44,67 @@ def check_aes128gcm_body(body: bytes) -> None:
         raise ServiceError(400, Errno.BAD_BODY, "aes128gcm body holds no complete record")
 
 
-def _without_vapid_key(crypto_key: str) -> str:
-    """Crypto-Key minus `p256ecdsa`: the VAPID key is never forwarded to the user agent."""
-    kept: list[str] = []
-    for group in crypto_key.split(","):
-        params = [p.strip() for p in group.split(";") if p.strip()]
-        params = [p for p in params if not p.lower().startswith("p256ecdsa=")]
+MAX_CRYPTO_HEADER = 512
+"""Most characters of each aesgcm header relayed to the user agent (`Encryption`, and
+`Crypto-Key` without `p256ecdsa=`), once normalised: a salt with a key id and record
+size takes about 50, a `dh=` key about 110. A longer one is refused (400, errno 118)."""
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def normalise_params(value: str, *, drop: str = "") -> str:
+    """An aesgcm header as autopush relays it: quotes and base64 `=` padding removed,
+    spaces trimmed, empty parameters and any parameter named `drop` left out.
+
+    Firefox decodes `salt` and `dh` as base64url with padding rejected, so a sender
+    that pads (or quotes) would otherwise have its messages dropped by the browser.
+    """
+    groups: list[str] = []
+    for group in value.split(","):
+        params: list[str] = []
+        for param in group.split(";"):
+            name, sep, text = param.partition("=")
+            name = name.strip()
+            if not name:
+                continue
+            if drop and name.lower() == drop:
+                continue
+            text = text.replace('"', "").strip()
+            if text.endswith("=") and _BASE64URL.fullmatch(text.rstrip("=")):
+                text = text.rstrip("=")
+            params.append(f"{name}={text}" if sep else name)
         if params:
-            kept.append(";".join(params))
-    return ",".join(kept)
+            groups.append(";".join(params))
+    return ",".join(groups)
+
+
+def _aesgcm_param(header: str, value: str, name: str) -> None:
+    """Refuse an aesgcm header without a base64url `name=` (the salt, the dh key)."""
+    found = [
+        text
+        for param in re.split(r"[;,]", value)
+        for key, _, text in [param.partition("=")]
+        if key.strip().lower() == name
+    ]
+    if not found:
+        raise ServiceError(
+            400, Errno.BAD_ENCODING, f"aesgcm needs a {header} header with {name}=..."
+        )
+    if not _BASE64URL.fullmatch(found[0]):
+        raise ServiceError(
+            400, Errno.BAD_ENCODING, f"the {name}= of the {header} header is not base64url"
+        )
+
+
+def _relayed(header: str, value: str) -> str:
+    if len(value) > MAX_CRYPTO_HEADER:
+        raise ServiceError(
+            400,
+            Errno.CRYPTO_HEADER_TOO_LONG,
+            f"the {header} header is {len(value)} characters (without p256ecdsa=, quotes "
+            f"and padding); at most {MAX_CRYPTO_HEADER} are relayed to the user agent",
+        )
+    return value
 
 
 def check_push(headers: Mapping[str, str], body: bytes, *, max_body: int) -> PushFacts:
@@ -83,16 +136,12 @@ def _delivery_headers(headers: Mapping[str, str], body: bytes) -> dict[str, str]
         check_aes128gcm_body(body)
         return {"encoding": "aes128gcm"}
     if encoding == "aesgcm":
-        encryption = headers.get("encryption", "").strip()
-        crypto_key = _without_vapid_key(headers.get("crypto-key", ""))
-        if "salt=" not in encryption.lower():
-            raise ServiceError(
-                400, Errno.BAD_ENCODING, "aesgcm needs an Encryption header with a salt"
-            )
-        if "dh=" not in crypto_key.lower():
-            raise ServiceError(
-                400, Errno.BAD_ENCODING, "aesgcm needs a Crypto-Key header with a dh key"
-            )
+        encryption = _relayed("Encryption", normalise_params(headers.get("encryption", "")))
+        crypto_key = _relayed(
+            "Crypto-Key", normalise_params(headers.get("crypto-key", ""), drop="p256ecdsa")
+        )
+        _aesgcm_param("Encryption", encryption, "salt")
+        _aesgcm_param("Crypto-Key", crypto_key, "dh")
         return {"encoding": "aesgcm", "encryption": encryption, "crypto_key": crypto_key}
     if not encoding:
         raise ServiceError(

@@ -31,7 +31,11 @@ _WAIT = re.compile(r"(?:^|[\s,;])wait\s*=\s*(\d+)")
 async def push(service: PushService, request: Request, token: str) -> Response:
     """POST to a push resource: 201, or 202 with a receipt subscription."""
     accepted = await service.accept_push(
-        token, request.headers, request.body, request_id=request.request_id
+        token,
+        request.headers,
+        request.body,
+        client=request.client,
+        request_id=request.request_id,
     )
     request.message_id = accepted.message_id
     headers = {"location": accepted.location, "ttl": str(accepted.ttl)}

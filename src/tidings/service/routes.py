@@ -106,7 +106,8 @@ class Routes:
 
     def _openapi(self) -> Response:
         if self._openapi_body is None:
-            document = openapi_document(self.service.config.origin)
+            config = self.service.config
+            document = openapi_document(config.origin, max_body=config.max_body)
             self._openapi_body = json.dumps(document, indent=1).encode()
         headers = {"content-type": "application/json", "access-control-allow-origin": "*"}
         return Response(200, headers, self._openapi_body)
@@ -148,7 +149,7 @@ class Routes:
         if path.startswith(PUSH_PATH):
             if method != "POST":
                 raise _method_not_allowed("POST")
-            await self.service.check_address_rate(Limit.PUSH_ADDRESS, request.client)
+            # Rate limits are charged inside, once VAPID is verified (core.accept_push).
             return await rfc8030.push(self.service, request, path[len(PUSH_PATH) :])
         if path.startswith(MESSAGE_PATH):
             if method != "DELETE":

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.tokens import vapid_key_hash
 from tidings.webpush import VapidError, VerifiedVapid, verify_vapid
+from tidings.webpush.aesgcm import parse_header_params
 
-_VAPID_SCHEMES = ("vapid", "webpush")
+_VAPID_SCHEMES = ("vapid", "webpush", "bearer")  # RFC 8292, then the draft forms
+_SIGN_HINT = "sign the request with VAPID (Authorization: vapid t=..., k=...)"
 
 
 class VapidChecker:
@@ -31,7 +33,10 @@ class VapidChecker:
     def _verify(
         self, authorization: str, crypto_key: str, now: float
     ) -> tuple[VerifiedVapid, bytes]:
-        cache_key = (authorization, crypto_key)
+        # The draft forms put the key in Crypto-Key next to aesgcm's dh=, which changes
+        # with every message: only the p256ecdsa= part names the token.
+        key_part = parse_header_params(crypto_key).get("p256ecdsa", "") if crypto_key else ""
+        cache_key = (authorization, key_part)
         cached = self._cache.get(cache_key)
         if cached is not None and cached[0].expires_at > now:
             return cached
@@ -50,18 +55,27 @@ class VapidChecker:
 
         A restricted subscription needs a valid token signed by its key: 401 when none is
         given, 403 when it is invalid or signed by another key. An unrestricted one
-        checks a token only when one is given.
+        checks a token only when one is given. An `Authorization` header that cannot be
+        read (an unknown scheme, a token or key missing or not a JWT) is a 401 on any
+        subscription, so a sender learns that its VAPID set-up is broken.
         """
         authorization = headers.get("authorization", "").strip()
-        scheme = authorization.split(None, 1)[0].lower() if authorization else ""
-        if scheme not in _VAPID_SCHEMES:
+        if not authorization:
             if restricted_to is None:
                 return None
             raise ServiceError(
                 401,
                 Errno.VAPID_MISSING,
-                "this subscription is restricted to an application server key: "
-                "sign the request with VAPID (Authorization: vapid t=..., k=...)",
+                f"this subscription is restricted to an application server key: {_SIGN_HINT}",
+                headers={"www-authenticate": "vapid"},
+            )
+        scheme = authorization.split(None, 1)[0].lower()
+        if scheme not in _VAPID_SCHEMES:
+            raise ServiceError(
+                401,
+                Errno.VAPID_MISSING,
+                f"the Authorization scheme {scheme[:20]!r} is not VAPID: {_SIGN_HINT}, "
+                "or send no Authorization header",
                 headers={"www-authenticate": "vapid"},
             )
         try:
@@ -69,6 +83,13 @@ class VapidChecker:
                 authorization, headers.get("crypto-key", ""), time.time()
             )
         except VapidError as exc:
+            if exc.unreadable:
+                raise ServiceError(
+                    401,
+                    Errno.VAPID_MISSING,
+                    f"the Authorization header cannot be read: {exc}",
+                    headers={"www-authenticate": "vapid"},
+                ) from None
             raise ServiceError(403, Errno.VAPID_INVALID, f"invalid VAPID token: {exc}") from None
         # Constant time, like every comparison with a value taken from a token.
         if restricted_to is not None and not hmac.compare_digest(key_hash, restricted_to):

@@ -35,11 +35,17 @@ class InvalidKeyError(WebPushError, ValueError):
 
 
 class VapidError(WebPushError):
-    """A VAPID (RFC 8292) token or header that does not verify; `.reason` says why."""
+    """A VAPID (RFC 8292) token or header that does not verify; `.reason` says why.
 
-    def __init__(self, reason: str) -> None:
+    `.unreadable` is True when no token and key could even be read from the headers
+    (an unknown scheme, a missing token, key or `Crypto-Key`), as opposed to a token
+    that was read and found invalid (not a JWT, signature, claims, key).
+    """
+
+    def __init__(self, reason: str, *, unreadable: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.unreadable = unreadable
 
 
 class HeaderError(WebPushError, ValueError):

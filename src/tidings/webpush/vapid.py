@@ -246,9 +246,11 @@ def _auth_params(value: str) -> dict[str, str]:
         name, sep, param = item.partition("=")
         name = name.strip().lower()
         if not sep or not name:
-            raise VapidError("malformed parameter in the vapid Authorization header")
+            raise VapidError(
+                "malformed parameter in the vapid Authorization header", unreadable=True
+            )
         if name in params:
-            raise VapidError(f"the vapid Authorization header repeats {name}=")
+            raise VapidError(f"the vapid Authorization header repeats {name}=", unreadable=True)
         param = param.strip()
         if len(param) >= 2 and param[0] == param[-1] == '"':
             param = param[1:-1]
@@ -256,27 +258,39 @@ def _auth_params(value: str) -> dict[str, str]:
     return params
 
 
+LEGACY_SCHEMES = ("webpush", "bearer")
+"""Draft forms (draft-ietf-webpush-vapid-01/02): `WebPush <jwt>` or `Bearer <jwt>`, with
+the key in `Crypto-Key: p256ecdsa=<key>` (which may also carry aesgcm's `dh=`)."""
+
+
 def _split_authorization(authorization: str, crypto_key: str | None) -> tuple[str, str]:
-    """The JWT and the base64url key from either header form."""
+    """The JWT and the base64url key from the RFC form or a draft form."""
     if not isinstance(authorization, str):
-        raise VapidError("Authorization header is missing")
+        raise VapidError("Authorization header is missing", unreadable=True)
     scheme, _, rest = authorization.strip().partition(" ")
     scheme = scheme.lower()
     if scheme == "vapid":
         params = _auth_params(rest)
         if "t" not in params:
-            raise VapidError("vapid Authorization header has no t= token")
+            raise VapidError("vapid Authorization header has no t= token", unreadable=True)
         if "k" not in params:
-            raise VapidError("vapid Authorization header has no k= public key")
+            raise VapidError("vapid Authorization header has no k= public key", unreadable=True)
         return params["t"], params["k"]
-    if scheme == "webpush":
+    if scheme in LEGACY_SCHEMES:
+        if not rest.strip():
+            raise VapidError(f"{scheme} Authorization header has no token", unreadable=True)
         if not crypto_key:
-            raise VapidError("WebPush Authorization needs a Crypto-Key header with p256ecdsa=")
+            raise VapidError(
+                f"{scheme} Authorization needs a Crypto-Key header with p256ecdsa=",
+                unreadable=True,
+            )
         key = parse_header_params(crypto_key).get("p256ecdsa")
         if not key:
-            raise VapidError("Crypto-Key header has no p256ecdsa= public key")
+            raise VapidError("Crypto-Key header has no p256ecdsa= public key", unreadable=True)
         return rest.strip(), key
-    raise VapidError("Authorization scheme is not vapid (or the older WebPush)")
+    raise VapidError(
+        "Authorization scheme is not vapid (or the draft WebPush or Bearer)", unreadable=True
+    )
 
 
 def _json_segment(segment: str, what: str) -> dict[str, Any]:
