@@ -168,7 +168,7 @@ async def test_errors_over_http2_are_json(service: RunningService) -> None:
         )
         too_big = await client.post(
             registration.endpoint,
-            content=b"\x00" * 5000,
+            content=b"\x00" * (service.config.max_body + 1),
             headers={"ttl": "60", "content-encoding": "aes128gcm"},
         )
         unknown = await client.get(service.url + "/nothing")
