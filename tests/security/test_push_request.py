@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from support.service import Registration, RunningService, TestAgent, running_service
+from tidings.service.config import ServiceConfig
 from tidings.service.errors import Errno
 from tidings.service.push_request import MAX_CRYPTO_HEADER
 from tidings.webpush import (
@@ -314,6 +315,27 @@ async def test_a_5624_byte_body_is_accepted_by_default(service: RunningService) 
     frame = await agent.expect("notification")  # (not decryptable: the filler is random)
     assert b64url_decode(frame["data"]) == body
     await agent.close()
+
+
+async def test_max_body_is_followed_by_every_layer(tmp_path: Path) -> None:
+    """At its highest setting a body still passes the HTTP layer, the store and the
+    WebSocket frame to the user agent; one byte more is a 413; higher is refused."""
+    with pytest.raises(ValueError, match="max_body"):
+        ServiceConfig(max_body=65537)
+    async with running_service(tmp_path, max_body=65536) as running:
+        agent = await running.agent()
+        registration = await agent.register()
+        body = aes128gcm(registration)
+        body += os.urandom(65536 - len(body))
+        async with httpx.AsyncClient(timeout=10) as client:
+            headers = {"content-encoding": "aes128gcm"}
+            response = await post(client, registration.endpoint, body, headers)
+            assert response.status_code == 201, response.text
+            response = await post(client, registration.endpoint, body + b"\0", headers)
+            assert response.status_code == 413
+        frame = await agent.expect("notification")
+        assert b64url_decode(frame["data"]) == body
+        await agent.close()
 
 
 # 8. A 410 may be remembered ---------------------------------------------------------------

@@ -18,7 +18,7 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("max_ttl", 0, 2**31),
     ("max_messages_per_user_agent", 1, 1_000_000),
     ("max_subscriptions_per_user_agent", 1, 1_000_000),
-    ("max_body", 4096, 1 << 20),
+    ("max_body", 4096, 65536),  # up to the other bodies' cap; a frame stays far below 1 MiB
     ("hello_timeout", 0.01, 3600),
     ("request_timeout", 0.01, 3600),
     ("keepalive_timeout", 0.01, 86400),
