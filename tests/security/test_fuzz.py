@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tidings.service import ws_protocol as wp
 from tidings.service.errors import ServiceError
 from tidings.service.http.websocket import FrameError, FrameParser
-from tidings.service.push_request import check_push
+from tidings.service.push_request import MAX_CRYPTO_HEADER, check_push
 from tidings.service.tokens import EndpointRef, MessageRef, TokenError, TokenSealer
 from tidings.service.vapid_check import VapidChecker
 from tidings.webpush import (
@@ -82,6 +82,9 @@ def test_push_checks(headers: dict[str, str], body: bytes) -> None:
         assert error.message
     else:
         assert "p256ecdsa" not in json.dumps(facts.delivery_headers).lower()
+        for name in ("encryption", "crypto_key"):  # relayed normalised and bounded
+            relayed = facts.delivery_headers.get(name, "")
+            assert len(relayed) <= MAX_CRYPTO_HEADER and '"' not in relayed
 
 
 @FUZZ

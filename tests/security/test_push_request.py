@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from support.service import Registration, RunningService, TestAgent, running_service
+from tidings.service.config import ServiceConfig
 from tidings.service.errors import Errno
 from tidings.service.push_request import MAX_CRYPTO_HEADER
 from tidings.webpush import (
@@ -55,12 +56,13 @@ async def test_unsigned_and_invalid_floods_do_not_starve_the_signed_sender(
     tmp_path: Path,
 ) -> None:
     """Unsigned and invalid requests cost the client address (and unsigned pushes a
-    bucket of their own), never the buckets of the subscription's signed sender."""
+    bucket of their own), never the buckets of the subscription's signed sender. The
+    flood comes from 127.0.0.2, the signed sender from 127.0.0.1."""
     settings = {
         "rate_push_subscription": "5/min",
-        "rate_push_address": "5/min",
+        "rate_push_address": "12/min",
         "rate_push_vapid_key": "100/min",
-        "rate_limit_exempt": "",  # the test's client is 127.0.0.1
+        "rate_limit_exempt": "",  # loopback counts here
     }
     key = VapidKey.generate()
     async with running_service(tmp_path, **settings) as running:
@@ -68,7 +70,8 @@ async def test_unsigned_and_invalid_floods_do_not_starve_the_signed_sender(
         restricted = await agent.register(key.public_key_b64)
         unrestricted = await agent.register()
         other = VapidKey.generate()
-        async with httpx.AsyncClient(timeout=10) as client:
+        flooder = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(timeout=10, transport=flooder) as client:
             for target in (restricted, unrestricted):
                 body = aes128gcm(target)
                 flood = [
@@ -82,7 +85,8 @@ async def test_unsigned_and_invalid_floods_do_not_starve_the_signed_sender(
                     (await post(client, target.endpoint, body, headers)).status_code
                     for headers in flood * 5
                 ]
-                assert 429 in statuses  # the flood was limited...
+                assert statuses.count(429) >= 5  # the flood was limited...
+        async with httpx.AsyncClient(timeout=10) as client:
             # ...and the signed sender still has its whole burst on both subscriptions.
             for target in (restricted, unrestricted):
                 for _ in range(5):
@@ -96,6 +100,28 @@ async def test_unsigned_and_invalid_floods_do_not_starve_the_signed_sender(
             )
             assert answer.status_code == 429
             assert "per subscription" in answer.json()["message"]
+        await agent.close()
+
+
+async def test_fresh_keys_do_not_take_a_client_past_its_address_share(tmp_path: Path) -> None:
+    """A key costs nothing to make: signed pushes count against the address too."""
+    settings = {"rate_push_address": "3/min", "rate_limit_exempt": ""}
+    async with running_service(tmp_path, **settings) as running:
+        agent = await running.agent()
+        registration = await agent.register()
+        async with httpx.AsyncClient(timeout=10) as client:
+            statuses = [
+                (
+                    await post(
+                        client,
+                        registration.endpoint,
+                        aes128gcm(registration),
+                        signed(VapidKey.generate(), registration.endpoint),
+                    )
+                ).status_code
+                for _ in range(4)
+            ]
+        assert statuses == [201, 201, 201, 429]
         await agent.close()
 
 
@@ -314,6 +340,27 @@ async def test_a_5624_byte_body_is_accepted_by_default(service: RunningService) 
     frame = await agent.expect("notification")  # (not decryptable: the filler is random)
     assert b64url_decode(frame["data"]) == body
     await agent.close()
+
+
+async def test_max_body_is_followed_by_every_layer(tmp_path: Path) -> None:
+    """At its highest setting a body still passes the HTTP layer, the store and the
+    WebSocket frame to the user agent; one byte more is a 413; higher is refused."""
+    with pytest.raises(ValueError, match="max_body"):
+        ServiceConfig(max_body=65537)
+    async with running_service(tmp_path, max_body=65536) as running:
+        agent = await running.agent()
+        registration = await agent.register()
+        body = aes128gcm(registration)
+        body += os.urandom(65536 - len(body))
+        async with httpx.AsyncClient(timeout=10) as client:
+            headers = {"content-encoding": "aes128gcm"}
+            response = await post(client, registration.endpoint, body, headers)
+            assert response.status_code == 201, response.text
+            response = await post(client, registration.endpoint, body + b"\0", headers)
+            assert response.status_code == 413
+        frame = await agent.expect("notification")
+        assert b64url_decode(frame["data"]) == body
+        await agent.close()
 
 
 # 8. A 410 may be remembered ---------------------------------------------------------------

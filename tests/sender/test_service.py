@@ -90,10 +90,11 @@ async def test_oversized_body_gets_413_with_the_reason(
     try:
         registration = await agent.register(vapid_key.public_key_b64)
         async with make_sender(vapid_key) as sender:
-            # Bypass the 3993-byte check: a hand-built request with a 5000-byte body.
+            # Bypass the 3993-byte check: a hand-built request over the service's max_body.
             proper = sender.build(registration.subscription_info(), "x", ttl=60)
+            body = b"\0" * (service.config.max_body + 1)
             request = PushRequest(
-                proper.url, proper.headers, b"\0" * 5000, subscription=proper.subscription
+                proper.url, proper.headers, body, subscription=proper.subscription
             )
             result = await sender.deliver(request)
         assert result.kind is ResultKind.REJECTED and result.status == 413, result

@@ -22,7 +22,7 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("max_bytes_per_user_agent", 4096, 1 << 40),
     ("max_stored_messages", 1, 10**12),
     ("user_agent_expiry", 60, 10 * 365 * DAY),
-    ("max_body", 4096, 1 << 20),
+    ("max_body", 4096, 65536),  # up to the other bodies' cap; a frame stays far below 1 MiB
     ("hello_timeout", 0.01, 3600),
     ("request_timeout", 0.01, 3600),
     ("keepalive_timeout", 0.01, 86400),

@@ -335,10 +335,10 @@ class PushService:
 
         `client` is the sender's address (`host:port`). The VAPID token is verified
         before any rate limit is charged, so that nobody can spend a signed sender's
-        buckets: a signed push counts against its key and the subscription; a request
-        refused before that point (a token that does not open, a VAPID failure) counts
-        against the client address only; an unsigned push against the address and the
-        subscription's separate bucket for unsigned pushes.
+        buckets: a signed push counts against its address, its key and the subscription;
+        a request refused before that point (a token that does not open, a VAPID
+        failure) against the client address only; an unsigned push against the address
+        and the subscription's separate bucket for unsigned pushes.
         """
         try:
             ref = self.open_endpoint(token)
@@ -355,6 +355,9 @@ class PushService:
             await self.check_address_rate(Limit.PUSH_ADDRESS, client)
             await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id + "~")
         else:
+            # The address too: keys cost nothing to make, so a fresh key per push must
+            # not take a client past its address's share.
+            await self.check_address_rate(Limit.PUSH_ADDRESS, client)
             await self.check_rate(Limit.PUSH_VAPID_KEY, verified.public_key.hex())
             await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id)
         facts = check_push(headers, body, max_body=self.config.max_body)
