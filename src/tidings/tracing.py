@@ -12,6 +12,7 @@ application using Tidings as a library keeps control of its own tracing set-up.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -24,14 +25,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TRACEPARENT",
+    "TraceBook",
     "TracingUnavailable",
+    "current_trace_id",
     "disable",
     "enable",
     "enabled",
     "extract",
     "inject",
+    "parent_from",
     "span",
     "trace_id_of",
+    "traceparent_of",
 ]
 
 TRACEPARENT = "traceparent"
@@ -143,3 +148,54 @@ def trace_id_of(current: Span | None) -> str | None:
         return None
     context = current.get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def traceparent_of(current: Span | None) -> str | None:
+    """The `traceparent` value naming `current` as a parent, to carry with a message."""
+    if current is None:
+        return None
+    carrier: dict[str, str] = {}
+    inject(carrier, current)
+    return carrier.get(TRACEPARENT)
+
+
+def parent_from(traceparent: str | None) -> Context | None:
+    """The remote parent a carried `traceparent` names (None when off or absent)."""
+    if traceparent is None:
+        return None
+    return extract({TRACEPARENT: traceparent})
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the span running now, for log lines; None when off or outside one."""
+    if _State.tracer is None:
+        return None
+    from opentelemetry import trace
+
+    return trace_id_of(trace.get_current_span())
+
+
+class TraceBook:
+    """Which span delivered a message, until its acknowledgement names it (bounded).
+
+    An acknowledgement carries only the message id; the book turns it back into the
+    delivery's context so the ack span joins the message's trace. The oldest entries
+    go first: a message never acknowledged costs a slot only until it is pushed out.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._parents: OrderedDict[str, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._parents)
+
+    def remember(self, message_id: str, traceparent: str | None) -> None:
+        if traceparent is None:
+            return
+        self._parents[message_id] = traceparent
+        if len(self._parents) > self.capacity:
+            self._parents.popitem(last=False)
+
+    def take(self, message_id: str) -> str | None:
+        return self._parents.pop(message_id, None)

@@ -89,6 +89,13 @@ from tidings.service.logs import configure_logging
     "Without one they answer only clients on this machine. [env TIDINGS_DASHBOARD_TOKEN]",
 )
 @click.option(
+    "--otlp-endpoint",
+    metavar="URL",
+    help="Trace each push (OpenTelemetry, OTLP over HTTP, e.g. http://127.0.0.1:4318): accept, "
+    "store, route, deliver, ack, continuing the sender's traceparent. Needs the tracing "
+    "extra. [default: off; env TIDINGS_OTLP_ENDPOINT]",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -107,6 +114,13 @@ def serve(config_file: Path | None, **flags: Any) -> None:
         config = load_config(config_file).with_overrides(flags)
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from exc
+    if config.otlp_endpoint:
+        try:
+            import opentelemetry.sdk.trace  # noqa: F401
+        except ImportError:
+            raise click.UsageError(
+                "--otlp-endpoint needs the OpenTelemetry SDK: pip install 'tidings[tracing]'"
+            ) from None
     _announce(config)
     from tidings.service.run import serve as run_server
 

@@ -74,6 +74,7 @@ class ServiceConfig:
     workers: int = 1  # processes sharing the port (needs a cluster bus to reach each other)
     demo: bool = False  # the /playground page and its demo sender (POST /demo/send)
     dashboard_token: str | None = None  # for /dashboard, /api/stats, /metrics; else local only
+    otlp_endpoint: str | None = None  # OpenTelemetry traces over OTLP/HTTP here; off if None
 
     def __post_init__(self) -> None:
         # A bad value is a configuration error reported at start-up, not a later surprise.

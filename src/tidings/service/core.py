@@ -15,9 +15,10 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
-from tidings import __version__
+from tidings import __version__, tracing
 from tidings.service.cluster import ClusterBus, open_bus
 from tidings.service.config import ServiceConfig
 from tidings.service.errors import Errno, ServiceError
@@ -71,6 +72,7 @@ class PushAccepted:
     message_id: str
     delivered_live: bool
     receipt_url: str | None = None
+    trace_id: str | None = None  # the push's trace, when tracing is on (for the access log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,10 @@ class PushService:
         # The bus reaches user agents connected to other nodes (--cluster); on a single
         # node it does nothing and its hub is a plain Hub.
         self.cluster: ClusterBus = open_bus(config.cluster, config.node_id)
+        # This node's name in traces (the cluster bus makes one up when not configured).
+        self.node_id = str(getattr(self.cluster, "node_id", None) or config.node_id or "local")
+        # Delivered traced messages until acknowledged (empty unless tracing is on).
+        self.trace_book = tracing.TraceBook()
         self.hub: Hub = self.cluster.hub
         self.metrics = ServiceMetrics(self.hub)  # Prometheus metrics and /api/stats
         self.metrics.instrument_store(self.store)  # times every store call
@@ -333,6 +339,9 @@ class PushService:
     ) -> PushAccepted:
         """Check, store and forward one push; raise ServiceError to refuse it.
 
+        With tracing on, the push is a server span continuing the sender's trace
+        (`traceparent`), with the store and the routing as its children.
+
         `client` is the sender's address (`host:port`). The VAPID token is verified
         before any rate limit is charged, so that nobody can spend a signed sender's
         buckets: a signed push counts against its address, its key and the subscription;
@@ -340,6 +349,36 @@ class PushService:
         failure) against the client address only; an unsigned push against the address
         and the subscription's separate bucket for unsigned pushes.
         """
+        if not tracing.enabled():
+            return await self._accept_push(token, headers, body, client, request_id, None)
+        with tracing.span(
+            "push accept",
+            kind="server",
+            parent=tracing.extract(headers),
+            attributes={"tidings.node": self.node_id},
+        ) as current:
+            try:
+                accepted = await self._accept_push(
+                    token, headers, body, client, request_id, tracing.traceparent_of(current)
+                )
+            except ServiceError as error:
+                if current is not None:
+                    current.set_attribute("http.response.status_code", error.status)
+                raise
+            if current is not None:
+                current.set_attribute("http.response.status_code", accepted.status)
+                current.set_attribute("tidings.delivered_live", accepted.delivered_live)
+            return replace(accepted, trace_id=tracing.trace_id_of(current))
+
+    async def _accept_push(
+        self,
+        token: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        client: str,
+        request_id: str | None,
+        traceparent: str | None,
+    ) -> PushAccepted:
         try:
             ref = self.open_endpoint(token)
             # Authorization comes before the other checks: a sender without the right
@@ -377,15 +416,13 @@ class PushService:
             headers=facts.delivery_headers,
             receipt_id=receipt_id,
             request_id=request_id,
+            traceparent=traceparent,
         )
         location = self.message_url(MessageRef(ref.uaid, ref.channel_id, message.message_id))
+        traced = traceparent is not None
         try:
-            if ttl == 0:
-                # Delivered only to a user agent connected right now; never stored.
-                if await self.store.get_subscription(ref.uaid, ref.channel_id) is None:
-                    raise SubscriptionGone(ref.channel_id)
-            else:
-                await self.store.store_message(message, quota=self.quota)
+            with tracing.span("push store") if traced else nullcontext():
+                await self._store_push(ref, message)
         except SubscriptionGone:
             raise ServiceError(
                 410,
@@ -401,11 +438,21 @@ class PushService:
             # Only now that the push is accepted: a refused push leaves no row behind.
             await self._add_receipt_subscription(receipt_id, message)
         # Here, or through the bus to the node holding the user agent's connection.
-        delivered = self.hub.offer(message) or await self.cluster.route(message)
+        with tracing.span("push route") if traced else nullcontext():
+            delivered = self.hub.offer(message) or await self.cluster.route(message)
         if receipt_id is None:
             return PushAccepted(201, location, ttl, message.message_id, delivered)
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
         return PushAccepted(202, location, ttl, message.message_id, delivered, receipt_url)
+
+    async def _store_push(self, ref: EndpointRef, message: StoredMessage) -> None:
+        """Store the message, or for TTL 0 only check its subscription still exists."""
+        if message.ttl == 0:
+            # Delivered only to a user agent connected right now; never stored.
+            if await self.store.get_subscription(ref.uaid, ref.channel_id) is None:
+                raise SubscriptionGone(ref.channel_id)
+        else:
+            await self.store.store_message(message, quota=self.quota)
 
     async def _receipt_subscription(self, headers: Mapping[str, str]) -> tuple[str | None, bool]:
         """The receipt subscription a push asks for (RFC 8030 section 5.1), if any, and
@@ -471,6 +518,8 @@ class PushService:
                 404, Errno.NOT_FOUND, "the push message was delivered, expired or never existed"
             )
         self.metrics.acknowledged(100)  # an RFC 8030 acknowledgement (or a cancellation)
+        if self.trace_book:
+            self._trace_ack(deleted.message_id, 100)
         if deleted.receipt_id is not None:
             self.hub.notify_receipt(deleted.receipt_id)
 
@@ -580,12 +629,34 @@ class PushService:
             if message.created_at >= since:
                 self.hub.offer(message)
 
+    def trace_delivery(self, message: StoredMessage, via: str) -> None:
+        """Record a live delivery of a traced message (`message.traceparent` set) as a
+        span of its trace; its acknowledgement will be a child of it."""
+        with tracing.span(
+            "push deliver",
+            kind="producer",
+            parent=tracing.parent_from(message.traceparent),
+            attributes={"tidings.node": self.node_id, "tidings.via": via},
+        ) as current:
+            self.trace_book.remember(message.message_id, tracing.traceparent_of(current))
+
+    def _trace_ack(self, message_id: str, code: int) -> None:
+        delivered = self.trace_book.take(message_id)
+        if delivered is not None:
+            attributes = {"tidings.node": self.node_id, "tidings.ack_code": code}
+            with tracing.span(
+                "push ack", parent=tracing.parent_from(delivered), attributes=attributes
+            ):
+                pass
+
     def acknowledge_soon(self, uaid: str, message_id: str, code: int) -> None:
         """The user agent has the message (code 100) or cannot use it (101, 102).
 
         The deletes of the acknowledgements that arrive together are written in one
         store call (a receipt follows if one was asked for); nobody waits for them. If
         the store is down the message stays stored and is delivered again."""
+        if self.trace_book:
+            self._trace_ack(message_id, code)
         self.metrics.acknowledged(code)
         if code != 100:
             log.info("message %s acknowledged with code %d", message_id, code)

@@ -2,7 +2,9 @@
 
 Log records may carry `request_id` and `message_id` (passed with `extra=`): the access
 line of a push names both, and the delivery and acknowledgement lines (debug level)
-name the message, so one message can be followed from its POST to its delivery.
+name the message, so one message can be followed from its POST to its delivery. With
+tracing on, lines also carry `trace_id` (the access line of a push its trace's, any
+other line the trace of the span running when it was logged), so logs and traces join.
 """
 
 from __future__ import annotations
@@ -13,10 +15,25 @@ import re
 import sys
 import time
 
+from tidings import tracing
 from tidings.service.ids import random_hex
 
-CORRELATION_FIELDS = ("request_id", "message_id")
+CORRELATION_FIELDS = ("request_id", "message_id", "trace_id")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _correlation(record: logging.LogRecord) -> dict[str, object]:
+    """The record's correlation ids; the running span's trace id when it names none."""
+    found = {
+        name: value
+        for name in CORRELATION_FIELDS
+        if (value := getattr(record, name, None)) is not None
+    }
+    if "trace_id" not in found:
+        trace_id = tracing.current_trace_id()
+        if trace_id is not None:
+            found["trace_id"] = trace_id
+    return found
 
 
 def request_id(offered: str | None) -> str:
@@ -37,10 +54,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name in CORRELATION_FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                document[name] = value
+        document.update(_correlation(record))
         if record.exc_info:
             document["error"] = self.formatException(record.exc_info)
         return json.dumps(document, ensure_ascii=False)
@@ -54,11 +68,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        ids = [
-            f"{name}={getattr(record, name)}"
-            for name in CORRELATION_FIELDS
-            if getattr(record, name, None) is not None
-        ]
+        ids = [f"{name}={value}" for name, value in _correlation(record).items()]
         return f"{line} {' '.join(ids)}" if ids else line
 
 

@@ -121,6 +121,8 @@ class PushMonitor:
             self._sent.discard(message.message_id)
             return False
         self.service.metrics.delivered(message)
+        if message.traceparent is not None:
+            self.service.trace_delivery(message, "http2")
         if message.receipt_id is not None:  # only once it is on its way
             await self.service.mark_delivered(message)
         return True

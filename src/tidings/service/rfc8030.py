@@ -38,6 +38,7 @@ async def push(service: PushService, request: Request, token: str) -> Response:
         request_id=request.request_id,
     )
     request.message_id = accepted.message_id
+    request.trace_id = accepted.trace_id
     headers = {"location": accepted.location, "ttl": str(accepted.ttl)}
     if accepted.receipt_url is not None:
         headers["link"] = link_value(accepted.receipt_url, REL_RECEIPT)

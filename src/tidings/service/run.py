@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from tidings import tracing
 from tidings.service.config import ServiceConfig
 from tidings.service.core import PushService
 from tidings.service.http.server import TidingsServer, tls_context
@@ -64,6 +65,9 @@ async def run(config: ServiceConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if config.otlp_endpoint:
+        # Per process: each --workers process exports its own spans.
+        tracing.enable(f"tidings {config.node_id or 'node'}", endpoint=config.otlp_endpoint)
     server = build_server(config)
     await server.start()
     tune_garbage_collector()
@@ -76,6 +80,7 @@ async def run(config: ServiceConfig) -> None:
             await asyncio.wait_for(server.stop(grace=DRAIN_GRACE), STOP_LIMIT)
         except TimeoutError:
             log.error("shutdown did not finish within %.0f s; exiting anyway", STOP_LIMIT)
+        tracing.disable()  # spans still queued are exported
     log.info("stopped")
 
 

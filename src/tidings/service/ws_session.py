@@ -260,6 +260,8 @@ class WebSocketSession:
                 redact_uaid(message.uaid),
                 extra={"request_id": message.request_id, "message_id": message.message_id},
             )
+        if message.traceparent is not None:
+            self.service.trace_delivery(message, "websocket")
         return wp.notification_frame(
             message.channel_id, message.message_id, message.body, message.headers
         )

@@ -125,6 +125,7 @@ def encode_message(message: StoredMessage) -> str:
             "tp": message.topic,
             "h": message.headers,
             "r": message.receipt_id,
+            "tr": message.traceparent,  # the trace goes on to the delivering node
         },
         separators=(",", ":"),
     )
@@ -143,6 +144,7 @@ def decode_message(data: dict[str, Any]) -> StoredMessage:
         topic=data["tp"],
         headers=dict(data["h"]),
         receipt_id=data["r"],
+        traceparent=data.get("tr"),
     )
 
 

@@ -43,6 +43,7 @@ class Request:
     push_channel: ServerPushChannel | None = None  # HTTP/2 only
     request_id: str | None = None  # set when the request is answered (logs.request_id)
     message_id: str | None = None  # the push message this request created, if any
+    trace_id: str | None = None  # its trace, when tracing is on
 
 
 @dataclass(slots=True)

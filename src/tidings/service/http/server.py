@@ -89,7 +89,11 @@ class ConnectionContext:
                 request.http_version,
                 status,
                 (time.perf_counter() - started) * 1000,
-                extra={"request_id": request.request_id, "message_id": request.message_id},
+                extra={
+                    "request_id": request.request_id,
+                    "message_id": request.message_id,
+                    "trace_id": request.trace_id,
+                },
             )
 
 

@@ -98,6 +98,9 @@ class StoredMessage:
     # The id of the request that pushed it, for logs; kept in memory only (a message
     # read back from the store is followed by its message id).
     request_id: str | None = field(default=None, compare=False)
+    # The `traceparent` of the span that accepted it, when tracing is on; in memory (and
+    # on the cluster bus) only, like request_id.
+    traceparent: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
