@@ -54,6 +54,8 @@ class ServiceConfig:
     rate_subscribe_address: str = "600/min"  # new subscriptions from one address
     rate_limit_exempt: str = "127.0.0.0/8,::1"  # addresses the address rules skip
     rate_limit_buckets: int = 100_000  # buckets kept in memory (least recently used go)
+    # Reverse proxies (comma-separated CIDRs) whose Forwarded / X-Forwarded-For are read.
+    trusted_proxies: str = ""
     sqlite_synchronous: str = "normal"
     expiry_sweep_interval: float = 60.0
     log_level: str = "info"
@@ -75,6 +77,9 @@ class ServiceConfig:
 
         rules_from(self.rate_settings)
         parse_networks(self.rate_limit_exempt)
+        from tidings.service.forwarded import parse_proxies
+
+        parse_proxies(self.trusted_proxies)
 
     @property
     def rate_settings(self) -> dict[str, str]:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from tidings.service import forwarded
+
 log = logging.getLogger("tidings.limits")
 
 _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}
@@ -109,20 +111,12 @@ class RateLimiter(Protocol):
 
 def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """`127.0.0.0/8,::1` as networks (addresses exempt from the address rules)."""
-    networks = []
-    for part in text.split(","):
-        if part.strip():
-            try:
-                networks.append(ipaddress.ip_network(part.strip(), strict=False))
-            except ValueError:
-                raise ValueError(f"bad network {part.strip()!r} in rate_limit_exempt") from None
-    return networks
+    return forwarded.parse_networks(text, "rate_limit_exempt")
 
 
 def client_address(client: str) -> str:
-    """The address part of a `host:port` peer name (`-` when unknown)."""
-    host = client.rsplit(":", 1)[0] if ":" in client else client
-    return host.strip("[]")
+    """The address part of a `Request.client` (`-` when unknown)."""
+    return forwarded.peer_address(client)
 
 
 def retry_after(seconds: float) -> str:

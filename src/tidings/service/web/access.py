@@ -22,6 +22,7 @@ import ipaddress
 from urllib.parse import parse_qs
 
 from tidings.service.errors import Errno, ServiceError
+from tidings.service.forwarded import peer_address
 from tidings.service.http.messages import Request
 
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
@@ -29,8 +30,7 @@ PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 def client_host(client: str) -> str:
     """The address part of a `Request.client` ("1.2.3.4:5678", "::1:5678", "[::1]:5")."""
-    host = client.rsplit(":", 1)[0] if ":" in client else client
-    return host.strip("[]")
+    return peer_address(client)
 
 
 def is_loopback_client(request: Request) -> bool:
