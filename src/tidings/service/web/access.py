@@ -13,6 +13,11 @@ The rule, in full:
 So a service on 127.0.0.1 works out of the box for its operator, and one listening on
 a public address never shows its figures to the world by accident, while it still
 starts (the push API must not depend on the dashboard's configuration).
+
+`check_same_origin` and `check_json` guard the demo sender (`POST /demo/send`): a
+browser sends a cross-site form or a `no-cors` fetch without a preflight only with a
+CORS-safelisted content type (`text/plain`, forms), so a JSON body plus a same-origin
+`Origin` / `Sec-Fetch-Site` means the request came from the service's own page.
 """
 
 from __future__ import annotations
@@ -41,6 +46,39 @@ def is_loopback_client(request: Request) -> bool:
         return ipaddress.ip_address(client_host(request.client)).is_loopback
     except ValueError:
         return False
+
+
+def check_json(request: Request) -> None:
+    """Raise 415 unless the body is declared `application/json`."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ServiceError(
+            415,
+            Errno.MALFORMED_REQUEST,
+            "send the document as Content-Type: application/json",
+            headers={"accept-post": "application/json"},
+        )
+
+
+def check_same_origin(request: Request) -> None:
+    """Raise 403 when a browser says the request comes from another site.
+
+    `Sec-Fetch-Site` (sent by current browsers) must be `same-origin`; `Origin`, when
+    sent, must name the host the request was sent to. A request with neither is not
+    from a browser page, so no other site can have made it.
+    """
+    site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    host = request.headers.get("host", "").strip().lower()
+    if site is not None and site.strip().lower() != "same-origin":
+        problem = f"Sec-Fetch-Site is {site[:40]!r}"
+    elif origin is not None and origin.strip().lower().partition("://")[2] != host:
+        problem = "Origin is another site"
+    else:
+        return
+    raise ServiceError(
+        403, Errno.ACCESS_DENIED, f"only the service's own pages may do this ({problem})"
+    )
 
 
 def is_loopback_host(host: str) -> bool:

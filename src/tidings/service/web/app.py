@@ -7,7 +7,8 @@ GET  /playground/          subscribe this browser and send to it     (--demo onl
 GET  /playground/sw.js     the playground's service worker           (--demo only)
 GET  /api/demo/key         the demo VAPID public key                 (--demo only)
 GET  /api/demo/recent      the last demo sends' statuses             (--demo only)
-POST /demo/send            encrypt, sign and push a test message     (--demo only)
+POST /demo/send            encrypt, sign and push a test message     (--demo only,
+                           application/json from the service's own pages)
 GET  /static/<file>        the pages' scripts and styles
 
 The token rule is in access.py. Pages carry a strict Content-Security-Policy: scripts
@@ -26,7 +27,7 @@ from tidings.service.core import PushService
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response
 from tidings.service.metrics import HISTORY_SECONDS, METRICS_CONTENT_TYPE
-from tidings.service.web.access import check_access
+from tidings.service.web.access import check_access, check_json, check_same_origin
 from tidings.service.web.demo import DemoRequestError, DemoSender
 
 log = logging.getLogger("tidings.web")
@@ -180,6 +181,8 @@ class WebRoutes:
             return _json({"sends": list(demo.recent)})
         if path == "/demo/send":
             _only(method, ("POST",))
+            check_json(request)  # no form or text/plain body from another site
+            check_same_origin(request)
             try:
                 document = json.loads(request.body or b"null")
             except ValueError:

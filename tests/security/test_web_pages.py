@@ -1,0 +1,80 @@
+"""The web pages' own resources against other sites: the demo sender, the figures.
+
+A hostile page in a visitor's browser may post forms and `text/plain` bodies to any
+origin without a preflight, and by DNS rebinding may even read answers from a service
+listening on the visitor's machine. These check what such a page gets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from support.service import running_service
+from tidings.service.web.demo import HIDDEN_TOKEN
+
+JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
+
+
+async def _subscription(running: Any, client: httpx.AsyncClient) -> dict[str, Any]:
+    key = (await client.get("/api/demo/key")).json()["publicKey"]
+    agent = await running.agent()
+    registration = await agent.register(key)
+    return registration.subscription_info()
+
+
+async def test_demo_send_needs_json_from_the_service_own_pages(tmp_path: Path) -> None:
+    async with (
+        running_service(tmp_path, demo=True) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=10) as client,
+    ):
+        document = {"subscription": await _subscription(running, client), "payload": "hi"}
+        body = json.dumps(document).encode()
+        host = running.url.partition("://")[2]
+
+        async def post(**headers: str) -> httpx.Response:
+            return await client.post("/demo/send", content=body, headers=headers)
+
+        # What a cross-site form or no-cors fetch can send: refused, JSON error body.
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", ""):
+            refused = await post(**{"content-type": content_type})
+            assert refused.status_code == 415, refused.text
+            assert refused.json()["code"] == 415 and refused.json()["errno"] == 400
+        # JSON, but a browser says another site sent it.
+        for headers in (
+            {"origin": "https://evil.example"},
+            {"origin": "null"},
+            {"sec-fetch-site": "cross-site"},
+            {"sec-fetch-site": "same-site", "origin": running.url},
+        ):
+            refused = await post(**{"content-type": "application/json", **headers})
+            assert refused.status_code == 403, (headers, refused.text)
+            assert refused.json()["errno"] == 130
+        # The playground itself (a same-origin fetch) and non-browser clients get through.
+        for headers in (
+            {"origin": running.url, "sec-fetch-site": "same-origin"},
+            {"origin": f"http://{host}"},
+            {},
+        ):
+            answer = await post(**{"content-type": "application/json; charset=utf-8", **headers})
+            assert answer.status_code == 200, (headers, answer.text)
+            assert answer.json()["response"]["status"] == 201
+            # Nothing secret comes back: the signed VAPID token is not shown.
+            assert not JWT.search(answer.text), answer.text
+            shown = answer.json()["request"]["headers"]["Authorization"]
+            assert HIDDEN_TOKEN in shown
+
+
+async def test_demo_key_reveals_no_path(tmp_path: Path) -> None:
+    async with (
+        running_service(tmp_path, demo=True) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=10) as client,
+    ):
+        answer = await client.get("/api/demo/key")
+    assert answer.status_code == 200
+    assert "/" not in answer.json()["keyFile"]
+    assert str(tmp_path) not in answer.text and str(tmp_path.resolve()) not in answer.text
