@@ -56,6 +56,9 @@ class ServiceConfig:
     rate_limit_buckets: int = 100_000  # buckets kept in memory (least recently used go)
     # Reverse proxies (comma-separated CIDRs) whose Forwarded / X-Forwarded-For are read.
     trusted_proxies: str = ""
+    # Host names the pages, figures and demo answer (DNS rebinding); default: the public
+    # URL's host and localhost; IP literals always; `*` for any. Push resources: any.
+    allowed_hosts: str = ""
     sqlite_synchronous: str = "normal"
     expiry_sweep_interval: float = 60.0
     log_level: str = "info"

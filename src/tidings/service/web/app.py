@@ -11,7 +11,8 @@ POST /demo/send            encrypt, sign and push a test message     (--demo onl
                            application/json from the service's own pages)
 GET  /static/<file>        the pages' scripts and styles
 
-The token rule is in access.py. Pages carry a strict Content-Security-Policy: scripts
+The token rule and the Host check (DNS rebinding; every path but /static/) are in
+access.py. Pages carry a strict Content-Security-Policy: scripts
 and styles come only from these files, nothing inline, nothing from elsewhere.
 """
 
@@ -27,7 +28,13 @@ from tidings.service.core import PushService
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response
 from tidings.service.metrics import HISTORY_SECONDS, METRICS_CONTENT_TYPE
-from tidings.service.web.access import check_access, check_json, check_same_origin
+from tidings.service.web.access import (
+    allowed_host_names,
+    check_access,
+    check_host,
+    check_json,
+    check_same_origin,
+)
 from tidings.service.web.demo import DemoRequestError, DemoSender
 
 log = logging.getLogger("tidings.web")
@@ -102,6 +109,7 @@ class WebRoutes:
         self.config = service.config
         self.static = _load_static()
         self.demo = DemoSender(service.config, push_handler) if service.config.demo else None
+        self.allowed_hosts = allowed_host_names(self.config.allowed_hosts, self.config.origin)
 
     @property
     def token(self) -> str | None:
@@ -121,6 +129,7 @@ class WebRoutes:
         if path.startswith("/static/"):
             _only(method, ("GET", "HEAD"))
             return self._file(path.removeprefix("/static/"), path, _COMMON_HEADERS)
+        check_host(request, self.allowed_hosts)  # figures and the demo: no DNS rebinding
         if path in ("/metrics", "/api/stats", "/dashboard"):
             _only(method, ("GET", "HEAD"))
             check_access(request, self.token)
