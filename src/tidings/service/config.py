@@ -22,6 +22,7 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("hello_timeout", 0.01, 3600),
     ("request_timeout", 0.01, 3600),
     ("keepalive_timeout", 0.01, 86400),
+    ("tls_handshake_timeout", 0.01, 3600),
     ("expiry_sweep_interval", 0.01, 86400),
     ("workers", 1, 64),
 )
@@ -65,6 +66,7 @@ class ServiceConfig:
     log_format: str = "text"  # text, or json: one JSON object per line (logs.py)
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve HTTPS/WSS
     tls_key: str | None = None
+    tls_handshake_timeout: float = 10.0  # seconds for a TLS handshake, then it is closed
     reuse_port: bool = False  # SO_REUSEPORT, for several worker processes on one port
     workers: int = 1  # processes sharing the port (needs a cluster bus to reach each other)
     demo: bool = False  # the /playground page and its demo sender (POST /demo/send)
