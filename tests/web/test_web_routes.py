@@ -217,7 +217,7 @@ async def test_demo_key_created_once_private(tmp_path: Path) -> None:
         assert path.name == DEMO_KEY_NAME and path.parent == service.config.secrets_path.parent
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert VapidKey.from_file(path).public_key_b64 == first["publicKey"]
-        assert first["keyFile"] == str(path.resolve())
+        assert first["keyFile"] == path.name  # the name only: no server path is revealed
         assert first["subject"].startswith("mailto:")
     async with (
         running_service(tmp_path, demo=True) as again,
@@ -227,7 +227,13 @@ async def test_demo_key_created_once_private(tmp_path: Path) -> None:
 
 
 async def demo_send(client: httpx.AsyncClient, document: dict[str, Any]) -> httpx.Response:
-    return await client.post("/demo/send", content=json.dumps(document))
+    return await demo_send_raw(client, json.dumps(document).encode())
+
+
+async def demo_send_raw(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    return await client.post(
+        "/demo/send", content=body, headers={"content-type": "application/json"}
+    )
 
 
 async def test_demo_send_reaches_a_user_agent(tmp_path: Path) -> None:
@@ -310,7 +316,7 @@ async def test_demo_send_refuses_what_it_should(tmp_path: Path) -> None:
             response = await demo_send(client, document)  # type: ignore[arg-type]
             assert response.status_code == 400, (document, response.text)
             assert words in response.json()["message"], (words, response.json())
-        assert (await client.post("/demo/send", content=b"{")).status_code == 400
+        assert (await demo_send_raw(client, b"{")).status_code == 400
         assert (await client.get("/demo/send")).status_code == 405
         # Subscribed with another application server's key: the demo key is refused
         # by the service's own VAPID check, and the page shows that answer.

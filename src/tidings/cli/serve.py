@@ -96,6 +96,15 @@ from tidings.service.logs import configure_logging
     "extra. [default: off; env TIDINGS_OTLP_ENDPOINT]",
 )
 @click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="CIDR",
+    help="A reverse proxy (address or network) whose Forwarded / X-Forwarded-For headers "
+    "name the real client; repeatable. Nobody else's are read. [env TIDINGS_TRUSTED_PROXIES, "
+    "comma-separated]",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -110,6 +119,7 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     """
     if flags.get("secrets") is not None:
         flags["secrets"] = str(flags["secrets"])
+    flags["trusted_proxies"] = ",".join(flags.get("trusted_proxies") or ()) or None
     try:
         config = load_config(config_file).with_overrides(flags)
     except (ValueError, OSError) as exc:

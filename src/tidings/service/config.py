@@ -26,6 +26,7 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("hello_timeout", 0.01, 3600),
     ("request_timeout", 0.01, 3600),
     ("keepalive_timeout", 0.01, 86400),
+    ("tls_handshake_timeout", 0.01, 3600),
     ("expiry_sweep_interval", 0.01, 86400),
     ("workers", 1, 64),
 )
@@ -64,12 +65,18 @@ class ServiceConfig:
     rate_subscribe_address: str = "600/min"  # new subscriptions from one address
     rate_limit_exempt: str = "127.0.0.0/8,::1"  # addresses the address rules skip
     rate_limit_buckets: int = 100_000  # buckets kept in memory (least recently used go)
+    # Reverse proxies (comma-separated CIDRs) whose Forwarded / X-Forwarded-For are read.
+    trusted_proxies: str = ""
+    # Host names the pages, figures and demo answer (DNS rebinding); default: the public
+    # URL's host and localhost; IP literals always; `*` for any. Push resources: any.
+    allowed_hosts: str = ""
     sqlite_synchronous: str = "normal"
     expiry_sweep_interval: float = 60.0
     log_level: str = "info"
     log_format: str = "text"  # text, or json: one JSON object per line (logs.py)
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve HTTPS/WSS
     tls_key: str | None = None
+    tls_handshake_timeout: float = 10.0  # seconds for a TLS handshake, then it is closed
     reuse_port: bool = False  # SO_REUSEPORT, for several worker processes on one port
     workers: int = 1  # processes sharing the port (needs a cluster bus to reach each other)
     demo: bool = False  # the /playground page and its demo sender (POST /demo/send)
@@ -86,6 +93,9 @@ class ServiceConfig:
 
         rules_from(self.rate_settings)
         parse_networks(self.rate_limit_exempt)
+        from tidings.service.forwarded import parse_proxies
+
+        parse_proxies(self.trusted_proxies)
 
     @property
     def rate_settings(self) -> dict[str, str]:

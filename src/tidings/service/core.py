@@ -23,7 +23,6 @@ from tidings.service.cluster import ClusterBus, open_bus
 from tidings.service.config import ServiceConfig
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.hub import Hub
-from tidings.service.ids import random_hex
 from tidings.service.keyfile import load_sealer
 from tidings.service.limits import Limit, RateLimiter, client_address, open_limiter, retry_after
 from tidings.service.metrics import ServiceMetrics
@@ -45,6 +44,7 @@ from tidings.service.tokens import (
     MessageRef,
     TokenError,
     TokenSealer,
+    new_message_id,
     vapid_key_hash,
 )
 from tidings.service.vapid_check import VapidChecker
@@ -404,7 +404,7 @@ class PushService:
         ttl = min(facts.ttl, self.config.max_ttl)
         now = time.time()
         message = StoredMessage(
-            message_id=random_hex(16),
+            message_id=new_message_id(),  # carries its token's random nonce
             uaid=ref.uaid,
             channel_id=ref.channel_id,
             body=body,

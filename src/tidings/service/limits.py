@@ -5,9 +5,13 @@ A rule such as `600/min` gives each key (a subscription, a key, an address) a bu
 429 with `Retry-After` (the seconds until a token is back). `600/min burst 50` keeps the
 rate but holds at most 50 tokens; `off` disables a rule.
 
+The address rules count an IPv6 client by its /64 (`address_key`): one subscriber line
+gets a whole /64, so counting single addresses would give an attacker 2**64 buckets.
+
 `RateLimiter` is the seam: `MemoryRateLimiter` keeps the buckets of one node in a
-bounded LRU (an evicted bucket comes back full, which only forgives); `RedisRateLimiter`
-keeps them in Redis so that the nodes of a cluster count together.
+bounded table that evicts the buckets whose loss forgives least (see `_evict`);
+`RedisRateLimiter` keeps them in Redis so that the nodes of a cluster count together
+(a key expires only once its bucket would be full again, so nothing is forgiven).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
+
+from tidings.service import forwarded
 
 log = logging.getLogger("tidings.limits")
 
@@ -40,6 +46,11 @@ class Limit(StrEnum):
     PUSH_ADDRESS = "push_address"  # pushes from one client address
     CONNECT_ADDRESS = "connect_address"  # new WebSocket connections from one address
     SUBSCRIBE_ADDRESS = "subscribe_address"  # new subscriptions from one address
+
+    @property
+    def per_address(self) -> bool:
+        """True for the rules keyed by client address."""
+        return self.value.endswith("_address")
 
     @property
     def description(self) -> str:
@@ -81,6 +92,11 @@ class TokenBucket:
     tokens: float
     stamp: float
 
+    def full_in(self, rule: Rule, now: float) -> float:
+        """Seconds until the bucket is full again (0.0: forgetting it forgives nothing)."""
+        held = self.tokens + (now - self.stamp) * rule.rate
+        return max(0.0, (rule.burst - held) / rule.rate)
+
     def take(self, rule: Rule, now: float) -> float:
         """Take a token: 0.0 if there was one, else the seconds until there will be."""
         self.tokens = min(rule.burst, self.tokens + (now - self.stamp) * rule.rate)
@@ -109,20 +125,29 @@ class RateLimiter(Protocol):
 
 def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """`127.0.0.0/8,::1` as networks (addresses exempt from the address rules)."""
-    networks = []
-    for part in text.split(","):
-        if part.strip():
-            try:
-                networks.append(ipaddress.ip_network(part.strip(), strict=False))
-            except ValueError:
-                raise ValueError(f"bad network {part.strip()!r} in rate_limit_exempt") from None
-    return networks
+    return forwarded.parse_networks(text, "rate_limit_exempt")
 
 
 def client_address(client: str) -> str:
-    """The address part of a `host:port` peer name (`-` when unknown)."""
-    host = client.rsplit(":", 1)[0] if ":" in client else client
-    return host.strip("[]")
+    """The address part of a `Request.client` (`-` when unknown)."""
+    return forwarded.peer_address(client)
+
+
+IPV6_PREFIX = 64  # the address rules count an IPv6 client by its /64
+
+
+def address_key(address: str) -> str:
+    """The bucket key of a client address: IPv4 as is, IPv6 as its /64 network."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    network = ipaddress.IPv6Network((int(ip) >> 64 << 64, IPV6_PREFIX))
+    return str(network)
 
 
 def retry_after(seconds: float) -> str:
@@ -158,8 +183,20 @@ class _Rules:
         return result
 
 
+EVICTION_SCAN = 32  # oldest buckets looked at to find the one to evict
+
+
 class MemoryRateLimiter(_Rules):
-    """The buckets of one node, in an LRU of at most `max_buckets` entries."""
+    """The buckets of one node, in a table of at most `max_buckets` entries.
+
+    When the table is full a new key evicts a bucket that forgets nothing: among the
+    `EVICTION_SCAN` least recently used, one already full again. If none is, the one
+    that will be full soonest goes, and `forgiven` counts it. A plain LRU let an
+    attacker drain a bucket, then churn through `max_buckets` fresh keys (one request
+    each) to push it out and get it back full; now the churned buckets, each short of a
+    single token, go before a drained one, so resetting a bucket would take
+    `max_buckets` buckets each drained deeper than it.
+    """
 
     def __init__(
         self,
@@ -173,6 +210,7 @@ class MemoryRateLimiter(_Rules):
         self.max_buckets = max_buckets
         self._clock = clock
         self._buckets: OrderedDict[tuple[Limit, str], TokenBucket] = OrderedDict()
+        self.forgiven = 0  # evicted buckets that were not full (their debt forgotten)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -183,15 +221,35 @@ class MemoryRateLimiter(_Rules):
         if rule is None:
             return 0.0
         now = self._clock()
+        if limit.per_address:
+            key = address_key(key)
         slot = (limit, key)
         bucket = self._buckets.get(slot)
         if bucket is None:
+            if len(self._buckets) >= self.max_buckets:
+                self._evict(now)
             bucket = self._buckets[slot] = TokenBucket(rule.burst, now)
-            if len(self._buckets) > self.max_buckets:
-                self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(slot)
         return bucket.take(rule, now)
+
+    def _evict(self, now: float) -> None:
+        """Make room for one bucket, forgiving as little as possible (class docstring)."""
+        victim: tuple[Limit, str] | None = None
+        soonest = math.inf
+        for scanned, (slot, bucket) in enumerate(self._buckets.items()):
+            if scanned == EVICTION_SCAN:
+                break
+            wait = bucket.full_in(self.rules[slot[0]], now)
+            if wait < soonest:
+                victim, soonest = slot, wait
+                if wait == 0.0:
+                    break
+        if victim is None:
+            return
+        if soonest > 0.0:
+            self.forgiven += 1
+        del self._buckets[victim]
 
     async def acquire(self, limit: Limit, key: str) -> float:
         return self.take(limit, key)
@@ -250,6 +308,8 @@ class RedisRateLimiter(_Rules):
         if rule is None:
             return 0.0
         expiry = max(1, math.ceil(rule.burst / rule.rate)) + 1
+        if limit.per_address:
+            key = address_key(key)
         try:
             wait_ms = await self._script(
                 keys=[f"{self._prefix}{limit.value}:{key}"],

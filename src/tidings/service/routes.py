@@ -25,6 +25,7 @@ from tidings.service.core import (
     store_unavailable,
 )
 from tidings.service.errors import Errno, ServiceError
+from tidings.service.forwarded import parse_proxies, real_client
 from tidings.service.http.messages import Request, Response
 from tidings.service.limits import Limit
 from tidings.service.logs import request_id
@@ -90,6 +91,11 @@ class Routes:
         self.service = service
         self.web = WebRoutes(service, self.handle)  # pages, /metrics, /api/stats, demo
         self._openapi_body: bytes | None = None
+        self.trusted_proxies = parse_proxies(service.config.trusted_proxies)
+
+    def client_of(self, request: Request) -> str:
+        """The real client of a request: its peer, or whom trusted proxies forwarded."""
+        return real_client(request.client, request.headers, self.trusted_proxies)
 
     def body_limit(self, method: str, path: str) -> int:
         """The largest body accepted for this request (checked before reading it all)."""
@@ -121,6 +127,7 @@ class Routes:
     async def handle(self, request: Request) -> Response:
         """Answer one request; never raises. Answers to pushes are counted by status."""
         request.request_id = request_id(request.headers.get("x-request-id"))
+        request.client = self.client_of(request)  # limits and logs see the real client
         response = await self._answer(request)
         response.headers["x-request-id"] = request.request_id
         if request.path.startswith(PUSH_PATH):

@@ -6,6 +6,14 @@ under a service key means a token routes without a database look-up, reveals not
 fails on any change. The kind byte is authenticated too, so a message token never
 opens as an endpoint token. Keys have ids: the current one seals, every held one
 opens (key rotation).
+
+Nonces: a message token's is 96 random bits drawn when the message is accepted
+(`new_message_id`), independent of everything in the payload, and kept as the tail of
+the message's id, so the Location of a push, the path pushed to the user agent and the
+receipt all name the message with one token. The other tokens name long-lived
+resources that must keep one URL (an endpoint is the same after a re-register), so
+their nonce is a hash of the whole payload: distinct payloads never share a nonce, and
+the same payload gives the same token (which reveals only that it is the same URL).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from enum import IntEnum
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tidings.service.ids import random_hex
 from tidings.webpush import b64url_decode, b64url_encode
 
 _NONCE_BYTES = 12
@@ -66,7 +75,12 @@ class MessageRef:
 
     uaid: str
     channel_id: str
-    message_id: str  # 32 lowercase hex
+    message_id: str  # 56 lowercase hex: the 128-bit id, then its token's 96-bit nonce
+
+
+def new_message_id() -> str:
+    """A new message's id: 128 random bits, then the 96 random bits of its token's nonce."""
+    return random_hex(_ID_BYTES + _NONCE_BYTES)
 
 
 def _uuid_bytes(channel_id: str) -> bytes:
@@ -111,6 +125,10 @@ class TokenSealer:
 
     def open(self, kind: TokenKind, token: str) -> bytes:
         """The payload of a token of `kind`; TokenError if it does not open."""
+        return self._open(kind, token)[1]
+
+    def _open(self, kind: TokenKind, token: str) -> tuple[bytes, bytes]:
+        """(nonce, payload) of a token of `kind`; TokenError if it does not open."""
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise TokenError("token has an impossible length")
         try:
@@ -128,7 +146,7 @@ class TokenSealer:
         if cipher is None:
             raise TokenError("token is sealed under an unknown key")
         try:
-            return cipher.decrypt(nonce, sealed, header)
+            return nonce, cipher.decrypt(nonce, sealed, header)
         except InvalidTag:
             raise TokenError("token does not authenticate") from None
 
@@ -167,19 +185,30 @@ class TokenSealer:
     def seal_message(self, ref: MessageRef) -> str:
         """The token of a push message resource (the Location of an accepted push).
 
-        The same message always gets the same token, so the URL an application server
-        got in Location is the one pushed to the user agent and named in its receipt.
+        The nonce is the one drawn for the message when it was accepted (the tail of
+        its id, `new_message_id`), so the URL an application server got in Location is
+        the one pushed to the user agent and named in its receipt. A 32-hex id is a
+        message accepted before nonces were drawn: it keeps the token it was given then
+        (nonce = the id's first 96 bits) until it expires.
         """
-        message_id = bytes.fromhex(ref.message_id)
+        raw = bytes.fromhex(ref.message_id)
+        if len(raw) == _ID_BYTES + _NONCE_BYTES:
+            message_id, nonce = raw[:_ID_BYTES], raw[_ID_BYTES:]
+        elif len(raw) == _ID_BYTES:
+            message_id, nonce = raw, raw[:_NONCE_BYTES]
+        else:
+            raise ValueError("a message id is 56 hex digits (32 for an older message)")
         payload = bytes.fromhex(ref.uaid) + _uuid_bytes(ref.channel_id) + message_id
-        return self.seal(TokenKind.MESSAGE, payload, nonce=message_id)
+        return self.seal(TokenKind.MESSAGE, payload, nonce=nonce)
 
     def open_message(self, token: str) -> MessageRef:
         """The message a message token names; TokenError otherwise."""
-        payload = self.open(TokenKind.MESSAGE, token)
+        nonce, payload = self._open(TokenKind.MESSAGE, token)
         if len(payload) != 3 * _ID_BYTES:
             raise TokenError("message token has a bad payload")
-        return MessageRef(payload[:16].hex(), _uuid_text(payload[16:32]), payload[32:].hex())
+        message_id = payload[32:]
+        full_id = message_id if nonce == message_id[:_NONCE_BYTES] else message_id + nonce
+        return MessageRef(payload[:16].hex(), _uuid_text(payload[16:32]), full_id.hex())
 
     # RFC 8030 user agent and receipt resources -----------------------------------
 

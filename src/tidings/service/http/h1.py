@@ -288,12 +288,13 @@ class Http1Connection(asyncio.Protocol):
             self._reject(status, message)
             return
         # New connections are rate limited per address; the limiter may be remote (Redis).
+        request.client = self.context.routes.client_of(request)  # behind trusted proxies
         self.transport.pause_reading()
         self._worker = asyncio.ensure_future(self._upgrade_if_allowed(request, rest))
 
     async def _upgrade_if_allowed(self, request: Request, rest: bytes) -> None:
         try:
-            await self.context.service.check_address_rate(Limit.CONNECT_ADDRESS, self.client)
+            await self.context.service.check_address_rate(Limit.CONNECT_ADDRESS, request.client)
         except ServiceError as error:
             self._worker = None
             if self.transport is not None and not self.transport.is_closing():
@@ -328,7 +329,7 @@ class Http1Connection(asyncio.Protocol):
             self._timer = None
         self.context.connections.discard(self)
         self._closing = True
-        protocol = self.context.make_websocket(self.transport, self.client)
+        protocol = self.context.make_websocket(self.transport, request.client)
         self.transport.set_protocol(protocol)
         self.transport.resume_reading()
         if rest:

@@ -159,6 +159,11 @@ class TidingsServer:
             self.host,
             self.port,
             ssl=self.ssl_context,
+            # A client that opens TCP and never finishes the handshake holds a socket
+            # and TLS state: it gets a few seconds (asyncio's default is 60).
+            ssl_handshake_timeout=(
+                self.service.config.tls_handshake_timeout if self.ssl_context else None
+            ),
             reuse_port=self.reuse_port or None,
             backlog=4096,
         )

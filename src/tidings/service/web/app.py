@@ -7,10 +7,12 @@ GET  /playground/          subscribe this browser and send to it     (--demo onl
 GET  /playground/sw.js     the playground's service worker           (--demo only)
 GET  /api/demo/key         the demo VAPID public key                 (--demo only)
 GET  /api/demo/recent      the last demo sends' statuses             (--demo only)
-POST /demo/send            encrypt, sign and push a test message     (--demo only)
+POST /demo/send            encrypt, sign and push a test message     (--demo only,
+                           application/json from the service's own pages)
 GET  /static/<file>        the pages' scripts and styles
 
-The token rule is in access.py. Pages carry a strict Content-Security-Policy: scripts
+The token rule and the Host check (DNS rebinding; every path but /static/) are in
+access.py. Pages carry a strict Content-Security-Policy: scripts
 and styles come only from these files, nothing inline, nothing from elsewhere.
 """
 
@@ -26,7 +28,13 @@ from tidings.service.core import PushService
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response
 from tidings.service.metrics import HISTORY_SECONDS, METRICS_CONTENT_TYPE
-from tidings.service.web.access import check_access
+from tidings.service.web.access import (
+    allowed_host_names,
+    check_access,
+    check_host,
+    check_json,
+    check_same_origin,
+)
 from tidings.service.web.demo import DemoRequestError, DemoSender
 
 log = logging.getLogger("tidings.web")
@@ -101,6 +109,7 @@ class WebRoutes:
         self.config = service.config
         self.static = _load_static()
         self.demo = DemoSender(service.config, push_handler) if service.config.demo else None
+        self.allowed_hosts = allowed_host_names(self.config.allowed_hosts, self.config.origin)
 
     @property
     def token(self) -> str | None:
@@ -120,6 +129,7 @@ class WebRoutes:
         if path.startswith("/static/"):
             _only(method, ("GET", "HEAD"))
             return self._file(path.removeprefix("/static/"), path, _COMMON_HEADERS)
+        check_host(request, self.allowed_hosts)  # figures and the demo: no DNS rebinding
         if path in ("/metrics", "/api/stats", "/dashboard"):
             _only(method, ("GET", "HEAD"))
             check_access(request, self.token)
@@ -180,6 +190,8 @@ class WebRoutes:
             return _json({"sends": list(demo.recent)})
         if path == "/demo/send":
             _only(method, ("POST",))
+            check_json(request)  # no form or text/plain body from another site
+            check_same_origin(request)
             try:
                 document = json.loads(request.body or b"null")
             except ValueError:

@@ -138,6 +138,9 @@ def parse_demo_request(document: object, origin: str) -> DemoMessage:
     )
 
 
+HIDDEN_TOKEN = "<VAPID JWT, not shown: sign one with the demo key file>"
+
+
 def build_push(message: DemoMessage, key: VapidKey) -> tuple[dict[str, str], bytes]:
     """The headers and body an application server would send for `message`."""
     vapid = sign_vapid(key, message.endpoint, DEMO_SUBJECT, expires_in=3600)
@@ -178,7 +181,7 @@ class DemoSender:
         """What the page needs to subscribe and to show ready-made sender commands."""
         return {
             "publicKey": self.key.public_key_b64,
-            "keyFile": str(self.key_path.resolve()),
+            "keyFile": self.key_path.name,  # no file system path: it is the server's
             "subject": DEMO_SUBJECT,
             "origin": self.config.origin,
         }
@@ -190,12 +193,15 @@ class DemoSender:
         """
         message = parse_demo_request(document, self.config.origin)
         headers, body = build_push(message, self.key)
+        # The signed token is a credential for every subscription made with the demo key
+        # for an hour: the page is shown its shape, never the token itself.
+        shown = {**headers, "Authorization": f"vapid t={HIDDEN_TOKEN}, k={self.key.public_key_b64}"}
         sent = {
             "method": "POST",
             "url": message.endpoint,
-            "headers": {**headers, "Content-Length": str(len(body))},
+            "headers": {**shown, "Content-Length": str(len(body))},
             "body_base64": base64.b64encode(body).decode(),
-            "curl": curl_command(message.endpoint, headers, bool(body)),
+            "curl": curl_command(message.endpoint, shown, bool(body)),
         }
         if message.dry_run:
             return {"request": sent}
