@@ -195,7 +195,7 @@ class Message:
         """A message from JSON text (UTF-8 bytes accepted)."""
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise MessageError("message", f"is not JSON: {exc}") from None
         return cls.from_dict(data)
 
