@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-JSON_TARGETS = {"firefox_json", "bus_messages", "rethink_messages"}
+JSON_TARGETS = {"firefox_json", "useragent_frames", "bus_messages", "rethink_messages"}
 
 
 def main(argv: list[str]) -> None:

@@ -39,6 +39,7 @@ from tidings.service.routes import Routes
 from tidings.service.store.base import StoredMessage
 from tidings.service.tokens import EndpointRef, MessageRef, TokenError, TokenSealer
 from tidings.service.vapid_check import VapidChecker
+from tidings.useragent import protocol as ua
 from tidings.useragent.dispatch import open_message
 from tidings.useragent.transport import Delivery
 from tidings.webpush import (
@@ -294,6 +295,30 @@ def firefox_json(data: bytes) -> None:
         assert isinstance(message, (wp.Ping, wp.BroadcastSubscribe))
 
 
+# The Firefox protocol, the user agent's side (useragent/protocol.py) ------------------------
+
+
+def useragent_frames(data: bytes) -> None:
+    """A frame from a (possibly hostile) service: a ServerMessage or ProtocolError; what
+    the service writes as a notification reads back the same at the user agent."""
+    try:
+        ua.parse_server_frame(data)
+    except ua.ProtocolError as error:
+        assert str(error)
+    raw_channel, raw_version, body, extra = _split(data, 4)
+    # The service's fast path (hex ids) and its JSON path (anything else) alike.
+    plain = raw_channel[:1] == b"0"
+    channel = raw_channel.hex() if plain else raw_channel.decode("utf-8", "replace")
+    version = raw_version.hex() if plain else raw_version.decode("utf-8", "replace")
+    headers = {"encoding": "aes128gcm"}
+    if extra:
+        headers = {"encoding": "aesgcm", "encryption": extra.decode("utf-8", "replace")}
+    frame = wp.notification_frame(channel, version, body, headers)
+    got = ua.parse_server_frame(frame)
+    relayed = {k: v for k, v in headers.items() if v} if body else {}
+    assert got == ua.Notification(channel.lower(), version, body, relayed), (got, frame)
+
+
 # Capability tokens (service/tokens.py) ---------------------------------------------------
 
 SEALER = TokenSealer({1: bytes(range(32)), 2: bytes(range(32, 64))}, 2)
@@ -499,6 +524,7 @@ TARGETS: dict[str, Target] = {
     "websocket_frames": websocket_frames,
     "http1_heads": http1_heads,
     "firefox_json": firefox_json,
+    "useragent_frames": useragent_frames,
     "tokens": tokens,
     "vapid_headers": vapid_headers,
     "aes128gcm_bodies": aes128gcm_bodies,
