@@ -1521,6 +1521,15 @@ ELEMENT: list[ElementCase] = [
         Answer(400, 302),
     ),
     ElementCase(
+        "hyperty-lone-surrogate",
+        "a message with a lone UTF-16 surrogate (`\\ud800`) in a field name",
+        post_message(
+            b'{"id": 1, "type": "create", "from": "hyperty://a/b", "to": "hyperty://a/c", '
+            b'"x\\ud800": 1}'
+        ),
+        Answer(400, 302),
+    ),
+    ElementCase(
         "hyperty-negative-id",
         "a message with `id` -1",
         post_message(message(id=-1)),
