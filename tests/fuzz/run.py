@@ -1,11 +1,12 @@
 """Run one fuzz target under atheris (libFuzzer, coverage-guided on tidings' bytecode).
 
-    python tests/fuzz/run.py TARGET [libFuzzer flags...]
+    python tests/fuzz/run.py TARGET [--corpus-only] [libFuzzer flags...]
     python tests/fuzz/run.py --list
 
 The seed corpus is tests/fuzz/corpus/TARGET (read only); it is copied to fuzz-work/TARGET
 (or $TIDINGS_FUZZ_WORK/TARGET), where the fuzzer adds what it learns, and a crashing
-input goes to fuzz-work/crashes/TARGET-*. `make fuzz` runs every
+input goes to fuzz-work/crashes/TARGET-*. Valid inputs made with fresh keys and times
+(targets.seeds()) join them unless --corpus-only is given. `make fuzz` runs every
 target for FUZZ_SECONDS; tests/fuzz/test_targets.py runs each for a bounded, seeded number
 of inputs. A crash is a bug: fix the parser, then add the input to the seed corpus.
 """
@@ -32,7 +33,8 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in TARGETS:
         print("targets:", " ".join(TARGETS), file=sys.stderr)
         raise SystemExit(0 if argv[1:] == ["--list"] else 2)
-    name, flags = argv[1], argv[2:]
+    name, flags = argv[1], [flag for flag in argv[2:] if flag != "--corpus-only"]
+    fresh = "--corpus-only" not in argv[2:]  # the test's seeded run: the same inputs each time
     base = Path(os.environ.get("TIDINGS_FUZZ_WORK") or REPO / "fuzz-work")
     work = base / name
     crashes = base / "crashes"
@@ -43,7 +45,7 @@ def main(argv: list[str]) -> None:
     for path in sorted((HERE / "corpus" / name).iterdir()):
         if (name, path.name) not in KNOWN_HOLES:
             (work / f"corpus-{path.name}").write_bytes(path.read_bytes())
-    for label, data in seeds().get(name, {}).items():
+    for label, data in seeds().get(name, {}).items() if fresh else ():
         (work / f"seed-{label}").write_bytes(data)
     dirs = [str(work)]
     if any(not flag.startswith("-") for flag in flags):

@@ -129,7 +129,15 @@ def test_atheris_short_run(target: str, tmp_path: Path) -> None:
     require(_atheris_available(), "atheris (pip install -e '.[dev]' on Linux x86_64)")
     env = {**os.environ, "TIDINGS_FUZZ_WORK": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, str(RUN), target, f"-runs={ATHERIS_RUNS}", "-seed=1", "-max_len=4096"],
+        [
+            sys.executable,
+            str(RUN),
+            target,
+            "--corpus-only",
+            f"-runs={ATHERIS_RUNS}",
+            "-seed=1",
+            "-max_len=4096",
+        ],
         capture_output=True,
         text=True,
         env=env,
