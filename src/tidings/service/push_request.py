@@ -48,7 +48,8 @@ def _without_vapid_key(crypto_key: str) -> str:
     kept: list[str] = []
     for group in crypto_key.split(","):
         params = [p.strip() for p in group.split(";") if p.strip()]
-        params = [p for p in params if not p.lower().startswith("p256ecdsa=")]
+        # By name, as the user agent parses it: `p256ecdsa =k` and a bare `p256ecdsa` too.
+        params = [p for p in params if p.split("=", 1)[0].strip().lower() != "p256ecdsa"]
         if params:
             kept.append(";".join(params))
     return ",".join(kept)
