@@ -395,6 +395,7 @@ AESGCM_HEADERS = "issue 16: aesgcm relayed headers capped (400), fixed on branch
 REBINDING = "issue 16: Host check on admin and data endpoints, fixed on branch sec/web"
 BUS_SCHEMA = "issue 16: bus messages validated, listener restarted, fixed on branch sec/busws"
 DEMO = "issue 16: /demo/send needs JSON and same origin, fixed on branch sec/web"
+DEMO_PATH = "issue 16: /api/demo/key reveals no file system path, fixed on branch sec/web"
 
 # HTTP/1.1 and the RFC 8030 push API -----------------------------------------------------------
 
@@ -873,6 +874,14 @@ HTTP: list[Case] = [
         ),
         Refused(),
         hole=DEMO,
+    ),
+    Case(
+        "demo-key-without-a-path",
+        "http/1.1",
+        "`GET /api/demo/key`: the answer must name no file system path",
+        raw(lambda t: request("GET", "/api/demo/key", [])),
+        Answer(200),
+        hole=DEMO_PATH,
     ),
     Case(
         "websocket-bad-key",
