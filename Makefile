@@ -10,8 +10,10 @@ DB ?= tidings-data/tidings.db
 PYTEST_ARGS ?=
 # DEMO=1: also serve /playground/ and its demo sender (a try-out mode, not for production).
 DEMO ?=
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= $(shell $(PY) tests/fuzz/run.py --list 2>&1 | sed -n 's/^targets: //p')
 
-.PHONY: bench-deps run test lint venv dev-venv system-deps node-deps bench clean faults faults-deps
+.PHONY: bench-deps run test lint venv dev-venv system-deps node-deps bench clean fuzz faults faults-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +59,18 @@ run: venv
 test: dev-venv system-deps node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Coverage-guided fuzzing (atheris) of every parser, FUZZ_SECONDS each; `make test` runs a
+# short, seeded pass of the same targets. Crashing inputs land in fuzz-work/crashes/.
+fuzz: dev-venv
+	@rm -rf fuzz-work/crashes; failed=""; for target in $(FUZZ_TARGETS); do \
+	  echo "== fuzzing $$target for $(FUZZ_SECONDS) s"; \
+	  $(PY) tests/fuzz/run.py $$target -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	    -print_final_stats=1 2>&1 | grep -v '^INFO: Instrumenting' | tail -n 25 \
+	    || failed="$$failed $$target"; \
+	  test -z "$$(ls fuzz-work/crashes/$$target-* 2>/dev/null)" || failed="$$failed $$target"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzzing found crashes in:$$failed (see fuzz-work/crashes/)"; exit 1; fi
+
 lint: dev-venv
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
@@ -75,7 +89,7 @@ bench: dev-venv node-deps bench-deps
 	$(PY) bench/crypto.py
 
 clean:
-	rm -rf $(VENV) tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache fuzz-work
 
 # The fault campaign (bench/faults, issue 22): three nodes, PostgreSQL with a replica and
 # Redis in network namespaces, a seeded nemesis and a checker. Root only (namespaces,

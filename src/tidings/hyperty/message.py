@@ -14,11 +14,14 @@ open; the fields in common use (`code`, `description`, `source`, `schema`, `valu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast, get_args
 
 from tidings.hyperty.addresses import AddressError, parse_address
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -198,8 +201,15 @@ class Message:
         """A message from JSON text (UTF-8 bytes accepted)."""
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise MessageError("message", f"is not JSON: {exc}") from None
+        # JSON may escape a lone UTF-16 surrogate (\ud800): such a message could never be
+        # written out as UTF-8 again (`encoded()`, the push payload), so it is refused here.
+        if isinstance(text, str) or _SURROGATE_ESCAPE.search(text):
+            try:
+                json.dumps(data, ensure_ascii=False).encode()
+            except UnicodeEncodeError:
+                raise MessageError("message", "holds a lone UTF-16 surrogate") from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def _application_server_key(request: Request) -> bytes | None:
         raise ServiceError(415, Errno.BAD_ENCODING, f"subscribe options must be {WEBPUSH_OPTIONS}")
     try:
         options = json.loads(request.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise ServiceError(400, Errno.BAD_BODY, "subscribe options are not JSON") from None
     if not isinstance(options, dict):
         raise ServiceError(400, Errno.BAD_BODY, "subscribe options must be a JSON object")

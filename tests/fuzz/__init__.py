@@ -1,0 +1,1 @@
+"""Coverage-guided fuzz targets of every parser that takes input from outside."""
