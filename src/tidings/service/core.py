@@ -214,13 +214,20 @@ class PushService:
             store_ok = True
         except StoreUnavailable:
             store_ok = False
+        cluster = self.cluster.status()
+        if not store_ok or self.draining:
+            status = "unavailable"
+        elif cluster == "degraded":  # the bus listener is down: live delivery across nodes is off
+            status = "degraded"
+        else:
+            status = "ok"
         return {
-            "status": "ok" if store_ok and not self.draining else "unavailable",
+            "status": status,
             "version": __version__,
             "store": "ok" if store_ok else "unavailable",
             "connections": len(self.hub),
             "draining": self.draining,
-            "cluster": self.cluster.status(),
+            "cluster": cluster,
             "node": self.config.node_id,
             "uptime": round(time.time() - self.started_at, 1),
         }

@@ -19,6 +19,16 @@ CORRELATION_FIELDS = ("request_id", "message_id")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
+def escape(value: object, limit: int = 200) -> str:
+    """A client-supplied value made safe for a log line: quoted, cut, and with every
+    control character (CR, LF, ESC, U+2028...) and quote escaped, as Python's repr does,
+    so no client can end a line, forge another, or colour a terminal."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + "..."
+    return repr(text)
+
+
 def request_id(offered: str | None) -> str:
     """The id of a request: the client's `X-Request-Id` if it is sane, else a new one."""
     if offered and _REQUEST_ID.match(offered):

@@ -1,0 +1,48 @@
+"""The bus message schema without Redis: what a node sends, the other reads back."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tidings.service.cluster.wire import (
+    BadBusMessage,
+    Deliver,
+    Poke,
+    PokeAll,
+    decode_bus_message,
+    encode_message,
+    encode_poke,
+    encode_poke_all,
+)
+from tidings.service.store import StoredMessage
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        StoredMessage("mid-1", "a" * 32, "0b9e5d1c-5d3e-4c4a-9f0a-1b2c3d4e5f60", b"\x00" * 4096, 0,
+                      time.time(), time.time(), "very-low", None, {}, None),
+        StoredMessage("mid_2", "b" * 32, "ch", b"x", 2**31, 1.5, 2.5, "high", "T-1",
+                      {"encoding": "aesgcm", "encryption": "salt=abc", "crypto_key": "dh=x"},
+                      "receipt-7"),
+    ],
+)  # fmt: skip
+def test_every_message_a_node_sends_reads_back_the_same(message: StoredMessage) -> None:
+    assert decode_bus_message(encode_message(message).encode()) == Deliver(message)
+
+
+def test_pokes_read_back() -> None:
+    assert decode_bus_message(encode_poke("u1")) == Poke("u1")
+    assert decode_bus_message(encode_poke_all()) == PokeAll()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"t":"p","ua":"u1","ttl":Infinity}', b'{"t":"p","ua":NaN}', b'{"t":"p","ua":"a\\nb"}'],
+)
+def test_reasons_never_carry_the_payload(raw: bytes) -> None:
+    with pytest.raises(BadBusMessage) as caught:
+        decode_bus_message(raw)
+    assert "\n" not in str(caught.value)
