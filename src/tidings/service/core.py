@@ -26,6 +26,7 @@ from tidings.service.ids import random_hex
 from tidings.service.keyfile import load_sealer
 from tidings.service.limits import Limit, RateLimiter, client_address, open_limiter, retry_after
 from tidings.service.links import link_target
+from tidings.service.logs import escape
 from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
 from tidings.service.store import (
@@ -511,7 +512,7 @@ class PushService:
         the store is down the message stays stored and is delivered again."""
         self.metrics.acknowledged(code)
         if code != 100:
-            log.info("message %s acknowledged with code %d", message_id, code)
+            log.info("message %s acknowledged with code %d", escape(message_id), code)
         self._acks.append((uaid, message_id))
         if self._ack_writer is None:
             self._ack_writer = asyncio.ensure_future(self._write_acks())
@@ -531,7 +532,7 @@ class PushService:
                     continue
                 for (_, message_id), message in zip(keys, deleted, strict=True):
                     if message is None:
-                        log.debug("ack for unknown or TTL-0 message %s", message_id)
+                        log.debug("ack for unknown or TTL-0 message %s", escape(message_id))
                     elif message.receipt_id is not None:
                         self.hub.notify_receipt(message.receipt_id)
         finally:

@@ -20,13 +20,31 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def escape(value: object, limit: int = 200) -> str:
-    """A client-supplied value made safe for a log line: quoted, cut, and with every
-    control character (CR, LF, ESC, U+2028...) and quote escaped, as Python's repr does,
-    so no client can end a line, forge another, or colour a terminal."""
+    """A client-supplied value made safe for a text log line: cut to `limit`, and every
+    control or invisible separator character (CR, LF, ESC, NEL, U+2028...), backslash
+    and quote written as a Python escape, so no client can end a line, forge another,
+    close a quoted field or colour a terminal. Use it on everything a client chose."""
     text = value if isinstance(value, str) else str(value)
-    if len(text) > limit:
-        return repr(text[:limit]) + "..."
-    return repr(text)
+    cut = len(text) > limit
+    if cut:
+        text = text[:limit]
+    if not _PLAIN.fullmatch(text):
+        text = "".join(_escape_char(char) for char in text)
+    return text + "..." if cut else text
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9 ._:/+=,;@()\[\]{}<>!?#$%&*^~|-]*")
+
+
+def _escape_char(char: str) -> str:
+    if char in "\\\"'":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def request_id(offered: str | None) -> str:
@@ -65,7 +83,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         ids = [
-            f"{name}={getattr(record, name)}"
+            f"{name}={escape(getattr(record, name))}"
             for name in CORRELATION_FIELDS
             if getattr(record, name, None) is not None
         ]
