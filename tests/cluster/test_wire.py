@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tidings.service.cluster.wire import (
     BadBusMessage,
@@ -46,3 +50,36 @@ def test_reasons_never_carry_the_payload(raw: bytes) -> None:
     with pytest.raises(BadBusMessage) as caught:
         decode_bus_message(raw)
     assert "\n" not in str(caught.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_any_bytes_decode_to_an_event_or_bad_bus_message(raw: bytes) -> None:
+    with contextlib.suppress(BadBusMessage):
+        decode_bus_message(raw)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["m", "p", "all"]),
+    st.dictionaries(
+        st.sampled_from(["id", "ua", "ch", "b", "ttl", "c", "e", "u", "tp", "h", "r"]), _JSON
+    ),
+)
+def test_any_json_fields_decode_or_raise_bad_bus_message(
+    kind: str, fields: dict[str, object]
+) -> None:
+    try:
+        event = decode_bus_message(json.dumps({"t": kind, **fields}))
+    except BadBusMessage:
+        return
+    if isinstance(event, Deliver):  # whatever passed is a message a hub can take
+        assert isinstance(event.message.ttl, int) and 0 <= event.message.ttl <= 2**31
+        assert all(isinstance(v, str) for v in event.message.headers.values())
