@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import socket
 import struct
@@ -24,6 +25,7 @@ from tidings.service import ws_protocol as wp
 from tidings.service import ws_session
 from tidings.service.errors import Errno
 from tidings.service.http import websocket as ws
+from tidings.service.logs import JsonFormatter
 from tidings.service.store import StoredMessage
 from tidings.service.ws_session import WebSocketSession
 
@@ -224,3 +226,17 @@ async def test_client_strings_cannot_forge_log_lines(tmp_path: Path) -> None:
     mentions = [line for line in lines if "FORGED" in line]
     assert len(mentions) >= 2, text  # the nack line and the ack line, each one line
     assert all(line.startswith("20") and "tidings." in line for line in mentions)
+
+
+def test_json_log_lines_hold_one_record_whatever_a_client_sent() -> None:
+    hostile = "v1\r\nFORGED\x1b[2J\u2028\u2029\x85\"'"
+    record = logging.LogRecord(
+        "tidings.test", logging.INFO, __file__, 1, "nack for %s", (hostile,), None
+    )
+    record.message_id = hostile
+    line = JsonFormatter().format(record)
+    for separator in ("\n", "\r", "\x1b", "\u2028", "\u2029", "\x85"):
+        assert separator not in line
+    document = json.loads(line)
+    assert document["message"] == f"nack for {hostile}"  # structured: nothing lost
+    assert document["message_id"] == hostile

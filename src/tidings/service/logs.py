@@ -54,6 +54,9 @@ def request_id(offered: str | None) -> str:
     return random_hex(8)
 
 
+_JSON_SEPARATORS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, correlation ids."""
 
@@ -71,7 +74,9 @@ class JsonFormatter(logging.Formatter):
                 document[name] = value
         if record.exc_info:
             document["error"] = self.formatException(record.exc_info)
-        return json.dumps(document, ensure_ascii=False)
+        # json.dumps escapes CR, LF and other C0 controls; these three some viewers
+        # also break lines at, so they are escaped too (still the same JSON).
+        return json.dumps(document, ensure_ascii=False).translate(_JSON_SEPARATORS)
 
 
 class TextFormatter(logging.Formatter):
