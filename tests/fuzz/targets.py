@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -29,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tidings.hyperty.message import Message as RethinkMessage
 from tidings.hyperty.message import MessageError
 from tidings.service import ws_protocol as wp
-from tidings.service.cluster.redis_bus import RedisBus, decode_message, encode_message
+from tidings.service.cluster.redis_bus import RedisBus
+from tidings.service.cluster.wire import Deliver, decode_bus_message, encode_message
 from tidings.service.errors import ServiceError
 from tidings.service.http import websocket as ws
 from tidings.service.http.h1 import Http1Connection
@@ -489,22 +491,23 @@ def bus_messages(data: bytes) -> None:
     bus._on_bus_message(data)
     for offered in bus.offered:
         _check_stored(offered)
-    # Round trip: what a node publishes reads back the same on another.
-    text = data.decode("utf-8", "replace")
+    # Round trip: any message a node publishes reads back the same on another.
+    digest = hashlib.sha256(data).hexdigest()
     message = StoredMessage(
-        message_id=text[:32],
-        uaid=text[32:64],
-        channel_id=text[64:100],
+        message_id=digest[:56],
+        uaid=digest[:32],
+        channel_id=digest[32:64],
         body=data,
         ttl=len(data) * 977,
         created_at=len(data) / 7,
         expires_at=len(data) * 3.5,
-        urgency=text[100:110] or "normal",
-        topic=text[110:142] or None,
-        headers={"encoding": "aesgcm", text[:8]: text[8:40]} if data else {},
-        receipt_id=text[142:174] or None,
+        urgency=("very-low", "low", "normal", "high")[len(data) % 4],
+        topic=digest[:32] if len(data) % 2 else None,
+        headers={"encoding": "aesgcm", "encryption": "salt=" + digest[:22]} if data else {},
+        receipt_id=digest[32:] if len(data) % 3 else None,
     )
-    assert decode_message(json.loads(encode_message(message))) == message
+    decoded = decode_bus_message(encode_message(message))
+    assert isinstance(decoded, Deliver) and decoded.message == message
 
 
 # reTHINK messages (hyperty/message.py) ---------------------------------------------------

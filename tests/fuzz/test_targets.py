@@ -29,14 +29,7 @@ CORPUS = HERE / "corpus"
 RUN = HERE / "run.py"
 ATHERIS_RUNS = 4000  # inputs per target in `make test` (about a second or two each)
 
-BUS_HOLE = "issue 16: bus messages validated against a schema, fixed on branch sec/busws"
-KNOWN_HOLES: dict[tuple[str, str], str] = {
-    ("bus_messages", "ttl-infinity"): BUS_HOLE,
-    ("bus_messages", "ttl-1e400"): BUS_HOLE,
-    ("bus_messages", "created-nan"): BUS_HOLE,
-    ("bus_messages", "uaid-list"): BUS_HOLE,
-    ("bus_messages", "deep"): BUS_HOLE,
-}
+KNOWN_HOLES: dict[tuple[str, str], str] = {}
 """(target, corpus file) -> why it still fails on this branch."""
 
 

@@ -390,9 +390,6 @@ def _flood_of_empty_continuations(t: Target) -> list[bytes]:
 
 
 H2_FLOOD = "issue 16: HTTP/2 rapid reset closed with ENHANCE_YOUR_CALM, fixed on branch sec/h2"
-WS_BOUNDS = "issue 16: empty continuation frames bounded, fixed on branch sec/busws"
-BAD_URL = "issue 16: a bad request URL is a 400, not a 431, fixed on branch sec/reqpath"
-BUS_SCHEMA = "issue 16: bus messages validated, listener restarted, fixed on branch sec/busws"
 
 # HTTP/1.1 and the RFC 8030 push API -----------------------------------------------------------
 
@@ -622,7 +619,6 @@ HTTP: list[Case] = [
         "`GET http://a:99999999/` (a URL that does not parse)",
         raw(lambda t: b"GET http://a:99999999/ HTTP/1.1\r\nhost: x\r\n\r\n"),
         Answer(400, 400),
-        hole=BAD_URL,
     ),
     Case(
         "tampered-endpoint",
@@ -1183,7 +1179,6 @@ WEBSOCKET: list[Case] = [
         "100,000 empty continuation frames of one message",
         ws(_flood_of_empty_continuations),
         Closed(None),
-        hole=WS_BOUNDS,
     ),
     Case(
         "ff-first-message-not-hello",
@@ -1418,13 +1413,11 @@ BUS: list[BusCase] = [
         "bus-ttl-infinity",
         "a message with `ttl` Infinity",
         bus(json.dumps(BUS_MESSAGE | {"ttl": float("inf")})),
-        hole=BUS_SCHEMA,
     ),
     BusCase(
         "bus-deeply-nested-json",
         "5,000 nested JSON arrays",
         b"[" * 5000 + b"]" * 5000,
-        hole=BUS_SCHEMA,
     ),
 ]
 

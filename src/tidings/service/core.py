@@ -25,6 +25,7 @@ from tidings.service.errors import Errno, ServiceError
 from tidings.service.hub import Hub
 from tidings.service.keyfile import load_sealer
 from tidings.service.limits import Limit, RateLimiter, client_address, open_limiter, retry_after
+from tidings.service.logs import escape
 from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
 from tidings.service.store import (
@@ -275,13 +276,20 @@ class PushService:
             store_ok = True
         except StoreUnavailable:
             store_ok = False
+        cluster = self.cluster.status()
+        if not store_ok or self.draining:
+            status = "unavailable"
+        elif cluster == "degraded":  # the bus listener is down: live delivery across nodes is off
+            status = "degraded"
+        else:
+            status = "ok"
         return {
-            "status": "ok" if store_ok and not self.draining else "unavailable",
+            "status": status,
             "version": __version__,
             "store": "ok" if store_ok else "unavailable",
             "connections": len(self.hub),
             "draining": self.draining,
-            "cluster": self.cluster.status(),
+            "cluster": cluster,
             "node": self.config.node_id,
             "uptime": round(time.time() - self.started_at, 1),
         }
@@ -659,7 +667,7 @@ class PushService:
             self._trace_ack(message_id, code)
         self.metrics.acknowledged(code)
         if code != 100:
-            log.info("message %s acknowledged with code %d", message_id, code)
+            log.info("message %s acknowledged with code %d", escape(message_id), code)
         self._acks.append((uaid, message_id))
         if self._ack_writer is None:
             self._ack_writer = asyncio.ensure_future(self._write_acks())
@@ -679,7 +687,7 @@ class PushService:
                     continue
                 for (_, message_id), message in zip(keys, deleted, strict=True):
                     if message is None:
-                        log.debug("ack for unknown or TTL-0 message %s", message_id)
+                        log.debug("ack for unknown or TTL-0 message %s", escape(message_id))
                     elif message.receipt_id is not None:
                         self.hub.notify_receipt(message.receipt_id)
         finally:

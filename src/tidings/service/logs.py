@@ -22,6 +22,34 @@ CORRELATION_FIELDS = ("request_id", "message_id", "trace_id")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
+def escape(value: object, limit: int = 200) -> str:
+    """A client-supplied value made safe for a text log line: cut to `limit`, and every
+    control or invisible separator character (CR, LF, ESC, NEL, U+2028...), backslash
+    and quote written as a Python escape, so no client can end a line, forge another,
+    close a quoted field or colour a terminal. Use it on everything a client chose."""
+    text = value if isinstance(value, str) else str(value)
+    cut = len(text) > limit
+    if cut:
+        text = text[:limit]
+    if not _PLAIN.fullmatch(text):
+        text = "".join(_escape_char(char) for char in text)
+    return text + "..." if cut else text
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9 ._:/+=,;@()\[\]{}<>!?#$%&*^~|-]*")
+
+
+def _escape_char(char: str) -> str:
+    if char in "\\\"'":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _correlation(record: logging.LogRecord) -> dict[str, object]:
     """The record's correlation ids; the running span's trace id when it names none."""
     found = {
@@ -43,6 +71,9 @@ def request_id(offered: str | None) -> str:
     return random_hex(8)
 
 
+_JSON_SEPARATORS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, correlation ids."""
 
@@ -57,7 +88,9 @@ class JsonFormatter(logging.Formatter):
         document.update(_correlation(record))
         if record.exc_info:
             document["error"] = self.formatException(record.exc_info)
-        return json.dumps(document, ensure_ascii=False)
+        # json.dumps escapes CR, LF and other C0 controls; these three some viewers
+        # also break lines at, so they are escaped too (still the same JSON).
+        return json.dumps(document, ensure_ascii=False).translate(_JSON_SEPARATORS)
 
 
 class TextFormatter(logging.Formatter):
@@ -68,7 +101,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        ids = [f"{name}={value}" for name, value in _correlation(record).items()]
+        ids = [f"{name}={escape(value)}" for name, value in _correlation(record).items()]
         return f"{line} {' '.join(ids)}" if ids else line
 
 

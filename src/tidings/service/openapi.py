@@ -294,7 +294,7 @@ def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
                     "type": "object",
                     "required": ["status", "version", "store"],
                     "properties": {
-                        "status": {"enum": ["ok", "unavailable"]},
+                        "status": {"enum": ["ok", "degraded", "unavailable"]},
                         "version": {"type": "string"},
                         "store": {"enum": ["ok", "unavailable"]},
                         "connections": {"type": "integer"},

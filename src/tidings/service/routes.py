@@ -28,7 +28,7 @@ from tidings.service.errors import Errno, ServiceError
 from tidings.service.forwarded import parse_proxies, real_client
 from tidings.service.http.messages import Request, Response
 from tidings.service.limits import Limit
-from tidings.service.logs import request_id
+from tidings.service.logs import escape, request_id
 from tidings.service.openapi import openapi_document
 from tidings.service.store import StoreUnavailable
 from tidings.service.web import WEB_PREFIXES, WebRoutes
@@ -142,7 +142,11 @@ class Routes:
         except StoreUnavailable as exc:
             return Response.error(store_unavailable(exc))
         except Exception:
-            log.exception("unexpected error on %s %s", request.method, redact_path(request.path))
+            log.exception(
+                "unexpected error on %s %s",
+                escape(request.method),
+                escape(redact_path(request.path)),
+            )
             return Response.error(
                 ServiceError(500, Errno.INTERNAL, "internal error; it has been logged")
             )

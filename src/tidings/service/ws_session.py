@@ -18,6 +18,7 @@ from tidings.service import ws_protocol as wp
 from tidings.service.core import PushService, RegistrationError
 from tidings.service.errors import ServiceError
 from tidings.service.limits import Limit
+from tidings.service.logs import escape
 from tidings.service.store import StoredMessage, StoreUnavailable
 from tidings.webpush import InvalidKeyError, load_p256_public_key
 from tidings.webpush.b64 import b64url_decode
@@ -27,6 +28,7 @@ log = logging.getLogger("tidings.websocket")
 # Messages queued for a client that does not read; past this the connection is closed
 # (its messages stay stored and are delivered on the next connection).
 MAX_QUEUED_SENDS = 256
+MAX_UNACKED = 1024  # ids of sent, unacknowledged messages remembered per connection
 RECENT_ACKS = 256  # acknowledged message ids remembered per connection
 
 
@@ -40,7 +42,7 @@ class TextChannel(Protocol):
 
 def redact_uaid(uaid: str | None) -> str:
     """A uaid fit for logs: whoever knows a uaid can take over its connection."""
-    return "-" if uaid is None else uaid[:8] + "..."
+    return "-" if uaid is None else escape(uaid[:8]) + "..."
 
 
 def decode_application_server_key(key: str) -> bytes:
@@ -58,7 +60,11 @@ class WebSocketSession:
         self.channel = channel
         self.peer = peer
         self.uaid: str | None = None
-        self._unacked: set[str] = set()
+        # Sent, not yet acknowledged (oldest first), to send each message once. A client
+        # that never acks (TTL 0 messages are never stored, so nothing else ends them)
+        # makes it forget the oldest past MAX_UNACKED: at worst a duplicate, which user
+        # agents drop by message id.
+        self._unacked: OrderedDict[str, None] = OrderedDict()
         # Recently acknowledged ids: a redelivery racing the ack's delete is not sent again.
         self._acked: OrderedDict[str, None] = OrderedDict()
         self._held: list[StoredMessage] | None = None  # live messages held while flushing
@@ -89,7 +95,7 @@ class WebSocketSession:
             log.info(
                 "nack from %s for %s (code %s)",
                 redact_uaid(self.uaid),
-                message.version,
+                escape(message.version),
                 message.code,
             )
         elif isinstance(message, wp.BroadcastSubscribe):
@@ -118,7 +124,7 @@ class WebSocketSession:
                     update.code,
                     extra={"message_id": update.version},
                 )
-            self._unacked.discard(update.version)
+            self._unacked.pop(update.version, None)
             self._acked[update.version] = None
             if len(self._acked) > RECENT_ACKS:
                 self._acked.popitem(last=False)
@@ -139,7 +145,7 @@ class WebSocketSession:
         await self._send(wp.hello_reply(uaid))
         log.info(
             "hello from %s: uaid %s%s",
-            self.peer,
+            escape(self.peer),
             redact_uaid(uaid),
             "" if uaid == hello.uaid else " (new)",
         )
@@ -253,7 +259,9 @@ class WebSocketSession:
             return None  # already sent on this connection (stored and live at once)
         if message.ttl and message.expires_at <= time.time():
             return None  # a message is never delivered after its TTL
-        self._unacked.add(message.message_id)
+        self._unacked[message.message_id] = None
+        if len(self._unacked) > MAX_UNACKED:
+            self._unacked.popitem(last=False)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "delivering to %s",

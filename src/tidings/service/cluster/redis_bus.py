@@ -22,9 +22,7 @@ poked once it is back. Nothing here is needed for a message to survive.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -39,7 +37,18 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from tidings.service.cluster import Redeliver
+from tidings.service.cluster.wire import (
+    BadBusMessage,
+    Deliver,
+    Poke,
+    PokeAll,
+    decode_bus_message,
+    encode_message,
+    encode_poke,
+    encode_poke_all,
+)
 from tidings.service.hub import ConnectedAgent, Hub
+from tidings.service.logs import escape
 from tidings.service.store import StoredMessage
 
 log = logging.getLogger("tidings.cluster")
@@ -110,44 +119,6 @@ def split_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), prefix
 
 
-def encode_message(message: StoredMessage) -> str:
-    return json.dumps(
-        {
-            "t": "m",
-            "id": message.message_id,
-            "ua": message.uaid,
-            "ch": message.channel_id,
-            "b": base64.b64encode(message.body).decode("ascii"),
-            "ttl": message.ttl,
-            "c": message.created_at,
-            "e": message.expires_at,
-            "u": message.urgency,
-            "tp": message.topic,
-            "h": message.headers,
-            "r": message.receipt_id,
-            "tr": message.traceparent,  # the trace goes on to the delivering node
-        },
-        separators=(",", ":"),
-    )
-
-
-def decode_message(data: dict[str, Any]) -> StoredMessage:
-    return StoredMessage(
-        message_id=data["id"],
-        uaid=data["ua"],
-        channel_id=data["ch"],
-        body=base64.b64decode(data["b"]),
-        ttl=int(data["ttl"]),
-        created_at=float(data["c"]),
-        expires_at=float(data["e"]),
-        urgency=data["u"],
-        topic=data["tp"],
-        headers=dict(data["h"]),
-        receipt_id=data["r"],
-        traceparent=data.get("tr"),
-    )
-
-
 class ClusterHub(Hub):
     """A hub that tells the bus when a user agent connects to or leaves this node."""
 
@@ -196,7 +167,11 @@ class RedisBus:
         self._redis = aioredis.Redis(connection_pool=pool)
         # The subscriber blocks reading, so it has no read timeout of its own.
         self._subscriber = aioredis.from_url(
-            self.url, socket_connect_timeout=timeout, socket_keepalive=True, retry=no_retry
+            self.url,
+            socket_connect_timeout=timeout,
+            socket_keepalive=True,
+            retry=no_retry,
+            client_name=f"tidings-bus-{self.node_id}"[:100],
         )
         self._claim_script = self._redis.register_script(_CLAIM)
         self._release_script = self._redis.register_script(_RELEASE)
@@ -208,6 +183,8 @@ class RedisBus:
         self._missed_all = False
         self._down_until = 0.0  # after a failure, routes skip Redis for a moment
         self._subscribed = False
+        self.dropped = 0  # bad bus messages logged and dropped
+        self.restarts = 0  # times the listener lost its subscription and started again
         self._redeliver: Redeliver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -241,11 +218,17 @@ class RedisBus:
         log.info("cluster: node %s on %s", self.node_id, self.url)
 
     async def stop(self) -> None:
+        """Leave the cluster; never raises (whatever became of the loops or of Redis)."""
         for task in self._loops:
             task.cancel()
         for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("cluster: a background loop had failed")
+        self._subscribed = False
         # Release what this node holds, so pushes stop being routed here at once.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -256,8 +239,9 @@ class RedisBus:
                 await pipe.execute()
         for task in list(self._tasks):
             task.cancel()
-        await self._redis.aclose()
-        await self._subscriber.aclose()
+        for client in (self._redis, self._subscriber):
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -266,7 +250,7 @@ class RedisBus:
 
     def _failed(self, what: str, exc: BaseException) -> None:
         if time.monotonic() >= self._down_until:
-            log.warning("cluster: %s failed: %s", what, exc or type(exc).__name__)
+            log.warning("cluster: %s failed: %s", what, escape(str(exc) or type(exc).__name__))
         self._down_until = time.monotonic() + 1.0
 
     # Presence -------------------------------------------------------------------------
@@ -357,11 +341,11 @@ class RedisBus:
         if self._missed_all:
             self._missed.clear()
             self._missed_all = False
-            await self._redis.publish(f"{self.prefix}all", json.dumps({"t": "all"}))
+            await self._redis.publish(f"{self.prefix}all", encode_poke_all())
             return
         while self._missed:
             uaid = self._missed.pop()
-            payload = json.dumps({"t": "p", "ua": uaid})
+            payload = encode_poke(uaid)
             try:
                 await self._route_script(
                     keys=[self._key(uaid)], args=[self.node_id, f"{self.prefix}node:", payload]
@@ -371,17 +355,19 @@ class RedisBus:
                 raise
 
     def _on_bus_message(self, raw: bytes) -> None:
+        """Act on one bus message; a bad one is logged (its reason, not its bytes) and dropped."""
         try:
-            data = json.loads(raw)
-            kind = data["t"]
-            if kind == "m":
-                self._hub.offer(decode_message(data))  # not here any more: it is stored
-            elif kind == "p":
-                self._spawn(self._redeliver_one(str(data["ua"])))
-            elif kind == "all":
-                self._spawn(self._redeliver_all())
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("cluster: ignoring a malformed bus message: %s", exc)
+            event = decode_bus_message(raw)
+        except BadBusMessage as exc:
+            self.dropped += 1
+            log.warning("cluster: dropped a bad bus message: %s", escape(str(exc)))
+            return
+        if isinstance(event, Deliver):
+            self._hub.offer(event.message)  # not here any more: it is stored
+        elif isinstance(event, Poke):
+            self._spawn(self._redeliver_one(event.uaid))
+        elif isinstance(event, PokeAll):
+            self._spawn(self._redeliver_all())
 
     # Background loops -------------------------------------------------------------------
 
@@ -404,12 +390,22 @@ class RedisBus:
                 backoff = 0.05
                 async for item in pubsub.listen():
                     if item.get("type") == "message":
-                        self._on_bus_message(item["data"])
+                        try:
+                            self._on_bus_message(item["data"])
+                        except Exception:
+                            log.exception("cluster: failed to handle a bus message")
             except asyncio.CancelledError:
+                self._subscribed = False
                 raise
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
+                # Redis went away, the connection was killed, or a bug: stay alive, say
+                # "degraded" on /health, and subscribe again after a backoff.
                 if self._subscribed:
-                    log.warning("cluster: lost the Redis subscription: %s", exc)
+                    self.restarts += 1
+                    log.warning(
+                        "cluster: lost the Redis subscription (%s); subscribing again",
+                        escape(str(exc) or type(exc).__name__),
+                    )
                 self._subscribed = False
                 self._failed("subscription", exc)
             finally:
@@ -433,5 +429,5 @@ class RedisBus:
                     await self._poke_missed()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # the heartbeat must outlive any one failure
                 self._failed("heartbeat", exc)

@@ -96,6 +96,9 @@ class Http1Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _BodyTooLarge):
                 self._reject(413, f"the body is over {self._body_limit} bytes")
+            elif isinstance(exc.__context__, httptools.HttpParserInvalidURLError):
+                # parse_url in a callback refused the request target: bad syntax, 400.
+                self._reject(400, "malformed request URL")
             elif isinstance(exc.__context__, httptools.HttpParserError):
                 # Our own limit, raised in a callback (httptools reports "User callback error").
                 self._reject(431, f"{exc.__context__}: at most {MAX_HEADER_BYTES} bytes")

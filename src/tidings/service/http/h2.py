@@ -20,6 +20,7 @@ import h2.exceptions
 import h2.settings
 
 from tidings.service.http.messages import Request, Response
+from tidings.service.logs import escape
 
 if TYPE_CHECKING:
     from tidings.service.http.server import ConnectionContext
@@ -136,7 +137,7 @@ class Http2Connection(asyncio.Protocol):
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            log.info("HTTP/2 protocol error from %s: %s", self.client, exc)
+            log.info("HTTP/2 protocol error from %s: %s", escape(self.client), escape(str(exc)))
             self._flush()
             self._close()
             return

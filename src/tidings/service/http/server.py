@@ -19,6 +19,7 @@ from tidings.service.http.h1 import Http1Connection
 from tidings.service.http.h2 import Http2Connection
 from tidings.service.http.messages import Request
 from tidings.service.http.websocket import PushWebSocket
+from tidings.service.logs import escape
 from tidings.service.routes import Routes, redact_path
 
 log = logging.getLogger("tidings.server")
@@ -83,10 +84,10 @@ class ConnectionContext:
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 '%s "%s %s HTTP/%s" %d %.1fms',
-                request.client,
-                request.method,
-                redact_path(request.path),
-                request.http_version,
+                escape(request.client),
+                escape(request.method),
+                escape(redact_path(request.path)),
+                escape(request.http_version),
                 status,
                 (time.perf_counter() - started) * 1000,
                 extra={

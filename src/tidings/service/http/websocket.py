@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from tidings.service import ws_protocol as wp
 from tidings.service.core import PushService
+from tidings.service.logs import escape
 from tidings.service.store import StoreUnavailable
 from tidings.service.ws_session import WebSocketSession
 
@@ -30,6 +31,7 @@ OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 CLOSE_PROTOCOL_ERROR = 1002
 WRITE_BUFFER_LIMIT = 1 << 20  # a client that lets this much pile up is not reading
 MAX_QUEUED_FRAMES = 32  # frames received but not yet handled before reading pauses
+MAX_FRAGMENTS = 64  # frames of one fragmented message (empty ones count too)
 
 
 class FrameError(Exception):
@@ -178,6 +180,10 @@ class FrameParser:
             self._fragment_size += len(payload)
             if self._fragment_size > self.max_message:
                 raise FrameError(wp.CLOSE_TOO_BIG, "message too large")
+            if len(self._fragments) >= MAX_FRAGMENTS:
+                # Zero-length continuations add no bytes but cost a list entry and a
+                # parse each: a message comes in at most this many pieces.
+                raise FrameError(wp.CLOSE_POLICY_VIOLATION, "too many fragments")
             self._fragments.append(payload)
             if not fin:
                 return None
@@ -253,14 +259,20 @@ class PushWebSocket(asyncio.Protocol):
         """Send one text message now: writing to the transport never waits."""
         if self._closing or self.transport.is_closing():
             raise ConnectionError("connection closed")
+        if not self._write(encode_frame(OP_TEXT, text.encode())):
+            raise ConnectionError("client is not reading")
+
+    def _write(self, frame: bytes) -> bool:
+        """Write a frame unless the peer has left over `WRITE_BUFFER_LIMIT` unread."""
         if self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             # A close frame would wait behind what it never read: drop the connection
             # (and the buffer) now. Its messages stay stored for the next connection.
-            log.info("dropping %s: not reading", self.session.peer)
+            log.info("dropping %s: not reading", escape(self.session.peer))
             self._failed = self._closing = True
             self.transport.abort()
-            raise ConnectionError("client is not reading")
-        self.transport.write(encode_frame(OP_TEXT, text.encode()))
+            return False
+        self.transport.write(frame)
+        return True
 
     async def close(self, code: int, reason: str) -> None:
         """Close with a code (TextChannel)."""
@@ -284,7 +296,7 @@ class PushWebSocket(asyncio.Protocol):
         try:
             events = self.parser.feed(data)
         except FrameError as exc:
-            log.info("closing %s: %s", self.session.peer, exc.reason)
+            log.info("closing %s: %s", escape(self.session.peer), escape(exc.reason))
             self.fail(exc.code, exc.reason)
             return
         for event in events:
@@ -296,7 +308,8 @@ class PushWebSocket(asyncio.Protocol):
                     continue  # an ack, handled in order: nothing was waiting before it
                 self._inbox.append(event.text)
             elif isinstance(event, Ping):
-                self.transport.write(encode_frame(OP_PONG, event.payload))
+                if not self._write(encode_frame(OP_PONG, event.payload)):
+                    return  # pongs count against the same unread cap as messages
             elif isinstance(event, Close):
                 self._answer_close(event)
                 break  # frames that came before the close are still handled
@@ -327,16 +340,16 @@ class PushWebSocket(asyncio.Protocol):
                 try:
                     await self.session.on_text(text)
                 except wp.FrameError as exc:
-                    log.info("closing %s: %s", self.session.peer, exc.reason)
+                    log.info("closing %s: %s", escape(self.session.peer), escape(exc.reason))
                     self.fail(exc.code, exc.reason)
                     return
                 except StoreUnavailable as exc:
                     # The store is down or closing (shutdown): the client retries later.
-                    log.warning("store unavailable for %s: %s", self.session.peer, exc)
+                    log.warning("store unavailable for %s: %s", escape(self.session.peer), exc)
                     self.fail(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
                     return
                 except Exception:
-                    log.exception("error handling a frame from %s", self.session.peer)
+                    log.exception("error handling a frame from %s", escape(self.session.peer))
                     self.fail(1011, "internal error")
                     return
                 if self.session.uaid is not None and self._hello_timer is not None:

@@ -1,0 +1,227 @@
+"""The messages nodes send each other over the cluster bus, encoded and checked (no I/O).
+
+Anyone who can publish on the Redis channels can put bytes in front of a node, so a
+bus message is untrusted input: `decode_bus_message` checks every field against an
+explicit type and range and raises `BadBusMessage` (with a short reason, never the
+payload) for anything else. Three kinds exist:
+
+- `{"t": "m", ...}`: a stored (or TTL 0) message for a user agent connected here;
+- `{"t": "p", "ua": <uaid>}`: stored messages of that user agent may be waiting;
+- `{"t": "all"}`: stored messages of any user agent here may be waiting.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.service.store import StoredMessage
+from tidings.webpush.headers import MAX_TTL, TOPIC_MAX_LENGTH, Urgency
+
+__all__ = [
+    "MAX_BUS_MESSAGE",
+    "BadBusMessage",
+    "BusEvent",
+    "Deliver",
+    "Poke",
+    "PokeAll",
+    "decode_bus_message",
+    "encode_message",
+    "encode_poke",
+    "encode_poke_all",
+]
+
+MAX_BODY = 1 << 20  # the largest body the service accepts (config max_body's ceiling)
+MAX_BUS_MESSAGE = 2 * MAX_BODY  # base64 of the body plus every other field, with room
+MAX_HEADERS = 8
+MAX_HEADER_NAME = 64
+MAX_HEADER_VALUE = 16 * 1024  # an HTTP/1.1 request head's limit (h1.MAX_HEADER_BYTES)
+MAX_TIME = 1e11  # seconds since the epoch (year 5138): a bigger stamp is not a time
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_TOPIC = re.compile(rf"[A-Za-z0-9_-]{{1,{TOPIC_MAX_LENGTH}}}")
+_HEADER_NAME = re.compile(rf"[a-z0-9_-]{{1,{MAX_HEADER_NAME}}}")
+_URGENCIES = frozenset(u.value for u in Urgency)
+_MESSAGE_FIELDS = frozenset({"t", "id", "ua", "ch", "b", "ttl", "c", "e", "u", "tp", "h", "r"})
+_OPTIONAL_FIELDS = frozenset({"tr"})  # the W3C traceparent of a traced push
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+class BadBusMessage(ValueError):
+    """A bus message that does not follow the schema; the text says which rule failed."""
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Offer this message to the user agent's connection here."""
+
+    message: StoredMessage
+
+
+@dataclass(frozen=True)
+class Poke:
+    """Offer the stored messages of one user agent again."""
+
+    uaid: str
+
+
+@dataclass(frozen=True)
+class PokeAll:
+    """Offer the stored messages of every user agent here again."""
+
+
+BusEvent = Deliver | Poke | PokeAll
+
+
+def encode_message(message: StoredMessage) -> str:
+    """The bus form of a message (what `decode_bus_message` reads back)."""
+    return json.dumps(
+        {
+            "t": "m",
+            "id": message.message_id,
+            "ua": message.uaid,
+            "ch": message.channel_id,
+            "b": base64.b64encode(message.body).decode("ascii"),
+            "ttl": message.ttl,
+            "c": message.created_at,
+            "e": message.expires_at,
+            "u": message.urgency,
+            "tp": message.topic,
+            "h": message.headers,
+            "r": message.receipt_id,
+            **({"tr": message.traceparent} if message.traceparent else {}),
+        },
+        separators=(",", ":"),
+    )
+
+
+def encode_poke(uaid: str) -> str:
+    return json.dumps({"t": "p", "ua": uaid}, separators=(",", ":"))
+
+
+def encode_poke_all() -> str:
+    return json.dumps({"t": "all"}, separators=(",", ":"))
+
+
+def decode_bus_message(raw: bytes | str) -> BusEvent:
+    """The event a bus payload stands for; `BadBusMessage` unless every field is valid."""
+    if len(raw) > MAX_BUS_MESSAGE:
+        raise BadBusMessage(f"{len(raw)} bytes, over the {MAX_BUS_MESSAGE} byte limit")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise BadBusMessage(f"not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadBusMessage(f"not JSON: {str(exc)[:80]}") from None
+    if not isinstance(data, dict):
+        raise BadBusMessage(f"a JSON {type(data).__name__}, not an object")
+    kind = data.get("t")
+    if kind == "m":
+        return Deliver(_message(data))
+    if kind == "p":
+        _only(data, {"t", "ua"})
+        return Poke(_id(data, "ua"))
+    if kind == "all":
+        _only(data, {"t"})
+        return PokeAll()
+    raise BadBusMessage(f"unknown kind {_short(kind)}")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadBusMessage(f"{name} is not a JSON number")
+
+
+def _message(data: dict[str, Any]) -> StoredMessage:
+    _only(data, _MESSAGE_FIELDS | _OPTIONAL_FIELDS)
+    missing = sorted(_MESSAGE_FIELDS - data.keys())
+    if missing:
+        raise BadBusMessage(f"missing fields {', '.join(missing)}")
+    body_text = _str(data, "b", 4 * ((MAX_BODY + 2) // 3))
+    try:
+        body = base64.b64decode(body_text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadBusMessage("b: not base64") from None
+    ttl = data["ttl"]
+    if type(ttl) is not int or not 0 <= ttl <= MAX_TTL:
+        raise BadBusMessage(f"ttl: not a whole number of seconds in 0..{MAX_TTL}")
+    created_at, expires_at = _time(data, "c"), _time(data, "e")
+    urgency = data["u"]
+    if urgency not in _URGENCIES:
+        raise BadBusMessage(f"u: unknown urgency {_short(urgency)}")
+    topic = data["tp"]
+    if topic is not None and (not isinstance(topic, str) or not _TOPIC.fullmatch(topic)):
+        raise BadBusMessage("tp: not a topic")
+    receipt_id = None if data["r"] is None else _id(data, "r")
+    traceparent = data.get("tr")
+    if traceparent is not None and (
+        not isinstance(traceparent, str) or not _TRACEPARENT.fullmatch(traceparent)
+    ):
+        raise BadBusMessage("tr: not a traceparent")
+    return StoredMessage(
+        message_id=_id(data, "id"),
+        uaid=_id(data, "ua"),
+        channel_id=_id(data, "ch"),
+        body=body,
+        ttl=ttl,
+        created_at=created_at,
+        expires_at=expires_at,
+        urgency=urgency,
+        topic=topic,
+        headers=_headers(data["h"]),
+        receipt_id=receipt_id,
+        traceparent=traceparent,
+    )
+
+
+def _only(data: dict[str, Any], allowed: frozenset[str] | set[str]) -> None:
+    extra = data.keys() - allowed
+    if extra:
+        raise BadBusMessage(f"unknown fields {_short(sorted(extra)[:3])}")
+
+
+def _str(data: dict[str, Any], name: str, limit: int) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise BadBusMessage(f"{name}: a {type(value).__name__}, not a string")
+    if len(value) > limit:
+        raise BadBusMessage(f"{name}: {len(value)} characters, over {limit}")
+    return value
+
+
+def _id(data: dict[str, Any], name: str) -> str:
+    value = _str(data, name, 128)
+    if not _ID.fullmatch(value):
+        raise BadBusMessage(f"{name}: not an id")
+    return value
+
+
+def _time(data: dict[str, Any], name: str) -> float:
+    value = data[name]
+    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= MAX_TIME:
+        raise BadBusMessage(f"{name}: not a time in seconds since the epoch")
+    return float(value)
+
+
+def _headers(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > MAX_HEADERS:
+        raise BadBusMessage(f"h: not an object of at most {MAX_HEADERS} headers")
+    headers: dict[str, str] = {}
+    for name, text in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise BadBusMessage("h: a header name that is not a lower-case name")
+        if not isinstance(text, str) or len(text) > MAX_HEADER_VALUE or not text.isprintable():
+            raise BadBusMessage(f"h: the value of {name} is not a short printable string")
+        headers[name] = text
+    return headers
+
+
+def _short(value: object) -> str:
+    """A value for a reason: its repr, cut (repr escapes control characters)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

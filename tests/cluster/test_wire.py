@@ -1,0 +1,100 @@
+"""The bus message schema without Redis: what a node sends, the other reads back."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tidings.service.cluster.wire import (
+    BadBusMessage,
+    Deliver,
+    Poke,
+    PokeAll,
+    decode_bus_message,
+    encode_message,
+    encode_poke,
+    encode_poke_all,
+)
+from tidings.service.store import StoredMessage
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        StoredMessage("mid-1", "a" * 32, "0b9e5d1c-5d3e-4c4a-9f0a-1b2c3d4e5f60", b"\x00" * 4096, 0,
+                      time.time(), time.time(), "very-low", None, {}, None),
+        StoredMessage("mid_2", "b" * 32, "ch", b"x", 2**31, 1.5, 2.5, "high", "T-1",
+                      {"encoding": "aesgcm", "encryption": "salt=abc", "crypto_key": "dh=x"},
+                      "receipt-7"),
+    ],
+)  # fmt: skip
+def test_every_message_a_node_sends_reads_back_the_same(message: StoredMessage) -> None:
+    assert decode_bus_message(encode_message(message).encode()) == Deliver(message)
+
+
+def test_pokes_read_back() -> None:
+    assert decode_bus_message(encode_poke("u1")) == Poke("u1")
+    assert decode_bus_message(encode_poke_all()) == PokeAll()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"t":"p","ua":"u1","ttl":Infinity}', b'{"t":"p","ua":NaN}', b'{"t":"p","ua":"a\\nb"}'],
+)
+def test_reasons_never_carry_the_payload(raw: bytes) -> None:
+    with pytest.raises(BadBusMessage) as caught:
+        decode_bus_message(raw)
+    assert "\n" not in str(caught.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_any_bytes_decode_to_an_event_or_bad_bus_message(raw: bytes) -> None:
+    with contextlib.suppress(BadBusMessage):
+        decode_bus_message(raw)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["m", "p", "all"]),
+    st.dictionaries(
+        st.sampled_from(["id", "ua", "ch", "b", "ttl", "c", "e", "u", "tp", "h", "r"]), _JSON
+    ),
+)
+def test_any_json_fields_decode_or_raise_bad_bus_message(
+    kind: str, fields: dict[str, object]
+) -> None:
+    try:
+        event = decode_bus_message(json.dumps({"t": kind, **fields}))
+    except BadBusMessage:
+        return
+    if isinstance(event, Deliver):  # whatever passed is a message a hub can take
+        assert isinstance(event.message.ttl, int) and 0 <= event.message.ttl <= 2**31
+        assert all(isinstance(v, str) for v in event.message.headers.values())
+
+
+def test_a_traced_message_carries_its_traceparent_and_nothing_else_passes_for_one() -> None:
+    traceparent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    traced = StoredMessage(
+        message_id="m" * 56, uaid="u" * 32, channel_id="c" * 36, body=b"x", ttl=60,
+        created_at=1.0, expires_at=61.0, traceparent=traceparent,
+    )  # fmt: skip
+    decoded = decode_bus_message(encode_message(traced))
+    assert isinstance(decoded, Deliver) and decoded.message.traceparent == traceparent
+    for forged in ("00-xyz", "x" * 55, 7, ["00"]):
+        data = json.loads(encode_message(traced))
+        data["tr"] = forged
+        with pytest.raises(BadBusMessage, match="tr: not a traceparent"):
+            decode_bus_message(json.dumps(data))
