@@ -15,7 +15,7 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Attach every sub-command; each module owns its own options."""
-    from tidings.cli import agent, bench, demo, hyperty, keys, listen, send, serve
+    from tidings.cli import agent, bench, broadcast, demo, hyperty, keys, listen, send, serve
 
     for command in (
         serve.serve,
@@ -26,6 +26,7 @@ def _register_commands() -> None:
         bench.bench,
         hyperty.hyperty,
         demo.demo,
+        broadcast.broadcast,
     ):
         main.add_command(command)
 

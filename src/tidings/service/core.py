@@ -26,6 +26,7 @@ from tidings.service.ids import random_hex
 from tidings.service.keyfile import load_sealer
 from tidings.service.limits import Limit, RateLimiter, client_address, open_limiter, retry_after
 from tidings.service.links import link_target
+from tidings.service.megaphone import BroadcastKeeper
 from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
 from tidings.service.store import (
@@ -132,6 +133,7 @@ class PushService:
             cluster=config.cluster,
             max_buckets=config.rate_limit_buckets,
         )
+        self.broadcasts = BroadcastKeeper(config, self.store, self.hub)  # megaphone.py
         self._sealer: TokenSealer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: list[tuple[str, str]] = []  # acknowledged, not yet deleted
@@ -148,6 +150,7 @@ class PushService:
             self.config.secrets_path, self.store, create=not self.config.shared_store
         )
         await self.cluster.start(self.redeliver)
+        await self.broadcasts.start()
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="tidings-expiry")
 
     async def drain(self) -> None:
@@ -164,6 +167,7 @@ class PushService:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.broadcasts.stop()
         await self.cluster.stop()
         await self.limits.close()
         await self.store.close()

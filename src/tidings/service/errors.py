@@ -38,6 +38,8 @@ class Errno(IntEnum):
     RATE_LIMITED = 121
     ACCESS_DENIED = 130  # /dashboard, /api/stats or /metrics without the right token
     TOO_MANY_SUBSCRIPTIONS = 122
+    TOO_MANY_BROADCASTS = 131  # the service keeps its maximum number of broadcasts
+    BROADCASTS_READ_ONLY = 132  # broadcasts come from Megaphone (--megaphone-url)
     UNAVAILABLE = 503  # the store cannot take writes right now
     INTERNAL = 999
 

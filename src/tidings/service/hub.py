@@ -69,6 +69,10 @@ class Hub:
         if not agents:
             del self._agents[uaid]
 
+    def each_agent(self) -> list[ConnectedAgent]:
+        """Every user agent connection of this node (for broadcasts to all)."""
+        return [agent for agents in self._agents.values() for agent in agents]
+
     def is_connected(self, uaid: str) -> bool:
         """True when the user agent has a connection on this node."""
         return uaid in self._agents

@@ -9,6 +9,7 @@ GET  /api/demo/key         the demo VAPID public key                 (--demo onl
 GET  /api/demo/recent      the last demo sends' statuses             (--demo only)
 POST /demo/send            encrypt, sign and push a test message     (--demo only)
 GET  /static/<file>        the pages' scripts and styles
+GET/PUT/DELETE /api/broadcasts[/<id>]  Megaphone broadcasts (admin.py; token required)
 
 The token rule is in access.py. Pages carry a strict Content-Security-Policy: scripts
 and styles come only from these files, nothing inline, nothing from elsewhere.
@@ -27,6 +28,7 @@ from tidings.service.errors import Errno, ServiceError
 from tidings.service.http.messages import Request, Response
 from tidings.service.metrics import HISTORY_SECONDS, METRICS_CONTENT_TYPE
 from tidings.service.web.access import check_access
+from tidings.service.web.admin import BROADCASTS_PATH, broadcasts_api
 from tidings.service.web.demo import DemoRequestError, DemoSender
 
 log = logging.getLogger("tidings.web")
@@ -133,6 +135,8 @@ class WebRoutes:
             if path == "/api/stats":
                 return await self._stats(request)
             return self._file("dashboard.html", path, _PAGE_HEADERS)
+        if path == BROADCASTS_PATH or path.startswith(BROADCASTS_PATH + "/"):
+            return await broadcasts_api(self.service, request, self.token)
         if self.demo is None:
             raise _not_found(path)
         return await self._demo(request, self.demo)
