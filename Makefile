@@ -9,7 +9,7 @@ PORT ?= 8080
 DB ?= tidings-data/tidings.db
 PYTEST_ARGS ?=
 
-.PHONY: bench-deps run test lint venv dev-venv system-deps node-deps bench clean
+.PHONY: bench-deps run test lint venv dev-venv system-deps node-deps bench clean peers
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,17 @@ run: venv
 
 test: dev-venv system-deps node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Mozilla's autopush integration suite against Tidings (docs/peers/autopush.md):
+# make peers AUTOPUSH=/path/to/autopush-rs. The suite runs in its own venv.
+AUTOPUSH_VENV ?= /tmp/autopush-venv
+peers: dev-venv
+	@test -n "$(AUTOPUSH)" || { echo "usage: make peers AUTOPUSH=<autopush-rs checkout>"; exit 2; }
+	@test -x $(AUTOPUSH_VENV)/bin/python || { $(PYTHON) -m venv $(AUTOPUSH_VENV) && \
+	  $(AUTOPUSH_VENV)/bin/pip install -q "cryptography>=43" jws psutil "pytest>=8.3,<9" \
+	  "pytest-asyncio>=0.23.8,<0.24" pytest-order python-jose "httpx>=0.27,<0.28" \
+	  "fastapi>=0.111,<0.112" "uvicorn[standard]>=0.29,<0.30" "websockets>=12,<13" ecdsa; }
+	$(PY) tests/peers/run_autopush_suite.py $(AUTOPUSH) --suite-python $(AUTOPUSH_VENV)/bin/python
 
 lint: dev-venv
 	$(VENV)/bin/ruff check src tests bench

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -217,11 +218,22 @@ class FakeMegaphone:
     def __init__(self, token: str) -> None:
         self.broadcasts: dict[str, str] = {}
         self.requests: list[str | None] = []
+        self.asked = threading.Event()  # a request came in
+        self.release = threading.Event()  # answer it (set: answer at once)
+        self.release.set()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path.endswith("/"):  # as FastAPI (the autopush suite's mock) does
+                    self.send_response(307)
+                    self.send_header("location", self.path.rstrip("/"))
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 owner.requests.append(self.headers.get("authorization"))
+                owner.asked.set()
+                owner.release.wait(30)
                 if self.headers.get("authorization") != f"Bearer {token}":
                     self.send_response(401)
                     self.end_headers()
@@ -253,7 +265,7 @@ async def test_megaphone_is_polled_and_changes_reach_clients(tmp_path: Path) -> 
         async with running_service(
             tmp_path,
             dashboard_token=TOKEN,
-            megaphone_url=megaphone.url,
+            megaphone_url=megaphone.url + "/",  # redirected, as autopush's suite configures it
             megaphone_token="mp-token",
             megaphone_poll=0.2,
         ) as running:
@@ -270,3 +282,31 @@ async def test_megaphone_is_polled_and_changes_reach_clients(tmp_path: Path) -> 
     finally:
         megaphone.close()
     assert megaphone.requests and set(megaphone.requests) == {"Bearer mp-token"}
+
+
+async def test_a_hello_during_a_megaphone_read_gets_what_was_read(tmp_path: Path) -> None:
+    # The autopush suite changes Megaphone, waits until it is asked, then says hello at
+    # once: the hello must be answered with the versions of the read then in flight.
+    megaphone = FakeMegaphone("t")
+    megaphone.broadcasts = {"kinto:123": "ver0"}
+    try:
+        async with running_service(
+            tmp_path, megaphone_url=megaphone.url, megaphone_token="t", megaphone_poll=0.2
+        ) as running:
+            megaphone.broadcasts = {"kinto:123": "ver1"}
+            megaphone.release.clear()
+            megaphone.asked.clear()
+            assert await asyncio.to_thread(megaphone.asked.wait, 30)  # a read is in flight
+            agent = TestAgent(running.ws_url)
+            await agent.connect(hello=False)
+            await agent.send(
+                {"messageType": "hello", "broadcasts": {"kinto:123": "ver0"}, "use_webpush": True}
+            )
+            await agent.no_frame(0.2)  # the hello waits for the read
+            megaphone.release.set()
+            reply = await agent.expect("hello", timeout=10)
+            assert reply["broadcasts"] == {"kinto:123": "ver1"}
+            await agent.close()
+    finally:
+        megaphone.release.set()
+        megaphone.close()

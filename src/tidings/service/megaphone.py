@@ -28,6 +28,9 @@ from tidings.service.store import Store, StoreUnavailable
 log = logging.getLogger("tidings.broadcasts")
 
 MAX_MEGAPHONE_DOCUMENT = 1 << 20  # bytes of a Megaphone answer read at most
+# A hello arriving while the broadcasts are being read waits this long at most for the
+# read to finish, so that it is answered with what was just read.
+HELLO_WAIT = 2.0
 
 
 class BroadcastFull(Exception):
@@ -43,6 +46,7 @@ class BroadcastKeeper:
         self.hub = hub
         self.current = BroadcastSet()
         self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.Event | None = None  # set when the read in flight ends
 
     @property
     def from_megaphone(self) -> bool:
@@ -68,12 +72,21 @@ class BroadcastKeeper:
 
     async def refresh(self) -> None:
         """Read the broadcasts again; clients following a changed id are told."""
+        self._reading = reading = asyncio.Event()
         try:
             versions = await (self._fetch_megaphone() if self.from_megaphone else self._read())
+            self._announce(self.current.replace(versions))
         except (StoreUnavailable, httpx.HTTPError, ValueError) as exc:
             log.warning("cannot read the broadcasts: %s", exc)
-            return
-        self._announce(self.current.replace(versions))
+        finally:
+            reading.set()
+
+    async def settled(self) -> None:
+        """Wait (at most HELLO_WAIT seconds) for a read in flight to end."""
+        reading = self._reading
+        if reading is not None and not reading.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reading.wait(), HELLO_WAIT)
 
     async def _read(self) -> dict[str, str]:
         return await self.store.list_broadcasts()
@@ -84,7 +97,8 @@ class BroadcastKeeper:
         if self.config.megaphone_token:
             headers["authorization"] = f"Bearer {self.config.megaphone_token}"
         async with (
-            httpx.AsyncClient(timeout=10.0) as client,
+            # Megaphone deployments (and the autopush suite's mock) redirect /v1/broadcasts/.
+            httpx.AsyncClient(timeout=10.0, follow_redirects=True, max_redirects=3) as client,
             client.stream("GET", url, headers=headers) as response,
         ):
             response.raise_for_status()

@@ -134,7 +134,7 @@ _ADMIN = "Needs the dashboard token (`Authorization: Bearer`); 403 when the serv
 
 def _broadcast_paths() -> dict[str, Any]:
     """The operator's Megaphone broadcast API (web/admin.py)."""
-    auth = [{"dashboardToken": []}]
+    auth: list[dict[str, list[str]]] = [{"dashboardToken": []}]
     return {
         "/api/broadcasts": {
             "get": {

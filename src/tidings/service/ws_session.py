@@ -147,6 +147,7 @@ class WebSocketSession:
             if isinstance(previous, WebSocketSession):
                 await previous.close(wp.CLOSE_REPLACED, "another connection took over this uaid")
         self.service.hub.attach(uaid, self)
+        await self.service.broadcasts.settled()  # a Megaphone read in flight: its news
         current = self.service.broadcasts.current
         broadcasts = current.answer(client_broadcasts(hello.broadcasts), self.followed)
         await self._send(wp.hello_reply(uaid, broadcasts))
