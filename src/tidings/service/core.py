@@ -133,7 +133,7 @@ class PushService:
             cluster=config.cluster,
             max_buckets=config.rate_limit_buckets,
         )
-        self.broadcasts = BroadcastKeeper(config, self.store, self.hub)  # megaphone.py
+        self.broadcasts = BroadcastKeeper(config, self.store, self.cluster)  # megaphone.py
         self._sealer: TokenSealer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: list[tuple[str, str]] = []  # acknowledged, not yet deleted

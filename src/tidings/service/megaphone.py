@@ -4,8 +4,9 @@ Broadcasts come from one of two places:
 
 - the store (the default): the operator sets them through the admin API
   (`tidings broadcast set`); the node that takes the change tells its own clients at
-  once, and every node re-reads the store's small `broadcasts` table every
-  `broadcast_poll` seconds, so clients on the other nodes hear within seconds;
+  once and announces it on the cluster bus, on which every other node re-reads the
+  store's small `broadcasts` table at once; each node also re-reads it every
+  `broadcast_poll` seconds, in case an announcement was lost (Redis down);
 - Mozilla's Megaphone service (`--megaphone-url`): its `/v1/broadcasts` document is
   polled every `megaphone_poll` seconds with the bearer token, as autoconnect does;
   the admin API then refuses changes (Megaphone is the source of truth).
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from tidings.service.broadcasts import MAX_BROADCASTS, BroadcastSet, parse_megaphone
+from tidings.service.cluster import ClusterBus
 from tidings.service.config import ServiceConfig
 from tidings.service.hub import Hub
 from tidings.service.store import Store, StoreUnavailable
@@ -40,10 +42,12 @@ class BroadcastFull(Exception):
 class BroadcastKeeper:
     """This node's `BroadcastSet`, its refresh loop, and the operator's changes."""
 
-    def __init__(self, config: ServiceConfig, store: Store, hub: Hub) -> None:
+    def __init__(self, config: ServiceConfig, store: Store, bus: ClusterBus) -> None:
         self.config = config
         self.store = store
-        self.hub = hub
+        self.bus = bus
+        self.hub: Hub = bus.hub
+        self._announced: asyncio.Task[None] | None = None  # a re-read asked by another node
         self.current = BroadcastSet()
         self._task: asyncio.Task[None] | None = None
         self._reading: asyncio.Event | None = None  # set when the read in flight ends
@@ -56,13 +60,22 @@ class BroadcastKeeper:
     async def start(self) -> None:
         """Load the broadcasts once, then keep them current in the background."""
         await self.refresh()
+        if not self.from_megaphone:
+            self.bus.on_broadcasts = self._on_announcement
         self._task = asyncio.create_task(self._watch(), name="tidings-broadcasts")
 
+    def _on_announcement(self) -> None:
+        """Another node changed the broadcasts: re-read them (one re-read at a time)."""
+        if self._announced is None or self._announced.done():
+            self._announced = asyncio.create_task(self.refresh(), name="tidings-broadcasts-read")
+
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self.bus.on_broadcasts = None
+        for task in (self._task, self._announced):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _watch(self) -> None:
         interval = self.config.megaphone_poll if self.from_megaphone else self.config.broadcast_poll
@@ -126,9 +139,11 @@ class BroadcastKeeper:
         if not await self.store.set_broadcast(broadcast_id, version, max_broadcasts=MAX_BROADCASTS):
             raise BroadcastFull(f"the service keeps at most {MAX_BROADCASTS} broadcasts")
         self._announce(self.current.set(broadcast_id, version))
+        await self.bus.announce_broadcasts()
 
     async def delete(self, broadcast_id: str) -> bool:
         """Remove a broadcast; True if it existed."""
         existed = await self.store.delete_broadcast(broadcast_id)
         self.current.delete(broadcast_id)
+        await self.bus.announce_broadcasts()
         return existed

@@ -30,6 +30,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -205,6 +206,7 @@ class RedisBus:
         self._missed: set[str] = set()
         self._missed_all = False
         self._down_until = 0.0  # after a failure, routes skip Redis for a moment
+        self.on_broadcasts: Callable[[], None] | None = None  # broadcasts changed
         self._subscribed = False
         self._redeliver: Redeliver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -344,6 +346,13 @@ class RedisBus:
             return False
         return int(receivers) > 0
 
+    async def announce_broadcasts(self) -> None:
+        """Every node re-reads the broadcasts now (else at its next broadcast_poll)."""
+        try:
+            await self._redis.publish(f"{self.prefix}all", json.dumps({"t": "b"}))
+        except (RedisError, OSError) as exc:
+            self._failed("broadcast announcement", exc)
+
     def _remember_missed(self, uaid: str) -> None:
         if len(self._missed) < MAX_MISSED:
             self._missed.add(uaid)
@@ -378,6 +387,8 @@ class RedisBus:
                 self._spawn(self._redeliver_one(str(data["ua"])))
             elif kind == "all":
                 self._spawn(self._redeliver_all())
+            elif kind == "b" and self.on_broadcasts is not None:
+                self.on_broadcasts()
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("cluster: ignoring a malformed bus message: %s", exc)
 
