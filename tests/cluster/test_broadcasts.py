@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import time
 
-import httpx
-
-from support.service import TestAgent
+from support.service import TestAgent, put_broadcast
 
 from .conftest import Cluster, close_quietly
 
@@ -15,12 +13,7 @@ TOKEN = "cluster-admin"
 
 
 async def put(node_url: str, broadcast_id: str, version: str) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
-        answer = await client.put(
-            f"{node_url}/api/broadcasts/{broadcast_id}",
-            json={"version": version},
-            headers={"authorization": f"Bearer {TOKEN}"},
-        )
+    answer = await put_broadcast(node_url, broadcast_id, version, TOKEN)
     assert answer.status_code == 200, answer.text
 
 

@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from support.ci import free_port
 from support.firefox import FirefoxFactory, FirefoxPushClient
-from support.service import RunningService, running_service
+from support.service import RunningService, put_broadcast, running_service
 from web.marionette_client import Marionette
 
 pytestmark = [pytest.mark.firefox, pytest.mark.timeout(240)]
@@ -48,12 +47,7 @@ return listener ? listener.version : null;
 
 
 async def set_version(service: RunningService, version: str) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
-        answer = await client.put(
-            f"{service.url}/api/broadcasts/{BROADCAST}",
-            json={"version": version},
-            headers={"authorization": f"Bearer {TOKEN}"},
-        )
+    answer = await put_broadcast(service.url, BROADCAST, version, TOKEN)
     assert answer.status_code == 200, answer.text
 
 

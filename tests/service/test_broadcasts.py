@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from support.ci import free_port
-from support.service import RunningService, TestAgent, running_service
+from support.service import RunningService, TestAgent, put_broadcast, running_service
 from tidings.service import broadcasts as bc
 from tidings.service.broadcasts import BroadcastSet, client_broadcasts, parse_megaphone
 
@@ -35,12 +35,7 @@ def auth(token: str = TOKEN) -> dict[str, str]:
 
 
 async def put(service: RunningService, broadcast_id: str, version: str) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=10) as client:
-        return await client.put(
-            f"{service.url}/api/broadcasts/{broadcast_id}",
-            json={"version": version},
-            headers=auth(),
-        )
+    return await put_broadcast(service.url, broadcast_id, version, TOKEN)
 
 
 async def hello(agent: TestAgent, broadcasts: dict[str, Any]) -> dict[str, Any]:

@@ -6,10 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from support.service import RunningService, running_service
+from support.service import RunningService, put_broadcast, running_service
 from tidings.useragent import protocol as fp
 
 from .helpers import make_agent
@@ -25,12 +24,7 @@ async def admin_service(tmp_path: Path) -> AsyncIterator[RunningService]:
 
 
 async def set_version(service: RunningService, broadcast_id: str, version: str) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
-        answer = await client.put(
-            f"{service.url}/api/broadcasts/{broadcast_id}",
-            json={"version": version},
-            headers={"authorization": f"Bearer {TOKEN}"},
-        )
+    answer = await put_broadcast(service.url, broadcast_id, version, TOKEN)
     assert answer.status_code == 200, answer.text
 
 
