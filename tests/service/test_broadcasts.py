@@ -305,3 +305,24 @@ async def test_a_hello_during_a_megaphone_read_gets_what_was_read(tmp_path: Path
     finally:
         megaphone.release.set()
         megaphone.close()
+
+
+async def test_a_change_to_many_followers_holds_no_task_per_connection(
+    admin_service: RunningService,
+) -> None:
+    assert (await put(admin_service, "kinto:7", "v1")).status_code == 200
+    agents = []
+    for _ in range(20):
+        agent = TestAgent(admin_service.ws_url)
+        await agent.connect(hello=False)
+        await hello(agent, {"kinto:7": "v1"})
+        agents.append(agent)
+    service = admin_service.service
+    assert service is not None
+    sessions = [a for a in service.hub.each_agent() if hasattr(a, "broadcasts_changed")]
+    assert len(sessions) == 20
+    service.broadcasts._announce({"kinto:7": "v2"})  # what a change does, synchronously
+    assert sum(len(session._tasks) for session in sessions) == 0  # type: ignore[attr-defined]
+    for agent in agents:
+        assert (await agent.expect("broadcast", timeout=10))["broadcasts"] == {"kinto:7": "v2"}
+        await agent.close()

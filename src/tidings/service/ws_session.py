@@ -103,8 +103,21 @@ class WebSocketSession:
     def broadcasts_changed(self, changed: dict[str, str]) -> None:
         """An operator changed broadcasts: tell this client of those it follows."""
         news = changes_for(changed, self.followed)
-        if news and not self.closed and self.uaid is not None:
-            self._spawn(self._send(wp.broadcast_reply(news)))
+        if not news or self.closed or self.uaid is None:
+            return
+        frame = wp.broadcast_reply(news)
+        # One change goes to every follower at once: without a task where the socket
+        # can take the frame now (the common case), so a node of many browsers does
+        # not hold a task per connection.
+        send_now = getattr(self.channel, "send_text_nowait", None)
+        if send_now is None or self._queued or self._send_lock.locked():
+            self._spawn(self._send(frame))
+            return
+        try:
+            send_now(frame)
+        except Exception as exc:  # the peer went away
+            log.debug("send to %s failed: %s", redact_uaid(self.uaid), exc)
+            self.closed = True
 
     def handle_now(self, text: str) -> bool:
         """Handle an `ack` frame at once, without waiting for a task: it is the frame
