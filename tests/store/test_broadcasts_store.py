@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
-from tidings.service.store import Store
+from tidings.service.store import Store, open_store
+from tidings.service.store import sqlite as sqlite_store
 
 
 async def test_set_list_change_delete(store: Store) -> None:
@@ -41,3 +44,25 @@ async def test_writers_racing_stay_within_the_limit(stores: Callable[[], object]
     )
     assert sum(results) == 5
     assert len(await nodes[0].list_broadcasts()) == 5
+
+
+async def test_a_version_2_sqlite_file_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for version in (1, 2):  # the file as the previous release left it
+        for statement in sqlite_store._statements(sqlite_store._MIGRATIONS[version]):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version=2")
+    conn.execute("INSERT INTO user_agents (uaid, created_at) VALUES ('ua1', 1.0)")
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        assert await store.has_user_agent("ua1")
+        assert await store.set_broadcast("kinto:1", "v1", max_broadcasts=10)
+        assert await store.list_broadcasts() == {"kinto:1": "v1"}
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION == 3
+    conn.close()
