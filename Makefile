@@ -13,7 +13,7 @@ DEMO ?=
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS ?= $(shell $(PY) tests/fuzz/run.py --list 2>&1 | sed -n 's/^targets: //p')
 
-.PHONY: bench-deps run test lint venv dev-venv system-deps node-deps bench clean fuzz faults faults-deps
+.PHONY: bench-deps run test lint venv dev-venv system-deps node-deps bench clean fuzz faults faults-deps peers
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,17 @@ fuzz: dev-venv
 	  test -z "$$(ls fuzz-work/crashes/$$target-* 2>/dev/null)" || failed="$$failed $$target"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzzing found crashes in:$$failed (see fuzz-work/crashes/)"; exit 1; fi
+
+# Mozilla's autopush integration suite against Tidings (docs/peers/autopush.md):
+# make peers AUTOPUSH=/path/to/autopush-rs. The suite runs in its own venv.
+AUTOPUSH_VENV ?= /tmp/autopush-venv
+peers: dev-venv
+	@test -n "$(AUTOPUSH)" || { echo "usage: make peers AUTOPUSH=<autopush-rs checkout>"; exit 2; }
+	@test -x $(AUTOPUSH_VENV)/bin/python || { $(PYTHON) -m venv $(AUTOPUSH_VENV) && \
+	  $(AUTOPUSH_VENV)/bin/pip install -q "cryptography>=43" jws psutil "pytest>=8.3,<9" \
+	  "pytest-asyncio>=0.23.8,<0.24" pytest-order python-jose "httpx>=0.27,<0.28" \
+	  "fastapi>=0.111,<0.112" "uvicorn[standard]>=0.29,<0.30" "websockets>=12,<13" ecdsa; }
+	$(PY) tests/peers/run_autopush_suite.py $(AUTOPUSH) --suite-python $(AUTOPUSH_VENV)/bin/python
 
 lint: dev-venv
 	$(VENV)/bin/ruff check src tests bench

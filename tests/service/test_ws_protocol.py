@@ -508,7 +508,7 @@ async def test_ping_is_answered_with_ping(service: RunningService) -> None:
     await agent.close()
 
 
-async def test_broadcast_subscribe_is_answered(service: RunningService) -> None:
+async def test_broadcast_subscribe_to_an_unknown_id_is_an_error(service: RunningService) -> None:
     agent = await service.agent()
     await agent.send(
         {
@@ -517,7 +517,8 @@ async def test_broadcast_subscribe_is_answered(service: RunningService) -> None:
         }
     )
     reply = await agent.expect("broadcast")
-    assert reply == {"messageType": "broadcast", "broadcasts": {}}
+    errors = {"remote-settings/monitor_changes": "Broadcast not found"}
+    assert reply == {"messageType": "broadcast", "broadcasts": {"errors": errors}}
     await agent.close()
 
 

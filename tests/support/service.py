@@ -308,3 +308,15 @@ class TestAgent:
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+
+
+async def put_broadcast(
+    service_url: str, broadcast_id: str, version: str, token: str
+) -> httpx.Response:
+    """Set a Megaphone broadcast through the admin API (`tidings broadcast set`'s call)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.put(
+            f"{service_url}/api/broadcasts/{broadcast_id}",
+            json={"version": version},
+            headers={"authorization": f"Bearer {token}"},
+        )

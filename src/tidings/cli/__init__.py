@@ -19,6 +19,7 @@ def _register_commands() -> None:
         agent,
         backup,
         bench,
+        broadcast,
         demo,
         hyperty,
         keys,
@@ -40,6 +41,7 @@ def _register_commands() -> None:
         backup.backup,
         backup.restore,
         migrate.migrate,
+        broadcast.broadcast,
     ):
         main.add_command(command)
 

@@ -105,6 +105,17 @@ from tidings.service.logs import configure_logging
     "comma-separated]",
 )
 @click.option(
+    "--megaphone-url",
+    help="Read broadcasts from Mozilla's Megaphone service (its /v1/broadcasts URL) "
+    "instead of the store; the broadcast API then refuses changes. [env TIDINGS_MEGAPHONE_URL]",
+)
+@click.option("--megaphone-token", help="Bearer token for --megaphone-url.")
+@click.option(
+    "--megaphone-poll",
+    type=float,
+    help="Seconds between two reads of --megaphone-url. [default: 30]",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -29,6 +29,8 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("tls_handshake_timeout", 0.01, 3600),
     ("expiry_sweep_interval", 0.01, 86400),
     ("workers", 1, 64),
+    ("broadcast_poll", 0.1, 3600),
+    ("megaphone_poll", 0.1, 86400),
 )
 
 
@@ -82,6 +84,13 @@ class ServiceConfig:
     demo: bool = False  # the /playground page and its demo sender (POST /demo/send)
     dashboard_token: str | None = None  # for /dashboard, /api/stats, /metrics; else local only
     otlp_endpoint: str | None = None  # OpenTelemetry traces over OTLP/HTTP here; off if None
+    # Megaphone broadcasts (broadcasts.py): kept in the store and re-read every
+    # broadcast_poll seconds (changes made on another node), or read from Mozilla's
+    # Megaphone service (`megaphone_url`, its /v1/broadcasts document) every megaphone_poll.
+    broadcast_poll: float = 2.0
+    megaphone_url: str | None = None
+    megaphone_token: str | None = None
+    megaphone_poll: float = 30.0
 
     def __post_init__(self) -> None:
         # A bad value is a configuration error reported at start-up, not a later surprise.

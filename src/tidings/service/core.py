@@ -26,6 +26,7 @@ from tidings.service.hub import Hub
 from tidings.service.keyfile import load_sealer
 from tidings.service.limits import Limit, RateLimiter, client_address, open_limiter, retry_after
 from tidings.service.logs import escape
+from tidings.service.megaphone import BroadcastKeeper
 from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
 from tidings.service.store import (
@@ -163,6 +164,7 @@ class PushService:
             cluster=config.cluster,
             max_buckets=config.rate_limit_buckets,
         )
+        self.broadcasts = BroadcastKeeper(config, self.store, self.cluster)  # megaphone.py
         self._sealer: TokenSealer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: list[tuple[str, str]] = []  # acknowledged, not yet deleted
@@ -185,6 +187,7 @@ class PushService:
             self.config.secrets_path, self.store, create=not self.config.shared_store
         )
         await self.cluster.start(self.redeliver)
+        await self.broadcasts.start()
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="tidings-expiry")
 
     async def drain(self) -> None:
@@ -201,6 +204,7 @@ class PushService:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.broadcasts.stop()
         await self.cluster.stop()
         await self.limits.close()
         await self.store.close()

@@ -41,6 +41,8 @@ class Errno(IntEnum):
     TOO_MANY_SUBSCRIPTIONS = 122
     TOO_MANY_BYTES = 125  # the user agent's stored messages take too many bytes
     STORE_FULL = 126  # 507: the whole store holds its maximum of messages
+    TOO_MANY_BROADCASTS = 131  # the service keeps its maximum number of broadcasts
+    BROADCASTS_READ_ONLY = 132  # broadcasts come from Megaphone (--megaphone-url)
     UNAVAILABLE = 503  # the store cannot take writes right now
     INTERNAL = 999
 

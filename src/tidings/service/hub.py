@@ -73,6 +73,10 @@ class Hub:
         """The ids of the user agents connected to this node right now."""
         return list(self._agents)
 
+    def each_agent(self) -> list[ConnectedAgent]:
+        """Every user agent connection of this node (for broadcasts to all)."""
+        return [agent for agents in self._agents.values() for agent in agents]
+
     def is_connected(self, uaid: str) -> bool:
         """True when the user agent has a connection on this node."""
         return uaid in self._agents

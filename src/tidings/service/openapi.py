@@ -119,6 +119,88 @@ def _delete(summary: str, description: str) -> dict[str, Any]:
     }
 
 
+_BROADCAST_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "A broadcast id, e.g. remote-settings/monitor_changes (/ may be %2F).",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:/-]*$", "maxLength": 128},
+}
+_BROADCAST = {
+    "description": "The broadcast.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Broadcast"}}},
+}
+_ADMIN = "Needs the dashboard token (`Authorization: Bearer`); 403 when the service has none."
+
+
+def _broadcast_paths() -> dict[str, Any]:
+    """The operator's Megaphone broadcast API (web/admin.py)."""
+    auth: list[dict[str, list[str]]] = [{"dashboardToken": []}]
+    return {
+        "/api/broadcasts": {
+            "get": {
+                "summary": "Every broadcast",
+                "description": _ADMIN,
+                "security": auth,
+                "responses": {
+                    "200": {
+                        "description": "{id: version}",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/Broadcasts"}
+                            }
+                        },
+                    }
+                }
+                | _errors(401, 403),
+            }
+        },
+        "/api/broadcasts/{id}": {
+            "parameters": [_BROADCAST_ID],
+            "get": {
+                "summary": "One broadcast",
+                "description": _ADMIN,
+                "security": auth,
+                "responses": {"200": _BROADCAST} | _errors(400, 401, 403, 404),
+            },
+            "put": {
+                "summary": "Create a broadcast or change its version",
+                "description": _ADMIN + " Connected clients following the id are told at "
+                "once (other nodes within broadcast_poll seconds). 409 when the service "
+                "already keeps its maximum number of broadcasts (errno 131) or reads "
+                "them from Megaphone (132).",
+                "security": auth,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["version"],
+                                "properties": {
+                                    "version": {
+                                        "type": "string",
+                                        "pattern": "^[ -~]+$",
+                                        "maxLength": 256,
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": _BROADCAST} | _errors(400, 401, 403, 409),
+            },
+            "delete": {
+                "summary": "Remove a broadcast",
+                "description": _ADMIN,
+                "security": auth,
+                "responses": {"204": {"description": "Deleted."}}
+                | _errors(400, 401, 403, 404, 409),
+            },
+        },
+    }
+
+
 def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
     """The OpenAPI document for a service whose public origin is `origin`."""
     return {
@@ -276,9 +358,26 @@ def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
                     },
                 }
             },
-        },
+        }
+        | _broadcast_paths(),
         "components": {
+            "securitySchemes": {"dashboardToken": {"type": "http", "scheme": "bearer"}},
             "schemas": {
+                "Broadcasts": {
+                    "type": "object",
+                    "required": ["broadcasts"],
+                    "properties": {
+                        "broadcasts": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        }
+                    },
+                },
+                "Broadcast": {
+                    "type": "object",
+                    "required": ["id", "version"],
+                    "properties": {"id": {"type": "string"}, "version": {"type": "string"}},
+                },
                 "Error": {
                     "type": "object",
                     "required": ["code", "errno", "error", "message"],

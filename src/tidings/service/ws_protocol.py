@@ -243,7 +243,7 @@ def unregister_reply(channel_id: str, status: int = 200) -> str:
 
 
 def broadcast_reply(broadcasts: dict[str, Any]) -> str:
-    """Broadcast values for the ids a client follows (none are offered yet)."""
+    """Broadcast versions for ids a client follows (and `errors` for unknown ids)."""
     return _frame({"messageType": "broadcast", "broadcasts": broadcasts})
 
 

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Protocol
 
 from tidings.service import ws_protocol as wp
+from tidings.service.broadcasts import changes_for, client_broadcasts
 from tidings.service.core import PushService, RegistrationError
 from tidings.service.errors import ServiceError
 from tidings.service.limits import Limit
@@ -71,6 +72,7 @@ class WebSocketSession:
         self._send_lock = asyncio.Lock()
         self._queued = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.followed: set[str] = set()  # broadcast ids this client follows (bounded)
         self.closed = False
 
     # Frames in ------------------------------------------------------------------------
@@ -99,7 +101,29 @@ class WebSocketSession:
                 message.code,
             )
         elif isinstance(message, wp.BroadcastSubscribe):
-            await self._send(wp.broadcast_reply({}))
+            current = self.service.broadcasts.current
+            answer = current.answer(client_broadcasts(message.broadcasts), self.followed)
+            if answer:  # autopush answers only when there is something to say
+                await self._send(wp.broadcast_reply(answer))
+
+    def broadcasts_changed(self, changed: dict[str, str]) -> None:
+        """An operator changed broadcasts: tell this client of those it follows."""
+        news = changes_for(changed, self.followed)
+        if not news or self.closed or self.uaid is None:
+            return
+        frame = wp.broadcast_reply(news)
+        # One change goes to every follower at once: without a task where the socket
+        # can take the frame now (the common case), so a node of many browsers does
+        # not hold a task per connection.
+        send_now = getattr(self.channel, "send_text_nowait", None)
+        if send_now is None or self._queued or self._send_lock.locked():
+            self._spawn(self._send(frame))
+            return
+        try:
+            send_now(frame)
+        except Exception as exc:  # the peer went away
+            log.debug("send to %s failed: %s", redact_uaid(self.uaid), exc)
+            self.closed = True
 
     def handle_now(self, text: str) -> bool:
         """Handle an `ack` frame at once, without waiting for a task: it is the frame
@@ -142,7 +166,10 @@ class WebSocketSession:
             if isinstance(previous, WebSocketSession):
                 await previous.close(wp.CLOSE_REPLACED, "another connection took over this uaid")
         self.service.hub.attach(uaid, self)
-        await self._send(wp.hello_reply(uaid))
+        await self.service.broadcasts.settled()  # a Megaphone read in flight: its news
+        current = self.service.broadcasts.current
+        broadcasts = current.answer(client_broadcasts(hello.broadcasts), self.followed)
+        await self._send(wp.hello_reply(uaid, broadcasts))
         log.info(
             "hello from %s: uaid %s%s",
             escape(self.peer),

@@ -287,6 +287,27 @@ class UserAgent:
             )
         await transport.set_urgency(level)
 
+    # Megaphone broadcasts (Firefox's WebSocket protocol only) -----------------------------
+
+    def _websocket(self) -> WebSocketTransport:
+        if not isinstance(self._transport, WebSocketTransport):
+            raise TypeError("broadcasts are part of Firefox's WebSocket protocol only")
+        return self._transport
+
+    @property
+    def broadcasts(self) -> dict[str, str]:
+        """The broadcasts followed, with the newest version the service announced."""
+        transport = self._transport
+        return dict(transport.broadcasts) if isinstance(transport, WebSocketTransport) else {}
+
+    async def subscribe_broadcasts(self, versions: dict[str, str]) -> None:
+        """Follow broadcast ids ({id: version known}); sent now and in every hello."""
+        await self._websocket().subscribe_broadcasts(versions)
+
+    def on_broadcast(self, listener: Callable[[dict[str, str]], None]) -> None:
+        """Call `listener({id: new version})` when the service announces a change."""
+        self._websocket().on_broadcast(listener)
+
     async def wait_connected(self, within: float | None = None) -> None:
         """Wait until a connection is ready; NotConnectedError after `within` seconds."""
         await self._wait_connection(None if within is None else time.monotonic() + within)

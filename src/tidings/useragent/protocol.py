@@ -29,6 +29,7 @@ __all__ = [
     "Unknown",
     "UnregisterReply",
     "ack_frame",
+    "broadcast_subscribe_frame",
     "hello_frame",
     "parse_server_frame",
     "register_frame",
@@ -103,7 +104,7 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Broadcast:
-    """Broadcast values (remote settings and the like); Tidings follows none."""
+    """New broadcast versions ({id: version}); unknown ids under `errors`."""
 
     broadcasts: dict[str, Any]
 
@@ -124,12 +125,22 @@ def _frame(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
 
-def hello_frame(uaid: str | None) -> str:
-    """The first frame of a connection; carries the uaid once the user agent has one."""
-    payload: dict[str, Any] = {"messageType": "hello", "broadcasts": {}, "use_webpush": True}
+def hello_frame(uaid: str | None, broadcasts: dict[str, str] | None = None) -> str:
+    """The first frame of a connection; carries the uaid once the user agent has one,
+    and the versions of the broadcasts it follows ({id: version})."""
+    payload: dict[str, Any] = {
+        "messageType": "hello",
+        "broadcasts": broadcasts or {},
+        "use_webpush": True,
+    }
     if uaid:
         payload["uaid"] = uaid
     return _frame(payload)
+
+
+def broadcast_subscribe_frame(broadcasts: dict[str, str]) -> str:
+    """Follow more broadcasts ({id: the version known}) on an open connection."""
+    return _frame({"messageType": "broadcast_subscribe", "broadcasts": broadcasts})
 
 
 def register_frame(channel_id: str, application_server_key: str | None) -> str:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,7 +32,7 @@ from tidings.useragent.transport import (
     TransportSubscription,
 )
 
-__all__ = ["WebSocketConnection", "WebSocketTransport", "websocket_url"]
+__all__ = ["BroadcastListener", "WebSocketConnection", "WebSocketTransport", "websocket_url"]
 
 log = logging.getLogger("tidings.useragent.websocket")
 
@@ -52,8 +52,21 @@ def websocket_url(service_url: str) -> str:
     raise ValueError(f"push service URL must be ws://, wss://, http:// or https://: {service_url}")
 
 
+BroadcastListener = Callable[[dict[str, str]], None]
+"""Called with {id: new version} when the service announces broadcast changes."""
+
+MAX_BROADCASTS = 64  # broadcast ids followed at most (the service's bound too)
+
+
 class WebSocketTransport:
-    """Opens Firefox-protocol connections to one push service."""
+    """Opens Firefox-protocol connections to one push service.
+
+    It also follows Megaphone broadcasts as Firefox does: `broadcasts` ({id: version
+    known}) go in every hello, `subscribe_broadcasts` adds ids on the open connection,
+    and each new version the service announces updates `broadcasts` and is given to
+    the `on_broadcast` listeners. Ids the service does not know land in
+    `broadcast_errors`.
+    """
 
     def __init__(
         self,
@@ -71,6 +84,48 @@ class WebSocketTransport:
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
         self.request_timeout = request_timeout
+        self.broadcasts: dict[str, str] = {}
+        self.broadcast_errors: dict[str, str] = {}
+        self._broadcast_listeners: list[BroadcastListener] = []
+        self._live: WebSocketConnection | None = None
+
+    def on_broadcast(self, listener: BroadcastListener) -> None:
+        """Call `listener({id: version})` whenever followed broadcasts change."""
+        self._broadcast_listeners.append(listener)
+
+    async def subscribe_broadcasts(self, versions: dict[str, str]) -> None:
+        """Follow broadcast ids, each with the version already known ("" for none).
+
+        Sent at once on an open connection, and in every later hello. ValueError past
+        MAX_BROADCASTS ids.
+        """
+        merged = {**self.broadcasts, **versions}
+        if len(merged) > MAX_BROADCASTS:
+            raise ValueError(f"a user agent follows at most {MAX_BROADCASTS} broadcasts")
+        self.broadcasts = merged
+        live = self._live
+        if live is not None and not live.closed:
+            await live.send_broadcast_subscribe(versions)
+
+    def _broadcast_answer(self, answer: dict[str, Any]) -> None:
+        """A hello's or a broadcast frame's `broadcasts`: record, then tell listeners."""
+        changed: dict[str, str] = {}
+        for key, value in answer.items():
+            if key == "errors" and isinstance(value, dict):
+                self.broadcast_errors.update(
+                    {k: str(v) for k, v in value.items() if k in self.broadcasts}
+                )
+            elif isinstance(value, str) and key in self.broadcasts:
+                self.broadcast_errors.pop(key, None)
+                if self.broadcasts[key] != value:
+                    self.broadcasts[key] = value
+                    changed[key] = value
+        if changed:
+            for listener in list(self._broadcast_listeners):
+                try:
+                    listener(dict(changed))
+                except Exception:
+                    log.exception("broadcast listener failed")
 
     async def connect(self, session_id: str | None, handles: Sequence[str]) -> WebSocketConnection:
         """Open a WebSocket, say hello as `session_id`, return the live connection."""
@@ -97,6 +152,7 @@ class WebSocketTransport:
         except BaseException:
             await connection.close()
             raise
+        self._live = connection
         return connection
 
 
@@ -119,10 +175,18 @@ class WebSocketConnection:
         """The uaid the service answered hello with."""
         return self._uaid
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send_broadcast_subscribe(self, versions: dict[str, str]) -> None:
+        """Follow more broadcasts; the answer (if any) comes as a broadcast frame."""
+        await self._send(fp.broadcast_subscribe_frame(versions))
+
     async def hello(self, uaid: str | None) -> None:
         """Send hello and wait for its answer; start reading and pinging."""
         try:
-            await self._ws.send(fp.hello_frame(uaid))
+            await self._ws.send(fp.hello_frame(uaid, self._transport.broadcasts))
             async with asyncio.timeout(self._transport.request_timeout):
                 while True:
                     reply = fp.parse_server_frame(await self._ws.recv())
@@ -133,6 +197,7 @@ class WebSocketConnection:
         if reply.status != 200:
             raise ConnectionClosed(f"the service answered hello with status {reply.status}")
         self._uaid = reply.uaid
+        self._transport._broadcast_answer(reply.broadcasts)
         self._tasks.append(asyncio.create_task(self._read(), name="tidings-ua-read"))
         if self._transport.ping_interval > 0:
             self._tasks.append(asyncio.create_task(self._keepalive(), name="tidings-ua-ping"))
@@ -230,7 +295,9 @@ class WebSocketConnection:
             future = self._pending.get((kind, message.channel_id))
             if future is not None and not future.done():
                 future.set_result(message)
-        # hello (a second one), broadcast and unknown types are ignored, as Firefox does.
+        elif isinstance(message, fp.Broadcast):
+            self._transport._broadcast_answer(message.broadcasts)
+        # hello (a second one) and unknown types are ignored, as Firefox does.
 
     async def _keepalive(self) -> None:
         interval, timeout = self._transport.ping_interval, self._transport.ping_timeout

@@ -45,12 +45,19 @@ class ClusterBus(Protocol):
     def status(self) -> str:
         """ "single" (no cluster), "ok", or "degraded" (delivery falls back to the store)."""
 
+    async def announce_broadcasts(self) -> None:
+        """Tell every node that the broadcasts changed (each calls `on_broadcasts`)."""
+
+    on_broadcasts: Callable[[], None] | None
+    """Called when another node announced changed broadcasts (set by the service)."""
+
 
 class SingleNodeBus:
     """No other nodes: every user agent is either connected here or not at all."""
 
     def __init__(self) -> None:
         self._hub = Hub()
+        self.on_broadcasts: Callable[[], None] | None = None
 
     @property
     def hub(self) -> Hub:
@@ -67,6 +74,9 @@ class SingleNodeBus:
 
     def status(self) -> str:
         return "single"
+
+    async def announce_broadcasts(self) -> None:
+        return None  # no other node to tell
 
 
 def open_bus(url: str | None, node_id: str | None = None) -> ClusterBus:

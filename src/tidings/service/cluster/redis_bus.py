@@ -28,6 +28,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -39,10 +40,12 @@ from redis.exceptions import RedisError
 from tidings.service.cluster import Redeliver
 from tidings.service.cluster.wire import (
     BadBusMessage,
+    BroadcastsChanged,
     Deliver,
     Poke,
     PokeAll,
     decode_bus_message,
+    encode_broadcasts_changed,
     encode_message,
     encode_poke,
     encode_poke_all,
@@ -182,6 +185,7 @@ class RedisBus:
         self._missed: set[str] = set()
         self._missed_all = False
         self._down_until = 0.0  # after a failure, routes skip Redis for a moment
+        self.on_broadcasts: Callable[[], None] | None = None  # broadcasts changed
         self._subscribed = False
         self.dropped = 0  # bad bus messages logged and dropped
         self.restarts = 0  # times the listener lost its subscription and started again
@@ -330,6 +334,13 @@ class RedisBus:
             return False
         return int(receivers) > 0
 
+    async def announce_broadcasts(self) -> None:
+        """Every node re-reads the broadcasts now (else at its next broadcast_poll)."""
+        try:
+            await self._redis.publish(f"{self.prefix}all", encode_broadcasts_changed())
+        except (RedisError, OSError) as exc:
+            self._failed("broadcast announcement", exc)
+
     def _remember_missed(self, uaid: str) -> None:
         if len(self._missed) < MAX_MISSED:
             self._missed.add(uaid)
@@ -368,6 +379,8 @@ class RedisBus:
             self._spawn(self._redeliver_one(event.uaid))
         elif isinstance(event, PokeAll):
             self._spawn(self._redeliver_all())
+        elif isinstance(event, BroadcastsChanged) and self.on_broadcasts is not None:
+            self.on_broadcasts()
 
     # Background loops -------------------------------------------------------------------
 

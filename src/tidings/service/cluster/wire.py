@@ -7,7 +7,8 @@ payload) for anything else. Three kinds exist:
 
 - `{"t": "m", ...}`: a stored (or TTL 0) message for a user agent connected here;
 - `{"t": "p", "ua": <uaid>}`: stored messages of that user agent may be waiting;
-- `{"t": "all"}`: stored messages of any user agent here may be waiting.
+- `{"t": "all"}`: stored messages of any user agent here may be waiting;
+- `{"t": "b"}`: the Megaphone broadcasts changed; read them again from the store.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from tidings.webpush.headers import MAX_TTL, TOPIC_MAX_LENGTH, Urgency
 __all__ = [
     "MAX_BUS_MESSAGE",
     "BadBusMessage",
+    "BroadcastsChanged",
     "BusEvent",
     "Deliver",
     "Poke",
     "PokeAll",
     "decode_bus_message",
+    "encode_broadcasts_changed",
     "encode_message",
     "encode_poke",
     "encode_poke_all",
@@ -74,7 +77,12 @@ class PokeAll:
     """Offer the stored messages of every user agent here again."""
 
 
-BusEvent = Deliver | Poke | PokeAll
+@dataclass(frozen=True)
+class BroadcastsChanged:
+    """An operator changed a broadcast on another node: read them again."""
+
+
+BusEvent = Deliver | Poke | PokeAll | BroadcastsChanged
 
 
 def encode_message(message: StoredMessage) -> str:
@@ -107,6 +115,10 @@ def encode_poke_all() -> str:
     return json.dumps({"t": "all"}, separators=(",", ":"))
 
 
+def encode_broadcasts_changed() -> str:
+    return json.dumps({"t": "b"}, separators=(",", ":"))
+
+
 def decode_bus_message(raw: bytes | str) -> BusEvent:
     """The event a bus payload stands for; `BadBusMessage` unless every field is valid."""
     if len(raw) > MAX_BUS_MESSAGE:
@@ -130,6 +142,9 @@ def decode_bus_message(raw: bytes | str) -> BusEvent:
     if kind == "all":
         _only(data, {"t"})
         return PokeAll()
+    if kind == "b":
+        _only(data, {"t"})
+        return BroadcastsChanged()
     raise BadBusMessage(f"unknown kind {_short(kind)}")
 
 

@@ -186,6 +186,16 @@ class Store(Protocol):
     async def set_meta(self, key: str, value: str) -> None:
         """Write a metadata value."""
 
+    async def list_broadcasts(self) -> dict[str, str]:
+        """Every broadcast (Megaphone id -> version) the operator has set."""
+
+    async def set_broadcast(self, broadcast_id: str, version: str, *, max_broadcasts: int) -> bool:
+        """Create or change a broadcast; False (and nothing written) when it is new and
+        `max_broadcasts` already exist."""
+
+    async def delete_broadcast(self, broadcast_id: str) -> bool:
+        """Remove a broadcast; True if it existed."""
+
     async def has_user_agent(self, uaid: str) -> bool:
         """True when the service knows this user agent id."""
 

@@ -43,7 +43,7 @@ from tidings.service.store.base import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # SQLSTATEs raised by tidings_store_message and tidings_add_subscription (class "TD",
 # user defined).
@@ -277,6 +277,9 @@ _MIGRATIONS: dict[int, str] = {
     """,
         )
     ),
+    3: """
+    CREATE TABLE broadcasts (broadcast_id text PRIMARY KEY, version text NOT NULL);
+    """,
 }
 
 # User agents not seen since $1, at most $2, with their subscriptions (and so their
@@ -456,6 +459,40 @@ class PostgresStore:
                 value,
             )
         )
+
+    # Broadcasts -----------------------------------------------------------------------
+
+    async def list_broadcasts(self) -> dict[str, str]:
+        rows = await self._run(
+            lambda conn: conn.fetch("SELECT broadcast_id, version FROM broadcasts")
+        )
+        return {str(row[0]): str(row[1]) for row in rows}
+
+    async def set_broadcast(self, broadcast_id: str, version: str, *, max_broadcasts: int) -> bool:
+        async def write(conn: asyncpg.Connection) -> bool:
+            async with conn.transaction():
+                # One writer at a time: the count and the insert cannot race.
+                await conn.execute("LOCK TABLE broadcasts IN SHARE ROW EXCLUSIVE MODE")
+                status = await conn.execute(
+                    "INSERT INTO broadcasts (broadcast_id, version) SELECT $1, $2"
+                    " WHERE EXISTS (SELECT 1 FROM broadcasts WHERE broadcast_id = $1)"
+                    " OR (SELECT count(*) FROM broadcasts) < $3"
+                    " ON CONFLICT (broadcast_id) DO UPDATE SET version = excluded.version",
+                    broadcast_id,
+                    version,
+                    max_broadcasts,
+                )
+            return bool(status != "INSERT 0 0")
+
+        return await self._run(write)
+
+    async def delete_broadcast(self, broadcast_id: str) -> bool:
+        status = await self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM broadcasts WHERE broadcast_id = $1", broadcast_id
+            )
+        )
+        return bool(status != "DELETE 0")
 
     # User agents ----------------------------------------------------------------------
 

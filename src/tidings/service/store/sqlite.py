@@ -61,7 +61,7 @@ MAX_BATCH = 256  # operations committed together at most
 
 Operation = Callable[[Any], Any]  # takes the connection (None before open)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -129,6 +129,12 @@ _MIGRATIONS: dict[int, str] = {
     CREATE TRIGGER IF NOT EXISTS messages_counted_out AFTER DELETE ON messages BEGIN
         UPDATE counters SET value = value - 1 WHERE name = 'messages';
     END;
+    """,
+    4: """
+    CREATE TABLE IF NOT EXISTS broadcasts (
+        broadcast_id TEXT PRIMARY KEY,
+        version TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 }
 
@@ -573,6 +579,35 @@ class SQLiteStore:
                 (key, value),
             )
         )
+
+    # Broadcasts -----------------------------------------------------------------------
+
+    async def list_broadcasts(self) -> dict[str, str]:
+        def query(db: sqlite3.Connection) -> dict[str, str]:
+            rows = db.execute("SELECT broadcast_id, version FROM broadcasts").fetchall()
+            return {str(row[0]): str(row[1]) for row in rows}
+
+        return await self._op(query)
+
+    async def set_broadcast(self, broadcast_id: str, version: str, *, max_broadcasts: int) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "INSERT INTO broadcasts (broadcast_id, version) SELECT ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM broadcasts WHERE broadcast_id = ?)"
+                " OR (SELECT count(*) FROM broadcasts) < ?"
+                " ON CONFLICT (broadcast_id) DO UPDATE SET version = excluded.version",
+                (broadcast_id, version, broadcast_id, max_broadcasts),
+            )
+            return bool(cursor.rowcount)
+
+        return await self._op(write)
+
+    async def delete_broadcast(self, broadcast_id: str) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            cursor = db.execute("DELETE FROM broadcasts WHERE broadcast_id = ?", (broadcast_id,))
+            return bool(cursor.rowcount)
+
+        return await self._op(write)
 
     # User agents ----------------------------------------------------------------------
 

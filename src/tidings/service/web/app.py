@@ -10,6 +10,7 @@ GET  /api/demo/recent      the last demo sends' statuses             (--demo onl
 POST /demo/send            encrypt, sign and push a test message     (--demo only,
                            application/json from the service's own pages)
 GET  /static/<file>        the pages' scripts and styles
+GET/PUT/DELETE /api/broadcasts[/<id>]  Megaphone broadcasts (admin.py; token required)
 
 The token rule and the Host check (DNS rebinding; every path but /static/) are in
 access.py. Pages carry a strict Content-Security-Policy: scripts
@@ -35,6 +36,7 @@ from tidings.service.web.access import (
     check_json,
     check_same_origin,
 )
+from tidings.service.web.admin import BROADCASTS_PATH, broadcasts_api
 from tidings.service.web.demo import DemoRequestError, DemoSender
 
 log = logging.getLogger("tidings.web")
@@ -143,6 +145,8 @@ class WebRoutes:
             if path == "/api/stats":
                 return await self._stats(request)
             return self._file("dashboard.html", path, _PAGE_HEADERS)
+        if path == BROADCASTS_PATH or path.startswith(BROADCASTS_PATH + "/"):
+            return await broadcasts_api(self.service, request, self.token)
         if self.demo is None:
             raise _not_found(path)
         return await self._demo(request, self.demo)
