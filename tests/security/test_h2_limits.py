@@ -313,3 +313,22 @@ async def test_a_rapid_reset_flood_is_sent_away(server: TidingsServer) -> None:
         assert stream_count(server) == 0
     finally:
         await client.close()
+
+
+async def test_a_header_list_over_16_kib_ends_the_connection(server: TidingsServer) -> None:
+    """SETTINGS_MAX_HEADER_LIST_SIZE (16 KiB, as HTTP/1.1's headers) is what HPACK enforces."""
+    client = await RawClient.connect(server.port)
+    client.start()
+    stream_id = client.conn.get_next_available_stream_id()
+    headers = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1")]
+    headers += [(":path", "/health"), ("x-padding", "a" * 20_000)]
+    client.conn.send_headers(stream_id, headers, end_stream=True)
+    client.send()
+    try:
+        await client.read_until(
+            lambda: bool(client.of(h2.events.ConnectionTerminated)), "GOAWAY for the headers"
+        )
+        assert not client.of(h2.events.ResponseReceived)
+        await eventually(lambda: not http2_connections(server), "the connection is closed")
+    finally:
+        await client.close()

@@ -39,6 +39,7 @@ MAX_CONCURRENT_STREAMS = 100  # advertised; streams beyond it get RST_STREAM REF
 # more than were answered, the peer is flooding (CVE-2023-44487) and is sent away.
 RAPID_RESET_LIMIT = 200
 MAX_FRAME_CHUNK = 16 * 1024  # DATA frame size we send, whatever the peer allows
+MAX_HEADER_LIST_SIZE = 16 * 1024  # as HTTP/1.1's 16 KiB of headers
 
 
 class _Stream:
@@ -115,7 +116,7 @@ class Http2Connection(asyncio.Protocol):
         # pause_writing() past the cap, resume_writing() once a quarter of it is left.
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
         codes = h2.settings.SettingCodes
-        header_list = {codes.MAX_HEADER_LIST_SIZE: 16 * 1024}
+        header_list = {codes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE}
         self.conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={codes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS, **header_list},
@@ -124,6 +125,8 @@ class Http2Connection(asyncio.Protocol):
         # The limit is advertised above; h2 would enforce it with a connection error (its
         # header block left undecoded), so it is enforced per stream here instead.
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=header_list)
+        # h2 gives the HPACK decoder its own default (64 KiB) unless a change is acknowledged.
+        self.conn.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
         self._flush()
         # The header deadline: the preface and a first request within request_timeout.
         self._arm_idle_timer(self.context.request_timeout)
