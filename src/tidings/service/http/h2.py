@@ -3,11 +3,18 @@
 Every request stream is answered by `Routes.handle` in its own task; response bodies
 are sent as flow control allows. A handler that keeps a GET open (RFC 8030 monitoring)
 uses the stream's `Http2PushChannel` to send PUSH_PROMISEs while it waits.
+
+A hostile peer costs a bounded share (docs/security.md, "HTTP/2"): at most
+`MAX_CONCURRENT_STREAMS` streams, each with `request_timeout` to send its request;
+at most `WRITE_BUFFER_LIMIT` bytes queued for a peer that does not read (reading
+stops until they drain, the connection closes if they do not); rapid-reset floods
+end with GOAWAY ENHANCE_YOUR_CALM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, cast
@@ -19,6 +26,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from tidings.service.http.h1 import WRITE_BUFFER_LIMIT
 from tidings.service.http.messages import Request, Response
 from tidings.service.logs import escape
 
@@ -27,13 +35,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tidings.http2")
 
-MAX_CONCURRENT_STREAMS = 128
+MAX_CONCURRENT_STREAMS = 100  # advertised; streams beyond it get RST_STREAM REFUSED_STREAM
+# Streams the peer resets (or we refuse) before they are answered: past this many, and
+# more than were answered, the peer is flooding (CVE-2023-44487) and is sent away.
+RAPID_RESET_LIMIT = 200
+MAX_FRAME_CHUNK = 16 * 1024  # DATA frame size we send, whatever the peer allows
+MAX_HEADER_LIST_SIZE = 16 * 1024  # as HTTP/1.1's 16 KiB of headers
 
 
 class _Stream:
     """What a request stream holds until it is answered."""
 
-    __slots__ = ("body", "body_size", "closed", "headers", "limit", "task", "too_large")
+    __slots__ = ("body", "body_size", "closed", "headers", "limit", "task", "timer", "too_large")
 
     def __init__(self, headers: dict[str, str], limit: int) -> None:
         self.headers = headers
@@ -43,6 +56,7 @@ class _Stream:
         self.too_large = False
         self.closed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # request_timeout, until the request ends
 
 
 class Http2PushChannel:
@@ -83,6 +97,12 @@ class Http2Connection(asyncio.Protocol):
         self._push_tasks: set[asyncio.Task[None]] = set()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # Backpressure: over WRITE_BUFFER_LIMIT unread, reading stops and DATA waits.
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._unanswered_resets = 0  # streams reset or refused before their answer
+        self._answered = 0
 
     # asyncio.Protocol -------------------------------------------------------------------
 
@@ -94,23 +114,30 @@ class Http2Connection(asyncio.Protocol):
         if peer:
             self.client = f"{peer[0]}:{peer[1]}"
         self.context.connections.add(self)
+        # pause_writing() past the cap, resume_writing() once a quarter of it is left.
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
+        codes = h2.settings.SettingCodes
+        header_list = {codes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE}
         self.conn.local_settings = h2.settings.Settings(
             client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16 * 1024,
-            },
+            initial_values={codes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS, **header_list},
         )
         self.conn.initiate_connection()
+        # The limit is advertised above; h2 would enforce it with a connection error (its
+        # header block left undecoded), so it is enforced per stream here instead.
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values=header_list)
+        # h2 gives the HPACK decoder its own default (64 KiB) unless a change is acknowledged.
+        self.conn.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
         self._flush()
-        self._arm_idle_timer()
+        # The header deadline: the preface and a first request within request_timeout.
+        self._arm_idle_timer(self.context.request_timeout)
 
-    def _arm_idle_timer(self) -> None:
+    def _arm_idle_timer(self, delay: float | None = None) -> None:
         """Close a connection that holds no stream for `keepalive_timeout` seconds."""
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._idle_timer = asyncio.get_running_loop().call_later(
-            self.context.keepalive_timeout, self._idle_timed_out
+            self.context.keepalive_timeout if delay is None else delay, self._idle_timed_out
         )
 
     def _idle_timed_out(self) -> None:
@@ -124,16 +151,60 @@ class Http2Connection(asyncio.Protocol):
         self._closed = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         self.context.connections.discard(self)
-        for stream in self.streams.values():
+        for stream in list(self.streams.values()):
             stream.closed.set()
+            if stream.timer is not None:
+                stream.timer.cancel()
             if stream.task is not None:
                 stream.task.cancel()
+        self.streams.clear()
         for waiter in self._window_waiters.values():
             if not waiter.done():
                 waiter.cancel()
+        if self._drained is not None and not self._drained.done():
+            self._drained.cancel()
+
+    def pause_writing(self) -> None:
+        """The peer leaves WRITE_BUFFER_LIMIT unread: stop reading it, give it a deadline."""
+        self._writing_paused = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        if self._drain_timer is None:
+            self._drain_timer = asyncio.get_running_loop().call_later(
+                self.context.request_timeout, self._drain_timed_out
+            )
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    def _drain_timed_out(self) -> None:
+        self._drain_timer = None
+        if self._writing_paused and self.transport is not None:
+            log.info("dropping %s: not reading", self.client)
+            self._closed = True
+            self.transport.abort()
+
+    async def _writable(self) -> None:
+        """Wait while the peer has WRITE_BUFFER_LIMIT bytes unread."""
+        while self._writing_paused and not self._closed:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -143,6 +214,8 @@ class Http2Connection(asyncio.Protocol):
             return
         for event in events:
             self._event(event)
+            if self._closed:
+                return
         self._flush()
 
     def _event(self, event: h2.events.Event) -> None:
@@ -153,6 +226,10 @@ class Http2Connection(asyncio.Protocol):
         elif isinstance(event, h2.events.StreamEnded):
             self._dispatch(event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
+            if event.remote_reset and event.stream_id in self.streams:
+                task = self.streams[event.stream_id].task
+                if task is None or not task.done():
+                    self._count_unanswered()
             self._stream_gone(event.stream_id)
         elif isinstance(event, h2.events.WindowUpdated):
             self._resume_sends()
@@ -168,6 +245,13 @@ class Http2Connection(asyncio.Protocol):
                 headers[name] = f"{headers[name]}; {value}"
             else:
                 headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if len(self.streams) >= MAX_CONCURRENT_STREAMS:
+            # Past the advertised limit (a peer need not have acknowledged it yet).
+            code = h2.errors.ErrorCodes.REFUSED_STREAM
+            with contextlib.suppress(h2.exceptions.StreamClosedError):  # reset by the peer
+                self.conn.reset_stream(event.stream_id, error_code=code)
+            self._count_unanswered()
+            return
         path = headers.get(":path", "/").split("?", 1)[0]
         limit = self.context.routes.body_limit(headers.get(":method", "GET"), path)
         stream = _Stream(headers, limit)
@@ -180,16 +264,57 @@ class Http2Connection(asyncio.Protocol):
             self._idle_timer = None
         if event.stream_ended is not None:
             self._dispatch(event.stream_id)
+        else:
+            stream.timer = asyncio.get_running_loop().call_later(
+                self.context.request_timeout, self._request_timed_out, event.stream_id
+            )
+
+    def _request_timed_out(self, stream_id: int) -> None:
+        """The request's body did not arrive within request_timeout: 408, end the stream."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.task is not None or self._closed:
+            return
+        stream.timer = None
+        self._forget(stream_id, stream)
+        response = self.context.routes.plain_error(408, "the request was not sent in time")
+        headers = [(b":status", b"408")]
+        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+        headers.append((b"content-length", str(len(response.body)).encode()))
+        try:
+            fits = self.conn.local_flow_control_window(stream_id) >= len(response.body)
+            self.conn.send_headers(stream_id, headers, end_stream=not fits)
+            if fits:
+                self.conn.send_data(stream_id, response.body, end_stream=True)
+            # The peer may still be sending: tell it to stop (RFC 9113 section 8.1).
+            self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass
+        self._flush()
+
+    def _count_unanswered(self) -> None:
+        """One more stream reset or refused unanswered; a flood of them ends the connection."""
+        self._unanswered_resets += 1
+        if self._unanswered_resets > RAPID_RESET_LIMIT and self._unanswered_resets > self._answered:
+            log.info("closing %s: rapid reset", self.client)
+            self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self._flush()
+            self._close()
 
     def _data_received(self, event: h2.events.DataReceived) -> None:
-        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         stream = self.streams.get(event.stream_id)
+        if stream is not None and stream.body_size > stream.limit * 4 + 65536:
+            # A flood, not a modest excess: answered 413 already, and no more window for it
+            # (flow control stops the peer; only its own connection's window is spent).
+            return
+        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         if stream is None or event.data is None:
             return
         stream.body_size += len(event.data)
         if stream.body_size > stream.limit:
             stream.too_large = True
             stream.body.clear()
+            if stream.body_size > stream.limit * 4 + 65536:
+                self._dispatch(event.stream_id)
         elif not stream.too_large:
             stream.body.append(event.data)
 
@@ -197,6 +322,9 @@ class Http2Connection(asyncio.Protocol):
         stream = self.streams.get(stream_id)
         if stream is None or stream.task is not None:
             return
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
         stream.task = asyncio.ensure_future(self._answer(stream_id, stream))
 
     async def _answer(self, stream_id: int, stream: _Stream) -> None:
@@ -223,13 +351,24 @@ class Http2Connection(asyncio.Protocol):
                 response = await self.context.routes.handle(request)
             if not stream.closed.is_set():
                 await self._respond(stream_id, request.method, response)
+                self._answered += 1
             self.context.log_request(request, response.status, started)
         except asyncio.CancelledError:
             pass
         finally:
-            self.streams.pop(stream_id, None)
-            if not self.streams and not self._closed:
-                self._arm_idle_timer()
+            if self.streams.get(stream_id) is stream:
+                self._forget(stream_id, stream)
+
+    def _forget(self, stream_id: int, stream: _Stream) -> None:
+        """Drop a stream and what it holds; an empty connection starts its idle timer."""
+        stream.closed.set()
+        stream.body.clear()
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
+        del self.streams[stream_id]
+        if not self.streams and not self._closed:
+            self._arm_idle_timer()
 
     async def _respond(self, stream_id: int, method: str, response: Response) -> None:
         if self._closed:
@@ -250,10 +389,13 @@ class Http2Connection(asyncio.Protocol):
 
     async def _send_body(self, stream_id: int, body: bytes) -> None:
         while body:
+            await self._writable()
             if self._closed:
                 return
             window = min(
-                self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size
+                self.conn.local_flow_control_window(stream_id),
+                self.conn.max_outbound_frame_size,
+                MAX_FRAME_CHUNK,
             )
             if window <= 0:
                 waiter = asyncio.get_running_loop().create_future()
@@ -278,6 +420,7 @@ class Http2Connection(asyncio.Protocol):
             stream.closed.set()
             if stream.task is not None and stream.task is not asyncio.current_task():
                 stream.task.cancel()
+            self._forget(stream_id, stream)  # its buffers go now, not when the task runs
         waiter = self._window_waiters.get(stream_id)
         if waiter is not None and not waiter.done():
             waiter.cancel()
@@ -293,6 +436,8 @@ class Http2Connection(asyncio.Protocol):
             return False
         if not self.conn.remote_settings.enable_push:
             return False
+        if self._writing_paused or len(self._push_tasks) >= MAX_CONCURRENT_STREAMS:
+            return False  # the peer is not reading: the message stays stored for later
         authority = stream.headers.get(":authority") or stream.headers.get("host", "")
         promised = [
             (b":method", b"GET"),
