@@ -131,6 +131,17 @@ class HypertyContext:
     def log_event(self, kind: str, **detail: Any) -> None:
         self.runtime.log_event(kind, hyperty=self.url, **detail)
 
+    async def connect(self) -> None:
+        """Hold the runtime's message connection from now on (see `HypertyRuntime.connect`)."""
+        await self.runtime.connect()
+
+    def hold(self) -> None:
+        """Keep the runtime awake (a call in progress) until `release`."""
+        self.runtime.hold()
+
+    def release(self) -> None:
+        self.runtime.release()
+
 
 AnswerCallback = Callable[[Message], None]
 
@@ -201,6 +212,9 @@ class HypertyRuntime:
         self._agent: UserAgent | None = None
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._holds = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # State --------------------------------------------------------------------------------
 
@@ -306,6 +320,7 @@ class HypertyRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+            await self._disconnect()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         if self._agent is not None:
@@ -522,6 +537,54 @@ class HypertyRuntime:
                     log.warning("dropped a malformed message from the inbox: %s", exc)
                     continue
                 self._spawn(self.dispatch(message))
+
+    async def connect(self) -> None:
+        """Start the message connection (the inbox long-poll) if the runtime does not hold
+        it yet, and wait until the element sees it. A woken runtime does this to stay in
+        a call: the caller's updates then come on the inbox instead of by push."""
+        if self._poller is None:
+            if self._http is None:
+                import httpx
+
+                self._http = httpx.AsyncClient(timeout=self.http_timeout)
+            self._poller = asyncio.create_task(self._poll(), name="hyperty-inbox")
+        await self.wait_listening(within=max(5.0, self.http_timeout))
+
+    async def _disconnect(self) -> None:
+        """Tell the element the message connection ends: push again from now on."""
+        addresses = list(self._state["hyperties"])
+        if not addresses or self.credential is None:
+            return
+        query = urllib.parse.urlencode([("address", a) for a in addresses])
+        try:
+            status, document = await self._call("DELETE", "/inbox", query=query)
+        except HypertyRuntimeError as exc:
+            log.warning("could not disconnect: %s", exc)
+            return
+        if status != 200:
+            log.warning("the element refused the disconnect (%s): %s", status, document)
+
+    def hold(self) -> None:
+        """Something in progress (a call) keeps the runtime awake until `release`."""
+        self._holds += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self._holds = max(0, self._holds - 1)
+        if not self._holds:
+            self._idle.set()
+
+    @property
+    def busy(self) -> bool:
+        return self._holds > 0
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing holds the runtime (its calls ended); False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def wait_listening(self, within: float = 5.0) -> None:
         """Wait until the element sees this runtime's hyperties as connected (`live`)."""
