@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from hyperty.helpers import Stack, events_of, wait_for
 from hyperty.test_asleep import REPO, alive, wake_processes
-from tidings.hyperty import HypertyRuntime, object_url
+from tidings.hyperty import HypertyRuntime, Message, object_url
 from tidings.hyperty.demo import CallDemo
 from tidings.hyperty.rules import topic_for
 
@@ -161,3 +162,46 @@ def test_tidings_demo_call_media_json(tmp_path: Path) -> None:
     for side in ("caller", "callee"):
         assert report["frames_received"][side]["video"] > 0, report
     assert wake_processes() == []
+
+
+async def test_only_the_peer_can_signal_or_hang_up(stack: Stack) -> None:
+    """A third runtime cannot inject signals into a call or end it: the element refuses
+    the call's object as its `from` (bound to the caller), and the caller's Connector
+    takes updates and deletes about the call only from the invited hyperty."""
+    _, bob = await stack.callee("bob", options={"loopback": True})
+    _, alice = await stack.caller("alice")
+    alice.loopback = True
+    mallory = await stack.runtime("mallory")
+    mallory_url = await mallory.create_hyperty("connector")
+    answer = await alice.call(bob, media=True, timeout=60)
+    assert answer.code == 200
+    (connection,) = alice.calls
+    active = alice.calls[connection]
+    await asyncio.wait_for(active.media.first_frames.wait(), 60)
+
+    forged = await stack.post(
+        Message(
+            1, "update", connection + "/changes", bob, {"attribute": "iceCandidates"}
+        ).to_dict(),
+        mallory.credential,
+    )
+    assert forged.status_code == 403 and forged.json()["errno"] == 307
+    for kind in ("update", "delete"):
+        body = {"source": mallory_url, "resource": connection, "attribute": "iceCandidates"}
+        answer = await mallory.post(Message(mallory.next_id(), kind, mallory_url, alice.url, body))
+        assert answer is not None and answer.code == 100  # delivered: the element allows it
+    await wait_for(
+        lambda: (
+            len(
+                [
+                    e
+                    for e in events_of(alice.context.runtime, "media")
+                    if e["what"] == "ignored an update"
+                ]
+            )
+            >= 1
+        )
+    )
+    assert alice.calls == {connection: active} and not active.ended.is_set()
+    assert await alice.hangup(connection)
+    assert active.reason == "hung up" and alice.calls == {}
