@@ -403,13 +403,19 @@ class Connector:
         is sent, and the call is in `calls` until `hangup` or the peer's.
         """
         invitation = invitation or self.invitation(callee, media=media)
+        loaded = None
+        if _wants_media(invitation):  # load the media stack while it rings
+            loaded = asyncio.ensure_future(asyncio.to_thread(_import_media))
         self.context.log_event("invite", connection=object_url(invitation.from_), id=invitation.id)
-        answer = await self.context.request(invitation, timeout, on_answer=on_answer)
+        try:
+            answer = await self.context.request(invitation, timeout, on_answer=on_answer)
+        finally:
+            if loaded is not None:
+                await loaded  # ImportError: no media here (the `media` extra)
         self.context.log_event(
             "answer", connection=object_url(invitation.from_), code=answer.code, id=answer.id
         )
-        if answer.code == 200 and _wants_media(invitation):
-            await asyncio.to_thread(_import_media)
+        if loaded is not None and answer.code == 200:
             active = self._start_media(object_url(invitation.from_), invitation.target, "caller")
             async with active.lock:
                 await active.media.offer()
