@@ -356,7 +356,6 @@ class CallDemo:
             None if rang is None else rang["pid"],
         )
         result.callee_events = callee
-        result.answered = answered
         if media is not None:
             ended = next((e for e in callee if e["event"] == "call-ended"), {})
             media["callee"] = {
@@ -366,6 +365,9 @@ class CallDemo:
             media["callee_exited"] = _first_at(callee, "runtime-exit") is not None
         result.media = media
         caller_events = self.caller.events()[caller_before:]
+        # The caller logged the answer before it sent its offer: that is the answer's time.
+        answered = _first_at(caller_events, "answer", id=answer.id) or answered
+        result.answered = answered
         result.steps = self._steps(
             invitation, started, answered, answer, callee, self.events[element_before:]
         )
