@@ -229,8 +229,8 @@ class Connector:
 
     async def _signal(self, active: ActiveCall, signal: Signal) -> None:
         """Send one signal to the peer as an `update` of the Connection object."""
-        if active.ended.is_set():
-            return
+        if self.calls.get(active.connection) is not active:
+            return  # ended
         body: dict[str, Any] = {"source": self.url, **signal.to_json()}
         if active.role == "caller":
             from_ = active.connection + "/changes"
@@ -301,11 +301,10 @@ class Connector:
 
     async def _end(self, active: ActiveCall, reason: str, *, notify: bool) -> None:
         """End a call: tell the peer (`delete`), close the media, release the runtime."""
-        if active.ended.is_set() or self.calls.get(active.connection) is not active:
-            return
-        del self.calls[active.connection]
+        if self.calls.get(active.connection) is not active:
+            return  # ended already, or ending
+        del self.calls[active.connection]  # from here on, signals are not sent or taken
         active.reason = reason
-        active.ended.set()
         if notify:
             if active.role == "caller":
                 message = Message(
@@ -339,6 +338,7 @@ class Connector:
             **active.media.stats.to_json(),
         )
         self.context.release()
+        active.ended.set()  # last: whoever waits for it finds the media released
 
     async def hangup(self, connection: str) -> bool:
         """End a call with media from this side; False when no such call is in progress."""
