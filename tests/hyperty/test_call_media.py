@@ -205,3 +205,20 @@ async def test_only_the_peer_can_signal_or_hang_up(stack: Stack) -> None:
     assert alice.calls == {connection: active} and not active.ended.is_set()
     assert await alice.hangup(connection)
     assert active.reason == "hung up" and alice.calls == {}
+
+
+async def test_a_caller_that_never_offers_does_not_hold_the_callee(stack: Stack) -> None:
+    """The callee accepts a media call and holds its runtime awake for it; without an
+    offer it gives up after `media_timeout`, tells the caller, and releases the runtime
+    (a woken process would otherwise never exit)."""
+    bob_runtime, bob = await stack.callee("bob", options={"loopback": True, "media_timeout": 0.5})
+    _, alice = await stack.caller("alice")
+    invitation = alice.invitation(bob, media=True)
+    sent = await alice.invite(invitation)  # and never offers
+    assert sent is not None and sent.code == 100
+    ended = await wait_for(lambda: events_of(bob_runtime, "call-ended"), timeout=60)
+    assert ended[0]["reason"] == "no media"
+    assert ended[0]["frames_received"] == {"audio": 0, "video": 0}
+    connector: Any = bob_runtime.running(bob)
+    assert connector.calls == {} and not bob_runtime.busy
+    assert events_of(bob_runtime, "accepted")  # it had accepted
