@@ -18,7 +18,7 @@ from tidings.hyperty import Message, object_url
 pytestmark = pytest.mark.firefox
 
 
-async def test_firefox_shows_the_incoming_call_and_closes_it_on_cancel(
+async def test_firefox_shows_the_incoming_call_and_a_missed_call_on_cancel(
     stack: Stack, firefox_client: FirefoxFactory
 ) -> None:
     reports = PageServer()
@@ -50,8 +50,11 @@ async def test_firefox_shows_the_incoming_call_and_closes_it_on_cancel(
 
         cancel = await alice.cancel(invitation)
         assert cancel is not None and cancel.code == 100
-        closed = await firefox.next_push_report(30)
-        assert closed["type"] == "delete" and closed["shown"] is None
-        assert closed["notifications"] == [], json.dumps(closed)
+        missed = await firefox.next_push_report(30)
+        # The ringing notification is replaced (same tag) by a missed call.
+        tag = object_url(invitation.from_)
+        assert missed["type"] == "delete"
+        assert missed["shown"] == {"title": "Missed call", "body": "Alice called", "tag": tag}
+        assert missed["notifications"] == [missed["shown"]], json.dumps(missed)
     finally:
         reports.stop()

@@ -14,6 +14,11 @@ The element trusts only this service's push origin and checks identity assertion
 against a test identity provider (`idp.py`): the caller's invitation carries Alice's
 assertion, so the callee rings for a verified caller.
 
+With `media=True` each call carries audio and video (`media.py`, aiortc, ICE on
+127.0.0.1 only): after the 200 the caller offers, the woken callee process holds its
+message connection for the offer and candidates, both sides decode frames for
+`seconds`, then the caller hangs up and the callee's process exits.
+
 Every step is timed with the wall clock (all processes are on one machine).
 """
 
@@ -62,6 +67,32 @@ class CallResult:
     steps: list[Step] = field(default_factory=list)
     callee_events: list[dict[str, Any]] = field(default_factory=list)
     """What the callee logged for this call (`events.jsonl` lines)."""
+    answered: float | None = None
+    media: dict[str, Any] | None = None
+    """With media: what each side received (`caller`, `callee`: `MediaStats.to_json()`
+    plus `reason`), `first_media_at` (the caller's first decoded frame, wall clock)."""
+
+    def report(self) -> dict[str, Any]:
+        """The call's numbers as one JSON object (`tidings demo call --json`)."""
+
+        def ms(at: float | None) -> float | None:
+            return None if at is None else round((at - self.started) * 1000, 1)
+
+        report: dict[str, Any] = {
+            "code": self.answer.code,
+            "wake_ms": ms(self.rang_at),
+            "process_started_ms": ms(_first_at(self.callee_events, "runtime-started")),
+            "answer_ms": ms(self.answered),
+        }
+        if self.media is not None:
+            report["first_media_ms"] = ms(self.media.get("first_media_at"))
+            report["ice_connected_ms"] = ms(self.media.get("ice_connected_at"))
+            report["frames_received"] = {
+                side: self.media[side].get("frames_received") for side in ("caller", "callee")
+            }
+            report["callee_first_media_ms"] = ms(self.media.get("callee_first_media_at"))
+            report["callee_exited"] = self.media.get("callee_exited")
+        return report
 
     def callee_at(self, event: str) -> float | None:
         """Seconds from the invitation to the callee's first `event`, if it logged one."""
@@ -77,6 +108,13 @@ class CallResult:
         return "\n".join(
             f"{step.at * 1000:9.1f} ms  {step.actor:<8} {step.what}" for step in self.steps
         )
+
+
+def _first_at(events: list[dict[str, Any]], kind: str, **match: Any) -> float | None:
+    for event in events:
+        if event["event"] == kind and all(event.get(k) == v for k, v in match.items()):
+            return float(event["at"])
+    return None
 
 
 def _free_port() -> int:
@@ -104,6 +142,9 @@ class CallDemo:
         ring_seconds: float = 0.0,
         domain: str = "example.com",
         ttl: int = 60,
+        media: bool = False,
+        seconds: float = 3.0,
+        callee_options: dict[str, Any] | None = None,
     ) -> None:
         self.work_dir = Path(work_dir)
         self.mode = mode
@@ -111,6 +152,9 @@ class CallDemo:
         self.ring_seconds = ring_seconds
         self.domain = domain
         self.ttl = ttl
+        self.media = media
+        self.seconds = seconds
+        self.callee_options = dict(callee_options or {})
         self.events: list[ElementEvent] = []
         self.idp = IdentityProvider(f"https://idp.{domain}")
         self.service_ws = ""
@@ -178,11 +222,19 @@ class CallDemo:
         )
         await self.caller.start()
         self._stack.push_async_callback(self.caller.close)
-        self.caller_url = await self.caller.create_hyperty("connector", options={"name": "Alice"})
+        self.caller_url = await self.caller.create_hyperty(
+            "connector", options={"name": "Alice", "loopback": True}
+        )
         await self.caller.wait_listening()
 
     async def _start_callee(self, element: str) -> None:
-        options = {"name": "Bob", "answer": self.answer, "ring_seconds": self.ring_seconds}
+        options = {
+            "name": "Bob",
+            "answer": self.answer,
+            "ring_seconds": self.ring_seconds,
+            "loopback": True,  # one machine: ICE on 127.0.0.1 only
+            **self.callee_options,
+        }
         runtime = HypertyRuntime(
             None, self.callee_state, domain=self.domain, element=element, service=self.service_ws
         )
@@ -279,8 +331,11 @@ class CallDemo:
             name="Alice",
             username=f"alice@{self.idp.domain}",
         )
-        invitation = connector.invitation(self.callee_url, assertion=assertion)  # type: ignore[attr-defined]
+        invitation = connector.invitation(  # type: ignore[attr-defined]
+            self.callee_url, assertion=assertion, media=self.media
+        )
         provisional: list[tuple[float, Message]] = []
+        caller_before = len(self.caller.events())
         started = time.time()
         answer = await connector.call(  # type: ignore[attr-defined]
             self.callee_url,
@@ -289,6 +344,9 @@ class CallDemo:
             on_answer=lambda m: provisional.append((time.time(), m)),
         )
         answered = time.time()
+        media = None
+        if self.media and answer.code == 200:
+            media = await self._media(connector, invitation, started, timeout)
         callee = await self._callee_events_after(events_before, invitation.id)
         rang = next((e for e in callee if e["event"] == "ring"), None)
         result = CallResult(
@@ -298,17 +356,106 @@ class CallDemo:
             None if rang is None else rang["pid"],
         )
         result.callee_events = callee
+        if media is not None:
+            ended = next((e for e in callee if e["event"] == "call-ended"), {})
+            media["callee"] = {
+                key: ended.get(key) for key in ("frames_received", "reason", "ice_connected_ms")
+            }
+            media["callee_first_media_at"] = _first_at(callee, "media", what="first video frame")
+            media["callee_exited"] = _first_at(callee, "runtime-exit") is not None
+        result.media = media
+        caller_events = self.caller.events()[caller_before:]
+        # The caller logged the answer before it sent its offer: that is the answer's time.
+        answered = _first_at(caller_events, "answer", id=answer.id) or answered
+        result.answered = answered
         result.steps = self._steps(
             invitation, started, answered, answer, callee, self.events[element_before:]
         )
+        result.steps += self._media_steps(started, caller_events, "caller")
+        result.steps += self._media_steps(started, callee, "callee")
+        result.steps.sort(key=lambda step: step.at)
         return result
+
+    async def _media(
+        self, connector: Any, invitation: Message, started: float, timeout: float
+    ) -> dict[str, Any]:
+        """The call's media at the caller: first frames, `seconds` of call, hang-up, and the
+        callee's runtime going back to sleep (its process exits)."""
+        from tidings.hyperty.addresses import object_url
+
+        connection = object_url(invitation.from_)
+        active = connector.calls.get(connection) or connector.ended.get(connection)
+        if active is None:
+            raise RuntimeError("the call has no media")
+        mono_offset = time.time() - time.monotonic()  # monotonic -> wall clock
+        async with asyncio.timeout(timeout):
+            await asyncio.wait(
+                [
+                    asyncio.ensure_future(active.media.first_frames.wait()),
+                    asyncio.ensure_future(active.ended.wait()),
+                ],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        if not active.ended.is_set():
+            # The call itself: it lasts `seconds`, then the caller hangs up.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(active.ended.wait(), self.seconds)
+            await connector.hangup(connection)
+        stats = active.media.stats
+        firsts = list(stats.first_frame_at.values())
+        media: dict[str, Any] = {
+            "caller": {**stats.to_json(), "reason": active.reason},
+            "first_media_at": min(firsts) + mono_offset if firsts else None,
+            "ice_connected_at": None
+            if stats.connected_at is None
+            else stats.connected_at + mono_offset,
+        }
+        await self._wait_callee_asleep(connection, timeout)
+        return media
+
+    async def _wait_callee_asleep(self, connection: str, timeout: float) -> None:
+        """Until the callee's runtime logged the call's end and its process's exit."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.callee_events()
+            ended = [i for i, e in enumerate(events) if e["event"] == "call-ended"]
+            ended = [i for i in ended if events[i].get("connection") == connection]
+            if ended and any(e["event"] == "runtime-exit" for e in events[ended[0] :]):
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"the callee's runtime did not end the call {connection}")
+
+    @staticmethod
+    def _media_steps(started: float, events: list[dict[str, Any]], actor: str) -> list[Step]:
+        steps = []
+        for event in events:
+            if event["event"] == "media":
+                what = str(event["what"])
+                if what.startswith("first "):
+                    what += " received"
+                steps.append(Step(event["at"] - started, actor, what))
+            elif event["event"] == "media-started":
+                steps.append(Step(event["at"] - started, actor, "media started"))
+            elif event["event"] == "call-ended":
+                frames = event.get("frames_received") or {}
+                steps.append(
+                    Step(
+                        event["at"] - started,
+                        actor,
+                        f"call ended ({event.get('reason')}): received "
+                        f"{frames.get('audio', 0)} audio, {frames.get('video', 0)} video frames",
+                    )
+                )
+        return steps
 
     async def _callee_events_after(self, start: int, message_id: int) -> list[dict[str, Any]]:
         """The callee's events for this call (the answer may beat the log line by a hair)."""
         deadline = time.monotonic() + 2
         while True:
             events = self.callee_events()[start:]
-            if any(e["event"] in ("accepted", "declined", "missed") for e in events):
+            if any(
+                e["event"] in ("accepted", "declined", "missed", "runtime-exit") for e in events
+            ):
                 return events
             if time.monotonic() > deadline:
                 return events
@@ -332,8 +479,14 @@ class CallDemo:
                     f"Urgency {detail['urgency']}, TTL {detail['ttl']}, Topic {detail['topic']}, "
                     f"{detail['bytes']} bytes"
                 )
-            elif happening.kind == "inbox" and detail.get("type") == "response":
-                continue  # shown as "routed" below
+            elif happening.kind == "inbox" and detail.get("type") in ("response", "update"):
+                continue  # a response is shown as "routed"; updates are the media's signals
+            elif happening.kind == "inbox":
+                what = f"put the {detail.get('type')} on the inbox of {detail.get('hyperty')}"
+            elif happening.kind == "cancelled":
+                what = f"the delete of {detail['object']} removed what was pending for it"
+            elif happening.kind == "disconnected":
+                what = "the callee runtime disconnected: pushed again from now on"
             elif happening.kind == "routed":
                 what = f"routed the {detail['code']} response to the caller ({detail['via']})"
             else:

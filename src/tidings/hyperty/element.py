@@ -181,6 +181,7 @@ class Mailboxes:
         self._bytes: collections.Counter[str] = collections.Counter()
         self._polls: collections.Counter[str] = collections.Counter()
         self._last_seen: dict[str, float] = {}
+        self._sessions: collections.Counter[str] = collections.Counter()
         self._changed = asyncio.Event()
         self._closed = False
 
@@ -222,9 +223,12 @@ class Mailboxes:
         """The messages for `addresses`, waiting up to `timeout` seconds for the first."""
         for address in addresses:
             self._polls[address] += 1
+        session = [self._sessions[address] for address in addresses]
         try:
             deadline = self._clock() + timeout
             while True:
+                if session != [self._sessions[address] for address in addresses]:
+                    return []  # the runtime disconnected: this poll is an orphan
                 taken = self._drain(addresses)
                 left = deadline - self._clock()
                 if taken or left <= 0 or self._closed:
@@ -236,9 +240,27 @@ class Mailboxes:
                     return self._drain(addresses)
         finally:
             now = self._clock()
+            ended = session != [self._sessions[address] for address in addresses]
             for address in addresses:
                 self._polls[address] -= 1
-                self._last_seen[address] = now
+                if not self._polls[address]:
+                    del self._polls[address]
+                if not ended:
+                    self._last_seen[address] = now
+
+    def disconnect(self, addresses: Iterable[str]) -> int:
+        """The runtime left (it goes back to sleep): its addresses are not connected from
+        now on, so the next message is pushed. Open polls for them end (a poll whose
+        process exited would otherwise hold them "connected" until its timeout), and
+        what was queued for them is dropped; how many messages that was."""
+        dropped = 0
+        for address in addresses:
+            self._sessions[address] += 1
+            self._last_seen.pop(address, None)
+            dropped += len(self._queues.pop(address, ()))
+            self._bytes.pop(address, None)
+        self._changed.set()
+        return dropped
 
     def close(self) -> None:
         """End every open poll (the server is stopping)."""
@@ -445,6 +467,18 @@ class PushElement:
             self._polls[runtime] -= 1
             if not self._polls[runtime]:
                 del self._polls[runtime]
+
+    def disconnect(self, credential: str | None, addresses: list[str]) -> int:
+        """A runtime ends its message connection for its `addresses` (only its own);
+        the number of queued messages dropped (see `Mailboxes.disconnect`)."""
+        runtime = self.authenticate(credential)
+        foreign = [a for a in addresses if not is_hyperty(a) or self.store.owner_of(a) != runtime]
+        if foreign:
+            raise _forbidden(f"{foreign[0]} is not an address of this runtime")
+        self._take("runtime", runtime, self.limits.messages_per_runtime, "messages")
+        dropped = self.mailboxes.disconnect(addresses)
+        self._event("disconnected", runtime=runtime, addresses=addresses, dropped=dropped)
+        return dropped
 
     # The one entry point of the HTTP endpoint ---------------------------------------------
 

@@ -6,6 +6,9 @@
     GET  /hyperty/inbox?address=A&address=B&timeout=25
                                 long-poll: `{"messages": [...]}` for those addresses;
                                 polling makes them "connected" (no push while it lasts)
+    DELETE /hyperty/inbox?address=A&address=B
+                                the runtime leaves (goes back to sleep): those addresses
+                                are not connected any more, the next message is pushed
 
 Both carry `Authorization: Bearer <credential>`, the runtime credential its first
 registration returned (only that registration goes without): 401 without a valid one,
@@ -91,8 +94,8 @@ class ElementApp:
                 await _error(send, 405, ERRNO_METHOD, "method not allowed", "POST a message")
                 return
             await self._messages(scope, receive, send)
-        elif name == "inbox" and method == "GET":
-            await self._inbox(scope, send)
+        elif name == "inbox" and method in ("GET", "DELETE"):
+            await self._inbox(scope, send, leave=method == "DELETE")
         elif name == "status" and method == "GET":
             query = parse_qs(scope.get("query_string", b"").decode())
             address = (query.get("address") or [""])[0]
@@ -153,11 +156,20 @@ class ElementApp:
         assert answer is not None
         await _json(send, 200, answer.to_dict())
 
-    async def _inbox(self, scope: Scope, send: Send) -> None:
+    async def _inbox(self, scope: Scope, send: Send, *, leave: bool = False) -> None:
+        """GET: the long-poll; DELETE (`leave`): the runtime disconnects."""
         query = parse_qs(scope.get("query_string", b"").decode())
         addresses = query.get("address", [])
         if not addresses:
             await _error(send, 400, ERRNO_BAD_MESSAGE, "no address", "give ?address=hyperty://...")
+            return
+        if leave:
+            try:
+                dropped = self.element.disconnect(_bearer(scope), addresses)
+            except Refused as refused:
+                await _refused(send, refused)
+                return
+            await _json(send, 200, {"disconnected": addresses, "dropped": dropped})
             return
         try:
             timeout = min(max(float(query.get("timeout", ["25"])[0]), 0.0), MAX_POLL)

@@ -247,6 +247,8 @@ class MediaCall:
         if self.connected and self.stats.connected_at is None:
             self.stats.connected_at = time.monotonic()
             self._on_event("ice connected")
+        elif self._pc.iceConnectionState == "failed" and not self._closed:
+            self._on_event("ice failed")
 
     def _on_track(self, track: Any) -> None:
         self._readers.append(asyncio.ensure_future(self._read(track)))

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -58,8 +59,6 @@ from tidings.hyperty.addresses import runtime_url as new_runtime_url
 from tidings.hyperty.message import Message, MessageError
 
 if TYPE_CHECKING:
-    import httpx
-
     from tidings.useragent import PushEvent, PushSubscriptionChangeEvent, UserAgent
 
 __all__ = [
@@ -131,6 +130,17 @@ class HypertyContext:
     def log_event(self, kind: str, **detail: Any) -> None:
         self.runtime.log_event(kind, hyperty=self.url, **detail)
 
+    async def connect(self) -> None:
+        """Hold the runtime's message connection from now on (see `HypertyRuntime.connect`)."""
+        await self.runtime.connect()
+
+    def hold(self) -> None:
+        """Keep the runtime awake (a call in progress) until `release`."""
+        self.runtime.hold()
+
+    def release(self) -> None:
+        self.runtime.release()
+
 
 AnswerCallback = Callable[[Message], None]
 
@@ -196,11 +206,13 @@ class HypertyRuntime:
             tuple[int, str], tuple[asyncio.Future[Message], AnswerCallback | None]
         ] = {}
         self._ids = itertools.count(random.randrange(1, 2**30))
-        self._http: httpx.AsyncClient | None = None  # only for the inbox long-poll
         self._started = False
         self._agent: UserAgent | None = None
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._holds = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # State --------------------------------------------------------------------------------
 
@@ -295,9 +307,6 @@ class HypertyRuntime:
                 SCOPE, on_push=self._on_push, on_subscription_change=self._on_change
             )
         if self.listen:
-            import httpx
-
-            self._http = httpx.AsyncClient(timeout=self.http_timeout)
             self._poller = asyncio.create_task(self._poll(), name="hyperty-inbox")
 
     async def close(self) -> None:
@@ -306,14 +315,12 @@ class HypertyRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+            await self._disconnect()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         if self._agent is not None:
             await self._agent.close()
             self._agent = None
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
         self._started = False
         for future, _ in self._waiting.values():
             future.cancel()
@@ -326,12 +333,22 @@ class HypertyRuntime:
         await self.close()
 
     async def _call(
-        self, method: str, path: str, body: bytes | None = None, query: str = ""
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        query: str = "",
+        *,
+        timeout: float | None = None,
+        own_thread: bool = False,
     ) -> tuple[int, Any]:
         """One request to the push element: (status, parsed JSON body).
 
         The standard library in a thread: a woken runtime answers without loading an
         HTTP client library (the answer is one small POST; see docs/hyperty.md).
+        `own_thread` runs it on a daemon thread of its own rather than the loop's
+        executor: the inbox long-poll, which must neither hold an executor worker for
+        its whole length nor keep the process from exiting once it is abandoned.
         """
         if not self._started:
             raise HypertyRuntimeError("the runtime is not started (use `async with` or start())")
@@ -339,10 +356,11 @@ class HypertyRuntime:
         headers = {"content-type": "application/json"} if body is not None else {}
         headers.update(self._authorization())
         request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310 - the element's own http(s) URL
+        limit = self.http_timeout if timeout is None else timeout
 
         def run() -> tuple[int, Any]:
             try:
-                with urllib.request.urlopen(request, timeout=self.http_timeout) as response:  # noqa: S310
+                with urllib.request.urlopen(request, timeout=limit) as response:  # noqa: S310
                     return response.status, json.loads(response.read() or b"null")
             except urllib.error.HTTPError as error:
                 raw = error.read()
@@ -355,7 +373,31 @@ class HypertyRuntime:
                     f"the push element at {self.element} is unreachable: {exc}"
                 ) from None
 
-        return await asyncio.to_thread(run)
+        if not own_thread:
+            return await asyncio.to_thread(run)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, Any]] = loop.create_future()
+
+        def settle(outcome: tuple[int, Any] | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            elif outcome is not None:
+                future.set_result(outcome)
+
+        def thread() -> None:
+            outcome: tuple[int, Any] | None = None
+            error: BaseException | None = None
+            try:
+                outcome = run()
+            except BaseException as exc:  # handed to the waiting coroutine
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(settle, outcome, error)
+
+        threading.Thread(target=thread, name="hyperty-inbox", daemon=True).start()
+        return await future
 
     # Hyperties ----------------------------------------------------------------------------
 
@@ -493,35 +535,78 @@ class HypertyRuntime:
 
     async def _poll(self) -> None:
         """The runtime's message connection: long-poll the element's inbox."""
-        client = self._http
-        assert client is not None
         failures = 0
         while True:
             addresses = list(self._state["hyperties"])
             if not addresses:  # nothing to listen for until a hyperty is created
                 await asyncio.sleep(0.05)
                 continue
+            query = urllib.parse.urlencode(
+                [("address", a) for a in addresses] + [("timeout", str(self.poll_timeout))]
+            )
             try:
-                response = await client.get(
-                    self.element + "/inbox",
-                    params=[("address", a) for a in addresses] + [("timeout", self.poll_timeout)],
-                    headers=self._authorization(),
-                    timeout=self.poll_timeout + 10,
+                status, document = await self._call(
+                    "GET", "/inbox", query=query, timeout=self.poll_timeout + 10, own_thread=True
                 )
-                response.raise_for_status()
+                if status != 200 or not isinstance(document, dict):
+                    raise HypertyRuntimeError(f"the inbox answered {status}: {document}")
                 failures = 0
-            except Exception as exc:
+            except HypertyRuntimeError as exc:
                 failures += 1
                 log.warning("inbox poll failed (%s); retrying", exc)
                 await asyncio.sleep(min(0.2 * 2**failures, 10.0))
                 continue
-            for item in response.json().get("messages", []):
+            for item in document.get("messages", []):
                 try:
                     message = Message.from_dict(item)
                 except MessageError as exc:
                     log.warning("dropped a malformed message from the inbox: %s", exc)
                     continue
                 self._spawn(self.dispatch(message))
+
+    async def connect(self) -> None:
+        """Start the message connection (the inbox long-poll) if the runtime does not hold
+        it yet, and wait until the element sees it. A woken runtime does this to stay in
+        a call: the caller's updates then come on the inbox instead of by push."""
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll(), name="hyperty-inbox")
+        await self.wait_listening(within=max(5.0, self.http_timeout))
+
+    async def _disconnect(self) -> None:
+        """Tell the element the message connection ends: push again from now on."""
+        addresses = list(self._state["hyperties"])
+        if not addresses or self.credential is None:
+            return
+        query = urllib.parse.urlencode([("address", a) for a in addresses])
+        try:
+            status, document = await self._call("DELETE", "/inbox", query=query)
+        except HypertyRuntimeError as exc:
+            log.warning("could not disconnect: %s", exc)
+            return
+        if status != 200:
+            log.warning("the element refused the disconnect (%s): %s", status, document)
+
+    def hold(self) -> None:
+        """Something in progress (a call) keeps the runtime awake until `release`."""
+        self._holds += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self._holds = max(0, self._holds - 1)
+        if not self._holds:
+            self._idle.set()
+
+    @property
+    def busy(self) -> bool:
+        return self._holds > 0
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing holds the runtime (its calls ended); False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def wait_listening(self, within: float = 5.0) -> None:
         """Wait until the element sees this runtime's hyperties as connected (`live`)."""

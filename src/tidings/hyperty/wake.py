@@ -5,7 +5,10 @@
 The decrypted push (a reTHINK message) is on standard input, as `tidings agent --exec`
 gives it. The runtime is loaded from DIR (its URL, its hyperties), the addressed
 hyperty is created at its old address and handed the message; its answer goes to the
-push element over HTTP, then the process exits. On `pushsubscriptionchange`
+push element over HTTP, then the process exits. A call with media holds the runtime:
+the process then takes its message connection (the inbox long-poll) for the offer and
+candidates, runs the media, and exits when the call ends (after telling the element it
+disconnects, so the next message is pushed again). On `pushsubscriptionchange`
 (`TIDINGS_EVENT`) the runtime registers its new subscription at the element instead.
 
 Kept free of the CLI's imports: a woken runtime should start quickly.
@@ -47,6 +50,8 @@ async def wake(state: str, data: bytes, event: str = "push", started: float | No
             print(f"tidings hyperty wake: not a reTHINK message: {exc}", file=sys.stderr)
             return 1
         await runtime.wake(message)
+        # A call with media keeps the runtime awake (and connected) until it ends.
+        await runtime.wait_idle()
     runtime.log_event("runtime-exit")
     return 0
 

@@ -1,6 +1,7 @@
 // The browser runtime's service worker: the push handler that wakes it. A pushed
 // reTHINK message is a Connection invitation (show "Incoming call" with the caller's
-// name), or the caller's delete of the Connection (close that notification). Accept or
+// name), or the caller's delete of the Connection (the ringing notification becomes
+// "Missed call", same tag). Accept or
 // Decline on the notification answer with a reTHINK response (200 or 486) through the
 // push element, since a sleeping runtime has no message connection; the answer carries
 // the runtime's credential (the page keeps it in the Cache API for the worker).
@@ -64,10 +65,19 @@ self.addEventListener('push', event => {
           actions: [{action: 'accept', title: 'Accept'}, {action: 'decline', title: 'Decline'}],
         });
       } else if (message.type === 'delete') {
-        for (const notification of await self.registration.getNotifications({tag})) notification.close();
-        // close() takes effect asynchronously: wait (briefly) until it is gone.
-        for (let i = 0; i < 40 && (await self.registration.getNotifications({tag})).length; i++) {
-          await new Promise(resolve => setTimeout(resolve, 25));
+        // The caller hung up before the answer: the ringing notification becomes a
+        // missed call (same tag, so it replaces it rather than adding one).
+        const ringing = await self.registration.getNotifications({tag});
+        const invitation = ringing.length ? ringing[0].data : null;
+        if (invitation && isInvitation(invitation)) {
+          shown = {title: 'Missed call', body: callerName(invitation) + ' called', tag};
+          await self.registration.showNotification(shown.title, {body: shown.body, tag, data: null});
+        } else {
+          for (const notification of ringing) notification.close();
+          // close() takes effect asynchronously: wait (briefly) until it is gone.
+          for (let i = 0; i < 40 && (await self.registration.getNotifications({tag})).length; i++) {
+            await new Promise(resolve => setTimeout(resolve, 25));
+          }
         }
       }
     } catch (err) {
