@@ -25,7 +25,14 @@ from store.engines import (
     require_postgres,
     require_redis,
 )
-from support.service import REPO, Registration, ServiceProcess, TestAgent
+from support.service import (
+    REPO,
+    Registration,
+    RunningService,
+    ServiceProcess,
+    TestAgent,
+    running_service,
+)
 from tidings.webpush import encrypt
 
 PUBLIC_URL = "http://push.tidings.test"
@@ -133,3 +140,28 @@ async def close_quietly(*agents: TestAgent) -> None:
     for agent in agents:
         with contextlib.suppress(Exception):
             await agent.close()
+
+
+@contextlib.asynccontextmanager
+async def in_process_nodes(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[RunningService, RunningService]]:
+    """Two nodes in this event loop (objects inspectable) on one PostgreSQL and one Redis."""
+    require_postgres()
+    require_redis()
+    secrets = tmp_path / "tidings-secrets.json"
+    subprocess.run(
+        [sys.executable, "-m", "tidings", "keys", "token", "--out", str(secrets)],
+        check=True, cwd=REPO, capture_output=True,
+    )  # fmt: skip
+    bus = redis_url()
+    try:
+        async with postgres_database() as store:
+            shared = {"store": store, "cluster": bus, "secrets": str(secrets)}
+            async with (
+                running_service(tmp_path / "a", node_id="node-a", **shared) as a,
+                running_service(tmp_path / "b", node_id="node-b", **shared) as b,
+            ):
+                yield a, b
+    finally:
+        await delete_prefix(bus)

@@ -6,10 +6,7 @@ children, the delivering node's delivery, and the acknowledgement under it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,42 +16,14 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from store.engines import (
-    delete_prefix,
-    postgres_database,
-    redis_url,
-    require_postgres,
-    require_redis,
-)
-from support.service import REPO, RunningService, running_service
+from cluster.conftest import in_process_nodes
+from support.service import running_service
 from tidings import tracing
 from tidings.sender import Sender
 from tidings.service.logs import JsonFormatter
 from tidings.webpush import VapidKey
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(120)]
-
-
-@contextlib.asynccontextmanager
-async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[RunningService, RunningService]]:
-    require_postgres()
-    require_redis()
-    secrets = tmp_path / "tidings-secrets.json"
-    subprocess.run(
-        [sys.executable, "-m", "tidings", "keys", "token", "--out", str(secrets)],
-        check=True, cwd=REPO, capture_output=True,
-    )  # fmt: skip
-    bus = redis_url()
-    try:
-        async with postgres_database() as store:
-            shared = {"store": store, "cluster": bus, "secrets": str(secrets)}
-            async with (
-                running_service(tmp_path / "a", node_id="node-a", **shared) as a,
-                running_service(tmp_path / "b", node_id="node-b", **shared) as b,
-            ):
-                yield a, b
-    finally:
-        await delete_prefix(bus)
 
 
 @pytest.fixture
@@ -79,7 +48,7 @@ async def test_one_trace_from_the_sender_to_the_ack_across_two_nodes(
     tmp_path: Path, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="tidings.access")
-    async with two_nodes(tmp_path) as (node_a, node_b):
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
         agent = await node_b.agent()  # the user agent is connected to node b
         registration = await agent.register()
         subscription = registration.subscription_info()

@@ -8,7 +8,7 @@ subscription. The hub hands each live message to one connection that accepts it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from tidings.service.store import StoredMessage
 
@@ -17,6 +17,9 @@ class ConnectedAgent(Protocol):
     """A user agent connection able to take a message without blocking the caller."""
 
     uaid: str | None
+    # True when a user agent has one such connection at a time, so that a newer one (here
+    # or on another node) replaces it: a WebSocket. RFC 8030 monitors may be several.
+    exclusive: ClassVar[bool]
 
     def accepts(self, message: StoredMessage) -> bool:
         """True when this connection wants this message (channel and urgency filters)."""

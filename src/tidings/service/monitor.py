@@ -9,6 +9,7 @@ import asyncio
 import email.utils
 import logging
 import time
+from typing import ClassVar
 
 from tidings.service.core import PushService
 from tidings.service.http.messages import Response, ServerPushChannel
@@ -34,6 +35,8 @@ class PushMonitor:
     `channel_id` is None for a set (every subscription of the user agent). Messages
     below `min_urgency` are held back (RFC 8030 section 5.3) and stay stored.
     """
+
+    exclusive: ClassVar[bool] = False  # a user agent may monitor several at once
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from tidings.service import ws_protocol as wp
 from tidings.service.broadcasts import changes_for, client_broadcasts
@@ -55,6 +55,8 @@ def decode_application_server_key(key: str) -> bytes:
 
 class WebSocketSession:
     """The protocol state of one connected user agent."""
+
+    exclusive: ClassVar[bool] = True  # a newer hello of its uaid, anywhere, replaces it
 
     def __init__(self, service: PushService, channel: TextChannel, peer: str = "") -> None:
         self.service = service

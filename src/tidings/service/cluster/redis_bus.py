@@ -44,15 +44,18 @@ from tidings.service.cluster.wire import (
     Deliver,
     Poke,
     PokeAll,
+    Superseded,
     decode_bus_message,
     encode_broadcasts_changed,
     encode_message,
     encode_poke,
     encode_poke_all,
+    encode_superseded,
 )
 from tidings.service.hub import ConnectedAgent, Hub
 from tidings.service.logs import escape
 from tidings.service.store import StoredMessage
+from tidings.service.ws_protocol import CLOSE_REPLACED
 
 log = logging.getLogger("tidings.cluster")
 
@@ -87,6 +90,25 @@ for i, key in ipairs(KEYS) do
   end
 end
 return taken
+"""
+
+# One claim (a hello): KEYS: presence key; ARGV: node, ttl, stamp. Returns the node that
+# held the user agent before, when it was another one now superseded, else "".
+_CLAIM_ONE = """
+local current = redis.call('GET', KEYS[1])
+local previous = ''
+if current then
+  local sep = string.find(current, '|', 1, true)
+  if sep then
+    local node = string.sub(current, sep + 1)
+    if node ~= ARGV[1] then
+      if tonumber(string.sub(current, 1, sep - 1)) > tonumber(ARGV[3]) then return '' end
+      previous = node
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[3] .. '|' .. ARGV[1], 'EX', ARGV[2])
+return previous
 """
 
 # KEYS: presence key; ARGV: the value this node wrote.
@@ -177,6 +199,7 @@ class RedisBus:
             client_name=f"tidings-bus-{self.node_id}"[:100],
         )
         self._claim_script = self._redis.register_script(_CLAIM)
+        self._claim_one_script = self._redis.register_script(_CLAIM_ONE)
         self._release_script = self._redis.register_script(_RELEASE)
         self._route_script = self._redis.register_script(_ROUTE)
         self._hub = ClusterHub(self)
@@ -280,13 +303,39 @@ class RedisBus:
         if stamp is None:
             return
         try:
-            await self._claim_script(keys=[self._key(uaid)], args=[self.node_id, self._ttl, stamp])
+            previous = await self._claim_one_script(
+                keys=[self._key(uaid)], args=[self.node_id, self._ttl, stamp]
+            )
+            if previous:
+                # The node that held it keeps the old connection until it notices it is
+                # dead; meanwhile its pushes would go there. Tell it to let go now.
+                node = previous.decode() if isinstance(previous, bytes) else str(previous)
+                await self._redis.publish(
+                    f"{self.prefix}node:{node}", encode_superseded(uaid, int(stamp))
+                )
         except (RedisError, OSError) as exc:
             self._failed("claim", exc)  # the next (re)subscription claims it again
             return
         # Messages routed to the previous holder, or stored while the claim was on its
         # way, would otherwise wait for the next connection: offer them now.
         await self._redeliver_one(uaid, int(stamp) / 1000 - CLAIM_REDELIVERY_WINDOW)
+
+    async def _let_go(self, uaid: str, stamp: int) -> None:
+        """A newer connection of `uaid` said hello on another node: close ours (as a local
+        newer hello would) and have that node offer what ours was sent and not acked."""
+        held = self._stamps.get(uaid)
+        if held is None or int(held) >= stamp:
+            return  # gone already, or ours is the newer one
+        for agent in self._hub.agents(uaid):
+            if agent.exclusive:
+                await agent.close(CLOSE_REPLACED, "another connection took over this uaid")
+        try:
+            await self._route_script(
+                keys=[self._key(uaid)],
+                args=[self.node_id, f"{self.prefix}node:", encode_poke(uaid)],
+            )
+        except (RedisError, OSError) as exc:
+            self._failed("poke", exc)
 
     async def _release_now(self, uaid: str, stamp: str) -> None:
         try:
@@ -381,6 +430,8 @@ class RedisBus:
             self._spawn(self._redeliver_all())
         elif isinstance(event, BroadcastsChanged) and self.on_broadcasts is not None:
             self.on_broadcasts()
+        elif isinstance(event, Superseded):
+            self._spawn(self._let_go(event.uaid, event.stamp))
 
     # Background loops -------------------------------------------------------------------
 

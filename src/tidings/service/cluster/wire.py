@@ -8,7 +8,9 @@ payload) for anything else. Three kinds exist:
 - `{"t": "m", ...}`: a stored (or TTL 0) message for a user agent connected here;
 - `{"t": "p", "ua": <uaid>}`: stored messages of that user agent may be waiting;
 - `{"t": "all"}`: stored messages of any user agent here may be waiting;
-- `{"t": "b"}`: the Megaphone broadcasts changed; read them again from the store.
+- `{"t": "b"}`: the Megaphone broadcasts changed; read them again from the store;
+- `{"t": "s", "ua": <uaid>, "st": <stamp>}`: a newer connection of that user agent
+  (said hello at `st`, milliseconds) is held by another node now: close yours.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ __all__ = [
     "Deliver",
     "Poke",
     "PokeAll",
+    "Superseded",
     "decode_bus_message",
     "encode_broadcasts_changed",
     "encode_message",
     "encode_poke",
     "encode_poke_all",
+    "encode_superseded",
 ]
 
 MAX_BODY = 1 << 20  # the largest body the service accepts (config max_body's ceiling)
@@ -82,7 +86,16 @@ class BroadcastsChanged:
     """An operator changed a broadcast on another node: read them again."""
 
 
-BusEvent = Deliver | Poke | PokeAll | BroadcastsChanged
+@dataclass(frozen=True)
+class Superseded:
+    """The user agent said hello on another node at `stamp` (ms): older connections of it
+    here are stale (often dead on the user agent's side) and must not take its messages."""
+
+    uaid: str
+    stamp: int
+
+
+BusEvent = Deliver | Poke | PokeAll | BroadcastsChanged | Superseded
 
 
 def encode_message(message: StoredMessage) -> str:
@@ -115,6 +128,10 @@ def encode_poke_all() -> str:
     return json.dumps({"t": "all"}, separators=(",", ":"))
 
 
+def encode_superseded(uaid: str, stamp: int) -> str:
+    return json.dumps({"t": "s", "ua": uaid, "st": stamp}, separators=(",", ":"))
+
+
 def encode_broadcasts_changed() -> str:
     return json.dumps({"t": "b"}, separators=(",", ":"))
 
@@ -145,6 +162,12 @@ def decode_bus_message(raw: bytes | str) -> BusEvent:
     if kind == "b":
         _only(data, {"t"})
         return BroadcastsChanged()
+    if kind == "s":
+        _only(data, {"t", "ua", "st"})
+        stamp = data.get("st")
+        if type(stamp) is not int or not 0 <= stamp <= MAX_TIME * 1000:
+            raise BadBusMessage("st: not a stamp in milliseconds since the epoch")
+        return Superseded(_id(data, "ua"), stamp)
     raise BadBusMessage(f"unknown kind {_short(kind)}")
 
 
