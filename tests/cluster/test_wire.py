@@ -98,3 +98,14 @@ def test_a_traced_message_carries_its_traceparent_and_nothing_else_passes_for_on
         data["tr"] = forged
         with pytest.raises(BadBusMessage, match="tr: not a traceparent"):
             decode_bus_message(json.dumps(data))
+
+
+def test_a_superseded_notice_reads_back_and_its_stamp_is_checked() -> None:
+    from tidings.service.cluster.wire import Superseded, encode_superseded
+
+    assert decode_bus_message(encode_superseded("a" * 32, 1_796_000_000_000)) == Superseded(
+        "a" * 32, 1_796_000_000_000
+    )
+    for stamp in (-1, 1.5, "1", 10**20, None):
+        with pytest.raises(BadBusMessage, match="st: not a stamp"):
+            decode_bus_message(json.dumps({"t": "s", "ua": "a" * 32, "st": stamp}))
