@@ -29,6 +29,7 @@ import asyncpg
 from tidings.service.store.base import (
     SEEN_RESOLUTION,
     MessageQuota,
+    MessageStatus,
     Receipt,
     StoredMessage,
     StoreFull,
@@ -39,11 +40,12 @@ from tidings.service.store.base import (
     TooManySubscriptions,
     decode_headers,
     message_columns,
+    status_columns,
 )
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # SQLSTATEs raised by tidings_store_message and tidings_add_subscription (class "TD",
 # user defined).
@@ -83,6 +85,68 @@ _INSERT_AND_RETURN = """
                               expires_at, urgency, topic, headers, receipt_id)
         VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
                 p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id);
+        RETURN replaced;
+    END
+    $$;
+"""
+
+# The parameters and the variables of tidings_store_message since schema 2.
+_QUOTA_PARAMETERS = """\
+        p_message_id text, p_uaid text, p_channel_id text, p_body bytea, p_ttl integer,
+        p_created_at double precision, p_expires_at double precision, p_urgency text,
+        p_topic text, p_headers text, p_receipt_id text, p_max_subscription integer,
+        p_max_user_agent integer, p_max_bytes bigint, p_max_stored bigint"""
+_DECLARE_COUNTS = """    ) RETURNS text[] LANGUAGE plpgsql AS $$
+    DECLARE
+        replaced text[] := '{}';
+        in_channel bigint;
+        stored bigint;
+        stored_bytes bigint;
+    BEGIN
+"""
+
+# The quota checks of tidings_store_message since schema 2.
+_CHECK_QUOTAS = """        SELECT count(*) FILTER (WHERE channel_id = p_channel_id), count(*),
+               coalesce(sum(octet_length(body)), 0)
+        INTO in_channel, stored, stored_bytes
+        FROM messages WHERE uaid = p_uaid AND expires_at > p_created_at;
+        IF in_channel >= p_max_subscription THEN
+            RAISE EXCEPTION 'subscription quota' USING ERRCODE = 'TD003';
+        END IF;
+        IF stored >= p_max_user_agent THEN
+            RAISE EXCEPTION 'user agent quota' USING ERRCODE = 'TD004';
+        END IF;
+        IF stored_bytes + octet_length(p_body) > p_max_bytes THEN
+            RAISE EXCEPTION 'user agent byte quota' USING ERRCODE = 'TD005';
+        END IF;
+        -- Near the ceiling, pushes take turns on one more lock (held to commit, as is
+        -- their count's increment) and look again: exact. Far from it, none waits.
+        IF (SELECT sum(n) FROM message_counts) >= p_max_stored - 1024 THEN
+            PERFORM pg_advisory_xact_lock(7596132042353772902);
+            IF (SELECT sum(n) FROM message_counts) >= p_max_stored THEN
+                RAISE EXCEPTION 'store full' USING ERRCODE = 'TD006';
+            END IF;
+        END IF;
+"""
+
+# Schema 3's end of tidings_store_message: the insert, with the status of a signed push.
+_INSERT_WITH_STATUS_AND_RETURN = """
+        IF cardinality(replaced) > 0 THEN
+            UPDATE message_status SET state = 'replaced', final_at = p_created_at,
+                ends_at = p_created_at
+            WHERE message_id = ANY(replaced);
+        END IF;
+        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                              expires_at, urgency, topic, headers, receipt_id)
+        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id);
+        IF p_vapid_hash IS NOT NULL THEN
+            INSERT INTO message_status (message_id, vapid_hash, state, ttl, created_at,
+                                        expires_at, ends_at)
+            VALUES (p_message_id, p_vapid_hash, 'stored', p_ttl, p_created_at,
+                    p_expires_at, p_expires_at)
+            ON CONFLICT DO NOTHING;
+        END IF;
         RETURN replaced;
     END
     $$;
@@ -213,41 +277,12 @@ _MIGRATIONS: dict[int, str] = {
     DROP FUNCTION tidings_store_message(text, text, text, bytea, integer, double precision,
         double precision, text, text, text, text, integer);
     CREATE FUNCTION tidings_store_message(
-        p_message_id text, p_uaid text, p_channel_id text, p_body bytea, p_ttl integer,
-        p_created_at double precision, p_expires_at double precision, p_urgency text,
-        p_topic text, p_headers text, p_receipt_id text, p_max_subscription integer,
-        p_max_user_agent integer, p_max_bytes bigint, p_max_stored bigint
-    ) RETURNS text[] LANGUAGE plpgsql AS $$
-    DECLARE
-        replaced text[] := '{}';
-        in_channel bigint;
-        stored bigint;
-        stored_bytes bigint;
-    BEGIN
 """,
+            _QUOTA_PARAMETERS,
+            "\n",
+            _DECLARE_COUNTS,
             _LOCK_AND_REPLACE,
-            """        SELECT count(*) FILTER (WHERE channel_id = p_channel_id), count(*),
-               coalesce(sum(octet_length(body)), 0)
-        INTO in_channel, stored, stored_bytes
-        FROM messages WHERE uaid = p_uaid AND expires_at > p_created_at;
-        IF in_channel >= p_max_subscription THEN
-            RAISE EXCEPTION 'subscription quota' USING ERRCODE = 'TD003';
-        END IF;
-        IF stored >= p_max_user_agent THEN
-            RAISE EXCEPTION 'user agent quota' USING ERRCODE = 'TD004';
-        END IF;
-        IF stored_bytes + octet_length(p_body) > p_max_bytes THEN
-            RAISE EXCEPTION 'user agent byte quota' USING ERRCODE = 'TD005';
-        END IF;
-        -- Near the ceiling, pushes take turns on one more lock (held to commit, as is
-        -- their count's increment) and look again: exact. Far from it, none waits.
-        IF (SELECT sum(n) FROM message_counts) >= p_max_stored - 1024 THEN
-            PERFORM pg_advisory_xact_lock(7596132042353772902);
-            IF (SELECT sum(n) FROM message_counts) >= p_max_stored THEN
-                RAISE EXCEPTION 'store full' USING ERRCODE = 'TD006';
-            END IF;
-        END IF;
-""",
+            _CHECK_QUOTAS,
             _INSERT_AND_RETURN,
             """
     -- The count and the insert under the user agent's lock: the cap cannot be raced.
@@ -275,6 +310,37 @@ _MIGRATIONS: dict[int, str] = {
     END
     $$;
     """,
+        )
+    ),
+    # The status of each VAPID-signed push for its sender (see the SQLite store), written
+    # by tidings_store_message in the insert's transaction.
+    3: "".join(
+        (
+            """
+    CREATE TABLE message_status (
+        message_id text PRIMARY KEY,
+        vapid_hash bytea NOT NULL,
+        state text NOT NULL,
+        ttl integer NOT NULL,
+        created_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        delivered_via text,
+        delivered_at double precision,
+        final_at double precision,
+        ends_at double precision NOT NULL
+    );
+    CREATE INDEX message_status_by_end ON message_status (ends_at);
+
+    DROP FUNCTION tidings_store_message(text, text, text, bytea, integer, double precision,
+        double precision, text, text, text, text, integer, integer, bigint, bigint);
+    CREATE FUNCTION tidings_store_message(
+""",
+            _QUOTA_PARAMETERS,
+            ",\n        p_vapid_hash bytea\n",
+            _DECLARE_COUNTS,
+            _LOCK_AND_REPLACE,
+            _CHECK_QUOTAS,
+            _INSERT_WITH_STATUS_AND_RETURN,
         )
     ),
 }
@@ -316,6 +382,18 @@ WITH keys AS (
     WHERE m.uaid = k.uaid AND m.message_id = k.message_id
     RETURNING m.message_id, m.uaid, m.channel_id, m.body, m.ttl, m.created_at,
               m.expires_at, m.urgency, m.topic, m.headers, m.receipt_id, m.delivered
+), status AS (
+    -- $4: WebSocket acknowledgements (a delivery over WebSocket too); otherwise a
+    -- DELETE of the message resource: acknowledged if it was delivered, else the
+    -- sender's cancellation.
+    UPDATE message_status s SET
+        state = CASE WHEN $4 OR s.delivered_at IS NOT NULL THEN 'acknowledged'
+                     ELSE 'deleted' END,
+        delivered_at = CASE WHEN $4 THEN coalesce(s.delivered_at, $3) ELSE s.delivered_at END,
+        delivered_via = CASE WHEN $4 THEN coalesce(s.delivered_via, 'websocket')
+                             ELSE s.delivered_via END,
+        final_at = $3, ends_at = $3
+    FROM gone WHERE s.message_id = gone.message_id
 ), receipt AS (
     INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
     SELECT receipt_id, uaid, channel_id, message_id, 204, $3 FROM gone
@@ -335,6 +413,9 @@ WITH gone AS (
         ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
     )
     RETURNING receipt_id, uaid, channel_id, message_id
+), status AS (
+    UPDATE message_status s SET state = 'expired', final_at = $1, ends_at = $1
+    FROM gone WHERE s.message_id = gone.message_id
 ), receipt AS (
     INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
     SELECT receipt_id, uaid, channel_id, message_id, 410, $1 FROM gone
@@ -603,12 +684,13 @@ class PostgresStore:
             try:
                 replaced = await conn.fetchval(
                     "SELECT tidings_store_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-                    " $11, $12, $13, $14, $15)",
+                    " $11, $12, $13, $14, $15, $16)",
                     *message_columns(message),
                     quota.per_subscription,
                     quota.per_user_agent,
                     quota.bytes_per_user_agent,
                     quota.stored_messages,
+                    message.vapid_hash,
                 )
             except asyncpg.exceptions.PostgresError as exc:
                 code = getattr(exc, "sqlstate", None)
@@ -652,18 +734,24 @@ class PostgresStore:
         )
 
     async def delete_message(self, uaid: str, message_id: str) -> StoredMessage | None:
-        return (await self._delete_messages([(uaid, message_id)]))[0]
+        return (await self._delete_messages([(uaid, message_id)], acknowledged=False))[0]
 
     async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
-        return await self._delete_messages(keys)
+        return await self._delete_messages(keys, acknowledged=True)
 
-    async def _delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
+    async def _delete_messages(
+        self, keys: Sequence[tuple[str, str]], *, acknowledged: bool
+    ) -> list[StoredMessage | None]:
         """One statement for both (the public methods are timed under their own names)."""
         if not keys:
             return []
         rows = await self._run(
             lambda conn: conn.fetch(
-                _DELETE_MESSAGES, [k[0] for k in keys], [k[1] for k in keys], time.time()
+                _DELETE_MESSAGES,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                time.time(),
+                acknowledged,
             )
         )
         deleted = {(row["uaid"], row["message_id"]): _message_from_row(row) for row in rows}
@@ -679,6 +767,58 @@ class PostgresStore:
             total += int(removed)
             if removed < EXPIRY_BATCH:
                 return total
+
+    # Message statuses ---------------------------------------------------------------
+
+    async def add_message_status(self, status: MessageStatus) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO message_status (message_id, vapid_hash, state, ttl, created_at,"
+                " expires_at, delivered_via, delivered_at, final_at, ends_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                *status_columns(status),
+            )
+        )
+
+    async def mark_statuses_delivered(self, deliveries: Sequence[tuple[str, str, float]]) -> None:
+        if not deliveries:
+            return
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE message_status s SET delivered_via = d.via, delivered_at = d.at,"
+                " state = CASE WHEN s.state = 'stored' OR (s.state = 'expired' AND s.ttl = 0)"
+                " THEN 'delivered' ELSE s.state END"
+                " FROM unnest($1::text[], $2::text[], $3::float8[]) AS d(message_id, via, at)"
+                " WHERE s.message_id = d.message_id AND s.delivered_at IS NULL",
+                [d[0] for d in deliveries],
+                [d[1] for d in deliveries],
+                [d[2] for d in deliveries],
+            )
+        )
+
+    async def get_message_status(self, message_id: str) -> MessageStatus | None:
+        row = await self._run(
+            lambda conn: conn.fetchrow(
+                "SELECT message_id, vapid_hash, state, ttl, created_at, expires_at, delivered_via,"
+                " delivered_at, final_at FROM message_status WHERE message_id = $1",
+                message_id,
+            )
+        )
+        if row is None:
+            return None
+        return MessageStatus(row[0], bytes(row[1]), *row[2:])
+
+    async def delete_old_statuses(self, ended_before: float, limit: int) -> int:
+        status = await self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM message_status WHERE message_id IN (SELECT message_id"
+                " FROM message_status WHERE ends_at < $1 ORDER BY ends_at LIMIT $2"
+                " FOR UPDATE SKIP LOCKED)",
+                ended_before,
+                limit,
+            )
+        )
+        return int(status.split()[-1])
 
     # Receipts -------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from tidings.service.store.base import (
     SEEN_RESOLUTION,
     MessageQuota,
+    MessageStatus,
     Receipt,
     StoredMessage,
     StoreFull,
@@ -51,6 +52,8 @@ from tidings.service.store.base import (
     TooManySubscriptions,
     decode_headers,
     message_columns,
+    status_columns,
+    stored_status,
 )
 
 T = TypeVar("T")
@@ -61,7 +64,7 @@ MAX_BATCH = 256  # operations committed together at most
 
 Operation = Callable[[Any], Any]  # takes the connection (None before open)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -130,6 +133,23 @@ _MIGRATIONS: dict[int, str] = {
         UPDATE counters SET value = value - 1 WHERE name = 'messages';
     END;
     """,
+    # The status of each VAPID-signed push, for its sender (MessageStatus): kept until
+    # `message_status_retention` after `ends_at` (its final state, or its expiry).
+    4: """
+    CREATE TABLE IF NOT EXISTS message_status (
+        message_id TEXT PRIMARY KEY,
+        vapid_hash BLOB NOT NULL,
+        state TEXT NOT NULL,
+        ttl INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        delivered_via TEXT,
+        delivered_at REAL,
+        final_at REAL,
+        ends_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS message_status_by_end ON message_status (ends_at);
+    """,
 }
 
 # Column order shared by the statements below and `_message_from_row`. A push is
@@ -158,6 +178,35 @@ _DELETE_MESSAGE = (
     " channel_id, body, ttl, created_at, expires_at, urgency, topic, headers, receipt_id,"
     " delivered"
 )
+_INSERT_STATUS = (
+    "INSERT OR IGNORE INTO message_status (message_id, vapid_hash, state, ttl, created_at,"
+    " expires_at, delivered_via, delivered_at, final_at, ends_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A message leaves the store: its status reaches a final state (`state` NULL: the
+# sender's or the user agent's DELETE, acknowledged if it was delivered).
+_FINISH_STATUS = (
+    "UPDATE message_status SET state = coalesce(?, CASE WHEN delivered_at IS NULL"
+    " THEN 'deleted' ELSE 'acknowledged' END), final_at = ?, ends_at = ?"
+    " WHERE message_id = ?"
+)
+# An acknowledgement over WebSocket is a delivery over WebSocket too (the service
+# leaves the delivery to this statement when the ack comes soon: core.note_delivered).
+_ACKNOWLEDGE_STATUS = (
+    "UPDATE message_status SET state = 'acknowledged', final_at = ?, ends_at = ?,"
+    " delivered_at = coalesce(delivered_at, ?),"
+    " delivered_via = coalesce(delivered_via, 'websocket') WHERE message_id = ?"
+)
+# A delivery: a stored message becomes delivered, and so does a TTL-0 push (recorded as
+# dropped before it was offered).
+_DELIVER_STATUS = (
+    "UPDATE message_status SET delivered_via = ?, delivered_at = ?,"
+    " state = CASE WHEN state = 'stored' OR (state = 'expired' AND ttl = 0)"
+    " THEN 'delivered' ELSE state END"
+    " WHERE message_id = ? AND delivered_at IS NULL"
+)
+
+
 # Receipt subscriptions nothing can use any more: unused for longer than any message
 # lives, named by no stored message, holding no receipt.
 _DELETE_STALE_RECEIPT_SUBSCRIPTIONS = (
@@ -735,6 +784,11 @@ class SQLiteStore:
                 (message.uaid, message.channel_id, message.topic),
             ).fetchall()
             replaced = [row[0] for row in rows]
+            if replaced:
+                db.executemany(
+                    _FINISH_STATUS,
+                    [("replaced", message.created_at, message.created_at, m) for m in replaced],
+                )
         # One statement checks the subscription and the quotas and inserts; only when
         # nothing was inserted do we look again to say why.
         inserted = db.execute(
@@ -754,6 +808,8 @@ class SQLiteStore:
             ),
         ).rowcount
         if inserted:
+            if message.vapid_hash is not None:
+                db.execute(_INSERT_STATUS, status_columns(stored_status(message)))
             return replaced
         exists = db.execute(
             "SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?",
@@ -791,24 +847,29 @@ class SQLiteStore:
         )
 
     async def delete_message(self, uaid: str, message_id: str) -> StoredMessage | None:
-        return await self._op(lambda db: self._delete_message_in(db, uaid, message_id))
+        return await self._op(lambda db: self._delete_message_in(db, uaid, message_id, False))
 
     async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
         return await self._op(
-            lambda db: [self._delete_message_in(db, uaid, message_id) for uaid, message_id in keys]
+            lambda db: [
+                self._delete_message_in(db, uaid, message_id, True) for uaid, message_id in keys
+            ]
         )
 
     @staticmethod
     def _delete_message_in(
-        db: sqlite3.Connection, uaid: str, message_id: str
+        db: sqlite3.Connection, uaid: str, message_id: str, acknowledged: bool
     ) -> StoredMessage | None:
         row = db.execute(_DELETE_MESSAGE, (uaid, message_id)).fetchone()
         if row is None:
             return None
+        now = time.time()
         if row[10] is not None and row[11]:
-            db.execute(
-                _INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, time.time(), row[10])
-            )
+            db.execute(_INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, now, row[10]))
+        if acknowledged:
+            db.execute(_ACKNOWLEDGE_STATUS, (now, now, now, message_id))
+        else:
+            db.execute(_FINISH_STATUS, (None, now, now, message_id))
         return _message_from_row(row)
 
     async def delete_expired(self, now: float) -> int:
@@ -820,8 +881,50 @@ class SQLiteStore:
                 " (SELECT receipt_id FROM receipt_subscriptions)",
                 (now, now),
             )
+            db.execute(
+                "UPDATE message_status SET state = 'expired', final_at = ?, ends_at = ?"
+                " WHERE message_id IN (SELECT message_id FROM messages WHERE expires_at <= ?)",
+                (now, now, now),
+            )
             removed = db.execute("DELETE FROM messages WHERE expires_at <= ?", (now,)).rowcount
             return int(removed)
+
+        return await self._op(write, slow=True)
+
+    # Message statuses ---------------------------------------------------------------
+
+    async def add_message_status(self, status: MessageStatus) -> None:
+        await self._op(lambda db: db.execute(_INSERT_STATUS, status_columns(status)))
+
+    async def mark_statuses_delivered(self, deliveries: Sequence[tuple[str, str, float]]) -> None:
+        await self._op(
+            lambda db: db.executemany(
+                _DELIVER_STATUS, [(via, at, message_id) for message_id, via, at in deliveries]
+            )
+        )
+
+    async def get_message_status(self, message_id: str) -> MessageStatus | None:
+        def query(db: sqlite3.Connection) -> MessageStatus | None:
+            row = db.execute(
+                "SELECT message_id, vapid_hash, state, ttl, created_at, expires_at, delivered_via,"
+                " delivered_at, final_at FROM message_status WHERE message_id = ?",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return MessageStatus(row[0], bytes(row[1]), *row[2:])
+
+        return await self._op(query)
+
+    async def delete_old_statuses(self, ended_before: float, limit: int) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            return int(
+                db.execute(
+                    "DELETE FROM message_status WHERE message_id IN (SELECT message_id"
+                    " FROM message_status WHERE ends_at < ? ORDER BY ends_at LIMIT ?)",
+                    (ended_before, limit),
+                ).rowcount
+            )
 
         return await self._op(write, slow=True)
 
