@@ -22,6 +22,7 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("max_bytes_per_user_agent", 4096, 1 << 40),
     ("max_stored_messages", 1, 10**12),
     ("user_agent_expiry", 60, 10 * 365 * DAY),
+    ("message_status_retention", 1, 365 * DAY),
     ("max_body", 4096, 1 << 20),
     ("hello_timeout", 0.01, 3600),
     ("request_timeout", 0.01, 3600),
@@ -50,6 +51,9 @@ class ServiceConfig:
     max_bytes_per_user_agent: int = 1 << 20  # bytes of the stored bodies of one user agent
     max_stored_messages: int = 10_000_000  # the whole store; then 507 (docs/operations.md)
     user_agent_expiry: float = 60 * DAY  # user agents not seen for this long are forgotten
+    # A signed push's status (GET on its message resource) is kept this long after its
+    # final state (acknowledged, expired, deleted, replaced) or its expiry.
+    message_status_retention: float = DAY
     max_body: int = 4096  # RFC 8030 section 7.2: at least 4096 octets must be accepted
     hello_timeout: float = 10.0  # seconds a new WebSocket has to send `hello`
     request_timeout: float = 30.0  # seconds to send a whole HTTP request (slow clients)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from tidings import __version__
@@ -30,6 +31,7 @@ from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
 from tidings.service.store import (
     MessageQuota,
+    MessageStatus,
     Store,
     StoredMessage,
     StoreFull,
@@ -40,6 +42,7 @@ from tidings.service.store import (
     TooManySubscriptions,
     open_store,
 )
+from tidings.service.store.base import DELIVERED, EXPIRED, FINAL_STATES, STORED
 from tidings.service.tokens import (
     EndpointRef,
     MessageRef,
@@ -112,6 +115,11 @@ def store_unavailable(exc: Exception) -> ServiceError:
 MAX_ACKS_PER_WRITE = 256  # acknowledgements deleted in one store call at most
 RECEIPT_SWEEP_INTERVAL = 3600.0  # seconds between two sweeps of receipt subscriptions
 RECEIPT_SUBSCRIPTION_GRACE = 86400.0  # past the longest TTL, before an unused one goes
+STATUS_SWEEP_BATCH = 1000  # message statuses forgotten per store call by the sweep
+MAX_DELIVERIES_PER_WRITE = 256  # deliveries recorded in message statuses per store call
+# Deliveries are written this many seconds late: a WebSocket acknowledgement arriving
+# meanwhile records the delivery in its own statement, and the separate write is saved.
+DELIVERY_WRITE_DELAY = 1.0
 USER_AGENT_SWEEP_BATCH = 1000  # user agents forgotten per store call by the expiry sweep
 RETRY_AFTER_STORE_FULL = "300"  # seconds; the sweep frees room as messages expire
 
@@ -136,6 +144,53 @@ def quota_refused(exc: TooManyMessages | StoreFull) -> ServiceError:
         holder = "subscription" if exc.scope == "subscription" else "user agent"
         why = f"the {holder} already has {exc.limit} undelivered messages"
     return ServiceError(status, errno, why + "; retry later", headers={"retry-after": retry})
+
+
+async def in_batches(what: str, delete: Callable[[], Awaitable[int]], size: int) -> int:
+    """Call `delete` (which removes at most `size` rows) until it removes fewer; the
+    total. One bounded transaction at a time, so a backlog never becomes a huge one; a
+    store that fails ends the sweep (logged; the next one goes on)."""
+    removed = 0
+    try:
+        while True:
+            batch = await delete()
+            removed += batch
+            if batch < size:
+                return removed
+    except StoreUnavailable as exc:
+        log.warning("%s sweep failed: %s", what, exc)
+        return removed
+
+
+def status_document(status: MessageStatus, now: float) -> dict[str, object]:
+    """The JSON answer to a message status GET: times are epoch seconds (UTC, to the
+    millisecond), null for the steps not reached. A stored or delivered message past
+    its expiry (not yet swept, or removed with its subscription) reads as expired."""
+    state = status.state
+    final_at = status.final_at
+    if state in (STORED, DELIVERED) and status.ttl and status.expires_at <= now:
+        state, final_at = EXPIRED, status.expires_at
+    final: dict[str, float | None] = dict.fromkeys(FINAL_STATES)
+    if state in FINAL_STATES:
+        final[state] = final_at
+    document: dict[str, object] = {
+        "message": status.message_id,
+        "state": state,
+        "delivered_via": status.delivered_via,
+        "ttl": status.ttl,
+        "created_at": status.created_at,
+        "stored_at": status.created_at if status.ttl else None,
+        "delivered_at": status.delivered_at,
+        "acknowledged_at": final["acknowledged"],
+        "expired_at": final["expired"],
+        "deleted_at": final["deleted"],
+        "replaced_at": final["replaced"],
+        "expires_at": status.expires_at,
+    }
+    return {
+        name: round(value, 3) if isinstance(value, float) else value
+        for name, value in document.items()
+    }
 
 
 class PushService:
@@ -163,6 +218,9 @@ class PushService:
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: list[tuple[str, str]] = []  # acknowledged, not yet deleted
         self._ack_writer: asyncio.Task[None] | None = None
+        # For statuses, not yet written: message id -> (via, at, TTL 0).
+        self._deliveries: dict[str, tuple[str, float, bool]] = {}
+        self._delivery_writer: asyncio.Task[None] | None = None
         self.draining = False
         self.started_at = time.time()
         self.quota = MessageQuota(
@@ -193,6 +251,11 @@ class PushService:
         if self._ack_writer is not None:
             with contextlib.suppress(Exception):
                 await self._ack_writer  # acknowledged messages are deleted before closing
+        if self._delivery_writer is not None:
+            self._delivery_writer.cancel()  # its delay; what it holds is written now
+            with contextlib.suppress(BaseException):
+                await self._delivery_writer
+        await self._flush_deliveries()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -213,6 +276,7 @@ class PushService:
             if removed:
                 log.info("removed %d expired messages", removed)
                 self.hub.notify_all_receipts()  # some may have left a 410 receipt
+            await self.sweep_statuses(time.time())
             if time.monotonic() - last_receipt_sweep >= RECEIPT_SWEEP_INTERVAL:
                 last_receipt_sweep = time.monotonic()
                 await self._sweep_receipt_subscriptions()
@@ -226,20 +290,31 @@ class PushService:
         the expiry); each node marks its own before the sweep.
         """
         seen_before = now - self.config.user_agent_expiry
-        removed = 0
         try:
             await self.store.touch_user_agents(self.hub.connected_user_agents(), now)
-            while True:
-                batch = await self.store.delete_stale_user_agents(
-                    seen_before, USER_AGENT_SWEEP_BATCH
-                )
-                removed += batch
-                if batch < USER_AGENT_SWEEP_BATCH:
-                    break
         except StoreUnavailable as exc:
             log.warning("user agent sweep failed: %s", exc)
+            return 0
+        removed = await in_batches(
+            "user agent",
+            lambda: self.store.delete_stale_user_agents(seen_before, USER_AGENT_SWEEP_BATCH),
+            USER_AGENT_SWEEP_BATCH,
+        )
         if removed:
             log.info("forgot %d user agents not seen since %.0f", removed, seen_before)
+        return removed
+
+    async def sweep_statuses(self, now: float) -> int:
+        """Forget message statuses `message_status_retention` after their end (final
+        state, or expiry), in batches; return how many."""
+        ended_before = now - self.config.message_status_retention
+        removed = await in_batches(
+            "message status",
+            lambda: self.store.delete_old_statuses(ended_before, STATUS_SWEEP_BATCH),
+            STATUS_SWEEP_BATCH,
+        )
+        if removed:
+            log.info("forgot %d message statuses", removed)
         return removed
 
     async def _sweep_receipt_subscriptions(self) -> None:
@@ -338,9 +413,9 @@ class PushService:
         await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id)
         # Authorization comes before the other checks: a sender without the right key
         # learns nothing more about the subscription than that it is restricted.
-        verified = self.vapid.check(headers, ref.vapid_hash)
-        if verified is not None:
-            await self.check_rate(Limit.PUSH_VAPID_KEY, verified.public_key.hex())
+        signed = self.vapid.check_signed(headers, ref.vapid_hash)
+        if signed is not None:
+            await self.check_rate(Limit.PUSH_VAPID_KEY, signed[0].public_key.hex())
         facts = check_push(headers, body, max_body=self.config.max_body)
         receipt_id = await self._receipt_subscription(headers)
         ttl = min(facts.ttl, self.config.max_ttl)
@@ -358,6 +433,8 @@ class PushService:
             headers=facts.delivery_headers,
             receipt_id=receipt_id,
             request_id=request_id,
+            vapid_hash=None if signed is None else signed[1],
+            has_status=signed is not None,
         )
         location = self.message_url(MessageRef(ref.uaid, ref.channel_id, message.message_id))
         try:
@@ -365,6 +442,13 @@ class PushService:
                 # Delivered only to a user agent connected right now; never stored.
                 if await self.store.get_subscription(ref.uaid, ref.channel_id) is None:
                     raise SubscriptionGone(ref.channel_id)
+                if signed is not None:
+                    # Dropped unless a connection takes it (note_delivered then says so).
+                    await self.store.add_message_status(
+                        MessageStatus(
+                            message.message_id, signed[1], EXPIRED, 0, now, now, final_at=now
+                        )
+                    )
             else:
                 await self.store.store_message(message, quota=self.quota)
         except SubscriptionGone:
@@ -381,6 +465,46 @@ class PushService:
             return PushAccepted(201, location, ttl, message.message_id, delivered)
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
         return PushAccepted(202, location, ttl, message.message_id, delivered, receipt_url)
+
+    async def message_status(self, token: str, headers: Mapping[str, str]) -> dict[str, object]:
+        """GET of a push message resource: its status, for the sender that signed it.
+
+        Needs a VAPID token (the same checks as a push: audience, expiry, signature) of
+        the key that signed the push: 401 without one, 403 with another key's; 404 for
+        an unsigned push's or a forgotten status (docs/rfc8030.md, "Message status").
+        """
+        try:
+            ref = self.sealer.open_message(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such push message") from None
+        checked = self.vapid.check_signed(headers, None)
+        if checked is None:
+            raise ServiceError(
+                401,
+                Errno.VAPID_MISSING,
+                "a message status is for the sender of a VAPID-signed push: sign the GET "
+                "with the key that signed the push (Authorization: vapid t=..., k=...); "
+                "unsigned pushes have no status",
+                headers={"www-authenticate": "vapid"},
+            )
+        try:
+            status = await self.store.get_message_status(ref.message_id)
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None
+        if status is None:
+            raise ServiceError(
+                404,
+                Errno.NOT_FOUND,
+                "no status for this push message: it was not VAPID-signed, or its status "
+                "was forgotten (message_status_retention after it ended)",
+            )
+        if not hmac.compare_digest(status.vapid_hash, checked[1]):
+            raise ServiceError(
+                403,
+                Errno.VAPID_KEY_MISMATCH,
+                "only the key that signed the push may read its status",
+            )
+        return status_document(status, time.time())
 
     async def _receipt_subscription(self, headers: Mapping[str, str]) -> str | None:
         """The receipt subscription a push asks for (RFC 8030 section 5.1), if any.
@@ -558,6 +682,9 @@ class PushService:
         if code != 100:
             log.info("message %s acknowledged with code %d", message_id, code)
         self._acks.append((uaid, message_id))
+        pending = self._deliveries.get(message_id)
+        if pending is not None and pending[0] == "websocket" and not pending[2]:
+            del self._deliveries[message_id]  # the ack's statement records the delivery
         if self._ack_writer is None:
             self._ack_writer = asyncio.ensure_future(self._write_acks())
 
@@ -581,6 +708,38 @@ class PushService:
                         self.hub.notify_receipt(message.receipt_id)
         finally:
             self._ack_writer = None
+
+    def note_delivered(self, message: StoredMessage, via: str) -> None:
+        """A connection of kind `via` ("websocket", "http2") carried `message`: its
+        status says so. Recorded lazily, the deliveries of one moment in one store call
+        (nobody waits); a message known to have no status costs nothing."""
+        if message.has_status is False:
+            return
+        self._deliveries[message.message_id] = (via, time.time(), message.ttl == 0)
+        if self._delivery_writer is None:
+            self._delivery_writer = asyncio.ensure_future(self._write_deliveries())
+
+    async def _write_deliveries(self) -> None:
+        try:
+            await asyncio.sleep(DELIVERY_WRITE_DELAY)
+            await self._flush_deliveries()
+        finally:
+            self._delivery_writer = None
+
+    async def _flush_deliveries(self) -> None:
+        while self._deliveries:
+            batch = [
+                (message_id, via, at)
+                for message_id, (via, at, _) in list(self._deliveries.items())[
+                    :MAX_DELIVERIES_PER_WRITE
+                ]
+            ]
+            for message_id, _, _ in batch:
+                del self._deliveries[message_id]
+            try:
+                await self.store.mark_statuses_delivered(batch)
+            except Exception as exc:  # a status is best effort; the message is not
+                log.warning("cannot record %d deliveries: %s", len(batch), exc)
 
     async def mark_delivered(self, message: StoredMessage) -> None:
         """Remember that a message wanting a receipt reached its user agent."""

@@ -46,11 +46,19 @@ class VapidChecker:
     def check(
         self, headers: Mapping[str, str], restricted_to: bytes | None
     ) -> VerifiedVapid | None:
+        """`check_signed`, without the key's hash."""
+        checked = self.check_signed(headers, restricted_to)
+        return None if checked is None else checked[0]
+
+    def check_signed(
+        self, headers: Mapping[str, str], restricted_to: bytes | None
+    ) -> tuple[VerifiedVapid, bytes] | None:
         """Check a push's VAPID headers; `restricted_to` is the subscription's key hash.
 
         A restricted subscription needs a valid token signed by its key: 401 when none is
         given, 403 when it is invalid or signed by another key. An unrestricted one
-        checks a token only when one is given.
+        checks a token only when one is given. Returns the verified token and the hash
+        of its key (what a message status remembers), or None for an unsigned push.
         """
         authorization = headers.get("authorization", "").strip()
         scheme = authorization.split(None, 1)[0].lower() if authorization else ""
@@ -77,4 +85,4 @@ class VapidChecker:
                 Errno.VAPID_KEY_MISMATCH,
                 "the VAPID key does not match the application server key of this subscription",
             )
-        return verified
+        return verified, key_hash
