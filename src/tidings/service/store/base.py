@@ -160,20 +160,6 @@ class MessageStatus:
         return self.expires_at if self.final_at is None else self.final_at
 
 
-def stored_status(message: StoredMessage) -> MessageStatus:
-    """The first status of a signed push that is stored."""
-    if message.vapid_hash is None:
-        raise ValueError("only a VAPID-signed push has a status")
-    return MessageStatus(
-        message.message_id,
-        message.vapid_hash,
-        STORED,
-        message.ttl,
-        message.created_at,
-        message.expires_at,
-    )
-
-
 def status_columns(status: MessageStatus) -> tuple[object, ...]:
     """A status as the stores persist it: message_id, vapid_hash, state, ttl,
     created_at, expires_at, delivered_via, delivered_at, final_at, ends_at."""

@@ -53,7 +53,6 @@ from tidings.service.store.base import (
     decode_headers,
     message_columns,
     status_columns,
-    stored_status,
 )
 
 T = TypeVar("T")
@@ -183,6 +182,11 @@ _INSERT_STATUS = (
     " expires_at, delivered_via, delivered_at, final_at, ends_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A signed push as it is stored (the hot path: no object, five values bound).
+_INSERT_STORED_STATUS = (
+    "INSERT OR IGNORE INTO message_status (message_id, vapid_hash, state, ttl, created_at,"
+    " expires_at, ends_at) VALUES (?1, ?2, 'stored', ?3, ?4, ?5, ?5)"
+)
 # A message leaves the store: its status reaches a final state (`state` NULL: the
 # sender's or the user agent's DELETE, acknowledged if it was delivered).
 _FINISH_STATUS = (
@@ -193,9 +197,9 @@ _FINISH_STATUS = (
 # An acknowledgement over WebSocket is a delivery over WebSocket too (the service
 # leaves the delivery to this statement when the ack comes soon: core.note_delivered).
 _ACKNOWLEDGE_STATUS = (
-    "UPDATE message_status SET state = 'acknowledged', final_at = ?, ends_at = ?,"
-    " delivered_at = coalesce(delivered_at, ?),"
-    " delivered_via = coalesce(delivered_via, 'websocket') WHERE message_id = ?"
+    "UPDATE message_status SET state = 'acknowledged', final_at = ?1, ends_at = ?1,"
+    " delivered_at = coalesce(delivered_at, ?1),"
+    " delivered_via = coalesce(delivered_via, 'websocket') WHERE message_id = ?2"
 )
 # A delivery: a stored message becomes delivered, and so does a TTL-0 push (recorded as
 # dropped before it was offered).
@@ -809,7 +813,16 @@ class SQLiteStore:
         ).rowcount
         if inserted:
             if message.vapid_hash is not None:
-                db.execute(_INSERT_STATUS, status_columns(stored_status(message)))
+                db.execute(
+                    _INSERT_STORED_STATUS,
+                    (
+                        message.message_id,
+                        message.vapid_hash,
+                        message.ttl,
+                        message.created_at,
+                        message.expires_at,
+                    ),
+                )
             return replaced
         exists = db.execute(
             "SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?",
@@ -850,11 +863,15 @@ class SQLiteStore:
         return await self._op(lambda db: self._delete_message_in(db, uaid, message_id, False))
 
     async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
-        return await self._op(
-            lambda db: [
-                self._delete_message_in(db, uaid, message_id, True) for uaid, message_id in keys
-            ]
-        )
+        def write(db: sqlite3.Connection) -> list[StoredMessage | None]:
+            deleted = [self._delete_message_in(db, uaid, mid, True) for uaid, mid in keys]
+            now = time.time()  # their statuses, in one call
+            db.executemany(
+                _ACKNOWLEDGE_STATUS, [(now, m.message_id) for m in deleted if m is not None]
+            )
+            return deleted
+
+        return await self._op(write)
 
     @staticmethod
     def _delete_message_in(
@@ -866,9 +883,7 @@ class SQLiteStore:
         now = time.time()
         if row[10] is not None and row[11]:
             db.execute(_INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, now, row[10]))
-        if acknowledged:
-            db.execute(_ACKNOWLEDGE_STATUS, (now, now, now, message_id))
-        else:
+        if not acknowledged:  # (acknowledgements: by the caller, all at once)
             db.execute(_FINISH_STATUS, (None, now, now, message_id))
         return _message_from_row(row)
 
