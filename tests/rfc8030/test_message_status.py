@@ -199,3 +199,33 @@ async def test_statuses_are_forgotten_after_the_retention(tmp_path: Path) -> Non
             assert rows == [None] * 3  # the table holds none of them any more
             status, error = await get_status(client, paths[0], key, service.url)
             assert (status, error["errno"]) == (404, 404)
+
+
+async def test_an_ack_right_after_an_http2_delivery_is_an_acknowledgement(h2c: Rfc8030) -> None:
+    """HTTP/2 deliveries are written at once (only WebSocket ones wait for their ack),
+    so a user agent's DELETE right after the push reads as acknowledged, not deleted."""
+    key, origin = VapidKey.generate(), h2c.service.url
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        paths = [await signed_push(client, ua, key, f"m{i}") for i in range(3)]
+        pushed = await drain(client, ua.subscription)
+        assert [p.path for p in pushed] == paths
+        for path in paths:
+            assert (await client.request("DELETE", path)).status == 204
+        for path in paths:
+            done = await eventually_state(client, path, key, origin, "acknowledged")
+            assert done["delivered_via"] == "http2" and done["deleted_at"] is None
+
+
+async def test_pending_deliveries_are_bounded(h2c: Rfc8030, monkeypatch: Any) -> None:
+    from tidings.service import core
+    from tidings.service.store import StoredMessage
+
+    service = h2c.service.service
+    assert service is not None
+    monkeypatch.setattr(core, "MAX_PENDING_DELIVERIES", 3)
+    now = time.time()
+    for i in range(10):
+        message = StoredMessage(f"{i:032x}", "ua", "ch", b"", 60, now, now + 60)
+        service.note_delivered(message, "websocket")
+    assert len(service._deliveries) == 3  # the rest is left to the acks

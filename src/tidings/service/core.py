@@ -117,9 +117,10 @@ RECEIPT_SWEEP_INTERVAL = 3600.0  # seconds between two sweeps of receipt subscri
 RECEIPT_SUBSCRIPTION_GRACE = 86400.0  # past the longest TTL, before an unused one goes
 STATUS_SWEEP_BATCH = 1000  # message statuses forgotten per store call by the sweep
 MAX_DELIVERIES_PER_WRITE = 256  # deliveries recorded in message statuses per store call
-# Deliveries are written this many seconds late: a WebSocket acknowledgement arriving
+# WebSocket deliveries are written this many seconds late: an acknowledgement arriving
 # meanwhile records the delivery in its own statement, and the separate write is saved.
 DELIVERY_WRITE_DELAY = 1.0
+MAX_PENDING_DELIVERIES = 10_000  # deliveries waiting to be written; more are not noted
 USER_AGENT_SWEEP_BATCH = 1000  # user agents forgotten per store call by the expiry sweep
 RETRY_AFTER_STORE_FULL = "300"  # seconds; the sweep frees room as messages expire
 
@@ -220,7 +221,8 @@ class PushService:
         self._ack_writer: asyncio.Task[None] | None = None
         # For statuses, not yet written: message id -> (via, at, TTL 0).
         self._deliveries: dict[str, tuple[str, float, bool]] = {}
-        self._delivery_writer: asyncio.Task[None] | None = None
+        self._delivery_writer: asyncio.Task[None] | None = None  # after the delay
+        self._delivery_flusher: asyncio.Task[None] | None = None  # at once (HTTP/2)
         self.draining = False
         self.started_at = time.time()
         self.quota = MessageQuota(
@@ -251,10 +253,11 @@ class PushService:
         if self._ack_writer is not None:
             with contextlib.suppress(Exception):
                 await self._ack_writer  # acknowledged messages are deleted before closing
-        if self._delivery_writer is not None:
-            self._delivery_writer.cancel()  # its delay; what it holds is written now
-            with contextlib.suppress(BaseException):
-                await self._delivery_writer
+        for writer in (self._delivery_writer, self._delivery_flusher):
+            if writer is not None:
+                writer.cancel()  # what it holds is written now
+                with contextlib.suppress(BaseException):
+                    await writer
         await self._flush_deliveries()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -550,7 +553,10 @@ class PushService:
             ref = self.sealer.open_message(token)
         except TokenError:
             raise ServiceError(404, Errno.INVALID_TOKEN, "no such push message") from None
+        pending = self._deliveries.pop(ref.message_id, None)
         try:
+            if pending is not None:  # delivered here, not yet written: an acknowledgement
+                await self.store.mark_statuses_delivered([(ref.message_id, *pending[:2])])
             deleted = await self.store.delete_message(ref.uaid, ref.message_id)
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from None
@@ -713,10 +719,15 @@ class PushService:
         """A connection of kind `via` ("websocket", "http2") carried `message`: its
         status says so. Recorded lazily, the deliveries of one moment in one store call
         (nobody waits); a message known to have no status costs nothing."""
-        if message.has_status is False:
-            return
+        if message.has_status is False or len(self._deliveries) >= MAX_PENDING_DELIVERIES:
+            return  # (over the bound: a WebSocket ack still records the delivery)
         self._deliveries[message.message_id] = (via, time.time(), message.ttl == 0)
-        if self._delivery_writer is None:
+        if via != "websocket":
+            # Only a WebSocket ack records its delivery: an RFC 8030 DELETE must find
+            # this one written to read as an acknowledgement.
+            if self._delivery_flusher is None:
+                self._delivery_flusher = asyncio.ensure_future(self._flush_soon())
+        elif self._delivery_writer is None:
             self._delivery_writer = asyncio.ensure_future(self._write_deliveries())
 
     async def _write_deliveries(self) -> None:
@@ -725,6 +736,12 @@ class PushService:
             await self._flush_deliveries()
         finally:
             self._delivery_writer = None
+
+    async def _flush_soon(self) -> None:
+        try:
+            await self._flush_deliveries()
+        finally:
+            self._delivery_flusher = None
 
     async def _flush_deliveries(self) -> None:
         while self._deliveries:
