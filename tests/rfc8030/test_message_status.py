@@ -124,11 +124,11 @@ async def test_sender_delete_topic_replacement_and_expiry(h2c: Rfc8030) -> None:
         replaced = await eventually_state(client, first, key, origin, "replaced")
         assert replaced["replaced_at"] >= replaced["created_at"]
         short = await signed_push(client, ua, key, "short", ttl="1")
-        message_id = (await get_status(client, short, key, origin))[1]["message"]
+        ref = h2c.service.service.sealer.open_message(short.rsplit("/", 1)[-1])
         # The sweep (every 0.2 s here) writes "expired" once the TTL has passed.
         deadline = time.monotonic() + DEADLINE
         while True:
-            row = await store.get_message_status(message_id)
+            row = await store.get_message_status(ref.uaid, ref.message_id)
             assert row is not None
             if row.state == "expired" or time.monotonic() > deadline:
                 break
@@ -189,10 +189,13 @@ async def test_statuses_are_forgotten_after_the_retention(tmp_path: Path) -> Non
             paths = [await signed_push(client, ua, key, f"m{i}") for i in range(3)]
             for path in paths:
                 assert (await client.request("DELETE", path)).status == 204
-            ids = [(await get_status(client, p, key, service.url))[1]["message"] for p in paths]
+            refs = [service.service.sealer.open_message(p.rsplit("/", 1)[-1]) for p in paths]
             deadline = time.monotonic() + DEADLINE
             while time.monotonic() < deadline:
-                rows = [await service.service.store.get_message_status(i) for i in ids]
+                rows = [
+                    await service.service.store.get_message_status(r.uaid, r.message_id)
+                    for r in refs
+                ]
                 if rows == [None] * 3:
                     break
                 await asyncio.sleep(0.1)

@@ -25,7 +25,7 @@ async def test_a_signed_push_is_stored_with_its_status(store: Store) -> None:
     await subscribe(store)
     pushed = signed(ttl=60)
     await store.store_message(pushed, quota=QUOTA)
-    status = await store.get_message_status(pushed.message_id)
+    status = await store.get_message_status("ua1", pushed.message_id)
     assert status == MessageStatus(
         pushed.message_id,
         KEY,
@@ -41,7 +41,7 @@ async def test_an_unsigned_push_has_no_status(store: Store) -> None:
     await subscribe(store)
     pushed = message()
     await store.store_message(pushed, quota=QUOTA)
-    assert await store.get_message_status(pushed.message_id) is None
+    assert await store.get_message_status("ua1", pushed.message_id) is None
 
 
 async def test_delivery_then_acknowledgement(store: Store) -> None:
@@ -49,9 +49,11 @@ async def test_delivery_then_acknowledgement(store: Store) -> None:
     pushed = signed()
     await store.store_message(pushed, quota=QUOTA)
     mid = pushed.message_id
-    await store.mark_statuses_delivered([(mid, "websocket", NOW + 1), ("0" * 32, "http2", NOW)])
-    await store.mark_statuses_delivered([(mid, "http2", NOW + 2)])  # the first one counts
-    status = await store.get_message_status(mid)
+    await store.mark_statuses_delivered(
+        [("ua1", mid, "websocket", NOW + 1), ("ua1", "0" * 32, "http2", NOW)]
+    )
+    await store.mark_statuses_delivered([("ua1", mid, "http2", NOW + 2)])  # the first one counts
+    status = await store.get_message_status("ua1", mid)
     assert status is not None
     assert (status.state, status.delivered_via, status.delivered_at) == (
         "delivered",
@@ -59,7 +61,7 @@ async def test_delivery_then_acknowledgement(store: Store) -> None:
         NOW + 1,
     )
     assert await store.delete_messages([("ua1", mid)]) != [None]
-    status = await store.get_message_status(mid)
+    status = await store.get_message_status("ua1", mid)
     assert status is not None and status.state == "acknowledged"
     assert status.final_at is not None and status.final_at > NOW
     assert status.ends_at == status.final_at
@@ -70,7 +72,7 @@ async def test_an_ack_records_a_delivery_not_yet_written(store: Store) -> None:
     pushed = signed()
     await store.store_message(pushed, quota=QUOTA)
     await store.delete_messages([("ua1", pushed.message_id)])
-    status = await store.get_message_status(pushed.message_id)
+    status = await store.get_message_status("ua1", pushed.message_id)
     assert status is not None and status.state == "acknowledged"
     assert (status.delivered_at, status.delivered_via) == (status.final_at, "websocket")
 
@@ -80,11 +82,11 @@ async def test_delete_is_a_cancellation_until_delivered(store: Store) -> None:
     cancelled, acknowledged = signed(), signed()
     for pushed in (cancelled, acknowledged):
         await store.store_message(pushed, quota=QUOTA)
-    await store.mark_statuses_delivered([(acknowledged.message_id, "http2", NOW)])
+    await store.mark_statuses_delivered([("ua1", acknowledged.message_id, "http2", NOW)])
     for pushed in (cancelled, acknowledged):
         assert await store.delete_message("ua1", pushed.message_id) is not None
-    first = await store.get_message_status(cancelled.message_id)
-    second = await store.get_message_status(acknowledged.message_id)
+    first = await store.get_message_status("ua1", cancelled.message_id)
+    second = await store.get_message_status("ua1", acknowledged.message_id)
     assert first is not None and (first.state, first.delivered_at) == ("deleted", None)
     assert second is not None and (second.state, second.delivered_via) == ("acknowledged", "http2")
 
@@ -97,11 +99,11 @@ async def test_expiry_and_topic_replacement_end_a_status(store: Store) -> None:
     for pushed in (expiring, first, second):
         await store.store_message(pushed, quota=QUOTA)
     assert await store.delete_expired(NOW + 20) == 1
-    gone = await store.get_message_status(expiring.message_id)
+    gone = await store.get_message_status("ua1", expiring.message_id)
     assert gone is not None and (gone.state, gone.final_at) == ("expired", NOW + 20)
-    replaced = await store.get_message_status(first.message_id)
+    replaced = await store.get_message_status("ua1", first.message_id)
     assert replaced is not None and (replaced.state, replaced.final_at) == ("replaced", NOW + 1)
-    kept = await store.get_message_status(second.message_id)
+    kept = await store.get_message_status("ua1", second.message_id)
     assert kept is not None and kept.state == "stored"
 
 
@@ -110,8 +112,8 @@ async def test_a_dropped_ttl0_push_becomes_delivered_when_a_connection_takes_it(
 ) -> None:
     mid = secrets.token_hex(16)
     await store.add_message_status(MessageStatus(mid, KEY, "expired", 0, NOW, NOW, final_at=NOW))
-    await store.mark_statuses_delivered([(mid, "websocket", NOW)])
-    status = await store.get_message_status(mid)
+    await store.mark_statuses_delivered([("ua0", mid, "websocket", NOW)])
+    status = await store.get_message_status("ua1", mid)
     assert status is not None
     assert (status.state, status.delivered_via, status.ends_at) == ("delivered", "websocket", NOW)
     # A stored message that expired stays expired, delivered late or not.
@@ -119,8 +121,8 @@ async def test_a_dropped_ttl0_push_becomes_delivered_when_a_connection_takes_it(
     late = signed(ttl=5)
     await store.store_message(late, quota=QUOTA)
     await store.delete_expired(NOW + 10)
-    await store.mark_statuses_delivered([(late.message_id, "websocket", NOW + 11)])
-    status = await store.get_message_status(late.message_id)
+    await store.mark_statuses_delivered([("ua1", late.message_id, "websocket", NOW + 11)])
+    status = await store.get_message_status("ua1", late.message_id)
     assert status is not None and status.state == "expired"
 
 
@@ -131,12 +133,26 @@ async def test_old_statuses_are_forgotten_in_batches(store: Store) -> None:
             MessageStatus(mid, KEY, "acknowledged", 60, NOW, NOW + 60, final_at=NOW + i)
         )
     await subscribe(store)
-    stored = signed(ttl=100)  # ends at its expiry while stored
+    stored = signed(ttl=100)  # in its message's row while stored: not swept here
     await store.store_message(stored, quota=QUOTA)
     assert await store.delete_old_statuses(NOW + 5, 3) == 3
     assert await store.delete_old_statuses(NOW + 5, 3) == 2
     assert await store.delete_old_statuses(NOW + 5, 3) == 0
-    assert [await store.get_message_status(mid) for mid in ended] == [None] * 5
-    assert await store.get_message_status(stored.message_id) is not None
-    assert await store.delete_old_statuses(NOW + 101, 3) == 1
-    assert await store.get_message_status(stored.message_id) is None
+    assert [await store.get_message_status("ua1", mid) for mid in ended] == [None] * 5
+    assert await store.get_message_status("ua1", stored.message_id) is not None
+    assert await store.delete_old_statuses(NOW + 101, 3) == 0
+    assert await store.delete_expired(NOW + 101) == 1  # now it ended
+    assert await store.delete_old_statuses(NOW + 102, 3) == 1
+    assert await store.get_message_status("ua1", stored.message_id) is None
+
+
+async def test_a_status_lives_in_its_message_row_while_stored(store: Store) -> None:
+    """Nothing but the message row is written with a push; a message removed with its
+    subscription takes its status along (no row is left to sweep)."""
+    await subscribe(store)
+    pushed = signed()
+    await store.store_message(pushed, quota=QUOTA)
+    assert await store.delete_old_statuses(NOW + 10**9, 100) == 0  # no status row yet
+    assert await store.get_message_status("ua2", pushed.message_id) is None  # its user agent's
+    assert await store.delete_subscription("ua1", "ch1")
+    assert await store.get_message_status("ua1", pushed.message_id) is None

@@ -219,8 +219,8 @@ class PushService:
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: list[tuple[str, str]] = []  # acknowledged, not yet deleted
         self._ack_writer: asyncio.Task[None] | None = None
-        # For statuses, not yet written: message id -> (via, at, TTL 0).
-        self._deliveries: dict[str, tuple[str, float, bool]] = {}
+        # For statuses, not yet written: message id -> (uaid, via, at, TTL 0).
+        self._deliveries: dict[str, tuple[str, str, float, bool]] = {}
         self._delivery_writer: asyncio.Task[None] | None = None  # after the delay
         self._delivery_flusher: asyncio.Task[None] | None = None  # at once (HTTP/2)
         self.draining = False
@@ -491,7 +491,7 @@ class PushService:
                 headers={"www-authenticate": "vapid"},
             )
         try:
-            status = await self.store.get_message_status(ref.message_id)
+            status = await self.store.get_message_status(ref.uaid, ref.message_id)
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from None
         if status is None:
@@ -556,7 +556,9 @@ class PushService:
         pending = self._deliveries.pop(ref.message_id, None)
         try:
             if pending is not None:  # delivered here, not yet written: an acknowledgement
-                await self.store.mark_statuses_delivered([(ref.message_id, *pending[:2])])
+                await self.store.mark_statuses_delivered(
+                    [(ref.uaid, ref.message_id, *pending[1:3])]
+                )
             deleted = await self.store.delete_message(ref.uaid, ref.message_id)
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from None
@@ -689,7 +691,7 @@ class PushService:
             log.info("message %s acknowledged with code %d", message_id, code)
         self._acks.append((uaid, message_id))
         pending = self._deliveries.get(message_id)
-        if pending is not None and pending[0] == "websocket" and not pending[2]:
+        if pending is not None and pending[1] == "websocket" and not pending[3]:
             del self._deliveries[message_id]  # the ack's statement records the delivery
         if self._ack_writer is None:
             self._ack_writer = asyncio.ensure_future(self._write_acks())
@@ -721,7 +723,7 @@ class PushService:
         (nobody waits); a message known to have no status costs nothing."""
         if message.has_status is False or len(self._deliveries) >= MAX_PENDING_DELIVERIES:
             return  # (over the bound: a WebSocket ack still records the delivery)
-        self._deliveries[message.message_id] = (via, time.time(), message.ttl == 0)
+        self._deliveries[message.message_id] = (message.uaid, via, time.time(), message.ttl == 0)
         if via != "websocket":
             # Only a WebSocket ack records its delivery: an RFC 8030 DELETE must find
             # this one written to read as an acknowledgement.
@@ -746,12 +748,12 @@ class PushService:
     async def _flush_deliveries(self) -> None:
         while self._deliveries:
             batch = [
-                (message_id, via, at)
-                for message_id, (via, at, _) in list(self._deliveries.items())[
+                (uaid, message_id, via, at)
+                for message_id, (uaid, via, at, _) in list(self._deliveries.items())[
                     :MAX_DELIVERIES_PER_WRITE
                 ]
             ]
-            for message_id, _, _ in batch:
+            for _, message_id, _, _ in batch:
                 del self._deliveries[message_id]
             try:
                 await self.store.mark_statuses_delivered(batch)

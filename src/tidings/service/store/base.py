@@ -139,7 +139,10 @@ FINAL_STATES = frozenset((ACKNOWLEDGED, EXPIRED, DELETED, REPLACED))
 class MessageStatus:
     """What its sender may learn about a VAPID-signed push (GET on its message resource).
 
-    `delivered_via` is "websocket" or "http2" once a connection carried it; `final_at`
+    While the message is stored its status lives in its row; when it leaves the store
+    (acknowledged, cancelled, expired, replaced) a final status row is written in the
+    same transaction. `delivered_via` is "websocket" or "http2" once a connection
+    carried it; `final_at`
     is when it reached a final state (acknowledged, expired, deleted, replaced);
     `ends_at` is when the row starts its retention: `final_at`, or `expires_at` while
     the message is still stored (a message removed with its subscription ends there).
@@ -290,8 +293,9 @@ class Store(Protocol):
     async def store_message(self, message: StoredMessage, *, quota: MessageQuota) -> list[str]:
         """Store a message; replace a stored one of the same subscription and topic.
 
-        Returns the ids of replaced messages. A message with a `vapid_hash` gets its
-        status ("stored") in the same transaction; the replaced ones become "replaced".
+        Returns the ids of replaced messages. A message with a `vapid_hash` has a
+        status: kept in its row while stored; the replaced ones leave a final
+        "replaced" status, in the same transaction.
         Raises SubscriptionGone when the
         subscription does not exist, TooManyMessages when a quota of its subscription
         or user agent is reached, StoreFull when the whole store is. The quotas are
@@ -330,12 +334,16 @@ class Store(Protocol):
         """Record the status of a signed push that was never stored (TTL 0: delivered
         live or dropped); a stored one gets its status from `store_message`."""
 
-    async def mark_statuses_delivered(self, deliveries: Sequence[tuple[str, str, float]]) -> None:
-        """For each (message_id, via, at): the message went out on a connection of kind
-        `via` at `at` (only the first delivery counts; a final state stays)."""
+    async def mark_statuses_delivered(
+        self, deliveries: Sequence[tuple[str, str, str, float]]
+    ) -> None:
+        """For each (uaid, message_id, via, at): the message went out on a connection of
+        kind `via` at `at` (only the first delivery counts; a final state stays, but for
+        a TTL-0 push's "expired", which becomes "delivered")."""
 
-    async def get_message_status(self, message_id: str) -> MessageStatus | None:
-        """The status of a message, or None (unsigned, unknown or forgotten)."""
+    async def get_message_status(self, uaid: str, message_id: str) -> MessageStatus | None:
+        """The status of a message of user agent `uaid`, or None (unsigned, unknown or
+        forgotten): while it is stored, from its row ("stored" or "delivered")."""
 
     async def delete_old_statuses(self, ended_before: float, limit: int) -> int:
         """Forget at most `limit` statuses whose `ends_at` is before `ended_before`;

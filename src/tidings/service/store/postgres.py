@@ -63,13 +63,14 @@ _MIGRATION_LOCK = 0x7469_6469_6E67  # "tiding"
 # The start of tidings_store_message in every schema: one writer per user agent (its
 # limits and topic replacement cannot race), the subscription must exist, then the
 # message of the same topic goes.
-_LOCK_AND_REPLACE = """
+_LOCK = """
         PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
         PERFORM 1 FROM subscriptions WHERE uaid = p_uaid AND channel_id = p_channel_id;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'subscription gone' USING ERRCODE = 'TD001';
         END IF;
-        IF p_topic IS NOT NULL THEN
+"""
+_REPLACE = """        IF p_topic IS NOT NULL THEN
             WITH gone AS (
                 DELETE FROM messages
                 WHERE uaid = p_uaid AND channel_id = p_channel_id AND topic = p_topic
@@ -78,6 +79,7 @@ _LOCK_AND_REPLACE = """
             SELECT coalesce(array_agg(message_id), '{}') INTO replaced FROM gone;
         END IF;
 """
+_LOCK_AND_REPLACE = _LOCK + _REPLACE
 
 # Its end: the insert, and the ids of the messages the topic replaced.
 _INSERT_AND_RETURN = """
@@ -129,24 +131,25 @@ _CHECK_QUOTAS = """        SELECT count(*) FILTER (WHERE channel_id = p_channel_
         END IF;
 """
 
-# Schema 3's end of tidings_store_message: the insert, with the status of a signed push.
-_INSERT_WITH_STATUS_AND_RETURN = """
-        IF cardinality(replaced) > 0 THEN
-            UPDATE message_status SET state = 'replaced', final_at = p_created_at,
-                ends_at = p_created_at
-            WHERE message_id = ANY(replaced);
-        END IF;
-        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
-                              expires_at, urgency, topic, headers, receipt_id)
-        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
-                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id);
-        IF p_vapid_hash IS NOT NULL THEN
-            INSERT INTO message_status (message_id, vapid_hash, state, ttl, created_at,
-                                        expires_at, ends_at)
-            VALUES (p_message_id, p_vapid_hash, 'stored', p_ttl, p_created_at,
-                    p_expires_at, p_expires_at)
+# Schema 3: the signed messages a Topic replaces leave their final status.
+_REPLACED_STATUSES = """        IF p_topic IS NOT NULL THEN
+            INSERT INTO message_status
+            SELECT message_id, vapid_hash, 'replaced', ttl, created_at, expires_at,
+                   delivered_via, delivered_at, p_created_at, p_created_at
+            FROM messages
+            WHERE uaid = p_uaid AND channel_id = p_channel_id AND topic = p_topic
+              AND vapid_hash IS NOT NULL
             ON CONFLICT DO NOTHING;
         END IF;
+"""
+
+# Schema 3's end of tidings_store_message: the key hash of a signed push goes in its
+# row (its status while stored: no other write).
+_INSERT_WITH_STATUS_AND_RETURN = """
+        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                              expires_at, urgency, topic, headers, receipt_id, vapid_hash)
+        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id, p_vapid_hash);
         RETURN replaced;
     END
     $$;
@@ -312,11 +315,14 @@ _MIGRATIONS: dict[int, str] = {
     """,
         )
     ),
-    # The status of each VAPID-signed push for its sender (see the SQLite store), written
-    # by tidings_store_message in the insert's transaction.
+    # The status of each VAPID-signed push for its sender (see the SQLite store): in its
+    # message's row while stored, then a row of message_status.
     3: "".join(
         (
             """
+    ALTER TABLE messages ADD COLUMN vapid_hash bytea;
+    ALTER TABLE messages ADD COLUMN delivered_via text;
+    ALTER TABLE messages ADD COLUMN delivered_at double precision;
     CREATE TABLE message_status (
         message_id text PRIMARY KEY,
         vapid_hash bytea NOT NULL,
@@ -338,7 +344,9 @@ _MIGRATIONS: dict[int, str] = {
             _QUOTA_PARAMETERS,
             ",\n        p_vapid_hash bytea\n",
             _DECLARE_COUNTS,
-            _LOCK_AND_REPLACE,
+            _LOCK,
+            _REPLACED_STATUSES,
+            _REPLACE,
             _CHECK_QUOTAS,
             _INSERT_WITH_STATUS_AND_RETURN,
         )
@@ -381,19 +389,20 @@ WITH keys AS (
     DELETE FROM messages m USING keys k
     WHERE m.uaid = k.uaid AND m.message_id = k.message_id
     RETURNING m.message_id, m.uaid, m.channel_id, m.body, m.ttl, m.created_at,
-              m.expires_at, m.urgency, m.topic, m.headers, m.receipt_id, m.delivered
+              m.expires_at, m.urgency, m.topic, m.headers, m.receipt_id, m.delivered,
+              m.vapid_hash, m.delivered_via, m.delivered_at
 ), status AS (
     -- $4: WebSocket acknowledgements (a delivery over WebSocket too); otherwise a
     -- DELETE of the message resource: acknowledged if it was delivered, else the
     -- sender's cancellation.
-    UPDATE message_status s SET
-        state = CASE WHEN $4 OR s.delivered_at IS NOT NULL THEN 'acknowledged'
-                     ELSE 'deleted' END,
-        delivered_at = CASE WHEN $4 THEN coalesce(s.delivered_at, $3) ELSE s.delivered_at END,
-        delivered_via = CASE WHEN $4 THEN coalesce(s.delivered_via, 'websocket')
-                             ELSE s.delivered_via END,
-        final_at = $3, ends_at = $3
-    FROM gone WHERE s.message_id = gone.message_id
+    INSERT INTO message_status
+    SELECT message_id, vapid_hash,
+           CASE WHEN $4 OR delivered_at IS NOT NULL THEN 'acknowledged' ELSE 'deleted' END,
+           ttl, created_at, expires_at,
+           CASE WHEN $4 THEN coalesce(delivered_via, 'websocket') ELSE delivered_via END,
+           CASE WHEN $4 THEN coalesce(delivered_at, $3) ELSE delivered_at END, $3, $3
+    FROM gone WHERE vapid_hash IS NOT NULL
+    ON CONFLICT DO NOTHING
 ), receipt AS (
     INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
     SELECT receipt_id, uaid, channel_id, message_id, 204, $3 FROM gone
@@ -412,10 +421,14 @@ WITH gone AS (
         SELECT uaid, message_id FROM messages WHERE expires_at <= $1
         ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
     )
-    RETURNING receipt_id, uaid, channel_id, message_id
+    RETURNING receipt_id, uaid, channel_id, message_id, vapid_hash, ttl, created_at,
+              expires_at, delivered_via, delivered_at
 ), status AS (
-    UPDATE message_status s SET state = 'expired', final_at = $1, ends_at = $1
-    FROM gone WHERE s.message_id = gone.message_id
+    INSERT INTO message_status
+    SELECT message_id, vapid_hash, 'expired', ttl, created_at, expires_at, delivered_via,
+           delivered_at, $1, $1
+    FROM gone WHERE vapid_hash IS NOT NULL
+    ON CONFLICT DO NOTHING
 ), receipt AS (
     INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
     SELECT receipt_id, uaid, channel_id, message_id, 410, $1 FROM gone
@@ -423,6 +436,33 @@ WITH gone AS (
       AND receipt_id IN (SELECT receipt_id FROM receipt_subscriptions)
 )
 SELECT count(*) FROM gone
+"""
+
+# Deliveries (uaid, message id, via, at): of stored messages in their rows, of TTL-0
+# pushes (recorded as dropped before they were offered) in their statuses.
+_MARK_DELIVERED = """
+WITH d AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])
+        AS d(uaid, message_id, via, at)
+), stored AS (
+    UPDATE messages m SET delivered_via = d.via, delivered_at = d.at FROM d
+    WHERE m.uaid = d.uaid AND m.message_id = d.message_id AND m.delivered_at IS NULL
+)
+UPDATE message_status s SET delivered_via = d.via, delivered_at = d.at, state = 'delivered'
+FROM d WHERE s.message_id = d.message_id AND s.state = 'expired' AND s.ttl = 0
+  AND s.delivered_at IS NULL
+"""
+
+# A status: ended (message_status), or its message's row while it is stored.
+_SELECT_STATUS = """
+SELECT message_id, vapid_hash, state, ttl, created_at, expires_at, delivered_via,
+       delivered_at, final_at FROM message_status WHERE message_id = $2
+UNION ALL
+SELECT message_id, vapid_hash,
+       CASE WHEN delivered_at IS NULL THEN 'stored' ELSE 'delivered' END, ttl,
+       created_at, expires_at, delivered_via, delivered_at, NULL FROM messages
+WHERE uaid = $1 AND message_id = $2 AND vapid_hash IS NOT NULL
+LIMIT 1
 """
 
 # Errors that mean "the database cannot answer now" rather than a bug in a statement.
@@ -780,30 +820,23 @@ class PostgresStore:
             )
         )
 
-    async def mark_statuses_delivered(self, deliveries: Sequence[tuple[str, str, float]]) -> None:
+    async def mark_statuses_delivered(
+        self, deliveries: Sequence[tuple[str, str, str, float]]
+    ) -> None:
         if not deliveries:
             return
         await self._run(
             lambda conn: conn.execute(
-                "UPDATE message_status s SET delivered_via = d.via, delivered_at = d.at,"
-                " state = CASE WHEN s.state = 'stored' OR (s.state = 'expired' AND s.ttl = 0)"
-                " THEN 'delivered' ELSE s.state END"
-                " FROM unnest($1::text[], $2::text[], $3::float8[]) AS d(message_id, via, at)"
-                " WHERE s.message_id = d.message_id AND s.delivered_at IS NULL",
+                _MARK_DELIVERED,
                 [d[0] for d in deliveries],
                 [d[1] for d in deliveries],
                 [d[2] for d in deliveries],
+                [d[3] for d in deliveries],
             )
         )
 
-    async def get_message_status(self, message_id: str) -> MessageStatus | None:
-        row = await self._run(
-            lambda conn: conn.fetchrow(
-                "SELECT message_id, vapid_hash, state, ttl, created_at, expires_at, delivered_via,"
-                " delivered_at, final_at FROM message_status WHERE message_id = $1",
-                message_id,
-            )
-        )
+    async def get_message_status(self, uaid: str, message_id: str) -> MessageStatus | None:
+        row = await self._run(lambda conn: conn.fetchrow(_SELECT_STATUS, uaid, message_id))
         if row is None:
             return None
         return MessageStatus(row[0], bytes(row[1]), *row[2:])

@@ -132,9 +132,13 @@ _MIGRATIONS: dict[int, str] = {
         UPDATE counters SET value = value - 1 WHERE name = 'messages';
     END;
     """,
-    # The status of each VAPID-signed push, for its sender (MessageStatus): kept until
-    # `message_status_retention` after `ends_at` (its final state, or its expiry).
+    # The status of each VAPID-signed push, for its sender (MessageStatus): while it is
+    # stored, in its message's row (no other write on the hot path); once it leaves the
+    # store, a row of message_status, kept `message_status_retention` after `ends_at`.
     4: """
+    ALTER TABLE messages ADD COLUMN vapid_hash BLOB;
+    ALTER TABLE messages ADD COLUMN delivered_via TEXT;
+    ALTER TABLE messages ADD COLUMN delivered_at REAL;
     CREATE TABLE IF NOT EXISTS message_status (
         message_id TEXT PRIMARY KEY,
         vapid_hash BLOB NOT NULL,
@@ -157,7 +161,7 @@ _MIGRATIONS: dict[int, str] = {
 # user agent's rows, at most its quota long) and the store under its ceiling.
 _INSERT_CHECKED_MESSAGE = (
     "INSERT INTO messages (message_id, uaid, channel_id, body, ttl, created_at, expires_at,"
-    " urgency, topic, headers, receipt_id) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+    " urgency, topic, headers, receipt_id, vapid_hash) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
     " WHERE EXISTS (SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?)"
     " AND (SELECT coalesce(sum(channel_id = ?), 0) < ? AND count(*) < ?"
     " AND coalesce(sum(length(body)), 0) + ? <= ?"
@@ -175,39 +179,34 @@ _SELECT_PENDING = (
 _DELETE_MESSAGE = (
     "DELETE FROM messages WHERE uaid = ? AND message_id = ? RETURNING message_id, uaid,"
     " channel_id, body, ttl, created_at, expires_at, urgency, topic, headers, receipt_id,"
-    " delivered"
+    " delivered, vapid_hash, delivered_via, delivered_at"
 )
 _INSERT_STATUS = (
     "INSERT OR IGNORE INTO message_status (message_id, vapid_hash, state, ttl, created_at,"
     " expires_at, delivered_via, delivered_at, final_at, ends_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# A signed push as it is stored (the hot path: no object, five values bound).
-_INSERT_STORED_STATUS = (
-    "INSERT OR IGNORE INTO message_status (message_id, vapid_hash, state, ttl, created_at,"
-    " expires_at, ends_at) VALUES (?1, ?2, 'stored', ?3, ?4, ?5, ?5)"
+# The final status of signed messages leaving the store: `state` ?1 at ?2.
+_FINAL_STATUSES = (
+    "INSERT OR IGNORE INTO message_status SELECT message_id, vapid_hash, ?1, ttl,"
+    " created_at, expires_at, delivered_via, delivered_at, ?2, ?2 FROM messages"
 )
-# A message leaves the store: its status reaches a final state (`state` NULL: the
-# sender's or the user agent's DELETE, acknowledged if it was delivered).
-_FINISH_STATUS = (
-    "UPDATE message_status SET state = coalesce(?, CASE WHEN delivered_at IS NULL"
-    " THEN 'deleted' ELSE 'acknowledged' END), final_at = ?, ends_at = ?"
-    " WHERE message_id = ?"
+# `state` ?1 at ?2 for the messages of a subscription ?3, ?4 with the topic ?5.
+_REPLACED_STATUSES = (
+    _FINAL_STATUSES + " WHERE uaid = ?3 AND channel_id = ?4 AND topic = ?5"
+    " AND vapid_hash IS NOT NULL"
 )
-# An acknowledgement over WebSocket is a delivery over WebSocket too (the service
-# leaves the delivery to this statement when the ack comes soon: core.note_delivered).
-_ACKNOWLEDGE_STATUS = (
-    "UPDATE message_status SET state = 'acknowledged', final_at = ?1, ends_at = ?1,"
-    " delivered_at = coalesce(delivered_at, ?1),"
-    " delivered_via = coalesce(delivered_via, 'websocket') WHERE message_id = ?2"
+# `state` ?1 at ?2 for the messages expired at ?2.
+_EXPIRED_STATUSES = _FINAL_STATUSES + " WHERE expires_at <= ?2 AND vapid_hash IS NOT NULL"
+# A delivery: of a stored message, in its row; of a TTL-0 push (recorded as dropped
+# before it was offered), in its status.
+_DELIVER_MESSAGE = (
+    "UPDATE messages SET delivered_via = ?, delivered_at = ?"
+    " WHERE uaid = ? AND message_id = ? AND delivered_at IS NULL"
 )
-# A delivery: a stored message becomes delivered, and so does a TTL-0 push (recorded as
-# dropped before it was offered).
 _DELIVER_STATUS = (
-    "UPDATE message_status SET delivered_via = ?, delivered_at = ?,"
-    " state = CASE WHEN state = 'stored' OR (state = 'expired' AND ttl = 0)"
-    " THEN 'delivered' ELSE state END"
-    " WHERE message_id = ? AND delivered_at IS NULL"
+    "UPDATE message_status SET delivered_via = ?1, delivered_at = ?2, state = 'delivered'"
+    " WHERE message_id = ?4 AND state = 'expired' AND ttl = 0 AND delivered_at IS NULL"
 )
 
 
@@ -782,23 +781,21 @@ class SQLiteStore:
     ) -> list[str]:
         replaced: list[str] = []
         if message.topic is not None:
+            keys = (message.uaid, message.channel_id, message.topic)
+            db.execute(_REPLACED_STATUSES, ("replaced", message.created_at, *keys))
             rows = db.execute(
                 "DELETE FROM messages WHERE uaid = ? AND channel_id = ? AND topic = ?"
                 " RETURNING message_id",
-                (message.uaid, message.channel_id, message.topic),
+                keys,
             ).fetchall()
             replaced = [row[0] for row in rows]
-            if replaced:
-                db.executemany(
-                    _FINISH_STATUS,
-                    [("replaced", message.created_at, message.created_at, m) for m in replaced],
-                )
         # One statement checks the subscription and the quotas and inserts; only when
         # nothing was inserted do we look again to say why.
         inserted = db.execute(
             _INSERT_CHECKED_MESSAGE,
             (
                 *message_columns(message),
+                message.vapid_hash,
                 message.uaid,
                 message.channel_id,
                 message.channel_id,
@@ -812,17 +809,6 @@ class SQLiteStore:
             ),
         ).rowcount
         if inserted:
-            if message.vapid_hash is not None:
-                db.execute(
-                    _INSERT_STORED_STATUS,
-                    (
-                        message.message_id,
-                        message.vapid_hash,
-                        message.ttl,
-                        message.created_at,
-                        message.expires_at,
-                    ),
-                )
             return replaced
         exists = db.execute(
             "SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?",
@@ -863,15 +849,9 @@ class SQLiteStore:
         return await self._op(lambda db: self._delete_message_in(db, uaid, message_id, False))
 
     async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
-        def write(db: sqlite3.Connection) -> list[StoredMessage | None]:
-            deleted = [self._delete_message_in(db, uaid, mid, True) for uaid, mid in keys]
-            now = time.time()  # their statuses, in one call
-            db.executemany(
-                _ACKNOWLEDGE_STATUS, [(now, m.message_id) for m in deleted if m is not None]
-            )
-            return deleted
-
-        return await self._op(write)
+        return await self._op(
+            lambda db: [self._delete_message_in(db, uaid, mid, True) for uaid, mid in keys]
+        )
 
     @staticmethod
     def _delete_message_in(
@@ -883,8 +863,15 @@ class SQLiteStore:
         now = time.time()
         if row[10] is not None and row[11]:
             db.execute(_INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, now, row[10]))
-        if not acknowledged:  # (acknowledgements: by the caller, all at once)
-            db.execute(_FINISH_STATUS, (None, now, now, message_id))
+        if row[12] is not None:  # signed: its final status
+            via, delivered_at = row[13], row[14]
+            if acknowledged:  # over WebSocket: a delivery too, if not yet recorded
+                via, delivered_at = via or "websocket", delivered_at or now
+            state = "acknowledged" if delivered_at is not None else "deleted"
+            db.execute(
+                _INSERT_STATUS,
+                (row[0], row[12], state, row[4], row[5], row[6], via, delivered_at, now, now),
+            )
         return _message_from_row(row)
 
     async def delete_expired(self, now: float) -> int:
@@ -896,11 +883,7 @@ class SQLiteStore:
                 " (SELECT receipt_id FROM receipt_subscriptions)",
                 (now, now),
             )
-            db.execute(
-                "UPDATE message_status SET state = 'expired', final_at = ?, ends_at = ?"
-                " WHERE message_id IN (SELECT message_id FROM messages WHERE expires_at <= ?)",
-                (now, now, now),
-            )
+            db.execute(_EXPIRED_STATUSES, ("expired", now))
             removed = db.execute("DELETE FROM messages WHERE expires_at <= ?", (now,)).rowcount
             return int(removed)
 
@@ -911,19 +894,26 @@ class SQLiteStore:
     async def add_message_status(self, status: MessageStatus) -> None:
         await self._op(lambda db: db.execute(_INSERT_STATUS, status_columns(status)))
 
-    async def mark_statuses_delivered(self, deliveries: Sequence[tuple[str, str, float]]) -> None:
-        await self._op(
-            lambda db: db.executemany(
-                _DELIVER_STATUS, [(via, at, message_id) for message_id, via, at in deliveries]
-            )
-        )
+    async def mark_statuses_delivered(
+        self, deliveries: Sequence[tuple[str, str, str, float]]
+    ) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            rows = [(via, at, uaid, message_id) for uaid, message_id, via, at in deliveries]
+            db.executemany(_DELIVER_MESSAGE, rows)
+            db.executemany(_DELIVER_STATUS, rows)
 
-    async def get_message_status(self, message_id: str) -> MessageStatus | None:
+        await self._op(write)
+
+    async def get_message_status(self, uaid: str, message_id: str) -> MessageStatus | None:
         def query(db: sqlite3.Connection) -> MessageStatus | None:
             row = db.execute(
                 "SELECT message_id, vapid_hash, state, ttl, created_at, expires_at, delivered_via,"
-                " delivered_at, final_at FROM message_status WHERE message_id = ?",
-                (message_id,),
+                " delivered_at, final_at FROM message_status WHERE message_id = ?"
+                " UNION ALL SELECT message_id, vapid_hash, CASE WHEN delivered_at IS NULL"
+                " THEN 'stored' ELSE 'delivered' END, ttl, created_at, expires_at,"
+                " delivered_via, delivered_at, NULL FROM messages"
+                " WHERE uaid = ? AND message_id = ? AND vapid_hash IS NOT NULL",
+                (message_id, uaid, message_id),
             ).fetchone()
             if row is None:
                 return None
