@@ -780,9 +780,9 @@ HTTP: list[Case] = [
     Case(
         "message-with-get",
         "rfc8030",
-        "`GET` of a message resource",
+        "`GET` of a message resource (its status) without a VAPID token",
         raw(lambda t: request("GET", t.message_path, [])),
-        Answer(405, 405),
+        Answer(401, 109),
     ),
     Case(
         "cors-preflight-on-push",

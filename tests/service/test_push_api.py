@@ -590,8 +590,8 @@ async def test_health_is_200_json(service: RunningService) -> None:
         ("GET", "/push/anything", "POST"),
         ("PUT", "/push/anything", "POST"),
         ("DELETE", "/push/anything", "POST"),
-        ("GET", "/m/anything", "DELETE"),
-        ("POST", "/m/anything", "DELETE"),
+        ("PUT", "/m/anything", "GET, DELETE"),  # GET: the message status
+        ("POST", "/m/anything", "GET, DELETE"),
     ],
 )
 async def test_wrong_method_is_405_with_allow(

@@ -22,6 +22,7 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("max_bytes_per_user_agent", 4096, 1 << 40),
     ("max_stored_messages", 1, 10**12),
     ("user_agent_expiry", 60, 10 * 365 * DAY),
+    ("message_status_retention", 1, 365 * DAY),
     ("max_body", 4096, 65536),  # up to the other bodies' cap; a frame stays far below 1 MiB
     ("hello_timeout", 0.01, 3600),
     ("request_timeout", 0.01, 3600),
@@ -53,6 +54,9 @@ class ServiceConfig:
     max_bytes_per_user_agent: int = 1 << 20  # bytes of the stored bodies of one user agent
     max_stored_messages: int = 10_000_000  # the whole store; then 507 (docs/operations.md)
     user_agent_expiry: float = 60 * DAY  # user agents not seen for this long are forgotten
+    # A signed push's status (GET on its message resource) is kept this long after its
+    # final state (acknowledged, expired, deleted, replaced) or its expiry.
+    message_status_retention: float = DAY
     # Push body bytes accepted: autopush's default (5630, room for an aesgcm 4 KB payload);
     # RFC 8030 section 7.2 says at least 4096, so that is the lowest allowed.
     max_body: int = 5630

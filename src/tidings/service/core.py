@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
@@ -31,6 +32,7 @@ from tidings.service.metrics import ServiceMetrics
 from tidings.service.push_request import check_push
 from tidings.service.store import (
     MessageQuota,
+    MessageStatus,
     Store,
     StoredMessage,
     StoreFull,
@@ -41,6 +43,7 @@ from tidings.service.store import (
     TooManySubscriptions,
     open_store,
 )
+from tidings.service.store.base import DELIVERED, EXPIRED, FINAL_STATES, STORED
 from tidings.service.tokens import (
     EndpointRef,
     MessageRef,
@@ -113,6 +116,12 @@ def store_unavailable(exc: Exception) -> ServiceError:
 MAX_ACKS_PER_WRITE = 256  # acknowledgements deleted in one store call at most
 RECEIPT_SWEEP_INTERVAL = 3600.0  # seconds between two sweeps of receipt subscriptions
 RECEIPT_SUBSCRIPTION_GRACE = 86400.0  # past the longest TTL, before an unused one goes
+STATUS_SWEEP_BATCH = 1000  # message statuses forgotten per store call by the sweep
+MAX_DELIVERIES_PER_WRITE = 256  # deliveries recorded in message statuses per store call
+# WebSocket deliveries are written this many seconds late: an acknowledgement arriving
+# meanwhile records the delivery in its own statement, and the separate write is saved.
+DELIVERY_WRITE_DELAY = 1.0
+MAX_PENDING_DELIVERIES = 10_000  # deliveries waiting to be written; more are not noted
 USER_AGENT_SWEEP_BATCH = 1000  # user agents forgotten per store call by the expiry sweep
 RETRY_AFTER_STORE_FULL = "300"  # seconds; the sweep frees room as messages expire
 
@@ -137,6 +146,53 @@ def quota_refused(exc: TooManyMessages | StoreFull) -> ServiceError:
         holder = "subscription" if exc.scope == "subscription" else "user agent"
         why = f"the {holder} already has {exc.limit} undelivered messages"
     return ServiceError(status, errno, why + "; retry later", headers={"retry-after": retry})
+
+
+async def in_batches(what: str, delete: Callable[[], Awaitable[int]], size: int) -> int:
+    """Call `delete` (which removes at most `size` rows) until it removes fewer; the
+    total. One bounded transaction at a time, so a backlog never becomes a huge one; a
+    store that fails ends the sweep (logged; the next one goes on)."""
+    removed = 0
+    try:
+        while True:
+            batch = await delete()
+            removed += batch
+            if batch < size:
+                return removed
+    except StoreUnavailable as exc:
+        log.warning("%s sweep failed: %s", what, exc)
+        return removed
+
+
+def status_document(status: MessageStatus, now: float) -> dict[str, object]:
+    """The JSON answer to a message status GET: times are epoch seconds (UTC, to the
+    millisecond), null for the steps not reached. A stored or delivered message past
+    its expiry (not yet swept, or removed with its subscription) reads as expired."""
+    state = status.state
+    final_at = status.final_at
+    if state in (STORED, DELIVERED) and status.ttl and status.expires_at <= now:
+        state, final_at = EXPIRED, status.expires_at
+    final: dict[str, float | None] = dict.fromkeys(FINAL_STATES)
+    if state in FINAL_STATES:
+        final[state] = final_at
+    document: dict[str, object] = {
+        "message": status.message_id,
+        "state": state,
+        "delivered_via": status.delivered_via,
+        "ttl": status.ttl,
+        "created_at": status.created_at,
+        "stored_at": status.created_at if status.ttl else None,
+        "delivered_at": status.delivered_at,
+        "acknowledged_at": final["acknowledged"],
+        "expired_at": final["expired"],
+        "deleted_at": final["deleted"],
+        "replaced_at": final["replaced"],
+        "expires_at": status.expires_at,
+    }
+    return {
+        name: round(value, 3) if isinstance(value, float) else value
+        for name, value in document.items()
+    }
 
 
 class PushService:
@@ -169,6 +225,10 @@ class PushService:
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: list[tuple[str, str]] = []  # acknowledged, not yet deleted
         self._ack_writer: asyncio.Task[None] | None = None
+        # For statuses, not yet written: message id -> (uaid, via, at, TTL 0).
+        self._deliveries: dict[str, tuple[str, str, float, bool]] = {}
+        self._delivery_writer: asyncio.Task[None] | None = None  # after the delay
+        self._delivery_flusher: asyncio.Task[None] | None = None  # at once (HTTP/2)
         self.draining = False
         self.started_at = time.time()
         self.quota = MessageQuota(
@@ -200,6 +260,12 @@ class PushService:
         if self._ack_writer is not None:
             with contextlib.suppress(Exception):
                 await self._ack_writer  # acknowledged messages are deleted before closing
+        for writer in (self._delivery_writer, self._delivery_flusher):
+            if writer is not None:
+                writer.cancel()  # what it holds is written now
+                with contextlib.suppress(BaseException):
+                    await writer
+        await self._flush_deliveries()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -221,6 +287,7 @@ class PushService:
             if removed:
                 log.info("removed %d expired messages", removed)
                 self.hub.notify_all_receipts()  # some may have left a 410 receipt
+            await self.sweep_statuses(time.time())
             if time.monotonic() - last_receipt_sweep >= RECEIPT_SWEEP_INTERVAL:
                 last_receipt_sweep = time.monotonic()
                 await self._sweep_receipt_subscriptions()
@@ -234,20 +301,31 @@ class PushService:
         the expiry); each node marks its own before the sweep.
         """
         seen_before = now - self.config.user_agent_expiry
-        removed = 0
         try:
             await self.store.touch_user_agents(self.hub.connected_user_agents(), now)
-            while True:
-                batch = await self.store.delete_stale_user_agents(
-                    seen_before, USER_AGENT_SWEEP_BATCH
-                )
-                removed += batch
-                if batch < USER_AGENT_SWEEP_BATCH:
-                    break
         except StoreUnavailable as exc:
             log.warning("user agent sweep failed: %s", exc)
+            return 0
+        removed = await in_batches(
+            "user agent",
+            lambda: self.store.delete_stale_user_agents(seen_before, USER_AGENT_SWEEP_BATCH),
+            USER_AGENT_SWEEP_BATCH,
+        )
         if removed:
             log.info("forgot %d user agents not seen since %.0f", removed, seen_before)
+        return removed
+
+    async def sweep_statuses(self, now: float) -> int:
+        """Forget message statuses `message_status_retention` after their end (final
+        state, or expiry), in batches; return how many."""
+        ended_before = now - self.config.message_status_retention
+        removed = await in_batches(
+            "message status",
+            lambda: self.store.delete_old_statuses(ended_before, STATUS_SWEEP_BATCH),
+            STATUS_SWEEP_BATCH,
+        )
+        if removed:
+            log.info("forgot %d message statuses", removed)
         return removed
 
     async def _sweep_receipt_subscriptions(self) -> None:
@@ -395,10 +473,11 @@ class PushService:
             ref = self.open_endpoint(token)
             # Authorization comes before the other checks: a sender without the right
             # key learns nothing more about the subscription than that it is restricted.
-            verified = self.vapid.check(headers, ref.vapid_hash)
+            signed = self.vapid.check_signed(headers, ref.vapid_hash)
         except ServiceError:
             await self.check_address_rate(Limit.PUSH_ADDRESS, client)
             raise
+        verified = None if signed is None else signed[0]
         if verified is None:
             # Unsigned: the address, and a bucket of the subscription of its own, so that
             # unsigned pushes stay limited (RFC 8030 section 8.4) without ever emptying
@@ -429,12 +508,14 @@ class PushService:
             receipt_id=receipt_id,
             request_id=request_id,
             traceparent=traceparent,
+            vapid_hash=None if signed is None else signed[1],
+            has_status=signed is not None,
         )
         location = self.message_url(MessageRef(ref.uaid, ref.channel_id, message.message_id))
         traced = traceparent is not None
         try:
             with tracing.span("push store") if traced else nullcontext():
-                await self._store_push(ref, message)
+                await self._store_push(ref, message, signed)
         except SubscriptionGone:
             raise ServiceError(
                 410,
@@ -457,14 +538,62 @@ class PushService:
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
         return PushAccepted(202, location, ttl, message.message_id, delivered, receipt_url)
 
-    async def _store_push(self, ref: EndpointRef, message: StoredMessage) -> None:
-        """Store the message, or for TTL 0 only check its subscription still exists."""
+    async def _store_push(
+        self, ref: EndpointRef, message: StoredMessage, signed: tuple[object, bytes] | None
+    ) -> None:
+        """Store the message, or for TTL 0 only check its subscription still exists (a
+        signed TTL-0 push's status says dropped until a connection takes it)."""
         if message.ttl == 0:
             # Delivered only to a user agent connected right now; never stored.
             if await self.store.get_subscription(ref.uaid, ref.channel_id) is None:
                 raise SubscriptionGone(ref.channel_id)
+            if signed is not None:
+                now = message.created_at
+                await self.store.add_message_status(
+                    MessageStatus(message.message_id, signed[1], EXPIRED, 0, now, now, final_at=now)
+                )
         else:
             await self.store.store_message(message, quota=self.quota)
+
+    async def message_status(self, token: str, headers: Mapping[str, str]) -> dict[str, object]:
+        """GET of a push message resource: its status, for the sender that signed it.
+
+        Needs a VAPID token (the same checks as a push: audience, expiry, signature) of
+        the key that signed the push: 401 without one, 403 with another key's; 404 for
+        an unsigned push's or a forgotten status (docs/rfc8030.md, "Message status").
+        """
+        try:
+            ref = self.sealer.open_message(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such push message") from None
+        checked = self.vapid.check_signed(headers, None)
+        if checked is None:
+            raise ServiceError(
+                401,
+                Errno.VAPID_MISSING,
+                "a message status is for the sender of a VAPID-signed push: sign the GET "
+                "with the key that signed the push (Authorization: vapid t=..., k=...); "
+                "unsigned pushes have no status",
+                headers={"www-authenticate": "vapid"},
+            )
+        try:
+            status = await self.store.get_message_status(ref.uaid, ref.message_id)
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None
+        if status is None:
+            raise ServiceError(
+                404,
+                Errno.NOT_FOUND,
+                "no status for this push message: it was not VAPID-signed, or its status "
+                "was forgotten (message_status_retention after it ended)",
+            )
+        if not hmac.compare_digest(status.vapid_hash, checked[1]):
+            raise ServiceError(
+                403,
+                Errno.VAPID_KEY_MISMATCH,
+                "only the key that signed the push may read its status",
+            )
+        return status_document(status, time.time())
 
     async def _receipt_subscription(self, headers: Mapping[str, str]) -> tuple[str | None, bool]:
         """The receipt subscription a push asks for (RFC 8030 section 5.1), if any, and
@@ -517,7 +646,12 @@ class PushService:
             ref = self.sealer.open_message(token)
         except TokenError:
             raise ServiceError(404, Errno.INVALID_TOKEN, "no such push message") from None
+        pending = self._deliveries.pop(ref.message_id, None)
         try:
+            if pending is not None:  # delivered here, not yet written: an acknowledgement
+                await self.store.mark_statuses_delivered(
+                    [(ref.uaid, ref.message_id, *pending[1:3])]
+                )
             deleted = await self.store.delete_message(ref.uaid, ref.message_id)
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from None
@@ -673,6 +807,9 @@ class PushService:
         if code != 100:
             log.info("message %s acknowledged with code %d", escape(message_id), code)
         self._acks.append((uaid, message_id))
+        pending = self._deliveries.get(message_id)
+        if pending is not None and pending[1] == "websocket" and not pending[3]:
+            del self._deliveries[message_id]  # the ack's statement records the delivery
         if self._ack_writer is None:
             self._ack_writer = asyncio.ensure_future(self._write_acks())
 
@@ -696,6 +833,49 @@ class PushService:
                         self.hub.notify_receipt(message.receipt_id)
         finally:
             self._ack_writer = None
+
+    def note_delivered(self, message: StoredMessage, via: str) -> None:
+        """A connection of kind `via` ("websocket", "http2") carried `message`: its
+        status says so. Recorded lazily, the deliveries of one moment in one store call
+        (nobody waits); a message known to have no status costs nothing."""
+        if message.has_status is False or len(self._deliveries) >= MAX_PENDING_DELIVERIES:
+            return  # (over the bound: a WebSocket ack still records the delivery)
+        self._deliveries[message.message_id] = (message.uaid, via, time.time(), message.ttl == 0)
+        if via != "websocket":
+            # Only a WebSocket ack records its delivery: an RFC 8030 DELETE must find
+            # this one written to read as an acknowledgement.
+            if self._delivery_flusher is None:
+                self._delivery_flusher = asyncio.ensure_future(self._flush_soon())
+        elif self._delivery_writer is None:
+            self._delivery_writer = asyncio.ensure_future(self._write_deliveries())
+
+    async def _write_deliveries(self) -> None:
+        try:
+            await asyncio.sleep(DELIVERY_WRITE_DELAY)
+            await self._flush_deliveries()
+        finally:
+            self._delivery_writer = None
+
+    async def _flush_soon(self) -> None:
+        try:
+            await self._flush_deliveries()
+        finally:
+            self._delivery_flusher = None
+
+    async def _flush_deliveries(self) -> None:
+        while self._deliveries:
+            batch = [
+                (uaid, message_id, via, at)
+                for message_id, (uaid, via, at, _) in list(self._deliveries.items())[
+                    :MAX_DELIVERIES_PER_WRITE
+                ]
+            ]
+            for _, message_id, _, _ in batch:
+                del self._deliveries[message_id]
+            try:
+                await self.store.mark_statuses_delivered(batch)
+            except Exception as exc:  # a status is best effort; the message is not
+                log.warning("cannot record %d deliveries: %s", len(batch), exc)
 
     async def mark_delivered(self, message: StoredMessage) -> None:
         """Remember that a message wanting a receipt reached its user agent."""

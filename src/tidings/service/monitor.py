@@ -124,6 +124,7 @@ class PushMonitor:
             self._sent.discard(message.message_id)
             return False
         self.service.metrics.delivered(message)
+        self.service.note_delivered(message, "http2")
         if message.traceparent is not None:
             self.service.trace_delivery(message, "http2")
         if message.receipt_id is not None:  # only once it is on its way

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of the service's HTTP API, served at `/openapi.json`.
 
-It covers what application servers and RFC 8030 user agents call: push, cancel,
+It covers what application servers and RFC 8030 user agents call: push, message status, cancel,
 subscribe, monitor (HTTP/2 only), unsubscribe, receipts, health. Every refusal is the
 JSON error document of errors.py; the status codes listed for each operation are all
 the service can answer there (a schemathesis run in the tests holds it to that).
@@ -258,6 +258,29 @@ def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
             },
             "/m/{token}": {
                 "parameters": [_token("A push message resource token (Location of a push).")],
+                "get": {
+                    "summary": "The status of a VAPID-signed push, for its sender",
+                    "operationId": "messageStatus",
+                    "description": "Needs `Authorization: vapid t=..., k=...` signed by the "
+                    "key that signed the push (the same checks as a push): 401 without it "
+                    "(errno 109; unsigned pushes have no status), 403 with another key's or "
+                    "an invalid token (107, 108), 404 once forgotten, message_status_retention "
+                    "after the status ended (docs/rfc8030.md, Message status).",
+                    "parameters": [
+                        _header("Authorization", "A VAPID token (RFC 8292).", {"type": "string"})
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The message's status; times in epoch seconds.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/MessageStatus"}
+                                }
+                            },
+                        }
+                    }
+                    | _errors(401, 403, 404),
+                },
                 "delete": _delete(
                     "Cancel or acknowledge a message (RFC 8030 sections 5.3, 6.2)",
                     "By the application server: cancel before delivery. By the user "
@@ -387,6 +410,38 @@ def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
                         "errno": {"type": "integer", "description": "Stable error number."},
                         "error": {"type": "string", "description": "The status phrase."},
                         "message": {"type": "string", "description": "What to fix."},
+                    },
+                },
+                "MessageStatus": {
+                    "type": "object",
+                    "required": ["message", "state", "created_at", "ttl", "expires_at"],
+                    "properties": {
+                        "message": {"type": "string", "description": "The message id."},
+                        "state": {
+                            "enum": [
+                                "stored",
+                                "delivered",
+                                "acknowledged",
+                                "expired",
+                                "deleted",
+                                "replaced",
+                            ]
+                        },
+                        "delivered_via": {"enum": ["websocket", "http2", None]},
+                        "ttl": {"type": "integer"},
+                        "created_at": {"type": "number"},
+                        "expires_at": {"type": "number"},
+                        **{
+                            name: {"type": ["number", "null"]}
+                            for name in (
+                                "stored_at",
+                                "delivered_at",
+                                "acknowledged_at",
+                                "expired_at",
+                                "deleted_at",
+                                "replaced_at",
+                            )
+                        },
                     },
                 },
                 "Health": {

@@ -1,6 +1,7 @@
 """The service's HTTP resources, independent of HTTP/1.1 or HTTP/2.
 
 POST    /push/<token>   an application server pushes a message (RFC 8030 section 5)
+GET     /m/<token>      the message's status, for the sender that signed it (VAPID)
 DELETE  /m/<token>      cancel an undelivered message (RFC 8030 section 5.3)
 GET     /health         liveness and store status
 GET     /openapi.json   the OpenAPI description of this API (openapi.py)
@@ -51,7 +52,7 @@ def allowed_methods(path: str) -> str | None:
     """The methods the API answers on `path` (None: not an API path)."""
     for prefix, methods in (
         (PUSH_PATH, "POST"),
-        (MESSAGE_PATH, "DELETE"),
+        (MESSAGE_PATH, "GET, DELETE"),
         (SUBSCRIPTION_PATH, "GET, DELETE"),
         (SET_PATH, "GET, DELETE"),
         (RECEIPT_PATH, "GET, DELETE"),
@@ -163,8 +164,14 @@ class Routes:
             # Rate limits are charged inside, once VAPID is verified (core.accept_push).
             return await rfc8030.push(self.service, request, path[len(PUSH_PATH) :])
         if path.startswith(MESSAGE_PATH):
+            if method == "GET":  # the message's status, for its sender (core.message_status)
+                await self.service.check_address_rate(Limit.PUSH_ADDRESS, request.client)
+                status = await self.service.message_status(
+                    path[len(MESSAGE_PATH) :], request.headers
+                )
+                return Response.json(200, status, {"cache-control": "no-store"})
             if method != "DELETE":
-                raise _method_not_allowed("DELETE")
+                raise _method_not_allowed("GET, DELETE")
             await self.service.delete_message_resource(path[len(MESSAGE_PATH) :])
             return Response(204)
         if path == SUBSCRIBE_PATH:

@@ -51,13 +51,22 @@ class VapidChecker:
     def check(
         self, headers: Mapping[str, str], restricted_to: bytes | None
     ) -> VerifiedVapid | None:
+        """`check_signed`, without the key's hash."""
+        checked = self.check_signed(headers, restricted_to)
+        return None if checked is None else checked[0]
+
+    def check_signed(
+        self, headers: Mapping[str, str], restricted_to: bytes | None
+    ) -> tuple[VerifiedVapid, bytes] | None:
         """Check a push's VAPID headers; `restricted_to` is the subscription's key hash.
 
         A restricted subscription needs a valid token signed by its key: 401 when none is
         given, 403 when it is invalid or signed by another key. An unrestricted one
         checks a token only when one is given. An `Authorization` header that cannot be
         read (an unknown scheme, a token or key missing or not a JWT) is a 401 on any
-        subscription, so a sender learns that its VAPID set-up is broken.
+        subscription, so a sender learns that its VAPID set-up is broken. Returns the
+        verified token and the hash of its key (what a message status remembers), or
+        None for an unsigned push.
         """
         authorization = headers.get("authorization", "").strip()
         if not authorization:
@@ -98,4 +107,4 @@ class VapidChecker:
                 Errno.VAPID_KEY_MISMATCH,
                 "the VAPID key does not match the application server key of this subscription",
             )
-        return verified
+        return verified, key_hash

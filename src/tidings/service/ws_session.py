@@ -280,6 +280,7 @@ class WebSocketSession:
             self.closed = True
             return True
         self.service.metrics.delivered(message)
+        self.service.note_delivered(message, "websocket")
         return True
 
     def _frame_for(self, message: StoredMessage) -> str | None:
@@ -323,6 +324,7 @@ class WebSocketSession:
         await self._send(frame)
         if not self.closed:  # the frame went out
             self.service.metrics.delivered(message)
+            self.service.note_delivered(message, "websocket")
 
     async def _send(self, text: str) -> None:
         if self.closed:

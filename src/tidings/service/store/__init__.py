@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tidings.service.store.base import (
     MessageQuota,
+    MessageStatus,
     Receipt,
     Store,
     StoredMessage,
@@ -20,6 +21,7 @@ from tidings.service.store.base import (
 
 __all__ = [
     "MessageQuota",
+    "MessageStatus",
     "Receipt",
     "Store",
     "StoreError",

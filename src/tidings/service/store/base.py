@@ -101,6 +101,13 @@ class StoredMessage:
     # The `traceparent` of the span that accepted it, when tracing is on; in memory (and
     # on the cluster bus) only, like request_id.
     traceparent: str | None = field(default=None, compare=False)
+    # The hash of the VAPID key that signed the push: a signed push gets a status row
+    # (MessageStatus) in the insert's transaction. In memory only: a message read back
+    # from the store has None (whether it has a status is then unknown).
+    vapid_hash: bytes | None = field(default=None, compare=False)
+    # True or False when known (a push just accepted on this node), None when read back
+    # from the store or the cluster bus: its delivery is then recorded in case.
+    has_status: bool | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,62 @@ class Receipt:
     message_id: str
     status: int
     created_at: float
+
+
+# The states of a message's status (docs/rfc8030.md, "Message status"); the last four
+# are final: the row is forgotten `message_status_retention` seconds after reaching one.
+STORED = "stored"
+DELIVERED = "delivered"
+ACKNOWLEDGED = "acknowledged"
+EXPIRED = "expired"
+DELETED = "deleted"
+REPLACED = "replaced"
+FINAL_STATES = frozenset((ACKNOWLEDGED, EXPIRED, DELETED, REPLACED))
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    """What its sender may learn about a VAPID-signed push (GET on its message resource).
+
+    While the message is stored its status lives in its row; when it leaves the store
+    (acknowledged, cancelled, expired, replaced) a final status row is written in the
+    same transaction. `delivered_via` is "websocket" or "http2" once a connection
+    carried it; `final_at`
+    is when it reached a final state (acknowledged, expired, deleted, replaced);
+    `ends_at` is when the row starts its retention: `final_at`, or `expires_at` while
+    the message is still stored (a message removed with its subscription ends there).
+    """
+
+    message_id: str
+    vapid_hash: bytes
+    state: str
+    ttl: int
+    created_at: float
+    expires_at: float
+    delivered_via: str | None = None
+    delivered_at: float | None = None
+    final_at: float | None = None
+
+    @property
+    def ends_at(self) -> float:
+        return self.expires_at if self.final_at is None else self.final_at
+
+
+def status_columns(status: MessageStatus) -> tuple[object, ...]:
+    """A status as the stores persist it: message_id, vapid_hash, state, ttl,
+    created_at, expires_at, delivered_via, delivered_at, final_at, ends_at."""
+    return (
+        status.message_id,
+        status.vapid_hash,
+        status.state,
+        status.ttl,
+        status.created_at,
+        status.expires_at,
+        status.delivered_via,
+        status.delivered_at,
+        status.final_at,
+        status.ends_at,
+    )
 
 
 def message_columns(message: StoredMessage) -> tuple[object, ...]:
@@ -243,7 +306,10 @@ class Store(Protocol):
     async def store_message(self, message: StoredMessage, *, quota: MessageQuota) -> list[str]:
         """Store a message; replace a stored one of the same subscription and topic.
 
-        Returns the ids of replaced messages. Raises SubscriptionGone when the
+        Returns the ids of replaced messages. A message with a `vapid_hash` has a
+        status: kept in its row while stored; the replaced ones leave a final
+        "replaced" status, in the same transaction.
+        Raises SubscriptionGone when the
         subscription does not exist, TooManyMessages when a quota of its subscription
         or user agent is reached, StoreFull when the whole store is. The quotas are
         checked in the insert's transaction: concurrent pushes never exceed them
@@ -261,18 +327,40 @@ class Store(Protocol):
         """Delete a stored message (acknowledged or cancelled); return it if it existed.
 
         If the message wants a receipt and was delivered, a 204 receipt is queued in the
-        same transaction.
+        same transaction. Its status becomes "acknowledged" if it was delivered, else
+        "deleted" (the sender cancelled it).
         """
 
     async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
         """`delete_message` for each (uaid, message_id), in one transaction; one result
-        per key, in order (acknowledgements arriving together)."""
+        per key, in order (acknowledgements arriving together). Statuses become
+        "acknowledged" (delivered, if that was not recorded yet)."""
 
     async def delete_expired(self, now: float) -> int:
         """Delete every message whose TTL has passed; return how many.
 
-        Messages that wanted a receipt get a 410 receipt in the same transaction.
+        Messages that wanted a receipt get a 410 receipt in the same transaction, and
+        statuses become "expired".
         """
+
+    async def add_message_status(self, status: MessageStatus) -> None:
+        """Record the status of a signed push that was never stored (TTL 0: delivered
+        live or dropped); a stored one gets its status from `store_message`."""
+
+    async def mark_statuses_delivered(
+        self, deliveries: Sequence[tuple[str, str, str, float]]
+    ) -> None:
+        """For each (uaid, message_id, via, at): the message went out on a connection of
+        kind `via` at `at` (only the first delivery counts; a final state stays, but for
+        a TTL-0 push's "expired", which becomes "delivered")."""
+
+    async def get_message_status(self, uaid: str, message_id: str) -> MessageStatus | None:
+        """The status of a message of user agent `uaid`, or None (unsigned, unknown or
+        forgotten): while it is stored, from its row ("stored" or "delivered")."""
+
+    async def delete_old_statuses(self, ended_before: float, limit: int) -> int:
+        """Forget at most `limit` statuses whose `ends_at` is before `ended_before`;
+        return how many."""
 
     async def add_receipt_subscription(self, receipt_id: str, now: float) -> None:
         """Create a receipt subscription for an application server."""

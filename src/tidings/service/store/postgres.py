@@ -29,6 +29,7 @@ import asyncpg
 from tidings.service.store.base import (
     SEEN_RESOLUTION,
     MessageQuota,
+    MessageStatus,
     Receipt,
     StoredMessage,
     StoreFull,
@@ -39,11 +40,12 @@ from tidings.service.store.base import (
     TooManySubscriptions,
     decode_headers,
     message_columns,
+    status_columns,
 )
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # SQLSTATEs raised by tidings_store_message and tidings_add_subscription (class "TD",
 # user defined).
@@ -61,13 +63,14 @@ _MIGRATION_LOCK = 0x7469_6469_6E67  # "tiding"
 # The start of tidings_store_message in every schema: one writer per user agent (its
 # limits and topic replacement cannot race), the subscription must exist, then the
 # message of the same topic goes.
-_LOCK_AND_REPLACE = """
+_LOCK = """
         PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
         PERFORM 1 FROM subscriptions WHERE uaid = p_uaid AND channel_id = p_channel_id;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'subscription gone' USING ERRCODE = 'TD001';
         END IF;
-        IF p_topic IS NOT NULL THEN
+"""
+_REPLACE = """        IF p_topic IS NOT NULL THEN
             WITH gone AS (
                 DELETE FROM messages
                 WHERE uaid = p_uaid AND channel_id = p_channel_id AND topic = p_topic
@@ -76,6 +79,7 @@ _LOCK_AND_REPLACE = """
             SELECT coalesce(array_agg(message_id), '{}') INTO replaced FROM gone;
         END IF;
 """
+_LOCK_AND_REPLACE = _LOCK + _REPLACE
 
 # Its end: the insert, and the ids of the messages the topic replaced.
 _INSERT_AND_RETURN = """
@@ -83,6 +87,69 @@ _INSERT_AND_RETURN = """
                               expires_at, urgency, topic, headers, receipt_id)
         VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
                 p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id);
+        RETURN replaced;
+    END
+    $$;
+"""
+
+# The parameters and the variables of tidings_store_message since schema 2.
+_QUOTA_PARAMETERS = """\
+        p_message_id text, p_uaid text, p_channel_id text, p_body bytea, p_ttl integer,
+        p_created_at double precision, p_expires_at double precision, p_urgency text,
+        p_topic text, p_headers text, p_receipt_id text, p_max_subscription integer,
+        p_max_user_agent integer, p_max_bytes bigint, p_max_stored bigint"""
+_DECLARE_COUNTS = """    ) RETURNS text[] LANGUAGE plpgsql AS $$
+    DECLARE
+        replaced text[] := '{}';
+        in_channel bigint;
+        stored bigint;
+        stored_bytes bigint;
+    BEGIN
+"""
+
+# The quota checks of tidings_store_message since schema 2.
+_CHECK_QUOTAS = """        SELECT count(*) FILTER (WHERE channel_id = p_channel_id), count(*),
+               coalesce(sum(octet_length(body)), 0)
+        INTO in_channel, stored, stored_bytes
+        FROM messages WHERE uaid = p_uaid AND expires_at > p_created_at;
+        IF in_channel >= p_max_subscription THEN
+            RAISE EXCEPTION 'subscription quota' USING ERRCODE = 'TD003';
+        END IF;
+        IF stored >= p_max_user_agent THEN
+            RAISE EXCEPTION 'user agent quota' USING ERRCODE = 'TD004';
+        END IF;
+        IF stored_bytes + octet_length(p_body) > p_max_bytes THEN
+            RAISE EXCEPTION 'user agent byte quota' USING ERRCODE = 'TD005';
+        END IF;
+        -- Near the ceiling, pushes take turns on one more lock (held to commit, as is
+        -- their count's increment) and look again: exact. Far from it, none waits.
+        IF (SELECT sum(n) FROM message_counts) >= p_max_stored - 1024 THEN
+            PERFORM pg_advisory_xact_lock(7596132042353772902);
+            IF (SELECT sum(n) FROM message_counts) >= p_max_stored THEN
+                RAISE EXCEPTION 'store full' USING ERRCODE = 'TD006';
+            END IF;
+        END IF;
+"""
+
+# Schema 3: the signed messages a Topic replaces leave their final status.
+_REPLACED_STATUSES = """        IF p_topic IS NOT NULL THEN
+            INSERT INTO message_status
+            SELECT message_id, vapid_hash, 'replaced', ttl, created_at, expires_at,
+                   delivered_via, delivered_at, p_created_at, p_created_at
+            FROM messages
+            WHERE uaid = p_uaid AND channel_id = p_channel_id AND topic = p_topic
+              AND vapid_hash IS NOT NULL
+            ON CONFLICT DO NOTHING;
+        END IF;
+"""
+
+# Schema 3's end of tidings_store_message: the key hash of a signed push goes in its
+# row (its status while stored: no other write).
+_INSERT_WITH_STATUS_AND_RETURN = """
+        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                              expires_at, urgency, topic, headers, receipt_id, vapid_hash)
+        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id, p_vapid_hash);
         RETURN replaced;
     END
     $$;
@@ -213,41 +280,12 @@ _MIGRATIONS: dict[int, str] = {
     DROP FUNCTION tidings_store_message(text, text, text, bytea, integer, double precision,
         double precision, text, text, text, text, integer);
     CREATE FUNCTION tidings_store_message(
-        p_message_id text, p_uaid text, p_channel_id text, p_body bytea, p_ttl integer,
-        p_created_at double precision, p_expires_at double precision, p_urgency text,
-        p_topic text, p_headers text, p_receipt_id text, p_max_subscription integer,
-        p_max_user_agent integer, p_max_bytes bigint, p_max_stored bigint
-    ) RETURNS text[] LANGUAGE plpgsql AS $$
-    DECLARE
-        replaced text[] := '{}';
-        in_channel bigint;
-        stored bigint;
-        stored_bytes bigint;
-    BEGIN
 """,
+            _QUOTA_PARAMETERS,
+            "\n",
+            _DECLARE_COUNTS,
             _LOCK_AND_REPLACE,
-            """        SELECT count(*) FILTER (WHERE channel_id = p_channel_id), count(*),
-               coalesce(sum(octet_length(body)), 0)
-        INTO in_channel, stored, stored_bytes
-        FROM messages WHERE uaid = p_uaid AND expires_at > p_created_at;
-        IF in_channel >= p_max_subscription THEN
-            RAISE EXCEPTION 'subscription quota' USING ERRCODE = 'TD003';
-        END IF;
-        IF stored >= p_max_user_agent THEN
-            RAISE EXCEPTION 'user agent quota' USING ERRCODE = 'TD004';
-        END IF;
-        IF stored_bytes + octet_length(p_body) > p_max_bytes THEN
-            RAISE EXCEPTION 'user agent byte quota' USING ERRCODE = 'TD005';
-        END IF;
-        -- Near the ceiling, pushes take turns on one more lock (held to commit, as is
-        -- their count's increment) and look again: exact. Far from it, none waits.
-        IF (SELECT sum(n) FROM message_counts) >= p_max_stored - 1024 THEN
-            PERFORM pg_advisory_xact_lock(7596132042353772902);
-            IF (SELECT sum(n) FROM message_counts) >= p_max_stored THEN
-                RAISE EXCEPTION 'store full' USING ERRCODE = 'TD006';
-            END IF;
-        END IF;
-""",
+            _CHECK_QUOTAS,
             _INSERT_AND_RETURN,
             """
     -- The count and the insert under the user agent's lock: the cap cannot be raced.
@@ -280,6 +318,42 @@ _MIGRATIONS: dict[int, str] = {
     3: """
     CREATE TABLE broadcasts (broadcast_id text PRIMARY KEY, version text NOT NULL);
     """,
+    # The status of each VAPID-signed push for its sender (see the SQLite store): in its
+    # message's row while stored, then a row of message_status.
+    4: "".join(
+        (
+            """
+    ALTER TABLE messages ADD COLUMN vapid_hash bytea;
+    ALTER TABLE messages ADD COLUMN delivered_via text;
+    ALTER TABLE messages ADD COLUMN delivered_at double precision;
+    CREATE TABLE message_status (
+        message_id text PRIMARY KEY,
+        vapid_hash bytea NOT NULL,
+        state text NOT NULL,
+        ttl integer NOT NULL,
+        created_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        delivered_via text,
+        delivered_at double precision,
+        final_at double precision,
+        ends_at double precision NOT NULL
+    );
+    CREATE INDEX message_status_by_end ON message_status (ends_at);
+
+    DROP FUNCTION tidings_store_message(text, text, text, bytea, integer, double precision,
+        double precision, text, text, text, text, integer, integer, bigint, bigint);
+    CREATE FUNCTION tidings_store_message(
+""",
+            _QUOTA_PARAMETERS,
+            ",\n        p_vapid_hash bytea\n",
+            _DECLARE_COUNTS,
+            _LOCK,
+            _REPLACED_STATUSES,
+            _REPLACE,
+            _CHECK_QUOTAS,
+            _INSERT_WITH_STATUS_AND_RETURN,
+        )
+    ),
 }
 
 # User agents not seen since $1, at most $2, with their subscriptions (and so their
@@ -318,7 +392,20 @@ WITH keys AS (
     DELETE FROM messages m USING keys k
     WHERE m.uaid = k.uaid AND m.message_id = k.message_id
     RETURNING m.message_id, m.uaid, m.channel_id, m.body, m.ttl, m.created_at,
-              m.expires_at, m.urgency, m.topic, m.headers, m.receipt_id, m.delivered
+              m.expires_at, m.urgency, m.topic, m.headers, m.receipt_id, m.delivered,
+              m.vapid_hash, m.delivered_via, m.delivered_at
+), status AS (
+    -- $4: WebSocket acknowledgements (a delivery over WebSocket too); otherwise a
+    -- DELETE of the message resource: acknowledged if it was delivered, else the
+    -- sender's cancellation.
+    INSERT INTO message_status
+    SELECT message_id, vapid_hash,
+           CASE WHEN $4 OR delivered_at IS NOT NULL THEN 'acknowledged' ELSE 'deleted' END,
+           ttl, created_at, expires_at,
+           CASE WHEN $4 THEN coalesce(delivered_via, 'websocket') ELSE delivered_via END,
+           CASE WHEN $4 THEN coalesce(delivered_at, $3) ELSE delivered_at END, $3, $3
+    FROM gone WHERE vapid_hash IS NOT NULL
+    ON CONFLICT DO NOTHING
 ), receipt AS (
     INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
     SELECT receipt_id, uaid, channel_id, message_id, 204, $3 FROM gone
@@ -337,7 +424,14 @@ WITH gone AS (
         SELECT uaid, message_id FROM messages WHERE expires_at <= $1
         ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
     )
-    RETURNING receipt_id, uaid, channel_id, message_id
+    RETURNING receipt_id, uaid, channel_id, message_id, vapid_hash, ttl, created_at,
+              expires_at, delivered_via, delivered_at
+), status AS (
+    INSERT INTO message_status
+    SELECT message_id, vapid_hash, 'expired', ttl, created_at, expires_at, delivered_via,
+           delivered_at, $1, $1
+    FROM gone WHERE vapid_hash IS NOT NULL
+    ON CONFLICT DO NOTHING
 ), receipt AS (
     INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
     SELECT receipt_id, uaid, channel_id, message_id, 410, $1 FROM gone
@@ -345,6 +439,33 @@ WITH gone AS (
       AND receipt_id IN (SELECT receipt_id FROM receipt_subscriptions)
 )
 SELECT count(*) FROM gone
+"""
+
+# Deliveries (uaid, message id, via, at): of stored messages in their rows, of TTL-0
+# pushes (recorded as dropped before they were offered) in their statuses.
+_MARK_DELIVERED = """
+WITH d AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])
+        AS d(uaid, message_id, via, at)
+), stored AS (
+    UPDATE messages m SET delivered_via = d.via, delivered_at = d.at FROM d
+    WHERE m.uaid = d.uaid AND m.message_id = d.message_id AND m.delivered_at IS NULL
+)
+UPDATE message_status s SET delivered_via = d.via, delivered_at = d.at, state = 'delivered'
+FROM d WHERE s.message_id = d.message_id AND s.state = 'expired' AND s.ttl = 0
+  AND s.delivered_at IS NULL
+"""
+
+# A status: ended (message_status), or its message's row while it is stored.
+_SELECT_STATUS = """
+SELECT message_id, vapid_hash, state, ttl, created_at, expires_at, delivered_via,
+       delivered_at, final_at FROM message_status WHERE message_id = $2
+UNION ALL
+SELECT message_id, vapid_hash,
+       CASE WHEN delivered_at IS NULL THEN 'stored' ELSE 'delivered' END, ttl,
+       created_at, expires_at, delivered_via, delivered_at, NULL FROM messages
+WHERE uaid = $1 AND message_id = $2 AND vapid_hash IS NOT NULL
+LIMIT 1
 """
 
 # Errors that mean "the database cannot answer now" rather than a bug in a statement.
@@ -640,12 +761,13 @@ class PostgresStore:
             try:
                 replaced = await conn.fetchval(
                     "SELECT tidings_store_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-                    " $11, $12, $13, $14, $15)",
+                    " $11, $12, $13, $14, $15, $16)",
                     *message_columns(message),
                     quota.per_subscription,
                     quota.per_user_agent,
                     quota.bytes_per_user_agent,
                     quota.stored_messages,
+                    message.vapid_hash,
                 )
             except asyncpg.exceptions.PostgresError as exc:
                 code = getattr(exc, "sqlstate", None)
@@ -689,18 +811,24 @@ class PostgresStore:
         )
 
     async def delete_message(self, uaid: str, message_id: str) -> StoredMessage | None:
-        return (await self._delete_messages([(uaid, message_id)]))[0]
+        return (await self._delete_messages([(uaid, message_id)], acknowledged=False))[0]
 
     async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
-        return await self._delete_messages(keys)
+        return await self._delete_messages(keys, acknowledged=True)
 
-    async def _delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
+    async def _delete_messages(
+        self, keys: Sequence[tuple[str, str]], *, acknowledged: bool
+    ) -> list[StoredMessage | None]:
         """One statement for both (the public methods are timed under their own names)."""
         if not keys:
             return []
         rows = await self._run(
             lambda conn: conn.fetch(
-                _DELETE_MESSAGES, [k[0] for k in keys], [k[1] for k in keys], time.time()
+                _DELETE_MESSAGES,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                time.time(),
+                acknowledged,
             )
         )
         deleted = {(row["uaid"], row["message_id"]): _message_from_row(row) for row in rows}
@@ -716,6 +844,51 @@ class PostgresStore:
             total += int(removed)
             if removed < EXPIRY_BATCH:
                 return total
+
+    # Message statuses ---------------------------------------------------------------
+
+    async def add_message_status(self, status: MessageStatus) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO message_status (message_id, vapid_hash, state, ttl, created_at,"
+                " expires_at, delivered_via, delivered_at, final_at, ends_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                *status_columns(status),
+            )
+        )
+
+    async def mark_statuses_delivered(
+        self, deliveries: Sequence[tuple[str, str, str, float]]
+    ) -> None:
+        if not deliveries:
+            return
+        await self._run(
+            lambda conn: conn.execute(
+                _MARK_DELIVERED,
+                [d[0] for d in deliveries],
+                [d[1] for d in deliveries],
+                [d[2] for d in deliveries],
+                [d[3] for d in deliveries],
+            )
+        )
+
+    async def get_message_status(self, uaid: str, message_id: str) -> MessageStatus | None:
+        row = await self._run(lambda conn: conn.fetchrow(_SELECT_STATUS, uaid, message_id))
+        if row is None:
+            return None
+        return MessageStatus(row[0], bytes(row[1]), *row[2:])
+
+    async def delete_old_statuses(self, ended_before: float, limit: int) -> int:
+        status = await self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM message_status WHERE message_id IN (SELECT message_id"
+                " FROM message_status WHERE ends_at < $1 ORDER BY ends_at LIMIT $2"
+                " FOR UPDATE SKIP LOCKED)",
+                ended_before,
+                limit,
+            )
+        )
+        return int(status.split()[-1])
 
     # Receipts -------------------------------------------------------------------------
 

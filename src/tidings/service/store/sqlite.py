@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from tidings.service.store.base import (
     SEEN_RESOLUTION,
     MessageQuota,
+    MessageStatus,
     Receipt,
     StoredMessage,
     StoreFull,
@@ -51,6 +52,7 @@ from tidings.service.store.base import (
     TooManySubscriptions,
     decode_headers,
     message_columns,
+    status_columns,
 )
 
 T = TypeVar("T")
@@ -61,7 +63,7 @@ MAX_BATCH = 256  # operations committed together at most
 
 Operation = Callable[[Any], Any]  # takes the connection (None before open)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -136,6 +138,27 @@ _MIGRATIONS: dict[int, str] = {
         version TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # The status of each VAPID-signed push, for its sender (MessageStatus): while it is
+    # stored, in its message's row (no other write on the hot path); once it leaves the
+    # store, a row of message_status, kept `message_status_retention` after `ends_at`.
+    5: """
+    ALTER TABLE messages ADD COLUMN vapid_hash BLOB;
+    ALTER TABLE messages ADD COLUMN delivered_via TEXT;
+    ALTER TABLE messages ADD COLUMN delivered_at REAL;
+    CREATE TABLE IF NOT EXISTS message_status (
+        message_id TEXT PRIMARY KEY,
+        vapid_hash BLOB NOT NULL,
+        state TEXT NOT NULL,
+        ttl INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        delivered_via TEXT,
+        delivered_at REAL,
+        final_at REAL,
+        ends_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS message_status_by_end ON message_status (ends_at);
+    """,
 }
 
 # Column order shared by the statements below and `_message_from_row`. A push is
@@ -144,7 +167,7 @@ _MIGRATIONS: dict[int, str] = {
 # user agent's rows, at most its quota long) and the store under its ceiling.
 _INSERT_CHECKED_MESSAGE = (
     "INSERT INTO messages (message_id, uaid, channel_id, body, ttl, created_at, expires_at,"
-    " urgency, topic, headers, receipt_id) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+    " urgency, topic, headers, receipt_id, vapid_hash) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
     " WHERE EXISTS (SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?)"
     " AND (SELECT coalesce(sum(channel_id = ?), 0) < ? AND count(*) < ?"
     " AND coalesce(sum(length(body)), 0) + ? <= ?"
@@ -162,8 +185,37 @@ _SELECT_PENDING = (
 _DELETE_MESSAGE = (
     "DELETE FROM messages WHERE uaid = ? AND message_id = ? RETURNING message_id, uaid,"
     " channel_id, body, ttl, created_at, expires_at, urgency, topic, headers, receipt_id,"
-    " delivered"
+    " delivered, vapid_hash, delivered_via, delivered_at"
 )
+_INSERT_STATUS = (
+    "INSERT OR IGNORE INTO message_status (message_id, vapid_hash, state, ttl, created_at,"
+    " expires_at, delivered_via, delivered_at, final_at, ends_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The final status of signed messages leaving the store: `state` ?1 at ?2.
+_FINAL_STATUSES = (
+    "INSERT OR IGNORE INTO message_status SELECT message_id, vapid_hash, ?1, ttl,"
+    " created_at, expires_at, delivered_via, delivered_at, ?2, ?2 FROM messages"
+)
+# `state` ?1 at ?2 for the messages of a subscription ?3, ?4 with the topic ?5.
+_REPLACED_STATUSES = (
+    _FINAL_STATUSES + " WHERE uaid = ?3 AND channel_id = ?4 AND topic = ?5"
+    " AND vapid_hash IS NOT NULL"
+)
+# `state` ?1 at ?2 for the messages expired at ?2.
+_EXPIRED_STATUSES = _FINAL_STATUSES + " WHERE expires_at <= ?2 AND vapid_hash IS NOT NULL"
+# A delivery: of a stored message, in its row; of a TTL-0 push (recorded as dropped
+# before it was offered), in its status.
+_DELIVER_MESSAGE = (
+    "UPDATE messages SET delivered_via = ?, delivered_at = ?"
+    " WHERE uaid = ? AND message_id = ? AND delivered_at IS NULL"
+)
+_DELIVER_STATUS = (
+    "UPDATE message_status SET delivered_via = ?1, delivered_at = ?2, state = 'delivered'"
+    " WHERE message_id = ?4 AND state = 'expired' AND ttl = 0 AND delivered_at IS NULL"
+)
+
+
 # Receipt subscriptions nothing can use any more: unused for longer than any message
 # lives, named by no stored message, holding no receipt.
 _DELETE_STALE_RECEIPT_SUBSCRIPTIONS = (
@@ -764,10 +816,12 @@ class SQLiteStore:
     ) -> list[str]:
         replaced: list[str] = []
         if message.topic is not None:
+            keys = (message.uaid, message.channel_id, message.topic)
+            db.execute(_REPLACED_STATUSES, ("replaced", message.created_at, *keys))
             rows = db.execute(
                 "DELETE FROM messages WHERE uaid = ? AND channel_id = ? AND topic = ?"
                 " RETURNING message_id",
-                (message.uaid, message.channel_id, message.topic),
+                keys,
             ).fetchall()
             replaced = [row[0] for row in rows]
         # One statement checks the subscription and the quotas and inserts; only when
@@ -776,6 +830,7 @@ class SQLiteStore:
             _INSERT_CHECKED_MESSAGE,
             (
                 *message_columns(message),
+                message.vapid_hash,
                 message.uaid,
                 message.channel_id,
                 message.channel_id,
@@ -826,23 +881,31 @@ class SQLiteStore:
         )
 
     async def delete_message(self, uaid: str, message_id: str) -> StoredMessage | None:
-        return await self._op(lambda db: self._delete_message_in(db, uaid, message_id))
+        return await self._op(lambda db: self._delete_message_in(db, uaid, message_id, False))
 
     async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
         return await self._op(
-            lambda db: [self._delete_message_in(db, uaid, message_id) for uaid, message_id in keys]
+            lambda db: [self._delete_message_in(db, uaid, mid, True) for uaid, mid in keys]
         )
 
     @staticmethod
     def _delete_message_in(
-        db: sqlite3.Connection, uaid: str, message_id: str
+        db: sqlite3.Connection, uaid: str, message_id: str, acknowledged: bool
     ) -> StoredMessage | None:
         row = db.execute(_DELETE_MESSAGE, (uaid, message_id)).fetchone()
         if row is None:
             return None
+        now = time.time()
         if row[10] is not None and row[11]:
+            db.execute(_INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, now, row[10]))
+        if row[12] is not None:  # signed: its final status
+            via, delivered_at = row[13], row[14]
+            if acknowledged:  # over WebSocket: a delivery too, if not yet recorded
+                via, delivered_at = via or "websocket", delivered_at or now
+            state = "acknowledged" if delivered_at is not None else "deleted"
             db.execute(
-                _INSERT_RECEIPT, (row[10], row[1], row[2], row[0], 204, time.time(), row[10])
+                _INSERT_STATUS,
+                (row[0], row[12], state, row[4], row[5], row[6], via, delivered_at, now, now),
             )
         return _message_from_row(row)
 
@@ -855,8 +918,53 @@ class SQLiteStore:
                 " (SELECT receipt_id FROM receipt_subscriptions)",
                 (now, now),
             )
+            db.execute(_EXPIRED_STATUSES, ("expired", now))
             removed = db.execute("DELETE FROM messages WHERE expires_at <= ?", (now,)).rowcount
             return int(removed)
+
+        return await self._op(write, slow=True)
+
+    # Message statuses ---------------------------------------------------------------
+
+    async def add_message_status(self, status: MessageStatus) -> None:
+        await self._op(lambda db: db.execute(_INSERT_STATUS, status_columns(status)))
+
+    async def mark_statuses_delivered(
+        self, deliveries: Sequence[tuple[str, str, str, float]]
+    ) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            rows = [(via, at, uaid, message_id) for uaid, message_id, via, at in deliveries]
+            db.executemany(_DELIVER_MESSAGE, rows)
+            db.executemany(_DELIVER_STATUS, rows)
+
+        await self._op(write)
+
+    async def get_message_status(self, uaid: str, message_id: str) -> MessageStatus | None:
+        def query(db: sqlite3.Connection) -> MessageStatus | None:
+            row = db.execute(
+                "SELECT message_id, vapid_hash, state, ttl, created_at, expires_at, delivered_via,"
+                " delivered_at, final_at FROM message_status WHERE message_id = ?"
+                " UNION ALL SELECT message_id, vapid_hash, CASE WHEN delivered_at IS NULL"
+                " THEN 'stored' ELSE 'delivered' END, ttl, created_at, expires_at,"
+                " delivered_via, delivered_at, NULL FROM messages"
+                " WHERE uaid = ? AND message_id = ? AND vapid_hash IS NOT NULL",
+                (message_id, uaid, message_id),
+            ).fetchone()
+            if row is None:
+                return None
+            return MessageStatus(row[0], bytes(row[1]), *row[2:])
+
+        return await self._op(query)
+
+    async def delete_old_statuses(self, ended_before: float, limit: int) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            return int(
+                db.execute(
+                    "DELETE FROM message_status WHERE message_id IN (SELECT message_id"
+                    " FROM message_status WHERE ends_at < ? ORDER BY ends_at LIMIT ?)",
+                    (ended_before, limit),
+                ).rowcount
+            )
 
         return await self._op(write, slow=True)
 
