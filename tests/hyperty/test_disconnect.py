@@ -48,3 +48,20 @@ async def test_only_the_runtime_disconnects_its_addresses(stack: Stack) -> None:
         )
         assert empty.status_code == 400
     assert stack.element.status(bob_url) == "live"  # untouched
+
+
+async def test_what_the_mailboxes_keep_per_address_is_bounded_by_what_is_live() -> None:
+    """Polls of ever new addresses, then disconnects: the tables shrink back (a client
+    could otherwise grow them one address at a time)."""
+    from tidings.hyperty.element import LAST_SEEN_PRUNE_MIN, Mailboxes
+
+    now = [0.0]
+    boxes = Mailboxes(grace=3.0, clock=lambda: now[0])
+    for n in range(3 * LAST_SEEN_PRUNE_MIN):
+        await boxes.take([f"hyperty://example.com/{n}"], timeout=0)
+        now[0] += 0.01  # each poll time is older than grace within a few hundred polls
+    assert len(boxes._last_seen) <= 2 * LAST_SEEN_PRUNE_MIN
+    assert boxes.connected(f"hyperty://example.com/{3 * LAST_SEEN_PRUNE_MIN - 1}")
+    assert not boxes.connected("hyperty://example.com/0")
+    boxes.disconnect(f"hyperty://example.com/{n}" for n in range(1000))
+    assert len(boxes._sessions) == 0 and len(boxes._polls) == 0

@@ -158,11 +158,17 @@ class ElementEvent:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+LAST_SEEN_PRUNE_MIN = 4096  # poll times kept before a prune is worth its scan
+
+
 class Mailboxes:
     """Messages for connected runtimes, taken by long-poll; who is connected.
 
     An address counts as connected while a poll for it is open, and for `grace`
-    seconds after one returned (the runtime is about to poll again).
+    seconds after one returned (the runtime is about to poll again). What it keeps per
+    address is bounded by what is live: an address's poll count and session only while
+    a poll is open, its last poll time only until `grace` has passed (pruned whenever
+    the table has doubled), its queue by `max_messages` and `max_bytes`.
     """
 
     def __init__(
@@ -181,6 +187,7 @@ class Mailboxes:
         self._bytes: collections.Counter[str] = collections.Counter()
         self._polls: collections.Counter[str] = collections.Counter()
         self._last_seen: dict[str, float] = {}
+        self._prune_at = LAST_SEEN_PRUNE_MIN
         self._sessions: collections.Counter[str] = collections.Counter()
         self._changed = asyncio.Event()
         self._closed = False
@@ -245,8 +252,11 @@ class Mailboxes:
                 self._polls[address] -= 1
                 if not self._polls[address]:
                     del self._polls[address]
+                    self._sessions.pop(address, None)  # only an open poll compares it
                 if not ended:
                     self._last_seen[address] = now
+            if len(self._last_seen) > self._prune_at:
+                self._prune_last_seen(now)
 
     def disconnect(self, addresses: Iterable[str]) -> int:
         """The runtime left (it goes back to sleep): its addresses are not connected from
@@ -255,12 +265,19 @@ class Mailboxes:
         what was queued for them is dropped; how many messages that was."""
         dropped = 0
         for address in addresses:
-            self._sessions[address] += 1
+            if self._polls[address]:  # ends the open polls of this address
+                self._sessions[address] += 1
             self._last_seen.pop(address, None)
             dropped += len(self._queues.pop(address, ()))
             self._bytes.pop(address, None)
         self._changed.set()
         return dropped
+
+    def _prune_last_seen(self, now: float) -> None:
+        """Forget poll times older than `grace`: they no longer make anyone connected."""
+        cutoff = now - self.grace
+        self._last_seen = {a: seen for a, seen in self._last_seen.items() if seen > cutoff}
+        self._prune_at = max(LAST_SEEN_PRUNE_MIN, 2 * len(self._last_seen))
 
     def close(self) -> None:
         """End every open poll (the server is stopping)."""
