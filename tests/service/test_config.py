@@ -70,3 +70,12 @@ def test_config_refuses_bad_values(tmp_path: Path, toml: str, environ: dict[str,
 
 def test_empty_environment_values_are_ignored() -> None:
     assert load_config(None, environ={"TIDINGS_PORT": ""}).port == 8080
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("port", 70000), ("port", True), ("max_ttl", -1), ("max_body", 100), ("workers", 0)],
+)
+def test_out_of_range_settings_are_refused(setting: str, value: object) -> None:
+    with pytest.raises(ValueError, match=setting):
+        ServiceConfig().with_overrides({setting: value})

@@ -628,3 +628,17 @@ async def test_websocket_on_another_path_is_refused(service: RunningService) -> 
         await websockets.connect(service.ws_url + "elsewhere", open_timeout=5)
     agent = await service.agent()  # the service keeps serving
     await agent.close()
+
+
+async def test_delete_of_an_expired_message_is_404(tmp_path: Path) -> None:
+    """Once its TTL has passed a message is gone, even before the sweep removes it."""
+    async with running_service(tmp_path, expiry_sweep_interval=3600) as service:
+        agent = await service.agent()
+        registration = await agent.register()
+        await agent.close()
+        async with httpx.AsyncClient() as client:
+            pushed = await client.post(registration.endpoint, headers={"ttl": "1"})
+            assert pushed.status_code == 201
+            await asyncio.sleep(1.2)
+            gone = await client.delete(pushed.headers["location"])
+            assert gone.status_code == 404

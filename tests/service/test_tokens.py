@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.service import RunningService
 from tidings.service.tokens import (
     EndpointRef,
     MessageRef,
@@ -24,7 +26,6 @@ UAID = "00112233445566778899aabbccddeeff"
 
 CHANNEL = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 UAID = "00112233445566778899aabbccddeeff"
-
 
 # tokens ---------------------------------------------------------------------------------
 
@@ -118,3 +119,21 @@ def test_rotation_opens_tokens_of_every_held_key() -> None:
 def test_sealer_refuses_bad_keys(keys: dict[int, bytes], current: int) -> None:
     with pytest.raises(ValueError):
         TokenSealer(keys, current)
+
+
+async def test_a_token_has_one_spelling(service: RunningService) -> None:
+    """Base64url's unused trailing bits must not give a second URL for one resource."""
+    agent = await service.agent()
+    registration = await agent.register()
+    prefix, token = registration.endpoint.rsplit("/", 1)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    variants = [c for c in alphabet if c != token[-1] and alphabet.index(c) >> 2 == last >> 2]
+    assert variants  # the token's last character carries unused bits
+    twin = token[:-1] + variants[0]
+    assert b64url_decode(twin) == b64url_decode(token)
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{prefix}/{twin}", headers={"ttl": "0"})
+        assert response.status_code == 404
+        assert (await client.post(registration.endpoint, headers={"ttl": "0"})).status_code == 201
+    await agent.close()
