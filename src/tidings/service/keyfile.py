@@ -66,6 +66,19 @@ def write_keys(path: Path, keys: dict[int, bytes], current: int) -> None:
     write_private_file(path, (json.dumps(document, indent=2) + "\n").encode())
 
 
+def held_fingerprints(path: Path, keys: dict[int, bytes], recorded: set[str]) -> set[str]:
+    """The fingerprints of `keys`, once they open the endpoints a database `recorded`
+    (none recorded yet: any keys do); KeyFileError for another service's key file."""
+    held = {fingerprint(k) for k in keys.values()}
+    if recorded and not recorded & held:
+        raise KeyFileError(
+            f"the token key file {path} does not hold any key this database's endpoints "
+            "were sealed with: it belongs to another service or was replaced. Restore the "
+            "right file."
+        )
+    return held
+
+
 async def load_sealer(path: Path, store: Store, *, create: bool = True) -> TokenSealer:
     """The token sealer for this service, creating the key file on first start.
 
@@ -92,13 +105,7 @@ async def load_sealer(path: Path, store: Store, *, create: bool = True) -> Token
     else:
         keys, current = {1: TokenSealer.new_key()}, 1
         write_keys(path, keys, current)
-    held = {fingerprint(k) for k in keys.values()}
-    if recorded_set and not recorded_set & held:
-        raise KeyFileError(
-            f"the token key file {path} does not hold any key this database's endpoints "
-            "were sealed with: it belongs to another service or was replaced. Restore the "
-            "right file."
-        )
+    held = held_fingerprints(path, keys, recorded_set)
     if not recorded_set >= held:
         await store.set_meta(_META_FINGERPRINTS, ",".join(sorted(recorded_set | held)))
     return TokenSealer(keys, current)

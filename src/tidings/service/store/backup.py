@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tidings.service.keyfile import (
     KeyFileError,
-    fingerprint,
+    held_fingerprints,
     read_keys,
     write_private_file,
 )
@@ -86,15 +86,9 @@ def _check_key_file(key_file: Path, recorded: set[str]) -> list[str]:
     """The key file's fingerprints, if it opens the endpoints the database recorded."""
     try:
         keys, _current = read_keys(key_file)
-    except KeyFileError as exc:
+        return sorted(held_fingerprints(key_file, keys, recorded))
+    except KeyFileError as exc:  # unreadable, or another service's (the service's own rule)
         raise BackupError(str(exc)) from exc
-    held = {fingerprint(key) for key in keys.values()}
-    if recorded and not recorded & held:
-        raise BackupError(
-            f"the key file {key_file} holds none of the keys this database's endpoints were "
-            "sealed with: it belongs to another service"
-        )
-    return sorted(held)
 
 
 def backup_sqlite(database: Path, key_file: Path, out: Path) -> Manifest:
