@@ -77,18 +77,21 @@ def _source_columns(source: sqlite3.Connection, table: str) -> list[str]:
     return [str(row[1]) for row in source.execute(f"PRAGMA table_info({table})")]
 
 
+def _unexpired(table: str, now: float) -> tuple[str, tuple[float, ...]]:
+    """The WHERE clause (and its parameters) leaving expired messages behind: an expired
+    message must never be delivered."""
+    return (" WHERE expires_at > ?", (now,)) if table == "messages" else ("", ())
+
+
 def _batches(
     source: sqlite3.Connection, table: str, columns: list[str], now: float, size: int
 ) -> Iterator[list[tuple[Any, ...]]]:
-    where, order = "", ""
-    if table == "messages":
-        where = " WHERE expires_at > ?"  # an expired message must never be delivered
-        order = " ORDER BY seq"  # delivery order: PostgreSQL numbers them as inserted
-    elif "seq" in _source_columns(source, table):
-        order = " ORDER BY seq"
+    where, parameters = _unexpired(table, now)
+    # Messages in delivery order (PostgreSQL numbers them as inserted), receipts likewise.
+    order = " ORDER BY seq" if "seq" in _source_columns(source, table) else ""
     cursor = source.execute(
         f"SELECT {', '.join(columns)} FROM {table}{where}{order}",  # noqa: S608 - names from the schema
-        (now,) if where else (),
+        parameters,
     )
     while batch := cursor.fetchmany(size):
         yield batch
@@ -135,11 +138,11 @@ def source_row_counts(sqlite_file: Path, now: float | None = None) -> dict[str, 
     try:
         counts = {}
         for table in _source_tables(source):
-            where = " WHERE expires_at > ?" if table == "messages" else ""
+            where, parameters = _unexpired(table, now)
             counts[table] = int(
                 source.execute(
                     f"SELECT count(*) FROM {table}{where}",  # noqa: S608 - names from the schema
-                    (now,) if where else (),
+                    parameters,
                 ).fetchone()[0]
             )
         return counts
