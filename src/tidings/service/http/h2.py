@@ -8,7 +8,9 @@ A hostile peer costs a bounded share (docs/security.md, "HTTP/2"): at most
 `MAX_CONCURRENT_STREAMS` streams, each with `request_timeout` to send its request;
 at most `WRITE_BUFFER_LIMIT` bytes queued for a peer that does not read (reading
 stops until they drain, the connection closes if they do not); rapid-reset floods
-end with GOAWAY ENHANCE_YOUR_CALM.
+and floods of frames that cost work but carry no request (PING, SETTINGS, PRIORITY,
+empty DATA: CVE-2019-9512, -9515, -9516, -9518) end with GOAWAY ENHANCE_YOUR_CALM; a
+request whose declared length is over the limit is answered 413 at once.
 """
 
 from __future__ import annotations
@@ -41,12 +43,26 @@ MAX_CONCURRENT_STREAMS = 100  # advertised; streams beyond it get RST_STREAM REF
 RAPID_RESET_LIMIT = 200
 MAX_FRAME_CHUNK = 16 * 1024  # DATA frame size we send, whatever the peer allows
 MAX_HEADER_LIST_SIZE = 16 * 1024  # as HTTP/1.1's 16 KiB of headers
+# Frames with no request in them: a budget of CONTROL_FRAME_BURST, refilled at
+# CONTROL_FRAME_RATE a second (a browser sends a few PINGs a minute, SETTINGS once).
+CONTROL_FRAME_BURST = 1000
+CONTROL_FRAME_RATE = 100.0
 
 
 class _Stream:
     """What a request stream holds until it is answered."""
 
-    __slots__ = ("body", "body_size", "closed", "headers", "limit", "task", "timer", "too_large")
+    __slots__ = (
+        "body",
+        "body_size",
+        "closed",
+        "ended",
+        "headers",
+        "limit",
+        "task",
+        "timer",
+        "too_large",
+    )
 
     def __init__(self, headers: dict[str, str], limit: int) -> None:
         self.headers = headers
@@ -54,6 +70,7 @@ class _Stream:
         self.body_size = 0
         self.limit = limit
         self.too_large = False
+        self.ended = False  # the peer has sent its whole request
         self.closed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None  # request_timeout, until the request ends
@@ -103,6 +120,8 @@ class Http2Connection(asyncio.Protocol):
         self._drain_timer: asyncio.TimerHandle | None = None
         self._unanswered_resets = 0  # streams reset or refused before their answer
         self._answered = 0
+        self._control_budget = float(CONTROL_FRAME_BURST)
+        self._control_refilled = time.monotonic()
 
     # asyncio.Protocol -------------------------------------------------------------------
 
@@ -222,9 +241,19 @@ class Http2Connection(asyncio.Protocol):
         if isinstance(event, h2.events.RequestReceived):
             self._request_received(event)
         elif isinstance(event, h2.events.DataReceived):
+            if not event.flow_controlled_length and not event.stream_ended:
+                self._spend_control_budget()
             self._data_received(event)
         elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.ended = True
             self._dispatch(event.stream_id)
+        elif isinstance(
+            event,
+            h2.events.PingReceived | h2.events.RemoteSettingsChanged | h2.events.PriorityUpdated,
+        ):
+            self._spend_control_budget()
         elif isinstance(event, h2.events.StreamReset):
             if event.remote_reset and event.stream_id in self.streams:
                 task = self.streams[event.stream_id].task
@@ -263,7 +292,10 @@ class Http2Connection(asyncio.Protocol):
             self._idle_timer.cancel()
             self._idle_timer = None
         if event.stream_ended is not None:
+            stream.ended = True
             self._dispatch(event.stream_id)
+        elif stream.too_large:
+            self._dispatch(event.stream_id)  # 413 now: no need to wait for a body refused
         else:
             stream.timer = asyncio.get_running_loop().call_later(
                 self.context.request_timeout, self._request_timed_out, event.stream_id
@@ -285,10 +317,14 @@ class Http2Connection(asyncio.Protocol):
             self.conn.send_headers(stream_id, headers, end_stream=not fits)
             if fits:
                 self.conn.send_data(stream_id, response.body, end_stream=True)
-            # The peer may still be sending: tell it to stop (RFC 9113 section 8.1).
-            self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             pass
+        self._stop_request(stream_id)
+
+    def _stop_request(self, stream_id: int) -> None:
+        """Answered before the request ended: tell the peer to stop (RFC 9113 section 8.1)."""
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
         self._flush()
 
     def _count_unanswered(self) -> None:
@@ -296,6 +332,21 @@ class Http2Connection(asyncio.Protocol):
         self._unanswered_resets += 1
         if self._unanswered_resets > RAPID_RESET_LIMIT and self._unanswered_resets > self._answered:
             log.info("closing %s: rapid reset", self.client)
+            self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self._flush()
+            self._close()
+
+    def _spend_control_budget(self) -> None:
+        """One frame that costs work and carries no request; a flood ends the connection."""
+        now = time.monotonic()
+        self._control_budget = min(
+            float(CONTROL_FRAME_BURST),
+            self._control_budget + (now - self._control_refilled) * CONTROL_FRAME_RATE,
+        )
+        self._control_refilled = now
+        self._control_budget -= 1
+        if self._control_budget < 0 and not self._closed:
+            log.info("closing %s: control frame flood", self.client)
             self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             self._flush()
             self._close()
@@ -352,6 +403,8 @@ class Http2Connection(asyncio.Protocol):
             if not stream.closed.is_set():
                 await self._respond(stream_id, request.method, response)
                 self._answered += 1
+                if not stream.ended:
+                    self._stop_request(stream_id)
             self.context.log_request(request, response.status, started)
         except asyncio.CancelledError:
             pass
