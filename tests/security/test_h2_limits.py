@@ -132,6 +132,13 @@ class RawClient:
             await self.writer.wait_closed()
 
 
+def told_to_calm_down(client: RawClient) -> bool:
+    return any(
+        event.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        for event in client.of(h2.events.ConnectionTerminated)
+    )
+
+
 def stream_count(server: TidingsServer) -> int:
     return sum(len(c.streams) for c in http2_connections(server))
 
@@ -303,14 +310,8 @@ async def test_a_rapid_reset_flood_is_sent_away(server: TidingsServer) -> None:
         client.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
     client.send()
 
-    def calm() -> bool:
-        return any(
-            event.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-            for event in client.of(h2.events.ConnectionTerminated)
-        )
-
     try:
-        await client.read_until(calm, "GOAWAY ENHANCE_YOUR_CALM")
+        await client.read_until(lambda: told_to_calm_down(client), "GOAWAY ENHANCE_YOUR_CALM")
         await eventually(lambda: not http2_connections(server), "the connection is closed")
         assert stream_count(server) == 0
     finally:
@@ -371,14 +372,8 @@ async def test_a_flood_of_frames_without_requests_is_sent_away(
     flood(client, 5000)
     client.send()
 
-    def calm() -> bool:
-        return any(
-            event.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-            for event in client.of(h2.events.ConnectionTerminated)
-        )
-
     try:
-        await client.read_until(calm, "GOAWAY ENHANCE_YOUR_CALM")
+        await client.read_until(lambda: told_to_calm_down(client), "GOAWAY ENHANCE_YOUR_CALM")
         await eventually(lambda: not http2_connections(server), "the connection is closed")
     finally:
         await client.close()
