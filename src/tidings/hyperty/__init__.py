@@ -9,7 +9,9 @@
 - `IdentityVerifier`: identity assertions checked against an IdP's JWKS (identity.py);
   `IdentityProvider`: a test IdP (idp.py);
 - `HypertyRuntime`: a runtime that keeps its address, sleeps, and is woken by a push
-  (runtime.py, wake.py); `Connector`: the call set-up hyperty (connector.py).
+  (runtime.py, its state in runtime_state.py, its HTTP calls to the element in
+  element_client.py, wake.py); `HypertyContext` and factories: what a hyperty sees of
+  its runtime (context.py); `Connector`: the call set-up hyperty (connector.py).
 
 See docs/hyperty.md.
 """
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
         runtime_url,
         user_url,
     )
+    from tidings.hyperty.context import Hyperty, HypertyContext, HypertyFactory, HypertyRuntimeError
     from tidings.hyperty.element import (
         Delivery,
         ElementEvent,
@@ -68,13 +71,7 @@ if TYPE_CHECKING:
         topic_for,
         urgency_for,
     )
-    from tidings.hyperty.runtime import (
-        Hyperty,
-        HypertyContext,
-        HypertyFactory,
-        HypertyRuntime,
-        HypertyRuntimeError,
-    )
+    from tidings.hyperty.runtime import HypertyRuntime
     from tidings.hyperty.store import ElementStore
 
 #: Where each public name lives; imported on first use, so that a woken runtime
@@ -88,11 +85,11 @@ _EXPORTS = {
     "ElementEvent": "tidings.hyperty.element",
     "ElementLimits": "tidings.hyperty.element",
     "ElementStore": "tidings.hyperty.store",
-    "Hyperty": "tidings.hyperty.runtime",
-    "HypertyContext": "tidings.hyperty.runtime",
-    "HypertyFactory": "tidings.hyperty.runtime",
+    "Hyperty": "tidings.hyperty.context",
+    "HypertyContext": "tidings.hyperty.context",
+    "HypertyFactory": "tidings.hyperty.context",
     "HypertyRuntime": "tidings.hyperty.runtime",
-    "HypertyRuntimeError": "tidings.hyperty.runtime",
+    "HypertyRuntimeError": "tidings.hyperty.context",
     "IdentityError": "tidings.hyperty.identity",
     "IdentityProvider": "tidings.hyperty.idp",
     "IdentityVerifier": "tidings.hyperty.identity",
