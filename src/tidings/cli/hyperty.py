@@ -112,7 +112,7 @@ def push_element(
     log_level: str,
 ) -> None:
     """Run the push element domain://push.<DOMAIN> with its HTTP endpoint at /hyperty/."""
-    from tidings.hyperty.element import ElementLimits
+    from tidings.hyperty.element_limits import ElementLimits
     from tidings.hyperty.identity import IdentityVerifier
     from tidings.service.limits import Rule
 

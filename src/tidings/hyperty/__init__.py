@@ -5,7 +5,8 @@
   objects (addresses.py);
 - `PushElement`: `domain://push.<domain>`, next to the message node: runtime credentials,
   address allocation, registrations, delivery by Web Push, cancel by Topic, answers
-  routed back, `ElementLimits` (element.py, http.py);
+  routed back (element.py, http.py); `Mailboxes`: who is connected (mailboxes.py);
+  `ElementLimits`, `Refused` (element_limits.py);
 - `IdentityVerifier`: identity assertions checked against an IdP's JWKS (identity.py);
   `IdentityProvider`: a test IdP (idp.py);
 - `HypertyRuntime`: a runtime that keeps its address, sleeps, and is woken by a push
@@ -40,16 +41,11 @@ if TYPE_CHECKING:
         user_url,
     )
     from tidings.hyperty.context import Hyperty, HypertyContext, HypertyFactory, HypertyRuntimeError
-    from tidings.hyperty.element import (
-        Delivery,
-        ElementEvent,
-        ElementLimits,
-        Mailboxes,
-        PushElement,
-        Refused,
-    )
+    from tidings.hyperty.element import Delivery, ElementEvent, PushElement
+    from tidings.hyperty.element_limits import ElementLimits, Refused
     from tidings.hyperty.identity import IdentityError, IdentityVerifier
     from tidings.hyperty.idp import IdentityProvider
+    from tidings.hyperty.mailboxes import Mailboxes
     from tidings.hyperty.message import (
         MESSAGE_TYPES,
         Message,
@@ -83,7 +79,7 @@ _EXPORTS = {
     "AddressError": "tidings.hyperty.addresses",
     "Delivery": "tidings.hyperty.element",
     "ElementEvent": "tidings.hyperty.element",
-    "ElementLimits": "tidings.hyperty.element",
+    "ElementLimits": "tidings.hyperty.element_limits",
     "ElementStore": "tidings.hyperty.store",
     "Hyperty": "tidings.hyperty.context",
     "HypertyContext": "tidings.hyperty.context",
@@ -93,14 +89,14 @@ _EXPORTS = {
     "IdentityError": "tidings.hyperty.identity",
     "IdentityProvider": "tidings.hyperty.idp",
     "IdentityVerifier": "tidings.hyperty.identity",
-    "Mailboxes": "tidings.hyperty.element",
+    "Mailboxes": "tidings.hyperty.mailboxes",
     "Message": "tidings.hyperty.message",
     "MessageError": "tidings.hyperty.message",
     "MessageTooLarge": "tidings.hyperty.rules",
     "MessageType": "tidings.hyperty.message",
     "PushElement": "tidings.hyperty.element",
     "PushPlan": "tidings.hyperty.rules",
-    "Refused": "tidings.hyperty.element",
+    "Refused": "tidings.hyperty.element_limits",
     "Registration": "tidings.hyperty.rules",
     "Route": "tidings.hyperty.rules",
     "allocation_url": "tidings.hyperty.addresses",
