@@ -220,8 +220,8 @@ def runtime_init(
     asleep: bool,
 ) -> None:
     """Create a runtime with one hyperty, subscribe it and register it at the push element."""
-    from tidings.hyperty.demo import wake_command
     from tidings.hyperty.runtime import HypertyRuntime, HypertyRuntimeError
+    from tidings.hyperty.wake import wake_command
 
     async def init() -> dict[str, object]:
         runtime = HypertyRuntime(None, state, domain=domain, element=element, service=service)
