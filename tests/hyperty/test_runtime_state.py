@@ -43,6 +43,9 @@ def test_no_file_is_an_empty_state_and_a_broken_one_is_refused(tmp_path: Path) -
     (tmp_path / STATE_FILE).write_text("[1, 2]")
     with pytest.raises(HypertyRuntimeError, match="does not hold a JSON object"):
         RuntimeState.load(tmp_path / STATE_FILE)
+    (tmp_path / STATE_FILE).write_text('{"hyperties": ["hyperty://example.com/1"]}')
+    with pytest.raises(HypertyRuntimeError, match="`hyperties` is not a JSON object"):
+        RuntimeState.load(tmp_path / STATE_FILE)
     (tmp_path / STATE_FILE).write_text("{")
     with pytest.raises(HypertyRuntimeError, match="not valid JSON"):
         HypertyRuntime(None, tmp_path)

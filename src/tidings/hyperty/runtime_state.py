@@ -67,12 +67,15 @@ class RuntimeState:
             raise HypertyRuntimeError(f"{path} does not hold a JSON object")
         known = {"runtime_url", "element", "service", "hyperties", "subscription"}
         known |= {"credential", "command", "user"}
+        hyperties = data.get("hyperties") or {}
+        if not isinstance(hyperties, dict):
+            raise HypertyRuntimeError(f"{path}: `hyperties` is not a JSON object")
         subscription = data.get("subscription")
         return cls(
             runtime_url=_text(data.get("runtime_url")),
             element=_text(data.get("element")),
             service=_text(data.get("service")),
-            hyperties=dict(data.get("hyperties") or {}),
+            hyperties=dict(hyperties),
             subscription=dict(subscription) if isinstance(subscription, dict) else None,
             credential=_text(data.get("credential")),
             command=_text(data.get("command")),
