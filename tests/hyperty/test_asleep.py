@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tidings.hyperty.demo import CallDemo
+from tidings.cli.demo_call import CallDemo
 
 REPO = Path(__file__).resolve().parents[2]
 

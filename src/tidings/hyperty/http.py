@@ -37,7 +37,8 @@ from urllib.parse import parse_qs
 
 import uvicorn
 
-from tidings.hyperty.element import PushElement, Refused
+from tidings.hyperty.element import PushElement
+from tidings.hyperty.element_limits import Refused
 from tidings.hyperty.message import Message, MessageError
 
 __all__ = ["ElementApp", "ElementServer"]
