@@ -20,13 +20,14 @@ from tidings.webpush import (
     InvalidSubscription,
     PayloadTooLarge,
     Subscription,
-    Urgency,
     VapidHeaders,
     aesgcm_encrypt,
     b64url_decode,
     encrypt_for_key,
     parse_topic,
 )
+from tidings.webpush.headers import URGENCIES
+from tidings.webpush.request import CONTENT_TYPE, push_headers
 
 __all__ = [
     "CONTENT_TYPE",
@@ -42,10 +43,6 @@ __all__ = [
     "to_subscription",
 ]
 
-CONTENT_TYPE = "application/octet-stream"
-"""Sent with every encrypted body, as the npm web-push does (some services require it)."""
-URGENCIES = tuple(urgency.value for urgency in Urgency)
-"""RFC 8030's urgencies, lowest first (what `--urgency` and `urgency=` accept)."""
 
 ContentEncoding: TypeAlias = Literal["aes128gcm", "aesgcm"]
 Payload: TypeAlias = bytes | bytearray | memoryview | str | None
@@ -198,22 +195,14 @@ def assemble(
     extra_headers: Mapping[str, str] | None = None,
 ) -> PushRequest:
     """Put an (already encrypted) body and its headers together into a PushRequest."""
-    headers: dict[str, str] = {"TTL": str(ttl)}
-    if body:
-        headers["Content-Type"] = CONTENT_TYPE
-        headers.update(coding_headers)
-    if vapid is not None:
-        if coding_headers.get("Content-Encoding") == "aesgcm":
-            # The pre-RFC 8292 form that aesgcm receivers (and the npm web-push) use.
-            headers["Authorization"] = vapid.legacy_authorization
-            dh = headers.get("Crypto-Key")
-            headers["Crypto-Key"] = f"{dh};{vapid.crypto_key}" if dh else vapid.crypto_key
-        else:
-            headers["Authorization"] = vapid.authorization
-    if urgency is not None:
-        headers["Urgency"] = urgency
-    if topic is not None:
-        headers["Topic"] = topic
+    headers = push_headers(
+        ttl=ttl,
+        has_body=bool(body),
+        coding_headers=coding_headers,
+        vapid=vapid,
+        urgency=urgency,
+        topic=topic,
+    )
     if extra_headers:
         headers.update(extra_headers)
     return PushRequest(
