@@ -228,7 +228,7 @@ async def test_expect_100_continue_with_too_large_body_gets_413(
 class _SlowSession:
     """A session whose handling of a frame never finishes (a busy store, say)."""
 
-    uaid = None
+    greeted = False
     peer = "test"
 
     def __init__(self) -> None:
@@ -280,9 +280,10 @@ async def test_a_client_flooding_frames_is_paused_not_buffered(tmp_path: Path) -
     async with running_service(tmp_path) as service:
         assert service.service is not None
         transport: Any = _Transport()
-        protocol = ws.PushWebSocket(transport, service.service, "test", max_message=65536)
         session = _SlowSession()
-        protocol.session = session  # type: ignore[assignment]
+        protocol = ws.WebSocketConnection(
+            transport, lambda channel, client: session, "test", max_message=65536, hello_timeout=10
+        )
         frames = b"".join(_masked(json.dumps({"n": i})) for i in range(ws.MAX_QUEUED_FRAMES + 5))
         protocol.data_received(frames)
         await session.started.wait()

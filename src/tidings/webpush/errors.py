@@ -19,18 +19,14 @@ from http import HTTPStatus
 __all__ = [
     "DecryptionError",
     "EncryptionError",
-    "Errno",
-    "ErrorBody",
     "HeaderError",
     "InvalidKeyError",
     "InvalidSubscription",
     "PayloadTooLarge",
     "VapidError",
     "WebPushError",
-    "errno_of",
-    "error_body",
-    "parse_error_body",
 ]
+__all__ += ["Errno", "ErrorBody", "errno_of", "error_body", "parse_error_body"]  # the body
 
 
 class WebPushError(Exception):

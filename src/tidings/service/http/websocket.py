@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 
-from tidings.service import ws_protocol as wp
-from tidings.service.core import PushService
 from tidings.service.http import websocket_frames
+from tidings.service.http.app import TextChannel, WebSocketHandler
+from tidings.service.http.logsafe import escape
 from tidings.service.http.websocket_frames import *  # noqa: F403 (the codec's names, kept here)
 from tidings.service.http.websocket_frames import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_UNSUPPORTED_DATA,
     OP_PONG,
     OP_TEXT,
     Close,
@@ -28,12 +32,9 @@ from tidings.service.http.websocket_frames import (
     close_reply,
     encode_frame,
 )
-from tidings.service.logs import escape
-from tidings.service.store import StoreUnavailable
-from tidings.service.ws_session import WebSocketSession
 
 # The codec's names stay importable from here, where they lived before the split.
-__all__ = ["MAX_QUEUED_FRAMES", "WRITE_BUFFER_LIMIT", "PushWebSocket"]
+__all__ = ["MAX_QUEUED_FRAMES", "WRITE_BUFFER_LIMIT", "PushWebSocket", "WebSocketConnection"]
 __all__ += websocket_frames.__all__
 
 log = logging.getLogger("tidings.websocket")
@@ -42,24 +43,24 @@ WRITE_BUFFER_LIMIT = 1 << 20  # a client that lets this much pile up is not read
 MAX_QUEUED_FRAMES = 32  # frames received but not yet handled before reading pauses
 
 
-class PushWebSocket(asyncio.Protocol):
-    """The push protocol over one WebSocket: frames in, `WebSocketSession` calls out."""
+class WebSocketConnection(asyncio.Protocol):
+    """One WebSocket: frames in, text messages to its handler (app.py) in order."""
 
     def __init__(
         self,
         transport: asyncio.Transport,
-        service: PushService,
+        open_handler: Callable[[TextChannel, str], WebSocketHandler],
         client: str,
         *,
         max_message: int,
-        busy: set[PushWebSocket] | None = None,
+        hello_timeout: float,
+        busy: set[object] | None = None,
     ) -> None:
         self.transport = transport
-        self.session = WebSocketSession(service, self, client)
+        self.session = open_handler(self, client)
         # The connections whose frames are being handled: shutdown waits for them
         # before it closes the store, so an ack that arrived is not lost.
         self._busy = busy if busy is not None else set()
-        hello_timeout = service.config.hello_timeout
         self.parser = FrameParser(max_message)
         self._inbox: deque[str] = deque()
         self._reading_paused = False
@@ -72,7 +73,7 @@ class PushWebSocket(asyncio.Protocol):
             hello_timeout, self._hello_expired
         )
 
-    # The session's channel ---------------------------------------------------------------
+    # The handler's channel (TextChannel) -----------------------------------------------
 
     async def send_text(self, text: str) -> None:
         """Send one text message (TextChannel)."""
@@ -125,7 +126,7 @@ class PushWebSocket(asyncio.Protocol):
         for event in events:
             if isinstance(event, Message):
                 if event.text is None:
-                    self.fail(wp.CLOSE_UNSUPPORTED_DATA, "only text frames are accepted")
+                    self.fail(CLOSE_UNSUPPORTED_DATA, "only text frames are accepted")
                     return
                 if not self._inbox and self._worker is None and self.session.handle_now(event.text):
                     continue  # an ack, handled in order: nothing was waiting before it
@@ -154,25 +155,20 @@ class PushWebSocket(asyncio.Protocol):
     async def _work(self) -> None:
         try:
             while self._inbox and not self._failed:
-                if self._closing and self.session.uaid is None:
+                if self._closing and not self.session.greeted:
                     break  # the peer left before its hello: nothing it sent matters
                 text = self._inbox.popleft()
                 try:
                     await self.session.on_text(text)
-                except wp.FrameError as exc:
+                except FrameError as exc:
                     log.info("closing %s: %s", escape(self.session.peer), escape(exc.reason))
                     self.fail(exc.code, exc.reason)
                     return
-                except StoreUnavailable as exc:
-                    # The store is down or closing (shutdown): the client retries later.
-                    log.warning("store unavailable for %s: %s", escape(self.session.peer), exc)
-                    self.fail(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
-                    return
                 except Exception:
                     log.exception("error handling a frame from %s", escape(self.session.peer))
-                    self.fail(1011, "internal error")
+                    self.fail(CLOSE_INTERNAL_ERROR, "internal error")
                     return
-                if self.session.uaid is not None and self._hello_timer is not None:
+                if self.session.greeted and self._hello_timer is not None:
                     self._hello_timer.cancel()
                     self._hello_timer = None
                 if self._reading_paused and len(self._inbox) <= MAX_QUEUED_FRAMES // 2:
@@ -187,8 +183,8 @@ class PushWebSocket(asyncio.Protocol):
 
     def _hello_expired(self) -> None:
         self._hello_timer = None
-        if self.session.uaid is None:
-            self.fail(wp.CLOSE_POLICY_VIOLATION, "no hello within the time allowed")
+        if not self.session.greeted:
+            self.fail(CLOSE_POLICY_VIOLATION, "no hello within the time allowed")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -199,3 +195,7 @@ class PushWebSocket(asyncio.Protocol):
             self.session.on_disconnect()
         # else the worker handles what arrived before the end (an ack right before a
         # close must count), then calls on_disconnect itself.
+
+
+PushWebSocket = WebSocketConnection
+"""The former name, from when the connection made the push service's session itself."""
