@@ -15,8 +15,6 @@ from typing import Any, Literal, TypeAlias
 
 from tidings.webpush import (
     MAX_PLAINTEXT,
-    MAX_TTL,
-    HeaderError,
     InvalidSubscription,
     PayloadTooLarge,
     Subscription,
@@ -24,10 +22,9 @@ from tidings.webpush import (
     aesgcm_encrypt,
     b64url_decode,
     encrypt_for_key,
-    parse_topic,
 )
 from tidings.webpush.headers import URGENCIES
-from tidings.webpush.request import CONTENT_TYPE, push_headers
+from tidings.webpush.request import CONTENT_TYPE, check_options, push_headers
 
 __all__ = [
     "CONTENT_TYPE",
@@ -137,37 +134,6 @@ def encode_payload(data: Payload) -> bytes:
             "4096-byte push body (RFC 8291). Send a smaller message, e.g. an id the page fetches."
         )
     return raw
-
-
-def _valid_topic(topic: object) -> bool:
-    """RFC 8030 §5.4's rule as the service applies it, with no surrounding spaces either."""
-    if not isinstance(topic, str) or topic != topic.strip(" \t"):
-        return False
-    try:
-        parse_topic(topic)
-    except HeaderError:
-        return False
-    return True
-
-
-def check_options(ttl: int, urgency: str | None, topic: str | None, content_encoding: str) -> None:
-    """Raise ValueError (with what to fix) for a TTL, Urgency, Topic or coding a service refuses."""
-    if type(ttl) is not int or ttl < 0:
-        raise ValueError(f"ttl must be a whole number of seconds >= 0, got {ttl!r}")
-    if ttl > MAX_TTL:
-        raise ValueError(f"ttl must be at most 2**31 seconds, got {ttl}")
-    if urgency is not None and urgency not in URGENCIES:
-        raise ValueError(f"urgency must be one of {', '.join(URGENCIES)}; got {urgency!r}")
-    if topic is not None and not _valid_topic(topic):
-        raise ValueError(
-            "topic must be 1 to 32 characters of the base64url alphabet (A-Z a-z 0-9 - _); "
-            f"got {topic!r}"
-        )
-    if content_encoding not in ("aes128gcm", "aesgcm"):
-        raise ValueError(
-            f"content_encoding must be 'aes128gcm' (RFC 8291) or 'aesgcm' (legacy); "
-            f"got {content_encoding!r}"
-        )
 
 
 def encrypt_for(
