@@ -19,13 +19,13 @@ from tidings.service.http.context import WRITE_BUFFER_LIMIT, ConnectionContext, 
 from tidings.service.http.messages import Request, Response, status_line
 from tidings.service.http.websocket_frames import accept_key, is_valid_client_key
 
+__all__ = ["H2_PREFACE", "MAX_HEADER_BYTES", "WRITE_BUFFER_LIMIT", "Http1Connection"]
+
 log = logging.getLogger("tidings.http")
-access_log = logging.getLogger("tidings.access")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_HEADER_BYTES = 16 * 1024
 MAX_QUEUED_REQUESTS = 16
-__all__ = ["H2_PREFACE", "MAX_HEADER_BYTES", "WRITE_BUFFER_LIMIT", "Http1Connection"]
 
 
 class _BodyTooLarge(Exception):

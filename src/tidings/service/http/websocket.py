@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from tidings.service.http import websocket_frames
 from tidings.service.http.app import TextChannel, WebSocketHandler
+from tidings.service.http.context import WRITE_BUFFER_LIMIT  # a client not reading, as HTTP's
 from tidings.service.http.logsafe import escape
 from tidings.service.http.websocket_frames import *  # noqa: F403 (the codec's names, kept here)
 from tidings.service.http.websocket_frames import (
@@ -39,7 +40,6 @@ __all__ += websocket_frames.__all__
 
 log = logging.getLogger("tidings.websocket")
 
-WRITE_BUFFER_LIMIT = 1 << 20  # a client that lets this much pile up is not reading
 MAX_QUEUED_FRAMES = 32  # frames received but not yet handled before reading pauses
 
 
