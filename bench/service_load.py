@@ -296,14 +296,14 @@ import asyncio, sys
 sys.path.insert(0, sys.argv[2])
 from tidings.service.http.h1 import Http1Connection
 from tidings.service.http.messages import Response
-class NullRoutes:
+class NullApp:
     def body_limit(self, method, path): return 4096
     async def handle(self, request): return Response(201, {"location": "/m/x", "ttl": "60"})
     def too_large(self, request): return Response(413)
     def plain_error(self, status, message): return Response(status)
 class Context:
     def __init__(self):
-        self.routes = NullRoutes(); self.connections = set(); self.draining = False
+        self.app = NullApp(); self.connections = set(); self.draining = False
         self.request_timeout = 30.0; self.keepalive_timeout = 75.0
     def date_header(self): return b"date: Mon, 30 Nov 2026 00:00:00 GMT\r\n"
     def log_request(self, *a): pass

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import ssl
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urljoin, urlsplit
 
 from tidings.http2 import H2Client, H2Error, H2Response, H2Stream, PushedResponse
+from tidings.webpush.errors import Errno, errno_of
 from tidings.webpush.links import REL_RECEIPT, link_target
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ __all__ = [
 log = logging.getLogger("tidings.sender.receipts")
 
 _BACKLOG = 10_000
-_ERRNO_NEEDS_HTTP2 = 117  # Tidings' errno for a monitor attempted over HTTP/1.1
 
 
 def redacted(url: str) -> str:
@@ -351,23 +350,13 @@ def _check_final(url: str, response: H2Response) -> None:
             f"the push service does not know the receipt subscription {redacted(url)} (404): it "
             "expired or never existed; send with receipt=True again to get a new one"
         )
-    if status == 505 or (status == 400 and _errno(response) == _ERRNO_NEEDS_HTTP2):
+    if status == 505 or (status == 400 and errno_of(response.body) == Errno.NEEDS_HTTP2):
         raise Http2Required(_http1_message(urlsplit(url).netloc))
     if 400 <= status < 500 and status not in (408, 429):
         raise ReceiptError(
             f"the push service refused to monitor {redacted(url)}: {status} {_text(response)[:200]}"
         )
     # 2xx (the service ended the stream, e.g. shutting down) or 5xx: reconnect.
-
-
-def _errno(response: H2Response) -> int | None:
-    """The `errno` of a JSON error body (Tidings, Mozilla), if any."""
-    try:
-        value = json.loads(response.body)
-    except ValueError:
-        return None
-    errno = value.get("errno") if isinstance(value, dict) else None
-    return errno if isinstance(errno, int) else None
 
 
 def _text(response: H2Response) -> str:

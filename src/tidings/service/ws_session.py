@@ -12,12 +12,13 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 from tidings.service import ws_protocol as wp
 from tidings.service.broadcasts import changes_for, client_broadcasts
 from tidings.service.core import PushService, RegistrationError
 from tidings.service.errors import ServiceError
+from tidings.service.http.app import TextChannel as TextChannel  # what it answers on
 from tidings.service.limits import Limit
 from tidings.service.logs import escape
 from tidings.service.store import StoredMessage, StoreUnavailable
@@ -31,14 +32,6 @@ log = logging.getLogger("tidings.websocket")
 MAX_QUEUED_SENDS = 256
 MAX_UNACKED = 1024  # ids of sent, unacknowledged messages remembered per connection
 RECENT_ACKS = 256  # acknowledged message ids remembered per connection
-
-
-class TextChannel(Protocol):
-    """What the session needs from the WebSocket: send a text frame, close."""
-
-    async def send_text(self, text: str) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
 
 
 def redact_uaid(uaid: str | None) -> str:
@@ -79,8 +72,23 @@ class WebSocketSession:
 
     # Frames in ------------------------------------------------------------------------
 
+    @property
+    def greeted(self) -> bool:
+        """Whether the client has said hello (WebSocketHandler)."""
+        return self.uaid is not None
+
     async def on_text(self, text: str) -> None:
         """Handle one frame; FrameError means the adapter must close the connection."""
+        try:
+            await self._on_frame(text)
+        except StoreUnavailable as exc:
+            # The store is down or closing (shutdown): the client retries later.
+            log.warning("store unavailable for %s: %s", escape(self.peer), exc)
+            raise wp.FrameError(
+                wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later"
+            ) from None
+
+    async def _on_frame(self, text: str) -> None:
         message = wp.parse_client_frame(text)
         if isinstance(message, wp.Hello):
             await self._hello(message)

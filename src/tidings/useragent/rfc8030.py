@@ -42,7 +42,8 @@ from tidings.useragent.transport import (
     TransportEvent,
     TransportSubscription,
 )
-from tidings.webpush import HeaderError, Urgency, parse_urgency
+from tidings.webpush import URGENCIES, HeaderError, parse_urgency
+from tidings.webpush.errors import Errno, errno_of, parse_error_body
 from tidings.webpush.links import REL_PUSH, REL_SET, WEBPUSH_OPTIONS, link_target
 
 __all__ = [
@@ -61,11 +62,11 @@ __all__ = [
 
 log = logging.getLogger("tidings.useragent.rfc8030")
 
-URGENCY_LEVELS = tuple(urgency.value for urgency in Urgency)
+URGENCY_LEVELS = URGENCIES
 REDIRECTS = (307, 308)
 MAX_DELIVERED_REMEMBERED = 10_000
 """Message URLs remembered per connection so a second push of one is not handed over."""
-ERRNO_BAD_SET = 116
+ERRNO_BAD_SET = Errno.BAD_SET
 """Tidings' errno for a subscribe naming a set it does not know (it was removed)."""
 
 
@@ -136,19 +137,10 @@ def _target(url: str) -> str:
 
 def _reason(response: H2Response) -> str:
     """A short reason from an error answer (the service's JSON `message`, when it has one)."""
-    with contextlib.suppress(ValueError, AttributeError):
-        document = json.loads(response.body)
-        if isinstance(document, dict) and isinstance(document.get("message"), str):
-            return f"status {response.status}: {document['message']}"
+    document = parse_error_body(response.body)
+    if document is not None and document.message is not None:
+        return f"status {response.status}: {document.message}"
     return f"status {response.status}"
-
-
-def _errno(response: H2Response) -> int | None:
-    with contextlib.suppress(ValueError):
-        document = json.loads(response.body)
-        if isinstance(document, dict) and isinstance(document.get("errno"), int):
-            return int(document["errno"])
-    return None
 
 
 # The transport ------------------------------------------------------------------------------
@@ -349,7 +341,7 @@ class Http2Connection:
             final, response = await self._request(
                 "POST", self._transport.subscribe_url, headers, body
             )
-            set_gone = response.status == 400 and _errno(response) == ERRNO_BAD_SET
+            set_gone = response.status == 400 and errno_of(response.body) == ERRNO_BAD_SET
             if self._set_url is not None and set_gone:
                 # The set vanished since we connected: reconnecting finds it gone and
                 # renews every subscription; the user agent subscribes again then.

@@ -1,8 +1,9 @@
 """HTTP/2 connections (h2 keeps the protocol state), with server push for monitors.
 
-Every request stream is answered by `Routes.handle` in its own task; response bodies
-are sent as flow control allows. A handler that keeps a GET open (RFC 8030 monitoring)
-uses the stream's `Http2PushChannel` to send PUSH_PROMISEs while it waits.
+Every request stream is answered by the app's `handle` (app.py) in its own task;
+response bodies are sent as flow control allows. A handler that keeps a GET open
+(RFC 8030 monitoring) uses the stream's `Http2PushChannel` to send PUSH_PROMISEs while
+it waits.
 
 A hostile peer costs a bounded share (docs/security.md, "HTTP/2"): at most
 `MAX_CONCURRENT_STREAMS` streams, each with `request_timeout` to send its request;
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -28,12 +29,9 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from tidings.service.http.h1 import WRITE_BUFFER_LIMIT
+from tidings.service.http.context import WRITE_BUFFER_LIMIT, ConnectionContext, peer_of
+from tidings.service.http.logsafe import escape
 from tidings.service.http.messages import Request, Response
-from tidings.service.logs import escape
-
-if TYPE_CHECKING:
-    from tidings.service.http.server import ConnectionContext
 
 log = logging.getLogger("tidings.http2")
 
@@ -129,9 +127,7 @@ class Http2Connection(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.client = f"{peer[0]}:{peer[1]}"
+        self.client = peer_of(transport)
         self.context.connections.add(self)
         # pause_writing() past the cap, resume_writing() once a quarter of it is left.
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
@@ -282,7 +278,7 @@ class Http2Connection(asyncio.Protocol):
             self._count_unanswered()
             return
         path = headers.get(":path", "/").split("?", 1)[0]
-        limit = self.context.routes.body_limit(headers.get(":method", "GET"), path)
+        limit = self.context.app.body_limit(headers.get(":method", "GET"), path)
         stream = _Stream(headers, limit)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -308,7 +304,7 @@ class Http2Connection(asyncio.Protocol):
             return
         stream.timer = None
         self._forget(stream_id, stream)
-        response = self.context.routes.plain_error(408, "the request was not sent in time")
+        response = self.context.app.plain_error(408, "the request was not sent in time")
         headers = [(b":status", b"408")]
         headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
         headers.append((b"content-length", str(len(response.body)).encode()))
@@ -397,9 +393,9 @@ class Http2Connection(asyncio.Protocol):
         started = time.perf_counter()
         try:
             if stream.too_large:
-                response = self.context.routes.too_large(request)
+                response = self.context.app.too_large(request)
             else:
-                response = await self.context.routes.handle(request)
+                response = await self.context.app.handle(request)
             if not stream.closed.is_set():
                 await self._respond(stream_id, request.method, response)
                 self._answered += 1
