@@ -45,12 +45,14 @@ from tidings.service.cluster.wire import (
     Poke,
     PokeAll,
     Superseded,
+    Withdrawn,
     decode_bus_message,
     encode_broadcasts_changed,
     encode_message,
     encode_poke,
     encode_poke_all,
     encode_superseded,
+    encode_withdrawn,
 )
 from tidings.service.hub import ConnectedAgent, Hub
 from tidings.service.logs import escape
@@ -383,6 +385,18 @@ class RedisBus:
             return False
         return int(receivers) > 0
 
+    async def withdraw(self, uaid: str, message_id: str) -> None:
+        """Tell the node holding `uaid` that its sender deleted the message."""
+        if time.monotonic() < self._down_until:
+            return  # the bus is down: a copy held there may still go out
+        try:
+            await self._route_script(
+                keys=[self._key(uaid)],
+                args=[self.node_id, f"{self.prefix}node:", encode_withdrawn(uaid, message_id)],
+            )
+        except (RedisError, OSError) as exc:
+            self._failed("withdraw", exc)
+
     async def announce_broadcasts(self) -> None:
         """Every node re-reads the broadcasts now (else at its next broadcast_poll)."""
         try:
@@ -432,6 +446,8 @@ class RedisBus:
             self.on_broadcasts()
         elif isinstance(event, Superseded):
             self._spawn(self._let_go(event.uaid, event.stamp))
+        elif isinstance(event, Withdrawn):
+            self._hub.withdraw(event.uaid, event.message_id)
 
     # Background loops -------------------------------------------------------------------
 
