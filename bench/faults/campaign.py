@@ -33,8 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checker import check
 from services import REPO, Node, Postgres, Redis
 from topology import Network
-from workload import Agent, History, Senders
+from workload import Agent, History, Rfc8030Agent, Senders
 
+# Faults after which frames a node wrote may still reach the user agents late.
+LINK_FAULTS = ("pause-node", "partition-node-agents", "slow-lossy-node")
 HOSTS = {"pg": 10, "pg2": 11, "redis": 20, "n1": 31, "n2": 32, "n3": 33}
 NODES = ("n1", "n2", "n3")
 FAULTS = (
@@ -145,7 +147,7 @@ async def campaign(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     out = Path(args.out or tempfile.mkdtemp(prefix="tidings-faults-"))
     out.mkdir(parents=True, exist_ok=True)
-    network = Network(HOSTS)
+    network = Network(HOSTS, lab=args.lab)
     postgres = Postgres(network, out / "pg")
     redis = Redis(network, out)
     nodes: dict[str, Node] = {}
@@ -168,9 +170,13 @@ async def campaign(args: argparse.Namespace) -> int:
             )
             nodes[name].start()
         origins = [node.origin for node in nodes.values()]
-        agents = [
+        agents: list[Agent | Rfc8030Agent] = [
             Agent(f"ua{i}", origins, history, random.Random(rng.random()))
             for i in range(args.agents)
+        ]
+        agents += [
+            Rfc8030Agent(f"h2ua{i}", origins, history, random.Random(rng.random()))
+            for i in range(args.rfc8030_agents)
         ]
         await asyncio.gather(*(agent.setup(2) for agent in agents))
         senders = Senders(agents, origins, history, random.Random(rng.random()))
@@ -205,6 +211,8 @@ async def campaign(args: argparse.Namespace) -> int:
         for agent in agents:
             agent.stopping = True
         await asyncio.gather(*workers, return_exceptions=True)
+        await senders.close()
+        history.add("end")
     finally:
         for node in nodes.values():
             node.process.stop()
@@ -215,7 +223,12 @@ async def campaign(args: argparse.Namespace) -> int:
     (out / "faults.json").write_text(
         json.dumps([fault.__dict__ for fault in nemesis.log], indent=1)
     )
-    verdict = check(history.events, healed_at, args.recovery)
+    link_faults = [
+        (nodes[f.target].origin, started + f.at, started + f.at + f.held)
+        for f in nemesis.log
+        if f.name in LINK_FAULTS
+    ]
+    verdict = check(history.events, healed_at, args.recovery, link_faults)
     print(f"\nfaults injected         {len(nemesis.log):>8}")
     print(f"nodes healthy after     {healthy_after:>7.1f}s")
     print(verdict.table())
@@ -237,7 +250,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, default=60, help="seconds of faults")
-    parser.add_argument("--agents", type=int, default=12)
+    parser.add_argument("--agents", type=int, default=12, help="Firefox-protocol user agents")
+    parser.add_argument("--rfc8030-agents", type=int, default=4, help="RFC 8030 user agents")
     parser.add_argument("--rate", type=float, default=40, help="pushes per second")
     parser.add_argument("--after", type=float, default=5, help="seconds of pushes after healing")
     parser.add_argument("--drain", type=float, default=15, help="seconds for the backlog")
@@ -247,6 +261,10 @@ def main() -> None:
     )
     parser.add_argument("--without", nargs="*", default=[], choices=FAULTS)
     parser.add_argument("--out", help="directory for the history and logs")
+    parser.add_argument(
+        "--lab", type=int, default=0, choices=range(10),
+        help="namespaces and subnet (198.18.<lab>.0/24) of their own: runs side by side",
+    )  # fmt: skip
     sys.exit(asyncio.run(campaign(parser.parse_args())))
 
 

@@ -44,10 +44,15 @@ async def push(
 
 
 async def reconnect_with_slow_store(
-    node: RunningService, agent: TestAgent, release: asyncio.Event
-) -> TestAgent:
-    """The agent's next hello on `node` waits in the store read until `release`."""
+    node: RunningService,
+) -> tuple[TestAgent, Registration, asyncio.Event]:
+    """A user agent with a subscription, connected again to `node`, whose hello waits
+    in the store read until the event is set."""
     assert node.service is not None
+    first = await node.agent()
+    registration = await first.register()
+    await first.close()
+    release = asyncio.Event()
     service = node.service
     real_pending = service.pending
 
@@ -57,9 +62,10 @@ async def reconnect_with_slow_store(
 
     service.pending = slow_pending  # type: ignore[method-assign]
     again = TestAgent(node.ws_url)
-    again.registrations = agent.registrations
-    await again.connect(agent.uaid)
-    return again
+    again.registrations = first.registrations
+    await again.connect(first.uaid)
+    assert again.uaid is not None
+    return again, registration, release
 
 
 async def held_count(node: RunningService, uaid: str, count: int) -> None:
@@ -76,11 +82,7 @@ async def held_count(node: RunningService, uaid: str, count: int) -> None:
 
 async def test_a_deleted_message_held_on_another_node_is_not_sent(tmp_path: Path) -> None:
     async with in_process_nodes(tmp_path) as (node_a, node_b):
-        first = await node_a.agent()
-        registration = await first.register()
-        await first.close()
-        release = asyncio.Event()
-        agent = await reconnect_with_slow_store(node_a, first, release)
+        agent, registration, release = await reconnect_with_slow_store(node_a)
         assert agent.uaid is not None
         async with httpx.AsyncClient() as client:
             answer = await push(client, node_b, registration, b"deleted")
@@ -98,11 +100,7 @@ async def test_a_deleted_message_held_on_another_node_is_not_sent(tmp_path: Path
 
 async def test_a_held_message_replaced_by_its_topic_is_not_sent(tmp_path: Path) -> None:
     async with in_process_nodes(tmp_path) as (node_a, node_b):
-        first = await node_a.agent()
-        registration = await first.register()
-        await first.close()
-        release = asyncio.Event()
-        agent = await reconnect_with_slow_store(node_a, first, release)
+        agent, registration, release = await reconnect_with_slow_store(node_a)
         assert agent.uaid is not None
         async with httpx.AsyncClient() as client:
             await push(client, node_b, registration, b"old", topic="weather")
