@@ -18,6 +18,7 @@ import pytest
 
 from cluster.conftest import in_process_nodes
 from support.service import Registration, RunningService, TestAgent
+from tidings.service.cluster import redis_bus
 from tidings.service.store import StoredMessage
 from tidings.service.ws_session import WebSocketSession
 from tidings.webpush import encrypt
@@ -111,4 +112,62 @@ async def test_a_held_message_replaced_by_its_topic_is_not_sent(tmp_path: Path) 
         received = [(await agent.next_notification(timeout=10)).plaintext for _ in range(2)]
         assert received == [b"new", b"after"]
         await agent.no_frame(0.5)
+        await agent.close()
+
+
+class StalledBus:
+    """Holds back what the bus brings a node (a paused node, a black hole to Redis), then
+    hands it over late, in order, as its TCP connection would."""
+
+    def __init__(self, node: RunningService) -> None:
+        assert node.service is not None
+        self.bus = node.service.cluster
+        self.handle = self.bus._on_bus_message  # type: ignore[attr-defined]
+        self.held: list[bytes] = []
+        self.bus._on_bus_message = self.held.append  # type: ignore[attr-defined]
+
+    async def release_after(self, count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(self.held) < count:
+            assert time.monotonic() < deadline, f"the bus carried {len(self.held)}"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(redis_bus.BUS_LATE + 0.2)  # the stall lasts
+        self.bus._on_bus_message = self.handle  # type: ignore[attr-defined]
+        for raw in self.held:
+            self.handle(raw)
+
+
+async def test_a_late_bus_delivery_of_a_deleted_message_is_not_sent(tmp_path: Path) -> None:
+    """The node holding the user agent stalls on the bus: the message and its withdrawal
+    arrive together, seconds late. A late bus copy is not trusted as live: the store,
+    which no longer has it, decides."""
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
+        agent = await node_a.agent()
+        registration = await agent.register()
+        stalled = StalledBus(node_a)
+        async with httpx.AsyncClient() as client:
+            answer = await push(client, node_b, registration, b"deleted")
+            location = urlsplit(answer.headers["location"]).path
+            deleted = await client.delete(node_b.url + location)
+            assert deleted.status_code == 204
+            await stalled.release_after(2)  # the message, then its withdrawal
+            await push(client, node_b, registration, b"kept")
+        notification = await agent.next_notification(timeout=10)
+        assert notification.plaintext == b"kept"
+        await agent.no_frame(0.5)
+        await agent.close()
+
+
+async def test_a_late_bus_delivery_of_a_standing_message_comes_from_the_store(
+    tmp_path: Path,
+) -> None:
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
+        agent = await node_a.agent()
+        registration = await agent.register()
+        stalled = StalledBus(node_a)
+        async with httpx.AsyncClient() as client:
+            await push(client, node_b, registration, b"late")
+            await stalled.release_after(1)
+        notification = await agent.next_notification(timeout=10)
+        assert notification.plaintext == b"late"
         await agent.close()

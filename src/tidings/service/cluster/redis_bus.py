@@ -67,6 +67,12 @@ PRESENCE_TTL = 35  # seconds a claim lives without a refresh (a dead node's clai
 CLAIM_BATCH = 500  # user agents per claim script call
 MAX_MISSED = 10_000  # user agents remembered for a poke; past it, everyone is poked
 REDELIVER_CONCURRENCY = 16
+# A message that reaches this node over the bus later than this after it was accepted
+# (this node, its link to Redis or Redis stalled: a pause, a black hole) is not trusted
+# as live: a DELETE or a newer push of its Topic may have come since, and its notice
+# may be right behind it. The store says whether it still stands. (Nodes' clocks must
+# agree to well within this, as NTP keeps them.)
+BUS_LATE = 1.0
 # After a claim, stored messages this much older than the hello are not offered again:
 # the connection's own first read of the store already had them (margin for clocks and
 # for a push accepted just before the hello but committed just after that read).
@@ -214,6 +220,7 @@ class RedisBus:
         self._subscribed = False
         self.dropped = 0  # bad bus messages logged and dropped
         self.restarts = 0  # times the listener lost its subscription and started again
+        self.late = 0  # messages that came over the bus after BUS_LATE: read from the store
         self._redeliver: Redeliver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -437,7 +444,12 @@ class RedisBus:
             log.warning("cluster: dropped a bad bus message: %s", escape(str(exc)))
             return
         if isinstance(event, Deliver):
-            self._hub.offer(event.message)  # not here any more: it is stored
+            message = event.message
+            if time.time() - message.created_at <= BUS_LATE:
+                self._hub.offer(message)  # not here any more: it is stored
+            elif message.ttl:  # a late TTL 0 message is dropped: it was for then
+                self.late += 1
+                self._spawn(self._redeliver_one(message.uaid, message.created_at - BUS_LATE))
         elif isinstance(event, Poke):
             self._spawn(self._redeliver_one(event.uaid))
         elif isinstance(event, PokeAll):
