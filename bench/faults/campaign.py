@@ -185,6 +185,7 @@ async def campaign(args: argparse.Namespace) -> int:
         enabled = tuple(f for f in FAULTS if f not in args.without)
         nemesis = Nemesis(random.Random(rng.random()), network, postgres, redis, nodes, enabled)
         started = time.time()
+        history.add("nemesis-started")  # faults.json's times count from here
         await nemesis.run(args.duration, started)
         # Heal: every block and shaping lifted, every process running again.
         network.heal()
@@ -242,6 +243,8 @@ async def campaign(args: argparse.Namespace) -> int:
             near = [f"{f.name}@{f.at:.1f}s" for f in nemesis.log if abs(f.at - at) < 10]
             via = push and push["node"]
             print(f"  {kind}: {message_id} at {at:.1f}s via {via}; faults near: {', '.join(near)}")
+    if verdict.in_flight:
+        print(f"  in flight (allowed): {', '.join(verdict.in_flight[:20])}")
     print(f"replay: campaign.py --seed {args.seed} --duration {args.duration:g}")
     return 0 if verdict.ok and healthy_after <= args.health_within else 1
 

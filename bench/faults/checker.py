@@ -45,7 +45,7 @@ class Verdict:
     accepted: int = 0
     delivered: int = 0
     duplicated: int = 0
-    in_flight: int = 0
+    in_flight: list[str] = field(default_factory=list)  # message ids, allowed
     receipts_due: int = 0
     receipts_emitted: int = 0
     violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -59,7 +59,7 @@ class Verdict:
                  "undecryptable")  # fmt: skip
         rows = [("pushes accepted", self.accepted), ("delivered (distinct)", self.delivered),
                 ("duplicated deliveries", self.duplicated),
-                ("in flight on a bad link", self.in_flight),
+                ("in flight on a bad link", len(self.in_flight)),
                 ("receipts due", self.receipts_due),
                 ("receipts emitted (due)", self.receipts_emitted)]  # fmt: skip
         rows += [(kind, len(self.violations.get(kind, []))) for kind in kinds]
@@ -137,7 +137,7 @@ def check(
             deleted_at = deletes.get(message_id)
             if deleted_at is not None and delivery["t"] > deleted_at + SLACK:
                 if in_flight(delivery, deleted_at, link_faults):
-                    verdict.in_flight += 1
+                    verdict.in_flight.append(message_id)
                 else:
                     verdict.violations["after delete"].append(message_id)
             if push.get("topic"):
@@ -147,7 +147,7 @@ def check(
                 ]  # fmt: skip
                 if newer and delivery["t"] > min(newer) + SLACK:
                     if in_flight(delivery, min(newer), link_faults):
-                        verdict.in_flight += 1
+                        verdict.in_flight.append(message_id)
                     else:
                         verdict.violations["obsolete"].append(message_id)
         if answer is None or answer["status"] not in (201, 202) or push["ttl"] == 0:
