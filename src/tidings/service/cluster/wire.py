@@ -3,7 +3,7 @@
 Anyone who can publish on the Redis channels can put bytes in front of a node, so a
 bus message is untrusted input: `decode_bus_message` checks every field against an
 explicit type and range and raises `BadBusMessage` (with a short reason, never the
-payload) for anything else. Three kinds exist:
+payload) for anything else. The kinds:
 
 - `{"t": "m", ...}`: a stored (or TTL 0) message for a user agent connected here;
 - `{"t": "p", "ua": <uaid>}`: stored messages of that user agent may be waiting;
