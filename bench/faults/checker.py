@@ -12,7 +12,7 @@ Promises checked (docs/reliability.md):
 - after delete: a message delivered after its sender's DELETE was answered 204 (the
   same slack);
 - in flight (counted, allowed): a delivery that would be obsolete or after delete but
-  came through a node whose link to the user agents was slow, lossy, cut or paused
+  came through a node whose link to the user agents was slow, lossy or cut
   between the DELETE (or the replacement) and the delivery, at most LINK_DRAIN seconds
   after that fault was lifted: the node wrote the frame before, and TCP delivered it
   late (a connection that holds a copy unsent drops it, docs/reliability.md);
@@ -27,6 +27,8 @@ Promises checked (docs/reliability.md):
 
 from __future__ import annotations
 
+import json
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +37,9 @@ SLACK = 1.0
 LINK_DRAIN = 10.0  # a TCP backlog after a black hole: retransmissions back off to seconds
 RECEIPT_GRACE = 5.0  # acknowledgements are batched, receipt monitors poll every 2 s
 
-#: (node origin, from, until): when a node's link to the user agents was slow, lossy,
-#: cut, or the node paused (times since the epoch, like the history's).
+#: (node origin, from, until): when a node's link to the user agents was slow, lossy or
+#: cut (times since the epoch, like the history's). A paused node is not among them: what
+#: it wrote before the pause is in the kernel, which sends it meanwhile.
 LinkFault = tuple[str, float, float]
 
 
@@ -174,3 +177,25 @@ def check(
         if answer["t"] + push["ttl"] > healed_at + recovery:
             verdict.violations["lost"].append(message_id)
     return verdict
+
+
+def judge_saved(out: str, recovery: float = 10.0) -> Verdict:
+    """Judge a saved run again: its `history.jsonl` (with the campaign's link-fault and
+    healed events)."""
+    with open(f"{out}/history.jsonl") as lines:
+        events = [json.loads(line) for line in lines]
+    healed_at = next(event["at"] for event in events if event["kind"] == "healed")
+    link_faults = [
+        (event["node"], event["start"], event["until"])
+        for event in events
+        if event["kind"] == "link-fault"
+    ]
+    return check(events, healed_at, recovery, link_faults)
+
+
+if __name__ == "__main__":  # checker.py <out directory of a campaign>
+    verdict = judge_saved(sys.argv[1])
+    print(verdict.table())
+    for kind, ids in verdict.violations.items():
+        print(f"{kind}: {', '.join(ids[:20])}")
+    sys.exit(0 if verdict.ok else 1)
