@@ -3,13 +3,14 @@ each promise it guards, broken once, is reported; kept, it is not."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "faults"))
 
-from checker import check
+from checker import check, judge_saved
 
 HEALED = 100.0
 
@@ -103,3 +104,17 @@ def test_an_acknowledged_message_needs_its_receipt() -> None:
     deleted = {"kind": "deleted", "t": 10.5, "id": "m1", "status": 204}
     cancelled = check([monitored, *receipt_push("m1", 10), deleted, *acked, ending], HEALED)
     assert all(v.ok and v.receipts_due == 0 for v in (other, at_the_end, cancelled))
+
+
+def test_a_saved_run_is_judged_again_with_its_link_faults_and_healing(tmp_path: Path) -> None:
+    after = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": 204}]
+    events = [*after, {**delivered("m1", 14), "node": "n1"}, {"kind": "healed", "t": 50, "at": 20}]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert dict(judge_saved(str(tmp_path)).violations) == {"after delete": ["m1"]}
+    link = {"kind": "link-fault", "t": 50, "node": "n1", "start": 9.0, "until": 13.0}
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [*events, link]))
+    assert judge_saved(str(tmp_path)).in_flight == ["m1"]
+    # The healing time comes from the history: healed at 20, m2 (TTL 60) is lost.
+    lost = [*push("m2", 10, ttl=60), {"kind": "healed", "t": 50, "at": 20}]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lost))
+    assert dict(judge_saved(str(tmp_path)).violations) == {"lost": ["m2"]}
