@@ -663,6 +663,10 @@ class PushService:
             raise ServiceError(
                 404, Errno.NOT_FOUND, "the push message was delivered, expired or never existed"
             )
+        # A copy held unsent by a connection, here or on the node holding the user agent
+        # (live messages held while stored ones are read), must not go out after the 204.
+        self.hub.withdraw(ref.uaid, ref.message_id)
+        await self.cluster.withdraw(ref.uaid, ref.message_id)
         self.metrics.acknowledged(100)  # an RFC 8030 acknowledgement (or a cancellation)
         if self.trace_book:
             self._trace_ack(deleted.message_id, 100)
