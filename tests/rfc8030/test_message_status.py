@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from rfc8030.conftest import Rfc8030
-from rfc8030.test_conformance import UA, drain, path_of, push, subscribe
+from rfc8030.helpers import UA, drain, path_of, push, subscribe
 from support.service import running_service
 from tidings.http2 import H2Client
 from tidings.webpush import VapidKey, encrypt, sign_vapid
