@@ -48,6 +48,7 @@ from tidings.sender.results import (
 from tidings.sender.retry import RetryPolicy
 from tidings.sender.transport import (
     DeadlineTransport,
+    FrozenHeaders,
     HttpxTransport,
     PooledTransport,
     Transport,
@@ -328,6 +329,8 @@ class Sender:
             # The endpoint is a capability URL: only its host goes into the trace.
             attributes={"server.address": urlsplit(request.url).hostname or ""},
         ) as current:
+            if type(request.headers) is FrozenHeaders:  # shared by a fan-out's requests
+                request.headers = dict(request.headers)
             tracing.inject(request.headers, current)
             result = await self._deliver(request, timeout, original)
             if current is not None:
@@ -351,6 +354,8 @@ class Sender:
         lost it), the request is made once more without it, for a new one.
         """
         origin = origin_of(request.url)
+        if type(request.headers) is FrozenHeaders:  # shared by a fan-out's requests
+            request.headers = dict(request.headers)
         add_prefer(request.headers, "respond-async")
         async with self.receipt_book.slot(origin) as known:
             if known is not None:
