@@ -212,14 +212,16 @@ async def test_with_workers_a_personalised_payload_sees_only_checked_subscriptio
     assert push_service.plaintexts(keys, "p") == [[f"hi p{i}".encode()] for i in range(len(keys))]
 
 
+@pytest.mark.parametrize("workers", [0, 1])
 async def test_a_fan_out_sends_the_headers_send_would_with_a_fresh_salt_each(
-    push_service: ScriptedService, vapid_key: VapidKey
+    push_service: ScriptedService, vapid_key: VapidKey, workers: int
 ) -> None:
-    """The fan-out shares one set of headers per origin and draws a batch's salts at once:
-    each request still carries what `send` builds, and its own salt."""
+    """The fan-out shares one set of headers per origin and draws a batch's salts at once
+    (in this process or in a worker's chunk): each request still carries what `send`
+    builds, and its own salt."""
     count = BATCH + 3
     keys, subs = subscribers(push_service, "h", count)
-    async with sender(vapid_key, headers={"X-App": "1"}) as s:
+    async with sender(vapid_key, headers={"X-App": "1"}, encrypt_workers=workers) as s:
         expected = s.build(subs[0], "same", ttl=60, urgency="high", topic="news").headers
         summary = await s.send_many(subs, "same", ttl=60, urgency="high", topic="news")
     assert summary.accepted == count

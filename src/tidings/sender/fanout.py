@@ -172,9 +172,12 @@ class Fanout:
                 await self._finish(invalid_result(item, encrypted, checked))
             return
         body, coding = encrypted
-        request = self.sender._assemble(
-            sub, body, coding, self.ttl, self.urgency, self.topic, self.headers
-        )
+        if self.encoding == "aes128gcm" and not self.receipt:
+            request = PushRequest(sub.endpoint, self._shared_headers(sub, body), body, "POST", sub)
+        else:
+            request = self.sender._assemble(
+                sub, body, coding, self.ttl, self.urgency, self.topic, self.headers
+            )
         await self._deliver(item, request)
 
     async def _deliver(self, item: object, request: PushRequest) -> None:
