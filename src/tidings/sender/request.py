@@ -78,7 +78,7 @@ class PushRequest:
 
 def to_subscription(value: SubscriptionLike) -> Subscription:
     """A `Subscription` from the model itself, a `toJSON()` dict, or its JSON text."""
-    return _to_subscription(value, Subscription)
+    return _to_subscription(value, Subscription._made)
 
 
 def to_subscription_for_worker(value: SubscriptionLike) -> Subscription:
