@@ -49,6 +49,7 @@ from latency import latency_figures, plot, save_plot, start_service  # noqa: E40
 from tidings.webpush import VapidKey, sign_vapid  # noqa: E402
 
 CONNECTIONS = 32  # sender keep-alive connections by default (more than enough at 5,000/s)
+ACKS_PER_FRAME = 200  # a backlog read at once is acknowledged in frames the service takes
 SATURATED_SHARE = 0.97  # a rate is past saturation once less than this share of it is achieved
 SATURATED_P99_MS = 1000.0  # ... or once its p99 passes a second (a queue, not a service time)
 # salt (16) | record size (4) | key id length (1) | key id: a P-256 point (65)
@@ -64,6 +65,7 @@ class Agent(asyncio.Protocol):
         self.received: dict[int, int] = {}
         self.transport: asyncio.Transport | None = None
         self.upgraded = asyncio.get_running_loop().create_future()
+        self.uaid: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -91,7 +93,11 @@ class Agent(asyncio.Protocol):
             self.received.setdefault(seq, now)
             acks.append({"channelID": message["channelID"], "version": message["version"]})
         if acks and self.transport is not None:
-            self.transport.write(rawws.frame(json.dumps({"messageType": "ack", "updates": acks})))
+            for first in range(0, len(acks), ACKS_PER_FRAME):
+                updates = acks[first : first + ACKS_PER_FRAME]
+                self.transport.write(
+                    rawws.frame(json.dumps({"messageType": "ack", "updates": updates}))
+                )
 
     async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
         assert self.transport is not None
@@ -144,7 +150,7 @@ async def connect_agent(port: int) -> tuple[Agent, str]:
     assert agent.transport is not None
     agent.transport.write(rawws.HANDSHAKE.format(host=f"127.0.0.1:{port}").encode())
     assert await agent.upgraded
-    await agent.ask({"messageType": "hello", "use_webpush": True})
+    agent.uaid = (await agent.ask({"messageType": "hello", "use_webpush": True}))["uaid"]
     registered = await agent.ask({"messageType": "register", "channelID": str(uuid.uuid4())})
     return agent, registered["pushEndpoint"]
 
@@ -156,9 +162,15 @@ async def run_rate(
     connections: int = CONNECTIONS,
     service_pid: int = 0,
     agent_count: int = 1,
+    deliver: bool = True,
 ) -> dict[str, Any]:
+    """Push at `rate` for `duration` s; with `deliver` False the agents are gone (stored)."""
     loop = asyncio.get_running_loop()
     agents, endpoints = zip(*[await connect_agent(port) for _ in range(agent_count)], strict=True)
+    if not deliver:  # every push is then stored for a user agent that is away
+        for agent in agents:
+            assert agent.transport is not None
+            agent.transport.close()
     vapid = sign_vapid(VapidKey.generate(), endpoints[0], "mailto:bench@example.com").authorization
     heads = [
         (
@@ -197,8 +209,10 @@ async def run_rate(
         poster.post(seq, request(seq))
     achieved = total / (time.monotonic() - start)
     deadline = time.monotonic() + 5
+    while len(answered) < total + warmup and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # every POST answered (the figure when nothing is delivered)
     received: dict[int, int] = {}
-    while time.monotonic() < deadline:
+    while deliver and time.monotonic() < deadline:
         received = {seq: t for agent in agents for seq, t in agent.received.items()}
         if len(received) >= total + warmup:
             break
