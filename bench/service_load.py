@@ -16,7 +16,6 @@ Needs `wrk` (apt-get install wrk) and, for the peer, node with tests/node instal
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import rawws  # noqa: E402
-from benchkit import free_port, start_tidings, wait_port  # noqa: E402
+from benchkit import free_port, start_tidings, thread_cpu, wait_port  # noqa: E402
 from tidings.webpush import VapidKey, encrypt, sign_vapid  # noqa: E402
 
 WRK_SCRIPT = """
@@ -198,18 +197,6 @@ except ImportError:
     asyncio.run(main())
 """
 )
-
-
-def thread_cpu(pid: int) -> dict[str, int]:
-    """CPU clock ticks (user + system) used so far by each thread of `pid`: the event
-    loop is "main", the others (the SQLite worker, executors) are named by thread id."""
-    ticks: dict[str, int] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            name = "main" if task.name == str(pid) else f"thread {task.name}"
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            ticks[name] = int(fields[11]) + int(fields[12])
-    return ticks
 
 
 def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
