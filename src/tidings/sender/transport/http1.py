@@ -216,7 +216,8 @@ class H1Connection(asyncio.Protocol):
         if self._buf:
             self.reusable = False  # bytes nobody asked for: do not trust this connection
         if waiter is not None and not waiter.done():
-            waiter.set_result(Response(status, headers, bytes(self._body), version))
+            body = bytes(self._body) if self._body else b""
+            waiter.set_result(Response(status, headers, body, version))
         self._head = None
 
 
