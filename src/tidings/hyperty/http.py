@@ -16,7 +16,8 @@ registration returned (only that registration goes without): 401 without a valid
     GET  /hyperty/status?address=hyperty://...
                                 `{"status": "live" | "disconnected" | null}`
     GET  /hyperty/config        `{"domain", "element", "applicationServerKey", "ttl"}`
-    GET  /hyperty/              the browser demo page; /hyperty/sw.js its service worker
+    GET  /hyperty/              the browser demo page; /hyperty/sw.js its service worker;
+                                /hyperty/call.html the call page a clicked call opens
     GET  /health                `ok`
 
 Errors that are not reTHINK answers (bad JSON, unknown path) use the project's JSON
@@ -63,6 +64,8 @@ _STATIC = {
     "index.html": ("index.html", "text/html; charset=utf-8"),
     "page.js": ("page.js", "text/javascript; charset=utf-8"),
     "sw.js": ("sw.js", "text/javascript; charset=utf-8"),
+    "call.html": ("call.html", "text/html; charset=utf-8"),
+    "call.js": ("call.js", "text/javascript; charset=utf-8"),
 }
 
 
