@@ -13,17 +13,25 @@ The latency is `time.time()` when the Connector's handler runs (logged by the ca
 process) minus `time.time()` just before the caller posts the invitation: one clock,
 one machine. "Answer" is the whole set-up as the caller sees it, up to the final 200.
 
+Bytecode: a woken process imports the hyperty modules anew. An installed package has
+their bytecode; a source checkout run with PYTHONDONTWRITEBYTECODE set (as on the shared
+VM) has none, and every woken process then compiles each module from source (~30 ms at
+load 5). `--bytecode compiled` (the default) compiles the package once first, as an
+install does; `--bytecode source` removes it, to measure that cost.
+
 Run: .venv/bin/python bench/hyperty_wakeup.py [--calls 100] [--modes asleep,awake]
-     [--json bench/results/hyperty_wakeup.json]
+     [--bytecode compiled|source] [--json bench/results/hyperty_wakeup.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -76,6 +84,18 @@ async def run_mode(mode: str, calls: int) -> dict[str, Any]:
     }
 
 
+def prepare_bytecode(mode: str) -> None:
+    """`compiled`: write the tidings package's bytecode; `source`: remove it."""
+    import tidings
+
+    package = Path(tidings.__file__).parent
+    if mode == "compiled":
+        compileall.compile_dir(package, quiet=1)
+    else:
+        for cache in package.rglob("__pycache__"):
+            shutil.rmtree(cache, ignore_errors=True)
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "p50": round(percentile(values, 50), 1),
@@ -109,13 +129,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--modes", default="asleep,awake")
+    parser.add_argument("--bytecode", choices=("compiled", "source"), default="compiled")
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
     args = parser.parse_args()
-    info = machine()
+    prepare_bytecode(args.bytecode)
+    info = {**machine(), "bytecode": args.bytecode}
     results = [asyncio.run(run_mode(mode, args.calls)) for mode in args.modes.split(",")]
     info["load_after"] = os.getloadavg()
     print(f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}")
     print(f"load average before {info['load_before']}, after {info['load_after']}")
+    print(f"bytecode: {args.bytecode}")
     print(f"{'callee':<8} {'calls':>5}  {'wake p50':>9} {'wake p99':>9}  "
           f"{'answer p50':>10} {'answer p99':>10}  processes")  # fmt: skip
     for r in results:

@@ -40,9 +40,7 @@ import os
 import random
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,6 +54,7 @@ from tidings.hyperty.addresses import (
     runtime_registry_url,
 )
 from tidings.hyperty.addresses import runtime_url as new_runtime_url
+from tidings.hyperty.element_request import ElementUnreachable, element_request
 from tidings.hyperty.message import Message, MessageError
 
 if TYPE_CHECKING:
@@ -355,20 +354,12 @@ class HypertyRuntime:
         url = self.element + path + (f"?{query}" if query else "")
         headers = {"content-type": "application/json"} if body is not None else {}
         headers.update(self._authorization())
-        request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310 - the element's own http(s) URL
         limit = self.http_timeout if timeout is None else timeout
 
         def run() -> tuple[int, Any]:
             try:
-                with urllib.request.urlopen(request, timeout=limit) as response:  # noqa: S310
-                    return response.status, json.loads(response.read() or b"null")
-            except urllib.error.HTTPError as error:
-                raw = error.read()
-                try:
-                    return error.code, json.loads(raw)
-                except ValueError:
-                    return error.code, {"message": raw.decode(errors="replace")}
-            except (urllib.error.URLError, OSError) as exc:
+                return element_request(method, url, body, headers, limit)
+            except ElementUnreachable as exc:
                 raise HypertyRuntimeError(
                     f"the push element at {self.element} is unreachable: {exc}"
                 ) from None
