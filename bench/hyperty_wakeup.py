@@ -99,6 +99,7 @@ def prepare_bytecode(mode: str) -> None:
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "p50": round(percentile(values, 50), 1),
+        "p95": round(percentile(values, 95), 1),
         "p99": round(percentile(values, 99), 1),
         "min": round(min(values), 1),
         "max": round(max(values), 1),
@@ -139,17 +140,21 @@ def main() -> None:
     print(f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}")
     print(f"load average before {info['load_before']}, after {info['load_after']}")
     print(f"bytecode: {args.bytecode}")
-    print(f"{'callee':<8} {'calls':>5}  {'wake p50':>9} {'wake p99':>9}  "
+    print(f"{'callee':<8} {'calls':>5}  {'wake p50':>9} {'wake p95':>9} {'wake p99':>9}  "
           f"{'answer p50':>10} {'answer p99':>10}  processes")  # fmt: skip
     for r in results:
         w, a = r["wake_ms"], r["answer_ms"]
         print(
-            f"{r['mode']:<8} {r['calls']:>5}  {w['p50']:>7.1f}ms {w['p99']:>7.1f}ms  "
+            f"{r['mode']:<8} {r['calls']:>5}  "
+            f"{w['p50']:>7.1f}ms {w['p95']:>7.1f}ms {w['p99']:>7.1f}ms  "
             f"{a['p50']:>8.1f}ms {a['p99']:>8.1f}ms  {r['callee_processes']}"
         )
         if r["process_started_ms"]:
             p = r["process_started_ms"]
-            print(f"         woken process's first line: p50 {p['p50']:.1f}ms p99 {p['p99']:.1f}ms")
+            print(
+                f"         woken process's first line: p50 {p['p50']:.1f}ms "
+                f"p95 {p['p95']:.1f}ms p99 {p['p99']:.1f}ms"
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": info, "results": results}, indent=2))
