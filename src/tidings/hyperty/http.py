@@ -15,7 +15,8 @@ registration returned (only that registration goes without): 401 without a valid
 403 when it is not the sender's, 429 over a limit (with `Retry-After`).
     GET  /hyperty/status?address=hyperty://...
                                 `{"status": "live" | "disconnected" | null}`
-    GET  /hyperty/config        `{"domain", "element", "applicationServerKey", "ttl"}`
+    GET  /hyperty/config        `{"domain", "element", "applicationServerKey", "ttl",
+                                "iceServers"}` (iceServers: for the call page)
     GET  /hyperty/              the browser demo page; /hyperty/sw.js its service worker;
                                 /hyperty/call.html the call page a clicked call opens
     GET  /health                `ok`
@@ -76,9 +77,18 @@ def _static(name: str) -> bytes:
 class ElementApp:
     """The ASGI application around one `PushElement`."""
 
-    def __init__(self, element: PushElement, *, prefix: str = "/hyperty") -> None:
+    def __init__(
+        self,
+        element: PushElement,
+        *,
+        prefix: str = "/hyperty",
+        ice_servers: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.element = element
         self.prefix = prefix.rstrip("/")
+        # STUN/TURN for the browser's call page (`/config` `iceServers`), as
+        # RTCPeerConnection takes them: [{urls, username, credential}].
+        self.ice_servers = list(ice_servers or [])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,6 +131,7 @@ class ElementApp:
             "ttl": element.ttl,
             "messages": self.prefix + "/messages",
             "allocation": element.allocation,
+            "iceServers": self.ice_servers,
         }
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:

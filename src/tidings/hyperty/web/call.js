@@ -212,7 +212,8 @@ async function main() {
 
   stream = await navigator.mediaDevices.getUserMedia({audio: true, video: true});
   document.getElementById('local').srcObject = stream;
-  pc = new RTCPeerConnection({iceServers: []});
+  const config = await (await fetch('config')).json();
+  pc = new RTCPeerConnection({iceServers: config.iceServers || []});
   stream.getTracks().forEach(track => pc.addTrack(track, stream));
   pc.ontrack = event => {
     const remote = document.getElementById('remote');
