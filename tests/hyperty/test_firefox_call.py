@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -171,6 +172,43 @@ async def test_firefox_answers_a_call_with_media(
         assert ended["stats"]["video"]["framesDecoded"] >= stats["video"]["framesDecoded"]
         await wait_for(lambda: stack.element.status(hyperty) == "disconnected", 10)
         assert alice.calls == {} and not alice.context.runtime.busy
+        await marionette.close()
+    finally:
+        reports.stop()
+
+
+async def test_a_cancelled_call_is_missed_and_cannot_be_answered(
+    stack: Stack, firefox_client: FirefoxFactory
+) -> None:
+    """The caller hangs up before the answer: the cancel push (same Topic) turns the
+    ringing notification into a missed call, clicking that opens nothing, and the call
+    page at the URL a click would have opened finds no ringing call to answer."""
+    reports = PageServer()
+    reports.start()
+    try:
+        firefox, marionette, hyperty = await open_callee(stack, firefox_client, reports)
+        _, alice = await stack.caller()
+        invitation = alice.invitation(hyperty, media=True)
+        connection = object_url(invitation.from_)
+        sent = await alice.invite(invitation)
+        assert sent is not None and sent.code == 100  # pushed
+        ringing = await firefox.next_push_report(30)
+        assert ringing["shown"]["title"] == "Incoming call from Alice"
+
+        cancel = await alice.cancel(invitation)
+        assert cancel is not None and cancel.code == 100
+        missed = await firefox.next_push_report(30)
+        shown = {"title": "Missed call", "body": "Alice called", "tag": connection}
+        assert missed["type"] == "delete" and missed["shown"] == shown
+        assert missed["notifications"] == [shown]  # replaced, not added
+
+        await click_notification(marionette, "Missed call")
+        await asyncio.sleep(2)
+        assert reports.take_report("call") is None  # no call page answered anything
+        page = f"{stack.server.url}/hyperty/call.html?connection={quote(connection, safe='')}"
+        await marionette.navigate(f"{page}&report={quote(reports.url, safe='')}")
+        error = await call_report(firefox, "error", 30)
+        assert error["message"] == f"Error: no ringing call {connection}"
         await marionette.close()
     finally:
         reports.stop()
