@@ -109,8 +109,8 @@ self.addEventListener('push', event => {
   })());
 });
 
-// What a click on a notification does; `notificationclick` runs it (and so may a test
-// harness that cannot click in a headless browser).
+// What a click on a notification does: a missed call nothing, Decline a 486, a call
+// with media opens the call page (which answers), any other call a 200 and the page.
 async function onNotificationClick(notification, action) {
   const message = notification.data;
   notification.close();
