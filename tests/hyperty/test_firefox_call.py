@@ -250,7 +250,11 @@ def test_firefox_answers_a_call_with_media_in_a_loopback_network_namespace() -> 
     inner = f"{sys.executable} -m pytest {target} -q -rxXs -p no:cacheprovider"
     done = subprocess.run(
         ["unshare", "--net", "sh", "-c", f"{NAMESPACE_SETUP} && exec {inner}"],
-        env={**os.environ, "TIDINGS_LOOPBACK_NETNS": "1"},
+        # A pytest of its own: none of this run's (e.g. xdist's) PYTEST_ variables.
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+            "TIDINGS_LOOPBACK_NETNS": "1",
+        },
         cwd=Path(__file__).parents[2],
         capture_output=True,
         text=True,
