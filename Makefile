@@ -35,7 +35,8 @@ dev-venv: $(VENV)/.dev-installed
 # Debian packages the end-to-end tests drive (as root only; elsewhere say what is missing):
 # Firefox, nginx in front of the service (deploy/nginx) and certutil to make a Firefox
 # profile trust the tests' private CA; systemd-analyze checks deploy/systemd.
-SYSTEM_PACKAGES := firefox-esr:firefox-esr nginx:nginx certutil:libnss3-tools systemd-analyze:systemd
+SYSTEM_PACKAGES := firefox-esr:firefox-esr nginx:nginx certutil:libnss3-tools systemd-analyze:systemd \
+  iptables:iptables tc:iproute2
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair#*:}"; \

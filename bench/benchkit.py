@@ -6,6 +6,7 @@ Imported by the scripts in bench/ (which put this folder on `sys.path`), as `raw
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -65,3 +66,21 @@ def wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 2
         time.sleep(0.05)
     process.kill()
     raise RuntimeError("tidings serve did not start")
+
+
+def thread_cpu(pid: int) -> dict[str, int]:
+    """CPU clock ticks (user + system) used so far by each thread of `pid`: the event
+    loop is "main", the others (the SQLite worker, executors) are named by thread id."""
+    ticks: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = "main" if task.name == str(pid) else f"thread {task.name}"
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            ticks[name] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread, ended ones too) used so far by `pid`."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

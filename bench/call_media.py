@@ -1,6 +1,6 @@
 """A call with media to a sleeping callee: from the invitation to the first media frame.
 
-Everything runs on this machine through `tidings.hyperty.demo.CallDemo(media=True)`:
+Everything runs on this machine through `tidings.cli.demo_call.CallDemo(media=True)`:
 the push service, the push element and the caller runtime in this process; the callee
 asleep (no process: `tidings agent` starts `python -m tidings.hyperty.wake` on the
 push). Each call: the invitation is pushed, the woken process rings, loads the media
@@ -46,7 +46,7 @@ KEYS = {
 
 
 async def run(calls: int, seconds: float) -> dict[str, Any]:
-    from tidings.hyperty.demo import CallDemo
+    from tidings.cli.demo_call import CallDemo
 
     values: dict[str, list[float]] = {name: [] for name in KEYS}
     frames: list[dict[str, Any]] = []

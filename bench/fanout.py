@@ -426,6 +426,7 @@ def main() -> None:
     import tempfile
 
     variants = [v for v in args.variants.split(",") if v]
+    args.load_at_start = os.getloadavg()  # the machine may be shared: say how busy it was
     with tempfile.TemporaryDirectory() as tmp:
         subs_file = Path(tmp) / "subs.jsonl"
         count = max(args.n, args.slow_n)
@@ -482,7 +483,8 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.python_implementation()} "
-        f"{platform.python_version()}, {platform.platform()}; load average {os.getloadavg()[0]:.2f}"
+        f"{platform.python_version()}, {platform.platform()}; load average (1 min) "
+        f"{args.load_at_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
     )
     target = "a local Tidings service (SQLite)" if args.target == "service" else "local sinks"
     print(
@@ -511,6 +513,10 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
                 parts.append(f"{med[name] / med[base]:.1f}x {base}")
         if "floor" in med:
             parts.append(f"{med[name] / med['floor'] * 100:.0f}% of the one-core encryption floor")
+            if "worker" not in name:  # (workers' CPU is not in the sending process's)
+                floor_cpu = statistics.median(r["cpu_per_msg_us"] for r in results["floor"])
+                cpu = statistics.median(r["cpu_per_msg_us"] for r in results[name])
+                parts.append(f"floor's CPU per message / its own {floor_cpu / cpu * 100:.0f}%")
         ratios.append(" ".join(parts[:1]) + " " + ", ".join(parts[1:]))
     print()
     for line in ratios:

@@ -1,6 +1,6 @@
 """Hyperty wake-up latency: from the caller's invitation to the callee Connector's handler.
 
-Everything runs on this machine through `tidings.hyperty.demo.CallDemo`:
+Everything runs on this machine through `tidings.cli.demo_call.CallDemo`:
   - the push service and the push element, in this process (one event loop), with the
     caller runtime (it sends the invitation and long-polls for the answer);
   - the callee, in one of two states:
@@ -55,7 +55,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 async def run_mode(mode: str, calls: int) -> dict[str, Any]:
-    from tidings.hyperty.demo import CallDemo
+    from tidings.cli.demo_call import CallDemo
 
     with tempfile.TemporaryDirectory(prefix=f"tidings-bench-{mode}-") as work:
         async with CallDemo(Path(work), mode=mode) as demo:  # type: ignore[arg-type]

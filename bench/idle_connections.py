@@ -8,6 +8,14 @@ registers a subscription on a random 1% and reports the delivery latency of push
 to them under that load.
 
     python bench/idle_connections.py --connections 10000 [--clients 4] [--serve-args ...]
+        [--hold 60 --push-rate 50] [--min-available-gib 4]
+
+Each client process holds at most its open-file limit of connections, from source
+addresses 127.<client>.<n>.1 (10,000 each). While the connections are held
+(`--hold` seconds), pushes go to the subscribed sample at `--push-rate`; the kernel's
+memory (Slab, sockstat) is read before and after opening. If the machine's available
+memory falls under `--min-available-gib`, the clients are killed and the run reports
+what was held.
 """
 
 from __future__ import annotations
@@ -15,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,7 +50,8 @@ count, src_base, sample = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 from rawws import HANDSHAKE, frame, frames
 
 async def connect(i, endpoints, latencies):
-    src = f"127.0.0.{src_base + i // 20000}"
+    # Source addresses 127.<client>.<n>.1, 10,000 connections each: never short of ports.
+    src = f"127.{src_base}.{1 + i // 10000}.1"
     reader, writer = await asyncio.open_connection(host, port, local_addr=(src, 0))
     writer.write(HANDSHAKE.format(host=host).encode())
     await reader.readuntil(b"\r\n\r\n")
@@ -75,18 +86,27 @@ async def listen(reader, writer, buf, latencies):
                 writer.write(frame(json.dumps({"messageType": "ack", "updates": [update]})))
 
 async def main():
-    endpoints, latencies, conns = [], [], []
+    endpoints, latencies, conns, failures = [], [], [], []
     sem = asyncio.Semaphore(200)
     async def one(i):
         async with sem:
-            conns.append(await connect(i, endpoints, latencies))
+            try:  # a refused or stuck connection is counted, not fatal: the limits are the point
+                conns.append(await asyncio.wait_for(connect(i, endpoints, latencies), 60))
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
     await asyncio.gather(*(one(i) for i in range(count)))
-    print(json.dumps({"ready": len(conns), "endpoints": endpoints}), flush=True)
+    report = {"ready": len(conns), "endpoints": endpoints, "failed": len(failures)}
+    print(json.dumps({**report, "failures": sorted(set(failures))[:5]}), flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)
-    print(json.dumps({"latencies": latencies}), flush=True)
+    still_open = sum(1 for reader, _ in conns if not reader.at_eof())
+    print(json.dumps({"latencies": latencies, "open": still_open}), flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
-asyncio.run(main())
+try:
+    import uvloop  # smaller transports: more connections per client process
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
 """
 )
 
@@ -119,101 +139,184 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def meminfo_kib() -> dict[str, int]:
+    """/proc/meminfo in KiB (MemAvailable, Slab, SUnreclaim...)."""
+    values = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        values[name] = int(rest.split()[0])
+    return values
+
+
+def sockstat() -> str:
+    """The kernel's TCP socket counts and pages (/proc/net/sockstat)."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            return line
+    return ""
+
+
+def watch_memory(floor_kib: int, clients: list[subprocess.Popen[str]], stop: threading.Event,
+                 tripped: list[int]) -> None:  # fmt: skip
+    """Kill the clients if the machine's available memory falls under `floor_kib`."""
+    while not stop.wait(0.5):
+        available = meminfo_kib()["MemAvailable"]
+        if available < floor_kib:
+            tripped.append(available)
+            for client in clients:
+                client.kill()
+            return
+
+
+def push_for(endpoints: list[str], seconds: float, rate: float) -> tuple[int, int]:
+    """POST to the sampled endpoints in turn at `rate`/s for `seconds`; (sent, non-201)."""
+    import httpx
+
+    sent = failed = 0
+    start = time.monotonic()
+    with httpx.Client() as http:
+        while time.monotonic() - start < seconds:
+            delay = start + sent / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            stamp = f"{time.time():20.6f}".encode()
+            body = b"\0" * 16 + (4096).to_bytes(4, "big") + b"\0" + b"x" * 40 + stamp
+            try:
+                answer = http.post(
+                    endpoints[sent % len(endpoints)],
+                    content=body,
+                    headers={"TTL": "60", "Content-Encoding": "aes128gcm"},
+                )
+                failed += answer.status_code != 201
+            except httpx.HTTPError:
+                failed += 1
+            sent += 1
+    return sent, failed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--sample", type=float, default=0.01, help="share that subscribes")
     parser.add_argument("--idle", type=float, default=10, help="seconds to measure idle CPU")
-    parser.add_argument("--pushes", type=int, default=200)
+    parser.add_argument("--hold", type=float, default=60, help="seconds held while pushing")
+    parser.add_argument("--push-rate", type=float, default=50, help="pushes/s while held")
+    parser.add_argument(
+        "--min-available-gib", type=float, default=4.0,
+        help="kill the clients if the machine's available memory falls under this",
+    )  # fmt: skip
     parser.add_argument(
         "--serve-args", default="", help='extra `tidings serve` arguments, e.g. "--workers 2"'
     )
     args = parser.parse_args()
+    per_client = args.connections // args.clients
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if per_client > fd_limit - 100:
+        parser.error(f"{per_client} connections per client: over {fd_limit} files, add --clients")
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         service = start_tidings(port, f"{tmp}/t.db", *shlex.split(args.serve_args))
         try:
             time.sleep(3)  # workers, if any, are up
             baseline = tree_rss_kib(service.pid)
-            per_client = args.connections // args.clients
+            kernel_before = meminfo_kib()
+            sockets_before = sockstat()
+            command = [sys.executable, "-c", CLIENT_CODE, "127.0.0.1", str(port), str(per_client)]
             clients = [
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-c",
-                        CLIENT_CODE,
-                        "127.0.0.1",
-                        str(port),
-                        str(per_client),
-                        str(2 + i * 5),
-                        str(args.sample),
-                    ],
+                    [*command, str(1 + i), str(args.sample)],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     text=True,
                 )
                 for i in range(args.clients)
             ]
+            stop, tripped = threading.Event(), []
+            floor = int(args.min_available_gib * 1024 * 1024)
+            threading.Thread(
+                target=watch_memory, args=(floor, clients, stop, tripped), daemon=True
+            ).start()
             started = time.monotonic()
             endpoints: list[str] = []
-            ready = 0
+            ready = failed = 0
+            failures: set[str] = set()
             for client in clients:
                 assert client.stdout is not None
-                report = json.loads(client.stdout.readline())
+                line = client.stdout.readline()
+                if not line:
+                    continue  # killed (memory floor) or crashed
+                report = json.loads(line)
                 ready += report["ready"]
+                failed += report["failed"]
+                failures.update(report["failures"])
                 endpoints += report["endpoints"]
             opened = time.monotonic() - started
+            stop.set()
             time.sleep(2)
             loaded = tree_rss_kib(service.pid)
+            kernel_loaded = meminfo_kib()
+            client_rss = sum(rss_kib(c.pid) for c in clients if c.poll() is None)
             cpu0 = tree_cpu_seconds(service.pid)
             time.sleep(args.idle)
             idle_cpu = (tree_cpu_seconds(service.pid) - cpu0) / args.idle
             workers = len(process_tree(service.pid))
             per_conn = (loaded - baseline) * 1024 / max(ready, 1)
-            print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
-            print(f"connections with hello: {ready} in {opened:.1f} s")
+            slab = (kernel_loaded["Slab"] - kernel_before["Slab"]) * 1024 / max(ready, 1)
+            print(f"# {time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} cores, "
+                  f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+            print(f"connections with hello: {ready} in {opened:.1f} s; {failed} failed "
+                  f"{sorted(failures)[:5]}")  # fmt: skip
+            if tripped:
+                print(f"clients killed: available memory fell to {tripped[0] / 1048576:.1f} GiB")
             print(
                 f"service RSS ({workers} processes): {baseline / 1024:.1f} MiB before, "
                 f"{loaded / 1024:.1f} MiB after -> {per_conn / 1024:.2f} kB per connection"
             )
+            print(
+                f"kernel: Slab {kernel_before['Slab'] / 1024:.0f} -> "
+                f"{kernel_loaded['Slab'] / 1024:.0f} MiB ({slab / 1024:.2f} kB per connection, "
+                f"both ends), MemAvailable {kernel_before['MemAvailable'] / 1048576:.1f} -> "
+                f"{kernel_loaded['MemAvailable'] / 1048576:.1f} GiB; "
+                f"client processes {client_rss / 1048576:.2f} GiB"
+            )
+            print(f"sockstat before: {sockets_before}\nsockstat loaded: {sockstat()}")
             print(f"idle CPU: {idle_cpu:.1%} of a core with {ready} connections")
-            import httpx
-
-            key = os.urandom(16)
-            pub = None
-            with httpx.Client() as http:
-                for i in range(args.pushes):
-                    endpoint = endpoints[i % len(endpoints)]
-                    stamp = f"{time.time():20.6f}".encode()
-                    body = b"\0" * 16 + (4096).to_bytes(4, "big") + b"\0" + b"x" * 40 + stamp
-                    http.post(
-                        endpoint,
-                        content=body,
-                        headers={"TTL": "60", "Content-Encoding": "aes128gcm"},
-                    )
-                    time.sleep(0.005)
+            if not endpoints:
+                return
+            hold_start = time.monotonic()
+            pushed, push_failures = push_for(endpoints, args.hold, args.push_rate)
+            held = time.monotonic() - hold_start
             time.sleep(1)
             latencies: list[float] = []
+            still_open = 0
             for client in clients:
+                if client.poll() is not None:
+                    continue
                 assert client.stdin is not None and client.stdout is not None
                 client.stdin.write("report\n")
                 client.stdin.flush()
-                latencies += json.loads(client.stdout.readline())["latencies"]
+                report = json.loads(client.stdout.readline())
+                latencies += report["latencies"]
+                still_open += report["open"]
+            print(
+                f"held {held:.0f} s: {still_open} of {ready} connections still open; "
+                f"service RSS {tree_rss_kib(service.pid) / 1024:.1f} MiB"
+            )
             if latencies:
                 latencies.sort()
                 q = statistics.quantiles(latencies, n=100)
                 print(
-                    f"delivery to {len(endpoints)} subscribed agents under load: "
-                    f"{len(latencies)}/{args.pushes} delivered, p50 {q[49] * 1000:.2f} ms, "
-                    f"p99 {q[98] * 1000:.2f} ms"
+                    f"pushes to {len(endpoints)} subscribed agents while held: {pushed} sent "
+                    f"({push_failures} not 201), {len(latencies)} delivered, "
+                    f"p50 {q[49] * 1000:.2f} ms, p99 {q[98] * 1000:.2f} ms, "
+                    f"max {latencies[-1] * 1000:.2f} ms"
                 )
-            del key, pub
             for client in clients:
                 client.kill()
         finally:
             service.send_signal(signal.SIGTERM)
-            service.wait(30)
+            service.wait(60)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,7 @@ def start_service(port: int, directory: Path) -> subprocess.Popen[bytes]:
         env={
             **os.environ,
             "TIDINGS_RATE_PUSH_SUBSCRIPTION": "off",
+            "TIDINGS_RATE_PUSH_VAPID_KEY": "off",  # wire_latency.py's curve passes 5,000/s
             "TIDINGS_MAX_MESSAGES_PER_SUBSCRIPTION": "100000",
             "TIDINGS_MAX_BYTES_PER_USER_AGENT": str(1 << 40),
         },
@@ -208,9 +209,14 @@ def plot(
     ax.set_ylabel("messages at or below (%)")
     ax.axvline(2, color="grey", linestyle=":", linewidth=1)
     ax.axvline(10, color="grey", linestyle="--", linewidth=1)
+    save_plot(fig, ax, path, title=title, legend="lower right")
+
+
+def save_plot(fig: Any, ax: Any, path: Path, *, title: str, legend: str) -> None:
+    """Title, grid and legend on a latency plot, written to `path` as a PNG."""
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc=legend)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -16,7 +16,6 @@ Needs `wrk` (apt-get install wrk) and, for the peer, node with tests/node instal
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import rawws  # noqa: E402
-from benchkit import free_port, start_tidings, wait_port  # noqa: E402
+from benchkit import free_port, start_tidings, thread_cpu, wait_port  # noqa: E402
 from tidings.webpush import VapidKey, encrypt, sign_vapid  # noqa: E402
 
 WRK_SCRIPT = """
@@ -200,18 +199,6 @@ except ImportError:
 )
 
 
-def thread_cpu(pid: int) -> dict[str, int]:
-    """CPU clock ticks (user + system) used so far by each thread of `pid`: the event
-    loop is "main", the others (the SQLite worker, executors) are named by thread id."""
-    ticks: dict[str, int] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            name = "main" if task.name == str(pid) else f"thread {task.name}"
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            ticks[name] = int(fields[11]) + int(fields[12])
-    return ticks
-
-
 def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
     """py-spy on the service for most of the load phase (--profile FILE)."""
     if not args.profile:
@@ -296,14 +283,14 @@ import asyncio, sys
 sys.path.insert(0, sys.argv[2])
 from tidings.service.http.h1 import Http1Connection
 from tidings.service.http.messages import Response
-class NullRoutes:
+class NullApp:
     def body_limit(self, method, path): return 4096
     async def handle(self, request): return Response(201, {"location": "/m/x", "ttl": "60"})
     def too_large(self, request): return Response(413)
     def plain_error(self, status, message): return Response(status)
 class Context:
     def __init__(self):
-        self.routes = NullRoutes(); self.connections = set(); self.draining = False
+        self.app = NullApp(); self.connections = set(); self.draining = False
         self.request_timeout = 30.0; self.keepalive_timeout = 75.0
     def date_header(self): return b"date: Mon, 30 Nov 2026 00:00:00 GMT\r\n"
     def log_request(self, *a): pass

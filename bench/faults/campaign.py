@@ -33,8 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checker import check
 from services import REPO, Node, Postgres, Redis
 from topology import Network
-from workload import Agent, History, Senders
+from workload import Agent, History, Rfc8030Agent, Senders
 
+# Faults after which frames a node wrote may still reach the user agents late.
+LINK_FAULTS = ("partition-node-agents", "slow-lossy-node")
 HOSTS = {"pg": 10, "pg2": 11, "redis": 20, "n1": 31, "n2": 32, "n3": 33}
 NODES = ("n1", "n2", "n3")
 FAULTS = (
@@ -145,7 +147,7 @@ async def campaign(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     out = Path(args.out or tempfile.mkdtemp(prefix="tidings-faults-"))
     out.mkdir(parents=True, exist_ok=True)
-    network = Network(HOSTS)
+    network = Network(HOSTS, lab=args.lab)
     postgres = Postgres(network, out / "pg")
     redis = Redis(network, out)
     nodes: dict[str, Node] = {}
@@ -168,9 +170,13 @@ async def campaign(args: argparse.Namespace) -> int:
             )
             nodes[name].start()
         origins = [node.origin for node in nodes.values()]
-        agents = [
+        agents: list[Agent | Rfc8030Agent] = [
             Agent(f"ua{i}", origins, history, random.Random(rng.random()))
             for i in range(args.agents)
+        ]
+        agents += [
+            Rfc8030Agent(f"h2ua{i}", origins, history, random.Random(rng.random()))
+            for i in range(args.rfc8030_agents)
         ]
         await asyncio.gather(*(agent.setup(2) for agent in agents))
         senders = Senders(agents, origins, history, random.Random(rng.random()))
@@ -179,6 +185,7 @@ async def campaign(args: argparse.Namespace) -> int:
         enabled = tuple(f for f in FAULTS if f not in args.without)
         nemesis = Nemesis(random.Random(rng.random()), network, postgres, redis, nodes, enabled)
         started = time.time()
+        history.add("nemesis-started")  # faults.json's times count from here
         await nemesis.run(args.duration, started)
         # Heal: every block and shaping lifted, every process running again.
         network.heal()
@@ -205,17 +212,29 @@ async def campaign(args: argparse.Namespace) -> int:
         for agent in agents:
             agent.stopping = True
         await asyncio.gather(*workers, return_exceptions=True)
+        await senders.close()
+        history.add("end")
     finally:
         for node in nodes.values():
             node.process.stop()
         redis.process.stop()
         postgres.stop()
         network.destroy()
+    link_faults = [
+        (nodes[f.target].origin, started + f.at, started + f.at + f.held)
+        for f in nemesis.log
+        if f.name in LINK_FAULTS
+    ]
+    # What the checker needs besides requests and deliveries, so that `checker.py <out>`
+    # judges a saved run again.
+    for node, start, until in link_faults:
+        history.add("link-fault", node=node, start=start, until=until)
+    history.add("healed", at=healed_at)
     history.dump(str(out / "history.jsonl"))
     (out / "faults.json").write_text(
         json.dumps([fault.__dict__ for fault in nemesis.log], indent=1)
     )
-    verdict = check(history.events, healed_at, args.recovery)
+    verdict = check(history.events, healed_at, args.recovery, link_faults)
     print(f"\nfaults injected         {len(nemesis.log):>8}")
     print(f"nodes healthy after     {healthy_after:>7.1f}s")
     print(verdict.table())
@@ -229,6 +248,8 @@ async def campaign(args: argparse.Namespace) -> int:
             near = [f"{f.name}@{f.at:.1f}s" for f in nemesis.log if abs(f.at - at) < 10]
             via = push and push["node"]
             print(f"  {kind}: {message_id} at {at:.1f}s via {via}; faults near: {', '.join(near)}")
+    if verdict.in_flight:
+        print(f"  in flight (allowed): {', '.join(verdict.in_flight[:20])}")
     print(f"replay: campaign.py --seed {args.seed} --duration {args.duration:g}")
     return 0 if verdict.ok and healthy_after <= args.health_within else 1
 
@@ -237,7 +258,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, default=60, help="seconds of faults")
-    parser.add_argument("--agents", type=int, default=12)
+    parser.add_argument("--agents", type=int, default=12, help="Firefox-protocol user agents")
+    parser.add_argument("--rfc8030-agents", type=int, default=4, help="RFC 8030 user agents")
     parser.add_argument("--rate", type=float, default=40, help="pushes per second")
     parser.add_argument("--after", type=float, default=5, help="seconds of pushes after healing")
     parser.add_argument("--drain", type=float, default=15, help="seconds for the backlog")
@@ -247,6 +269,10 @@ def main() -> None:
     )
     parser.add_argument("--without", nargs="*", default=[], choices=FAULTS)
     parser.add_argument("--out", help="directory for the history and logs")
+    parser.add_argument(
+        "--lab", type=int, default=0, choices=range(10),
+        help="namespaces and subnet (198.18.<lab>.0/24) of their own: runs side by side",
+    )  # fmt: skip
     sys.exit(asyncio.run(campaign(parser.parse_args())))
 
 

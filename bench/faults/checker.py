@@ -9,7 +9,17 @@ Promises checked (docs/reliability.md):
 - late: a message delivered after its TTL (a second of slack for clocks and transit);
 - obsolete: a message delivered after a newer one with its Topic was accepted (the same
   slack: one already on the wire may still land);
-- after delete: a message delivered after its sender's DELETE was answered 204;
+- after delete: a message delivered after its sender's DELETE was answered 204 (the
+  same slack);
+- in flight (counted, allowed): a delivery that would be obsolete or after delete but
+  came through a node whose link to the user agents was slow, lossy or cut
+  between the DELETE (or the replacement) and the delivery, at most LINK_DRAIN seconds
+  after that fault was lifted: the node wrote the frame before, and TCP delivered it
+  late (a connection that holds a copy unsent drops it, docs/reliability.md);
+- receipt missing: a push that asked for a receipt on the monitored receipt
+  subscription, answered 202, acknowledged by its user agent and not deleted by its
+  sender, whose receipt never came (unless its last acknowledgement was within
+  RECEIPT_GRACE seconds of the end, when an acknowledgement may still be on its way);
 - undecryptable: a body the user agent could not decrypt;
 - duplicated (counted, allowed: Web Push is at least once) and TTL-0 pushes that were
   delivered or not (counted, allowed either way).
@@ -17,11 +27,20 @@ Promises checked (docs/reliability.md):
 
 from __future__ import annotations
 
+import json
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 SLACK = 1.0
+LINK_DRAIN = 10.0  # a TCP backlog after a black hole: retransmissions back off to seconds
+RECEIPT_GRACE = 5.0  # acknowledgements are batched, receipt monitors poll every 2 s
+
+#: (node origin, from, until): when a node's link to the user agents was slow, lossy or
+#: cut (times since the epoch, like the history's). A paused node is not among them: what
+#: it wrote before the pause is in the kernel, which sends it meanwhile.
+LinkFault = tuple[str, float, float]
 
 
 @dataclass
@@ -29,6 +48,9 @@ class Verdict:
     accepted: int = 0
     delivered: int = 0
     duplicated: int = 0
+    in_flight: list[str] = field(default_factory=list)  # message ids, allowed
+    receipts_due: int = 0
+    receipts_emitted: int = 0
     violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     @property
@@ -36,18 +58,41 @@ class Verdict:
         return not any(self.violations.values())
 
     def table(self) -> str:
-        kinds = ("lost", "misrouted", "late", "obsolete", "after delete", "undecryptable")
+        kinds = ("lost", "misrouted", "late", "obsolete", "after delete", "receipt missing",
+                 "undecryptable")  # fmt: skip
         rows = [("pushes accepted", self.accepted), ("delivered (distinct)", self.delivered),
-                ("duplicated deliveries", self.duplicated)]  # fmt: skip
+                ("duplicated deliveries", self.duplicated),
+                ("in flight on a bad link", len(self.in_flight)),
+                ("receipts due", self.receipts_due),
+                ("receipts emitted (due)", self.receipts_emitted)]  # fmt: skip
         rows += [(kind, len(self.violations.get(kind, []))) for kind in kinds]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value:>8}" for name, value in rows)
 
 
-def check(events: list[dict[str, Any]], healed_at: float, recovery: float = 10.0) -> Verdict:
+def in_flight(delivery: dict[str, Any], since: float, link_faults: list[LinkFault]) -> bool:
+    """True when `delivery` came through a node whose link was bad after `since`."""
+    return any(
+        node == delivery.get("node") and start <= delivery["t"] <= until + LINK_DRAIN
+        and until + LINK_DRAIN >= since
+        for node, start, until in link_faults
+    )  # fmt: skip
+
+
+def check(
+    events: list[dict[str, Any]],
+    healed_at: float,
+    recovery: float = 10.0,
+    link_faults: list[LinkFault] | None = None,
+) -> Verdict:
     """Judge `events` (History.events); `healed_at` is when the last fault was lifted,
     `recovery` the seconds after it that a message may still be lost in."""
+    link_faults = link_faults or []
     verdict = Verdict()
+    monitored: set[str] = set()
+    receipts: set[str] = set()  # message paths with a 2xx receipt
+    last_ack: dict[str, float] = {}
+    end = max((event["t"] for event in events), default=0.0)
     pushes: dict[str, dict[str, Any]] = {}
     answers: dict[str, dict[str, Any]] = {}
     deletes: dict[str, float] = {}
@@ -72,6 +117,12 @@ def check(events: list[dict[str, Any]], healed_at: float, recovery: float = 10.0
                 deliveries[event["id"]].append(event)
         elif kind == "undecryptable":
             verdict.violations["undecryptable"].append(event.get("error", ""))
+        elif kind == "acked" and event.get("id") is not None:
+            last_ack[event["id"]] = event["t"]
+        elif kind == "receipts-monitored":
+            monitored.add(event["subscription"])
+        elif kind == "receipt" and 200 <= event["status"] < 300:
+            receipts.add(event["path"])
 
     for message_id, push in pushes.items():
         answer = answers.get(message_id)
@@ -88,17 +139,34 @@ def check(events: list[dict[str, Any]], healed_at: float, recovery: float = 10.0
                     verdict.violations["late"].append(message_id)
             deleted_at = deletes.get(message_id)
             if deleted_at is not None and delivery["t"] > deleted_at + SLACK:
-                verdict.violations["after delete"].append(message_id)
+                if in_flight(delivery, deleted_at, link_faults):
+                    verdict.in_flight.append(message_id)
+                else:
+                    verdict.violations["after delete"].append(message_id)
             if push.get("topic"):
                 newer = [
                     at for at, other in accepted_by_topic[(push["channel"], push["topic"])]
                     if other != message_id and answer is not None and at > answer["t"]
                 ]  # fmt: skip
                 if newer and delivery["t"] > min(newer) + SLACK:
-                    verdict.violations["obsolete"].append(message_id)
+                    if in_flight(delivery, min(newer), link_faults):
+                        verdict.in_flight.append(message_id)
+                    else:
+                        verdict.violations["obsolete"].append(message_id)
         if answer is None or answer["status"] not in (201, 202) or push["ttl"] == 0:
             continue
         verdict.accepted += 1
+        acked_at = last_ack.get(message_id)
+        if (
+            answer["status"] == 202 and answer.get("receipts") in monitored
+            and acked_at is not None and message_id not in deletes
+            and acked_at < end - RECEIPT_GRACE
+        ):  # fmt: skip
+            verdict.receipts_due += 1
+            if answer.get("location") in receipts:
+                verdict.receipts_emitted += 1
+            else:
+                verdict.violations["receipt missing"].append(message_id)
         if got or message_id in deletes:
             continue
         if push.get("topic") and any(
@@ -109,3 +177,25 @@ def check(events: list[dict[str, Any]], healed_at: float, recovery: float = 10.0
         if answer["t"] + push["ttl"] > healed_at + recovery:
             verdict.violations["lost"].append(message_id)
     return verdict
+
+
+def judge_saved(out: str, recovery: float = 10.0) -> Verdict:
+    """Judge a saved run again: its `history.jsonl` (with the campaign's link-fault and
+    healed events)."""
+    with open(f"{out}/history.jsonl") as lines:
+        events = [json.loads(line) for line in lines]
+    healed_at = next(event["at"] for event in events if event["kind"] == "healed")
+    link_faults = [
+        (event["node"], event["start"], event["until"])
+        for event in events
+        if event["kind"] == "link-fault"
+    ]
+    return check(events, healed_at, recovery, link_faults)
+
+
+if __name__ == "__main__":  # checker.py <out directory of a campaign>
+    verdict = judge_saved(sys.argv[1])
+    print(verdict.table())
+    for kind, ids in verdict.violations.items():
+        print(f"{kind}: {', '.join(ids[:20])}")
+    sys.exit(0 if verdict.ok else 1)

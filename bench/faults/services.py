@@ -161,7 +161,8 @@ class Postgres:
         )
         with (self.primary_dir / "pg_hba.conf").open("a") as hba:
             hba.write(
-                "host all all 198.18.0.0/24 trust\nhost replication all 198.18.0.0/24 trust\n"
+                f"host all all {self.network.subnet}.0/24 trust\n"
+                f"host replication all {self.network.subnet}.0/24 trust\n"
             )
         self.primary = self._server("pg-primary", primary, self.primary_dir)
         self.primary.start()
@@ -269,7 +270,7 @@ class Node:
         ]  # fmt: skip
         env = {
             "PYTHONPATH": str(REPO / "src"),
-            "TIDINGS_RATE_LIMIT_EXEMPT": "198.18.0.0/24",
+            "TIDINGS_RATE_LIMIT_EXEMPT": f"{network.subnet}.0/24",
             "TIDINGS_EXPIRY_SWEEP_INTERVAL": "1",
             "TIDINGS_DB": str(base / f"{name}.db"),
         }

@@ -18,10 +18,13 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-SWITCH = "tdf-sw"
-BRIDGE = "tdfbr0"
-PREFIX = "198.18.0"
-DRIVER_ADDRESS = f"{PREFIX}.1"
+BRIDGE = "tdfbr0"  # inside the switch's own namespace
+
+
+def lab_prefix(lab: int) -> str:
+    """Names of lab `lab`'s namespaces and links: campaigns in different labs (a long run
+    and `make test`'s short one) can run at once."""
+    return "tdf-" if lab == 0 else f"tdf{lab}-"
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,11 @@ class Host:
 
     name: str
     address: str
+    prefix: str = "tdf-"
 
     @property
     def namespace(self) -> str:
-        return f"tdf-{self.name}"
+        return f"{self.prefix}{self.name}"
 
     @property
     def leg(self) -> str:
@@ -43,7 +47,7 @@ class Host:
     @property
     def port(self) -> str:
         """The veth end on the bridge, named for the host."""
-        return f"tdf-{self.name}"[:15]
+        return f"{self.prefix}{self.name}"[:15]
 
     def run(self, *command: str) -> list[str]:
         """`command` as run inside this host."""
@@ -57,8 +61,14 @@ def sh(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 class Network:
     """The switch, the hosts on it and the driver's leg in the root namespace."""
 
-    def __init__(self, hosts: dict[str, str]) -> None:
-        self.hosts = {name: Host(name, f"{PREFIX}.{last}") for name, last in hosts.items()}
+    def __init__(self, hosts: dict[str, int], lab: int = 0) -> None:
+        self.prefix = lab_prefix(lab)
+        self.subnet = f"198.18.{lab}"  # RFC 2544's benchmark range, a /24 per lab
+        self.driver_address = f"{self.subnet}.1"
+        self.switch = f"{self.prefix}sw"
+        self.hosts = {
+            name: Host(name, f"{self.subnet}.{last}", self.prefix) for name, last in hosts.items()
+        }
         self._blocked: set[tuple[str, str]] = set()
         self._shaped: dict[str, float] = {}
 
@@ -67,46 +77,48 @@ class Network:
 
     def create(self) -> None:
         self.destroy()  # what a crashed earlier run left behind
-        sh("ip", "netns", "add", SWITCH)
-        switch = ["ip", "netns", "exec", SWITCH]
+        sh("ip", "netns", "add", self.switch)
+        switch = ["ip", "netns", "exec", self.switch]
         sh(*switch, "ip", "link", "add", BRIDGE, "type", "bridge")
         sh(*switch, "ip", "link", "set", BRIDGE, "up")
         sh(*switch, "ip", "link", "set", "lo", "up")
         for host in self.hosts.values():
             sh("ip", "netns", "add", host.namespace)
-            sh("ip", "link", "add", host.port, "type", "veth", "peer", "name", "tdf-tmp")
-            sh("ip", "link", "set", "tdf-tmp", "netns", host.namespace)
-            sh("ip", "link", "set", host.port, "netns", SWITCH)
+            temporary = f"{self.prefix}tmp"
+            sh("ip", "link", "add", host.port, "type", "veth", "peer", "name", temporary)
+            sh("ip", "link", "set", temporary, "netns", host.namespace)
+            sh("ip", "link", "set", host.port, "netns", self.switch)
             sh(*switch, "ip", "link", "set", host.port, "master", BRIDGE, "up")
             inside = ["ip", "netns", "exec", host.namespace]
-            sh(*inside, "ip", "link", "set", "tdf-tmp", "name", host.leg)
+            sh(*inside, "ip", "link", "set", temporary, "name", host.leg)
             sh(*inside, "ip", "addr", "add", f"{host.address}/24", "dev", host.leg)
             sh(*inside, "ip", "link", "set", host.leg, "up")
             sh(*inside, "ip", "link", "set", "lo", "up")
         # The driver's leg: the root namespace reaches every host, and only them.
-        sh("ip", "link", "add", "tdf-driver", "type", "veth", "peer", "name", "tdf-drv-sw")
-        sh("ip", "link", "set", "tdf-drv-sw", "netns", SWITCH)
-        sh(*switch, "ip", "link", "set", "tdf-drv-sw", "master", BRIDGE, "up")
-        sh("ip", "addr", "add", f"{DRIVER_ADDRESS}/24", "dev", "tdf-driver")
-        sh("ip", "link", "set", "tdf-driver", "up")
+        driver, on_switch = f"{self.prefix}driver", f"{self.prefix}drv-sw"
+        sh("ip", "link", "add", driver, "type", "veth", "peer", "name", on_switch)
+        sh("ip", "link", "set", on_switch, "netns", self.switch)
+        sh(*switch, "ip", "link", "set", on_switch, "master", BRIDGE, "up")
+        sh("ip", "addr", "add", f"{self.driver_address}/24", "dev", driver)
+        sh("ip", "link", "set", driver, "up")
 
     def destroy(self) -> None:
-        sh("ip", "link", "del", "tdf-driver", check=False)
+        sh("ip", "link", "del", f"{self.prefix}driver", check=False)
         names = sh("ip", "netns", "list", check=False).stdout.split()
         for name in names:
-            if name.startswith("tdf-"):
+            if name.startswith(self.prefix):
                 sh("ip", "netns", "del", name, check=False)
 
     # Faults --------------------------------------------------------------------------
 
     def block(self, source: str, target: str) -> None:
         """Drop every packet from `source` to `target` (a black hole, not a reset)."""
-        address = DRIVER_ADDRESS if source == "driver" else self[source].address
+        address = self.driver_address if source == "driver" else self[source].address
         sh(*self[target].run("iptables", "-I", "INPUT", "-s", address, "-j", "DROP"))
         self._blocked.add((source, target))
 
     def unblock(self, source: str, target: str) -> None:
-        address = DRIVER_ADDRESS if source == "driver" else self[source].address
+        address = self.driver_address if source == "driver" else self[source].address
         sh(*self[target].run("iptables", "-D", "INPUT", "-s", address, "-j", "DROP"), check=False)
         self._blocked.discard((source, target))
 

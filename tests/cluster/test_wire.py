@@ -109,3 +109,13 @@ def test_a_superseded_notice_reads_back_and_its_stamp_is_checked() -> None:
     for stamp in (-1, 1.5, "1", 10**20, None):
         with pytest.raises(BadBusMessage, match="st: not a stamp"):
             decode_bus_message(json.dumps({"t": "s", "ua": "a" * 32, "st": stamp}))
+
+
+def test_a_withdrawal_reads_back_and_its_ids_are_checked() -> None:
+    from tidings.service.cluster.wire import Withdrawn, encode_withdrawn
+
+    assert decode_bus_message(encode_withdrawn("a" * 32, "m-1")) == Withdrawn("a" * 32, "m-1")
+    for bad in ({"id": "x y"}, {"id": 7}, {"ua": ""}, {"extra": 1}):
+        data = {"t": "w", "ua": "a" * 32, "id": "m-1", **bad}
+        with pytest.raises(BadBusMessage):
+            decode_bus_message(json.dumps(data))

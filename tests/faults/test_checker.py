@@ -3,13 +3,14 @@ each promise it guards, broken once, is reported; kept, it is not."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "faults"))
 
-from checker import check
+from checker import check, judge_saved
 
 HEALED = 100.0
 
@@ -64,3 +65,56 @@ def test_wrong_agent_late_obsolete_after_delete_and_undecryptable_are_reported()
         {"kind": "delivered", "t": 12, "id": None, "version": "v"},
     ]
     assert kinds(garbled) == {"undecryptable": ["v"]}
+
+
+def test_a_late_frame_is_in_flight_only_through_a_node_whose_link_was_bad() -> None:
+    after = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": 204}]
+    through_n1 = {**delivered("m1", 14), "node": "n1"}
+    slow_n1 = [("n1", 9.0, 13.0)]
+    verdict = check([*after, through_n1], HEALED, link_faults=slow_n1)
+    assert verdict.ok and len(verdict.in_flight) == 1
+    # Another node's bad link, or a delivery long after the link was mended, is no excuse.
+    for faults in ([("n2", 9.0, 13.0)], [("n1", 1.0, 2.0)]):
+        verdict = check([*after, through_n1], HEALED, link_faults=faults)
+        assert dict(verdict.violations) == {"after delete": ["m1"]}
+    obsolete = [*push("m1", 10, topic="t"), *push("m2", 11, topic="t")]
+    verdict = check([*obsolete, through_n1, delivered("m2", 12)], HEALED, link_faults=slow_n1)
+    assert verdict.ok and len(verdict.in_flight) == 1
+
+
+def receipt_push(mid: str, t: float, subscription: str = "/r/1") -> list[dict[str, Any]]:
+    sent, answer = push(mid, t)
+    path = f"/m/{mid}"
+    return [sent, {**answer, "status": 202, "location": path, "receipts": subscription}]
+
+
+def test_an_acknowledged_message_needs_its_receipt() -> None:
+    monitored = {"kind": "receipts-monitored", "t": 1, "subscription": "/r/1"}
+    acked = [delivered("m1", 11), {"kind": "acked", "t": 11.1, "id": "m1", "agent": "a"}]
+    ending = {"kind": "end", "t": 60}
+    receipt = {"kind": "receipt", "t": 13, "path": "/m/m1", "status": 204}
+    verdict = check([monitored, *receipt_push("m1", 10), *acked, receipt, ending], HEALED)
+    assert verdict.ok and verdict.receipts_due == verdict.receipts_emitted == 1
+    missing = check([monitored, *receipt_push("m1", 10), *acked, ending], HEALED)
+    assert dict(missing.violations) == {"receipt missing": ["m1"]}
+    # Not due: another (unmonitored) receipt subscription, an acknowledgement in the last
+    # seconds, a message its sender deleted.
+    other = check([monitored, *receipt_push("m1", 10, "/r/2"), *acked, ending], HEALED)
+    at_the_end = check([monitored, *receipt_push("m1", 10), *acked, {**ending, "t": 12}], HEALED)
+    deleted = {"kind": "deleted", "t": 10.5, "id": "m1", "status": 204}
+    cancelled = check([monitored, *receipt_push("m1", 10), deleted, *acked, ending], HEALED)
+    assert all(v.ok and v.receipts_due == 0 for v in (other, at_the_end, cancelled))
+
+
+def test_a_saved_run_is_judged_again_with_its_link_faults_and_healing(tmp_path: Path) -> None:
+    after = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": 204}]
+    events = [*after, {**delivered("m1", 14), "node": "n1"}, {"kind": "healed", "t": 50, "at": 20}]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert dict(judge_saved(str(tmp_path)).violations) == {"after delete": ["m1"]}
+    link = {"kind": "link-fault", "t": 50, "node": "n1", "start": 9.0, "until": 13.0}
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [*events, link]))
+    assert judge_saved(str(tmp_path)).in_flight == ["m1"]
+    # The healing time comes from the history: healed at 20, m2 (TTL 60) is lost.
+    lost = [*push("m2", 10, ttl=60), {"kind": "healed", "t": 50, "at": 20}]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lost))
+    assert dict(judge_saved(str(tmp_path)).violations) == {"lost": ["m2"]}

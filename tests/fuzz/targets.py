@@ -21,7 +21,6 @@ import logging
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httptools
@@ -161,7 +160,7 @@ class _Transport:
         self.closed = True  # switched away from HTTP/1.1: nothing more to check here
 
 
-class _Routes:
+class _App:
     """The real Routes' limits and error answers; every parsed request answers 200."""
 
     too_large = Routes.too_large
@@ -169,7 +168,6 @@ class _Routes:
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
-        self.service = _Service()
 
     def body_limit(self, method: str, path: str) -> int:
         return 4096 if path.startswith("/push/") else 65536
@@ -181,16 +179,7 @@ class _Routes:
         self.requests.append(request)
         return Response(200, {}, b"ok")
 
-
-@dataclass
-class _Config:
-    max_body: int = 4096
-
-
-class _Service:
-    config = _Config()
-
-    async def check_address_rate(self, limit: object, client: str) -> None:
+    async def admit_websocket(self, request: Request) -> Response | None:
         return None
 
 
@@ -202,8 +191,7 @@ class _Context:
     scheme = "http"
 
     def __init__(self) -> None:
-        self.routes = _Routes()
-        self.service = self.routes.service
+        self.app = _App()
         self.connections: set[object] = set()
 
     def log_request(self, request: Request, status: int, started: float) -> None:
@@ -261,7 +249,7 @@ def http1_heads(data: bytes) -> None:
             if status >= 400:
                 document = json.loads(chunk.split(b"\r\n\r\n", 1)[1])
                 assert document["code"] == status and document["errno"] and document["message"]
-    for request in context.routes.requests:
+    for request in context.app.requests:
         assert isinstance(request.method, str) and request.path.startswith(("/", "*", "h"))
         assert all(k == k.lower() for k in request.headers)
     # The URL parser alone: only its documented error.

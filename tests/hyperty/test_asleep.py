@@ -9,13 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from tidings.hyperty.demo import CallDemo
+from tidings.cli.demo_call import CallDemo
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def wake_processes() -> list[int]:
-    """PIDs of running `python -m tidings.hyperty.wake` processes (any runtime)."""
+    """PIDs of running `python -m tidings.hyperty.wake` processes started by this test
+    process (directly or through a shell): other runs' runtimes on the machine are not ours."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -24,9 +25,22 @@ def wake_processes() -> list[int]:
             command = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"tidings.hyperty.wake" in command:
+        if b"tidings.hyperty.wake" in command and _descends_from_us(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def _descends_from_us(pid: int) -> bool:
+    ours = os.getpid()
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid
+        if pid == ours:
+            return True
+    return False
 
 
 def alive(pid: int) -> bool:
@@ -115,3 +129,20 @@ def test_tidings_demo_call_prints_the_timeline(tmp_path: Path) -> None:
     ):
         assert text in out, out
     assert wake_processes() == []
+
+
+def test_wake_processes_sees_our_runtimes_started_through_a_shell() -> None:
+    """The helper above finds a wake process of ours, also behind `sh -c` as the agent runs it."""
+    sleeper = f"{sys.executable} -c 'import time; time.sleep(60)' tidings.hyperty.wake"
+    shell = subprocess.Popen(["sh", "-c", sleeper + "; true"])
+    try:
+        deadline = time.monotonic() + 30
+        while not wake_processes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        found = wake_processes()
+        assert len(found) == 1 and found[0] != shell.pid
+    finally:
+        shell.kill()
+        for pid in wake_processes():
+            os.kill(pid, 9)
+        shell.wait()

@@ -16,8 +16,8 @@ import pytest
 
 from hyperty.helpers import Stack, events_of, wait_for
 from hyperty.test_asleep import REPO, alive, wake_processes
+from tidings.cli.demo_call import CallDemo
 from tidings.hyperty import HypertyRuntime, Message, object_url
-from tidings.hyperty.demo import CallDemo
 from tidings.hyperty.rules import topic_for
 
 pytest.importorskip("aiortc")

@@ -53,7 +53,7 @@ async def test_only_the_runtime_disconnects_its_addresses(stack: Stack) -> None:
 async def test_what_the_mailboxes_keep_per_address_is_bounded_by_what_is_live() -> None:
     """Polls of ever new addresses, then disconnects: the tables shrink back (a client
     could otherwise grow them one address at a time)."""
-    from tidings.hyperty.element import LAST_SEEN_PRUNE_MIN, Mailboxes
+    from tidings.hyperty.mailboxes import LAST_SEEN_PRUNE_MIN, Mailboxes
 
     now = [0.0]
     boxes = Mailboxes(grace=3.0, clock=lambda: now[0])

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from hyperty.helpers import DOMAIN, Stack, events_of, wait_for
 from tidings.hyperty import HypertyRuntime, Message, connection_url
-from tidings.hyperty.element import Mailboxes
 from tidings.hyperty.identity import IdentityVerifier, KeySet
 from tidings.hyperty.idp import IdentityProvider
+from tidings.hyperty.mailboxes import Mailboxes
 from tidings.service.limits import Rule
 from tidings.webpush.b64 import b64url_encode
 

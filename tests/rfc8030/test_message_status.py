@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from rfc8030.conftest import Rfc8030
-from rfc8030.test_conformance import UA, drain, path_of, push, subscribe
+from rfc8030.helpers import UA, drain, path_of, push, subscribe
 from support.service import running_service
 from tidings.http2 import H2Client
 from tidings.webpush import VapidKey, encrypt, sign_vapid
@@ -221,12 +221,12 @@ async def test_an_ack_right_after_an_http2_delivery_is_an_acknowledgement(h2c: R
 
 
 async def test_pending_deliveries_are_bounded(h2c: Rfc8030, monkeypatch: Any) -> None:
-    from tidings.service import core
+    from tidings.service import acknowledgements
     from tidings.service.store import StoredMessage
 
     service = h2c.service.service
     assert service is not None
-    monkeypatch.setattr(core, "MAX_PENDING_DELIVERIES", 3)
+    monkeypatch.setattr(acknowledgements, "MAX_PENDING_DELIVERIES", 3)
     now = time.time()
     for i in range(10):
         message = StoredMessage(f"{i:032x}", "ua", "ch", b"", 60, now, now + 60)

@@ -132,6 +132,13 @@ class RawClient:
             await self.writer.wait_closed()
 
 
+def told_to_calm_down(client: RawClient) -> bool:
+    return any(
+        event.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        for event in client.of(h2.events.ConnectionTerminated)
+    )
+
+
 def stream_count(server: TidingsServer) -> int:
     return sum(len(c.streams) for c in http2_connections(server))
 
@@ -303,14 +310,8 @@ async def test_a_rapid_reset_flood_is_sent_away(server: TidingsServer) -> None:
         client.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
     client.send()
 
-    def calm() -> bool:
-        return any(
-            event.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-            for event in client.of(h2.events.ConnectionTerminated)
-        )
-
     try:
-        await client.read_until(calm, "GOAWAY ENHANCE_YOUR_CALM")
+        await client.read_until(lambda: told_to_calm_down(client), "GOAWAY ENHANCE_YOUR_CALM")
         await eventually(lambda: not http2_connections(server), "the connection is closed")
         assert stream_count(server) == 0
     finally:
@@ -332,5 +333,98 @@ async def test_a_header_list_over_16_kib_ends_the_connection(server: TidingsServ
         )
         assert not client.of(h2.events.ResponseReceived)
         await eventually(lambda: not http2_connections(server), "the connection is closed")
+    finally:
+        await client.close()
+
+
+def _flood_pings(client: RawClient, count: int) -> None:
+    for i in range(count):
+        client.conn.ping(i.to_bytes(8, "big"))
+
+
+def _flood_settings(client: RawClient, count: int) -> None:
+    code = h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE
+    for i in range(count):
+        client.conn.update_settings({code: 16384 + i % 2})
+
+
+def _flood_priority(client: RawClient, count: int) -> None:
+    for i in range(count):
+        client.conn.prioritize(1 + 2 * (i % 50), weight=1 + i % 200)
+
+
+def _flood_empty_data(client: RawClient, count: int) -> None:
+    stream_id = client.request("POST", "/subscribe", end_stream=False)
+    for _ in range(count):
+        client.conn.send_data(stream_id, b"")
+
+
+@pytest.mark.parametrize(
+    "flood", [_flood_pings, _flood_settings, _flood_priority, _flood_empty_data]
+)
+async def test_a_flood_of_frames_without_requests_is_sent_away(
+    server: TidingsServer, flood: Callable[[RawClient, int], None]
+) -> None:
+    """PING, SETTINGS, PRIORITY or empty DATA frames by the thousand from a peer that reads
+    every answer (CVE-2019-9512/9515/9516/9518): GOAWAY ENHANCE_YOUR_CALM, then close."""
+    client = await RawClient.connect(server.port)
+    client.start()
+    flood(client, 5000)
+    client.send()
+
+    try:
+        await client.read_until(lambda: told_to_calm_down(client), "GOAWAY ENHANCE_YOUR_CALM")
+        await eventually(lambda: not http2_connections(server), "the connection is closed")
+    finally:
+        await client.close()
+
+
+async def test_a_few_pings_and_settings_are_answered(server: TidingsServer) -> None:
+    """The budget leaves ordinary use alone: 50 PINGs and a SETTINGS change, then a request."""
+    client = await RawClient.connect(server.port)
+    client.start()
+    _flood_pings(client, 50)
+    _flood_settings(client, 1)
+    stream_id = client.request("GET", "/health")
+    client.send()
+
+    def answered() -> bool:
+        return any(e.stream_id == stream_id for e in client.of(h2.events.ResponseReceived))
+
+    try:
+        await client.read_until(answered, "the answer to /health")
+        assert len(client.of(h2.events.PingAckReceived)) == 50
+        assert not client.of(h2.events.ConnectionTerminated)
+    finally:
+        await client.close()
+
+
+async def test_a_body_declared_too_large_is_refused_before_it_is_sent(
+    server: TidingsServer,
+) -> None:
+    """A push whose content-length is over the limit gets 413 at once, and RST_STREAM
+    NO_ERROR asks the peer to send none of it; no 408 after request_timeout."""
+    client = await RawClient.connect(server.port)
+    client.start()
+    stream_id = client.conn.get_next_available_stream_id()
+    headers = [(":method", "POST"), (":scheme", "http"), (":authority", "127.0.0.1")]
+    headers += [(":path", "/push/anything"), ("content-length", "1000000"), ("ttl", "60")]
+    client.conn.send_headers(stream_id, headers, end_stream=False)
+    client.send()
+
+    def answered() -> list[h2.events.ResponseReceived]:
+        return [e for e in client.of(h2.events.ResponseReceived) if e.stream_id == stream_id]
+
+    def stopped() -> bool:
+        return any(
+            event.stream_id == stream_id and event.error_code == h2.errors.ErrorCodes.NO_ERROR
+            for event in client.of(h2.events.StreamReset)
+        )
+
+    try:
+        await client.read_until(lambda: bool(answered()), "an answer to the huge push")
+        assert dict(answered()[0].headers)[b":status"] == b"413"
+        await client.read_until(stopped, "RST_STREAM NO_ERROR for the unsent body")
+        await eventually(lambda: stream_count(server) == 0, "the stream is gone")
     finally:
         await client.close()

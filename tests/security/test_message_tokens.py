@@ -1,7 +1,7 @@
 """Message tokens: a random nonce per message, never one derived from its id.
 
 The Location of a push, the path pushed to the user agent and the receipt name one
-resource (tests/rfc8030/test_conformance.py checks that over HTTP/2); this checks what
+resource (tests/rfc8030/test_delivery_receipts.py checks that over HTTP/2); this checks what
 the token is made of.
 """
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from support.service import Registration, RunningService, TestAgent, running_service
-from tidings.service import core
+from tidings.service import maintenance
 from tidings.service.core import RegistrationError
 from tidings.service.errors import Errno
 from tidings.webpush import encrypt
@@ -157,7 +157,7 @@ async def test_user_agents_not_seen_for_the_expiry_are_forgotten(tmp_path: Path)
 async def test_the_background_sweep_forgets_stale_user_agents(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(core, "RECEIPT_SWEEP_INTERVAL", 0.0)  # every expiry sweep
+    monkeypatch.setattr(maintenance, "RECEIPT_SWEEP_INTERVAL", 0.0)  # every expiry sweep
     settings = {"expiry_sweep_interval": 0.05, "user_agent_expiry": 60}
     async with running_service(tmp_path, **settings) as running:
         service = running.service

@@ -162,3 +162,18 @@ async def test_allowed_hosts_setting(tmp_path: Path) -> None:
         ):
             answer = await client.get("/api/stats", headers={"host": host})
             assert answer.status_code == status, (host, answer.text)
+
+
+def test_allowed_hosts_flag_is_repeatable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from tidings.cli import serve as serve_cli
+
+    seen = []
+    monkeypatch.setattr(serve_cli, "_announce", lambda config: seen.append(config))
+    monkeypatch.setattr("tidings.service.run.serve", lambda config: None)
+    flags = ["--allowed-host", "push.example.com", "--allowed-host", "admin.example"]
+    result = CliRunner().invoke(serve_cli.serve, flags)
+    assert result.exit_code == 0, result.output
+    names = allowed_host_names(seen[0].allowed_hosts, seen[0].origin)
+    assert names == frozenset({"push.example.com", "admin.example"})

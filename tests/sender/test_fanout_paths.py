@@ -4,6 +4,7 @@ timer per request on kept-alive HTTP/1.1 connections."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import pytest
 from sender.helpers import Keys, ScriptedService
 from tidings.sender import ResultKind, RetryPolicy, Sender, SendResult
 from tidings.sender.fanout import BATCH
+from tidings.sender.transport import FrozenHeaders
 from tidings.webpush import Subscription, VapidKey, b64url_encode
 
 
@@ -208,3 +210,62 @@ async def test_with_workers_a_personalised_payload_sees_only_checked_subscriptio
     assert summary.accepted == 3 and summary.counts[ResultKind.INVALID] == 1
     assert sorted(seen) == sorted(sub["endpoint"] for sub in subs)
     assert push_service.plaintexts(keys, "p") == [[f"hi p{i}".encode()] for i in range(len(keys))]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_a_fan_out_sends_the_headers_send_would_with_a_fresh_salt_each(
+    push_service: ScriptedService, vapid_key: VapidKey, workers: int
+) -> None:
+    """The fan-out shares one set of headers per origin and draws a batch's salts at once
+    (in this process or in a worker's chunk): each request still carries what `send`
+    builds, and its own salt."""
+    count = BATCH + 3
+    keys, subs = subscribers(push_service, "h", count)
+    async with sender(vapid_key, headers={"X-App": "1"}, encrypt_workers=workers) as s:
+        expected = s.build(subs[0], "same", ttl=60, urgency="high", topic="news").headers
+        summary = await s.send_many(subs, "same", ttl=60, urgency="high", topic="news")
+    assert summary.accepted == count
+    wire_names = {name.lower() for name in expected} | {"host", "content-length"}
+    salts = set()
+    for i in range(count):
+        (seen,) = push_service.seen(f"h{i}")
+        assert {name.lower() for name in seen.headers} == wire_names
+        for name, value in expected.items():
+            assert seen.headers[name] == value
+        salts.add(seen.body[:16])
+    assert len(salts) == count
+    assert push_service.plaintexts(keys, "h") == [[b"same"]] * count
+
+
+def test_frozen_headers_refuse_changes_and_copy_into_plain_ones() -> None:
+    headers = FrozenHeaders({"TTL": "60", "Urgency": "low"})
+    for change in (
+        lambda: headers.__setitem__("TTL", "0"),
+        lambda: headers.__delitem__("TTL"),
+        lambda: headers.update({"TTL": "0"}),
+        lambda: headers.setdefault("Topic", "t"),
+        lambda: headers.pop("TTL"),
+        lambda: headers.popitem(),
+        headers.clear,
+    ):
+        with pytest.raises(TypeError):
+            change()
+    assert headers == {"TTL": "60", "Urgency": "low"}
+    copied = copy.copy(headers)
+    assert type(copied) is FrozenHeaders and copied == headers
+    plain = dict(headers)
+    plain["TTL"] = "0"
+    assert headers["TTL"] == "60"
+
+
+async def test_a_receipt_request_adds_its_headers_to_a_copy_of_shared_ones(
+    push_service: ScriptedService, vapid_key: VapidKey
+) -> None:
+    """A receipt request adds headers per request: to a copy, never to shared ones."""
+    _, subs = subscribers(push_service, "r", 1)
+    async with sender(vapid_key) as s:
+        request = s.build(subs[0], "x", ttl=60)
+        request.headers = FrozenHeaders(request.headers)
+        result = await s.deliver_with_receipt(request)
+    assert result.ok
+    assert type(request.headers) is dict and "respond-async" in request.headers["Prefer"]

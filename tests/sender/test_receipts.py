@@ -388,3 +388,14 @@ async def test_cli_receipt_needs_one_subscription(vapid_key: VapidKey, tmp_path:
     many = [a if a != "--subscription" else "--subscriptions" for a in base]
     result = await run_cli(*many, "--receipt", "x")
     assert result.exit_code == 2 and "--receipt" in result.output
+
+
+def test_receipt_book_and_stream_still_import_from_receipts() -> None:
+    """They moved to `receipt_book` (issue 17): the old import path is an alias."""
+    from tidings.sender import receipt_book, receipts
+    from tidings.sender.receipts import ReceiptBook, ReceiptStream
+
+    assert ReceiptBook is receipt_book.ReceiptBook
+    assert ReceiptStream is receipt_book.ReceiptStream
+    with pytest.raises(AttributeError):
+        _ = receipts.NoSuchName  # type: ignore[attr-defined]

@@ -55,6 +55,22 @@ async def test_each_push_is_a_client_span_whose_context_the_request_carries(
     assert span_id == format(context.span_id, "016x")
 
 
+async def test_a_traced_fan_out_gives_each_request_its_own_traceparent(
+    push_service: ScriptedService, vapid_key: VapidKey, spans: InMemorySpanExporter
+) -> None:
+    """The fan-out's requests share their headers: each span's header goes to a copy."""
+    subs = [Keys.generate().subscription(push_service.endpoint(f"f{i}")) for i in range(3)]
+    async with Sender(vapid_key, "mailto:ops@example.com") as sender:
+        summary = await sender.send_many(subs, "hi", ttl=60)
+    assert summary.accepted == 3
+    parents = [push_service.seen(f"f{i}")[0].headers["traceparent"] for i in range(3)]
+    span_ids = {
+        format(span.get_span_context().span_id, "016x") for span in spans.get_finished_spans()
+    }
+    assert {parent.split("-")[2] for parent in parents} == span_ids
+    assert len(span_ids) == 3
+
+
 async def test_without_tracing_nothing_is_added(
     push_service: ScriptedService, vapid_key: VapidKey
 ) -> None:

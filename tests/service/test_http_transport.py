@@ -228,7 +228,7 @@ async def test_expect_100_continue_with_too_large_body_gets_413(
 class _SlowSession:
     """A session whose handling of a frame never finishes (a busy store, say)."""
 
-    uaid = None
+    greeted = False
     peer = "test"
 
     def __init__(self) -> None:
@@ -280,9 +280,10 @@ async def test_a_client_flooding_frames_is_paused_not_buffered(tmp_path: Path) -
     async with running_service(tmp_path) as service:
         assert service.service is not None
         transport: Any = _Transport()
-        protocol = ws.PushWebSocket(transport, service.service, "test", max_message=65536)
         session = _SlowSession()
-        protocol.session = session  # type: ignore[assignment]
+        protocol = ws.WebSocketConnection(
+            transport, lambda channel, client: session, "test", max_message=65536, hello_timeout=10
+        )
         frames = b"".join(_masked(json.dumps({"n": i})) for i in range(ws.MAX_QUEUED_FRAMES + 5))
         protocol.data_received(frames)
         await session.started.wait()
@@ -298,3 +299,25 @@ async def test_an_idle_http2_connection_is_closed(tmp_path: Path) -> None:
         client = await H2Client.connect(service.url)
         assert (await client.request("GET", "/health")).status == 200
         await asyncio.wait_for(client.closed.wait(), 5)  # closed after 0.3 s of idleness
+
+
+async def test_a_store_down_at_hello_closes_with_try_again_later(tmp_path: Path) -> None:
+    """The session, not the connection, turns StoreUnavailable into close 1013."""
+    import websockets
+
+    from tidings.service.store import StoreUnavailable
+
+    async with running_service(tmp_path) as service:
+        assert service.service is not None
+
+        async def store_down(uaid: str | None) -> str:
+            raise StoreUnavailable("disk gone")
+
+        service.service.resolve_uaid = store_down  # type: ignore[method-assign]
+        async with websockets.connect(service.ws_url, open_timeout=5, compression=None) as client:
+            await client.send(json.dumps({"messageType": "hello", "use_webpush": True}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(client.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1013
+        assert closed.value.rcvd.reason == "service unavailable, try again later"

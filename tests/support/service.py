@@ -68,7 +68,7 @@ async def running_service(tmp_path: Path, **settings: Any) -> AsyncIterator[Runn
     server = build_server(config)
     await server.start()
     try:
-        yield RunningService(config, server.service)
+        yield RunningService(config, server.app.service)
     finally:
         await server.stop(grace=2)
 

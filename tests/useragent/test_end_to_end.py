@@ -42,6 +42,14 @@ def service_uaid(service: RunningService, ua: UserAgent) -> str:
     return service.service.open_set(ua.uaid.rsplit("/set/", 1)[1])
 
 
+def uaid_of(service: RunningService, ua: UserAgent, protocol: str) -> str:
+    """The service's id of the user agent (over RFC 8030, its subscription set's)."""
+    if protocol == "rfc8030":
+        return service_uaid(service, ua)
+    assert ua.uaid is not None
+    return ua.uaid
+
+
 async def test_pywebpush_exact_bytes_text_and_json(
     service: RunningService, tmp_path: Path, protocol: str
 ) -> None:

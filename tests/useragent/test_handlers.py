@@ -11,21 +11,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from support.service import RunningService
-from tidings.useragent import PushEvent, UserAgent
+from tidings.useragent import PushEvent
 from tidings.webpush import encrypt, public_key_bytes
 
 from .helpers import Inbox, send_raw
-from .test_end_to_end import agent, protocol, service_uaid
+from .test_end_to_end import agent, protocol, uaid_of
 
 __all__ = ["protocol"]  # the fixture, shared with test_end_to_end
-
-
-def uaid_of(service: RunningService, ua: UserAgent, protocol: str) -> str:
-    """The service's id of the user agent (over RFC 8030, its subscription set's)."""
-    if protocol == "rfc8030":
-        return service_uaid(service, ua)
-    assert ua.uaid is not None
-    return ua.uaid
 
 
 async def pending(service: RunningService, uaid: str) -> int:

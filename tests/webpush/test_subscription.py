@@ -170,3 +170,48 @@ def test_an_invalid_key_is_refused_every_time(ua: UserAgentKeys) -> None:
             load_p256_public_key(not_on_curve)
     good = Subscription("https://a.example/1", ua.public, ua.auth)
     assert good.public_key.public_numbers() == load_p256_public_key(ua.public).public_numbers()
+
+
+@pytest.mark.parametrize("endpoint", [*ENDPOINTS, 42, None, ""])
+def test_the_one_step_constructor_judges_like_the_dataclass_one(
+    ua: UserAgentKeys, endpoint: Any
+) -> None:
+    """`Subscription._made` (the fan-out's and from_json's) makes the same objects and
+    refuses the same input with the same message, key fields included."""
+
+    def verdict(make: Any, *args: Any) -> object:
+        try:
+            return make(*args)
+        except InvalidSubscription as exc:
+            return f"refused: {exc}"
+
+    cases: list[tuple[Any, ...]] = [
+        (endpoint, ua.public, ua.auth),
+        (endpoint, ua.public, ua.auth, 1700000000),
+        (endpoint, ua.public, ua.auth, float("nan")),
+        (endpoint, ua.public, ua.auth, True),
+        ("https://a.example/1", ua.public[:64], ua.auth),
+        ("https://a.example/1", b"\x04" + bytes(64), ua.auth),
+        ("https://a.example/1", ua.public, ua.auth[:15]),
+        ("https://a.example/1", "text", ua.auth),
+    ]
+    for args in cases:
+        assert verdict(Subscription._made, *args) == verdict(Subscription, *args)
+
+
+def test_from_json_checks_the_endpoint_once(
+    ua: UserAgentKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings.webpush import subscription as module
+
+    checked: list[object] = []
+    check = module._check_endpoint
+
+    def counting(endpoint: object) -> str:
+        checked.append(endpoint)
+        return check(endpoint)
+
+    monkeypatch.setattr(module, "_check_endpoint", counting)
+    sub = Subscription.from_json(browser_json(ua))
+    assert checked == [sub.endpoint]
+    assert sub == Subscription(sub.endpoint, ua.public, ua.auth)

@@ -6,7 +6,8 @@
 is asleep (no process: `tidings agent` starts it on the push), places calls and prints
 the timeline of each call set-up. `--media` makes each call carry audio and video
 (aiortc, ICE on 127.0.0.1 only) for `--seconds`, then the caller hangs up; `--json`
-prints one JSON object per call instead of the timeline.
+prints one JSON object per call instead of the timeline. The scene is `CallDemo`
+(demo_call.py); what each call gives back is in demo_report.py.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ async def _call(
     seconds: float = 3.0,
     as_json: bool = False,
 ) -> None:
-    from tidings.hyperty.demo import CallDemo
+    from tidings.cli.demo_call import CallDemo
 
     async with CallDemo(
         work,

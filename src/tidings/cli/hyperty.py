@@ -112,7 +112,7 @@ def push_element(
     log_level: str,
 ) -> None:
     """Run the push element domain://push.<DOMAIN> with its HTTP endpoint at /hyperty/."""
-    from tidings.hyperty.element import ElementLimits
+    from tidings.hyperty.element_limits import ElementLimits
     from tidings.hyperty.identity import IdentityVerifier
     from tidings.service.limits import Rule
 
@@ -220,8 +220,8 @@ def runtime_init(
     asleep: bool,
 ) -> None:
     """Create a runtime with one hyperty, subscribe it and register it at the push element."""
-    from tidings.hyperty.demo import wake_command
     from tidings.hyperty.runtime import HypertyRuntime, HypertyRuntimeError
+    from tidings.hyperty.wake import wake_command
 
     async def init() -> dict[str, object]:
         runtime = HypertyRuntime(None, state, domain=domain, element=element, service=service)

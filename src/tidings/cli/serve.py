@@ -105,6 +105,15 @@ from tidings.service.logs import configure_logging
     "comma-separated]",
 )
 @click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A host name the dashboard, pages and demo answer to (DNS rebinding); repeatable, "
+    "`*` for any. Push resources answer any. [default: the --public-url host and localhost; "
+    "env TIDINGS_ALLOWED_HOSTS, comma-separated]",
+)
+@click.option(
     "--megaphone-url",
     help="Read broadcasts from Mozilla's Megaphone service (its /v1/broadcasts URL) "
     "instead of the store; the broadcast API then refuses changes. [env TIDINGS_MEGAPHONE_URL]",
@@ -130,7 +139,8 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     """
     if flags.get("secrets") is not None:
         flags["secrets"] = str(flags["secrets"])
-    flags["trusted_proxies"] = ",".join(flags.get("trusted_proxies") or ()) or None
+    for listed in ("trusted_proxies", "allowed_hosts"):  # repeatable flags, one setting each
+        flags[listed] = ",".join(flags.get(listed) or ()) or None
     try:
         config = load_config(config_file).with_overrides(flags)
     except (ValueError, OSError) as exc:

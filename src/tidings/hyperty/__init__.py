@@ -5,11 +5,14 @@
   objects (addresses.py);
 - `PushElement`: `domain://push.<domain>`, next to the message node: runtime credentials,
   address allocation, registrations, delivery by Web Push, cancel by Topic, answers
-  routed back, `ElementLimits` (element.py, http.py);
+  routed back (element.py, http.py); `Mailboxes`: who is connected (mailboxes.py);
+  `ElementLimits`, `Refused` (element_limits.py);
 - `IdentityVerifier`: identity assertions checked against an IdP's JWKS (identity.py);
   `IdentityProvider`: a test IdP (idp.py);
 - `HypertyRuntime`: a runtime that keeps its address, sleeps, and is woken by a push
-  (runtime.py, wake.py); `Connector`: the call set-up hyperty (connector.py).
+  (runtime.py, its state in runtime_state.py, its HTTP calls to the element in
+  element_client.py, wake.py); `HypertyContext` and factories: what a hyperty sees of
+  its runtime (context.py); `Connector`: the call set-up hyperty (connector.py).
 
 See docs/hyperty.md.
 """
@@ -37,16 +40,12 @@ if TYPE_CHECKING:
         runtime_url,
         user_url,
     )
-    from tidings.hyperty.element import (
-        Delivery,
-        ElementEvent,
-        ElementLimits,
-        Mailboxes,
-        PushElement,
-        Refused,
-    )
+    from tidings.hyperty.context import Hyperty, HypertyContext, HypertyFactory, HypertyRuntimeError
+    from tidings.hyperty.element import Delivery, ElementEvent, PushElement
+    from tidings.hyperty.element_limits import ElementLimits, Refused
     from tidings.hyperty.identity import IdentityError, IdentityVerifier
     from tidings.hyperty.idp import IdentityProvider
+    from tidings.hyperty.mailboxes import Mailboxes
     from tidings.hyperty.message import (
         MESSAGE_TYPES,
         Message,
@@ -68,13 +67,7 @@ if TYPE_CHECKING:
         topic_for,
         urgency_for,
     )
-    from tidings.hyperty.runtime import (
-        Hyperty,
-        HypertyContext,
-        HypertyFactory,
-        HypertyRuntime,
-        HypertyRuntimeError,
-    )
+    from tidings.hyperty.runtime import HypertyRuntime
     from tidings.hyperty.store import ElementStore
 
 #: Where each public name lives; imported on first use, so that a woken runtime
@@ -86,24 +79,24 @@ _EXPORTS = {
     "AddressError": "tidings.hyperty.addresses",
     "Delivery": "tidings.hyperty.element",
     "ElementEvent": "tidings.hyperty.element",
-    "ElementLimits": "tidings.hyperty.element",
+    "ElementLimits": "tidings.hyperty.element_limits",
     "ElementStore": "tidings.hyperty.store",
-    "Hyperty": "tidings.hyperty.runtime",
-    "HypertyContext": "tidings.hyperty.runtime",
-    "HypertyFactory": "tidings.hyperty.runtime",
+    "Hyperty": "tidings.hyperty.context",
+    "HypertyContext": "tidings.hyperty.context",
+    "HypertyFactory": "tidings.hyperty.context",
     "HypertyRuntime": "tidings.hyperty.runtime",
-    "HypertyRuntimeError": "tidings.hyperty.runtime",
+    "HypertyRuntimeError": "tidings.hyperty.context",
     "IdentityError": "tidings.hyperty.identity",
     "IdentityProvider": "tidings.hyperty.idp",
     "IdentityVerifier": "tidings.hyperty.identity",
-    "Mailboxes": "tidings.hyperty.element",
+    "Mailboxes": "tidings.hyperty.mailboxes",
     "Message": "tidings.hyperty.message",
     "MessageError": "tidings.hyperty.message",
     "MessageTooLarge": "tidings.hyperty.rules",
     "MessageType": "tidings.hyperty.message",
     "PushElement": "tidings.hyperty.element",
     "PushPlan": "tidings.hyperty.rules",
-    "Refused": "tidings.hyperty.element",
+    "Refused": "tidings.hyperty.element_limits",
     "Registration": "tidings.hyperty.rules",
     "Route": "tidings.hyperty.rules",
     "allocation_url": "tidings.hyperty.addresses",

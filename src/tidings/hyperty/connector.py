@@ -56,9 +56,9 @@ from tidings.hyperty.addresses import (
     object_url,
     user_url,
 )
+from tidings.hyperty.context import HypertyContext, HypertyRuntimeError
 from tidings.hyperty.message import Message
 from tidings.hyperty.rules import is_cancel, is_invitation
-from tidings.hyperty.runtime import HypertyContext, HypertyRuntimeError
 
 if TYPE_CHECKING:
     from tidings.hyperty.media import MediaCall, Signal

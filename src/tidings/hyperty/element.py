@@ -1,13 +1,16 @@
 """The push element `domain://push.<domain>`: Web Push towards sleeping Hyperty runtimes.
 
+Over 500 lines: one class, whose access checks, registrations and deliveries share a store.
+
 It sits next to the service provider's message node. Runtimes register their push
 subscription and the hyperties they host; a message for a hyperty whose runtime is not
 connected is kept as pending and sent as a Web Push (the reTHINK message is the payload);
 the callee's answer comes back here and goes on to the caller.
 
 "Connected" means what the message node knows: a runtime that holds its message
-connection, here a long-poll on `/hyperty/inbox` (see `Mailboxes`), gets its messages
-there and is not pushed. The I/O-free decisions live in `rules.py`.
+connection, here a long-poll on `/hyperty/inbox` (see `Mailboxes` in `mailboxes.py`),
+gets its messages there and is not pushed. The I/O-free decisions live in `rules.py`;
+the limits and the refusals (`ElementLimits`, `Refused`) in `element_limits.py`.
 
 Who may do what (`admit`, `poll`): a runtime's first registration gets a credential
 (256 random bits, returned once, stored hashed); everything it does afterwards carries
@@ -19,12 +22,11 @@ configured; pushes go only to trusted push service origins. See docs/hyperty.md.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +39,16 @@ from tidings.hyperty.addresses import (
     object_url,
     push_element_url,
 )
+from tidings.hyperty.element_limits import (
+    ERRNO_POLLS,
+    ERRNO_RATE,
+    ElementLimits,
+    Refused,
+    forbidden,
+    unauthorized,
+)
 from tidings.hyperty.identity import IdentityError, IdentityVerifier, strip_verified
+from tidings.hyperty.mailboxes import LAST_SEEN_PRUNE_MIN, Mailboxes
 from tidings.hyperty.message import Message, MessageError
 from tidings.hyperty.rules import (
     DEFAULT_TTL,
@@ -57,6 +68,7 @@ from tidings.sender.results import ResultKind, SendResult
 from tidings.service.limits import Rule, TokenBucket
 
 __all__ = [
+    "LAST_SEEN_PRUNE_MIN",
     "Admitted",
     "Delivery",
     "ElementEvent",
@@ -68,62 +80,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("tidings.hyperty.element")
-
-#: Messages kept per address for a runtime that is between two polls.
-MAILBOX_LIMIT = 256
-#: Bytes of messages kept per address for a runtime that is between two polls.
-MAILBOX_BYTES = 256 * 1024
-
-#: Stable error numbers of the element's refusals (the HTTP endpoint's space, 301-319).
-ERRNO_UNAUTHORIZED = 306
-ERRNO_FORBIDDEN = 307
-ERRNO_RATE = 308
-ERRNO_POLLS = 309
-
-
-@dataclass(frozen=True)
-class ElementLimits:
-    """What one client or runtime may make the element hold or do."""
-
-    registrations_per_client: Rule | None = Rule(0.5, 30)  # noqa: RUF009 - frozen, shared
-    """Registrations (and unregistrations) per client IP address: 30/min, bursts of 30."""
-    messages_per_runtime: Rule | None = Rule(10.0, 100)  # noqa: RUF009 - frozen, shared
-    """Messages (requests, answers, allocations) per runtime: 10/s, bursts of 100."""
-    hyperties_per_runtime: int = 32
-    """Hyperty addresses allocated to one runtime (and so registered by it)."""
-    allocation_batch: int = 8
-    """Addresses one allocation request may ask for."""
-    objects_per_runtime: int = 1024
-    """Data object URLs bound to one runtime; binding more releases its oldest."""
-    inbox_messages: int = MAILBOX_LIMIT
-    inbox_bytes: int = MAILBOX_BYTES
-    polls_per_runtime: int = 4
-    """Inbox long-polls one runtime may hold open at once."""
-    max_runtimes: int = 100_000
-    buckets: int = 100_000
-    """Rate limit buckets kept (an LRU: an evicted bucket comes back full)."""
-
-
-class Refused(Exception):
-    """A request the element will not act on: an HTTP status and the JSON error body."""
-
-    def __init__(
-        self, status: int, errno: int, error: str, message: str, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.errno = errno
-        self.error = error
-        self.message = message
-        self.retry_after = retry_after
-
-
-def _unauthorized(message: str) -> Refused:
-    return Refused(401, ERRNO_UNAUTHORIZED, "unauthorized", message)
-
-
-def _forbidden(message: str) -> Refused:
-    return Refused(403, ERRNO_FORBIDDEN, "forbidden", message)
 
 
 @dataclass(frozen=True)
@@ -156,133 +112,6 @@ class ElementEvent:
     kind: str  # registered, unregistered, pushed, inbox, purged, cancelled, routed, refused
     at: float
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-LAST_SEEN_PRUNE_MIN = 4096  # poll times kept before a prune is worth its scan
-
-
-class Mailboxes:
-    """Messages for connected runtimes, taken by long-poll; who is connected.
-
-    An address counts as connected while a poll for it is open, and for `grace`
-    seconds after one returned (the runtime is about to poll again). What it keeps per
-    address is bounded by what is live: an address's poll count and session only while
-    a poll is open, its last poll time only until `grace` has passed (pruned whenever
-    the table has doubled), its queue by `max_messages` and `max_bytes`.
-    """
-
-    def __init__(
-        self,
-        grace: float = 3.0,
-        clock: Callable[[], float] = time.monotonic,
-        *,
-        max_messages: int = MAILBOX_LIMIT,
-        max_bytes: int = MAILBOX_BYTES,
-    ) -> None:
-        self.grace = grace
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
-        self._clock = clock
-        self._queues: dict[str, collections.deque[Message]] = {}
-        self._bytes: collections.Counter[str] = collections.Counter()
-        self._polls: collections.Counter[str] = collections.Counter()
-        self._last_seen: dict[str, float] = {}
-        self._prune_at = LAST_SEEN_PRUNE_MIN
-        self._sessions: collections.Counter[str] = collections.Counter()
-        self._changed = asyncio.Event()
-        self._closed = False
-
-    def connected(self, address: str) -> bool:
-        if self._polls[address] > 0:
-            return True
-        seen = self._last_seen.get(address)
-        return seen is not None and self._clock() - seen < self.grace
-
-    def put(self, address: str, message: Message) -> bool:
-        """Queue a message for `address`; False (nothing queued) when its inbox is full."""
-        size = len(message.encoded())
-        queue = self._queues.get(address)
-        if queue is not None and (
-            len(queue) >= self.max_messages or self._bytes[address] + size > self.max_bytes
-        ):
-            return False
-        if queue is None:
-            queue = self._queues[address] = collections.deque()
-        queue.append(message)
-        self._bytes[address] += size
-        self._changed.set()
-        return True
-
-    def queued(self, address: str) -> tuple[int, int]:
-        """Messages and bytes waiting for `address`."""
-        return len(self._queues.get(address, ())), self._bytes[address]
-
-    def _drain(self, addresses: Iterable[str]) -> list[Message]:
-        taken: list[Message] = []
-        for address in addresses:
-            queue = self._queues.pop(address, None)
-            self._bytes.pop(address, None)
-            if queue:
-                taken.extend(queue)
-        return taken
-
-    async def take(self, addresses: list[str], timeout: float) -> list[Message]:
-        """The messages for `addresses`, waiting up to `timeout` seconds for the first."""
-        for address in addresses:
-            self._polls[address] += 1
-        session = [self._sessions[address] for address in addresses]
-        try:
-            deadline = self._clock() + timeout
-            while True:
-                if session != [self._sessions[address] for address in addresses]:
-                    return []  # the runtime disconnected: this poll is an orphan
-                taken = self._drain(addresses)
-                left = deadline - self._clock()
-                if taken or left <= 0 or self._closed:
-                    return taken
-                self._changed.clear()
-                try:
-                    await asyncio.wait_for(self._changed.wait(), left)
-                except TimeoutError:
-                    return self._drain(addresses)
-        finally:
-            now = self._clock()
-            ended = session != [self._sessions[address] for address in addresses]
-            for address in addresses:
-                self._polls[address] -= 1
-                if not self._polls[address]:
-                    del self._polls[address]
-                    self._sessions.pop(address, None)  # only an open poll compares it
-                if not ended:
-                    self._last_seen[address] = now
-            if len(self._last_seen) > self._prune_at:
-                self._prune_last_seen(now)
-
-    def disconnect(self, addresses: Iterable[str]) -> int:
-        """The runtime left (it goes back to sleep): its addresses are not connected from
-        now on, so the next message is pushed. Open polls for them end (a poll whose
-        process exited would otherwise hold them "connected" until its timeout), and
-        what was queued for them is dropped; how many messages that was."""
-        dropped = 0
-        for address in addresses:
-            if self._polls[address]:  # ends the open polls of this address
-                self._sessions[address] += 1
-            self._last_seen.pop(address, None)
-            dropped += len(self._queues.pop(address, ()))
-            self._bytes.pop(address, None)
-        self._changed.set()
-        return dropped
-
-    def _prune_last_seen(self, now: float) -> None:
-        """Forget poll times older than `grace`: they no longer make anyone connected."""
-        cutoff = now - self.grace
-        self._last_seen = {a: seen for a, seen in self._last_seen.items() if seen > cutoff}
-        self._prune_at = max(LAST_SEEN_PRUNE_MIN, 2 * len(self._last_seen))
-
-    def close(self) -> None:
-        """End every open poll (the server is stopping)."""
-        self._closed = True
-        self._changed.set()
 
 
 @dataclass(frozen=True)
@@ -382,13 +211,13 @@ class PushElement:
     def authenticate(self, credential: str | None) -> str:
         """The runtime a credential belongs to; Refused (401) for none or an unknown one."""
         if not credential:
-            raise _unauthorized(
+            raise unauthorized(
                 "present the runtime credential the registration returned "
                 "(Authorization: Bearer <credential>)"
             )
         runtime = self.store.runtime_by_credential(credential)
         if runtime is None:
-            raise _unauthorized("the credential is not valid here")
+            raise unauthorized("the credential is not valid here")
         return runtime
 
     def owns(self, runtime: str, address: str) -> bool:
@@ -437,13 +266,13 @@ class PushElement:
         self._take("runtime", runtime, self.limits.messages_per_runtime, "messages")
         if route in (Route.REGISTER, Route.UNREGISTER, Route.ALLOCATE):
             if runtime_of(message.from_) != runtime:
-                raise _forbidden(f"the credential is not the one of {runtime_of(message.from_)}")
+                raise forbidden(f"the credential is not the one of {runtime_of(message.from_)}")
             return Admitted(message, runtime)
         source = message.source  # checked first: a refused message binds no data object
         if source is not None and is_hyperty(source) and not self.owns(runtime, source):
-            raise _forbidden(f"body.source {source} is not an address of the sending runtime")
+            raise forbidden(f"body.source {source} is not an address of the sending runtime")
         if not self.owns(runtime, message.from_):
-            raise _forbidden(f"{message.from_} is not an address of the sending runtime")
+            raise forbidden(f"{message.from_} is not an address of the sending runtime")
         identity = message.identity
         if identity is not None:
             if self.identity is None:
@@ -453,7 +282,7 @@ class PushElement:
                     checked = await self.identity.check(identity)
                 except IdentityError as exc:
                     self._event("refused", id=message.id, reason=f"identity: {exc}")
-                    raise _forbidden(f"body.identity.assertion: {exc}") from None
+                    raise forbidden(f"body.identity.assertion: {exc}") from None
             message = message.with_body(identity=checked)
         return Admitted(message, runtime)
 
@@ -468,7 +297,7 @@ class PushElement:
         runtime = self.authenticate(credential)
         foreign = [a for a in addresses if not is_hyperty(a) or self.store.owner_of(a) != runtime]
         if foreign:
-            raise _forbidden(f"{foreign[0]} is not an address of this runtime")
+            raise forbidden(f"{foreign[0]} is not an address of this runtime")
         if self._polls[runtime] >= self.limits.polls_per_runtime:
             raise Refused(
                 429,
@@ -491,7 +320,7 @@ class PushElement:
         runtime = self.authenticate(credential)
         foreign = [a for a in addresses if not is_hyperty(a) or self.store.owner_of(a) != runtime]
         if foreign:
-            raise _forbidden(f"{foreign[0]} is not an address of this runtime")
+            raise forbidden(f"{foreign[0]} is not an address of this runtime")
         self._take("runtime", runtime, self.limits.messages_per_runtime, "messages")
         dropped = self.mailboxes.disconnect(addresses)
         self._event("disconnected", runtime=runtime, addresses=addresses, dropped=dropped)

@@ -39,8 +39,10 @@ from urllib.parse import parse_qs
 
 import uvicorn
 
-from tidings.hyperty.element import PushElement, Refused
+from tidings.hyperty.element import PushElement
+from tidings.hyperty.element_limits import Refused
 from tidings.hyperty.message import Message, MessageError
+from tidings.webpush.errors import error_body
 
 __all__ = ["ElementApp", "ElementServer"]
 
@@ -222,13 +224,7 @@ async def _refused(send: Send, refused: Refused) -> None:
         from tidings.service.limits import retry_after
 
         headers.append((b"retry-after", retry_after(refused.retry_after).encode()))
-    document = {
-        "code": refused.status,
-        "errno": refused.errno,
-        "error": refused.error,
-        "message": refused.message,
-    }
-    body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    body = error_body(refused.status, refused.errno, refused.message, error=refused.error)
     await _respond(send, refused.status, body, "application/json", headers)
 
 
@@ -274,7 +270,8 @@ async def _json(send: Send, status: int, document: Any) -> None:
 
 
 async def _error(send: Send, status: int, errno: int, error: str, message: str) -> None:
-    await _json(send, status, {"code": status, "errno": errno, "error": error, "message": message})
+    body = error_body(status, errno, message, error=error)
+    await _respond(send, status, body, "application/json")
 
 
 class _Server(uvicorn.Server):

@@ -1,5 +1,7 @@
 """The runtime side: a Hyperty runtime that sleeps and is woken by Web Push.
 
+Over 500 lines: one class whose bus, message connection and registration share its state.
+
     runtime = HypertyRuntime(None, "state/", domain="example.com",
                              element="http://127.0.0.1:8090/hyperty",
                              service="ws://127.0.0.1:8080/")
@@ -9,41 +11,41 @@
         ...                                                 # pushes wake hyperties
 
 The runtime keeps its `hyperty-runtime://` URL, its hyperties (address, factory,
-options) and the credential the element issued it in `<state>/runtime.json` (0600), so
+options) and the credential the element issued it in `<state>/runtime.json` (0600,
+`RuntimeState` in `runtime_state.py`), so
 a restarted or freshly woken runtime re-creates each hyperty at its old address and
 speaks for it. Hyperty addresses come from the element's address allocation
 (`allocate`); the first registration, made before the first allocation, gets the
 credential that every later request presents (`Authorization: Bearer`).
 
 Its message bus is the in-process `post`: a message for a local hyperty is handed to
-it, anything else goes to the push element over HTTP (which stands for the runtime's
-message node connection). `listen=True` long-polls the element's inbox for the
-runtime's hyperties, which is how a caller gets its answers and how the element knows
-the runtime is connected.
+it, anything else goes to the push element over HTTP (`ElementClient` in
+`element_client.py`, standing for the runtime's message node connection).
+`listen=True` long-polls the element's inbox for the runtime's hyperties, which is how
+a caller gets its answers and how the element knows the runtime is connected.
 
 Three ways to be woken:
 - in-process: `service=` set, the runtime's own `UserAgent` calls `wake` on each push;
 - asleep: `subscribe(command=...)` records a command for `tidings agent`, which starts
   `python -m tidings.hyperty.wake --state DIR` per push (see `wake.py`);
 - a browser: the service worker of the demo page (`web/sw.js`).
+
+What a hosted hyperty sees of the runtime (`HypertyContext`, factories) is in `context.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import itertools
 import json
 import logging
 import os
 import random
-import threading
 import time
-import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from tidings.hyperty.addresses import (
     allocation_url,
@@ -54,8 +56,18 @@ from tidings.hyperty.addresses import (
     runtime_registry_url,
 )
 from tidings.hyperty.addresses import runtime_url as new_runtime_url
-from tidings.hyperty.element_request import ElementUnreachable, element_request
+from tidings.hyperty.context import (
+    BUILTIN_FACTORIES,
+    AnswerCallback,
+    Hyperty,
+    HypertyContext,
+    HypertyFactory,
+    HypertyRuntimeError,
+    load_factory,
+)
+from tidings.hyperty.element_client import ElementClient
 from tidings.hyperty.message import Message, MessageError
+from tidings.hyperty.runtime_state import EVENTS_FILE, STATE_FILE, HostedHyperty, RuntimeState
 
 if TYPE_CHECKING:
     from tidings.useragent import PushEvent, PushSubscriptionChangeEvent, UserAgent
@@ -67,91 +79,12 @@ __all__ = [
     "HypertyFactory",
     "HypertyRuntime",
     "HypertyRuntimeError",
+    "RuntimeState",
 ]
 
 log = logging.getLogger("tidings.hyperty.runtime")
 
 SCOPE = "hyperty-runtime"
-STATE_FILE = "runtime.json"
-EVENTS_FILE = "events.jsonl"
-
-#: Factories known by name; any other name of the form `module:attribute` is imported.
-BUILTIN_FACTORIES: dict[str, str] = {"connector": "tidings.hyperty.connector:Connector"}
-
-
-class HypertyRuntimeError(Exception):
-    """The runtime cannot do what was asked (no state, element unreachable, ...)."""
-
-
-class Hyperty(Protocol):
-    """A hyperty instance: it receives the messages addressed to it."""
-
-    async def on_message(self, message: Message) -> None: ...
-
-
-HypertyFactory = Callable[["HypertyContext"], Hyperty]
-
-
-class HypertyContext:
-    """What a hyperty gets from its runtime: its address, options and the bus."""
-
-    def __init__(
-        self, runtime: HypertyRuntime, url: str, factory: str, options: dict[str, Any]
-    ) -> None:
-        self.runtime = runtime
-        self.url = url
-        self.factory = factory
-        self.options = options
-
-    @property
-    def domain(self) -> str:
-        return parse_address(self.url).domain
-
-    def next_id(self) -> int:
-        return self.runtime.next_id()
-
-    async def post(self, message: Message) -> Message | None:
-        """Send on the runtime's bus; the element's answer for a remote message."""
-        return await self.runtime.post(message)
-
-    async def request(
-        self, message: Message, timeout: float = 30.0, *, on_answer: AnswerCallback | None = None
-    ) -> Message:
-        """Send and wait for the final response (see `HypertyRuntime.request`)."""
-        return await self.runtime.request(message, timeout, on_answer=on_answer)
-
-    async def reply(
-        self, request: Message, code: int, description: str | None = None, value: Any = None
-    ) -> Message | None:
-        """Answer `request` with a reTHINK response from this hyperty."""
-        return await self.runtime.post(request.response(code, description, value, from_=self.url))
-
-    def log_event(self, kind: str, **detail: Any) -> None:
-        self.runtime.log_event(kind, hyperty=self.url, **detail)
-
-    async def connect(self) -> None:
-        """Hold the runtime's message connection from now on (see `HypertyRuntime.connect`)."""
-        await self.runtime.connect()
-
-    def hold(self) -> None:
-        """Keep the runtime awake (a call in progress) until `release`."""
-        self.runtime.hold()
-
-    def release(self) -> None:
-        self.runtime.release()
-
-
-AnswerCallback = Callable[[Message], None]
-
-
-def _load_factory(spec: str) -> HypertyFactory:
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise HypertyRuntimeError(f"factory {spec!r} is neither a known name nor module:attribute")
-    factory = getattr(importlib.import_module(module_name), attribute)
-    if not callable(factory):
-        raise HypertyRuntimeError(f"factory {spec!r} is not callable")
-    return factory  # type: ignore[no-any-return]
 
 
 class HypertyRuntime:
@@ -172,8 +105,8 @@ class HypertyRuntime:
     ) -> None:
         self.state_path = Path(state_path)
         self.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._state: dict[str, Any] = self._load_state()
-        stored = self._state.get("runtime_url")
+        self._state = RuntimeState.load(self.state_path / STATE_FILE)
+        stored = self._state.runtime_url
         if runtime_url is None:
             if stored is None:
                 if domain is None:
@@ -189,16 +122,16 @@ class HypertyRuntime:
             )
         self.url: str = runtime_url
         self.domain: str = parse_address(runtime_url).domain
-        self._state["runtime_url"] = runtime_url
-        for name, value in (("element", element), ("service", service)):
-            if value is not None:
-                self._state[name] = value.rstrip("/") if name == "element" else value
-        self._state.setdefault("hyperties", {})
+        self._state.runtime_url = runtime_url
+        if element is not None:
+            self._state.element = element.rstrip("/")
+        if service is not None:
+            self._state.service = service
         self._save_state()
         self.factories: dict[str, HypertyFactory | str] = {**BUILTIN_FACTORIES, **(factories or {})}
         self.listen = listen
         self.poll_timeout = poll_timeout
-        self.http_timeout = http_timeout
+        self._client = ElementClient(lambda: self.element, lambda: self.credential, http_timeout)
         self._running: dict[str, Hyperty] = {}
         self._creating: dict[str, asyncio.Lock] = {}
         self._waiting: dict[
@@ -215,30 +148,22 @@ class HypertyRuntime:
 
     # State --------------------------------------------------------------------------------
 
-    def _load_state(self) -> dict[str, Any]:
-        path = self.state_path / STATE_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError as exc:
-            raise HypertyRuntimeError(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise HypertyRuntimeError(f"{path} does not hold a JSON object")
-        return data
-
     def _save_state(self) -> None:
-        path = self.state_path / STATE_FILE
-        temporary = path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            json.dump(self._state, file, indent=2)
-        os.replace(temporary, path)
+        self._state.save(self.state_path / STATE_FILE)
+
+    @property
+    def http_timeout(self) -> float:
+        """Seconds one request to the push element may take (the inbox poll aside)."""
+        return self._client.timeout
+
+    @http_timeout.setter
+    def http_timeout(self, value: float) -> None:
+        self._client.timeout = value
 
     @property
     def element(self) -> str:
         """The push element's HTTP base URL (`http://host:port/hyperty`)."""
-        element = self._state.get("element")
+        element = self._state.element
         if not element:
             raise HypertyRuntimeError(
                 "no push element URL: pass element='http://host:port/hyperty'"
@@ -248,12 +173,7 @@ class HypertyRuntime:
     @property
     def credential(self) -> str | None:
         """The credential the element issued this runtime at its first registration."""
-        value = self._state.get("credential")
-        return value if isinstance(value, str) else None
-
-    def _authorization(self) -> dict[str, str]:
-        credential = self.credential
-        return {"authorization": f"Bearer {credential}"} if credential else {}
+        return self._state.credential
 
     @property
     def element_address(self) -> str:
@@ -261,15 +181,15 @@ class HypertyRuntime:
         return push_element_url(self.domain)
 
     @property
-    def hyperties(self) -> dict[str, dict[str, Any]]:
+    def hyperties(self) -> dict[str, HostedHyperty]:
         """The hosted hyperties: address -> {factory, options}."""
-        return dict(self._state["hyperties"])
+        return dict(self._state.hyperties)
 
     @property
     def subscription(self) -> dict[str, Any] | None:
         """The push subscription the runtime registered (the browser's toJSON shape)."""
-        value = self._state.get("subscription")
-        return dict(value) if isinstance(value, dict) else None
+        value = self._state.subscription
+        return dict(value) if value is not None else None
 
     def log_event(self, kind: str, **detail: Any) -> None:
         """Append one line to `<state>/events.jsonl` (what woke, what ran, when)."""
@@ -297,10 +217,10 @@ class HypertyRuntime:
         runtime is not served by a command (`subscribe(command=...)`, the asleep mode).
         """
         self._started = True
-        if self._state.get("service") and self._agent is None and not self._state.get("command"):
+        if self._state.service and self._agent is None and not self._state.command:
             from tidings.useragent import UserAgent
 
-            self._agent = UserAgent(self._state["service"], self.state_path)
+            self._agent = UserAgent(self._state.service, self.state_path)
             await self._agent.start()
             await self._agent.register(
                 SCOPE, on_push=self._on_push, on_subscription_change=self._on_change
@@ -331,64 +251,11 @@ class HypertyRuntime:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        query: str = "",
-        *,
-        timeout: float | None = None,
-        own_thread: bool = False,
-    ) -> tuple[int, Any]:
-        """One request to the push element: (status, parsed JSON body).
-
-        The standard library in a thread: a woken runtime answers without loading an
-        HTTP client library (the answer is one small POST; see docs/hyperty.md).
-        `own_thread` runs it on a daemon thread of its own rather than the loop's
-        executor: the inbox long-poll, which must neither hold an executor worker for
-        its whole length nor keep the process from exiting once it is abandoned.
-        """
+    @property
+    def _element_client(self) -> ElementClient:
         if not self._started:
             raise HypertyRuntimeError("the runtime is not started (use `async with` or start())")
-        url = self.element + path + (f"?{query}" if query else "")
-        headers = {"content-type": "application/json"} if body is not None else {}
-        headers.update(self._authorization())
-        limit = self.http_timeout if timeout is None else timeout
-
-        def run() -> tuple[int, Any]:
-            try:
-                return element_request(method, url, body, headers, limit)
-            except ElementUnreachable as exc:
-                raise HypertyRuntimeError(
-                    f"the push element at {self.element} is unreachable: {exc}"
-                ) from None
-
-        if not own_thread:
-            return await asyncio.to_thread(run)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[int, Any]] = loop.create_future()
-
-        def settle(outcome: tuple[int, Any] | None, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            elif outcome is not None:
-                future.set_result(outcome)
-
-        def thread() -> None:
-            outcome: tuple[int, Any] | None = None
-            error: BaseException | None = None
-            try:
-                outcome = run()
-            except BaseException as exc:  # handed to the waiting coroutine
-                error = exc
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                loop.call_soon_threadsafe(settle, outcome, error)
-
-        threading.Thread(target=thread, name="hyperty-inbox", daemon=True).start()
-        return await future
+        return self._client
 
     # Hyperties ----------------------------------------------------------------------------
 
@@ -409,7 +276,7 @@ class HypertyRuntime:
         url = address or (await self.allocate(1))[0]
         if not is_hyperty(url):
             raise HypertyRuntimeError(f"{url!r} is not a hyperty:// address")
-        self._state["hyperties"][url] = {"factory": factory, "options": options or {}}
+        self._state.hyperties[url] = {"factory": factory, "options": options or {}}
         self._save_state()
         await self.get_hyperty(url)
         if self._poller is not None:  # poll for the new address too, from now on
@@ -419,14 +286,14 @@ class HypertyRuntime:
 
     def _resolve(self, name: str) -> HypertyFactory:
         factory = self.factories.get(name, name)
-        return _load_factory(factory) if isinstance(factory, str) else factory
+        return load_factory(factory) if isinstance(factory, str) else factory
 
     async def get_hyperty(self, url: str) -> Hyperty | None:
         """The running hyperty at `url`, created from its factory if it is not running."""
         running = self._running.get(url)
         if running is not None:
             return running
-        spec = self._state["hyperties"].get(url)
+        spec = self._state.hyperties.get(url)
         if spec is None:
             return None
         async with self._creating.setdefault(url, asyncio.Lock()):
@@ -473,10 +340,10 @@ class HypertyRuntime:
         Returns the element's reTHINK answer to a request (a provisional 100 when it was
         pushed or queued for a connected runtime), None for a response or a local message.
         """
-        if message.target in self._state["hyperties"]:
+        if message.target in self._state.hyperties:
             self._spawn(self.dispatch(message))
             return None
-        status, document = await self._call("POST", "/messages", message.encoded())
+        status, document = await self._element_client.post_message(message)
         if message.is_response:
             if status not in (200, 202):
                 log.warning("response %s not routed: %s", message.id, document)
@@ -528,16 +395,13 @@ class HypertyRuntime:
         """The runtime's message connection: long-poll the element's inbox."""
         failures = 0
         while True:
-            addresses = list(self._state["hyperties"])
+            addresses = list(self._state.hyperties)
             if not addresses:  # nothing to listen for until a hyperty is created
                 await asyncio.sleep(0.05)
                 continue
-            query = urllib.parse.urlencode(
-                [("address", a) for a in addresses] + [("timeout", str(self.poll_timeout))]
-            )
             try:
-                status, document = await self._call(
-                    "GET", "/inbox", query=query, timeout=self.poll_timeout + 10, own_thread=True
+                status, document = await self._element_client.poll_inbox(
+                    addresses, self.poll_timeout
                 )
                 if status != 200 or not isinstance(document, dict):
                     raise HypertyRuntimeError(f"the inbox answered {status}: {document}")
@@ -565,12 +429,11 @@ class HypertyRuntime:
 
     async def _disconnect(self) -> None:
         """Tell the element the message connection ends: push again from now on."""
-        addresses = list(self._state["hyperties"])
+        addresses = list(self._state.hyperties)
         if not addresses or self.credential is None:
             return
-        query = urllib.parse.urlencode([("address", a) for a in addresses])
         try:
-            status, document = await self._call("DELETE", "/inbox", query=query)
+            status, document = await self._element_client.disconnect(addresses)
         except HypertyRuntimeError as exc:
             log.warning("could not disconnect: %s", exc)
             return
@@ -602,14 +465,13 @@ class HypertyRuntime:
     async def wait_listening(self, within: float = 5.0) -> None:
         """Wait until the element sees this runtime's hyperties as connected (`live`)."""
         deadline = time.monotonic() + within
-        addresses = list(self._state["hyperties"])
+        addresses = list(self._state.hyperties)
         if self._poller is None or not addresses:
             raise HypertyRuntimeError(
                 "the runtime does not listen (listen=True) or hosts no hyperty"
             )
-        query = urllib.parse.urlencode({"address": addresses[0]})
         while True:
-            status, document = await self._call("GET", "/status", query=query)
+            status, document = await self._element_client.status(addresses[0])
             if status == 200 and document.get("status") == "live":
                 return
             if time.monotonic() > deadline:
@@ -620,7 +482,7 @@ class HypertyRuntime:
 
     async def element_config(self) -> dict[str, Any]:
         """The element's `/config`: its domain, address and VAPID public key."""
-        status, config = await self._call("GET", "/config")
+        status, config = await self._element_client.config()
         if status != 200 or not isinstance(config, dict):
             raise HypertyRuntimeError(f"the push element's /config answered {status}: {config}")
         return config
@@ -640,12 +502,12 @@ class HypertyRuntime:
         """
         from tidings.useragent import UserAgent
 
-        service = self._state.get("service")
+        service = self._state.service
         if not service:
             raise HypertyRuntimeError("no push service URL: pass service='ws://host:port/'")
         key = application_server_key or (await self.element_config()).get("applicationServerKey")
         if command is not None:
-            self._state["command"] = command
+            self._state.command = command
             async with UserAgent(service, self.state_path, connect_timeout=timeout) as agent:
                 registration = await agent.register_command(SCOPE, command)
                 subscription = await registration.push_manager.subscribe(application_server_key=key)
@@ -660,7 +522,7 @@ class HypertyRuntime:
                 SCOPE, on_push=self._on_push, on_subscription_change=self._on_change
             )
             subscription = await registration.push_manager.subscribe(application_server_key=key)
-        self._state["subscription"] = subscription.to_json()
+        self._state.subscription = subscription.to_json()
         self._save_state()
         return await self.register()
 
@@ -671,16 +533,16 @@ class HypertyRuntime:
         credential (kept in the state file); later ones present it.
         """
         if subscription is not None:
-            self._state["subscription"] = subscription
+            self._state.subscription = subscription
             self._save_state()
         if self.subscription is None:
             raise HypertyRuntimeError("the runtime has no push subscription yet: subscribe() first")
-        answer = await self._register(self.subscription, list(self._state["hyperties"]))
+        answer = await self._register(self.subscription, list(self._state.hyperties))
         self.log_event("registered", element=self.element_address)
         return answer
 
     async def _register(self, subscription: dict[str, Any] | None, hyperties: list[str]) -> Message:
-        value: dict[str, Any] = {"hyperties": hyperties, "user": self._state.get("user")}
+        value: dict[str, Any] = {"hyperties": hyperties, "user": self._state.user}
         if subscription is not None:
             value["subscription"] = subscription
         message = Message(
@@ -698,7 +560,7 @@ class HypertyRuntime:
             )
         credential = (answer.value or {}).get("credential")
         if isinstance(credential, str):
-            self._state["credential"] = credential
+            self._state.credential = credential
             self._save_state()
         return answer
 

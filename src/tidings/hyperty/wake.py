@@ -20,13 +20,22 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 import time
+from pathlib import Path
 
 from tidings.hyperty.message import Message, MessageError
 from tidings.hyperty.runtime import HypertyRuntime, HypertyRuntimeError
 
-__all__ = ["main", "wake"]
+__all__ = ["main", "wake", "wake_command"]
+
+
+def wake_command(state: Path) -> str:
+    """The command `tidings agent` runs per push for a sleeping runtime."""
+    return (
+        f"{shlex.quote(sys.executable)} -m tidings.hyperty.wake --state {shlex.quote(str(state))}"
+    )
 
 
 async def wake(state: str, data: bytes, event: str = "push", started: float | None = None) -> int:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from tidings.sender.core import ResultCallback, Sender
 from tidings.sender.keys import VapidKeyLike, load_vapid_key
-from tidings.sender.receipts import Http2Required, Receipt, ReceiptError, ReceiptStream
+from tidings.sender.receipt_book import ReceiptStream
+from tidings.sender.receipts import Http2Required, Receipt, ReceiptError
 from tidings.sender.request import (
     CONTENT_TYPE,
     Payload,

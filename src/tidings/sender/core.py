@@ -6,30 +6,29 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
-from typing import Literal
-from urllib.parse import urljoin, urlsplit
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from tidings import tracing
+from tidings.sender.delivery import deliver
 from tidings.sender.fanout import (
     Fanout,
     ResultCallback,
     SubscriptionSource,
     call_back,
-    placeholder_subscription,
 )
 from tidings.sender.keys import VapidKeyLike, load_vapid_key
-from tidings.sender.receipts import (
-    REL_RECEIPT,
-    Receipt,
+from tidings.sender.receipt_book import (
     ReceiptBook,
     ReceiptStream,
-    link_target,
-    origin_of,
-    redacted,
+    add_link,
+    add_prefer,
+    remove_link,
 )
+from tidings.sender.receipts import REL_RECEIPT, Receipt, origin_of, redacted
 from tidings.sender.request import (
     Payload,
     PayloadSource,
@@ -45,17 +44,14 @@ from tidings.sender.results import (
     FanoutSummary,
     ResultKind,
     SendResult,
-    classify_status,
-    parse_error_body,
 )
-from tidings.sender.retry import RetryPolicy, parse_retry_after
+from tidings.sender.retry import RetryPolicy
 from tidings.sender.transport import (
     DeadlineTransport,
+    FrozenHeaders,
     HttpxTransport,
     PooledTransport,
-    Response,
     Transport,
-    TransportError,
     VerifyOption,
     make_ssl_context,
 )
@@ -310,16 +306,31 @@ class Sender:
             return await self._deliver_traced(request, timeout, original)
         return await self._deliver(request, timeout, original)
 
+    def _deliver(
+        self, request: PushRequest, timeout: float | None, original: object
+    ) -> Coroutine[Any, Any, SendResult]:
+        """`delivery.deliver` with this sender's transport, retry policy and timeout."""
+        return deliver(
+            request,
+            self.transport,
+            self._deadline_transport,
+            self.retry,
+            self.timeout if timeout is None else timeout,
+            original,
+        )
+
     async def _deliver_traced(
         self, request: PushRequest, timeout: float | None, original: object
     ) -> SendResult:
-        """`_deliver` in a client span whose `traceparent` the request carries."""
+        """`deliver` in a client span whose `traceparent` the request carries."""
         with tracing.span(
             "webpush send",
             kind="client",
             # The endpoint is a capability URL: only its host goes into the trace.
             attributes={"server.address": urlsplit(request.url).hostname or ""},
         ) as current:
+            if type(request.headers) is FrozenHeaders:  # shared by a fan-out's requests
+                request.headers = dict(request.headers)
             tracing.inject(request.headers, current)
             result = await self._deliver(request, timeout, original)
             if current is not None:
@@ -328,56 +339,6 @@ class Sender:
                 if result.status is not None:
                     current.set_attribute("http.response.status_code", result.status)
             return result
-
-    async def _deliver(
-        self, request: PushRequest, timeout: float | None, original: object
-    ) -> SendResult:
-        sub = request.subscription or placeholder_subscription({"endpoint": request.url})
-        limit = self.timeout if timeout is None else timeout
-        policy = self.retry
-        transport = self.transport
-        keeps_deadlines = self._deadline_transport
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                if keeps_deadlines is not None:  # bounds the exchange without a timer each
-                    response = await keeps_deadlines.request(
-                        request.method, request.url, request.headers, request.body, timeout=limit
-                    )
-                else:
-                    async with asyncio.timeout(limit):
-                        response = await transport.request(
-                            request.method, request.url, request.headers, request.body
-                        )
-            except TimeoutError:
-                problem = f"no answer within {limit:g} s"
-            except TransportError as exc:
-                problem = str(exc)
-            else:
-                kind = classify_status(response.status)
-                if kind is ResultKind.RETRY_LATER:
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
-                    delay = policy.next_delay(attempt, retry_after)
-                    if delay is not None:
-                        log.debug(
-                            "%s answered %s; retrying in %.2fs", request.url, response.status, delay
-                        )
-                        await asyncio.sleep(delay)
-                        continue
-                    return _result(sub, kind, response, attempt, original, retry_after)
-                return _result(sub, kind, response, attempt, original, None)
-            delay = policy.next_delay(attempt, None)
-            if delay is None:
-                return SendResult(
-                    subscription=sub,
-                    kind=ResultKind.FAILED,
-                    reason=problem,
-                    attempts=attempt,
-                    original=original,
-                )
-            log.debug("%s: %s; retrying in %.2fs", request.url, problem, delay)
-            await asyncio.sleep(delay)
 
     async def deliver_with_receipt(
         self,
@@ -393,10 +354,12 @@ class Sender:
         lost it), the request is made once more without it, for a new one.
         """
         origin = origin_of(request.url)
-        _add_prefer(request.headers, "respond-async")
+        if type(request.headers) is FrozenHeaders:  # shared by a fan-out's requests
+            request.headers = dict(request.headers)
+        add_prefer(request.headers, "respond-async")
         async with self.receipt_book.slot(origin) as known:
             if known is not None:
-                _add_link(request.headers, f'<{known}>; rel="{REL_RECEIPT}"')
+                add_link(request.headers, f'<{known}>; rel="{REL_RECEIPT}"')
             result = await self.deliver(request, timeout=timeout, original=original)
             if known is not None and result.status == 400:
                 log.info(
@@ -405,7 +368,7 @@ class Sender:
                     redacted(known),
                 )
                 self.receipt_book.forget(origin, known)
-                _remove_link(request.headers, known)
+                remove_link(request.headers, known)
                 attempts = result.attempts
                 result = await self.deliver(request, timeout=timeout, original=original)
                 result.attempts += attempts
@@ -501,71 +464,3 @@ class Sender:
         finally:
             summary.elapsed = time.perf_counter() - started
         return summary
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _result(
-    sub: Subscription,
-    kind: ResultKind,
-    response: Response,
-    attempts: int,
-    original: object,
-    retry_after: float | None,
-) -> SendResult:
-    headers = response.headers
-    ttl_text = headers.get("ttl")
-    result = SendResult(
-        subscription=sub,
-        kind=kind,
-        status=response.status,
-        location=headers.get("location"),
-        ttl=int(ttl_text) if ttl_text is not None and ttl_text.strip().isdigit() else None,
-        attempts=attempts,
-        retry_after=retry_after,
-        http_version=response.http_version,
-        original=original,
-    )
-    if kind is not ResultKind.ACCEPTED:
-        error = parse_error_body(response.body)
-        result.error = error
-        if error is not None:
-            result.reason = str(error)
-        elif response.body:
-            result.reason = response.body[:300].decode("utf-8", "replace").strip()
-        else:
-            result.reason = f"HTTP {response.status}"
-    elif response.status == 202:
-        target = link_target(headers.get("link"), REL_RECEIPT)
-        if target:
-            result.receipt = urljoin(sub.endpoint, target)
-    return result
-
-
-def _header_name(headers: dict[str, str], name: str) -> str:
-    """The spelling `headers` uses for `name` (case-insensitive), or `name`."""
-    lower = name.lower()
-    return next((key for key in headers if key.lower() == lower), name)
-
-
-def _add_prefer(headers: dict[str, str], preference: str) -> None:
-    key = _header_name(headers, "Prefer")
-    current = headers.get(key, "")
-    if preference not in current.lower():
-        headers[key] = f"{current}, {preference}" if current.strip() else preference
-
-
-def _add_link(headers: dict[str, str], value: str) -> None:
-    key = _header_name(headers, "Link")
-    current = headers.get(key, "")
-    headers[key] = f"{current}, {value}" if current.strip() else value
-
-
-def _remove_link(headers: dict[str, str], target: str) -> None:
-    key = _header_name(headers, "Link")
-    kept = [v for v in headers.get(key, "").split(", ") if v and f"<{target}>" not in v]
-    if kept:
-        headers[key] = ", ".join(kept)
-    else:
-        headers.pop(key, None)

@@ -13,11 +13,13 @@ import asyncio
 import inspect
 import itertools
 import logging
+import os
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, cast
 
+from tidings import tracing
 from tidings.sender.request import (
     Payload,
     PushRequest,
@@ -32,8 +34,9 @@ from tidings.sender.results import (
     ResultKind,
     SendResult,
 )
+from tidings.sender.transport import FrozenHeaders
 from tidings.sender.workers import EncryptedItem, encrypt_chunk
-from tidings.webpush import Subscription, WebPushError
+from tidings.webpush import Subscription, VapidHeaders, WebPushError, encrypt_for_key
 
 log = logging.getLogger("tidings.sender")
 
@@ -128,6 +131,7 @@ class Fanout:
         self.built: deque[tuple[object, PushRequest] | SendResult] = deque()
         self.in_flight = 0
         self.wake = asyncio.Event()
+        self.shared_headers: dict[tuple[int, bool], tuple[VapidHeaders | None, FrozenHeaders]] = {}
 
     def _prepare(
         self, item: SubscriptionLike, for_worker: bool = False
@@ -168,9 +172,12 @@ class Fanout:
                 await self._finish(invalid_result(item, encrypted, checked))
             return
         body, coding = encrypted
-        request = self.sender._assemble(
-            sub, body, coding, self.ttl, self.urgency, self.topic, self.headers
-        )
+        if self.encoding == "aes128gcm" and not self.receipt:
+            request = PushRequest(sub.endpoint, self._shared_headers(sub, body), body, "POST", sub)
+        else:
+            request = self.sender._assemble(
+                sub, body, coding, self.ttl, self.urgency, self.topic, self.headers
+            )
         await self._deliver(item, request)
 
     async def _deliver(self, item: object, request: PushRequest) -> None:
@@ -178,8 +185,10 @@ class Fanout:
             result = await self.sender.deliver_with_receipt(
                 request, timeout=self.timeout, original=item
             )
-        else:
+        elif tracing.enabled():
             result = await self.sender.deliver(request, timeout=self.timeout, original=item)
+        else:  # Sender.deliver without its tracing check: one coroutine less per message
+            result = await self.sender._deliver(request, self.timeout, item)
         await self._finish(result)
 
     def _encrypt_here(self, sub: Subscription, plaintext: bytes) -> EncryptedItem:
@@ -211,6 +220,9 @@ class Fanout:
         """Validate a batch, then encrypt and assemble it, into `built` (in order)."""
         built = self.built
         prepared = [(item, self._prepare(item)) for item in batch]
+        if self.encoding == "aes128gcm" and not self.receipt:
+            self._build_aes128gcm(prepared)
+            return
         sender = self.sender
         ttl, urgency, topic, headers = self.ttl, self.urgency, self.topic, self.headers
         for item, ready in prepared:
@@ -225,6 +237,49 @@ class Fanout:
             body, coding = encrypted
             request = sender._assemble(sub, body, coding, ttl, urgency, topic, headers)
             built.append((item, request))
+
+    def _build_aes128gcm(
+        self, prepared: list[tuple[SubscriptionLike, tuple[Subscription, bytes] | SendResult]]
+    ) -> None:
+        """`_build_batch` for RFC 8291 bodies: the salts drawn for the whole batch at once,
+        and the headers (the same for every request to an origin) shared, made once."""
+        built = self.built
+        salts = os.urandom(16 * len(prepared))
+        for at, (item, ready) in enumerate(prepared):
+            if isinstance(ready, SendResult):
+                built.append(ready)
+                continue
+            sub, plaintext = ready
+            body = b""
+            if plaintext:
+                salt = salts[16 * at : 16 * at + 16]
+                try:
+                    body = encrypt_for_key(
+                        plaintext, sub.public_key, sub.p256dh, sub.auth, salt=salt
+                    )
+                except (WebPushError, ValueError) as exc:
+                    built.append(
+                        invalid_result(item, f"cannot encrypt for this subscription: {exc}", sub)
+                    )
+                    continue
+            headers = self._shared_headers(sub, body)
+            built.append((item, PushRequest(sub.endpoint, headers, body, "POST", sub)))
+
+    def _shared_headers(self, sub: Subscription, body: bytes) -> FrozenHeaders:
+        """The headers of an aes128gcm request to `sub`'s origin: made once per VAPID token
+        (one per origin, renewed before it expires), then shared by every such request."""
+        token = self.sender._vapid_cached(sub.endpoint)
+        key = (id(token), bool(body))
+        hit = self.shared_headers.get(key)
+        if hit is not None and hit[0] is token:
+            return hit[1]
+        coding = {"Content-Encoding": "aes128gcm"} if body else {}
+        request = self.sender._assemble(
+            sub, body, coding, self.ttl, self.urgency, self.topic, self.headers
+        )
+        headers = FrozenHeaders(request.headers)
+        self.shared_headers[key] = (token, headers)
+        return headers
 
     async def with_workers(self, pool: ProcessPoolExecutor, concurrency: int, workers: int) -> None:
         """Encrypt in `pool` ahead of the senders; senders encrypt themselves when starved."""

@@ -15,18 +15,16 @@ from typing import Any, Literal, TypeAlias
 
 from tidings.webpush import (
     MAX_PLAINTEXT,
-    MAX_TTL,
-    HeaderError,
     InvalidSubscription,
     PayloadTooLarge,
     Subscription,
-    Urgency,
     VapidHeaders,
     aesgcm_encrypt,
     b64url_decode,
     encrypt_for_key,
-    parse_topic,
 )
+from tidings.webpush.headers import URGENCIES
+from tidings.webpush.request import CONTENT_TYPE, check_options, push_headers
 
 __all__ = [
     "CONTENT_TYPE",
@@ -42,10 +40,6 @@ __all__ = [
     "to_subscription",
 ]
 
-CONTENT_TYPE = "application/octet-stream"
-"""Sent with every encrypted body, as the npm web-push does (some services require it)."""
-URGENCIES = tuple(urgency.value for urgency in Urgency)
-"""RFC 8030's urgencies, lowest first (what `--urgency` and `urgency=` accept)."""
 
 ContentEncoding: TypeAlias = Literal["aes128gcm", "aesgcm"]
 Payload: TypeAlias = bytes | bytearray | memoryview | str | None
@@ -84,7 +78,7 @@ class PushRequest:
 
 def to_subscription(value: SubscriptionLike) -> Subscription:
     """A `Subscription` from the model itself, a `toJSON()` dict, or its JSON text."""
-    return _to_subscription(value, Subscription)
+    return _to_subscription(value, Subscription._made)
 
 
 def to_subscription_for_worker(value: SubscriptionLike) -> Subscription:
@@ -142,37 +136,6 @@ def encode_payload(data: Payload) -> bytes:
     return raw
 
 
-def _valid_topic(topic: object) -> bool:
-    """RFC 8030 §5.4's rule as the service applies it, with no surrounding spaces either."""
-    if not isinstance(topic, str) or topic != topic.strip(" \t"):
-        return False
-    try:
-        parse_topic(topic)
-    except HeaderError:
-        return False
-    return True
-
-
-def check_options(ttl: int, urgency: str | None, topic: str | None, content_encoding: str) -> None:
-    """Raise ValueError (with what to fix) for a TTL, Urgency, Topic or coding a service refuses."""
-    if type(ttl) is not int or ttl < 0:
-        raise ValueError(f"ttl must be a whole number of seconds >= 0, got {ttl!r}")
-    if ttl > MAX_TTL:
-        raise ValueError(f"ttl must be at most 2**31 seconds, got {ttl}")
-    if urgency is not None and urgency not in URGENCIES:
-        raise ValueError(f"urgency must be one of {', '.join(URGENCIES)}; got {urgency!r}")
-    if topic is not None and not _valid_topic(topic):
-        raise ValueError(
-            "topic must be 1 to 32 characters of the base64url alphabet (A-Z a-z 0-9 - _); "
-            f"got {topic!r}"
-        )
-    if content_encoding not in ("aes128gcm", "aesgcm"):
-        raise ValueError(
-            f"content_encoding must be 'aes128gcm' (RFC 8291) or 'aesgcm' (legacy); "
-            f"got {content_encoding!r}"
-        )
-
-
 def encrypt_for(
     subscription: Subscription, plaintext: bytes, content_encoding: str
 ) -> tuple[bytes, dict[str, str]]:
@@ -198,22 +161,14 @@ def assemble(
     extra_headers: Mapping[str, str] | None = None,
 ) -> PushRequest:
     """Put an (already encrypted) body and its headers together into a PushRequest."""
-    headers: dict[str, str] = {"TTL": str(ttl)}
-    if body:
-        headers["Content-Type"] = CONTENT_TYPE
-        headers.update(coding_headers)
-    if vapid is not None:
-        if coding_headers.get("Content-Encoding") == "aesgcm":
-            # The pre-RFC 8292 form that aesgcm receivers (and the npm web-push) use.
-            headers["Authorization"] = vapid.legacy_authorization
-            dh = headers.get("Crypto-Key")
-            headers["Crypto-Key"] = f"{dh};{vapid.crypto_key}" if dh else vapid.crypto_key
-        else:
-            headers["Authorization"] = vapid.authorization
-    if urgency is not None:
-        headers["Urgency"] = urgency
-    if topic is not None:
-        headers["Topic"] = topic
+    headers = push_headers(
+        ttl=ttl,
+        has_body=bool(body),
+        coding_headers=coding_headers,
+        vapid=vapid,
+        urgency=urgency,
+        topic=topic,
+    )
     if extra_headers:
         headers.update(extra_headers)
     return PushRequest(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import enum
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tidings.webpush import Subscription
+from tidings.webpush.errors import ErrorBody, parse_error_body
 
 __all__ = [
     "FanoutSummary",
@@ -36,54 +35,8 @@ class ResultKind(enum.StrEnum):
     """Nothing was sent: the subscription or the personalised payload could not be used."""
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceError:
-    """The JSON error body a push service sends with a 4xx/5xx (`code`, `errno`, ...)."""
-
-    code: int | None
-    errno: int | None
-    error: str | None
-    message: str | None
-
-    def __str__(self) -> str:
-        parts = [p for p in (self.error, self.message) if p]
-        text = ": ".join(parts) if parts else "no reason given"
-        return f"{text} (errno {self.errno})" if self.errno is not None else text
-
-
-def parse_error_body(body: bytes, content_type: str | None = None) -> ServiceError | None:
-    """Read `{"code","errno","error","message"}` (Mozilla/Tidings style) when present."""
-    if not body or len(body) > 65536:
-        return None
-    stripped = body.lstrip()
-    if not stripped.startswith(b"{"):
-        return None
-    try:
-        value = json.loads(stripped)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(value, Mapping):
-        return None
-
-    def _int(name: str) -> int | None:
-        item = value.get(name)
-        return item if type(item) is int else None
-
-    def _str(name: str) -> str | None:
-        item = value.get(name)
-        return item if isinstance(item, str) else None
-
-    error = _str("error")
-    message = _str("message") or _str("reason")
-    if isinstance(value.get("error"), Mapping):  # {"error": {"message": ...}} (web-push-testing)
-        inner = value["error"]
-        message = message or (
-            inner.get("message") if isinstance(inner.get("message"), str) else None
-        )
-        error = None
-    if error is None and message is None and _int("errno") is None:
-        return None
-    return ServiceError(code=_int("code"), errno=_int("errno"), error=error, message=message)
+ServiceError = ErrorBody
+"""The parsed JSON error body; the class lives in `tidings.webpush.errors` as `ErrorBody`."""
 
 
 def classify_status(status: int) -> ResultKind:

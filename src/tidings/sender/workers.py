@@ -23,10 +23,13 @@ def encrypt_chunk(
 ) -> list[EncryptedItem]:
     """Encrypt (p256dh, auth, plaintext) triples; runs in a worker process."""
     out: list[EncryptedItem] = []
-    for p256dh, auth, plaintext in items:
+    salts = os.urandom(16 * len(items)) if content_encoding == "aes128gcm" else b""  # at once
+    for at, (p256dh, auth, plaintext) in enumerate(items):
         try:
             if content_encoding == "aes128gcm":
-                out.append((encrypt(plaintext, p256dh, auth), {"Content-Encoding": "aes128gcm"}))
+                salt = salts[16 * at : 16 * at + 16]
+                body = encrypt(plaintext, p256dh, auth, salt=salt)
+                out.append((body, {"Content-Encoding": "aes128gcm"}))
             else:
                 message = aesgcm_encrypt(plaintext, p256dh, auth)
                 out.append((message.body, dict(message.headers)))

@@ -8,9 +8,12 @@ subscription. The hub hands each live message to one connection that accepts it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import ClassVar, Protocol
 
 from tidings.service.store import StoredMessage
+
+RECENT_WITHDRAWALS = 256  # withdrawn message ids (and Topics) remembered per connection
 
 
 class ConnectedAgent(Protocol):
@@ -27,8 +30,50 @@ class ConnectedAgent(Protocol):
     def offer(self, message: StoredMessage) -> None:
         """Queue a message for delivery on this connection."""
 
+    def withdraw(self, message_id: str) -> None:
+        """The message was deleted by its sender: never send it, if not yet written."""
+
     async def close(self, code: int, reason: str) -> None:
         """Close the connection."""
+
+
+class Withdrawals:
+    """What a connection must no longer send although it may hold a copy (live messages
+    held while stored ones are read, a stored list read before the change): messages
+    deleted since, and those a newer push with their Topic replaced. Bounded."""
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        # (channel, Topic) -> (created_at, message id) of the newest stored one seen.
+        self._topics: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+
+    def withdraw(self, message_id: str) -> None:
+        self._ids[message_id] = None
+        if len(self._ids) > RECENT_WITHDRAWALS:
+            self._ids.popitem(last=False)
+
+    def note(self, message: StoredMessage) -> None:
+        """A message reached this connection: a stored one with a Topic replaced any
+        older one with its Topic (TTL 0 is never stored, so it replaces nothing)."""
+        if message.topic is None or message.ttl == 0:
+            return
+        key = (message.channel_id, message.topic)
+        newest = self._topics.get(key)
+        if newest is None or newest[0] < message.created_at:
+            self._topics[key] = (message.created_at, message.message_id)
+            self._topics.move_to_end(key)
+            if len(self._topics) > RECENT_WITHDRAWALS:
+                self._topics.popitem(last=False)
+
+    def __contains__(self, message: object) -> bool:
+        if not isinstance(message, StoredMessage):
+            return False
+        if message.message_id in self._ids:
+            return True
+        if message.topic is None:
+            return False
+        newest = self._topics.get((message.channel_id, message.topic))
+        return newest is not None and newest[0] > message.created_at
 
 
 class ReceiptListener(Protocol):
@@ -91,6 +136,11 @@ class Hub:
                 agent.offer(message)
                 return True
         return False
+
+    def withdraw(self, uaid: str, message_id: str) -> None:
+        """A message of `uaid` was deleted: no connection here may send it any more."""
+        for agent in self._agents.get(uaid, ()):
+            agent.withdraw(message_id)
 
     async def close_all(self, code: int, reason: str) -> None:
         """Close every user agent connection and receipt monitor (before shutdown)."""

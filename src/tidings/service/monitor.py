@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from tidings.service.core import PushService
 from tidings.service.http.messages import Response, ServerPushChannel
+from tidings.service.hub import Withdrawals
 from tidings.service.store import StoredMessage, StoreUnavailable
 from tidings.service.tokens import MessageRef
 from tidings.webpush import Urgency
@@ -53,6 +54,8 @@ class PushMonitor:
         self.min_urgency = min_urgency
         self._sent: set[str] = set()
         self._held: list[StoredMessage] | None = []  # live messages held while flushing
+        # Deleted or replaced since they reached this monitor: not to be pushed.
+        self._withdrawn = Withdrawals()
         self._tasks: set[asyncio.Task[bool]] = set()
 
     # ConnectedAgent ----------------------------------------------------------------------
@@ -65,12 +68,18 @@ class PushMonitor:
         return Urgency(message.urgency).rank >= self.min_urgency.rank
 
     def offer(self, message: StoredMessage) -> None:
+        self._withdrawn.note(message)  # a newer one with its Topic replaces a held one
         if self._held is not None:
             self._held.append(message)
             return
         task = asyncio.ensure_future(self._push(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def withdraw(self, message_id: str) -> None:
+        self._withdrawn.withdraw(message_id)
+        if self._held:
+            self._held = [held for held in self._held if held.message_id != message_id]
 
     async def close(self, code: int, reason: str) -> None:
         self.channel.closed.set()
@@ -84,6 +93,8 @@ class PushMonitor:
         except StoreUnavailable as exc:
             log.warning("cannot load stored messages: %s", exc)
             stored = []
+        for message in stored:
+            self._withdrawn.note(message)
         held, self._held = self._held or [], None
         count = 0
         for message in stored + held:
@@ -92,7 +103,7 @@ class PushMonitor:
         return count
 
     async def _push(self, message: StoredMessage) -> bool:
-        if message.message_id in self._sent:
+        if message.message_id in self._sent or message in self._withdrawn:
             return False
         if message.ttl and message.expires_at <= time.time():
             return False
@@ -119,6 +130,9 @@ class PushMonitor:
             headers["link"] = link_value(push_url, REL_PUSH)
         # Section 6.1: the synthetic request itself names the push resource (sets: MUST).
         promised = {"link": headers["link"]} if "link" in headers else {}
+        if message in self._withdrawn:  # deleted or replaced while the store answered
+            self._sent.discard(message.message_id)
+            return False
         pushed = self.channel.push(path, Response(200, headers, message.body), promised)
         if not pushed:
             self._sent.discard(message.message_id)

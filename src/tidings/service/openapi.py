@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from tidings import __version__
-from tidings.webpush import MAX_TTL, Urgency
+from tidings.webpush import MAX_TTL, URGENCIES
+from tidings.webpush.errors import Errno
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _LIMITED = {"$ref": "#/components/responses/RateLimited"}
@@ -61,7 +62,7 @@ _PUSH_HEADERS = [
     _header(
         "Urgency",
         "RFC 8030 section 5.3.",
-        {"type": "string", "enum": [urgency.value for urgency in Urgency]},
+        {"type": "string", "enum": list(URGENCIES)},
     ),
     _header(
         "Topic",
@@ -95,7 +96,7 @@ def _monitor(summary: str, description: str) -> dict[str, Any]:
         "summary": summary,
         "description": description
         + " Needs HTTP/2: messages arrive as server pushes (PUSH_PROMISE) while the "
-        "request stays open; over HTTP/1.1 the answer is 400 (errno 117).",
+        f"request stays open; over HTTP/1.1 the answer is 400 (errno {Errno.NEEDS_HTTP2:d}).",
         "parameters": [
             _header(
                 "Prefer", "`wait=0`: push what is stored, then answer 204.", {"type": "string"}
@@ -103,7 +104,7 @@ def _monitor(summary: str, description: str) -> dict[str, Any]:
             _header(
                 "Urgency",
                 "The lowest urgency wanted now.",
-                {"type": "string", "enum": [urgency.value for urgency in Urgency]},
+                {"type": "string", "enum": list(URGENCIES)},
             ),
         ],
         "responses": {"204": {"description": "Prefer: wait=0 and all was pushed."}}
@@ -167,8 +168,9 @@ def _broadcast_paths() -> dict[str, Any]:
                 "summary": "Create a broadcast or change its version",
                 "description": _ADMIN + " Connected clients following the id are told at "
                 "once (other nodes within broadcast_poll seconds). 409 when the service "
-                "already keeps its maximum number of broadcasts (errno 131) or reads "
-                "them from Megaphone (132).",
+                "already keeps its maximum number of broadcasts "
+                f"(errno {Errno.TOO_MANY_BROADCASTS:d}) or reads them from Megaphone "
+                f"({Errno.BROADCASTS_READ_ONLY:d}).",
                 "security": auth,
                 "requestBody": {
                     "required": True,
@@ -263,8 +265,10 @@ def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
                     "operationId": "messageStatus",
                     "description": "Needs `Authorization: vapid t=..., k=...` signed by the "
                     "key that signed the push (the same checks as a push): 401 without it "
-                    "(errno 109; unsigned pushes have no status), 403 with another key's or "
-                    "an invalid token (107, 108), 404 once forgotten, message_status_retention "
+                    f"(errno {Errno.VAPID_MISSING:d}; unsigned pushes have no status), 403 "
+                    "with another key's or an invalid token "
+                    f"({Errno.VAPID_KEY_MISMATCH:d}, {Errno.VAPID_INVALID:d}), "
+                    "404 once forgotten, message_status_retention "
                     "after the status ended (docs/rfc8030.md, Message status).",
                     "parameters": [
                         _header("Authorization", "A VAPID token (RFC 8292).", {"type": "string"})
@@ -468,13 +472,15 @@ def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
             "responses": {
                 "Error": _error_response("Refused; see errno."),
                 "RateLimited": _error_response(
-                    "Rate limited (errno 121) or too many stored messages, stored bytes "
-                    "or subscriptions (120, 125, 122).",
+                    f"Rate limited (errno {Errno.RATE_LIMITED:d}) or too many stored "
+                    "messages, stored bytes or subscriptions "
+                    f"({Errno.TOO_MANY_MESSAGES:d}, {Errno.TOO_MANY_BYTES:d}, "
+                    f"{Errno.TOO_MANY_SUBSCRIPTIONS:d}).",
                     retry_after=True,
                 ),
                 "StoreFull": _error_response(
-                    "The whole store holds max_stored_messages (errno 126); nothing was "
-                    "stored and nothing evicted.",
+                    "The whole store holds max_stored_messages "
+                    f"(errno {Errno.STORE_FULL:d}); nothing was stored and nothing evicted.",
                     retry_after=True,
                 ),
                 "Unavailable": _error_response(

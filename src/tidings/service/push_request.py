@@ -13,9 +13,7 @@ from dataclasses import dataclass
 
 from tidings.service.errors import Errno, ServiceError
 from tidings.webpush import HeaderError, Urgency, parse_topic, parse_ttl, parse_urgency
-
-_AES128GCM_HEADER = 21  # salt (16) + record size (4) + key id length (1)
-_MIN_RECORD = 18  # RFC 8188: a record holds at least a delimiter and the 16-octet tag
+from tidings.webpush.ece import HEADER_FIXED_LENGTH, MIN_RECORD_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,20 +32,21 @@ def _header_error(exc: HeaderError, errno: Errno) -> ServiceError:
 
 def check_aes128gcm_body(body: bytes) -> None:
     """Refuse a body that cannot be an RFC 8188 `aes128gcm` payload."""
-    if len(body) < _AES128GCM_HEADER:
+    if len(body) < HEADER_FIXED_LENGTH:
         raise ServiceError(400, Errno.BAD_BODY, "aes128gcm body is shorter than its header")
     record_size = int.from_bytes(body[16:20], "big")
     key_id_length = body[20]
-    if record_size < _MIN_RECORD:
+    if record_size < MIN_RECORD_SIZE:
         raise ServiceError(400, Errno.BAD_BODY, "aes128gcm record size is below 18")
-    if len(body) < _AES128GCM_HEADER + key_id_length + 17:
+    if len(body) < HEADER_FIXED_LENGTH + key_id_length + 17:
         raise ServiceError(400, Errno.BAD_BODY, "aes128gcm body holds no complete record")
 
 
 MAX_CRYPTO_HEADER = 512
 """Most characters of each aesgcm header relayed to the user agent (`Encryption`, and
 `Crypto-Key` without `p256ecdsa=`), once normalised: a salt with a key id and record
-size takes about 50, a `dh=` key about 110. A longer one is refused (400, errno 118)."""
+size takes about 50, a `dh=` key about 110. A longer one is refused (400,
+`Errno.CRYPTO_HEADER_TOO_LONG`)."""
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 

@@ -16,19 +16,20 @@ from typing import Any
 from tidings import tracing
 from tidings.service.config import ServiceConfig
 from tidings.service.core import PushService
-from tidings.service.http.server import TidingsServer, tls_context
+from tidings.service.http.server import HttpServer, tls_context
 from tidings.service.keyfile import KeyFileError
+from tidings.service.push_app import PushApp
 
 log = logging.getLogger("tidings.service")
 
 
-def build_server(config: ServiceConfig, service: PushService | None = None) -> TidingsServer:
-    """The listener for `config` (not started)."""
+def build_server(config: ServiceConfig, service: PushService | None = None) -> HttpServer[PushApp]:
+    """The listener for `config` (not started); `.app.service` is the push service."""
     ssl_context = None
     if config.tls_cert and config.tls_key:
         ssl_context = tls_context(config.tls_cert, config.tls_key)
-    return TidingsServer(
-        service or PushService(config),
+    return HttpServer(
+        PushApp(service or PushService(config)),
         host=config.host,
         port=config.port,
         ssl_context=ssl_context,

@@ -14,29 +14,21 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+# The close codes (RFC 6455 section 7.4.1) and FrameError are the WebSocket codec's.
+from tidings.service.http.websocket_frames import CLOSE_GOING_AWAY as CLOSE_GOING_AWAY
+from tidings.service.http.websocket_frames import CLOSE_INVALID_PAYLOAD as CLOSE_INVALID_PAYLOAD
+from tidings.service.http.websocket_frames import CLOSE_POLICY_VIOLATION as CLOSE_POLICY_VIOLATION
+from tidings.service.http.websocket_frames import CLOSE_TOO_BIG as CLOSE_TOO_BIG
+from tidings.service.http.websocket_frames import CLOSE_TRY_AGAIN_LATER as CLOSE_TRY_AGAIN_LATER
+from tidings.service.http.websocket_frames import CLOSE_UNSUPPORTED_DATA as CLOSE_UNSUPPORTED_DATA
+from tidings.service.http.websocket_frames import FrameError as FrameError
 from tidings.webpush import b64url_encode
 
-# Close codes (RFC 6455 section 7.4.1) used when a client breaks the protocol.
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_REPLACED = 4001  # another connection took over this user agent id
 
 _UAID = re.compile(r"^[0-9a-fA-F]{32}$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _MAX_UPDATES = 1000
-
-
-class FrameError(Exception):
-    """A frame that breaks the protocol; the connection closes with `code`."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 from tidings.service import ws_protocol as wp
 from tidings.service.broadcasts import changes_for, client_broadcasts
 from tidings.service.core import PushService, RegistrationError
 from tidings.service.errors import ServiceError
+from tidings.service.http.app import TextChannel as TextChannel  # what it answers on
+from tidings.service.hub import Withdrawals
 from tidings.service.limits import Limit
 from tidings.service.logs import escape
 from tidings.service.store import StoredMessage, StoreUnavailable
@@ -31,14 +33,6 @@ log = logging.getLogger("tidings.websocket")
 MAX_QUEUED_SENDS = 256
 MAX_UNACKED = 1024  # ids of sent, unacknowledged messages remembered per connection
 RECENT_ACKS = 256  # acknowledged message ids remembered per connection
-
-
-class TextChannel(Protocol):
-    """What the session needs from the WebSocket: send a text frame, close."""
-
-    async def send_text(self, text: str) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
 
 
 def redact_uaid(uaid: str | None) -> str:
@@ -71,6 +65,8 @@ class WebSocketSession:
         # Recently acknowledged ids: a redelivery racing the ack's delete is not sent again.
         self._acked: OrderedDict[str, None] = OrderedDict()
         self._held: list[StoredMessage] | None = None  # live messages held while flushing
+        # Deleted or replaced since they reached this connection: not to be written.
+        self._withdrawn = Withdrawals()
         self._send_lock = asyncio.Lock()
         self._queued = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -79,8 +75,23 @@ class WebSocketSession:
 
     # Frames in ------------------------------------------------------------------------
 
+    @property
+    def greeted(self) -> bool:
+        """Whether the client has said hello (WebSocketHandler)."""
+        return self.uaid is not None
+
     async def on_text(self, text: str) -> None:
         """Handle one frame; FrameError means the adapter must close the connection."""
+        try:
+            await self._on_frame(text)
+        except StoreUnavailable as exc:
+            # The store is down or closing (shutdown): the client retries later.
+            log.warning("store unavailable for %s: %s", escape(self.peer), exc)
+            raise wp.FrameError(
+                wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later"
+            ) from None
+
+    async def _on_frame(self, text: str) -> None:
         message = wp.parse_client_frame(text)
         if isinstance(message, wp.Hello):
             await self._hello(message)
@@ -187,6 +198,8 @@ class WebSocketSession:
             log.warning("cannot load stored messages for %s: %s", redact_uaid(uaid), exc)
             stored = []
         for message in stored:
+            self._withdrawn.note(message)
+        for message in stored:
             await self._deliver(message)
         # Live messages that arrived meanwhile keep waiting in `_held` (offer appends
         # there) until every one before them is out: delivery stays in order.
@@ -244,6 +257,7 @@ class WebSocketSession:
         """A live message for this user agent (called by the hub, never blocks)."""
         if self.closed:
             return
+        self._withdrawn.note(message)  # a newer one with its Topic replaces a held one
         if self._held is not None:
             self._held.append(message)
             return
@@ -254,6 +268,13 @@ class WebSocketSession:
             return
         self._queued += 1
         self._spawn(self._deliver_queued(message))
+
+    def withdraw(self, message_id: str) -> None:
+        """Its sender deleted the message: a copy held here is not sent (one already
+        written to the socket is on its way)."""
+        self._withdrawn.withdraw(message_id)
+        if self._held:
+            self._held = [held for held in self._held if held.message_id != message_id]
 
     def _deliver_now(self, message: StoredMessage) -> bool:
         """Deliver without a task when nothing is queued ahead (the common live case).
@@ -289,6 +310,8 @@ class WebSocketSession:
             return None  # already sent on this connection (stored and live at once)
         if message.ttl and message.expires_at <= time.time():
             return None  # a message is never delivered after its TTL
+        if message in self._withdrawn:
+            return None  # deleted by its sender, or replaced by a newer one of its Topic
         self._unacked[message.message_id] = None
         if len(self._unacked) > MAX_UNACKED:
             self._unacked.popitem(last=False)
@@ -321,20 +344,26 @@ class WebSocketSession:
             return
         if message.receipt_id is not None:
             await self.service.mark_delivered(message)
-        await self._send(frame)
+        if not await self._send(frame, message):
+            self._unacked.pop(message.message_id, None)
+            return
         if not self.closed:  # the frame went out
             self.service.metrics.delivered(message)
             self.service.note_delivered(message, "websocket")
 
-    async def _send(self, text: str) -> None:
+    async def _send(self, text: str, message: StoredMessage | None = None) -> bool:
+        """Write a frame; False if `message` (the frame's) was withdrawn while waiting."""
         if self.closed:
-            return
+            return False
         async with self._send_lock:
+            if message is not None and message in self._withdrawn:
+                return False
             try:
                 await self.channel.send_text(text)
             except Exception as exc:  # the peer went away; its messages stay stored
                 log.debug("send to %s failed: %s", redact_uaid(self.uaid), exc)
                 self.closed = True
+        return True
 
     # End --------------------------------------------------------------------------------
 

@@ -6,7 +6,11 @@ renews every subscription if the service has forgotten that uaid, then reads
 deliveries until the connection dies, and starts again after an exponential backoff
 with jitter. Each delivery is checked against the ids already handled, decrypted,
 and given to its scope's `push` handler as a task; the ack goes out once the handler
-and everything it passed to `wait_until` are done.
+and everything it passed to `wait_until` are done (`tidings.useragent.delivery`).
+Subscriptions and their keys are kept by `tidings.useragent.subscriptions`; the W3C
+objects (`tidings.useragent.api`) call this agent through their `PushAgent` protocol.
+
+About 500 lines: life cycle, registrations and the connection loop share one state.
 """
 
 from __future__ import annotations
@@ -17,18 +21,15 @@ import logging
 import os
 import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
-
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import Any
 
 from tidings.useragent.api import PushSubscription, Registration
 from tidings.useragent.backoff import Backoff
-from tidings.useragent.dispatch import DeliveryTracker, Verdict, open_message
+from tidings.useragent.commands import command_handlers
+from tidings.useragent.delivery import MAX_HELD_PER_SCOPE, Deliveries
 from tidings.useragent.errors import (
     AbortError,
     InvalidStateError,
@@ -37,18 +38,15 @@ from tidings.useragent.errors import (
     SubscriptionRefused,
 )
 from tidings.useragent.events import (
-    PushEvent,
+    Handlers,
+    HandlersFor,
     PushHandler,
-    PushMessageData,
     PushSubscriptionChangeEvent,
     SubscriptionChangeHandler,
-    run_extendable,
 )
-from tidings.useragent.protocol import AckCode
-from tidings.useragent.rfc8030 import Http2Transport, is_rfc8030_url
-from tidings.useragent.state import StateStore, StoredRegistration, StoredSubscription
+from tidings.useragent.state import StateStore, StoredSubscription
+from tidings.useragent.subscriptions import SubscriptionBook
 from tidings.useragent.transport import (
-    Acknowledgement,
     Connection,
     ConnectionClosed,
     Delivery,
@@ -58,85 +56,24 @@ from tidings.useragent.transport import (
     Transport,
     TransportEvent,
 )
+from tidings.useragent.transport_choice import PushProtocol, make_transport
 from tidings.useragent.websocket import DEFAULT_PING_INTERVAL, WebSocketTransport
-from tidings.webpush import DecryptionError, b64url_decode, b64url_encode, load_p256_private_key
 
-__all__ = ["Handlers", "PushProtocol", "UserAgent", "make_transport"]
+# Handlers, HandlersFor, PushProtocol, make_transport and MAX_HELD_PER_SCOPE lived here
+# before the split; they stay importable from this module under their old names.
+__all__ = [
+    "MAX_HELD_PER_SCOPE",
+    "Handlers",
+    "HandlersFor",
+    "PushProtocol",
+    "UserAgent",
+    "make_transport",
+]
 
 log = logging.getLogger("tidings.useragent")
 
-MAX_HELD_PER_SCOPE = 1000
-"""Deliveries kept for a scope whose handler is not attached yet; more wait for a redelivery."""
-
 STABLE_CONNECTION = 10.0
 """A connection that lived this long resets the backoff when it ends."""
-
-
-@dataclass(frozen=True, slots=True)
-class Handlers:
-    """The handlers of a registration, as supplied by a `handlers_for` callback."""
-
-    on_push: PushHandler | None = None
-    on_subscription_change: SubscriptionChangeHandler | None = None
-
-
-HandlersFor = Callable[[StoredRegistration], Handlers | None]
-"""Given a stored registration nobody attached in this process, its handlers (or None)."""
-
-
-@dataclass(slots=True)
-class _Active:
-    """A subscription with its key objects loaded (deriving a key costs ~0.1 ms)."""
-
-    stored: StoredSubscription
-    private_key: ec.EllipticCurvePrivateKey
-    subscription: PushSubscription
-
-
-_Held = Delivery | PushSubscriptionChangeEvent
-
-
-PushProtocol = Literal["websocket", "rfc8030"]
-"""The push protocols: Firefox's WebSocket protocol, or RFC 8030 over HTTP/2."""
-
-
-def make_transport(
-    service_url: str,
-    protocol: PushProtocol | None = None,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    ping_interval: float = DEFAULT_PING_INTERVAL,
-    ping_timeout: float = 10.0,
-) -> Transport:
-    """The transport for `service_url`: `protocol` when given, else by the URL's scheme.
-
-    h2:// (TLS) and h2c:// (cleartext) mean RFC 8030; ws(s):// and http(s):// mean the
-    WebSocket protocol unless `protocol="rfc8030"` says otherwise.
-    """
-    if protocol is None:
-        protocol = "rfc8030" if is_rfc8030_url(service_url) else "websocket"
-    if protocol == "rfc8030":
-        return Http2Transport(
-            service_url,
-            ssl_context=ssl_context,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-        )
-    if protocol == "websocket":
-        return WebSocketTransport(
-            service_url,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            ssl_context=ssl_context,
-        )
-    raise ValueError(f"protocol must be 'websocket' or 'rfc8030', not {protocol!r}")
-
-
-def _padded_key(key: str) -> str:
-    """The application server key in base64url with padding, as Firefox sends it."""
-    raw = b64url_decode(key)
-    text = b64url_encode(raw)
-    return text + "=" * (-len(text) % 4)
 
 
 class UserAgent:
@@ -190,13 +127,17 @@ class UserAgent:
         self._state = StateStore(state_path)
         self._backoff = backoff or Backoff()
         self.connect_timeout = connect_timeout
-        self._pending_unsubscribes: set[str] = set()  # handles to unregister once connected
         self._handlers_for = handlers_for
         self._registrations: dict[str, Registration] = {}
-        self._active: dict[str, _Active] = {}
-        self._held: dict[str, list[_Held]] = {}
-        self._tracker = DeliveryTracker(self._state)
-        self._slots = asyncio.Semaphore(max_concurrent_events)
+        self._subscriptions = SubscriptionBook(self._state, self)
+        self._deliveries = Deliveries(
+            self._state,
+            self._subscriptions,
+            registration_for=self._registration_for,
+            connection=lambda: self._conn,
+            spawn=self._spawn,
+            max_concurrent_events=max_concurrent_events,
+        )
         self._lock = asyncio.Lock()  # subscription changes, one at a time
         self._conn: Connection | None = None
         self._connected = asyncio.Event()
@@ -337,7 +278,7 @@ class UserAgent:
         else:
             registration.on_push = on_push
             registration.on_subscription_change = on_subscription_change
-        await self._release_held(registration)
+        await self._deliveries.release_held(registration)
         return registration
 
     async def register_command(
@@ -348,8 +289,6 @@ class UserAgent:
         The daemon (`tidings agent run`) starts the command for each push with the
         message on its standard input; see `tidings.useragent.commands`.
         """
-        from tidings.useragent.commands import command_handlers
-
         if not command.strip():
             raise ValueError("command must not be empty")
         self._state.put_registration(scope, command)
@@ -389,46 +328,14 @@ class UserAgent:
             await self.unsubscribe_scope(scope, stored.handle)
         self._state.delete_registration(scope)
         self._registrations.pop(scope, None)
-        self._held.pop(scope, None)
+        self._deliveries.drop_held(scope)
         return existed
 
     # Subscriptions ------------------------------------------------------------------------
 
-    def _activate(self, stored: StoredSubscription) -> _Active:
-        active = self._active.get(stored.handle)
-        if active is None or active.stored != stored:
-            active = _Active(
-                stored, load_p256_private_key(stored.private_key), PushSubscription(stored, self)
-            )
-            self._active[stored.handle] = active
-        return active
-
-    def _lookup(self, handle: str) -> _Active | None:
-        active = self._active.get(handle)
-        if active is not None:
-            return active
-        # Another process (`tidings agent subscribe`) may have added it to the state; an
-        # RFC 8030 connection names a subscription it did not make by its endpoint.
-        stored = self._state.subscription_by_handle(handle)
-        if stored is None:
-            stored = self._state.subscription_by_endpoint(handle)
-        return None if stored is None else self._activate(stored)
-
     def subscription_of(self, scope: str) -> PushSubscription | None:
         """`PushManager.get_subscription` for `scope`."""
-        stored = self._state.get_subscription(scope)
-        return None if stored is None else self._activate(stored).subscription
-
-    def _existing(self, scope: str, key: str | None) -> PushSubscription | None:
-        stored = self._state.get_subscription(scope)
-        if stored is None:
-            return None
-        if stored.application_server_key != key:
-            raise InvalidStateError(
-                f"scope {scope!r} is already subscribed with a different application server "
-                "key; unsubscribe first to subscribe with another key"
-            )
-        return self._activate(stored).subscription
+        return self._subscriptions.of(scope)
 
     async def subscribe_scope(
         self, scope: str, user_visible_only: bool, application_server_key: str | None
@@ -437,20 +344,20 @@ class UserAgent:
         key = application_server_key
         if self._state.get_registration(scope) is None:
             raise InvalidStateError(f"scope {scope!r} is not registered")
-        existing = self._existing(scope, key)
+        existing = self._subscriptions.existing(scope, key)
         if existing is not None:
             return existing
         deadline = time.monotonic() + self.connect_timeout
         while True:
             conn = await self._wait_connection(deadline)
             async with self._lock:
-                existing = self._existing(scope, key)
+                existing = self._subscriptions.existing(scope, key)
                 if existing is not None:
                     return existing
                 if conn is not self._conn:
                     continue  # it died while we waited for the lock
                 try:
-                    stored = await self._create(conn, scope, user_visible_only, key)
+                    stored = await self._subscriptions.create(conn, scope, user_visible_only, key)
                 except SubscribeRefused as exc:
                     raise SubscriptionRefused(
                         exc.status,
@@ -460,52 +367,16 @@ class UserAgent:
                 except ConnectionClosed:
                     continue  # subscribe on the next connection
                 self._adopt_session(conn)
-            return self._activate(stored).subscription
-
-    async def _create(
-        self, conn: Connection, scope: str, user_visible_only: bool, key: str | None
-    ) -> StoredSubscription:
-        """Subscribe at the service with fresh keys and store the result."""
-        made = await conn.subscribe(str(uuid.uuid4()), None if key is None else _padded_key(key))
-        private_key = ec.generate_private_key(ec.SECP256R1())
-        stored = StoredSubscription(
-            scope=scope,
-            handle=made.handle,
-            endpoint=made.endpoint,
-            private_key=private_key.private_numbers().private_value.to_bytes(32, "big"),
-            auth=os.urandom(16),
-            application_server_key=key,
-            user_visible_only=user_visible_only,
-            expiration_time=None,
-            created_at=time.time(),
-        )
-        self._state.put_subscription(stored)
-        return stored
+            return self._subscriptions.activate(stored).subscription
 
     async def unsubscribe_scope(self, scope: str, handle: str) -> bool:
         """`PushSubscription.unsubscribe` for the subscription `handle` of `scope`."""
         async with self._lock:
-            stored = self._state.get_subscription(scope)
-            if stored is None or stored.handle != handle:
+            if not self._subscriptions.forget(scope, handle):
                 return False
-            self._state.delete_subscription(scope)
-            self._active.pop(handle, None)
         conn = self._conn if self._connected.is_set() else None
-        if conn is None:
-            # Not connected now: tell the service as soon as the connection is back.
-            self._pending_unsubscribes.add(handle)
-            return True
-        try:
-            await conn.unsubscribe(handle)
-        except ConnectionClosed:
-            self._pending_unsubscribes.add(handle)
+        await self._subscriptions.unsubscribe_at_service(conn, handle)
         return True
-
-    async def _send_pending_unsubscribes(self, conn: Connection) -> None:
-        """Unsubscriptions made while offline reach the service on the next connection."""
-        for handle in list(self._pending_unsubscribes):
-            await conn.unsubscribe(handle)
-            self._pending_unsubscribes.discard(handle)
 
     # Connection loop -------------------------------------------------------------------------
 
@@ -546,7 +417,7 @@ class UserAgent:
             self.connections += 1
             try:
                 await self._after_hello(conn)
-                await self._send_pending_unsubscribes(conn)
+                await self._subscriptions.send_pending_unsubscribes(conn)
                 self._connected.set()
                 log.info("connected to %s as %s", self.service_url, conn.session_id)
                 while True:
@@ -595,25 +466,25 @@ class UserAgent:
 
     async def _renew(self, conn: Connection, stored: StoredSubscription) -> None:
         old = PushSubscription(stored)  # detached: it no longer exists anywhere
-        self._active.pop(stored.handle, None)
+        self._subscriptions.deactivate(stored.handle)
         new: PushSubscription | None = None
         if not self.resubscribe:  # the handler decides whether to subscribe again
             self._state.delete_subscription(stored.scope)
-            self._fire_change(PushSubscriptionChangeEvent(old, None, scope=stored.scope))
+            self._deliveries.fire_change(PushSubscriptionChangeEvent(old, None, scope=stored.scope))
             return
         try:
-            made = await self._create(
+            made = await self._subscriptions.create(
                 conn, stored.scope, stored.user_visible_only, stored.application_server_key
             )
-            new = self._activate(made).subscription
+            new = self._subscriptions.activate(made).subscription
         except SubscribeRefused as exc:
             log.warning("cannot renew the subscription of %s: status %d", stored.scope, exc.status)
             self._state.delete_subscription(stored.scope)
-        self._fire_change(PushSubscriptionChangeEvent(old, new, scope=stored.scope))
+        self._deliveries.fire_change(PushSubscriptionChangeEvent(old, new, scope=stored.scope))
 
     async def _on_event(self, event: TransportEvent) -> None:
         if isinstance(event, Delivery):
-            await self._on_delivery(event)
+            await self._deliveries.on_delivery(event)
         elif isinstance(event, SubscriptionLost):
             self._spawn(self._lost(event.handle))
 
@@ -627,106 +498,6 @@ class UserAgent:
             with contextlib.suppress(ConnectionClosed):
                 await self._renew(conn, stored)
                 self._adopt_session(conn)
-
-    # Messages ------------------------------------------------------------------------------
-
-    async def _on_delivery(self, delivery: Delivery) -> None:
-        active = self._lookup(delivery.handle)
-        if active is None:
-            log.info("message for unknown subscription %s: refused", delivery.handle)
-            self._spawn(self._refuse(delivery))
-            return
-        decision = self._tracker.classify(delivery.message_id)
-        if decision.verdict is Verdict.IN_PROGRESS:
-            return
-        if decision.verdict is Verdict.HANDLED:
-            log.debug("duplicate delivery of %s: acked again", delivery.message_id)
-            self._spawn(self._ack(delivery, decision.code))
-            return
-        try:
-            plaintext = open_message(delivery, active.private_key, active.stored.auth)
-        except DecryptionError as exc:
-            log.warning(
-                "message %s does not decrypt (%s): acked with 101", delivery.message_id, exc
-            )
-            self._tracker.finish(delivery.message_id, AckCode.DECRYPTION_FAILED)
-            self._spawn(self._ack(delivery, AckCode.DECRYPTION_FAILED))
-            return
-        scope = active.stored.scope
-        registration = self._registration_for(scope)
-        if registration is None:
-            self._tracker.abandon(delivery.message_id)
-            self._hold(scope, delivery)
-            return
-        event = PushEvent(
-            None if plaintext is None else PushMessageData(plaintext),
-            scope=scope,
-            message_id=delivery.message_id,
-            subscription=active.subscription,
-        )
-        await self._slots.acquire()
-        self._spawn(self._dispatch(registration, delivery, event))
-
-    async def _dispatch(
-        self, registration: Registration, delivery: Delivery, event: PushEvent
-    ) -> None:
-        code = AckCode.DELIVERED
-        try:
-            if registration.on_push is not None:
-                await run_extendable(registration.on_push, event)
-        except asyncio.CancelledError:
-            self._tracker.abandon(delivery.message_id)
-            raise
-        except Exception:
-            log.exception("push handler of %s failed on %s", registration.scope, event.message_id)
-            code = AckCode.OTHER_ERROR
-        finally:
-            self._slots.release()
-        self._tracker.finish(delivery.message_id, code)
-        await self._ack(delivery, code)
-
-    async def _ack(self, delivery: Delivery, code: int) -> None:
-        conn = self._conn
-        if conn is None:
-            return  # the service redelivers; the recorded code answers it then
-        with contextlib.suppress(ConnectionClosed):
-            await conn.acknowledge([Acknowledgement(delivery.handle, delivery.message_id, code)])
-
-    async def _refuse(self, delivery: Delivery) -> None:
-        await self._ack(delivery, AckCode.OTHER_ERROR)
-        conn = self._conn
-        if conn is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await conn.unsubscribe(delivery.handle)
-
-    def _hold(self, scope: str, item: _Held) -> None:
-        held = self._held.setdefault(scope, [])
-        if len(held) < MAX_HELD_PER_SCOPE:
-            held.append(item)
-
-    async def _release_held(self, registration: Registration) -> None:
-        for item in self._held.pop(registration.scope, []):
-            if isinstance(item, Delivery):
-                await self._on_delivery(item)
-            else:
-                self._fire_change(item)
-
-    def _fire_change(self, event: PushSubscriptionChangeEvent) -> None:
-        registration = self._registration_for(event.scope)
-        if registration is None:
-            self._hold(event.scope, event)
-            return
-        handler = registration.on_subscription_change
-        if handler is not None:
-            self._spawn(self._run_change(handler, event))
-
-    async def _run_change(
-        self, handler: SubscriptionChangeHandler, event: PushSubscriptionChangeEvent
-    ) -> None:
-        try:
-            await run_extendable(handler, event)
-        except Exception:
-            log.exception("pushsubscriptionchange handler of %s failed", event.scope)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -24,9 +24,8 @@ import json
 import os
 from collections.abc import Mapping
 
-from tidings.useragent.agent import Handlers, HandlersFor
 from tidings.useragent.errors import UserAgentError
-from tidings.useragent.events import PushEvent, PushSubscriptionChangeEvent
+from tidings.useragent.events import Handlers, HandlersFor, PushEvent, PushSubscriptionChangeEvent
 from tidings.useragent.state import StoredRegistration
 
 __all__ = ["CommandFailed", "command_handlers", "handlers_from_state", "run_command"]

@@ -11,15 +11,19 @@ import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidings.useragent.errors import InvalidStateError
+from tidings.useragent.state import StoredRegistration
 
 if TYPE_CHECKING:
     from tidings.useragent.api import PushSubscription
 
 __all__ = [
     "ExtendableEvent",
+    "Handlers",
+    "HandlersFor",
     "PushEvent",
     "PushHandler",
     "PushMessageData",
@@ -127,6 +131,18 @@ PushHandler = Callable[[PushEvent], Awaitable[None] | None]
 
 SubscriptionChangeHandler = Callable[[PushSubscriptionChangeEvent], Awaitable[None] | None]
 """A `pushsubscriptionchange` handler."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handlers:
+    """The handlers of a registration, as supplied by a `handlers_for` callback."""
+
+    on_push: PushHandler | None = None
+    on_subscription_change: SubscriptionChangeHandler | None = None
+
+
+HandlersFor = Callable[[StoredRegistration], Handlers | None]
+"""Given a stored registration nobody attached in this process, its handlers (or None)."""
 
 
 E = TypeVar("E", bound=ExtendableEvent)

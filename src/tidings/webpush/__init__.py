@@ -1,4 +1,5 @@
-"""Web Push protocol and crypto without I/O: RFC 8188/8291 coding, VAPID, headers, subscriptions.
+"""Web Push protocol and crypto without I/O: RFC 8188/8291 coding, VAPID, headers, subscriptions,
+the JSON error body and its errno table.
 
 Every error derives from `WebPushError`; any malformed or undecryptable body raises
 `DecryptionError`, any bad VAPID token `VapidError`, any bad header `HeaderError`.
@@ -18,14 +19,26 @@ from tidings.webpush.encryption import MAX_BODY, decrypt, encrypt, encrypt_for_k
 from tidings.webpush.errors import (
     DecryptionError,
     EncryptionError,
+    Errno,
+    ErrorBody,
     HeaderError,
     InvalidKeyError,
     InvalidSubscription,
     PayloadTooLarge,
     VapidError,
     WebPushError,
+    errno_of,
+    error_body,
+    parse_error_body,
 )
-from tidings.webpush.headers import MAX_TTL, Urgency, parse_topic, parse_ttl, parse_urgency
+from tidings.webpush.headers import (
+    MAX_TTL,
+    URGENCIES,
+    Urgency,
+    parse_topic,
+    parse_ttl,
+    parse_urgency,
+)
 from tidings.webpush.keys import load_auth_secret, load_p256_private_key, public_key_bytes
 from tidings.webpush.subscription import Subscription, load_p256_public_key
 from tidings.webpush.vapid import (
@@ -41,10 +54,13 @@ __all__ = [
     "MAX_BODY",
     "MAX_PLAINTEXT",
     "MAX_TTL",
+    "URGENCIES",
     "AesgcmMessage",
     "DecryptionError",
     "EceHeader",
     "EncryptionError",
+    "Errno",
+    "ErrorBody",
     "HeaderError",
     "InvalidKeyError",
     "InvalidSubscription",
@@ -65,10 +81,13 @@ __all__ = [
     "ece_encode",
     "encrypt",
     "encrypt_for_key",
+    "errno_of",
+    "error_body",
     "load_auth_secret",
     "load_p256_private_key",
     "load_p256_public_key",
     "parse_ece_header",
+    "parse_error_body",
     "parse_header_params",
     "parse_topic",
     "parse_ttl",

@@ -11,7 +11,15 @@ import re
 
 from tidings.webpush.errors import HeaderError
 
-__all__ = ["MAX_TTL", "TOPIC_MAX_LENGTH", "Urgency", "parse_topic", "parse_ttl", "parse_urgency"]
+__all__ = [
+    "MAX_TTL",
+    "TOPIC_MAX_LENGTH",
+    "URGENCIES",
+    "Urgency",
+    "parse_topic",
+    "parse_ttl",
+    "parse_urgency",
+]
 
 MAX_TTL = 2**31
 """RFC 8030 §5.2 with RFC 9110 §5.3 delta-seconds: larger values count as 2**31."""
@@ -57,6 +65,8 @@ class Urgency(enum.StrEnum):
 
 _RANK = {Urgency.VERY_LOW: 0, Urgency.LOW: 1, Urgency.NORMAL: 2, Urgency.HIGH: 3}
 _URGENCY_BY_NAME = {u.value: u for u in Urgency}
+URGENCIES = tuple(_URGENCY_BY_NAME)
+"""RFC 8030's urgencies as written in the header, lowest first."""
 
 
 def parse_urgency(value: str | None) -> Urgency:

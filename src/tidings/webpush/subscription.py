@@ -114,17 +114,36 @@ class Subscription:
         decode it a second time (7 µs a message in the event loop's process). The caller
         must replace it by the `Subscription(...)` error when the point is refused.
         """
+        return cls._made(endpoint, p256dh, auth, expiration_time, decode_point=False)
+
+    @classmethod
+    def _made(
+        cls,
+        endpoint: str,
+        p256dh: bytes,
+        auth: bytes,
+        expiration_time: int | float | None = None,
+        *,
+        decode_point: bool = True,
+        endpoint_checked: bool = False,
+    ) -> Subscription:
+        """`Subscription(...)` with the same checks, its fields set in one step (a
+        frozen dataclass's `__init__` sets each through `object.__setattr__`);
+        `endpoint_checked`: the caller has just run `_check_endpoint` on it."""
         self = object.__new__(cls)
-        object.__setattr__(self, "endpoint", endpoint)
-        object.__setattr__(self, "p256dh", p256dh)
-        object.__setattr__(self, "auth", auth)
-        object.__setattr__(self, "expiration_time", expiration_time)
-        object.__setattr__(self, "_key", None)
-        self._validate(decode_point=False)
+        self.__dict__.update(
+            endpoint=endpoint,
+            p256dh=p256dh,
+            auth=auth,
+            expiration_time=expiration_time,
+            _key=None,
+        )
+        self._validate(decode_point=decode_point, check_endpoint=not endpoint_checked)
         return self
 
-    def _validate(self, *, decode_point: bool) -> None:
-        _check_endpoint(self.endpoint)
+    def _validate(self, *, decode_point: bool, check_endpoint: bool = True) -> None:
+        if check_endpoint:
+            _check_endpoint(self.endpoint)
         if not isinstance(self.p256dh, bytes) or len(self.p256dh) != 65:
             raise InvalidSubscription("subscription keys.p256dh must be 65 bytes (uncompressed)")
         if decode_point:
@@ -167,7 +186,8 @@ class Subscription:
             raise InvalidSubscription(
                 f"subscription keys.auth must be exactly 16 bytes, got {len(auth)}"
             )
-        return cls(endpoint, p256dh, auth, data.get("expirationTime"))
+        # The endpoint was checked above: once is enough.
+        return cls._made(endpoint, p256dh, auth, data.get("expirationTime"), endpoint_checked=True)
 
     def to_json(self) -> dict[str, Any]:
         """The browser's toJSON() shape, keys in base64url without padding."""

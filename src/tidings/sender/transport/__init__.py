@@ -10,6 +10,7 @@ proxies or event hooks; it costs several times more CPU per request (see docs/se
 
 from tidings.sender.transport.base import (
     DeadlineTransport,
+    FrozenHeaders,
     Response,
     Transport,
     TransportError,
@@ -21,6 +22,7 @@ from tidings.sender.transport.pool import PooledTransport
 
 __all__ = [
     "DeadlineTransport",
+    "FrozenHeaders",
     "HttpxTransport",
     "PooledTransport",
     "Response",

@@ -6,7 +6,7 @@ import asyncio
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, Literal, NoReturn, Protocol, TypeVar, runtime_checkable
 
 VerifyOption = bool | str | ssl.SSLContext
 ProtocolT = TypeVar("ProtocolT", bound=asyncio.Protocol)
@@ -23,6 +23,30 @@ class Response:
     headers: dict[str, str]
     body: bytes
     http_version: str
+
+
+class FrozenHeaders(dict[str, str]):
+    """Request headers that no one changes once made, shared by many requests (a fan-out's
+    requests to one origin): a transport may encode them once and keep the bytes
+    (`h1_block`, the HTTP/1.1 header lines) instead of encoding them per request.
+
+    Changing them raises TypeError; `dict(headers)` is a changeable copy.
+    """
+
+    __slots__ = ("h1_block",)
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        super().__init__(headers)
+        self.h1_block: bytes | None = None
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("FrozenHeaders cannot be changed: change a copy, dict(headers)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse
+    __ior__ = _refuse
+
+    def __reduce__(self) -> tuple[type[FrozenHeaders], tuple[dict[str, str]]]:
+        return FrozenHeaders, (dict(self),)  # copy and pickle without item assignment
 
 
 class TransportError(Exception):

@@ -24,6 +24,9 @@ class H1Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        # The connection's loop, asked once: asyncio.get_running_loop() makes a getpid()
+        # system call on every call in CPython 3.11 (fork detection).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
         self.reusable = True
         self._buf = bytearray()
@@ -37,6 +40,7 @@ class H1Connection(asyncio.Protocol):
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -70,9 +74,10 @@ class H1Connection(asyncio.Protocol):
         With `expiry`, the answer must come by `deadline` (loop time), else TimeoutError.
         """
         transport = self.transport
-        if self.closed or transport is None:
+        loop = self.loop
+        if self.closed or transport is None or loop is None:
             raise TransportError("connection is closed")
-        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Response] = loop.create_future()
         self._waiter = waiter
         self._got_bytes = False
         self._head = None

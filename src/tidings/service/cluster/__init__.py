@@ -42,6 +42,10 @@ class ClusterBus(Protocol):
     async def route(self, message: StoredMessage) -> bool:
         """Send a message to the node holding its user agent; True if one took it."""
 
+    async def withdraw(self, uaid: str, message_id: str) -> None:
+        """Tell the node holding `uaid`, if another, that its sender deleted the message
+        (a copy its connection holds unsent is dropped; see Hub.withdraw)."""
+
     def status(self) -> str:
         """ "single" (no cluster), "ok", or "degraded" (delivery falls back to the store)."""
 
@@ -71,6 +75,9 @@ class SingleNodeBus:
 
     async def route(self, message: StoredMessage) -> bool:
         return False
+
+    async def withdraw(self, uaid: str, message_id: str) -> None:
+        return None  # no other node holds anything
 
     def status(self) -> str:
         return "single"

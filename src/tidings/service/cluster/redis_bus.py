@@ -45,12 +45,14 @@ from tidings.service.cluster.wire import (
     Poke,
     PokeAll,
     Superseded,
+    Withdrawn,
     decode_bus_message,
     encode_broadcasts_changed,
     encode_message,
     encode_poke,
     encode_poke_all,
     encode_superseded,
+    encode_withdrawn,
 )
 from tidings.service.hub import ConnectedAgent, Hub
 from tidings.service.logs import escape
@@ -65,6 +67,12 @@ PRESENCE_TTL = 35  # seconds a claim lives without a refresh (a dead node's clai
 CLAIM_BATCH = 500  # user agents per claim script call
 MAX_MISSED = 10_000  # user agents remembered for a poke; past it, everyone is poked
 REDELIVER_CONCURRENCY = 16
+# A message that reaches this node over the bus later than this after it was accepted
+# (this node, its link to Redis or Redis stalled: a pause, a black hole) is not trusted
+# as live: a DELETE or a newer push of its Topic may have come since, and its notice
+# may be right behind it. The store says whether it still stands. (Nodes' clocks must
+# agree to well within this, as NTP keeps them.)
+BUS_LATE = 1.0
 # After a claim, stored messages this much older than the hello are not offered again:
 # the connection's own first read of the store already had them (margin for clocks and
 # for a push accepted just before the hello but committed just after that read).
@@ -212,6 +220,7 @@ class RedisBus:
         self._subscribed = False
         self.dropped = 0  # bad bus messages logged and dropped
         self.restarts = 0  # times the listener lost its subscription and started again
+        self.late = 0  # messages that came over the bus after BUS_LATE: read from the store
         self._redeliver: Redeliver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -383,6 +392,18 @@ class RedisBus:
             return False
         return int(receivers) > 0
 
+    async def withdraw(self, uaid: str, message_id: str) -> None:
+        """Tell the node holding `uaid` that its sender deleted the message."""
+        if time.monotonic() < self._down_until:
+            return  # the bus is down: a copy held there may still go out
+        try:
+            await self._route_script(
+                keys=[self._key(uaid)],
+                args=[self.node_id, f"{self.prefix}node:", encode_withdrawn(uaid, message_id)],
+            )
+        except (RedisError, OSError) as exc:
+            self._failed("withdraw", exc)
+
     async def announce_broadcasts(self) -> None:
         """Every node re-reads the broadcasts now (else at its next broadcast_poll)."""
         try:
@@ -423,7 +444,12 @@ class RedisBus:
             log.warning("cluster: dropped a bad bus message: %s", escape(str(exc)))
             return
         if isinstance(event, Deliver):
-            self._hub.offer(event.message)  # not here any more: it is stored
+            message = event.message
+            if time.time() - message.created_at <= BUS_LATE:
+                self._hub.offer(message)  # not here any more: it is stored
+            elif message.ttl:  # a late TTL 0 message is dropped: it was for then
+                self.late += 1
+                self._spawn(self._redeliver_one(message.uaid, message.created_at - BUS_LATE))
         elif isinstance(event, Poke):
             self._spawn(self._redeliver_one(event.uaid))
         elif isinstance(event, PokeAll):
@@ -432,6 +458,8 @@ class RedisBus:
             self.on_broadcasts()
         elif isinstance(event, Superseded):
             self._spawn(self._let_go(event.uaid, event.stamp))
+        elif isinstance(event, Withdrawn):
+            self._hub.withdraw(event.uaid, event.message_id)
 
     # Background loops -------------------------------------------------------------------
 

@@ -3,14 +3,16 @@
 Anyone who can publish on the Redis channels can put bytes in front of a node, so a
 bus message is untrusted input: `decode_bus_message` checks every field against an
 explicit type and range and raises `BadBusMessage` (with a short reason, never the
-payload) for anything else. Three kinds exist:
+payload) for anything else. The kinds:
 
 - `{"t": "m", ...}`: a stored (or TTL 0) message for a user agent connected here;
 - `{"t": "p", "ua": <uaid>}`: stored messages of that user agent may be waiting;
 - `{"t": "all"}`: stored messages of any user agent here may be waiting;
 - `{"t": "b"}`: the Megaphone broadcasts changed; read them again from the store;
 - `{"t": "s", "ua": <uaid>, "st": <stamp>}`: a newer connection of that user agent
-  (said hello at `st`, milliseconds) is held by another node now: close yours.
+  (said hello at `st`, milliseconds) is held by another node now: close yours;
+- `{"t": "w", "ua": <uaid>, "id": <message id>}`: its sender deleted that message:
+  a connection here that holds it unsent must not send it.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ __all__ = [
     "Poke",
     "PokeAll",
     "Superseded",
+    "Withdrawn",
     "decode_bus_message",
     "encode_broadcasts_changed",
     "encode_message",
     "encode_poke",
     "encode_poke_all",
     "encode_superseded",
+    "encode_withdrawn",
 ]
 
 MAX_BODY = 1 << 20  # the largest body the service accepts (config max_body's ceiling)
@@ -95,7 +99,15 @@ class Superseded:
     stamp: int
 
 
-BusEvent = Deliver | Poke | PokeAll | BroadcastsChanged | Superseded
+@dataclass(frozen=True)
+class Withdrawn:
+    """The sender of message `message_id` of `uaid` deleted it (answered 204 elsewhere)."""
+
+    uaid: str
+    message_id: str
+
+
+BusEvent = Deliver | Poke | PokeAll | BroadcastsChanged | Superseded | Withdrawn
 
 
 def encode_message(message: StoredMessage) -> str:
@@ -130,6 +142,10 @@ def encode_poke_all() -> str:
 
 def encode_superseded(uaid: str, stamp: int) -> str:
     return json.dumps({"t": "s", "ua": uaid, "st": stamp}, separators=(",", ":"))
+
+
+def encode_withdrawn(uaid: str, message_id: str) -> str:
+    return json.dumps({"t": "w", "ua": uaid, "id": message_id}, separators=(",", ":"))
 
 
 def encode_broadcasts_changed() -> str:
@@ -168,6 +184,9 @@ def decode_bus_message(raw: bytes | str) -> BusEvent:
         if type(stamp) is not int or not 0 <= stamp <= MAX_TIME * 1000:
             raise BadBusMessage("st: not a stamp in milliseconds since the epoch")
         return Superseded(_id(data, "ua"), stamp)
+    if kind == "w":
+        _only(data, {"t", "ua", "id"})
+        return Withdrawn(_id(data, "ua"), _id(data, "id"))
     raise BadBusMessage(f"unknown kind {_short(kind)}")
 
 

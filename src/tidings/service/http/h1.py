@@ -11,25 +11,21 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
-from tidings.service.errors import ServiceError
-from tidings.service.http import websocket as ws
+from tidings.service.http.context import WRITE_BUFFER_LIMIT, ConnectionContext, peer_of
 from tidings.service.http.messages import Request, Response, status_line
-from tidings.service.limits import Limit
+from tidings.service.http.websocket_frames import accept_key, is_valid_client_key
 
-if TYPE_CHECKING:
-    from tidings.service.http.server import ConnectionContext
+__all__ = ["H2_PREFACE", "MAX_HEADER_BYTES", "WRITE_BUFFER_LIMIT", "Http1Connection"]
 
 log = logging.getLogger("tidings.http")
-access_log = logging.getLogger("tidings.access")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_HEADER_BYTES = 16 * 1024
 MAX_QUEUED_REQUESTS = 16
-WRITE_BUFFER_LIMIT = 1 << 20  # answers piling up unread: the client is not reading
 
 
 class _BodyTooLarge(Exception):
@@ -68,9 +64,7 @@ class Http1Connection(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.client = f"{peer[0]}:{peer[1]}"
+        self.client = peer_of(transport)
         self.context.connections.add(self)
         self._arm_timer(self.context.request_timeout)
 
@@ -134,7 +128,7 @@ class Http1Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         path = httptools.parse_url(self._url).path.decode("latin-1") if self._url else "/"
         method = self.parser.get_method().decode("latin-1")
-        self._body_limit = self.context.routes.body_limit(method, path)
+        self._body_limit = self.context.app.body_limit(method, path)
         declared = self._headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._body_limit:
             raise _BodyTooLarge  # answered at once, without waiting for the body
@@ -169,7 +163,7 @@ class Http1Connection(asyncio.Protocol):
         if self.parser.should_upgrade():
             self._upgrade = request
             return
-        ready = self.context.routes.too_large(request) if self._too_large else None
+        ready = self.context.app.too_large(request) if self._too_large else None
         self._queue.append((request, ready))
         if len(self._queue) > MAX_QUEUED_REQUESTS and self.transport is not None:
             self.transport.pause_reading()
@@ -188,7 +182,7 @@ class Http1Connection(asyncio.Protocol):
                     response = ready
                     keep_alive = False
                 else:
-                    response = await self.context.routes.handle(request)
+                    response = await self.context.app.handle(request)
                 self._write_response(request, response, keep_alive)
                 self.context.log_request(request, response.status, started)
                 if self.transport is not None and (
@@ -231,7 +225,7 @@ class Http1Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         request = Request("-", "-", "", {}, b"", self.client)
-        response = self.context.routes.plain_error(status, message)
+        response = self.context.app.plain_error(status, message)
         if self._worker is not None or self._queue:
             self._queue.append((request, response))
             return
@@ -291,21 +285,19 @@ class Http1Connection(asyncio.Protocol):
             self._reject(status, message)
             return
         # New connections are rate limited per address; the limiter may be remote (Redis).
-        request.client = self.context.routes.client_of(request)  # behind trusted proxies
+        request.client = self.context.app.client_of(request)  # behind trusted proxies
         self.transport.pause_reading()
         self._worker = asyncio.ensure_future(self._upgrade_if_allowed(request, rest))
 
     async def _upgrade_if_allowed(self, request: Request, rest: bytes) -> None:
-        try:
-            await self.context.service.check_address_rate(Limit.CONNECT_ADDRESS, request.client)
-        except ServiceError as error:
-            self._worker = None
+        refusal = await self.context.app.admit_websocket(request)
+        self._worker = None
+        if refusal is not None:
             if self.transport is not None and not self.transport.is_closing():
-                self._write_response(request, Response.error(error), keep_alive=False)
-                self.context.log_request(request, error.status, time.perf_counter())
+                self._write_response(request, refusal, keep_alive=False)
+                self.context.log_request(request, refusal.status, time.perf_counter())
             self._close()
             return
-        self._worker = None
         if self._closing or self.transport is None or self.transport.is_closing():
             return
         self._complete_upgrade(request, rest)
@@ -317,7 +309,7 @@ class Http1Connection(asyncio.Protocol):
             b"upgrade: websocket\r\n",
             b"connection: Upgrade\r\n",
             b"sec-websocket-accept: %s\r\n"
-            % ws.accept_key(request.headers["sec-websocket-key"]).encode(),
+            % accept_key(request.headers["sec-websocket-key"]).encode(),
         ]
         # Firefox asks for the "push-notification" subprotocol; extensions such as
         # permessage-deflate are declined (frames are encrypted and incompressible).
@@ -348,7 +340,7 @@ class Http1Connection(asyncio.Protocol):
         if request.headers.get("sec-websocket-version") != "13":
             return 426, "WebSocket version 13 is required"
         key = request.headers.get("sec-websocket-key", "")
-        if not ws.is_valid_client_key(key):
+        if not is_valid_client_key(key):
             return 400, "missing or malformed Sec-WebSocket-Key"
         return None
 

@@ -1,14 +1,17 @@
 """HTTP/2 connections (h2 keeps the protocol state), with server push for monitors.
 
-Every request stream is answered by `Routes.handle` in its own task; response bodies
-are sent as flow control allows. A handler that keeps a GET open (RFC 8030 monitoring)
-uses the stream's `Http2PushChannel` to send PUSH_PROMISEs while it waits.
+Every request stream is answered by the app's `handle` (app.py) in its own task;
+response bodies are sent as flow control allows. A handler that keeps a GET open
+(RFC 8030 monitoring) uses the stream's `Http2PushChannel` to send PUSH_PROMISEs while
+it waits.
 
 A hostile peer costs a bounded share (docs/security.md, "HTTP/2"): at most
 `MAX_CONCURRENT_STREAMS` streams, each with `request_timeout` to send its request;
 at most `WRITE_BUFFER_LIMIT` bytes queued for a peer that does not read (reading
 stops until they drain, the connection closes if they do not); rapid-reset floods
-end with GOAWAY ENHANCE_YOUR_CALM.
+and floods of frames that cost work but carry no request (PING, SETTINGS, PRIORITY,
+empty DATA: CVE-2019-9512, -9515, -9516, -9518) end with GOAWAY ENHANCE_YOUR_CALM; a
+request whose declared length is over the limit is answered 413 at once.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -26,12 +29,9 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from tidings.service.http.h1 import WRITE_BUFFER_LIMIT
+from tidings.service.http.context import WRITE_BUFFER_LIMIT, ConnectionContext, peer_of
+from tidings.service.http.logsafe import escape
 from tidings.service.http.messages import Request, Response
-from tidings.service.logs import escape
-
-if TYPE_CHECKING:
-    from tidings.service.http.server import ConnectionContext
 
 log = logging.getLogger("tidings.http2")
 
@@ -41,12 +41,26 @@ MAX_CONCURRENT_STREAMS = 100  # advertised; streams beyond it get RST_STREAM REF
 RAPID_RESET_LIMIT = 200
 MAX_FRAME_CHUNK = 16 * 1024  # DATA frame size we send, whatever the peer allows
 MAX_HEADER_LIST_SIZE = 16 * 1024  # as HTTP/1.1's 16 KiB of headers
+# Frames with no request in them: a budget of CONTROL_FRAME_BURST, refilled at
+# CONTROL_FRAME_RATE a second (a browser sends a few PINGs a minute, SETTINGS once).
+CONTROL_FRAME_BURST = 1000
+CONTROL_FRAME_RATE = 100.0
 
 
 class _Stream:
     """What a request stream holds until it is answered."""
 
-    __slots__ = ("body", "body_size", "closed", "headers", "limit", "task", "timer", "too_large")
+    __slots__ = (
+        "body",
+        "body_size",
+        "closed",
+        "ended",
+        "headers",
+        "limit",
+        "task",
+        "timer",
+        "too_large",
+    )
 
     def __init__(self, headers: dict[str, str], limit: int) -> None:
         self.headers = headers
@@ -54,6 +68,7 @@ class _Stream:
         self.body_size = 0
         self.limit = limit
         self.too_large = False
+        self.ended = False  # the peer has sent its whole request
         self.closed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None  # request_timeout, until the request ends
@@ -103,6 +118,8 @@ class Http2Connection(asyncio.Protocol):
         self._drain_timer: asyncio.TimerHandle | None = None
         self._unanswered_resets = 0  # streams reset or refused before their answer
         self._answered = 0
+        self._control_budget = float(CONTROL_FRAME_BURST)
+        self._control_refilled = time.monotonic()
 
     # asyncio.Protocol -------------------------------------------------------------------
 
@@ -110,9 +127,7 @@ class Http2Connection(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.client = f"{peer[0]}:{peer[1]}"
+        self.client = peer_of(transport)
         self.context.connections.add(self)
         # pause_writing() past the cap, resume_writing() once a quarter of it is left.
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
@@ -222,9 +237,19 @@ class Http2Connection(asyncio.Protocol):
         if isinstance(event, h2.events.RequestReceived):
             self._request_received(event)
         elif isinstance(event, h2.events.DataReceived):
+            if not event.flow_controlled_length and not event.stream_ended:
+                self._spend_control_budget()
             self._data_received(event)
         elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.ended = True
             self._dispatch(event.stream_id)
+        elif isinstance(
+            event,
+            h2.events.PingReceived | h2.events.RemoteSettingsChanged | h2.events.PriorityUpdated,
+        ):
+            self._spend_control_budget()
         elif isinstance(event, h2.events.StreamReset):
             if event.remote_reset and event.stream_id in self.streams:
                 task = self.streams[event.stream_id].task
@@ -253,7 +278,7 @@ class Http2Connection(asyncio.Protocol):
             self._count_unanswered()
             return
         path = headers.get(":path", "/").split("?", 1)[0]
-        limit = self.context.routes.body_limit(headers.get(":method", "GET"), path)
+        limit = self.context.app.body_limit(headers.get(":method", "GET"), path)
         stream = _Stream(headers, limit)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -263,7 +288,10 @@ class Http2Connection(asyncio.Protocol):
             self._idle_timer.cancel()
             self._idle_timer = None
         if event.stream_ended is not None:
+            stream.ended = True
             self._dispatch(event.stream_id)
+        elif stream.too_large:
+            self._dispatch(event.stream_id)  # 413 now: no need to wait for a body refused
         else:
             stream.timer = asyncio.get_running_loop().call_later(
                 self.context.request_timeout, self._request_timed_out, event.stream_id
@@ -276,7 +304,7 @@ class Http2Connection(asyncio.Protocol):
             return
         stream.timer = None
         self._forget(stream_id, stream)
-        response = self.context.routes.plain_error(408, "the request was not sent in time")
+        response = self.context.app.plain_error(408, "the request was not sent in time")
         headers = [(b":status", b"408")]
         headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
         headers.append((b"content-length", str(len(response.body)).encode()))
@@ -285,10 +313,14 @@ class Http2Connection(asyncio.Protocol):
             self.conn.send_headers(stream_id, headers, end_stream=not fits)
             if fits:
                 self.conn.send_data(stream_id, response.body, end_stream=True)
-            # The peer may still be sending: tell it to stop (RFC 9113 section 8.1).
-            self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             pass
+        self._stop_request(stream_id)
+
+    def _stop_request(self, stream_id: int) -> None:
+        """Answered before the request ended: tell the peer to stop (RFC 9113 section 8.1)."""
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
         self._flush()
 
     def _count_unanswered(self) -> None:
@@ -296,6 +328,21 @@ class Http2Connection(asyncio.Protocol):
         self._unanswered_resets += 1
         if self._unanswered_resets > RAPID_RESET_LIMIT and self._unanswered_resets > self._answered:
             log.info("closing %s: rapid reset", self.client)
+            self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self._flush()
+            self._close()
+
+    def _spend_control_budget(self) -> None:
+        """One frame that costs work and carries no request; a flood ends the connection."""
+        now = time.monotonic()
+        self._control_budget = min(
+            float(CONTROL_FRAME_BURST),
+            self._control_budget + (now - self._control_refilled) * CONTROL_FRAME_RATE,
+        )
+        self._control_refilled = now
+        self._control_budget -= 1
+        if self._control_budget < 0 and not self._closed:
+            log.info("closing %s: control frame flood", self.client)
             self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             self._flush()
             self._close()
@@ -346,12 +393,14 @@ class Http2Connection(asyncio.Protocol):
         started = time.perf_counter()
         try:
             if stream.too_large:
-                response = self.context.routes.too_large(request)
+                response = self.context.app.too_large(request)
             else:
-                response = await self.context.routes.handle(request)
+                response = await self.context.app.handle(request)
             if not stream.closed.is_set():
                 await self._respond(stream_id, request.method, response)
                 self._answered += 1
+                if not stream.ended:
+                    self._stop_request(stream_id)
             self.context.log_request(request, response.status, started)
         except asyncio.CancelledError:
             pass

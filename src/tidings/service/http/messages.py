@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Protocol
 
-from tidings.service.errors import ServiceError
+
+class ErrorAnswer(Protocol):
+    """A refusal the application renders itself (the service's `ServiceError` is one)."""
+
+    status: int
+    headers: dict[str, str]
+
+    def body(self) -> bytes:
+        """The JSON error document."""
+        ...
 
 
 class ServerPushChannel(Protocol):
@@ -61,7 +70,7 @@ class Response:
         return cls(status, {"content-type": "application/json", **(headers or {})}, body)
 
     @classmethod
-    def error(cls, error: ServiceError) -> Response:
+    def error(cls, error: ErrorAnswer) -> Response:
         """The JSON error document of a refused request."""
         return cls(
             error.status, {"content-type": "application/json", **error.headers}, error.body()

@@ -2,100 +2,43 @@
 
 One port serves HTTP/1.1 (application servers, WebSocket upgrades for browsers) and
 HTTP/2: over TLS by ALPN, in cleartext by the connection preface (prior knowledge).
+What it serves is any `HttpApp` (app.py); the push service's is `service/push_app.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import logging
 import socket
 import ssl
 import time
-from typing import Protocol, cast
+from typing import Generic, TypeVar, cast
 
-from tidings.service.core import PushService
+from tidings.service.http.app import HttpApp
+from tidings.service.http.context import ConnectionContext
 from tidings.service.http.h1 import Http1Connection
 from tidings.service.http.h2 import Http2Connection
-from tidings.service.http.messages import Request
-from tidings.service.http.websocket import PushWebSocket
-from tidings.service.logs import escape
-from tidings.service.routes import Routes, redact_path
+from tidings.service.http.websocket import WebSocketConnection
 
-log = logging.getLogger("tidings.server")
-access_log = logging.getLogger("tidings.access")
+__all__ = ["ConnectionContext", "HttpServer", "TidingsServer", "tls_context"]
 
-WEBSOCKET_MAX_MESSAGE = 64 * 1024  # protocol frames are small; a bigger one is abuse
+App = TypeVar("App", bound=HttpApp)
 
 
-class Drainable(Protocol):
-    def close_if_idle(self) -> None: ...
+class _ServerContext(ConnectionContext):
+    """The context whose connections switch to this package's HTTP/2 and WebSocket."""
 
-
-class ConnectionContext:
-    """What every connection of one server shares."""
-
-    def __init__(self, service: PushService, routes: Routes, *, scheme: str) -> None:
-        self.service = service
-        self.routes = routes
-        self.scheme = scheme
-        self.connections: set[Drainable] = set()
-        self.busy_websockets: set[PushWebSocket] = set()  # handling frames right now
-        # To send a whole request (slow clients are cut off), and to send the next one.
-        self.request_timeout = service.config.request_timeout
-        self.keepalive_timeout = service.config.keepalive_timeout
-        self.max_websocket_message = WEBSOCKET_MAX_MESSAGE
-        self._date_second = 0
-        self._date_line = b""
-
-    @property
-    def draining(self) -> bool:
-        return self.service.draining
-
-    def _refresh_date(self) -> None:
-        now = int(time.time())
-        if now != self._date_second:
-            self._date_second = now
-            self._date_line = email.utils.formatdate(now, usegmt=True).encode()
-
-    def date_header(self) -> bytes:
-        """`date: ...` CRLF, formatted at most once a second."""
-        self._refresh_date()
-        return b"date: " + self._date_line + b"\r\n"
-
-    def date_pair(self) -> tuple[bytes, bytes]:
-        """The date header as an HTTP/2 header pair."""
-        self._refresh_date()
-        return (b"date", self._date_line)
-
-    def make_websocket(self, transport: asyncio.Transport, client: str) -> PushWebSocket:
-        return PushWebSocket(
+    def make_websocket(self, transport: asyncio.Transport, client: str) -> WebSocketConnection:
+        return WebSocketConnection(
             transport,
-            self.service,
+            self.app.open_websocket,
             client,
             max_message=self.max_websocket_message,
+            hello_timeout=self.app.settings.hello_timeout,
             busy=self.busy_websockets,
         )
 
     def make_http2(self) -> Http2Connection:
         return Http2Connection(self, self.scheme)
-
-    def log_request(self, request: Request, status: int, started: float) -> None:
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                '%s "%s %s HTTP/%s" %d %.1fms',
-                escape(request.client),
-                escape(request.method),
-                escape(redact_path(request.path)),
-                escape(request.http_version),
-                status,
-                (time.perf_counter() - started) * 1000,
-                extra={
-                    "request_id": request.request_id,
-                    "message_id": request.message_id,
-                    "trace_id": request.trace_id,
-                },
-            )
 
 
 def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -125,25 +68,25 @@ class _TlsSelector(asyncio.Protocol):
         protocol.connection_made(transport)
 
 
-class TidingsServer:
-    """The service's listener: start, drain, stop."""
+class HttpServer(Generic[App]):
+    """The listener of one app: start, drain, stop."""
 
     def __init__(
         self,
-        service: PushService,
+        app: App,
         *,
         host: str,
         port: int,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
     ) -> None:
-        self.service = service
+        self.app = app
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
         self.reuse_port = reuse_port
         scheme = "https" if ssl_context is not None else "http"
-        self.context = ConnectionContext(service, Routes(service), scheme=scheme)
+        self.context: ConnectionContext = _ServerContext(app, scheme=scheme)
         self._server: asyncio.Server | None = None
 
     def _protocol(self) -> asyncio.Protocol:
@@ -152,8 +95,8 @@ class TidingsServer:
         return Http1Connection(self.context)
 
     async def start(self) -> None:
-        """Open the store, then listen."""
-        await self.service.start()
+        """Start the app (the service opens its store), then listen."""
+        await self.app.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._protocol,
@@ -163,7 +106,7 @@ class TidingsServer:
             # A client that opens TCP and never finishes the handshake holds a socket
             # and TLS state: it gets a few seconds (asyncio's default is 60).
             ssl_handshake_timeout=(
-                self.service.config.tls_handshake_timeout if self.ssl_context else None
+                self.app.settings.tls_handshake_timeout if self.ssl_context else None
             ),
             reuse_port=self.reuse_port or None,
             backlog=4096,
@@ -176,7 +119,7 @@ class TidingsServer:
         """Drain: stop accepting, close WebSockets with 1001, finish requests, close."""
         if self._server is not None:
             self._server.close()
-        await self.service.drain()
+        await self.app.drain()
         deadline = time.monotonic() + grace
         while True:
             for connection in list(self.context.connections):
@@ -188,4 +131,8 @@ class TidingsServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        await self.service.stop()
+        await self.app.stop()
+
+
+TidingsServer = HttpServer
+"""The former name, from when the server took the push service itself (now its app)."""

@@ -1,242 +1,66 @@
-"""WebSocket (RFC 6455), server side: the handshake, frames, and the connection.
+"""A WebSocket connection (RFC 6455), server side: the asyncio glue around the codec.
 
-Only what a push service needs: text messages from a browser, pings, close. The frame
-codec is written here rather than taken from wsproto so that an idle connection costs
-a few hundred bytes of state; the rules it enforces are the RFC's (client frames
-masked, control frames short and unfragmented, reserved bits clear, text valid UTF-8,
-a size limit per message).
+Frames are read and written by `websocket_frames` (sans-I/O); this module feeds it the
+bytes that arrive, hands text messages to the session in order, answers pings and
+closes, and keeps a slow or flooding client from costing memory. The codec's names
+are importable from here too, where they used to live.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
-import struct
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from tidings.service import ws_protocol as wp
-from tidings.service.core import PushService
-from tidings.service.logs import escape
-from tidings.service.store import StoreUnavailable
-from tidings.service.ws_session import WebSocketSession
+from tidings.service.http import websocket_frames
+from tidings.service.http.app import TextChannel, WebSocketHandler
+from tidings.service.http.context import WRITE_BUFFER_LIMIT  # a client not reading, as HTTP's
+from tidings.service.http.logsafe import escape
+from tidings.service.http.websocket_frames import *  # noqa: F403 (the codec's names, kept here)
+from tidings.service.http.websocket_frames import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_UNSUPPORTED_DATA,
+    OP_PONG,
+    OP_TEXT,
+    Close,
+    FrameError,
+    FrameParser,
+    Message,
+    Ping,
+    close_frame,
+    close_reply,
+    encode_frame,
+)
+
+# The codec's names stay importable from here, where they lived before the split.
+__all__ = ["MAX_QUEUED_FRAMES", "WRITE_BUFFER_LIMIT", "PushWebSocket", "WebSocketConnection"]
+__all__ += websocket_frames.__all__
 
 log = logging.getLogger("tidings.websocket")
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
-CLOSE_PROTOCOL_ERROR = 1002
-WRITE_BUFFER_LIMIT = 1 << 20  # a client that lets this much pile up is not reading
 MAX_QUEUED_FRAMES = 32  # frames received but not yet handled before reading pauses
-MAX_FRAGMENTS = 64  # frames of one fragmented message (empty ones count too)
 
 
-class FrameError(Exception):
-    """The peer broke RFC 6455; close with `code`."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A complete data message (text or binary)."""
-
-    text: str | None
-    data: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    code: int | None
-    reason: str
-
-
-Event = Message | Ping | Close
-
-
-def accept_key(key: str) -> str:
-    """The Sec-WebSocket-Accept value for a client's Sec-WebSocket-Key."""
-    return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()  # noqa: S324
-
-
-def is_valid_client_key(key: str) -> bool:
-    """A Sec-WebSocket-Key is base64 of 16 bytes."""
-    try:
-        return len(base64.b64decode(key, validate=True)) == 16
-    except ValueError:
-        return False
-
-
-def _unmask(payload: bytes, mask: bytes) -> bytes:
-    length = len(payload)
-    if not length:
-        return payload
-    repeated = (mask * (length // 4 + 1))[:length]
-    value = int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")
-    return value.to_bytes(length, "little")
-
-
-def encode_frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final frame from the server."""
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x80 | opcode, length)
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", 0x80 | opcode, 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 127, length)
-    return header + payload
-
-
-def close_frame(code: int, reason: str = "") -> bytes:
-    """A close frame with a code and a reason cut to fit a control frame."""
-    return encode_frame(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:123])
-
-
-class FrameParser:
-    """Client frames in, events out. Keeps only the unparsed bytes between calls."""
-
-    __slots__ = ("_buffer", "_fragment_opcode", "_fragment_size", "_fragments", "max_message")
-
-    def __init__(self, max_message: int) -> None:
-        self.max_message = max_message
-        self._buffer = b""
-        self._fragments: list[bytes] | None = None
-        self._fragment_opcode = 0
-        self._fragment_size = 0
-
-    def feed(self, data: bytes) -> list[Event]:
-        """Parse what arrived; raise FrameError on a protocol violation."""
-        buffer = self._buffer + data if self._buffer else data
-        events: list[Event] = []
-        offset = 0
-        while True:
-            parsed = self._parse_one(buffer, offset)
-            if parsed is None:
-                break
-            offset, event = parsed
-            if event is not None:
-                events.append(event)
-        self._buffer = buffer[offset:]
-        if len(self._buffer) > self.max_message + 14:
-            raise FrameError(wp.CLOSE_TOO_BIG, "frame too large")
-        return events
-
-    def _parse_one(self, buf: bytes, pos: int) -> tuple[int, Event | None] | None:
-        if len(buf) - pos < 2:
-            return None
-        first, second = buf[pos], buf[pos + 1]
-        fin, opcode = first & 0x80, first & 0x0F
-        if first & 0x70:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension agreed)")
-        if not second & 0x80:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
-        length = second & 0x7F
-        head = 2
-        if length == 126:
-            if len(buf) - pos < 4:
-                return None
-            length = struct.unpack_from("!H", buf, pos + 2)[0]
-            head = 4
-        elif length == 127:
-            if len(buf) - pos < 10:
-                return None
-            length = struct.unpack_from("!Q", buf, pos + 2)[0]
-            head = 10
-        if length > self.max_message:
-            raise FrameError(wp.CLOSE_TOO_BIG, "message too large")
-        end = pos + head + 4 + length
-        if len(buf) < end:
-            return None
-        mask = buf[pos + head : pos + head + 4]
-        payload = _unmask(buf[pos + head + 4 : end], mask)
-        return end, self._event(fin != 0, opcode, payload)
-
-    def _event(self, fin: bool, opcode: int, payload: bytes) -> Event | None:
-        if opcode >= 0x8:
-            if not fin or len(payload) > 125:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "bad control frame")
-            if opcode == OP_PING:
-                return Ping(payload)
-            if opcode == OP_PONG:
-                return None
-            if opcode == OP_CLOSE:
-                return _close_event(payload)
-            raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
-        if opcode == OP_CONTINUATION:
-            if self._fragments is None:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "continuation without a first frame")
-            self._fragment_size += len(payload)
-            if self._fragment_size > self.max_message:
-                raise FrameError(wp.CLOSE_TOO_BIG, "message too large")
-            if len(self._fragments) >= MAX_FRAGMENTS:
-                # Zero-length continuations add no bytes but cost a list entry and a
-                # parse each: a message comes in at most this many pieces.
-                raise FrameError(wp.CLOSE_POLICY_VIOLATION, "too many fragments")
-            self._fragments.append(payload)
-            if not fin:
-                return None
-            payload, opcode = b"".join(self._fragments), self._fragment_opcode
-            self._fragments = None
-        elif opcode in (OP_TEXT, OP_BINARY):
-            if self._fragments is not None:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
-            if not fin:
-                self._fragments, self._fragment_opcode = [payload], opcode
-                self._fragment_size = len(payload)
-                return None
-        else:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
-        if opcode == OP_BINARY:
-            return Message(None, payload)
-        try:
-            return Message(payload.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise FrameError(wp.CLOSE_INVALID_PAYLOAD, "text frame is not UTF-8") from None
-
-
-def _close_event(payload: bytes) -> Close:
-    if not payload:
-        return Close(None, "")
-    if len(payload) == 1:
-        raise FrameError(CLOSE_PROTOCOL_ERROR, "close frame with a one-byte payload")
-    code = struct.unpack_from("!H", payload)[0]
-    try:
-        reason = payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise FrameError(wp.CLOSE_INVALID_PAYLOAD, "close reason is not UTF-8") from None
-    return Close(code, reason)
-
-
-class PushWebSocket(asyncio.Protocol):
-    """The push protocol over one WebSocket: frames in, `WebSocketSession` calls out."""
+class WebSocketConnection(asyncio.Protocol):
+    """One WebSocket: frames in, text messages to its handler (app.py) in order."""
 
     def __init__(
         self,
         transport: asyncio.Transport,
-        service: PushService,
+        open_handler: Callable[[TextChannel, str], WebSocketHandler],
         client: str,
         *,
         max_message: int,
-        busy: set[PushWebSocket] | None = None,
+        hello_timeout: float,
+        busy: set[object] | None = None,
     ) -> None:
         self.transport = transport
-        self.session = WebSocketSession(service, self, client)
+        self.session = open_handler(self, client)
         # The connections whose frames are being handled: shutdown waits for them
         # before it closes the store, so an ack that arrived is not lost.
         self._busy = busy if busy is not None else set()
-        hello_timeout = service.config.hello_timeout
         self.parser = FrameParser(max_message)
         self._inbox: deque[str] = deque()
         self._reading_paused = False
@@ -249,7 +73,7 @@ class PushWebSocket(asyncio.Protocol):
             hello_timeout, self._hello_expired
         )
 
-    # The session's channel ---------------------------------------------------------------
+    # The handler's channel (TextChannel) -----------------------------------------------
 
     async def send_text(self, text: str) -> None:
         """Send one text message (TextChannel)."""
@@ -302,7 +126,7 @@ class PushWebSocket(asyncio.Protocol):
         for event in events:
             if isinstance(event, Message):
                 if event.text is None:
-                    self.fail(wp.CLOSE_UNSUPPORTED_DATA, "only text frames are accepted")
+                    self.fail(CLOSE_UNSUPPORTED_DATA, "only text frames are accepted")
                     return
                 if not self._inbox and self._worker is None and self.session.handle_now(event.text):
                     continue  # an ack, handled in order: nothing was waiting before it
@@ -325,34 +149,26 @@ class PushWebSocket(asyncio.Protocol):
     def _answer_close(self, event: Close) -> None:
         self._closing = True
         if not self.transport.is_closing():
-            code = event.code if event.code is not None else 1000
-            if code < 1000 or code in (1004, 1005, 1006, 1015) or 1016 <= code < 3000:
-                code = CLOSE_PROTOCOL_ERROR
-            self.transport.write(close_frame(code))
+            self.transport.write(close_reply(event))
             self.transport.close()
 
     async def _work(self) -> None:
         try:
             while self._inbox and not self._failed:
-                if self._closing and self.session.uaid is None:
+                if self._closing and not self.session.greeted:
                     break  # the peer left before its hello: nothing it sent matters
                 text = self._inbox.popleft()
                 try:
                     await self.session.on_text(text)
-                except wp.FrameError as exc:
+                except FrameError as exc:
                     log.info("closing %s: %s", escape(self.session.peer), escape(exc.reason))
                     self.fail(exc.code, exc.reason)
                     return
-                except StoreUnavailable as exc:
-                    # The store is down or closing (shutdown): the client retries later.
-                    log.warning("store unavailable for %s: %s", escape(self.session.peer), exc)
-                    self.fail(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
-                    return
                 except Exception:
                     log.exception("error handling a frame from %s", escape(self.session.peer))
-                    self.fail(1011, "internal error")
+                    self.fail(CLOSE_INTERNAL_ERROR, "internal error")
                     return
-                if self.session.uaid is not None and self._hello_timer is not None:
+                if self.session.greeted and self._hello_timer is not None:
                     self._hello_timer.cancel()
                     self._hello_timer = None
                 if self._reading_paused and len(self._inbox) <= MAX_QUEUED_FRAMES // 2:
@@ -367,8 +183,8 @@ class PushWebSocket(asyncio.Protocol):
 
     def _hello_expired(self) -> None:
         self._hello_timer = None
-        if self.session.uaid is None:
-            self.fail(wp.CLOSE_POLICY_VIOLATION, "no hello within the time allowed")
+        if not self.session.greeted:
+            self.fail(CLOSE_POLICY_VIOLATION, "no hello within the time allowed")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -379,3 +195,7 @@ class PushWebSocket(asyncio.Protocol):
             self.session.on_disconnect()
         # else the worker handles what arrived before the end (an ack right before a
         # close must count), then calls on_disconnect itself.
+
+
+PushWebSocket = WebSocketConnection
+"""The former name, from when the connection made the push service's session itself."""

@@ -32,17 +32,17 @@ from tidings.service.http.messages import Request, Response
 from tidings.service.keyfile import write_private_file
 from tidings.webpush import (
     MAX_PLAINTEXT,
-    Urgency,
     VapidKey,
     b64url_decode,
     encrypt,
     load_p256_public_key,
     sign_vapid,
 )
+from tidings.webpush.headers import URGENCIES
+from tidings.webpush.request import push_headers
 
 DEMO_KEY_NAME = "tidings-demo-vapid.pem"
 DEMO_SUBJECT = "mailto:playground@tidings.invalid"
-URGENCIES = tuple(urgency.value for urgency in Urgency)
 MAX_DEMO_TTL = 24 * 3600
 RECENT_SENDS = 50
 
@@ -144,16 +144,15 @@ HIDDEN_TOKEN = "<VAPID JWT, not shown: sign one with the demo key file>"
 def build_push(message: DemoMessage, key: VapidKey) -> tuple[dict[str, str], bytes]:
     """The headers and body an application server would send for `message`."""
     vapid = sign_vapid(key, message.endpoint, DEMO_SUBJECT, expires_in=3600)
-    headers = {"TTL": str(message.ttl), "Authorization": vapid.authorization}
-    body = b""
-    if message.payload:
-        body = encrypt(message.payload, message.p256dh, message.auth)
-        headers["Content-Type"] = "application/octet-stream"
-        headers["Content-Encoding"] = "aes128gcm"
-    if message.urgency:
-        headers["Urgency"] = message.urgency
-    if message.topic:
-        headers["Topic"] = message.topic
+    body = encrypt(message.payload, message.p256dh, message.auth) if message.payload else b""
+    headers = push_headers(
+        ttl=message.ttl,
+        has_body=bool(body),
+        coding_headers={"Content-Encoding": "aes128gcm"},
+        vapid=vapid,
+        urgency=message.urgency,
+        topic=message.topic,
+    )
     return headers, body
 
 

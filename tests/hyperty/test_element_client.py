@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from support.ci import free_port
-from tidings.hyperty.element_request import ElementUnreachable, element_request
+from tidings.hyperty.element_client import ElementUnreachable, element_request
 
 
 def answering(response: bytes, seen: list[bytes]) -> str:

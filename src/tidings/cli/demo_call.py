@@ -11,15 +11,17 @@ long-polls the element). The callee runtime is
   wakes the Connector in-process (the app is running, but has no message connection).
 
 The element trusts only this service's push origin and checks identity assertions
-against a test identity provider (`idp.py`): the caller's invitation carries Alice's
+against a test identity provider (`tidings.hyperty.idp`): the caller's invitation carries Alice's
 assertion, so the callee rings for a verified caller.
 
-With `media=True` each call carries audio and video (`media.py`, aiortc, ICE on
+With `media=True` each call carries audio and video (`tidings.hyperty.media`, aiortc, ICE on
 127.0.0.1 only): after the 200 the caller offers, the woken callee process holds its
 message connection for the offer and candidates, both sides decode frames for
 `seconds`, then the caller hangs up and the callee's process exits.
 
-Every step is timed with the wall clock (all processes are on one machine).
+Every step is timed with the wall clock (all processes are on one machine); what a call
+gives back (`CallResult`, its timeline and report) is in `demo_report.py`. The demo is
+the command line's, not the library's: it starts a push service and a sender too.
 """
 
 from __future__ import annotations
@@ -27,107 +29,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tidings.cli.demo_report import CallResult, Step, first_at
 from tidings.hyperty.element import ElementEvent, PushElement
 from tidings.hyperty.http import ElementApp, ElementServer
 from tidings.hyperty.identity import IdentityVerifier, KeySet
 from tidings.hyperty.idp import IdentityProvider
 from tidings.hyperty.message import Message
 from tidings.hyperty.runtime import HypertyRuntime
+from tidings.hyperty.wake import wake_command
 
 __all__ = ["CallDemo", "CallResult", "Step"]
 
 Mode = Literal["asleep", "awake"]
 
 
-@dataclass(frozen=True)
-class Step:
-    """One line of the timeline: seconds since the invitation, who, what."""
-
-    at: float
-    actor: str
-    what: str
-
-
-@dataclass
-class CallResult:
-    """One call: the answer, when the Connector rang, and the timeline."""
-
-    answer: Message
-    started: float
-    rang_at: float | None
-    callee_pid: int | None
-    steps: list[Step] = field(default_factory=list)
-    callee_events: list[dict[str, Any]] = field(default_factory=list)
-    """What the callee logged for this call (`events.jsonl` lines)."""
-    answered: float | None = None
-    media: dict[str, Any] | None = None
-    """With media: what each side received (`caller`, `callee`: `MediaStats.to_json()`
-    plus `reason`), `first_media_at` (the caller's first decoded frame, wall clock)."""
-
-    def report(self) -> dict[str, Any]:
-        """The call's numbers as one JSON object (`tidings demo call --json`)."""
-
-        def ms(at: float | None) -> float | None:
-            return None if at is None else round((at - self.started) * 1000, 1)
-
-        report: dict[str, Any] = {
-            "code": self.answer.code,
-            "wake_ms": ms(self.rang_at),
-            "process_started_ms": ms(_first_at(self.callee_events, "runtime-started")),
-            "answer_ms": ms(self.answered),
-        }
-        if self.media is not None:
-            report["first_media_ms"] = ms(self.media.get("first_media_at"))
-            report["ice_connected_ms"] = ms(self.media.get("ice_connected_at"))
-            report["frames_received"] = {
-                side: self.media[side].get("frames_received") for side in ("caller", "callee")
-            }
-            report["callee_first_media_ms"] = ms(self.media.get("callee_first_media_at"))
-            report["callee_exited"] = self.media.get("callee_exited")
-        return report
-
-    def callee_at(self, event: str) -> float | None:
-        """Seconds from the invitation to the callee's first `event`, if it logged one."""
-        found = next((e for e in self.callee_events if e["event"] == event), None)
-        return None if found is None else found["at"] - self.started
-
-    @property
-    def wake_latency(self) -> float | None:
-        """Seconds from the invitation to the callee Connector's handler."""
-        return None if self.rang_at is None else self.rang_at - self.started
-
-    def timeline(self) -> str:
-        return "\n".join(
-            f"{step.at * 1000:9.1f} ms  {step.actor:<8} {step.what}" for step in self.steps
-        )
-
-
-def _first_at(events: list[dict[str, Any]], kind: str, **match: Any) -> float | None:
-    for event in events:
-        if event["event"] == kind and all(event.get(k) == v for k, v in match.items()):
-            return float(event["at"])
-    return None
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wake_command(state: Path) -> str:
-    """The command `tidings agent` runs per push for a sleeping runtime."""
-    return (
-        f"{shlex.quote(sys.executable)} -m tidings.hyperty.wake --state {shlex.quote(str(state))}"
-    )
 
 
 class CallDemo:
@@ -361,12 +286,12 @@ class CallDemo:
             media["callee"] = {
                 key: ended.get(key) for key in ("frames_received", "reason", "ice_connected_ms")
             }
-            media["callee_first_media_at"] = _first_at(callee, "media", what="first video frame")
-            media["callee_exited"] = _first_at(callee, "runtime-exit") is not None
+            media["callee_first_media_at"] = first_at(callee, "media", what="first video frame")
+            media["callee_exited"] = first_at(callee, "runtime-exit") is not None
         result.media = media
         caller_events = self.caller.events()[caller_before:]
         # The caller logged the answer before it sent its offer: that is the answer's time.
-        answered = _first_at(caller_events, "answer", id=answer.id) or answered
+        answered = first_at(caller_events, "answer", id=answer.id) or answered
         result.answered = answered
         result.steps = self._steps(
             invitation, started, answered, answer, callee, self.events[element_before:]

@@ -1,20 +1,10 @@
-"""The RFC 8030 transport's plain parts: URL forms, Link, urgency, headers, the choice."""
+"""The RFC 8030 transport's plain parts (`useragent/rfc8030_wire.py`): URL forms, Link,
+urgency, the headers of a pushed message."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from support.service import RunningService
-from tidings.http2 import H2Client
-from tidings.useragent import (
-    Http2Transport,
-    NotSupportedError,
-    UserAgent,
-    WebSocketTransport,
-)
-from tidings.useragent.agent import make_transport
 from tidings.useragent.rfc8030 import (
     REL_PUSH,
     REL_SET,
@@ -54,18 +44,6 @@ def test_which_urls_choose_rfc8030() -> None:
     assert not is_rfc8030_url("http://host") and not is_rfc8030_url("ws://host/")
 
 
-def test_transport_choice() -> None:
-    assert isinstance(make_transport("h2c://127.0.0.1:1"), Http2Transport)
-    assert isinstance(make_transport("h2://push.example"), Http2Transport)
-    assert isinstance(make_transport("http://127.0.0.1:1"), WebSocketTransport)  # as before
-    assert isinstance(make_transport("ws://127.0.0.1:1/"), WebSocketTransport)
-    assert isinstance(make_transport("http://127.0.0.1:1", "rfc8030"), Http2Transport)
-    with pytest.raises(ValueError):
-        make_transport("h2c://127.0.0.1:1", "websocket")  # h2c:// is no WebSocket URL
-    with pytest.raises(ValueError):
-        make_transport("http://127.0.0.1:1", "carrier-pigeon")  # type: ignore[arg-type]
-
-
 def test_link_target() -> None:
     header = (
         '<https://p.example/push/AB>; rel="urn:ietf:params:push", '
@@ -100,18 +78,3 @@ def test_delivery_headers_are_named_as_the_decrypter_expects() -> None:
         "crypto_key": "dh=def",
     }
     assert delivery_headers({}) == {}
-
-
-async def test_set_urgency_needs_rfc8030(tmp_path: Path) -> None:
-    ua = UserAgent("ws://127.0.0.1:1/", tmp_path / "ua")
-    try:
-        assert ua.urgency is None
-        with pytest.raises(NotSupportedError):
-            await ua.set_urgency("high")
-    finally:
-        await ua.close()
-
-
-async def test_h2_client_ping(service: RunningService) -> None:
-    async with await H2Client.connect(service.url) as client:
-        assert 0 <= await client.ping(5) < 5

@@ -1,0 +1,261 @@
+"""Accepting a push: the application server's POST to a push resource.
+
+`accept_push` opens the endpoint token, checks the VAPID token before charging any
+rate limit, checks the request (`push_request.check_push`), finds or makes the receipt
+subscription it asks for, stores the message (unless TTL 0), and hands it to the hub
+or, through the cluster bus, to the node holding the user agent's connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+
+from tidings import tracing
+from tidings.service.errors import Errno, ServiceError
+from tidings.service.limits import Limit
+from tidings.service.push_request import check_push
+from tidings.service.service_base import (
+    GONE_CACHE_CONTROL,
+    RECEIPT_PATH,
+    ServiceBase,
+    store_unavailable,
+)
+from tidings.service.store import (
+    MessageStatus,
+    StoredMessage,
+    StoreFull,
+    StoreUnavailable,
+    SubscriptionGone,
+    TooManyMessages,
+)
+from tidings.service.store.base import EXPIRED
+from tidings.service.tokens import EndpointRef, MessageRef, TokenError, new_message_id
+from tidings.webpush.links import REL_RECEIPT, link_target
+
+__all__ = ["RETRY_AFTER_STORE_FULL", "PushAcceptance", "PushAccepted", "quota_refused"]
+
+log = logging.getLogger("tidings.service")
+
+RETRY_AFTER_STORE_FULL = "300"  # seconds; the sweep frees room as messages expire
+
+
+@dataclass(frozen=True, slots=True)
+class PushAccepted:
+    """The answer to an accepted push: 201 (or 202 with a receipt subscription)."""
+
+    status: int
+    location: str
+    ttl: int
+    message_id: str
+    delivered_live: bool
+    receipt_url: str | None = None
+    trace_id: str | None = None  # the push's trace, when tracing is on (for the access log)
+
+
+def quota_refused(exc: TooManyMessages | StoreFull) -> ServiceError:
+    """The answer to a push refused by a storage quota (docs/security.md).
+
+    A full subscription or user agent is the sender's (or its user agent's) backlog:
+    429 with Retry-After (RFC 6585 section 4, RFC 8030 section 8.4). A full store is
+    the service's condition, not the request's: 507 Insufficient Storage (RFC 4918
+    section 11.5), temporary, with Retry-After. No stored message is ever evicted.
+    """
+    if isinstance(exc, StoreFull):
+        log.warning("push refused: %s", exc)
+        status, errno, retry = 507, Errno.STORE_FULL, RETRY_AFTER_STORE_FULL
+        why = "the push service has no room for more messages now"
+    elif exc.scope == "bytes":
+        status, errno, retry = 429, Errno.TOO_MANY_BYTES, "60"
+        why = f"the user agent's undelivered messages already take {exc.limit} bytes"
+    else:
+        status, errno, retry = 429, Errno.TOO_MANY_MESSAGES, "60"
+        holder = "subscription" if exc.scope == "subscription" else "user agent"
+        why = f"the {holder} already has {exc.limit} undelivered messages"
+    return ServiceError(status, errno, why + "; retry later", headers={"retry-after": retry})
+
+
+class PushAcceptance(ServiceBase):
+    """The push service's answer to a push (see `PushService`)."""
+
+    async def accept_push(
+        self,
+        token: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        client: str = "-",
+        request_id: str | None = None,
+    ) -> PushAccepted:
+        """Check, store and forward one push; raise ServiceError to refuse it.
+
+        With tracing on, the push is a server span continuing the sender's trace
+        (`traceparent`), with the store and the routing as its children.
+
+        `client` is the sender's address (`host:port`). The VAPID token is verified
+        before any rate limit is charged, so that nobody can spend a signed sender's
+        buckets: a signed push counts against its address, its key and the subscription;
+        a request refused before that point (a token that does not open, a VAPID
+        failure) against the client address only; an unsigned push against the address
+        and the subscription's separate bucket for unsigned pushes.
+        """
+        if not tracing.enabled():
+            return await self._accept_push(token, headers, body, client, request_id, None)
+        with tracing.span(
+            "push accept",
+            kind="server",
+            parent=tracing.extract(headers),
+            attributes={"tidings.node": self.node_id},
+        ) as current:
+            try:
+                accepted = await self._accept_push(
+                    token, headers, body, client, request_id, tracing.traceparent_of(current)
+                )
+            except ServiceError as error:
+                if current is not None:
+                    current.set_attribute("http.response.status_code", error.status)
+                raise
+            if current is not None:
+                current.set_attribute("http.response.status_code", accepted.status)
+                current.set_attribute("tidings.delivered_live", accepted.delivered_live)
+            return replace(accepted, trace_id=tracing.trace_id_of(current))
+
+    async def _accept_push(
+        self,
+        token: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        client: str,
+        request_id: str | None,
+        traceparent: str | None,
+    ) -> PushAccepted:
+        try:
+            ref = self.open_endpoint(token)
+            # Authorization comes before the other checks: a sender without the right
+            # key learns nothing more about the subscription than that it is restricted.
+            signed = self.vapid.check_signed(headers, ref.vapid_hash)
+        except ServiceError:
+            await self.check_address_rate(Limit.PUSH_ADDRESS, client)
+            raise
+        verified = None if signed is None else signed[0]
+        if verified is None:
+            # Unsigned: the address, and a bucket of the subscription of its own, so that
+            # unsigned pushes stay limited (RFC 8030 section 8.4) without ever emptying
+            # the bucket of the subscription's signed sender.
+            await self.check_address_rate(Limit.PUSH_ADDRESS, client)
+            await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id + "~")
+        else:
+            # The address too: keys cost nothing to make, so a fresh key per push must
+            # not take a client past its address's share.
+            await self.check_address_rate(Limit.PUSH_ADDRESS, client)
+            await self.check_rate(Limit.PUSH_VAPID_KEY, verified.public_key.hex())
+            await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id)
+        facts = check_push(headers, body, max_body=self.config.max_body)
+        receipt_id, new_receipt = await self._receipt_subscription(headers)
+        ttl = min(facts.ttl, self.config.max_ttl)
+        now = time.time()
+        message = StoredMessage(
+            message_id=new_message_id(),  # carries its token's random nonce
+            uaid=ref.uaid,
+            channel_id=ref.channel_id,
+            body=body,
+            ttl=ttl,
+            created_at=now,
+            expires_at=now + ttl,
+            urgency=str(facts.urgency),
+            topic=facts.topic,
+            headers=facts.delivery_headers,
+            receipt_id=receipt_id,
+            request_id=request_id,
+            traceparent=traceparent,
+            vapid_hash=None if signed is None else signed[1],
+            has_status=signed is not None,
+        )
+        location = self.message_url(MessageRef(ref.uaid, ref.channel_id, message.message_id))
+        traced = traceparent is not None
+        try:
+            with tracing.span("push store") if traced else nullcontext():
+                await self._store_push(ref, message, signed)
+        except SubscriptionGone:
+            raise ServiceError(
+                410,
+                Errno.SUBSCRIPTION_GONE,
+                "the subscription has been removed",
+                headers={"cache-control": GONE_CACHE_CONTROL},
+            ) from None
+        except (TooManyMessages, StoreFull) as exc:
+            raise quota_refused(exc) from None
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None
+        if new_receipt and receipt_id is not None:
+            # Only now that the push is accepted: a refused push leaves no row behind.
+            await self._add_receipt_subscription(receipt_id, message)
+        # Here, or through the bus to the node holding the user agent's connection.
+        with tracing.span("push route") if traced else nullcontext():
+            delivered = self.hub.offer(message) or await self.cluster.route(message)
+        if receipt_id is None:
+            return PushAccepted(201, location, ttl, message.message_id, delivered)
+        receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
+        return PushAccepted(202, location, ttl, message.message_id, delivered, receipt_url)
+
+    async def _store_push(
+        self, ref: EndpointRef, message: StoredMessage, signed: tuple[object, bytes] | None
+    ) -> None:
+        """Store the message, or for TTL 0 only check its subscription still exists (a
+        signed TTL-0 push's status says dropped until a connection takes it)."""
+        if message.ttl == 0:
+            # Delivered only to a user agent connected right now; never stored.
+            if await self.store.get_subscription(ref.uaid, ref.channel_id) is None:
+                raise SubscriptionGone(ref.channel_id)
+            if signed is not None:
+                now = message.created_at
+                await self.store.add_message_status(
+                    MessageStatus(message.message_id, signed[1], EXPIRED, 0, now, now, final_at=now)
+                )
+        else:
+            await self.store.store_message(message, quota=self.quota)
+
+    async def _receipt_subscription(self, headers: Mapping[str, str]) -> tuple[str | None, bool]:
+        """The receipt subscription a push asks for (RFC 8030 section 5.1), if any, and
+        whether it is a new one (created once the push is accepted).
+
+        `Prefer: respond-async` asks for a receipt; a `Link` with rel
+        urn:ietf:params:push:receipt names an existing receipt subscription to reuse
+        (an invalid one is a 400); without it a new one is made.
+        """
+        named = link_target(headers.get("link", ""), REL_RECEIPT)
+        wants = "respond-async" in headers.get("prefer", "").lower()
+        if named is None:
+            if not wants:
+                return None, False
+            return secrets.token_hex(16), True
+        token = named.rsplit(RECEIPT_PATH, 1)[-1] if RECEIPT_PATH in named else ""
+        try:
+            receipt_id = self.sealer.open_receipt(token)
+            # Each use keeps it alive: the sweep removes only unused ones.
+            known = await self.store.use_receipt_subscription(receipt_id, time.time())
+        except TokenError:
+            known = False
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None
+        if not known:
+            raise ServiceError(
+                400, Errno.BAD_RECEIPT, "the Link names no receipt subscription of this service"
+            )
+        return receipt_id, False
+
+    async def _add_receipt_subscription(self, receipt_id: str, message: StoredMessage) -> None:
+        """Create the receipt subscription of an accepted push; if the store fails, the
+        push is withdrawn (its message deleted) and answered 503, so it is retried."""
+        try:
+            await self.store.add_receipt_subscription(receipt_id, time.time())
+        except StoreUnavailable as exc:
+            if message.ttl:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.delete_message(message.uaid, message.message_id)
+            raise store_unavailable(exc) from None

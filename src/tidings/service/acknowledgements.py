@@ -1,0 +1,187 @@
+"""After a delivery: statuses noted, acknowledgements written, receipts sent, traces.
+
+A WebSocket `ack` (`acknowledge_soon`) or an RFC 8030 DELETE (`delete_message_resource`)
+deletes the message and notifies its receipt subscription; deliveries are recorded in
+message statuses lazily, the ones of one moment in one store call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from tidings import tracing
+from tidings.service.errors import Errno, ServiceError
+from tidings.service.logs import escape
+from tidings.service.service_base import ServiceBase, store_unavailable
+from tidings.service.store import StoredMessage, StoreUnavailable
+from tidings.service.tokens import TokenError
+
+__all__ = [
+    "DELIVERY_WRITE_DELAY",
+    "MAX_ACKS_PER_WRITE",
+    "MAX_DELIVERIES_PER_WRITE",
+    "MAX_PENDING_DELIVERIES",
+    "Acknowledgements",
+]
+
+log = logging.getLogger("tidings.service")
+
+MAX_ACKS_PER_WRITE = 256  # acknowledgements deleted in one store call at most
+MAX_DELIVERIES_PER_WRITE = 256  # deliveries recorded in message statuses per store call
+# WebSocket deliveries are written this many seconds late: an acknowledgement arriving
+# meanwhile records the delivery in its own statement, and the separate write is saved.
+DELIVERY_WRITE_DELAY = 1.0
+MAX_PENDING_DELIVERIES = 10_000  # deliveries waiting to be written; more are not noted
+
+
+class Acknowledgements(ServiceBase):
+    """What the push service does once a message reached its user agent."""
+
+    async def delete_message_resource(self, token: str) -> None:
+        """DELETE of a push message resource (RFC 8030 sections 5.3 and 6.2).
+
+        From the user agent it acknowledges a delivered message (a receipt follows if
+        one was asked for); from the application server it cancels an undelivered one.
+        Either way the message is gone; a second DELETE is a 404.
+        """
+        try:
+            ref = self.sealer.open_message(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such push message") from None
+        pending = self._deliveries.pop(ref.message_id, None)
+        try:
+            if pending is not None:  # delivered here, not yet written: an acknowledgement
+                await self.store.mark_statuses_delivered(
+                    [(ref.uaid, ref.message_id, *pending[1:3])]
+                )
+            deleted = await self.store.delete_message(ref.uaid, ref.message_id)
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None
+        if (
+            deleted is None
+            or deleted.channel_id != ref.channel_id
+            or (deleted.ttl and deleted.expires_at <= time.time())  # expired, not yet swept
+        ):
+            raise ServiceError(
+                404, Errno.NOT_FOUND, "the push message was delivered, expired or never existed"
+            )
+        # A copy held unsent by a connection, here or on the node holding the user agent
+        # (live messages held while stored ones are read), must not go out after the 204.
+        self.hub.withdraw(ref.uaid, ref.message_id)
+        await self.cluster.withdraw(ref.uaid, ref.message_id)
+        self.metrics.acknowledged(100)  # an RFC 8030 acknowledgement (or a cancellation)
+        if self.trace_book:
+            self._trace_ack(deleted.message_id, 100)
+        if deleted.receipt_id is not None:
+            self.hub.notify_receipt(deleted.receipt_id)
+
+    def trace_delivery(self, message: StoredMessage, via: str) -> None:
+        """Record a live delivery of a traced message (`message.traceparent` set) as a
+        span of its trace; its acknowledgement will be a child of it."""
+        with tracing.span(
+            "push deliver",
+            kind="producer",
+            parent=tracing.parent_from(message.traceparent),
+            attributes={"tidings.node": self.node_id, "tidings.via": via},
+        ) as current:
+            self.trace_book.remember(message.message_id, tracing.traceparent_of(current))
+
+    def _trace_ack(self, message_id: str, code: int) -> None:
+        delivered = self.trace_book.take(message_id)
+        if delivered is not None:
+            attributes = {"tidings.node": self.node_id, "tidings.ack_code": code}
+            with tracing.span(
+                "push ack", parent=tracing.parent_from(delivered), attributes=attributes
+            ):
+                pass
+
+    def acknowledge_soon(self, uaid: str, message_id: str, code: int) -> None:
+        """The user agent has the message (code 100) or cannot use it (101, 102).
+
+        The deletes of the acknowledgements that arrive together are written in one
+        store call (a receipt follows if one was asked for); nobody waits for them. If
+        the store is down the message stays stored and is delivered again."""
+        if self.trace_book:
+            self._trace_ack(message_id, code)
+        self.metrics.acknowledged(code)
+        if code != 100:
+            log.info("message %s acknowledged with code %d", escape(message_id), code)
+        self._acks.append((uaid, message_id))
+        pending = self._deliveries.get(message_id)
+        if pending is not None and pending[1] == "websocket" and not pending[3]:
+            del self._deliveries[message_id]  # the ack's statement records the delivery
+        if self._ack_writer is None:
+            self._ack_writer = asyncio.ensure_future(self._write_acks())
+
+    async def _write_acks(self) -> None:
+        try:
+            while self._acks:
+                keys, self._acks = self._acks[:MAX_ACKS_PER_WRITE], self._acks[MAX_ACKS_PER_WRITE:]
+                try:
+                    deleted = await self.store.delete_messages(keys)
+                except StoreUnavailable as exc:
+                    # They stay stored and are delivered again: at least once.
+                    log.warning("cannot delete %d acknowledged messages: %s", len(keys), exc)
+                    continue
+                except Exception:
+                    log.exception("deleting %d acknowledged messages failed", len(keys))
+                    continue
+                for (_, message_id), message in zip(keys, deleted, strict=True):
+                    if message is None:
+                        log.debug("ack for unknown or TTL-0 message %s", escape(message_id))
+                    elif message.receipt_id is not None:
+                        self.hub.notify_receipt(message.receipt_id)
+        finally:
+            self._ack_writer = None
+
+    def note_delivered(self, message: StoredMessage, via: str) -> None:
+        """A connection of kind `via` ("websocket", "http2") carried `message`: its
+        status says so. Recorded lazily, the deliveries of one moment in one store call
+        (nobody waits); a message known to have no status costs nothing."""
+        if message.has_status is False or len(self._deliveries) >= MAX_PENDING_DELIVERIES:
+            return  # (over the bound: a WebSocket ack still records the delivery)
+        self._deliveries[message.message_id] = (message.uaid, via, time.time(), message.ttl == 0)
+        if via != "websocket":
+            # Only a WebSocket ack records its delivery: an RFC 8030 DELETE must find
+            # this one written to read as an acknowledgement.
+            if self._delivery_flusher is None:
+                self._delivery_flusher = asyncio.ensure_future(self._flush_soon())
+        elif self._delivery_writer is None:
+            self._delivery_writer = asyncio.ensure_future(self._write_deliveries())
+
+    async def _write_deliveries(self) -> None:
+        try:
+            await asyncio.sleep(DELIVERY_WRITE_DELAY)
+            await self._flush_deliveries()
+        finally:
+            self._delivery_writer = None
+
+    async def _flush_soon(self) -> None:
+        try:
+            await self._flush_deliveries()
+        finally:
+            self._delivery_flusher = None
+
+    async def _flush_deliveries(self) -> None:
+        while self._deliveries:
+            batch = [
+                (uaid, message_id, via, at)
+                for message_id, (uaid, via, at, _) in list(self._deliveries.items())[
+                    :MAX_DELIVERIES_PER_WRITE
+                ]
+            ]
+            for _, message_id, _, _ in batch:
+                del self._deliveries[message_id]
+            try:
+                await self.store.mark_statuses_delivered(batch)
+            except Exception as exc:  # a status is best effort; the message is not
+                log.warning("cannot record %d deliveries: %s", len(batch), exc)
+
+    async def mark_delivered(self, message: StoredMessage) -> None:
+        """Remember that a message wanting a receipt reached its user agent."""
+        try:
+            await self.store.mark_delivered(message.uaid, message.message_id)
+        except StoreUnavailable as exc:
+            log.warning("cannot mark %s delivered: %s", message.message_id, exc)

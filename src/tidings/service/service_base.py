@@ -1,0 +1,153 @@
+"""What every part of the push service holds, and the calls they all use.
+
+`ServiceBase` declares the state `PushService.__init__` sets up (store, hub, tokens,
+limits...), turns tokens into references (404 when one does not open) and references
+into URLs, and charges the rate limits. The parts of the service (`acceptance`,
+`acknowledgements`, `message_status`, `subscriptions`, `maintenance`) build on it;
+`tidings.service.core.PushService` puts them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from tidings import tracing
+from tidings.service.cluster import ClusterBus
+from tidings.service.config import ServiceConfig
+from tidings.service.errors import Errno, ServiceError
+from tidings.service.hub import Hub
+from tidings.service.limits import Limit, RateLimiter, client_address, retry_after
+from tidings.service.megaphone import BroadcastKeeper
+from tidings.service.metrics import ServiceMetrics
+from tidings.service.store import MessageQuota, Store
+from tidings.service.tokens import EndpointRef, MessageRef, TokenError, TokenSealer
+from tidings.service.vapid_check import VapidChecker
+
+__all__ = [
+    "GONE_CACHE_CONTROL",
+    "MESSAGE_PATH",
+    "PUSH_PATH",
+    "RECEIPT_PATH",
+    "RETRY_AFTER_UNAVAILABLE",
+    "SET_PATH",
+    "SUBSCRIBE_PATH",
+    "SUBSCRIPTION_PATH",
+    "ServiceBase",
+    "store_unavailable",
+]
+
+log = logging.getLogger("tidings.service")
+
+PUSH_PATH = "/push/"
+MESSAGE_PATH = "/m/"
+SUBSCRIBE_PATH = "/subscribe"
+SUBSCRIPTION_PATH = "/s/"
+SET_PATH = "/set/"
+RECEIPT_PATH = "/r/"
+RETRY_AFTER_UNAVAILABLE = "5"
+GONE_CACHE_CONTROL = "max-age=86400"  # a 410 stays true: senders and caches may remember it
+
+
+def store_unavailable(exc: Exception) -> ServiceError:
+    """The 503 (with Retry-After) for a request the store cannot serve now."""
+    log.warning("store unavailable: %s", exc)
+    return ServiceError(
+        503,
+        Errno.UNAVAILABLE,
+        "the service cannot reach its store right now; retry later",
+        headers={"retry-after": RETRY_AFTER_UNAVAILABLE},
+    )
+
+
+class ServiceBase:
+    """The state of one node's push service (set by `PushService.__init__`)."""
+
+    config: ServiceConfig
+    store: Store
+    cluster: ClusterBus
+    node_id: str
+    trace_book: tracing.TraceBook
+    hub: Hub
+    metrics: ServiceMetrics
+    vapid: VapidChecker
+    limits: RateLimiter
+    broadcasts: BroadcastKeeper
+    _sealer: TokenSealer | None
+    _sweeper: asyncio.Task[None] | None
+    _acks: list[tuple[str, str]]  # acknowledged, not yet deleted
+    _ack_writer: asyncio.Task[None] | None
+    # For statuses, not yet written: message id -> (uaid, via, at, TTL 0).
+    _deliveries: dict[str, tuple[str, str, float, bool]]
+    _delivery_writer: asyncio.Task[None] | None  # after the delay
+    _delivery_flusher: asyncio.Task[None] | None  # at once (HTTP/2)
+    draining: bool
+    started_at: float
+    quota: MessageQuota
+
+    @property
+    def sealer(self) -> TokenSealer:
+        if self._sealer is None:
+            raise RuntimeError("the service is not started")
+        return self._sealer
+
+    def endpoint_url(self, ref: EndpointRef) -> str:
+        """The push resource URL (what the browser calls the subscription's endpoint)."""
+        return self.config.origin + PUSH_PATH + self.sealer.seal_endpoint(ref)
+
+    def message_path(self, ref: MessageRef) -> str:
+        """The path of a push message resource (the same for the same message)."""
+        return MESSAGE_PATH + self.sealer.seal_message(ref)
+
+    def message_url(self, ref: MessageRef) -> str:
+        """The push message resource URL (Location of an accepted push)."""
+        return self.config.origin + self.message_path(ref)
+
+    def push_url(self, uaid: str, channel_id: str, vapid_hash: bytes | None) -> str:
+        """The push resource of an existing subscription."""
+        return self.endpoint_url(EndpointRef(uaid, channel_id, vapid_hash))
+
+    def open_endpoint(self, token: str) -> EndpointRef:
+        """The subscription an endpoint token names, or 404 (no store access)."""
+        try:
+            return self.sealer.open_endpoint(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such push resource") from None
+
+    def open_subscription(self, token: str) -> tuple[str, str]:
+        """(uaid, channel id) of a subscription URL token, or 404."""
+        try:
+            return self.sealer.open_subscription(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such subscription") from None
+
+    def open_set(self, token: str) -> str:
+        """The uaid of a subscription set URL token, or 404."""
+        try:
+            return self.sealer.open_set(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such subscription set") from None
+
+    def open_receipt(self, token: str) -> str:
+        """The receipt subscription id of a receipt URL token, or 404."""
+        try:
+            return self.sealer.open_receipt(token)
+        except TokenError:
+            raise ServiceError(404, Errno.INVALID_TOKEN, "no such receipt subscription") from None
+
+    async def check_rate(self, limit: Limit, key: str) -> None:
+        """Take a token for `key` under `limit`, or refuse with 429 and Retry-After."""
+        wait = await self.limits.acquire(limit, key)
+        if wait > 0:
+            raise ServiceError(
+                429,
+                Errno.RATE_LIMITED,
+                f"too many {limit.description}; retry in {retry_after(wait)} s",
+                headers={"retry-after": retry_after(wait)},
+            )
+
+    async def check_address_rate(self, limit: Limit, client: str) -> None:
+        """`check_rate` keyed by the client's address, unless the address is exempt."""
+        address = client_address(client)
+        if not self.limits.exempt(address):
+            await self.check_rate(limit, address)

@@ -1,0 +1,173 @@
+"""A message deleted by its sender, or replaced by a newer push with its Topic, while a
+connection holds a copy of it unsent (found by the fault campaign, docs/reliability.md).
+
+A connection that says hello reads the user agent's stored messages first and holds the
+live ones that arrive meanwhile, to keep them in order. With the store slow (a paused or
+cut-off PostgreSQL) that read takes seconds; a DELETE answered 204 by another node, or a
+newer push with the same Topic, must still keep the held copy from going out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from cluster.conftest import in_process_nodes
+from support.service import Registration, RunningService, TestAgent
+from tidings.service.cluster import redis_bus
+from tidings.service.store import StoredMessage
+from tidings.service.ws_session import WebSocketSession
+from tidings.webpush import encrypt
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(120)]
+
+
+async def push(
+    client: httpx.AsyncClient,
+    node: RunningService,
+    registration: Registration,
+    text: bytes,
+    topic: str | None = None,
+) -> httpx.Response:
+    keys = registration.subscription_info()["keys"]
+    headers = {"TTL": "60", "Content-Encoding": "aes128gcm"}
+    if topic:
+        headers["Topic"] = topic
+    body = encrypt(text, keys["p256dh"], keys["auth"])
+    path = urlsplit(registration.endpoint).path
+    answer = await client.post(node.url + path, content=body, headers=headers)
+    assert answer.status_code == 201, answer.text
+    return answer
+
+
+async def reconnect_with_slow_store(
+    node: RunningService,
+) -> tuple[TestAgent, Registration, asyncio.Event]:
+    """A user agent with a subscription, connected again to `node`, whose hello waits
+    in the store read until the event is set."""
+    assert node.service is not None
+    first = await node.agent()
+    registration = await first.register()
+    await first.close()
+    release = asyncio.Event()
+    service = node.service
+    real_pending = service.pending
+
+    async def slow_pending(uaid: str) -> list[StoredMessage]:
+        await release.wait()
+        return await real_pending(uaid)
+
+    service.pending = slow_pending  # type: ignore[method-assign]
+    again = TestAgent(node.ws_url)
+    again.registrations = first.registrations
+    await again.connect(first.uaid)
+    assert again.uaid is not None
+    return again, registration, release
+
+
+async def held_count(node: RunningService, uaid: str, count: int) -> None:
+    assert node.service is not None
+    deadline = time.monotonic() + 10
+    while True:
+        sessions = node.service.hub.agents(uaid)
+        held = [len(s._held or ()) for s in sessions if isinstance(s, WebSocketSession)]
+        if held and held[0] >= count:
+            return
+        assert time.monotonic() < deadline, f"the live messages were not held: {held}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_deleted_message_held_on_another_node_is_not_sent(tmp_path: Path) -> None:
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
+        agent, registration, release = await reconnect_with_slow_store(node_a)
+        assert agent.uaid is not None
+        async with httpx.AsyncClient() as client:
+            answer = await push(client, node_b, registration, b"deleted")
+            await held_count(node_a, agent.uaid, 1)
+            location = urlsplit(answer.headers["location"]).path
+            deleted = await client.delete(node_b.url + location)
+            assert deleted.status_code == 204
+            release.set()
+            await push(client, node_b, registration, b"kept")
+        notification = await agent.next_notification(timeout=10)
+        assert notification.plaintext == b"kept"
+        await agent.no_frame(0.5)
+        await agent.close()
+
+
+async def test_a_held_message_replaced_by_its_topic_is_not_sent(tmp_path: Path) -> None:
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
+        agent, registration, release = await reconnect_with_slow_store(node_a)
+        assert agent.uaid is not None
+        async with httpx.AsyncClient() as client:
+            await push(client, node_b, registration, b"old", topic="weather")
+            await push(client, node_b, registration, b"new", topic="weather")
+            await held_count(node_a, agent.uaid, 2)
+            release.set()
+            await push(client, node_b, registration, b"after")
+        received = [(await agent.next_notification(timeout=10)).plaintext for _ in range(2)]
+        assert received == [b"new", b"after"]
+        await agent.no_frame(0.5)
+        await agent.close()
+
+
+class StalledBus:
+    """Holds back what the bus brings a node (a paused node, a black hole to Redis), then
+    hands it over late, in order, as its TCP connection would."""
+
+    def __init__(self, node: RunningService) -> None:
+        assert node.service is not None
+        self.bus = node.service.cluster
+        self.handle = self.bus._on_bus_message  # type: ignore[attr-defined]
+        self.held: list[bytes] = []
+        self.bus._on_bus_message = self.held.append  # type: ignore[attr-defined]
+
+    async def release_after(self, count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(self.held) < count:
+            assert time.monotonic() < deadline, f"the bus carried {len(self.held)}"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(redis_bus.BUS_LATE + 0.2)  # the stall lasts
+        self.bus._on_bus_message = self.handle  # type: ignore[attr-defined]
+        for raw in self.held:
+            self.handle(raw)
+
+
+async def test_a_late_bus_delivery_of_a_deleted_message_is_not_sent(tmp_path: Path) -> None:
+    """The node holding the user agent stalls on the bus: the message and its withdrawal
+    arrive together, seconds late. A late bus copy is not trusted as live: the store,
+    which no longer has it, decides."""
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
+        agent = await node_a.agent()
+        registration = await agent.register()
+        stalled = StalledBus(node_a)
+        async with httpx.AsyncClient() as client:
+            answer = await push(client, node_b, registration, b"deleted")
+            location = urlsplit(answer.headers["location"]).path
+            deleted = await client.delete(node_b.url + location)
+            assert deleted.status_code == 204
+            await stalled.release_after(2)  # the message, then its withdrawal
+            await push(client, node_b, registration, b"kept")
+        notification = await agent.next_notification(timeout=10)
+        assert notification.plaintext == b"kept"
+        await agent.no_frame(0.5)
+        await agent.close()
+
+
+async def test_a_late_bus_delivery_of_a_standing_message_comes_from_the_store(
+    tmp_path: Path,
+) -> None:
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
+        agent = await node_a.agent()
+        registration = await agent.register()
+        stalled = StalledBus(node_a)
+        async with httpx.AsyncClient() as client:
+            await push(client, node_b, registration, b"late")
+            await stalled.release_after(1)
+        notification = await agent.next_notification(timeout=10)
+        assert notification.plaintext == b"late"
+        await agent.close()
