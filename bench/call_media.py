@@ -16,7 +16,8 @@ Measured per call (ms from just before the invitation is posted):
   ice          the caller's ICE is connected
   first media  the caller decoded its first frame (audio or video)
 
-Run: .venv/bin/python bench/call_media.py [--calls 20] [--seconds 0.3] [--json FILE]
+Run: .venv/bin/python bench/call_media.py [--calls 20] [--seconds 0.3]
+     [--bytecode compiled|source] [--json FILE]     (--bytecode: see hyperty_wakeup.py)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hyperty_wakeup import machine, percentile, summary
+from hyperty_wakeup import machine, prepare_bytecode, summary
 
 WARMUP = 2  # calls made and dropped first (the caller's first media import, page cache)
 KEYS = {
@@ -65,7 +66,7 @@ async def run(calls: int, seconds: float) -> dict[str, Any]:
                 frames.append(report["frames_received"])
     result: dict[str, Any] = {"calls": calls, "seconds": seconds, "frames": frames}
     for name, series in values.items():
-        result[name] = {**summary(series), "p95": round(percentile(series, 95), 1)}
+        result[name] = summary(series)
     return result
 
 
@@ -73,13 +74,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=0.3, help="media time per call")
+    parser.add_argument("--bytecode", choices=("compiled", "source"), default="compiled")
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
     args = parser.parse_args()
-    info = machine()
+    prepare_bytecode(args.bytecode)
+    info = {**machine(), "bytecode": args.bytecode}
     result = asyncio.run(run(args.calls, args.seconds))
     info["load_after"] = os.getloadavg()
     print(f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}")
     print(f"load average before {info['load_before']}, after {info['load_after']}")
+    print(f"bytecode: {args.bytecode}")
     print(f"{args.calls} calls, callee asleep, {args.seconds} s of media each")
     print(f"{'ms from the invitation':<24} {'p50':>8} {'p95':>8} {'min':>8} {'max':>8}")
     for name in KEYS:

@@ -49,6 +49,7 @@ REPORT_KINDS = (
     "error",
     "push",
     "subscriptionchange",
+    "call",
 )
 
 _CONTENT_TYPES = {

@@ -6,24 +6,64 @@
 Each call is one request with the standard library in a thread, carrying the runtime's
 credential (`Authorization: Bearer`); the answer is (HTTP status, parsed JSON body).
 Unreachable: `HypertyRuntimeError`. The endpoint is described in docs/hyperty.md.
+
+The request is `http.client`'s (`element_request`), not `urllib.request`'s: a woken
+runtime imports this on every push, and urllib.request costs about 9 ms more to import
+(its redirect, cookie, proxy and file handlers: tempfile, shutil, ipaddress,
+email.utils...); the element answers one request with one response, no redirects. See
+BENCHMARKS.md, hyperty wake-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from tidings.hyperty.context import HypertyRuntimeError
 from tidings.hyperty.message import Message
 
-__all__ = ["ElementClient"]
+__all__ = ["ElementClient", "ElementUnreachable", "element_request"]
+
+
+class ElementUnreachable(OSError):
+    """No HTTP answer from the element (refused, reset, timed out, not HTTP)."""
+
+
+def element_request(
+    method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
+) -> tuple[int, Any]:
+    """One request: (status, parsed JSON body); a body that is not JSON in an error
+    answer becomes `{"message": text}`. Blocking: run it on a thread."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=timeout
+        )
+    elif parts.scheme == "http":
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    else:
+        raise ElementUnreachable(f"not an http(s) URL: {url}")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request(method, target, body=body, headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise ElementUnreachable(str(exc) or type(exc).__name__) from None
+    finally:
+        connection.close()
+    if response.status < 400:
+        return response.status, json.loads(raw or b"null")
+    try:
+        return response.status, json.loads(raw)
+    except ValueError:
+        return response.status, {"message": raw.decode(errors="replace")}
 
 
 class ElementClient:
@@ -100,20 +140,12 @@ class ElementClient:
         url = self.element + path + (f"?{query}" if query else "")
         headers = {"content-type": "application/json"} if body is not None else {}
         headers.update(self._authorization())
-        request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310 - the element's own http(s) URL
         limit = self.timeout if timeout is None else timeout
 
         def run() -> tuple[int, Any]:
             try:
-                with urllib.request.urlopen(request, timeout=limit) as response:  # noqa: S310
-                    return response.status, json.loads(response.read() or b"null")
-            except urllib.error.HTTPError as error:
-                raw = error.read()
-                try:
-                    return error.code, json.loads(raw)
-                except ValueError:
-                    return error.code, {"message": raw.decode(errors="replace")}
-            except (urllib.error.URLError, OSError) as exc:
+                return element_request(method, url, body, headers, limit)
+            except ElementUnreachable as exc:
                 raise HypertyRuntimeError(
                     f"the push element at {self.element} is unreachable: {exc}"
                 ) from None

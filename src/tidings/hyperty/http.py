@@ -15,8 +15,10 @@ registration returned (only that registration goes without): 401 without a valid
 403 when it is not the sender's, 429 over a limit (with `Retry-After`).
     GET  /hyperty/status?address=hyperty://...
                                 `{"status": "live" | "disconnected" | null}`
-    GET  /hyperty/config        `{"domain", "element", "applicationServerKey", "ttl"}`
-    GET  /hyperty/              the browser demo page; /hyperty/sw.js its service worker
+    GET  /hyperty/config        `{"domain", "element", "applicationServerKey", "ttl",
+                                "iceServers"}` (iceServers: for the call page)
+    GET  /hyperty/              the browser demo page; /hyperty/sw.js its service worker;
+                                /hyperty/call.html the call page a clicked call opens
     GET  /health                `ok`
 
 Errors that are not reTHINK answers (bad JSON, unknown path) use the project's JSON
@@ -65,6 +67,8 @@ _STATIC = {
     "index.html": ("index.html", "text/html; charset=utf-8"),
     "page.js": ("page.js", "text/javascript; charset=utf-8"),
     "sw.js": ("sw.js", "text/javascript; charset=utf-8"),
+    "call.html": ("call.html", "text/html; charset=utf-8"),
+    "call.js": ("call.js", "text/javascript; charset=utf-8"),
 }
 
 
@@ -75,9 +79,18 @@ def _static(name: str) -> bytes:
 class ElementApp:
     """The ASGI application around one `PushElement`."""
 
-    def __init__(self, element: PushElement, *, prefix: str = "/hyperty") -> None:
+    def __init__(
+        self,
+        element: PushElement,
+        *,
+        prefix: str = "/hyperty",
+        ice_servers: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.element = element
         self.prefix = prefix.rstrip("/")
+        # STUN/TURN for the browser's call page (`/config` `iceServers`), as
+        # RTCPeerConnection takes them: [{urls, username, credential}].
+        self.ice_servers = list(ice_servers or [])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,6 +133,7 @@ class ElementApp:
             "ttl": element.ttl,
             "messages": self.prefix + "/messages",
             "allocation": element.allocation,
+            "iceServers": self.ice_servers,
         }
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:

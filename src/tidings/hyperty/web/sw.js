@@ -1,10 +1,12 @@
 // The browser runtime's service worker: the push handler that wakes it. A pushed
-// reTHINK message is a Connection invitation (show "Incoming call" with the caller's
-// name), or the caller's delete of the Connection (the ringing notification becomes
-// "Missed call", same tag). Accept or
-// Decline on the notification answer with a reTHINK response (200 or 486) through the
-// push element, since a sleeping runtime has no message connection; the answer carries
-// the runtime's credential (the page keeps it in the Cache API for the worker).
+// reTHINK message is a Connection invitation (show "Incoming call from <caller>"), or
+// the caller's delete of the Connection (the ringing notification becomes "Missed call",
+// same tag). Accept or Decline on the notification answer with a reTHINK response (200
+// or 486) through the push element, since a sleeping runtime has no message connection;
+// the answer carries the runtime's credential (the page keeps it in the Cache API for
+// the worker). Accepting a call with media (`value.media`) opens the call page
+// (call.html), which answers itself once it holds the message connection, so the
+// caller's offer comes on its inbox rather than by push.
 'use strict';
 
 const REPORT = new URL(self.location).searchParams.get('report');
@@ -25,6 +27,16 @@ function objectUrl(url) {
 function isInvitation(message) {
   const schema = (message.body && message.body.schema) || '';
   return message.type === 'create' && (schema.endsWith('/Connection') || message.from.startsWith('connection://'));
+}
+
+// The call page a click on a media invitation opens (it reads the invitation from the cache).
+function callPage(tag) {
+  return 'call.html?connection=' + encodeURIComponent(tag) +
+    (REPORT ? '&report=' + encodeURIComponent(REPORT) : '');
+}
+
+function wantsMedia(message) {
+  return Boolean(message && message.body && message.body.value && message.body.value.media === true);
 }
 
 function callerName(message) {
@@ -59,12 +71,19 @@ self.addEventListener('push', event => {
       if (isInvitation(message)) {
         // `verified` is set by the push element only, after it checked the assertion.
         const verified = message.body.identity && message.body.identity.verified === true;
-        shown = {title: 'Incoming call', body: callerName(message) + ' is calling' + (verified ? ' (verified caller)' : ''), tag};
+        const profile = (message.body.identity && message.body.identity.userProfile) || {};
+        const address = profile.username || message.body.source || message.from;
+        shown = {title: 'Incoming call from ' + callerName(message), body: address + (verified ? ' (verified caller)' : ''), tag};
+        if (wantsMedia(message)) {
+          const cache = await caches.open('tidings-hyperty');
+          await cache.put(callPage(tag), new Response(JSON.stringify(message)));
+        }
         await self.registration.showNotification(shown.title, {
           body: shown.body, tag, requireInteraction: true, data: message,
           actions: [{action: 'accept', title: 'Accept'}, {action: 'decline', title: 'Decline'}],
         });
       } else if (message.type === 'delete') {
+        await (await caches.open('tidings-hyperty')).delete(callPage(tag));
         // The caller hung up before the answer: the ringing notification becomes a
         // missed call (same tag, so it replaces it rather than adding one).
         const ringing = await self.registration.getNotifications({tag});
@@ -90,12 +109,17 @@ self.addEventListener('push', event => {
   })());
 });
 
+// What a click on a notification does: a missed call nothing, Decline a 486, a call
+// with media opens the call page (which answers), any other call a 200 and the page.
+async function onNotificationClick(notification, action) {
+  const message = notification.data;
+  notification.close();
+  if (!message) return null;  // a missed call: nothing to answer
+  if (action === 'decline') return answer(message, 486, 'Busy Here');
+  if (wantsMedia(message)) return self.clients.openWindow(callPage(notification.tag));
+  return Promise.all([answer(message, 200, 'OK'), self.clients.openWindow('./')]);
+}
+
 self.addEventListener('notificationclick', event => {
-  const message = event.notification.data;
-  event.notification.close();
-  if (event.action === 'decline') {
-    event.waitUntil(answer(message, 486, 'Busy Here'));
-  } else {
-    event.waitUntil(Promise.all([answer(message, 200, 'OK'), self.clients.openWindow('./')]));
-  }
+  event.waitUntil(onNotificationClick(event.notification, event.action));
 });
