@@ -44,3 +44,18 @@ def test_every_cited_file_exists(page: Path) -> None:
         if not any(name == cited or name.endswith("/" + cited) for name in files):
             missing.append(cited)
     assert not missing, f"{page.relative_to(REPO)} cites files that do not exist: {missing}"
+
+
+def test_the_architecture_names_every_module() -> None:
+    """docs/architecture.md has a line for every module of the package (by its path under
+    src/tidings, or by its file name in its package's row)."""
+    page = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    package = REPO / "src" / "tidings"
+    unnamed = [
+        str(module.relative_to(package))
+        for module in sorted(package.rglob("*.py"))
+        if module.name not in ("__init__.py", "__main__.py")
+        and str(module.relative_to(package)) not in page
+        and f"`{module.name}`" not in page
+    ]
+    assert not unnamed, f"docs/architecture.md does not name: {unnamed}"
