@@ -42,6 +42,7 @@ from tidings.service.store.base import (
     message_columns,
     status_columns,
 )
+from tidings.service.store.postgres_commit import PostgresGroupCommit
 from tidings.service.store.postgres_pool import PostgresPool
 from tidings.service.store.postgres_schema import (
     _BYTES_FULL,
@@ -63,12 +64,46 @@ from tidings.service.store.postgres_schema import (
     _message_from_row,
 )
 
+_FOREIGN_KEY_VIOLATION = "23503"  # a message's subscription deleted meanwhile
+
 # Imported from here before the schema and the pool had files of their own.
 __all__ = ["EXPIRY_BATCH", "SCHEMA_VERSION", "_MIGRATIONS", "PostgresStore", "store_from_url"]
 
 
 class PostgresStore(PostgresPool):
-    """`Store` on PostgreSQL, with a connection pool shared by the node's tasks."""
+    """`Store` on PostgreSQL, with a connection pool shared by the node's tasks.
+
+    Pushes and message deletions go through group commit (`postgres_commit.py`) unless
+    `group_commit` is False (each its own transaction, as before: for comparison).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        timeout: float = 5.0,
+        group_commit: bool = True,
+    ) -> None:
+        super().__init__(
+            dsn, min_connections=min_connections, max_connections=max_connections, timeout=timeout
+        )
+        self._commits: PostgresGroupCommit | None = None
+        if group_commit:
+            self._commits = PostgresGroupCommit(
+                self._run,
+                push_alone=self._store_message_alone,
+                push_refused=_push_refused,
+                delete_statement=_DELETE_MESSAGES,
+                delete_rows=_deleted_in_order,
+                now=time.time,
+            )
+
+    async def close(self) -> None:
+        if self._commits is not None:
+            await self._commits.drain()  # every queued write answered first
+        await super().close()
 
     # Metadata -----------------------------------------------------------------------
 
@@ -264,6 +299,13 @@ class PostgresStore(PostgresPool):
     # Messages -------------------------------------------------------------------------
 
     async def store_message(self, message: StoredMessage, *, quota: MessageQuota) -> list[str]:
+        if self._commits is None:
+            return await self._store_message_alone(message, quota)
+        return await self._commits.store_message(message, quota)
+
+    async def _store_message_alone(self, message: StoredMessage, quota: MessageQuota) -> list[str]:
+        """One push, its own transaction (without group commit, or retried alone)."""
+
         async def write(conn: asyncpg.Connection) -> list[str]:
             try:
                 replaced = await conn.fetchval(
@@ -278,20 +320,9 @@ class PostgresStore(PostgresPool):
                 )
             except asyncpg.exceptions.PostgresError as exc:
                 code = getattr(exc, "sqlstate", None)
-                if code == _GONE:
-                    raise SubscriptionGone(message.channel_id) from None
-                if code == _SUBSCRIPTION_FULL:
-                    raise TooManyMessages("subscription", quota.per_subscription) from None
-                if code == _USER_AGENT_FULL:
-                    raise TooManyMessages("user_agent", quota.per_user_agent) from None
-                if code == _BYTES_FULL:
-                    raise TooManyMessages("bytes", quota.bytes_per_user_agent) from None
-                if code == _STORE_FULL:
-                    raise StoreFull(
-                        f"the store holds its maximum of {quota.stored_messages} messages"
-                    ) from None
-                if isinstance(exc, asyncpg.exceptions.ForeignKeyViolationError):
-                    raise SubscriptionGone(message.channel_id) from None  # unregister raced
+                refused = _push_refused(code or "", message, quota)
+                if refused is not None:
+                    raise refused from None
                 raise
             return list(replaced)
 
@@ -329,6 +360,8 @@ class PostgresStore(PostgresPool):
         """One statement for both (the public methods are timed under their own names)."""
         if not keys:
             return []
+        if self._commits is not None:
+            return await self._commits.delete_messages(keys, acknowledged)
         rows = await self._run(
             lambda conn: conn.fetch(
                 _DELETE_MESSAGES,
@@ -338,9 +371,7 @@ class PostgresStore(PostgresPool):
                 acknowledged,
             )
         )
-        deleted = {(row["uaid"], row["message_id"]): _message_from_row(row) for row in rows}
-        # A key named twice (the same ack repeated) finds its message the first time only.
-        return [deleted.pop(key, None) for key in keys]
+        return _deleted_in_order(rows, keys)
 
     async def delete_expired(self, now: float) -> int:
         total = 0
@@ -468,12 +499,38 @@ class PostgresStore(PostgresPool):
         return int(count)
 
 
+def _push_refused(code: str, message: StoredMessage, quota: MessageQuota) -> BaseException | None:
+    """The error for a push that tidings_store_message refused with SQLSTATE `code`;
+    None if `code` is not one of its refusals."""
+    if code == _SUBSCRIPTION_FULL:
+        return TooManyMessages("subscription", quota.per_subscription)
+    if code == _USER_AGENT_FULL:
+        return TooManyMessages("user_agent", quota.per_user_agent)
+    if code == _BYTES_FULL:
+        return TooManyMessages("bytes", quota.bytes_per_user_agent)
+    if code == _STORE_FULL:
+        return StoreFull(f"the store holds its maximum of {quota.stored_messages} messages")
+    if code in (_GONE, _FOREIGN_KEY_VIOLATION):  # gone, or an unregister raced
+        return SubscriptionGone(message.channel_id)
+    return None
+
+
+def _deleted_in_order(
+    rows: list[asyncpg.Record], keys: Sequence[tuple[str, str]]
+) -> list[StoredMessage | None]:
+    """The deleted messages in the order of `keys`; a key named twice (the same ack
+    repeated) finds its message the first time only."""
+    deleted = {(row["uaid"], row["message_id"]): _message_from_row(row) for row in rows}
+    return [deleted.pop(key, None) for key in keys]
+
+
 def store_from_url(url: str) -> PostgresStore:
     """A PostgreSQL store for `postgresql://user@host/db?pool_max=20&timeout=5`.
 
-    `pool_min`, `pool_max` (connections per node, default 1 and 10) and `timeout`
+    `pool_min`, `pool_max` (connections per node, default 1 and 10), `timeout`
     (seconds before a query or a connection attempt counts as unavailable, default 5)
-    are Tidings' own settings; other query parameters go to the server as usual.
+    and `group_commit` (`on`, the default, or `off`) are Tidings' own settings;
+    other query parameters go to the server as usual.
     """
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -487,6 +544,8 @@ def store_from_url(url: str) -> PostgresStore:
             settings["max_connections"] = int(value)
         elif name == "timeout":
             settings["timeout"] = float(value)
+        elif name == "group_commit":
+            settings["group_commit"] = value.lower() not in ("off", "0", "false", "no")
         else:
             rest.append((name, value))
     return PostgresStore(urlunsplit(parts._replace(query=urlencode(rest))), **settings)

@@ -10,7 +10,7 @@ import asyncpg
 
 from tidings.service.store.base import StoredMessage, decode_headers
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # SQLSTATEs raised by tidings_store_message and tidings_add_subscription (class "TD",
 # user defined).
@@ -319,6 +319,35 @@ _MIGRATIONS: dict[int, str] = {
             _INSERT_WITH_STATUS_AND_RETURN,
         )
     ),
+    # Group commit (postgres_commit.py): the pushes of one batch in one call. Each is
+    # tidings_store_message in a block of its own (a subtransaction), so a refused one
+    # is undone alone and answered with its SQLSTATE; the others are kept.
+    5: """
+    CREATE FUNCTION tidings_store_messages(
+        p_message_id text[], p_uaid text[], p_channel_id text[], p_body bytea[],
+        p_ttl integer[], p_created_at double precision[], p_expires_at double precision[],
+        p_urgency text[], p_topic text[], p_headers text[], p_receipt_id text[],
+        p_max_subscription integer[], p_max_user_agent integer[], p_max_bytes bigint[],
+        p_max_stored bigint[], p_vapid_hash bytea[]
+    ) RETURNS TABLE (replaced text[], code text) LANGUAGE plpgsql AS $$
+    BEGIN
+        FOR i IN 1 .. coalesce(array_length(p_message_id, 1), 0) LOOP
+            BEGIN
+                replaced := tidings_store_message(p_message_id[i], p_uaid[i],
+                    p_channel_id[i], p_body[i], p_ttl[i], p_created_at[i],
+                    p_expires_at[i], p_urgency[i], p_topic[i], p_headers[i],
+                    p_receipt_id[i], p_max_subscription[i], p_max_user_agent[i],
+                    p_max_bytes[i], p_max_stored[i], p_vapid_hash[i]);
+                code := NULL;
+            EXCEPTION WHEN OTHERS THEN
+                replaced := NULL;
+                code := SQLSTATE;
+            END;
+            RETURN NEXT;
+        END LOOP;
+    END
+    $$;
+    """,
 }
 
 # User agents not seen since $1, at most $2, with their subscriptions (and so their
