@@ -142,6 +142,7 @@ async def test_a_waiter_cancelled_before_its_batch_is_not_written(
 ) -> None:
     await subscribe(pg)
     await subscribe(pg, "ua2", "ch2")
+    commits(pg).max_writers = 1  # the others wait behind the held batch
     await user_agent_held("ua1")
     in_flight = asyncio.ensure_future(put(pg, message()))  # its batch waits for the lock
     await asyncio.sleep(0.2)
@@ -164,6 +165,7 @@ async def test_the_queue_is_bounded(pg: PostgresStore, user_agent_held: Any) -> 
     await subscribe(pg)
     await subscribe(pg, "ua2", "ch2")
     commits(pg).max_waiting = 3
+    commits(pg).max_writers = 1
     await user_agent_held("ua1")
     in_flight = asyncio.ensure_future(put(pg, message()))  # taken by the writer, held
     await asyncio.sleep(0.2)
@@ -174,3 +176,30 @@ async def test_the_queue_is_bounded(pg: PostgresStore, user_agent_held: Any) -> 
     await user_agent_held.release()
     assert await asyncio.gather(in_flight, *queued) == [[], [], [], []]
     assert len(await stored_ids(pg, "ua2")) == 3
+
+
+async def test_a_waiting_batch_does_not_hold_up_the_next(
+    pg: PostgresStore, user_agent_held: Any
+) -> None:
+    """Another writer takes the next batch while one waits (here on a lock)."""
+    await subscribe(pg)
+    await subscribe(pg, "ua2", "ch2")
+    await user_agent_held("ua1")
+    held = asyncio.ensure_future(put(pg, message()))
+    await asyncio.sleep(0.2)
+    assert await asyncio.wait_for(put(pg, message("ua2", "ch2")), 5) == []
+    assert not held.done()
+    await user_agent_held.release()
+    assert await held == []
+
+
+async def test_a_call_made_as_the_last_writer_ends_gets_a_writer(pg: PostgresStore) -> None:
+    """The waiter answered last runs before its writer task is done: its next call must
+    not find that writer still counted (and no writer left to take it)."""
+    await subscribe(pg)
+    commits(pg).max_writers = 1
+
+    async def one_after_another() -> list[list[str]]:
+        return [await put(pg, message()) for _ in range(3)]  # in one task
+
+    assert await asyncio.wait_for(one_after_another(), 5) == [[], [], []]

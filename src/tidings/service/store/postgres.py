@@ -42,7 +42,7 @@ from tidings.service.store.base import (
     message_columns,
     status_columns,
 )
-from tidings.service.store.postgres_commit import PostgresGroupCommit
+from tidings.service.store.postgres_commit import MAX_WRITERS, PostgresGroupCommit
 from tidings.service.store.postgres_pool import PostgresPool
 from tidings.service.store.postgres_schema import (
     _BYTES_FULL,
@@ -85,6 +85,7 @@ class PostgresStore(PostgresPool):
         max_connections: int = 10,
         timeout: float = 5.0,
         group_commit: bool = True,
+        group_writers: int = MAX_WRITERS,
     ) -> None:
         super().__init__(
             dsn, min_connections=min_connections, max_connections=max_connections, timeout=timeout
@@ -98,6 +99,7 @@ class PostgresStore(PostgresPool):
                 delete_statement=_DELETE_MESSAGES,
                 delete_rows=_deleted_in_order,
                 now=time.time,
+                max_writers=group_writers,
             )
 
     async def close(self) -> None:
@@ -529,7 +531,8 @@ def store_from_url(url: str) -> PostgresStore:
 
     `pool_min`, `pool_max` (connections per node, default 1 and 10), `timeout`
     (seconds before a query or a connection attempt counts as unavailable, default 5)
-    and `group_commit` (`on`, the default, or `off`) are Tidings' own settings;
+    `group_commit` (`on`, the default, or `off`) and `group_writers` (batches in flight
+    at once, default 4) are Tidings' own settings;
     other query parameters go to the server as usual.
     """
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -544,6 +547,8 @@ def store_from_url(url: str) -> PostgresStore:
             settings["max_connections"] = int(value)
         elif name == "timeout":
             settings["timeout"] = float(value)
+        elif name == "group_writers":
+            settings["group_writers"] = int(value)
         elif name == "group_commit":
             settings["group_commit"] = value.lower() not in ("off", "0", "false", "no")
         else:

@@ -2,12 +2,14 @@
 
 Each push alone was a durable commit (a WAL flush) and a round trip: the node's rate
 was PostgreSQL's commit rate. Here a push or a deletion joins a bounded queue drained
-by one writer task; the writer takes what has gathered (at most MAX_BATCH) and writes
-it on one pooled connection in one transaction: every push in one call of
-`tidings_store_messages` (arrays, one round trip), every deletion in one
+by writer tasks; a writer takes what has gathered (at most MAX_BATCH) and writes it on
+one pooled connection in one transaction: every push in one call of
+`tidings_store_messages` (arrays, one round trip; it takes the batch's locks first, in
+one order, so that batches never deadlock), every deletion in one
 `DELETE ... USING unnest(...)`; then COMMIT. Each waiter is answered after the COMMIT
-that holds its write, so a 201 still means the message is durable. While one batch
-commits, the next gathers: the busier the node, the larger the batch.
+that holds its write, so a 201 still means the message is durable. While a batch is
+with PostgreSQL the next gathers and another writer (at most MAX_WRITERS) takes it: the
+busier the node, the larger the batches.
 
 Failures:
 
@@ -51,12 +53,13 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # operations per transaction: also under PostgreSQL's 64 cached subxids
 MAX_WAITING = 4096  # operations queued at most; more fail at once (StoreUnavailable)
+MAX_WRITERS = 4  # batches in flight at once, each on its own pooled connection
 
 _STORE_MESSAGES = (
     "SELECT replaced, code FROM tidings_store_messages($1::text[], $2::text[], $3::text[],"
     " $4::bytea[], $5::integer[], $6::float8[], $7::float8[], $8::text[], $9::text[],"
     " $10::text[], $11::text[], $12::integer[], $13::integer[], $14::bigint[],"
-    " $15::bigint[], $16::bytea[])"
+    " $15::bigint[], $16::bytea[], $17::text[])"
 )
 
 Connection = Any  # an asyncpg connection (untyped library)
@@ -110,6 +113,7 @@ class PostgresGroupCommit:
         now: Callable[[], float],
         max_batch: int = MAX_BATCH,
         max_waiting: int = MAX_WAITING,
+        max_writers: int = MAX_WRITERS,
     ) -> None:
         self._run = run
         self._push_alone = push_alone
@@ -119,8 +123,9 @@ class PostgresGroupCommit:
         self._now = now
         self.max_batch = max_batch
         self.max_waiting = max_waiting
+        self.max_writers = max_writers
         self._waiting: deque[_Operation] = deque()
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
         self.batches = 0  # committed (for tests and the benchmark)
 
     # Calls ------------------------------------------------------------------------
@@ -139,8 +144,8 @@ class PostgresGroupCommit:
 
     async def drain(self) -> None:
         """Return once every queued operation has been answered (before closing)."""
-        while self._writer is not None:
-            await asyncio.shield(self._writer)
+        while self._writers:
+            await asyncio.wait(set(self._writers))
 
     # The writer ----------------------------------------------------------------------
 
@@ -154,8 +159,12 @@ class PostgresGroupCommit:
                 f"PostgreSQL: {len(self._waiting)} writes already waiting to be committed"
             )
         self._waiting.append(operation)
-        if self._writer is None:
-            self._writer = asyncio.ensure_future(self._write())
+        # Another writer while one waits on PostgreSQL (a round trip, a flush): batches
+        # overlap instead of queueing behind each other. An idle one finds nothing and ends.
+        if len(self._writers) < self.max_writers:
+            writer = asyncio.ensure_future(self._write())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
 
     async def _write(self) -> None:
         try:
@@ -170,7 +179,9 @@ class PostgresGroupCommit:
                 if batch:
                     await self._commit(batch)
         finally:
-            self._writer = None
+            # Now, not in a done callback (a turn later): a call queued in between
+            # would find every writer counted and none left to take it.
+            self._writers.discard(asyncio.current_task())
 
     async def _commit(self, batch: list[_Operation]) -> None:
         try:
@@ -197,31 +208,49 @@ class PostgresGroupCommit:
             await asyncio.gather(*(self._alone(op) for op in retries))
 
     async def _transaction(self, conn: Connection, batch: list[_Operation]) -> list[_Answer]:
-        """The batch in one transaction: its answers, to be given after the COMMIT."""
+        """The batch in one transaction: its answers, to be given after the COMMIT.
+
+        A batch of one statement (pushes only, or deletions of one kind) is sent alone,
+        its own transaction: one round trip instead of BEGIN, it and COMMIT.
+        """
         pushes = [op for op in batch if isinstance(op, _Push)]
-        answers: list[_Answer] = []
+        groups = [
+            (acknowledged, group)
+            for acknowledged in (True, False)
+            if (
+                group := [
+                    op
+                    for op in batch
+                    if isinstance(op, _Deletion) and op.acknowledged is acknowledged
+                ]
+            )
+        ]
+        alone = not groups or (not pushes and len(groups) == 1)
+
+        async def statements() -> list[_Answer]:
+            answers: list[_Answer] = []
+            if not alone or pushes:  # with deletions too: it takes their locks first
+                touched = [key[0] for _, group in groups for op in group for key in op.keys]
+                rows = await self._store(conn, pushes, touched)
+                answers += self._push_answers(pushes, rows)
+            for acknowledged, group in groups:
+                answers += await self._delete(conn, group, acknowledged)
+            return answers
+
         try:
+            if alone:
+                return await statements()
             async with conn.transaction():
-                if pushes:
-                    answers += self._push_answers(pushes, await self._store(conn, pushes))
-                for acknowledged in (True, False):
-                    group = [
-                        op
-                        for op in batch
-                        if isinstance(op, _Deletion) and op.acknowledged is acknowledged
-                    ]
-                    if group:
-                        answers += await self._delete(conn, group, acknowledged)
+                return await statements()
         except (ValueError, TypeError) as exc:  # a value asyncpg cannot encode
             raise _Failed(f"{type(exc).__name__}: {exc}") from exc
         except asyncpg.exceptions.PostgresError as exc:
             if isinstance(exc, _UNAVAILABLE):
                 raise
             raise _Failed(f"{type(exc).__name__}: {exc}") from exc
-        return answers
 
     @staticmethod
-    async def _store(conn: Connection, pushes: list[_Push]) -> list[Any]:
+    async def _store(conn: Connection, pushes: list[_Push], touched: list[str]) -> list[Any]:
         columns: list[list[Any]] = [[] for _ in range(16)]
         for push in pushes:
             quota = push.quota
@@ -235,7 +264,7 @@ class PostgresGroupCommit:
             )
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
-        rows: list[Any] = await conn.fetch(_STORE_MESSAGES, *columns)
+        rows: list[Any] = await conn.fetch(_STORE_MESSAGES, *columns, touched)
         return rows
 
     def _push_answers(self, pushes: list[_Push], rows: list[Any]) -> list[_Answer]:

@@ -322,15 +322,29 @@ _MIGRATIONS: dict[int, str] = {
     # Group commit (postgres_commit.py): the pushes of one batch in one call. Each is
     # tidings_store_message in a block of its own (a subtransaction), so a refused one
     # is undone alone and answered with its SQLSTATE; the others are kept.
+    #
+    # First every lock the batch will need, each kind in one order (the user agents'
+    # advisory locks by key, then the count stripes, of its pushes and of the user agents
+    # `p_touched` by its deletions, by number): two batches (two writers, two nodes)
+    # then never wait on each other in a circle, and a single push (advisory lock, then
+    # its stripe) or a single delete (stripes in order) follows the same order.
     5: """
     CREATE FUNCTION tidings_store_messages(
         p_message_id text[], p_uaid text[], p_channel_id text[], p_body bytea[],
         p_ttl integer[], p_created_at double precision[], p_expires_at double precision[],
         p_urgency text[], p_topic text[], p_headers text[], p_receipt_id text[],
         p_max_subscription integer[], p_max_user_agent integer[], p_max_bytes bigint[],
-        p_max_stored bigint[], p_vapid_hash bytea[]
+        p_max_stored bigint[], p_vapid_hash bytea[], p_touched text[]
     ) RETURNS TABLE (replaced text[], code text) LANGUAGE plpgsql AS $$
+    DECLARE
+        k bigint;
     BEGIN
+        FOR k IN SELECT DISTINCT hashtextextended(u, 0) FROM unnest(p_uaid) u ORDER BY 1 LOOP
+            PERFORM pg_advisory_xact_lock(k);
+        END LOOP;
+        PERFORM 1 FROM message_counts WHERE stripe IN
+            (SELECT DISTINCT hashtext(u) & 15 FROM unnest(p_uaid || p_touched) u)
+            ORDER BY stripe FOR UPDATE;
         FOR i IN 1 .. coalesce(array_length(p_message_id, 1), 0) LOOP
             BEGIN
                 replaced := tidings_store_message(p_message_id[i], p_uaid[i],
