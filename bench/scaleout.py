@@ -242,7 +242,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--agents", type=int, default=200)
     parser.add_argument("--bus", action="store_true", help="also compare pub/sub and streams")
-    parser.add_argument("--only", default="", help="run the setups whose label has one of these")
+    parser.add_argument(
+        "--only", default="", help="only the setups whose label has one of these (|-separated)"
+    )
     parser.add_argument(
         "--pg-options", default="", help="appended to the store URL, e.g. &synchronous_commit=off"
     )
@@ -272,7 +274,7 @@ def main() -> None:
                   f"{'p99 ms':>7} {'non-2xx':>8} {'node us/push':>13} "
                   f"{'PG us/push':>11}")  # fmt: skip
             for i, (label, node_args, n) in enumerate(setups):
-                if args.only and not any(word in label for word in args.only.split(",")):
+                if args.only and not any(word in label for word in args.only.split("|")):
                     continue
                 r = run_setup(f"s{i}", node_args, n, args, workdir, database)
                 print(f"{label:30} {r['accepted_per_s']:>11,.0f} {r['delivered_per_s']:>12,.0f} "

@@ -532,7 +532,7 @@ def store_from_url(url: str) -> PostgresStore:
     `pool_min`, `pool_max` (connections per node, default 1 and 10), `timeout`
     (seconds before a query or a connection attempt counts as unavailable, default 5)
     `group_commit` (`on`, the default, or `off`) and `group_writers` (batches in flight
-    at once, default 4) are Tidings' own settings;
+    at once, default 2) are Tidings' own settings;
     other query parameters go to the server as usual.
     """
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # operations per transaction: also under PostgreSQL's 64 cached subxids
 MAX_WAITING = 4096  # operations queued at most; more fail at once (StoreUnavailable)
-MAX_WRITERS = 4  # batches in flight at once, each on its own pooled connection
+MAX_WRITERS = 2  # batches in flight at once, each on its own pooled connection (measured: 1, 2, 4)
 
 _STORE_MESSAGES = (
     "SELECT replaced, code FROM tidings_store_messages($1::text[], $2::text[], $3::text[],"
