@@ -16,8 +16,9 @@ Every hot query is an index look-up: messages by (uaid, seq) and by primary key
 migrations run at start under an advisory lock, so nodes starting together apply
 them once. Connection failures become `StoreUnavailable` (the service answers 503).
 
-Three files: the schema and statements (`postgres_schema.py`), the connection pool
-(`postgres_pool.py`) and the store's operations, here.
+Four files: the schema and statements (`postgres_schema.py`), the connection pool
+(`postgres_pool.py`), group commit of pushes and deletions (`postgres_commit.py`) and
+the store's operations, here.
 """
 
 from __future__ import annotations
