@@ -236,6 +236,46 @@ async def bus_compare(count: int = 20000, producers: int = 32, size: int = 700) 
           f"({total} messages of {size} B, {producers} concurrent producers)")  # fmt: skip
 
 
+async def store_only(database: str, clients: int, pushes: int) -> None:
+    """The PostgreSQL store alone (no HTTP): `clients` tasks each storing and then
+    deleting (as an ack) `pushes` messages, with and without group commit."""
+    from tidings.service.store.base import MessageQuota, StoredMessage, SubscriptionRecord
+    from tidings.service.store.postgres import PostgresStore, store_from_url
+
+    print(f"{'store variant':24} {'push+ack/s':>11} {'PG us/push':>11} {'batches':>8}")
+    for label, options in [
+        ("no group commit", "group_commit=off"),
+        ("group commit, 1 writer", "group_writers=1"),
+        ("group commit, 2 writers", "group_writers=2"),
+        ("group commit, 4 writers", "group_writers=4"),
+    ]:
+        store = store_from_url(f"{PG}/{database}?pool_max=10&{options}")
+        await store.open()
+        for i in range(clients):
+            await store.add_subscription(SubscriptionRecord(f"ua{i}", "ch", None, time.time()))
+
+        async def client(i: int, store: PostgresStore = store) -> None:
+            for _ in range(pushes):
+                now = time.time()
+                message = StoredMessage(secrets.token_hex(16), f"ua{i}", "ch", b"x" * 100, 60,
+                                        now, now + 60)  # fmt: skip
+                await store.store_message(message, quota=MessageQuota())
+                await store.delete_messages([(message.uaid, message.message_id)])
+
+        backends = await asyncio.to_thread(postgres_backends, database)
+        before = cpu_seconds(backends)
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+        after = cpu_seconds(await asyncio.to_thread(postgres_backends, database))
+        pg_cpu = sum(t - before.get(pid, 0.0) for pid, t in after.items())  # new ones too
+        total = clients * pushes
+        batches = store._commits.batches if store._commits is not None else 0
+        print(f"{label:24} {total / elapsed:>11,.0f} {pg_cpu / total * 1e6:>11,.0f} "
+              f"{batches:>8,}", flush=True)  # fmt: skip
+        await store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=8)
@@ -248,11 +288,20 @@ def main() -> None:
     parser.add_argument(
         "--pg-options", default="", help="appended to the store URL, e.g. &synchronous_commit=off"
     )
+    parser.add_argument(
+        "--store-only", action="store_true", help="the PostgreSQL store's variants alone"
+    )
     args = parser.parse_args()
     if args.bus:
         asyncio.run(bus_compare())
     database = "tidings_bench_" + secrets.token_hex(4)
     psql(f"CREATE DATABASE {database}")
+    if args.store_only:
+        try:
+            asyncio.run(store_only(database, args.connections, 100))
+        finally:
+            psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        return
     prefix = f"tidings-bench-{secrets.token_hex(3)}:"
     try:
         with tempfile.TemporaryDirectory() as tmp:
