@@ -11,7 +11,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tidings.service.store import StoreUnavailable, SubscriptionGone, TooManyMessages
+from tidings.service.store import (
+    StoreFull,
+    StoreUnavailable,
+    SubscriptionGone,
+    TooManyMessages,
+)
 from tidings.service.store.postgres import PostgresStore
 from tidings.service.store.postgres_commit import PostgresGroupCommit
 
@@ -203,3 +208,18 @@ async def test_a_call_made_as_the_last_writer_ends_gets_a_writer(pg: PostgresSto
         return [await put(pg, message()) for _ in range(3)]  # in one task
 
     assert await asyncio.wait_for(one_after_another(), 5) == [[], [], []]
+
+
+async def test_the_store_ceiling_holds_within_one_batch(pg: PostgresStore) -> None:
+    """Ten pushes in one batch against a ceiling of five: five stored, five refused."""
+    for i in range(10):
+        await subscribe(pg, f"ua{i}", "ch")
+    before = commits(pg).batches
+    sent = [message(f"ua{i}", "ch") for i in range(10)]
+    results = await asyncio.gather(
+        *(put(pg, m, stored_messages=5) for m in sent), return_exceptions=True
+    )
+    assert commits(pg).batches - before == 1
+    assert results.count([]) == 5
+    assert all(isinstance(r, StoreFull) for r in results if r != [])
+    assert await pg.count_messages() == 5

@@ -325,9 +325,10 @@ _MIGRATIONS: dict[int, str] = {
     #
     # First every lock the batch will need, each kind in one order (the user agents'
     # advisory locks by key, then the count stripes, of its pushes and of the user agents
-    # `p_touched` by its deletions, by number): two batches (two writers, two nodes)
-    # then never wait on each other in a circle, and a single push (advisory lock, then
-    # its stripe) or a single delete (stripes in order) follows the same order.
+    # `p_touched` by its deletions, by number; near the store's ceiling the global lock
+    # in between): two batches (two writers, two nodes) then never wait on each other in
+    # a circle, and a single push (advisory lock, [global lock,] then its stripe) or a
+    # single delete (stripes in order) follows the same order.
     5: """
     CREATE FUNCTION tidings_store_messages(
         p_message_id text[], p_uaid text[], p_channel_id text[], p_body bytea[],
@@ -342,6 +343,12 @@ _MIGRATIONS: dict[int, str] = {
         FOR k IN SELECT DISTINCT hashtextextended(u, 0) FROM unnest(p_uaid) u ORDER BY 1 LOOP
             PERFORM pg_advisory_xact_lock(k);
         END LOOP;
+        -- Near the ceiling a push takes the global lock before its stripe: so does the
+        -- batch (with a margin, as its pushes come nearer while it runs).
+        IF (SELECT sum(n) FROM message_counts) >= (SELECT min(m) FROM unnest(p_max_stored) m)
+                - 2048 THEN
+            PERFORM pg_advisory_xact_lock(7596132042353772902);
+        END IF;
         PERFORM 1 FROM message_counts WHERE stripe IN
             (SELECT DISTINCT hashtext(u) & 15 FROM unnest(p_uaid || p_touched) u)
             ORDER BY stripe FOR UPDATE;
