@@ -1,6 +1,8 @@
 """Scale-out figures (issue 7): accepted and delivered pushes per second with
   * one node on SQLite,
-  * one node on PostgreSQL,
+  * one node on PostgreSQL (group commit, the default),
+  * one node on PostgreSQL without group commit (`group_commit=off`: each push and each
+    batch of acknowledgements its own transaction, as before),
   * two nodes on PostgreSQL + Redis (agents and posts spread over both nodes, so about
     half the deliveries cross from one node to the other through Redis),
 all in one run; and, with --bus, Redis pub/sub against Redis streams as the bus.
@@ -10,6 +12,8 @@ all in one run; and, with --bus, Redis pub/sub against Redis streams as the bus.
 Needs `wrk`, PostgreSQL on 127.0.0.1:5432 (database `test` to create a scratch one
 in) and Redis on 127.0.0.1:6379. Posts are made by wrk (bench/service_load.py's
 runner); user agents are WebSocket clients in other processes that acknowledge all.
+CPU per accepted push: of the node processes and of the PostgreSQL backends serving
+the run's database (not the WAL writer or the checkpointer), from /proc.
 """
 
 from __future__ import annotations
@@ -64,8 +68,35 @@ def start_node(workdir: Path, name: str, args: list[str]) -> tuple[subprocess.Po
     return node, port
 
 
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each process still alive."""
+    seconds: dict[int, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
+def postgres_backends(database: str) -> list[int]:
+    """The server processes serving `database` (the nodes' pools)."""
+    import asyncpg
+
+    async def run() -> list[int]:
+        conn = await asyncpg.connect(f"{PG}/test")
+        try:
+            rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+            return [row["pid"] for row in rows]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
 def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Namespace,
-              workdir: Path) -> dict[str, float]:  # fmt: skip
+              workdir: Path, database: str) -> dict[str, float]:  # fmt: skip
     nodes = [start_node(workdir, f"{label}-{i}", node_args) for i in range(n_nodes)]
     agent_procs = []
     endpoints: list[str] = []
@@ -87,6 +118,9 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
             proc.stdin.write("go\n")
             proc.stdin.flush()
         results: list[dict[str, float]] = []
+        node_pids = [node.pid for node, _ in nodes]
+        nodes_before = cpu_seconds(node_pids)
+        pg_before = cpu_seconds(postgres_backends(database))
 
         def load(port: int, offset: int) -> None:
             mine = paths[offset:] + paths[:offset]  # every node posts to every agent
@@ -103,6 +137,9 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
             thread.start()
         for thread in threads:
             thread.join()
+        nodes_cpu = sum(cpu_seconds(node_pids).values()) - sum(nodes_before.values())
+        pg_after = cpu_seconds(postgres_backends(database))
+        pg_cpu = sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items())
         time.sleep(1.0)  # the last deliveries land
         delivered = 0
         for proc in agent_procs:
@@ -112,7 +149,10 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
             delivered += json.loads(proc.stdout.readline())["delivered"]
         total = sum(r["total"] for r in results)
         bad = sum(r["non2xx"] for r in results)
+        accepted = max(1, total - bad)
         return {
+            "node_us": nodes_cpu / accepted * 1e6,
+            "pg_us": pg_cpu / accepted * 1e6,
             "accepted_per_s": (total - bad) / args.duration,
             "non2xx": bad,
             "delivered_per_s": delivered / args.duration,
@@ -196,6 +236,46 @@ async def bus_compare(count: int = 20000, producers: int = 32, size: int = 700) 
           f"({total} messages of {size} B, {producers} concurrent producers)")  # fmt: skip
 
 
+async def store_only(database: str, clients: int, pushes: int) -> None:
+    """The PostgreSQL store alone (no HTTP): `clients` tasks each storing and then
+    deleting (as an ack) `pushes` messages, with and without group commit."""
+    from tidings.service.store.base import MessageQuota, StoredMessage, SubscriptionRecord
+    from tidings.service.store.postgres import PostgresStore, store_from_url
+
+    print(f"{'store variant':24} {'push+ack/s':>11} {'PG us/push':>11} {'batches':>8}")
+    for label, options in [
+        ("no group commit", "group_commit=off"),
+        ("group commit, 1 writer", "group_writers=1"),
+        ("group commit, 2 writers", "group_writers=2"),
+        ("group commit, 4 writers", "group_writers=4"),
+    ]:
+        store = store_from_url(f"{PG}/{database}?pool_max=10&{options}")
+        await store.open()
+        for i in range(clients):
+            await store.add_subscription(SubscriptionRecord(f"ua{i}", "ch", None, time.time()))
+
+        async def client(i: int, store: PostgresStore = store) -> None:
+            for _ in range(pushes):
+                now = time.time()
+                message = StoredMessage(secrets.token_hex(16), f"ua{i}", "ch", b"x" * 100, 60,
+                                        now, now + 60)  # fmt: skip
+                await store.store_message(message, quota=MessageQuota())
+                await store.delete_messages([(message.uaid, message.message_id)])
+
+        backends = await asyncio.to_thread(postgres_backends, database)
+        before = cpu_seconds(backends)
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+        after = cpu_seconds(await asyncio.to_thread(postgres_backends, database))
+        pg_cpu = sum(t - before.get(pid, 0.0) for pid, t in after.items())  # new ones too
+        total = clients * pushes
+        batches = store._commits.batches if store._commits is not None else 0
+        print(f"{label:24} {total / elapsed:>11,.0f} {pg_cpu / total * 1e6:>11,.0f} "
+              f"{batches:>8,}", flush=True)  # fmt: skip
+        await store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=8)
@@ -203,13 +283,25 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=200)
     parser.add_argument("--bus", action="store_true", help="also compare pub/sub and streams")
     parser.add_argument(
+        "--only", default="", help="only the setups whose label has one of these (|-separated)"
+    )
+    parser.add_argument(
         "--pg-options", default="", help="appended to the store URL, e.g. &synchronous_commit=off"
+    )
+    parser.add_argument(
+        "--store-only", action="store_true", help="the PostgreSQL store's variants alone"
     )
     args = parser.parse_args()
     if args.bus:
         asyncio.run(bus_compare())
     database = "tidings_bench_" + secrets.token_hex(4)
     psql(f"CREATE DATABASE {database}")
+    if args.store_only:
+        try:
+            asyncio.run(store_only(database, args.connections, 100))
+        finally:
+            psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        return
     prefix = f"tidings-bench-{secrets.token_hex(3)}:"
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -217,25 +309,26 @@ def main() -> None:
             keys = workdir / "keys.json"
             subprocess.run([sys.executable, "-m", "tidings", "keys", "token", "--out", str(keys)],
                            cwd=REPO, check=True, capture_output=True)  # fmt: skip
-            pg = [
-                "--store",
-                f"{PG}/{database}?pool_max=10{args.pg_options}",
-                "--secrets",
-                str(keys),
-            ]
+            store = f"{PG}/{database}?pool_max=10{args.pg_options}"
+            pg = ["--store", store, "--secrets", str(keys)]
+            unbatched = ["--store", store + "&group_commit=off", "--secrets", str(keys)]
             setups = [
                 ("1 node, SQLite", [], 1),
                 ("1 node, PostgreSQL", pg, 1),
+                ("1 node, PG, no group commit", unbatched, 1),
                 ("2 nodes, PostgreSQL + Redis",
                  [*pg, "--cluster", f"redis://127.0.0.1:6379/0?prefix={prefix}"], 2),
             ]  # fmt: skip
             print(f"{'setup':30} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>7} "
-                  f"{'p99 ms':>7} {'non-2xx':>8}")  # fmt: skip
+                  f"{'p99 ms':>7} {'non-2xx':>8} {'node us/push':>13} "
+                  f"{'PG us/push':>11}")  # fmt: skip
             for i, (label, node_args, n) in enumerate(setups):
-                r = run_setup(f"s{i}", node_args, n, args, workdir)
+                if args.only and not any(word in label for word in args.only.split("|")):
+                    continue
+                r = run_setup(f"s{i}", node_args, n, args, workdir, database)
                 print(f"{label:30} {r['accepted_per_s']:>11,.0f} {r['delivered_per_s']:>12,.0f} "
-                      f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['non2xx']:>8,.0f}",
-                      flush=True)  # fmt: skip
+                      f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['non2xx']:>8,.0f} "
+                      f"{r['node_us']:>13,.0f} {r['pg_us']:>11,.0f}", flush=True)  # fmt: skip
     finally:
         psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tidings.service.store import TooManyMessages
-from tidings.service.store import sqlite as sqlite_module
+from tidings.service.store import sqlite_commit as sqlite_module
 from tidings.service.store.base import StoredMessage
 from tidings.service.store.sqlite import SQLiteStore
 

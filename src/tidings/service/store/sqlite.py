@@ -1,42 +1,19 @@
 """The embedded store: one SQLite file in WAL mode, no other server needed.
 
-Operations requested during one turn of the event loop are committed together (group
-commit) and every caller is answered only after the shared COMMIT. A group runs
-without savepoints; if one operation fails (a gone subscription, a full user agent)
-the transaction is rolled back and the group replayed with a savepoint around each
-operation, so that only the failed one is undone.
+Three files: the schema and statements (`sqlite_schema.py`), the group-commit engine
+that runs every operation (`sqlite_commit.py`: the calls of one event-loop turn share
+one COMMIT, each answered after it) and the store's operations, here.
 
-Where a group runs:
-
-- With `synchronous=NORMAL` (the default) a COMMIT in WAL mode is a write into the OS
-  page cache, never an fsync, so the event loop runs the group itself, on a connection
-  of its own: no thread hop, no hand-over of the GIL (measured: about 1.2x the pushes
-  per second of handing every group to a thread). The fsyncs happen in checkpoints,
-  which that connection never runs: the worker thread checkpoints (PASSIVE) instead.
-  If another process holds the write lock (`--workers`), the group does not wait on
-  the loop: it goes to the worker thread, which waits for the lock.
-- Operations that may take long (sweeping expired messages, counting every row) and
-  any group while the worker still has earlier ones (order is kept) go to the worker
-  thread and its own connection.
-- With `synchronous=FULL` every COMMIT reaches the disk before the push is answered,
-  so every group goes to the worker thread.
-
-With NORMAL a committed transaction survives the process being killed (it is in the
-WAL, in the OS page cache) but the last few may be lost if the machine loses power.
+Over 500 lines: one short method per `Store` operation (about 45), one interface.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-import queue
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 from tidings.service.store.base import (
     SEEN_RESOLUTION,
@@ -45,203 +22,45 @@ from tidings.service.store.base import (
     Receipt,
     StoredMessage,
     StoreFull,
-    StoreUnavailable,
     SubscriptionGone,
     SubscriptionRecord,
     TooManyMessages,
     TooManySubscriptions,
-    decode_headers,
     message_columns,
     status_columns,
 )
-
-T = TypeVar("T")
-
-log = logging.getLogger(__name__)
-
-MAX_BATCH = 256  # operations committed together at most
-
-Operation = Callable[[Any], Any]  # takes the connection (None before open)
-
-SCHEMA_VERSION = 5
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS user_agents (
-        uaid TEXT PRIMARY KEY,
-        created_at REAL NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS subscriptions (
-        uaid TEXT NOT NULL,
-        channel_id TEXT NOT NULL,
-        vapid_hash BLOB,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (uaid, channel_id)
-    ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS messages (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        message_id TEXT NOT NULL UNIQUE,
-        uaid TEXT NOT NULL,
-        channel_id TEXT NOT NULL,
-        topic TEXT,
-        urgency TEXT NOT NULL,
-        ttl INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        headers TEXT NOT NULL,
-        body BLOB NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS messages_by_uaid ON messages (uaid, seq);
-    CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at);
-    CREATE UNIQUE INDEX IF NOT EXISTS messages_by_topic
-        ON messages (uaid, channel_id, topic) WHERE topic IS NOT NULL;
-    """,
-    2: """
-    ALTER TABLE messages ADD COLUMN receipt_id TEXT;
-    ALTER TABLE messages ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE IF NOT EXISTS receipt_subscriptions (
-        receipt_id TEXT PRIMARY KEY,
-        created_at REAL NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS receipts (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        receipt_id TEXT NOT NULL,
-        uaid TEXT NOT NULL,
-        channel_id TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        status INTEGER NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS receipts_by_subscription ON receipts (receipt_id, seq);
-    """,
-    # User agents not seen for long expire; user agents known before count as seen now.
-    # The whole store's message count is kept by triggers (one row, no COUNT per push:
-    # SQLite has one writer at a time anyway, so the row is no point of contention).
-    3: """
-    ALTER TABLE user_agents ADD COLUMN last_seen REAL NOT NULL DEFAULT 0;
-    UPDATE user_agents SET last_seen = max(created_at, CAST(strftime('%s', 'now') AS REAL));
-    CREATE INDEX IF NOT EXISTS user_agents_by_last_seen ON user_agents (last_seen);
-    CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
-        WITHOUT ROWID;
-    INSERT INTO counters (name, value) SELECT 'messages', count(*) FROM messages;
-    CREATE TRIGGER IF NOT EXISTS messages_counted_in AFTER INSERT ON messages BEGIN
-        UPDATE counters SET value = value + 1 WHERE name = 'messages';
-    END;
-    CREATE TRIGGER IF NOT EXISTS messages_counted_out AFTER DELETE ON messages BEGIN
-        UPDATE counters SET value = value - 1 WHERE name = 'messages';
-    END;
-    """,
-    4: """
-    CREATE TABLE IF NOT EXISTS broadcasts (
-        broadcast_id TEXT PRIMARY KEY,
-        version TEXT NOT NULL
-    ) WITHOUT ROWID;
-    """,
-    # The status of each VAPID-signed push, for its sender (MessageStatus): while it is
-    # stored, in its message's row (no other write on the hot path); once it leaves the
-    # store, a row of message_status, kept `message_status_retention` after `ends_at`.
-    5: """
-    ALTER TABLE messages ADD COLUMN vapid_hash BLOB;
-    ALTER TABLE messages ADD COLUMN delivered_via TEXT;
-    ALTER TABLE messages ADD COLUMN delivered_at REAL;
-    CREATE TABLE IF NOT EXISTS message_status (
-        message_id TEXT PRIMARY KEY,
-        vapid_hash BLOB NOT NULL,
-        state TEXT NOT NULL,
-        ttl INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        delivered_via TEXT,
-        delivered_at REAL,
-        final_at REAL,
-        ends_at REAL NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS message_status_by_end ON message_status (ends_at);
-    """,
-}
-
-# Column order shared by the statements below and `_message_from_row`. A push is
-# inserted only while its subscription exists, its subscription and its user agent are
-# under their quotas of unexpired messages (count and bytes: one index range of the
-# user agent's rows, at most its quota long) and the store under its ceiling.
-_INSERT_CHECKED_MESSAGE = (
-    "INSERT INTO messages (message_id, uaid, channel_id, body, ttl, created_at, expires_at,"
-    " urgency, topic, headers, receipt_id, vapid_hash) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
-    " WHERE EXISTS (SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?)"
-    " AND (SELECT coalesce(sum(channel_id = ?), 0) < ? AND count(*) < ?"
-    " AND coalesce(sum(length(body)), 0) + ? <= ?"
-    " FROM messages WHERE uaid = ? AND expires_at > ?)"
-    " AND (SELECT value FROM counters WHERE name = 'messages') < ?"
+from tidings.service.store.sqlite_commit import (
+    CHECKPOINT_EVERY,
+    MAX_BATCH,
+    SQLiteGroupCommit,
 )
-_USER_AGENT_USAGE = (
-    "SELECT coalesce(sum(channel_id = ?), 0), count(*), coalesce(sum(length(body)), 0)"
-    " FROM messages WHERE uaid = ? AND expires_at > ?"
-)
-_SELECT_PENDING = (
-    "SELECT message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency, topic,"
-    " headers, receipt_id FROM messages WHERE uaid = ? AND expires_at > ? ORDER BY seq LIMIT ?"
-)
-_DELETE_MESSAGE = (
-    "DELETE FROM messages WHERE uaid = ? AND message_id = ? RETURNING message_id, uaid,"
-    " channel_id, body, ttl, created_at, expires_at, urgency, topic, headers, receipt_id,"
-    " delivered, vapid_hash, delivered_via, delivered_at"
-)
-_INSERT_STATUS = (
-    "INSERT OR IGNORE INTO message_status (message_id, vapid_hash, state, ttl, created_at,"
-    " expires_at, delivered_via, delivered_at, final_at, ends_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# The final status of signed messages leaving the store: `state` ?1 at ?2.
-_FINAL_STATUSES = (
-    "INSERT OR IGNORE INTO message_status SELECT message_id, vapid_hash, ?1, ttl,"
-    " created_at, expires_at, delivered_via, delivered_at, ?2, ?2 FROM messages"
-)
-# `state` ?1 at ?2 for the messages of a subscription ?3, ?4 with the topic ?5.
-_REPLACED_STATUSES = (
-    _FINAL_STATUSES + " WHERE uaid = ?3 AND channel_id = ?4 AND topic = ?5"
-    " AND vapid_hash IS NOT NULL"
-)
-# `state` ?1 at ?2 for the messages expired at ?2.
-_EXPIRED_STATUSES = _FINAL_STATUSES + " WHERE expires_at <= ?2 AND vapid_hash IS NOT NULL"
-# A delivery: of a stored message, in its row; of a TTL-0 push (recorded as dropped
-# before it was offered), in its status.
-_DELIVER_MESSAGE = (
-    "UPDATE messages SET delivered_via = ?, delivered_at = ?"
-    " WHERE uaid = ? AND message_id = ? AND delivered_at IS NULL"
-)
-_DELIVER_STATUS = (
-    "UPDATE message_status SET delivered_via = ?1, delivered_at = ?2, state = 'delivered'"
-    " WHERE message_id = ?4 AND state = 'expired' AND ttl = 0 AND delivered_at IS NULL"
+from tidings.service.store.sqlite_schema import (
+    _DELETE_MESSAGE,
+    _DELETE_STALE_RECEIPT_SUBSCRIPTIONS,
+    _DELIVER_MESSAGE,
+    _DELIVER_STATUS,
+    _EXPIRED_STATUSES,
+    _INSERT_CHECKED_MESSAGE,
+    _INSERT_RECEIPT,
+    _INSERT_STATUS,
+    _MIGRATIONS,
+    _REPLACED_STATUSES,
+    _SELECT_PENDING,
+    _USER_AGENT_USAGE,
+    SCHEMA_VERSION,
+    _message_from_row,
+    _statements,
 )
 
-
-# Receipt subscriptions nothing can use any more: unused for longer than any message
-# lives, named by no stored message, holding no receipt.
-_DELETE_STALE_RECEIPT_SUBSCRIPTIONS = (
-    "DELETE FROM receipt_subscriptions WHERE created_at < ?"
-    " AND receipt_id NOT IN (SELECT receipt_id FROM messages WHERE receipt_id IS NOT NULL)"
-    " AND receipt_id NOT IN (SELECT receipt_id FROM receipts)"
-)
-# A receipt is queued only while its receipt subscription exists.
-_INSERT_RECEIPT = (
-    "INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)"
-    " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS"
-    " (SELECT 1 FROM receipt_subscriptions WHERE receipt_id = ?)"
-)
-
-
-def _statements(script: str) -> list[str]:
-    """The statements of a migration script, one by one (executescript would commit)."""
-    statements: list[str] = []
-    current = ""
-    for line in script.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    return [s for s in statements if s.strip(" ;\n")]
-
+# Imported from here before the engine and the schema had files of their own.
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "MAX_BATCH",
+    "SCHEMA_VERSION",
+    "_MIGRATIONS",
+    "SQLiteStore",
+    "_statements",
+]
 
 BUSY_TIMEOUT = 5.0  # seconds a connection waits for another's write lock
 _sleep_while_locked = time.sleep  # between attempts to enter WAL mode (tests watch it)
@@ -271,287 +90,14 @@ def _enter_wal_mode(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.05)
 
 
-def _message_from_row(row: tuple[Any, ...]) -> StoredMessage:
-    return StoredMessage(
-        message_id=row[0],
-        uaid=row[1],
-        channel_id=row[2],
-        body=bytes(row[3]),
-        ttl=row[4],
-        created_at=row[5],
-        expires_at=row[6],
-        urgency=row[7],
-        topic=row[8],
-        headers=decode_headers(row[9]),
-        receipt_id=row[10],
-    )
-
-
-class _Job:
-    """One call waiting to run: on the event loop (`inline`) or on the worker thread."""
-
-    __slots__ = ("fn", "future", "inline", "loop", "transactional")
-
-    def __init__(
-        self,
-        fn: Operation,
-        future: asyncio.Future[Any],
-        loop: asyncio.AbstractEventLoop,
-        transactional: bool,
-        inline: bool,
-    ) -> None:
-        self.fn = fn
-        self.future = future
-        self.loop = loop
-        self.transactional = transactional
-        self.inline = inline
-
-
-_STOP = object()
-_CHECKPOINT = object()
-CHECKPOINT_EVERY = 200  # inline commits between two checkpoint requests
-
-
-class _Replay(Exception):
-    """An operation of a group failed: run the group again with savepoints."""
-
-
-#: A call's answer: its future, and the value or the error to settle it with.
-_Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
-
-
-def _settle(results: list[_Answer]) -> None:
-    for future, value, error in results:
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-
-
-def _as_store_error(exc: BaseException) -> BaseException:
-    """Disk full, read-only file, locked or corrupt database: the caller answers 503."""
-    if isinstance(exc, sqlite3.OperationalError):
-        return StoreUnavailable(str(exc))
-    if isinstance(exc, sqlite3.DatabaseError):
-        return StoreUnavailable(f"database error: {exc}")
-    return exc
-
-
-class SQLiteStore:
+class SQLiteStore(SQLiteGroupCommit):
     """`Store` on a SQLite file, every call on one dedicated thread, writes grouped."""
 
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
         if synchronous.lower() not in ("normal", "full", "extra"):
             raise ValueError("synchronous must be normal, full or extra")
+        super().__init__(synchronous=synchronous)
         self.path = path
-        self._synchronous = synchronous.upper()
-        self._jobs: queue.SimpleQueue[list[_Job] | object] = queue.SimpleQueue()
-        self._outbox: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
-        self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None  # the worker thread's
-        self._inline: sqlite3.Connection | None = None  # the event loop's (NORMAL only)
-        self._inline_lock = threading.Lock()  # several loops (threads) may share a store
-        # Groups handed to the worker and groups it has finished: each counter has one
-        # writer, so their difference (the backlog) needs no lock.
-        self._handed = 0
-        self._finished = 0
-        self._inline_commits = 0
-
-    # Running operations --------------------------------------------------------------
-
-    async def _call(self, fn: Operation, *, transactional: bool, inline: bool) -> Any:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="tidings-sqlite", daemon=True)
-            self._thread.start()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        # Calls made during one turn of the event loop run together, at its end.
-        outbox = self._outbox.get(loop)
-        if outbox is None:
-            outbox = self._outbox[loop] = []
-            loop.call_soon(self._submit, loop)
-        outbox.append(_Job(fn, future, loop, transactional, inline))
-        return await future
-
-    def _submit(self, loop: asyncio.AbstractEventLoop) -> None:
-        jobs = self._outbox.pop(loop, None)
-        if jobs:
-            self._submit_jobs(loop, jobs)
-
-    def _submit_jobs(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
-        if len(jobs) > MAX_BATCH:
-            # A crowd of calls (user agents reconnecting at once): one group now, the
-            # rest at the next turn, so that the loop reads its sockets in between. A
-            # group asked for meanwhile is submitted after these (call_soon is FIFO).
-            loop.call_soon(self._submit_jobs, loop, jobs[MAX_BATCH:])
-            jobs = jobs[:MAX_BATCH]
-        if self._run_inline(jobs):
-            return
-        self._handed += 1
-        self._jobs.put(jobs)
-
-    def _run_inline(self, jobs: list[_Job]) -> bool:
-        """Commit `jobs` on the event loop; False if they must go to the worker."""
-        db = self._inline
-        if db is None or self._handed != self._finished:
-            return False  # FULL mode, closed, or earlier groups still with the worker
-        if not all(job.inline for job in jobs):
-            return False
-        if not self._inline_lock.acquire(blocking=False):
-            return False
-        try:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error:
-                return False  # locked by another process: the worker waits for it
-            results = self._commit_group(db, jobs, begun=True)
-        finally:
-            self._inline_lock.release()
-        _settle(results)
-        self._inline_commits += 1
-        if self._inline_commits % CHECKPOINT_EVERY == 0:
-            self._jobs.put(_CHECKPOINT)
-        return True
-
-    async def _run(self, fn: Callable[[sqlite3.Connection | None], T]) -> T:
-        """Run `fn` alone on the worker, outside any transaction (open, close, pragmas)."""
-        result: T = await self._call(fn, transactional=False, inline=False)
-        return result
-
-    async def _op(self, fn: Callable[[sqlite3.Connection], T], *, slow: bool = False) -> T:
-        """Run `fn` in a transaction, possibly committed together with others.
-
-        A `slow` operation (one that may touch every row) always runs on the worker.
-        """
-        result: T = await self._call(fn, transactional=True, inline=not slow)
-        return result
-
-    def _work(self) -> None:
-        while True:
-            first = self._jobs.get()
-            if first is _STOP:
-                return
-            if first is _CHECKPOINT:
-                self._checkpoint()
-                continue
-            batch: list[_Job] = list(first)  # type: ignore[call-overload]
-            handed = 1
-            stop = checkpoint = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    jobs = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if jobs is _STOP:
-                    stop = True
-                    break
-                if jobs is _CHECKPOINT:
-                    checkpoint = True  # once this batch is committed
-                    continue
-                batch.extend(jobs)  # type: ignore[arg-type]
-                handed += 1
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
-            for job, answer in zip(batch, self._execute(batch), strict=True):
-                by_loop.setdefault(job.loop, []).append(answer)
-            # Counted finished before anyone is answered: a caller woken by its answer
-            # may commit its next call on the loop at once, and must not find this
-            # batch still counted as the worker's backlog.
-            self._finished += handed
-            for loop, settled in by_loop.items():
-                loop.call_soon_threadsafe(_settle, settled)
-            if checkpoint:
-                self._checkpoint()
-            if stop:
-                return
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the database file without waiting for anyone (PASSIVE)."""
-        if self._conn is not None:
-            try:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:
-                log.warning("SQLite checkpoint failed: %s", exc)
-
-    def _execute(self, batch: list[_Job]) -> list[_Answer]:
-        """Run `batch` in order; return one answer per job, not yet sent."""
-        answers: list[_Answer] = []
-        group: list[_Job] = []
-        for job in batch:
-            if job.transactional:
-                group.append(job)
-                continue
-            if group:
-                answers.extend(self._commit_on_worker(group))
-                group = []
-            answers.append(self._run_alone(job))
-        if group:
-            answers.extend(self._commit_on_worker(group))
-        return answers
-
-    def _run_alone(self, job: _Job) -> _Answer:
-        try:
-            return job.future, job.fn(self._conn), None
-        except BaseException as exc:
-            return job.future, None, _as_store_error(exc)
-
-    def _commit_on_worker(self, group: list[_Job]) -> list[_Answer]:
-        """On the worker: commit `group`; one answer per job."""
-        db = self._conn
-        if db is None:
-            closed = StoreUnavailable("the store is not open")
-            return [(job.future, None, closed) for job in group]
-        return self._commit_group(db, group, begun=False)
-
-    def _commit_group(
-        self, db: sqlite3.Connection, group: list[_Job], *, begun: bool
-    ) -> list[_Answer]:
-        try:
-            try:
-                return self._run_group(db, group, savepoints=False, begun=begun)
-            except _Replay:
-                return self._run_group(db, group, savepoints=True, begun=False)
-        except sqlite3.Error as exc:
-            # BEGIN or COMMIT failed (disk full, read-only, locked): nothing was
-            # stored, so nobody is told otherwise.
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            error = _as_store_error(exc)
-            return [(job.future, None, error) for job in group]
-
-    @staticmethod
-    def _run_group(
-        db: sqlite3.Connection, group: list[_Job], *, savepoints: bool, begun: bool
-    ) -> list[_Answer]:
-        """Run `group` in one transaction and commit it.
-
-        Without savepoints (the common case: no operation fails) the first failure
-        rolls everything back and raises _Replay; the group then runs again with a
-        savepoint around each operation, so that only the failed one is undone.
-        """
-        results: list[_Answer] = []
-        if not begun:
-            db.execute("BEGIN IMMEDIATE")
-        for job in group:
-            if not savepoints:
-                try:
-                    results.append((job.future, job.fn(db), None))
-                except Exception:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise _Replay from None
-                continue
-            db.execute("SAVEPOINT op")
-            try:
-                results.append((job.future, job.fn(db), None))
-                db.execute("RELEASE op")
-            except Exception as exc:
-                db.execute("ROLLBACK TO op")
-                db.execute("RELEASE op")
-                results.append((job.future, None, _as_store_error(exc)))
-        db.execute("COMMIT")
-        return results
 
     # Life cycle -----------------------------------------------------------------------
 
@@ -607,9 +153,7 @@ class SQLiteStore:
         if self._thread is None:
             return
         await self._run(self._close_sync)
-        self._jobs.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
+        await self._stop_worker()
 
     async def ping(self) -> None:
         await self._op(lambda db: db.execute("SELECT 1").fetchone())

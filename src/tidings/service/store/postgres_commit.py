@@ -1,0 +1,332 @@
+"""PostgreSQL's group commit: concurrent pushes and acknowledgements, one transaction.
+
+Each push alone was a durable commit (a WAL flush) and a round trip: the node's rate
+was PostgreSQL's commit rate. Here a push or a deletion joins a bounded queue drained
+by writer tasks; a writer takes what has gathered (at most MAX_BATCH) and writes it on
+one pooled connection in one transaction: every push in one call of
+`tidings_store_messages` (arrays, one round trip; it takes the batch's locks first, in
+one order, so that batches never deadlock), every deletion in one
+`DELETE ... USING unnest(...)`; then COMMIT. Each waiter is answered after the COMMIT
+that holds its write, so a 201 still means the message is durable. While a batch is
+with PostgreSQL the next gathers and another writer (at most MAX_WRITERS) takes it: the
+busier the node, the larger the batches.
+
+Failures:
+
+- A push refused by its own rules (subscription gone, a quota, the store's ceiling) is
+  undone alone inside the batch (its own subtransaction) and only its waiter is told.
+- A push that fails otherwise inside the batch (a deadlock with another node's batch,
+  an unexpected error) is run again alone, as it would have been without batches.
+- Any other error of a batch's statements (a value PostgreSQL refuses, a bug): the
+  batch is rolled back and each of its operations run again alone, so that only the
+  one at fault fails.
+- The connection or the server failing: the whole batch is unavailable (503), nothing
+  of it was committed.
+
+The queue is bounded (MAX_WAITING): past it a call fails at once with StoreUnavailable
+(the service answers 503) instead of waiting behind a backlog it cannot clear. A waiter
+cancelled before its batch is taken is left out of it; once taken, its write goes on
+and only its answer is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from tidings.service.store.base import (
+    MessageQuota,
+    StoredMessage,
+    StoreUnavailable,
+    message_columns,
+)
+from tidings.service.store.postgres_pool import _UNAVAILABLE
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64  # operations per transaction: also under PostgreSQL's 64 cached subxids
+MAX_WAITING = 4096  # operations queued at most; more fail at once (StoreUnavailable)
+MAX_WRITERS = 2  # batches in flight at once, each on its own pooled connection (measured: 1, 2, 4)
+
+_STORE_MESSAGES = (
+    "SELECT replaced, code FROM tidings_store_messages($1::text[], $2::text[], $3::text[],"
+    " $4::bytea[], $5::integer[], $6::float8[], $7::float8[], $8::text[], $9::text[],"
+    " $10::text[], $11::text[], $12::integer[], $13::integer[], $14::bigint[],"
+    " $15::bigint[], $16::bytea[], $17::text[])"
+)
+
+Connection = Any  # an asyncpg connection (untyped library)
+Runner = Callable[[Callable[[Connection], Awaitable[T]]], Awaitable[T]]
+
+
+class _Push:
+    __slots__ = ("future", "message", "quota")
+
+    def __init__(
+        self, message: StoredMessage, quota: MessageQuota, future: asyncio.Future[Any]
+    ) -> None:
+        self.message = message
+        self.quota = quota
+        self.future = future
+
+
+class _Deletion:
+    __slots__ = ("acknowledged", "future", "keys")
+
+    def __init__(
+        self, keys: Sequence[tuple[str, str]], acknowledged: bool, future: asyncio.Future[Any]
+    ) -> None:
+        self.keys = keys
+        self.acknowledged = acknowledged
+        self.future = future
+
+
+_Operation = _Push | _Deletion
+#: An operation, its value, and its error (an exception, _RETRY or None).
+_Answer = tuple[_Operation, Any, BaseException | object | None]
+
+
+class _Failed(Exception):
+    """A batch statement failed for a reason other than availability: go item by item."""
+
+
+class PostgresGroupCommit:
+    """The queue and its writer. The store gives it three things: `run` (a pooled
+    connection, connection errors as StoreUnavailable), how one push is written alone
+    and what its SQLSTATE means, and the deletion statement."""
+
+    def __init__(
+        self,
+        run: Runner[Any],
+        *,
+        push_alone: Callable[[StoredMessage, MessageQuota], Awaitable[list[str]]],
+        push_refused: Callable[[str, StoredMessage, MessageQuota], BaseException | None],
+        delete_statement: str,
+        delete_rows: Callable[[list[Any], Sequence[tuple[str, str]]], list[Any]],
+        now: Callable[[], float],
+        max_batch: int = MAX_BATCH,
+        max_waiting: int = MAX_WAITING,
+        max_writers: int = MAX_WRITERS,
+    ) -> None:
+        self._run = run
+        self._push_alone = push_alone
+        self._push_refused = push_refused
+        self._delete_statement = delete_statement
+        self._delete_rows = delete_rows
+        self._now = now
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.max_writers = max_writers
+        self._waiting: deque[_Operation] = deque()
+        self._writers: set[asyncio.Task[None]] = set()
+        self.batches = 0  # committed (for tests and the benchmark)
+
+    # Calls ------------------------------------------------------------------------
+
+    async def store_message(self, message: StoredMessage, quota: MessageQuota) -> list[str]:
+        future: asyncio.Future[list[str]] = self._future()
+        self._enqueue(_Push(message, quota, future))
+        return await future
+
+    async def delete_messages(
+        self, keys: Sequence[tuple[str, str]], acknowledged: bool
+    ) -> list[Any]:
+        future: asyncio.Future[list[Any]] = self._future()
+        self._enqueue(_Deletion(keys, acknowledged, future))
+        return await future
+
+    async def drain(self) -> None:
+        """Return once every queued operation has been answered (before closing)."""
+        while self._writers:
+            await asyncio.wait(set(self._writers))
+
+    # The writer ----------------------------------------------------------------------
+
+    @staticmethod
+    def _future() -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    def _enqueue(self, operation: _Operation) -> None:
+        if len(self._waiting) >= self.max_waiting:
+            raise StoreUnavailable(
+                f"PostgreSQL: {len(self._waiting)} writes already waiting to be committed"
+            )
+        self._waiting.append(operation)
+        # Another writer while one waits on PostgreSQL (a round trip, a flush): batches
+        # overlap instead of queueing behind each other. An idle one finds nothing and ends.
+        if len(self._writers) < self.max_writers:
+            writer = asyncio.ensure_future(self._write())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
+
+    async def _write(self) -> None:
+        try:
+            # One turn of the loop first: the calls made in this turn join the batch.
+            await asyncio.sleep(0)
+            while self._waiting:
+                batch: list[_Operation] = []
+                while self._waiting and len(batch) < self.max_batch:
+                    operation = self._waiting.popleft()
+                    if not operation.future.done():  # cancelled waiters are left out
+                        batch.append(operation)
+                if batch:
+                    await self._commit(batch)
+        finally:
+            # Now, not in a done callback (a turn later): a call queued in between
+            # would find every writer counted and none left to take it.
+            self._writers.discard(asyncio.current_task())
+
+    async def _commit(self, batch: list[_Operation]) -> None:
+        try:
+            answers = await self._run(lambda conn: self._transaction(conn, batch))
+        except _Failed as failed:
+            log.warning("a batch of %d writes failed (%s): each runs alone", len(batch), failed)
+            await asyncio.gather(*(self._alone(op) for op in batch))
+            return
+        except BaseException as exc:  # unavailable, or the writer cancelled: nobody stored
+            error = exc if isinstance(exc, Exception) else StoreUnavailable("store closing")
+            for op in batch:
+                _settle(op.future, None, error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.batches += 1
+        retries: list[_Operation] = []
+        for op, value, error in answers:
+            if error is _RETRY:
+                retries.append(op)
+            else:
+                _settle(op.future, value, error)
+        if retries:
+            await asyncio.gather(*(self._alone(op) for op in retries))
+
+    async def _transaction(self, conn: Connection, batch: list[_Operation]) -> list[_Answer]:
+        """The batch in one transaction: its answers, to be given after the COMMIT.
+
+        A batch of one statement (pushes only, or deletions of one kind) is sent alone,
+        its own transaction: one round trip instead of BEGIN, it and COMMIT.
+        """
+        pushes = [op for op in batch if isinstance(op, _Push)]
+        groups = [
+            (acknowledged, group)
+            for acknowledged in (True, False)
+            if (
+                group := [
+                    op
+                    for op in batch
+                    if isinstance(op, _Deletion) and op.acknowledged is acknowledged
+                ]
+            )
+        ]
+        alone = not groups or (not pushes and len(groups) == 1)
+
+        async def statements() -> list[_Answer]:
+            answers: list[_Answer] = []
+            if not alone or pushes:  # with deletions too: it takes their locks first
+                touched = [key[0] for _, group in groups for op in group for key in op.keys]
+                rows = await self._store(conn, pushes, touched)
+                answers += self._push_answers(pushes, rows)
+            for acknowledged, group in groups:
+                answers += await self._delete(conn, group, acknowledged)
+            return answers
+
+        try:
+            if alone:
+                return await statements()
+            async with conn.transaction():
+                return await statements()
+        except (ValueError, TypeError) as exc:  # a value asyncpg cannot encode
+            raise _Failed(f"{type(exc).__name__}: {exc}") from exc
+        except asyncpg.exceptions.PostgresError as exc:
+            if isinstance(exc, _UNAVAILABLE):
+                raise
+            raise _Failed(f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    async def _store(conn: Connection, pushes: list[_Push], touched: list[str]) -> list[Any]:
+        columns: list[list[Any]] = [[] for _ in range(16)]
+        for push in pushes:
+            quota = push.quota
+            row = (
+                *message_columns(push.message),
+                quota.per_subscription,
+                quota.per_user_agent,
+                quota.bytes_per_user_agent,
+                quota.stored_messages,
+                push.message.vapid_hash,
+            )
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        rows: list[Any] = await conn.fetch(_STORE_MESSAGES, *columns, touched)
+        return rows
+
+    def _push_answers(self, pushes: list[_Push], rows: list[Any]) -> list[_Answer]:
+        answers: list[_Answer] = []
+        for push, row in zip(pushes, rows, strict=True):
+            code = row["code"]
+            if code is None:
+                answers.append((push, list(row["replaced"]), None))
+            else:
+                # Refused by its rules: told so. Anything else (a deadlock with another
+                # node's batch, an unexpected error): run again alone, as without batches.
+                refused = self._push_refused(code, push.message, push.quota)
+                answers.append((push, None, _RETRY if refused is None else refused))
+        return answers
+
+    async def _delete(
+        self, conn: Connection, group: list[_Deletion], acknowledged: bool
+    ) -> list[_Answer]:
+        keys = [key for d in group for key in d.keys]
+        # One result list over every key; each caller gets the slice of its keys.
+        results = await self._delete_keys(conn, keys, acknowledged)
+        answers: list[_Answer] = []
+        start = 0
+        for d in group:
+            answers.append((d, results[start : start + len(d.keys)], None))
+            start += len(d.keys)
+        return answers
+
+    async def _alone(self, op: _Operation) -> None:
+        """One operation in a transaction of its own (after its batch failed)."""
+        try:
+            if isinstance(op, _Push):
+                value: Any = await self._push_alone(op.message, op.quota)
+            else:
+                value = await self._run(
+                    lambda conn: self._delete_keys(conn, op.keys, op.acknowledged)
+                )
+        except Exception as exc:
+            _settle(op.future, None, exc)
+        else:
+            _settle(op.future, value, None)
+
+    async def _delete_keys(
+        self, conn: Connection, keys: Sequence[tuple[str, str]], acknowledged: bool
+    ) -> list[Any]:
+        rows = await conn.fetch(
+            self._delete_statement,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            self._now(),
+            acknowledged,
+        )
+        return self._delete_rows(rows, keys)
+
+
+_RETRY = object()  # an answer meaning "run this push again, alone"
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | object | None) -> None:
+    if future.done():  # its waiter was cancelled: the write stands, the answer goes
+        return
+    if isinstance(error, BaseException):
+        future.set_exception(error)
+    else:
+        future.set_result(value)

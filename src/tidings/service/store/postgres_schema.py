@@ -1,0 +1,512 @@
+"""The PostgreSQL store's schema: migrations, server-side functions and the statements.
+
+Migrations run at start under an advisory lock, so nodes starting together apply them
+once; the version is the highest row of `tidings_schema`.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from tidings.service.store.base import StoredMessage, decode_headers
+
+SCHEMA_VERSION = 5
+
+# SQLSTATEs raised by tidings_store_message and tidings_add_subscription (class "TD",
+# user defined).
+_GONE = "TD001"
+_SUBSCRIPTION_FULL = "TD003"
+_USER_AGENT_FULL = "TD004"
+_BYTES_FULL = "TD005"
+_STORE_FULL = "TD006"
+_TOO_MANY_SUBSCRIPTIONS = "TD007"
+
+# Any number works: it only has to be the same for every node of a cluster.
+_MIGRATION_LOCK = 0x7469_6469_6E67  # "tiding"
+
+# Constant SQL text shared by the versions of tidings_store_message (never user input).
+# The start of tidings_store_message in every schema: one writer per user agent (its
+# limits and topic replacement cannot race), the subscription must exist, then the
+# message of the same topic goes.
+_LOCK = """
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
+        PERFORM 1 FROM subscriptions WHERE uaid = p_uaid AND channel_id = p_channel_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'subscription gone' USING ERRCODE = 'TD001';
+        END IF;
+"""
+_REPLACE = """        IF p_topic IS NOT NULL THEN
+            WITH gone AS (
+                DELETE FROM messages
+                WHERE uaid = p_uaid AND channel_id = p_channel_id AND topic = p_topic
+                RETURNING message_id
+            )
+            SELECT coalesce(array_agg(message_id), '{}') INTO replaced FROM gone;
+        END IF;
+"""
+_LOCK_AND_REPLACE = _LOCK + _REPLACE
+
+# Its end: the insert, and the ids of the messages the topic replaced.
+_INSERT_AND_RETURN = """
+        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                              expires_at, urgency, topic, headers, receipt_id)
+        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id);
+        RETURN replaced;
+    END
+    $$;
+"""
+
+# The parameters and the variables of tidings_store_message since schema 2.
+_QUOTA_PARAMETERS = """\
+        p_message_id text, p_uaid text, p_channel_id text, p_body bytea, p_ttl integer,
+        p_created_at double precision, p_expires_at double precision, p_urgency text,
+        p_topic text, p_headers text, p_receipt_id text, p_max_subscription integer,
+        p_max_user_agent integer, p_max_bytes bigint, p_max_stored bigint"""
+_DECLARE_COUNTS = """    ) RETURNS text[] LANGUAGE plpgsql AS $$
+    DECLARE
+        replaced text[] := '{}';
+        in_channel bigint;
+        stored bigint;
+        stored_bytes bigint;
+    BEGIN
+"""
+
+# The quota checks of tidings_store_message since schema 2.
+_CHECK_QUOTAS = """        SELECT count(*) FILTER (WHERE channel_id = p_channel_id), count(*),
+               coalesce(sum(octet_length(body)), 0)
+        INTO in_channel, stored, stored_bytes
+        FROM messages WHERE uaid = p_uaid AND expires_at > p_created_at;
+        IF in_channel >= p_max_subscription THEN
+            RAISE EXCEPTION 'subscription quota' USING ERRCODE = 'TD003';
+        END IF;
+        IF stored >= p_max_user_agent THEN
+            RAISE EXCEPTION 'user agent quota' USING ERRCODE = 'TD004';
+        END IF;
+        IF stored_bytes + octet_length(p_body) > p_max_bytes THEN
+            RAISE EXCEPTION 'user agent byte quota' USING ERRCODE = 'TD005';
+        END IF;
+        -- Near the ceiling, pushes take turns on one more lock (held to commit, as is
+        -- their count's increment) and look again: exact. Far from it, none waits.
+        IF (SELECT sum(n) FROM message_counts) >= p_max_stored - 1024 THEN
+            PERFORM pg_advisory_xact_lock(7596132042353772902);
+            IF (SELECT sum(n) FROM message_counts) >= p_max_stored THEN
+                RAISE EXCEPTION 'store full' USING ERRCODE = 'TD006';
+            END IF;
+        END IF;
+"""
+
+# Schema 3: the signed messages a Topic replaces leave their final status.
+_REPLACED_STATUSES = """        IF p_topic IS NOT NULL THEN
+            INSERT INTO message_status
+            SELECT message_id, vapid_hash, 'replaced', ttl, created_at, expires_at,
+                   delivered_via, delivered_at, p_created_at, p_created_at
+            FROM messages
+            WHERE uaid = p_uaid AND channel_id = p_channel_id AND topic = p_topic
+              AND vapid_hash IS NOT NULL
+            ON CONFLICT DO NOTHING;
+        END IF;
+"""
+
+# Schema 3's end of tidings_store_message: the key hash of a signed push goes in its
+# row (its status while stored: no other write).
+_INSERT_WITH_STATUS_AND_RETURN = """
+        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                              expires_at, urgency, topic, headers, receipt_id, vapid_hash)
+        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id, p_vapid_hash);
+        RETURN replaced;
+    END
+    $$;
+"""
+
+_MIGRATIONS: dict[int, str] = {
+    1: "".join(
+        (
+            """
+    CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+    CREATE TABLE user_agents (uaid text PRIMARY KEY, created_at double precision NOT NULL);
+    CREATE TABLE subscriptions (
+        uaid text NOT NULL,
+        channel_id text NOT NULL,
+        vapid_hash bytea,
+        created_at double precision NOT NULL,
+        PRIMARY KEY (uaid, channel_id)
+    );
+    CREATE TABLE messages (
+        uaid text NOT NULL,
+        message_id text NOT NULL,
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        channel_id text NOT NULL,
+        topic text,
+        urgency text NOT NULL,
+        ttl integer NOT NULL,
+        created_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        headers text NOT NULL,
+        body bytea NOT NULL,
+        receipt_id text,
+        delivered boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (uaid, message_id),
+        FOREIGN KEY (uaid, channel_id) REFERENCES subscriptions ON DELETE CASCADE
+    );
+    CREATE INDEX messages_by_uaid ON messages (uaid, seq);
+    CREATE INDEX messages_by_expiry ON messages (expires_at);
+    CREATE UNIQUE INDEX messages_by_topic ON messages (uaid, channel_id, topic)
+        WHERE topic IS NOT NULL;
+    CREATE TABLE receipt_subscriptions (
+        receipt_id text PRIMARY KEY,
+        created_at double precision NOT NULL
+    );
+    CREATE TABLE receipts (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        receipt_id text NOT NULL,
+        uaid text NOT NULL,
+        channel_id text NOT NULL,
+        message_id text NOT NULL,
+        status integer NOT NULL,
+        created_at double precision NOT NULL
+    );
+    CREATE INDEX receipts_by_subscription ON receipts (receipt_id, seq);
+
+    -- The whole of store_message in one round trip and one transaction.
+    CREATE FUNCTION tidings_store_message(
+        p_message_id text, p_uaid text, p_channel_id text, p_body bytea, p_ttl integer,
+        p_created_at double precision, p_expires_at double precision, p_urgency text,
+        p_topic text, p_headers text, p_receipt_id text, p_max integer
+    ) RETURNS text[] LANGUAGE plpgsql AS $$
+    DECLARE
+        replaced text[] := '{}';
+        stored integer;
+    BEGIN
+""",
+            _LOCK_AND_REPLACE,
+            """        SELECT count(*) INTO stored FROM messages
+        WHERE uaid = p_uaid AND expires_at > p_created_at;
+        IF stored >= p_max THEN
+            RAISE EXCEPTION 'too many messages' USING ERRCODE = 'TD002';
+        END IF;
+""",
+            _INSERT_AND_RETURN,
+        )
+    ),
+    # Quotas per subscription, per user agent (count and bytes) and for the whole store;
+    # an atomic subscription cap; user agents expire when not seen for long.
+    #
+    # The whole store's message count is kept in 16 rows, the stripe of a message
+    # chosen by its user agent, updated by statement triggers: no COUNT(*) per push,
+    # and pushes of different user agents rarely wait on the same row (one counter row
+    # would make every push of every node take turns). A push reads the sum of the
+    # stripes (16 rows of one page). Within 1024 of the ceiling it also takes a global
+    # advisory lock, held until its commit like its increment, and reads the sum again:
+    # pushes near the ceiling take turns, so it is never passed, unless more than 1024
+    # store transactions are in flight at once (more than the pools of all nodes).
+    2: "".join(
+        (
+            """
+    ALTER TABLE user_agents ADD COLUMN last_seen double precision NOT NULL DEFAULT 0;
+    UPDATE user_agents SET last_seen = greatest(created_at, extract(epoch from now()));
+    CREATE INDEX user_agents_by_last_seen ON user_agents (last_seen);
+
+    CREATE TABLE message_counts (stripe integer PRIMARY KEY, n bigint NOT NULL);
+    INSERT INTO message_counts (stripe, n) SELECT s, 0 FROM generate_series(0, 15) s;
+    UPDATE message_counts c SET n = d.k FROM (
+        SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM messages GROUP BY 1
+    ) d WHERE c.stripe = d.stripe;
+
+    CREATE FUNCTION tidings_count_messages() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        -- Stripes are locked in order, so two bulk deletes cannot deadlock.
+        IF TG_OP = 'INSERT' THEN
+            PERFORM 1 FROM message_counts WHERE stripe IN
+                (SELECT DISTINCT hashtext(uaid) & 15 FROM new_rows)
+                ORDER BY stripe FOR UPDATE;
+            UPDATE message_counts c SET n = c.n + d.k FROM (
+                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM new_rows GROUP BY 1
+            ) d WHERE c.stripe = d.stripe;
+        ELSE
+            PERFORM 1 FROM message_counts WHERE stripe IN
+                (SELECT DISTINCT hashtext(uaid) & 15 FROM old_rows)
+                ORDER BY stripe FOR UPDATE;
+            UPDATE message_counts c SET n = c.n - d.k FROM (
+                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM old_rows GROUP BY 1
+            ) d WHERE c.stripe = d.stripe;
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER messages_counted_in AFTER INSERT ON messages
+        REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION tidings_count_messages();
+    CREATE TRIGGER messages_counted_out AFTER DELETE ON messages
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION tidings_count_messages();
+
+    DROP FUNCTION tidings_store_message(text, text, text, bytea, integer, double precision,
+        double precision, text, text, text, text, integer);
+    CREATE FUNCTION tidings_store_message(
+""",
+            _QUOTA_PARAMETERS,
+            "\n",
+            _DECLARE_COUNTS,
+            _LOCK_AND_REPLACE,
+            _CHECK_QUOTAS,
+            _INSERT_AND_RETURN,
+            """
+    -- The count and the insert under the user agent's lock: the cap cannot be raced.
+    CREATE FUNCTION tidings_add_subscription(
+        p_uaid text, p_channel_id text, p_vapid_hash bytea, p_created_at double precision,
+        p_max integer
+    ) RETURNS subscriptions LANGUAGE plpgsql AS $$
+    DECLARE
+        found_row subscriptions;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
+        SELECT * INTO found_row FROM subscriptions
+        WHERE uaid = p_uaid AND channel_id = p_channel_id;
+        IF FOUND THEN
+            RETURN found_row;
+        END IF;
+        IF p_max IS NOT NULL
+           AND (SELECT count(*) FROM subscriptions WHERE uaid = p_uaid) >= p_max THEN
+            RAISE EXCEPTION 'too many subscriptions' USING ERRCODE = 'TD007';
+        END IF;
+        INSERT INTO subscriptions (uaid, channel_id, vapid_hash, created_at)
+        VALUES (p_uaid, p_channel_id, p_vapid_hash, p_created_at)
+        RETURNING * INTO found_row;
+        RETURN found_row;
+    END
+    $$;
+    """,
+        )
+    ),
+    3: """
+    CREATE TABLE broadcasts (broadcast_id text PRIMARY KEY, version text NOT NULL);
+    """,
+    # The status of each VAPID-signed push for its sender (see the SQLite store): in its
+    # message's row while stored, then a row of message_status.
+    4: "".join(
+        (
+            """
+    ALTER TABLE messages ADD COLUMN vapid_hash bytea;
+    ALTER TABLE messages ADD COLUMN delivered_via text;
+    ALTER TABLE messages ADD COLUMN delivered_at double precision;
+    CREATE TABLE message_status (
+        message_id text PRIMARY KEY,
+        vapid_hash bytea NOT NULL,
+        state text NOT NULL,
+        ttl integer NOT NULL,
+        created_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        delivered_via text,
+        delivered_at double precision,
+        final_at double precision,
+        ends_at double precision NOT NULL
+    );
+    CREATE INDEX message_status_by_end ON message_status (ends_at);
+
+    DROP FUNCTION tidings_store_message(text, text, text, bytea, integer, double precision,
+        double precision, text, text, text, text, integer, integer, bigint, bigint);
+    CREATE FUNCTION tidings_store_message(
+""",
+            _QUOTA_PARAMETERS,
+            ",\n        p_vapid_hash bytea\n",
+            _DECLARE_COUNTS,
+            _LOCK,
+            _REPLACED_STATUSES,
+            _REPLACE,
+            _CHECK_QUOTAS,
+            _INSERT_WITH_STATUS_AND_RETURN,
+        )
+    ),
+    # Group commit (postgres_commit.py): the pushes of one batch in one call. Each is
+    # tidings_store_message in a block of its own (a subtransaction), so a refused one
+    # is undone alone and answered with its SQLSTATE; the others are kept.
+    #
+    # First every lock the batch will need, each kind in one order (the user agents'
+    # advisory locks by key, then the count stripes, of its pushes and of the user agents
+    # `p_touched` by its deletions, by number; near the store's ceiling the global lock
+    # in between): two batches (two writers, two nodes) then never wait on each other in
+    # a circle, and a single push (advisory lock, [global lock,] then its stripe) or a
+    # single delete (stripes in order) follows the same order.
+    5: """
+    CREATE FUNCTION tidings_store_messages(
+        p_message_id text[], p_uaid text[], p_channel_id text[], p_body bytea[],
+        p_ttl integer[], p_created_at double precision[], p_expires_at double precision[],
+        p_urgency text[], p_topic text[], p_headers text[], p_receipt_id text[],
+        p_max_subscription integer[], p_max_user_agent integer[], p_max_bytes bigint[],
+        p_max_stored bigint[], p_vapid_hash bytea[], p_touched text[]
+    ) RETURNS TABLE (replaced text[], code text) LANGUAGE plpgsql AS $$
+    DECLARE
+        k bigint;
+    BEGIN
+        FOR k IN SELECT DISTINCT hashtextextended(u, 0) FROM unnest(p_uaid) u ORDER BY 1 LOOP
+            PERFORM pg_advisory_xact_lock(k);
+        END LOOP;
+        -- Near the ceiling a push takes the global lock before its stripe: so does the
+        -- batch (with a margin, as its pushes come nearer while it runs).
+        IF (SELECT sum(n) FROM message_counts) >= (SELECT min(m) FROM unnest(p_max_stored) m)
+                - 2048 THEN
+            PERFORM pg_advisory_xact_lock(7596132042353772902);
+        END IF;
+        PERFORM 1 FROM message_counts WHERE stripe IN
+            (SELECT DISTINCT hashtext(u) & 15 FROM unnest(p_uaid || p_touched) u)
+            ORDER BY stripe FOR UPDATE;
+        FOR i IN 1 .. coalesce(array_length(p_message_id, 1), 0) LOOP
+            BEGIN
+                replaced := tidings_store_message(p_message_id[i], p_uaid[i],
+                    p_channel_id[i], p_body[i], p_ttl[i], p_created_at[i],
+                    p_expires_at[i], p_urgency[i], p_topic[i], p_headers[i],
+                    p_receipt_id[i], p_max_subscription[i], p_max_user_agent[i],
+                    p_max_bytes[i], p_max_stored[i], p_vapid_hash[i]);
+                code := NULL;
+            EXCEPTION WHEN OTHERS THEN
+                replaced := NULL;
+                code := SQLSTATE;
+            END;
+            RETURN NEXT;
+        END LOOP;
+    END
+    $$;
+    """,
+}
+
+# User agents not seen since $1, at most $2, with their subscriptions (and so their
+# messages); SKIP LOCKED lets two nodes sweeping at once share the work.
+_DELETE_STALE_USER_AGENTS = """
+WITH stale AS (
+    SELECT uaid FROM user_agents WHERE last_seen < $1
+    ORDER BY last_seen LIMIT $2 FOR UPDATE SKIP LOCKED
+), subscriptions_gone AS (
+    DELETE FROM subscriptions WHERE uaid IN (SELECT uaid FROM stale)
+), gone AS (
+    DELETE FROM user_agents WHERE uaid IN (SELECT uaid FROM stale) RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
+
+_SELECT_PENDING = """
+SELECT message_id, uaid, channel_id, body, ttl, created_at, expires_at, urgency, topic,
+       headers, receipt_id
+FROM messages WHERE uaid = $1 AND expires_at > $2 ORDER BY seq LIMIT $3
+"""
+
+# Receipt subscriptions nothing can use any more (see the SQLite store).
+_DELETE_STALE_RECEIPT_SUBSCRIPTIONS = """
+DELETE FROM receipt_subscriptions rs WHERE rs.created_at < $1
+  AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.receipt_id = rs.receipt_id)
+  AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.receipt_id = rs.receipt_id)
+"""
+
+# Acknowledged or cancelled messages, one or the acknowledgements of one event-loop
+# turn, in one statement (one round trip).
+_DELETE_MESSAGES = """
+WITH keys AS (
+    SELECT * FROM unnest($1::text[], $2::text[]) AS k(uaid, message_id)
+), gone AS (
+    DELETE FROM messages m USING keys k
+    WHERE m.uaid = k.uaid AND m.message_id = k.message_id
+    RETURNING m.message_id, m.uaid, m.channel_id, m.body, m.ttl, m.created_at,
+              m.expires_at, m.urgency, m.topic, m.headers, m.receipt_id, m.delivered,
+              m.vapid_hash, m.delivered_via, m.delivered_at
+), status AS (
+    -- $4: WebSocket acknowledgements (a delivery over WebSocket too); otherwise a
+    -- DELETE of the message resource: acknowledged if it was delivered, else the
+    -- sender's cancellation.
+    INSERT INTO message_status
+    SELECT message_id, vapid_hash,
+           CASE WHEN $4 OR delivered_at IS NOT NULL THEN 'acknowledged' ELSE 'deleted' END,
+           ttl, created_at, expires_at,
+           CASE WHEN $4 THEN coalesce(delivered_via, 'websocket') ELSE delivered_via END,
+           CASE WHEN $4 THEN coalesce(delivered_at, $3) ELSE delivered_at END, $3, $3
+    FROM gone WHERE vapid_hash IS NOT NULL
+    ON CONFLICT DO NOTHING
+), receipt AS (
+    INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
+    SELECT receipt_id, uaid, channel_id, message_id, 204, $3 FROM gone
+    WHERE receipt_id IS NOT NULL AND delivered
+      AND receipt_id IN (SELECT receipt_id FROM receipt_subscriptions)
+)
+SELECT * FROM gone
+"""
+
+# A bounded batch, so a large backlog never becomes one huge transaction; SKIP LOCKED
+# lets two nodes sweeping at once share the work instead of waiting on each other.
+EXPIRY_BATCH = 5000
+_DELETE_EXPIRED = """
+WITH gone AS (
+    DELETE FROM messages WHERE (uaid, message_id) IN (
+        SELECT uaid, message_id FROM messages WHERE expires_at <= $1
+        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING receipt_id, uaid, channel_id, message_id, vapid_hash, ttl, created_at,
+              expires_at, delivered_via, delivered_at
+), status AS (
+    INSERT INTO message_status
+    SELECT message_id, vapid_hash, 'expired', ttl, created_at, expires_at, delivered_via,
+           delivered_at, $1, $1
+    FROM gone WHERE vapid_hash IS NOT NULL
+    ON CONFLICT DO NOTHING
+), receipt AS (
+    INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
+    SELECT receipt_id, uaid, channel_id, message_id, 410, $1 FROM gone
+    WHERE receipt_id IS NOT NULL
+      AND receipt_id IN (SELECT receipt_id FROM receipt_subscriptions)
+)
+SELECT count(*) FROM gone
+"""
+
+# Deliveries (uaid, message id, via, at): of stored messages in their rows, of TTL-0
+# pushes (recorded as dropped before they were offered) in their statuses.
+_MARK_DELIVERED = """
+WITH d AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])
+        AS d(uaid, message_id, via, at)
+), stored AS (
+    UPDATE messages m SET delivered_via = d.via, delivered_at = d.at FROM d
+    WHERE m.uaid = d.uaid AND m.message_id = d.message_id AND m.delivered_at IS NULL
+)
+UPDATE message_status s SET delivered_via = d.via, delivered_at = d.at, state = 'delivered'
+FROM d WHERE s.message_id = d.message_id AND s.state = 'expired' AND s.ttl = 0
+  AND s.delivered_at IS NULL
+"""
+
+# A status: ended (message_status), or its message's row while it is stored.
+_SELECT_STATUS = """
+SELECT message_id, vapid_hash, state, ttl, created_at, expires_at, delivered_via,
+       delivered_at, final_at FROM message_status WHERE message_id = $2
+UNION ALL
+SELECT message_id, vapid_hash,
+       CASE WHEN delivered_at IS NULL THEN 'stored' ELSE 'delivered' END, ttl,
+       created_at, expires_at, delivered_via, delivered_at, NULL FROM messages
+WHERE uaid = $1 AND message_id = $2 AND vapid_hash IS NOT NULL
+LIMIT 1
+"""
+
+
+async def migrate(conn: asyncpg.Connection) -> None:
+    """Bring the schema to SCHEMA_VERSION (nodes starting together: one at a time)."""
+    async with conn.transaction():
+        # Held until commit: nodes starting together migrate one after the other.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS tidings_schema (version integer NOT NULL)")
+        version = await conn.fetchval("SELECT max(version) FROM tidings_schema") or 0
+        for target in sorted(v for v in _MIGRATIONS if v > version):
+            await conn.execute(_MIGRATIONS[target])
+            await conn.execute("INSERT INTO tidings_schema (version) VALUES ($1)", target)
+
+
+def _message_from_row(row: asyncpg.Record) -> StoredMessage:
+    return StoredMessage(
+        message_id=row["message_id"],
+        uaid=row["uaid"],
+        channel_id=row["channel_id"],
+        body=bytes(row["body"]),
+        ttl=row["ttl"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        urgency=row["urgency"],
+        topic=row["topic"],
+        headers=decode_headers(row["headers"]),
+        receipt_id=row["receipt_id"],
+    )
