@@ -17,9 +17,12 @@ Promises checked (docs/reliability.md):
   after that fault was lifted: the node wrote the frame before, and TCP delivered it
   late (a connection that holds a copy unsent drops it, docs/reliability.md);
 - receipt missing: a push that asked for a receipt on the monitored receipt
-  subscription, answered 202, acknowledged by its user agent and not deleted by its
-  sender, whose receipt never came (unless its last acknowledgement was within
-  RECEIPT_GRACE seconds of the end, when an acknowledgement may still be on its way);
+  subscription, answered 202, acknowledged by its user agent, neither deleted by its
+  sender nor replaced by a newer push of its Topic (RFC 8030 section 5.4 suppresses a
+  replaced message's receipt, and an acknowledgement the node could not record, its
+  store unreachable, loses to the replacement), whose receipt never came (unless its
+  last acknowledgement was within RECEIPT_GRACE seconds of the end, when an
+  acknowledgement may still be on its way);
 - undecryptable: a body the user agent could not decrypt;
 - duplicated (counted, allowed: Web Push is at least once) and TTL-0 pushes that were
   delivered or not (counted, allowed either way).
@@ -157,9 +160,13 @@ def check(
             continue
         verdict.accepted += 1
         acked_at = last_ack.get(message_id)
+        replaced = bool(push.get("topic")) and any(
+            at > answer["t"] and other != message_id
+            for at, other in accepted_by_topic[(push["channel"], push["topic"])]
+        )
         if (
             answer["status"] == 202 and answer.get("receipts") in monitored
-            and acked_at is not None and message_id not in deletes
+            and acked_at is not None and message_id not in deletes and not replaced
             and acked_at < end - RECEIPT_GRACE
         ):  # fmt: skip
             verdict.receipts_due += 1
@@ -169,11 +176,8 @@ def check(
                 verdict.violations["receipt missing"].append(message_id)
         if got or message_id in deletes:
             continue
-        if push.get("topic") and any(
-            at > answer["t"] and other != message_id
-            for at, other in accepted_by_topic[(push["channel"], push["topic"])]
-        ):
-            continue  # replaced: the newer one stands for it
+        if replaced:
+            continue  # the newer one stands for it
         if answer["t"] + push["ttl"] > healed_at + recovery:
             verdict.violations["lost"].append(message_id)
     return verdict

@@ -98,12 +98,16 @@ def test_an_acknowledged_message_needs_its_receipt() -> None:
     missing = check([monitored, *receipt_push("m1", 10), *acked, ending], HEALED)
     assert dict(missing.violations) == {"receipt missing": ["m1"]}
     # Not due: another (unmonitored) receipt subscription, an acknowledgement in the last
-    # seconds, a message its sender deleted.
+    # seconds, a message its sender deleted, one a newer push of its Topic replaced.
     other = check([monitored, *receipt_push("m1", 10, "/r/2"), *acked, ending], HEALED)
     at_the_end = check([monitored, *receipt_push("m1", 10), *acked, {**ending, "t": 12}], HEALED)
     deleted = {"kind": "deleted", "t": 10.5, "id": "m1", "status": 204}
     cancelled = check([monitored, *receipt_push("m1", 10), deleted, *acked, ending], HEALED)
-    assert all(v.ok and v.receipts_due == 0 for v in (other, at_the_end, cancelled))
+    topic = receipt_push("m1", 10)
+    topic[0] = {**topic[0], "topic": "t"}
+    newer = push("m2", 12, topic="t")
+    replaced = check([monitored, *topic, *acked, *newer, delivered("m2", 13), ending], HEALED)
+    assert all(v.ok and v.receipts_due == 0 for v in (other, at_the_end, cancelled, replaced))
 
 
 def test_a_saved_run_is_judged_again_with_its_link_faults_and_healing(tmp_path: Path) -> None:
