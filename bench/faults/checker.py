@@ -11,11 +11,11 @@ Promises checked (docs/reliability.md):
   slack: one already on the wire may still land);
 - after delete: a message delivered after its sender's DELETE was answered 204 (the
   same slack);
-- in flight (counted, allowed): a delivery that would be obsolete or after delete but
-  came through a node whose link to the user agents was slow, lossy or cut
-  between the DELETE (or the replacement) and the delivery, at most LINK_DRAIN seconds
-  after that fault was lifted: the node wrote the frame before, and TCP delivered it
-  late (a connection that holds a copy unsent drops it, docs/reliability.md);
+- in flight (counted, allowed): a delivery that would be late, obsolete or after delete
+  but came through a node whose link to the user agents was slow, lossy or cut between
+  the TTL's end (the replacement, the DELETE) and the delivery, at most LINK_DRAIN
+  seconds after that fault was lifted: the node wrote the frame before, and TCP
+  delivered it late (a connection that holds a copy unsent drops it, docs/reliability.md);
 - receipt missing: a push that asked for a receipt on the monitored receipt
   subscription, answered 202, acknowledged by its user agent, neither deleted by its
   sender nor replaced by a newer push of its Topic (RFC 8030 section 5.4 suppresses a
@@ -139,7 +139,10 @@ def check(
             if answer is not None and push["ttl"] > 0:
                 expires = answer["t"] + push["ttl"]
                 if delivery["t"] > expires + SLACK:
-                    verdict.violations["late"].append(message_id)
+                    if in_flight(delivery, expires, link_faults):
+                        verdict.in_flight.append(message_id)
+                    else:
+                        verdict.violations["late"].append(message_id)
             deleted_at = deletes.get(message_id)
             if deleted_at is not None and delivery["t"] > deleted_at + SLACK:
                 if in_flight(delivery, deleted_at, link_faults):

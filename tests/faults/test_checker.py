@@ -122,3 +122,10 @@ def test_a_saved_run_is_judged_again_with_its_link_faults_and_healing(tmp_path: 
     lost = [*push("m2", 10, ttl=60), {"kind": "healed", "t": 50, "at": 20}]
     (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lost))
     assert dict(judge_saved(str(tmp_path)).violations) == {"lost": ["m2"]}
+
+
+def test_a_frame_written_before_the_ttl_ended_may_land_late_through_a_bad_link() -> None:
+    events = [*push("m1", 10, ttl=4), {**delivered("m1", 17), "node": "n1"}]
+    assert dict(check(events, HEALED).violations) == {"late": ["m1"]}
+    verdict = check(events, HEALED, link_faults=[("n1", 12.0, 15.0)])
+    assert verdict.ok and verdict.in_flight == ["m1"]
