@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -229,6 +230,10 @@ class PushService:
         self._deliveries: dict[str, tuple[str, str, float, bool]] = {}
         self._delivery_writer: asyncio.Task[None] | None = None  # after the delay
         self._delivery_flusher: asyncio.Task[None] | None = None  # at once (HTTP/2)
+        # Sent messages wanting a receipt whose delivery could not be recorded (store
+        # unavailable), by id -> uaid: their acknowledgement records it first, since a
+        # receipt is queued only for a message recorded as delivered.
+        self._unmarked: OrderedDict[str, str] = OrderedDict()
         self.draining = False
         self.started_at = time.time()
         self.quota = MessageQuota(
@@ -648,6 +653,7 @@ class PushService:
             raise ServiceError(404, Errno.INVALID_TOKEN, "no such push message") from None
         pending = self._deliveries.pop(ref.message_id, None)
         try:
+            await self._mark_unmarked([(ref.uaid, ref.message_id)])
             if pending is not None:  # delivered here, not yet written: an acknowledgement
                 await self.store.mark_statuses_delivered(
                     [(ref.uaid, ref.message_id, *pending[1:3])]
@@ -822,6 +828,7 @@ class PushService:
             while self._acks:
                 keys, self._acks = self._acks[:MAX_ACKS_PER_WRITE], self._acks[MAX_ACKS_PER_WRITE:]
                 try:
+                    await self._mark_unmarked(keys)
                     deleted = await self.store.delete_messages(keys)
                 except StoreUnavailable as exc:
                     # They stay stored and are delivered again: at least once.
@@ -887,3 +894,15 @@ class PushService:
             await self.store.mark_delivered(message.uaid, message.message_id)
         except StoreUnavailable as exc:
             log.warning("cannot mark %s delivered: %s", message.message_id, exc)
+            self._unmarked[message.message_id] = message.uaid
+            if len(self._unmarked) > MAX_PENDING_DELIVERIES:
+                self._unmarked.popitem(last=False)
+
+    async def _mark_unmarked(self, keys: list[tuple[str, str]]) -> None:
+        """Before acknowledgements of `keys` (uaid, message id) are written: record the
+        deliveries among them that could not be recorded when they were sent (raises
+        StoreUnavailable; the acknowledgement then fails and the message stays)."""
+        for uaid, message_id in keys:
+            if message_id in self._unmarked:
+                await self.store.mark_delivered(uaid, message_id)
+                self._unmarked.pop(message_id, None)
