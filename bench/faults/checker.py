@@ -108,7 +108,8 @@ def check(
         elif kind == "answer":
             answers[event["id"]] = event
             push = pushes.get(event["id"])
-            if push and event["status"] in (201, 202) and push.get("topic"):
+            # A TTL-0 push is never stored, so it replaces nothing.
+            if push and event["status"] in (201, 202) and push.get("topic") and push["ttl"]:
                 key = (push["channel"], push["topic"])
                 accepted_by_topic[key].append((event["t"], event["id"]))
         elif kind == "deleted" and event["status"] == 204:

@@ -129,3 +129,11 @@ def test_a_frame_written_before_the_ttl_ended_may_land_late_through_a_bad_link()
     assert dict(check(events, HEALED).violations) == {"late": ["m1"]}
     verdict = check(events, HEALED, link_faults=[("n1", 12.0, 15.0)])
     assert verdict.ok and verdict.in_flight == ["m1"]
+
+
+def test_a_ttl_0_push_with_the_topic_replaces_nothing() -> None:
+    events = [*push("m1", 10, topic="t"), *push("m2", 11, ttl=0, topic="t"), delivered("m1", 20)]
+    assert kinds(events) == {}
+    assert kinds([*push("m1", 10, topic="t"), *push("m2", 11, ttl=0, topic="t")]) == {
+        "lost": ["m1"]
+    }
