@@ -97,3 +97,37 @@ async def test_a_delete_of_a_message_whose_delivery_was_not_recorded_queues_its_
             deleted = await client.delete(running.url + location)
             assert deleted.status_code == 204
         await receipt_queued(running, receipt_id)
+
+
+async def test_a_delete_overtaking_the_delivery_write_still_queues_the_receipt(
+    tmp_path: Path,
+) -> None:
+    """The store is slow: the user agent's DELETE arrives while the delivery is still
+    being recorded."""
+    async with running_service(tmp_path) as running:
+        service = running.service
+        assert service is not None
+        agent = await running.agent()
+        registration = await agent.register()
+        await agent.close()
+        async with httpx.AsyncClient() as client:
+            answer, receipt_id = await push_with_receipt(client, running, registration)
+            assert agent.uaid is not None
+            (message,) = await service.pending(agent.uaid)
+            real_mark = service.store.mark_delivered
+            slow = asyncio.Event()
+
+            async def slow_mark(uaid: str, message_id: str) -> None:
+                await slow.wait()
+                await real_mark(uaid, message_id)
+
+            service.store.mark_delivered = slow_mark  # type: ignore[method-assign]
+            marking = asyncio.ensure_future(service.mark_delivered(message))
+            await asyncio.sleep(0)  # the write is under way
+            service.store.mark_delivered = real_mark  # type: ignore[method-assign]
+            location = urlsplit(answer.headers["location"]).path
+            deleted = await client.delete(running.url + location)
+            assert deleted.status_code == 204
+            slow.set()
+            await marking
+        await receipt_queued(running, receipt_id)

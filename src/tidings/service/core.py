@@ -230,9 +230,9 @@ class PushService:
         self._deliveries: dict[str, tuple[str, str, float, bool]] = {}
         self._delivery_writer: asyncio.Task[None] | None = None  # after the delay
         self._delivery_flusher: asyncio.Task[None] | None = None  # at once (HTTP/2)
-        # Sent messages wanting a receipt whose delivery could not be recorded (store
-        # unavailable), by id -> uaid: their acknowledgement records it first, since a
-        # receipt is queued only for a message recorded as delivered.
+        # Sent messages wanting a receipt whose delivery is not recorded yet (the write
+        # under way or failed), by id -> uaid: their acknowledgement records it first,
+        # since a receipt is queued only for a message recorded as delivered.
         self._unmarked: OrderedDict[str, str] = OrderedDict()
         self.draining = False
         self.started_at = time.time()
@@ -890,13 +890,16 @@ class PushService:
 
     async def mark_delivered(self, message: StoredMessage) -> None:
         """Remember that a message wanting a receipt reached its user agent."""
+        # Until written, an acknowledgement (which may overtake this write) writes it.
+        self._unmarked[message.message_id] = message.uaid
+        if len(self._unmarked) > MAX_PENDING_DELIVERIES:
+            self._unmarked.popitem(last=False)
         try:
             await self.store.mark_delivered(message.uaid, message.message_id)
         except StoreUnavailable as exc:
             log.warning("cannot mark %s delivered: %s", message.message_id, exc)
-            self._unmarked[message.message_id] = message.uaid
-            if len(self._unmarked) > MAX_PENDING_DELIVERIES:
-                self._unmarked.popitem(last=False)
+            return
+        self._unmarked.pop(message.message_id, None)
 
     async def _mark_unmarked(self, keys: list[tuple[str, str]]) -> None:
         """Before acknowledgements of `keys` (uaid, message id) are written: record the
