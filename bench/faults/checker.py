@@ -1,7 +1,8 @@
 """The campaign's judge: reads a history, knows nothing of the service's code.
 
 Promises checked (docs/reliability.md):
-- lost: a push answered 201/202 with TTL > 0, not deleted by its sender and not made
+- lost: a push answered 201/202 with TTL > 0, not deleted by its sender (nor maybe
+  deleted: a DELETE answered 503 or not at all may have been applied) and not made
   obsolete by a later push with the same Topic, that never reached its user agent,
   although its TTL ran past the moment the cluster healed plus a recovery time (a user
   agent notices a dead connection only when a ping goes unanswered, then reconnects);
@@ -22,7 +23,9 @@ Promises checked (docs/reliability.md):
   replaced message's receipt, and an acknowledgement the node could not record, its
   store unreachable, loses to the replacement), whose receipt never came (unless its
   last acknowledgement was within RECEIPT_GRACE seconds of the end, when an
-  acknowledgement may still be on its way);
+  acknowledgement may still be on its way, or came before healing with a TTL ending
+  before healing plus the recovery time: an acknowledgement the store could not take
+  is taken on a later delivery only while the TTL lasts);
 - undecryptable: a body the user agent could not decrypt;
 - duplicated (counted, allowed: Web Push is at least once) and TTL-0 pushes that were
   delivered or not (counted, allowed either way).
@@ -99,6 +102,7 @@ def check(
     pushes: dict[str, dict[str, Any]] = {}
     answers: dict[str, dict[str, Any]] = {}
     deletes: dict[str, float] = {}
+    maybe_deleted: set[str] = set()  # a DELETE without a definite answer (503, none)
     deliveries: dict[str, list[dict[str, Any]]] = defaultdict(list)
     accepted_by_topic: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
     for event in events:
@@ -114,6 +118,8 @@ def check(
                 accepted_by_topic[key].append((event["t"], event["id"]))
         elif kind == "deleted" and event["status"] == 204:
             deletes[event["id"]] = event["t"]
+        elif kind == "deleted" and event["status"] != 404:
+            maybe_deleted.add(event["id"])
         elif kind == "delivered":
             if event.get("id") is None:
                 verdict.violations["undecryptable"].append(str(event.get("version")))
@@ -171,14 +177,17 @@ def check(
         if (
             answer["status"] == 202 and answer.get("receipts") in monitored
             and acked_at is not None and message_id not in deletes and not replaced
-            and acked_at < end - RECEIPT_GRACE
+            and message_id not in maybe_deleted and acked_at < end - RECEIPT_GRACE
+            # An acknowledgement the store could not take during the faults is taken
+            # again on a later delivery, if the TTL leaves time for one.
+            and (acked_at > healed_at or answer["t"] + push["ttl"] > healed_at + recovery)
         ):  # fmt: skip
             verdict.receipts_due += 1
             if answer.get("location") in receipts:
                 verdict.receipts_emitted += 1
             else:
                 verdict.violations["receipt missing"].append(message_id)
-        if got or message_id in deletes:
+        if got or message_id in deletes or message_id in maybe_deleted:
             continue
         if replaced:
             continue  # the newer one stands for it

@@ -137,3 +137,22 @@ def test_a_ttl_0_push_with_the_topic_replaces_nothing() -> None:
     assert kinds([*push("m1", 10, topic="t"), *push("m2", 11, ttl=0, topic="t")]) == {
         "lost": ["m1"]
     }
+
+
+def test_a_delete_without_a_definite_answer_may_have_been_applied() -> None:
+    for status in (503, None):
+        events = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": status}]
+        assert kinds(events) == {}
+    refused = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": 404}]
+    assert kinds(refused) == {"lost": ["m1"]}
+
+
+def test_an_acknowledgement_during_the_faults_needs_a_receipt_only_while_the_ttl_lasts() -> None:
+    monitored = {"kind": "receipts-monitored", "t": 1, "subscription": "/r/1"}
+    sent, answer = receipt_push("m1", 10)
+    acked = [delivered("m1", 11), {"kind": "acked", "t": 11.1, "id": "m1", "agent": "a"}]
+    ending = {"kind": "end", "t": 200}
+    short = [monitored, {**sent, "ttl": 4}, answer, *acked, ending]
+    assert check(short, HEALED).receipts_due == 0  # its TTL ended long before healing
+    long = [monitored, sent, answer, *acked, ending]
+    assert dict(check(long, HEALED).violations) == {"receipt missing": ["m1"]}
