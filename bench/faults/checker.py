@@ -23,8 +23,8 @@ Promises checked (docs/reliability.md):
   replaced message's receipt, and an acknowledgement the node could not record, its
   store unreachable, loses to the replacement), whose receipt never came (unless its
   last acknowledgement was within RECEIPT_GRACE seconds of the end, when an
-  acknowledgement may still be on its way, or came before healing with a TTL ending
-  before healing plus the recovery time: an acknowledgement the store could not take
+  acknowledgement may still be on its way, or came before healing less than
+  REDELIVERY seconds before the TTL's end: an acknowledgement the store could not take
   is taken on a later delivery only while the TTL lasts);
 - undecryptable: a body the user agent could not decrypt;
 - duplicated (counted, allowed: Web Push is at least once) and TTL-0 pushes that were
@@ -42,6 +42,9 @@ from typing import Any
 SLACK = 1.0
 LINK_DRAIN = 10.0  # a TCP backlog after a black hole: retransmissions back off to seconds
 RECEIPT_GRACE = 5.0  # acknowledgements are batched, receipt monitors poll every 2 s
+# Seconds within which a message whose acknowledgement was lost is delivered again: a
+# user agent moves to another connection within 30 s (workload.stay_for), doubled.
+REDELIVERY = 60.0
 
 #: (node origin, from, until): when a node's link to the user agents was slow, lossy or
 #: cut (times since the epoch, like the history's). A paused node is not among them: what
@@ -180,7 +183,7 @@ def check(
             and message_id not in maybe_deleted and acked_at < end - RECEIPT_GRACE
             # An acknowledgement the store could not take during the faults is taken
             # again on a later delivery, if the TTL leaves time for one.
-            and (acked_at > healed_at or answer["t"] + push["ttl"] > healed_at + recovery)
+            and (acked_at > healed_at or answer["t"] + push["ttl"] > acked_at + REDELIVERY)
         ):  # fmt: skip
             verdict.receipts_due += 1
             if answer.get("location") in receipts:
