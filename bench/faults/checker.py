@@ -1,7 +1,8 @@
 """The campaign's judge: reads a history, knows nothing of the service's code.
 
 Promises checked (docs/reliability.md):
-- lost: a push answered 201/202 with TTL > 0, not deleted by its sender and not made
+- lost: a push answered 201/202 with TTL > 0, not deleted by its sender (nor maybe
+  deleted: a DELETE answered 503 or not at all may have been applied) and not made
   obsolete by a later push with the same Topic, that never reached its user agent,
   although its TTL ran past the moment the cluster healed plus a recovery time (a user
   agent notices a dead connection only when a ping goes unanswered, then reconnects);
@@ -11,15 +12,20 @@ Promises checked (docs/reliability.md):
   slack: one already on the wire may still land);
 - after delete: a message delivered after its sender's DELETE was answered 204 (the
   same slack);
-- in flight (counted, allowed): a delivery that would be obsolete or after delete but
-  came through a node whose link to the user agents was slow, lossy or cut
-  between the DELETE (or the replacement) and the delivery, at most LINK_DRAIN seconds
-  after that fault was lifted: the node wrote the frame before, and TCP delivered it
-  late (a connection that holds a copy unsent drops it, docs/reliability.md);
+- in flight (counted, allowed): a delivery that would be late, obsolete or after delete
+  but came through a node whose link to the user agents was slow, lossy or cut between
+  the TTL's end (the replacement, the DELETE) and the delivery, at most LINK_DRAIN
+  seconds after that fault was lifted: the node wrote the frame before, and TCP
+  delivered it late (a connection that holds a copy unsent drops it, docs/reliability.md);
 - receipt missing: a push that asked for a receipt on the monitored receipt
-  subscription, answered 202, acknowledged by its user agent and not deleted by its
-  sender, whose receipt never came (unless its last acknowledgement was within
-  RECEIPT_GRACE seconds of the end, when an acknowledgement may still be on its way);
+  subscription, answered 202, acknowledged by its user agent, neither deleted by its
+  sender nor replaced by a newer push of its Topic (RFC 8030 section 5.4 suppresses a
+  replaced message's receipt, and an acknowledgement the node could not record, its
+  store unreachable, loses to the replacement), whose receipt never came (unless its
+  last acknowledgement was within RECEIPT_GRACE seconds of the end, when an
+  acknowledgement may still be on its way, or came before healing less than
+  REDELIVERY seconds before the TTL's end: an acknowledgement the store could not take
+  is taken on a later delivery only while the TTL lasts);
 - undecryptable: a body the user agent could not decrypt;
 - duplicated (counted, allowed: Web Push is at least once) and TTL-0 pushes that were
   delivered or not (counted, allowed either way).
@@ -36,6 +42,9 @@ from typing import Any
 SLACK = 1.0
 LINK_DRAIN = 10.0  # a TCP backlog after a black hole: retransmissions back off to seconds
 RECEIPT_GRACE = 5.0  # acknowledgements are batched, receipt monitors poll every 2 s
+# Seconds within which a message whose acknowledgement was lost is delivered again: a
+# user agent moves to another connection within 30 s (workload.stay_for), doubled.
+REDELIVERY = 60.0
 
 #: (node origin, from, until): when a node's link to the user agents was slow, lossy or
 #: cut (times since the epoch, like the history's). A paused node is not among them: what
@@ -96,6 +105,7 @@ def check(
     pushes: dict[str, dict[str, Any]] = {}
     answers: dict[str, dict[str, Any]] = {}
     deletes: dict[str, float] = {}
+    maybe_deleted: set[str] = set()  # a DELETE without a definite answer (503, none)
     deliveries: dict[str, list[dict[str, Any]]] = defaultdict(list)
     accepted_by_topic: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
     for event in events:
@@ -105,11 +115,14 @@ def check(
         elif kind == "answer":
             answers[event["id"]] = event
             push = pushes.get(event["id"])
-            if push and event["status"] in (201, 202) and push.get("topic"):
+            # A TTL-0 push is never stored, so it replaces nothing.
+            if push and event["status"] in (201, 202) and push.get("topic") and push["ttl"]:
                 key = (push["channel"], push["topic"])
                 accepted_by_topic[key].append((event["t"], event["id"]))
         elif kind == "deleted" and event["status"] == 204:
             deletes[event["id"]] = event["t"]
+        elif kind == "deleted" and event["status"] != 404:
+            maybe_deleted.add(event["id"])
         elif kind == "delivered":
             if event.get("id") is None:
                 verdict.violations["undecryptable"].append(str(event.get("version")))
@@ -136,7 +149,10 @@ def check(
             if answer is not None and push["ttl"] > 0:
                 expires = answer["t"] + push["ttl"]
                 if delivery["t"] > expires + SLACK:
-                    verdict.violations["late"].append(message_id)
+                    if in_flight(delivery, expires, link_faults):
+                        verdict.in_flight.append(message_id)
+                    else:
+                        verdict.violations["late"].append(message_id)
             deleted_at = deletes.get(message_id)
             if deleted_at is not None and delivery["t"] > deleted_at + SLACK:
                 if in_flight(delivery, deleted_at, link_faults):
@@ -157,23 +173,27 @@ def check(
             continue
         verdict.accepted += 1
         acked_at = last_ack.get(message_id)
+        replaced = bool(push.get("topic")) and any(
+            at > answer["t"] and other != message_id
+            for at, other in accepted_by_topic[(push["channel"], push["topic"])]
+        )
         if (
             answer["status"] == 202 and answer.get("receipts") in monitored
-            and acked_at is not None and message_id not in deletes
-            and acked_at < end - RECEIPT_GRACE
+            and acked_at is not None and message_id not in deletes and not replaced
+            and message_id not in maybe_deleted and acked_at < end - RECEIPT_GRACE
+            # An acknowledgement the store could not take during the faults is taken
+            # again on a later delivery, if the TTL leaves time for one.
+            and (acked_at > healed_at or answer["t"] + push["ttl"] > acked_at + REDELIVERY)
         ):  # fmt: skip
             verdict.receipts_due += 1
             if answer.get("location") in receipts:
                 verdict.receipts_emitted += 1
             else:
                 verdict.violations["receipt missing"].append(message_id)
-        if got or message_id in deletes:
+        if got or message_id in deletes or message_id in maybe_deleted:
             continue
-        if push.get("topic") and any(
-            at > answer["t"] and other != message_id
-            for at, other in accepted_by_topic[(push["channel"], push["topic"])]
-        ):
-            continue  # replaced: the newer one stands for it
+        if replaced:
+            continue  # the newer one stands for it
         if answer["t"] + push["ttl"] > healed_at + recovery:
             verdict.violations["lost"].append(message_id)
     return verdict

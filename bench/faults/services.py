@@ -168,10 +168,18 @@ class Postgres:
         self.primary.start()
         wait_port(primary.address, 5432, 30, "PostgreSQL primary", self.primary.popen)
         replica = self.network["pg2"]
-        sh(*replica.run(*self._as_postgres(
-            str(PG_BIN / "pg_basebackup"), "-h", primary.address, "-U", "postgres",
-            "-D", str(self.replica_dir), "-R", "-X", "stream", "--no-sync",
-        )))  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:  # listening is not ready: "the database system is starting up"
+            copied = sh(*replica.run(*self._as_postgres(
+                str(PG_BIN / "pg_basebackup"), "-h", primary.address, "-U", "postgres",
+                "-D", str(self.replica_dir), "-R", "-X", "stream", "--no-sync",
+            )), check=False)  # fmt: skip
+            if copied.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pg_basebackup failed: {copied.stderr.strip()}")
+            shutil.rmtree(self.replica_dir, ignore_errors=True)
+            time.sleep(0.5)
         with (self.replica_dir / "postgresql.auto.conf").open("a") as conf:
             conf.write(
                 f"listen_addresses = '{replica.address}'\n"

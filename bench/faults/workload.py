@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tidings.sender.receipts import Receipt, ReceiptMonitor
 from tidings.useragent.rfc8030 import Http2Connection, Http2Transport
-from tidings.useragent.transport import Acknowledgement, ConnectionClosed, Delivery
+from tidings.useragent.transport import ConnectionClosed, Delivery
 from tidings.webpush import b64url_decode, b64url_encode, decrypt, encrypt, public_key_bytes
 from tidings.webpush.links import REL_RECEIPT, link_target
 
@@ -264,8 +264,11 @@ class Rfc8030Agent:
                 "delivered", agent=self.name, channel=channel and channel.channel_id,
                 id=message_id, version=urlsplit(event.message_id).path, node=self.connected_to,
             )  # fmt: skip
-            await connection.acknowledge([Acknowledgement(event.handle, event.message_id, 100)])
-            self.history.add("acked", agent=self.name, id=message_id)
+            # The DELETE's answer decides whether the service took the acknowledgement (a
+            # 503 leaves the message stored); `acknowledge` does not return it.
+            _, answer = await connection._request("DELETE", event.message_id)
+            if 200 <= answer.status < 300:
+                self.history.add("acked", agent=self.name, id=message_id)
 
 
 class Senders:
@@ -377,7 +380,8 @@ class Senders:
                 target = rng.choice(self.origins) + urlsplit(location).path
                 try:
                     deleted = await client.delete(target)
-                except httpx.HTTPError:
+                except httpx.HTTPError:  # no answer: it may have been deleted or not
+                    self.history.add("deleted", id=message_id, status=None)
                     return
                 self.history.add("deleted", id=message_id, status=deleted.status_code)
 

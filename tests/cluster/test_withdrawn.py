@@ -171,3 +171,43 @@ async def test_a_late_bus_delivery_of_a_standing_message_comes_from_the_store(
         notification = await agent.next_notification(timeout=10)
         assert notification.plaintext == b"late"
         await agent.close()
+
+
+async def test_messages_behind_a_late_one_keep_their_order(tmp_path: Path) -> None:
+    """While a late message is read from the store, the ones the bus brings after it
+    take the same way instead of overtaking it."""
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
+        assert node_a.service is not None
+        agent = await node_a.agent()
+        registration = await agent.register()
+        reading = asyncio.Event()
+        service = node_a.service
+        real_pending = service.pending
+
+        async def slow_pending(uaid: str) -> list[StoredMessage]:
+            await reading.wait()
+            return await real_pending(uaid)
+
+        service.pending = slow_pending  # type: ignore[method-assign]
+        stalled = StalledBus(node_a)
+        async with httpx.AsyncClient() as client:
+            await push(client, node_b, registration, b"first")
+            await stalled.release_after(1)  # late: its store read waits for `reading`
+            handled = len(stalled.held)
+            counted: list[bytes] = []
+
+            def count(raw: bytes) -> None:
+                stalled.handle(raw)
+                counted.append(raw)
+
+            stalled.bus._on_bus_message = count  # type: ignore[attr-defined]
+            await push(client, node_b, registration, b"second")
+            deadline = time.monotonic() + 10
+            while not counted:
+                assert time.monotonic() < deadline, "the second message never came"
+                await asyncio.sleep(0.02)
+            reading.set()
+        assert handled == 1
+        received = [(await agent.next_notification(timeout=10)).plaintext for _ in range(2)]
+        assert received == [b"first", b"second"]
+        await agent.close()

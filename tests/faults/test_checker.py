@@ -98,12 +98,16 @@ def test_an_acknowledged_message_needs_its_receipt() -> None:
     missing = check([monitored, *receipt_push("m1", 10), *acked, ending], HEALED)
     assert dict(missing.violations) == {"receipt missing": ["m1"]}
     # Not due: another (unmonitored) receipt subscription, an acknowledgement in the last
-    # seconds, a message its sender deleted.
+    # seconds, a message its sender deleted, one a newer push of its Topic replaced.
     other = check([monitored, *receipt_push("m1", 10, "/r/2"), *acked, ending], HEALED)
     at_the_end = check([monitored, *receipt_push("m1", 10), *acked, {**ending, "t": 12}], HEALED)
     deleted = {"kind": "deleted", "t": 10.5, "id": "m1", "status": 204}
     cancelled = check([monitored, *receipt_push("m1", 10), deleted, *acked, ending], HEALED)
-    assert all(v.ok and v.receipts_due == 0 for v in (other, at_the_end, cancelled))
+    topic = receipt_push("m1", 10)
+    topic[0] = {**topic[0], "topic": "t"}
+    newer = push("m2", 12, topic="t")
+    replaced = check([monitored, *topic, *acked, *newer, delivered("m2", 13), ending], HEALED)
+    assert all(v.ok and v.receipts_due == 0 for v in (other, at_the_end, cancelled, replaced))
 
 
 def test_a_saved_run_is_judged_again_with_its_link_faults_and_healing(tmp_path: Path) -> None:
@@ -118,3 +122,37 @@ def test_a_saved_run_is_judged_again_with_its_link_faults_and_healing(tmp_path: 
     lost = [*push("m2", 10, ttl=60), {"kind": "healed", "t": 50, "at": 20}]
     (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lost))
     assert dict(judge_saved(str(tmp_path)).violations) == {"lost": ["m2"]}
+
+
+def test_a_frame_written_before_the_ttl_ended_may_land_late_through_a_bad_link() -> None:
+    events = [*push("m1", 10, ttl=4), {**delivered("m1", 17), "node": "n1"}]
+    assert dict(check(events, HEALED).violations) == {"late": ["m1"]}
+    verdict = check(events, HEALED, link_faults=[("n1", 12.0, 15.0)])
+    assert verdict.ok and verdict.in_flight == ["m1"]
+
+
+def test_a_ttl_0_push_with_the_topic_replaces_nothing() -> None:
+    events = [*push("m1", 10, topic="t"), *push("m2", 11, ttl=0, topic="t"), delivered("m1", 20)]
+    assert kinds(events) == {}
+    assert kinds([*push("m1", 10, topic="t"), *push("m2", 11, ttl=0, topic="t")]) == {
+        "lost": ["m1"]
+    }
+
+
+def test_a_delete_without_a_definite_answer_may_have_been_applied() -> None:
+    for status in (503, None):
+        events = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": status}]
+        assert kinds(events) == {}
+    refused = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": 404}]
+    assert kinds(refused) == {"lost": ["m1"]}
+
+
+def test_an_acknowledgement_during_the_faults_needs_a_receipt_only_while_the_ttl_lasts() -> None:
+    monitored = {"kind": "receipts-monitored", "t": 1, "subscription": "/r/1"}
+    sent, answer = receipt_push("m1", 10)
+    acked = [delivered("m1", 11), {"kind": "acked", "t": 11.1, "id": "m1", "agent": "a"}]
+    ending = {"kind": "end", "t": 200}
+    short = [monitored, {**sent, "ttl": 4}, answer, *acked, ending]
+    assert check(short, HEALED).receipts_due == 0  # its TTL ended long before healing
+    long = [monitored, sent, answer, *acked, ending]
+    assert dict(check(long, HEALED).violations) == {"receipt missing": ["m1"]}

@@ -52,6 +52,7 @@ class Acknowledgements(ServiceBase):
             raise ServiceError(404, Errno.INVALID_TOKEN, "no such push message") from None
         pending = self._deliveries.pop(ref.message_id, None)
         try:
+            await self._mark_unmarked([(ref.uaid, ref.message_id)])
             if pending is not None:  # delivered here, not yet written: an acknowledgement
                 await self.store.mark_statuses_delivered(
                     [(ref.uaid, ref.message_id, *pending[1:3])]
@@ -120,6 +121,7 @@ class Acknowledgements(ServiceBase):
             while self._acks:
                 keys, self._acks = self._acks[:MAX_ACKS_PER_WRITE], self._acks[MAX_ACKS_PER_WRITE:]
                 try:
+                    await self._mark_unmarked(keys)
                     deleted = await self.store.delete_messages(keys)
                 except StoreUnavailable as exc:
                     # They stay stored and are delivered again: at least once.
@@ -181,7 +183,22 @@ class Acknowledgements(ServiceBase):
 
     async def mark_delivered(self, message: StoredMessage) -> None:
         """Remember that a message wanting a receipt reached its user agent."""
+        # Until written, an acknowledgement (which may overtake this write) writes it.
+        self._unmarked[message.message_id] = message.uaid
+        if len(self._unmarked) > MAX_PENDING_DELIVERIES:
+            self._unmarked.popitem(last=False)
         try:
             await self.store.mark_delivered(message.uaid, message.message_id)
         except StoreUnavailable as exc:
             log.warning("cannot mark %s delivered: %s", message.message_id, exc)
+            return
+        self._unmarked.pop(message.message_id, None)
+
+    async def _mark_unmarked(self, keys: list[tuple[str, str]]) -> None:
+        """Before acknowledgements of `keys` (uaid, message id) are written: record the
+        deliveries among them that could not be recorded when they were sent (raises
+        StoreUnavailable; the acknowledgement then fails and the message stays)."""
+        for uaid, message_id in keys:
+            if message_id in self._unmarked:
+                await self.store.mark_delivered(uaid, message_id)
+                self._unmarked.pop(message_id, None)

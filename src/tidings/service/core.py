@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 
 from tidings import __version__, tracing
 from tidings.service.acceptance import (
@@ -139,6 +140,7 @@ class PushService(
         self._deliveries: dict[str, tuple[str, str, float, bool]] = {}
         self._delivery_writer: asyncio.Task[None] | None = None  # after the delay
         self._delivery_flusher: asyncio.Task[None] | None = None  # at once (HTTP/2)
+        self._unmarked: OrderedDict[str, str] = OrderedDict()  # see ServiceBase
         self.draining = False
         self.started_at = time.time()
         self.quota = MessageQuota(

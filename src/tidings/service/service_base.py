@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 from tidings import tracing
 from tidings.service.cluster import ClusterBus
@@ -81,6 +82,10 @@ class ServiceBase:
     _deliveries: dict[str, tuple[str, str, float, bool]]
     _delivery_writer: asyncio.Task[None] | None  # after the delay
     _delivery_flusher: asyncio.Task[None] | None  # at once (HTTP/2)
+    # Sent messages wanting a receipt whose delivery is not recorded yet (the write
+    # under way or failed), by id -> uaid: their acknowledgement records it first,
+    # since a receipt is queued only for a message recorded as delivered.
+    _unmarked: OrderedDict[str, str]
     draining: bool
     started_at: float
     quota: MessageQuota

@@ -215,6 +215,9 @@ class RedisBus:
         self._last_stamp = 0
         self._missed: set[str] = set()
         self._missed_all = False
+        # User agents whose stored messages are being read again after a late bus
+        # message; True: read once more when done (more came meanwhile).
+        self._rereading: dict[str, bool] = {}
         self._down_until = 0.0  # after a failure, routes skip Redis for a moment
         self.on_broadcasts: Callable[[], None] | None = None  # broadcasts changed
         self._subscribed = False
@@ -445,11 +448,14 @@ class RedisBus:
             return
         if isinstance(event, Deliver):
             message = event.message
-            if time.time() - message.created_at <= BUS_LATE:
-                self._hub.offer(message)  # not here any more: it is stored
-            elif message.ttl:  # a late TTL 0 message is dropped: it was for then
+            late = time.time() - message.created_at > BUS_LATE
+            if late:
                 self.late += 1
-                self._spawn(self._redeliver_one(message.uaid, message.created_at - BUS_LATE))
+            if message.ttl and (late or message.uaid in self._rereading):
+                # From the store; later ones too while it is read, so they keep their order.
+                self._read_again(message.uaid, message.created_at - BUS_LATE)
+            elif not late:  # a late TTL 0 message is dropped: it was for then
+                self._hub.offer(message)  # not here any more: it is stored
         elif isinstance(event, Poke):
             self._spawn(self._redeliver_one(event.uaid))
         elif isinstance(event, PokeAll):
@@ -460,6 +466,24 @@ class RedisBus:
             self._spawn(self._let_go(event.uaid, event.stamp))
         elif isinstance(event, Withdrawn):
             self._hub.withdraw(event.uaid, event.message_id)
+
+    def _read_again(self, uaid: str, since: float) -> None:
+        """Offer `uaid` its stored messages created at `since` or later, from the store."""
+        if uaid in self._rereading:
+            self._rereading[uaid] = True  # after the read under way, which may miss it
+            return
+        self._rereading[uaid] = False
+        self._spawn(self._reread(uaid, since))
+
+    async def _reread(self, uaid: str, since: float) -> None:
+        try:
+            while True:
+                await self._redeliver_one(uaid, since)
+                if not self._rereading.get(uaid):
+                    return
+                self._rereading[uaid] = False
+        finally:
+            self._rereading.pop(uaid, None)
 
     # Background loops -------------------------------------------------------------------
 
