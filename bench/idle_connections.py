@@ -46,8 +46,15 @@ CLIENT_CODE = (
 import asyncio, base64, json, os, random, sys, time, uuid
 host, port = sys.argv[1], int(sys.argv[2])
 count, src_base, sample = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+concurrency = int(sys.argv[6])
 
 from rawws import HANDSHAKE, frame, frames
+
+async def read_some(reader):
+    data = await reader.read(4096)
+    if not data:  # at end of stream read() returns at once: without this the loop spins
+        raise ConnectionResetError("closed by the service before its reply")
+    return data
 
 async def connect(i, endpoints, latencies):
     # Source addresses 127.<client>.<n>.1, 10,000 connections each: never short of ports.
@@ -58,13 +65,13 @@ async def connect(i, endpoints, latencies):
     writer.write(frame(json.dumps({"messageType": "hello", "use_webpush": True})))
     buf = b""
     while True:
-        buf += await reader.read(4096)
+        buf += await read_some(reader)
         got, buf = frames(buf)
         if got: break
     if random.random() < sample:
         writer.write(frame(json.dumps({"messageType": "register", "channelID": str(uuid.uuid4())})))
         while True:
-            buf += await reader.read(4096)
+            buf += await read_some(reader)
             got, buf = frames(buf)
             if got: break
         endpoints.append(json.loads(got[0])["pushEndpoint"])
@@ -87,7 +94,7 @@ async def listen(reader, writer, buf, latencies):
 
 async def main():
     endpoints, latencies, conns, failures = [], [], [], []
-    sem = asyncio.Semaphore(200)
+    sem = asyncio.Semaphore(concurrency)
     async def one(i):
         async with sem:
             try:  # a refused or stuck connection is counted, not fatal: the limits are the point
@@ -199,6 +206,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--sample", type=float, default=0.01, help="share that subscribes")
+    parser.add_argument(
+        "--concurrency", type=int, default=200, help="handshakes in flight per client process"
+    )
     parser.add_argument("--idle", type=float, default=10, help="seconds to measure idle CPU")
     parser.add_argument("--hold", type=float, default=60, help="seconds held while pushing")
     parser.add_argument("--push-rate", type=float, default=50, help="pushes/s while held")
@@ -225,7 +235,7 @@ def main() -> None:
             command = [sys.executable, "-c", CLIENT_CODE, "127.0.0.1", str(port), str(per_client)]
             clients = [
                 subprocess.Popen(
-                    [*command, str(1 + i), str(args.sample)],
+                    [*command, str(1 + i), str(args.sample), str(args.concurrency)],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     text=True,
