@@ -315,7 +315,7 @@ def main() -> None:
             )
             if latencies:
                 latencies.sort()
-                q = statistics.quantiles(latencies, n=100)
+                q = statistics.quantiles(latencies, n=100, method="inclusive")
                 print(
                     f"pushes to {len(endpoints)} subscribed agents while held: {pushed} sent "
                     f"({push_failures} not 201), {len(latencies)} delivered, "
