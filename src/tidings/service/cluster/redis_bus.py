@@ -1,5 +1,7 @@
 """The Redis cluster bus: presence of user agents, and messages between nodes.
 
+Over 500 lines: one bus class; presence, routing and the listener share its Redis connections.
+
 Presence: `<prefix>ua:<uaid>` holds "<stamp>|<node id>" with an expiry, where the
 stamp is when that connection said hello (milliseconds). A node claims a user agent
 when it connects, refreshes its claims by heartbeat, and releases them when the

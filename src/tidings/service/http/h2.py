@@ -1,5 +1,7 @@
 """HTTP/2 connections (h2 keeps the protocol state), with server push for monitors.
 
+Over 500 lines: one connection class; streams, flow control, push and the limits share its h2 state.
+
 Every request stream is answered by the app's `handle` (app.py) in its own task;
 response bodies are sent as flow control allows. A handler that keeps a GET open
 (RFC 8030 monitoring) uses the stream's `Http2PushChannel` to send PUSH_PROMISEs while

@@ -1,5 +1,7 @@
 """The scale-out store: PostgreSQL through `asyncpg`, shared by every node of a cluster.
 
+Over 500 lines: one short method per `Store` operation (about 45), one interface.
+
 The same rules as the SQLite store, made safe for many nodes writing at once:
 
 - `store_message` is one call of a server-side function that takes a transaction-level

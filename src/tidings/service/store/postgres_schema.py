@@ -1,5 +1,7 @@
 """The PostgreSQL store's schema: migrations, server-side functions and the statements.
 
+Over 500 lines: the SQL text of every migration, which must stay as it shipped.
+
 Migrations run at start under an advisory lock, so nodes starting together apply them
 once; the version is the highest row of `tidings_schema`.
 """
