@@ -171,3 +171,49 @@ async def test_7_3_application_server_deletes_its_receipt_subscription(h2c: Rfc8
         assert (await client.request("GET", path_of(receipt_url), timeout=5)).status == 404
         link = f'<{receipt_url}>; rel="{REL_RECEIPT}"'
         assert (await push(client, ua, "y", prefer="respond-async", link=link))[0] == 400
+
+
+async def _monitor_that_never_confirms(port: int, path: str) -> None:
+    """A receipt monitor that reads until a receipt is pushed, answers nothing (not even
+    the PING that follows it), then drops its connection."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    headers = [(":method", "GET"), (":scheme", "http"), (":authority", f"127.0.0.1:{port}")]
+    conn.send_headers(
+        conn.get_next_available_stream_id(), [*headers, (":path", path)], end_stream=True
+    )
+    writer.write(conn.data_to_send())
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                data = await reader.read(65536)
+                assert data, "the service closed the monitor"
+                events = conn.receive_data(data)  # its answers are never sent
+                if any(isinstance(e, h2.events.PushedStreamReceived) for e in events):
+                    return
+    finally:
+        writer.transport.abort()
+
+
+async def test_6_3_a_receipt_pushed_to_a_connection_that_dies_is_pushed_again(
+    h2c: Rfc8030,
+) -> None:
+    """A receipt is forgotten only once its receiver has read it (an HTTP/2 PING after it
+    is answered): one pushed to a connection that dies first goes to the next monitor."""
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        _, headers = await push(client, ua, "call", prefer="respond-async")
+        receipt_path = path_of(link_target(headers["link"], REL_RECEIPT) or "")
+        (delivered,) = await drain(client, ua.subscription)
+        assert (await client.request("DELETE", delivered.path)).status == 204
+        port = int(h2c.service.url.rsplit(":", 1)[1])
+        await _monitor_that_never_confirms(port, receipt_path)
+        receipts = await _receipt_monitor(client, receipt_path)
+        receipt = await receipts.next_push(15)
+        assert receipt.status == 204 and receipt.path == path_of(headers["location"])
+        client.cancel(receipts)

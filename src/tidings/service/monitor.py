@@ -23,6 +23,7 @@ log = logging.getLogger("tidings.monitor")
 
 RECEIPT_BATCH = 100
 RECEIPT_POLL = 2.0  # seconds between store reads of an open receipt subscription
+RECEIPT_CONFIRM_TIMEOUT = 10.0  # seconds for the receiver to answer the PING after receipts
 
 
 def http_date(timestamp: float) -> str:
@@ -199,11 +200,18 @@ class ReceiptMonitor:
         except StoreUnavailable as exc:
             log.warning("cannot load receipts: %s", exc)
             return
+        pushed = []
         for receipt in receipts:
             ref = MessageRef(receipt.uaid, receipt.channel_id, receipt.message_id)
             response = Response(receipt.status, {})
             if not self.channel.push(self.service.message_path(ref), response, {}):
-                return
-            await self.service.store.delete_receipt(receipt.seq)
+                break
+            pushed.append(receipt.seq)
+        # Forgotten only once the application server has read them: a receipt pushed to a
+        # connection that dies first stays and goes to its next monitor (at least once).
+        if not pushed or not await self.channel.received(RECEIPT_CONFIRM_TIMEOUT):
+            return
+        for seq in pushed:
+            await self.service.store.delete_receipt(seq)
         if len(receipts) == RECEIPT_BATCH:
             self._wake.set()

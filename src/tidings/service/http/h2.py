@@ -96,6 +96,9 @@ class Http2PushChannel:
         """Promise `GET path` and answer it with `response`; False if that is impossible."""
         return self._connection.push(self._stream_id, path, response, request_headers)
 
+    async def received(self, timeout: float) -> bool:
+        return await self._connection.confirm_received(timeout)
+
 
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 connection, over TLS (ALPN h2) or cleartext with prior knowledge."""
@@ -121,6 +124,8 @@ class Http2Connection(asyncio.Protocol):
         self._unanswered_resets = 0  # streams reset or refused before their answer
         self._answered = 0
         self._control_budget = float(CONTROL_FRAME_BURST)
+        self._pings_sent = 0
+        self._ping_waiters: dict[bytes, asyncio.Future[bool]] = {}  # one per waiting monitor
         self._control_refilled = time.monotonic()
 
     # asyncio.Protocol -------------------------------------------------------------------
@@ -181,6 +186,9 @@ class Http2Connection(asyncio.Protocol):
         for waiter in self._window_waiters.values():
             if not waiter.done():
                 waiter.cancel()
+        for answered in self._ping_waiters.values():
+            if not answered.done():
+                answered.set_result(False)
         if self._drained is not None and not self._drained.done():
             self._drained.cancel()
 
@@ -260,6 +268,10 @@ class Http2Connection(asyncio.Protocol):
             self._stream_gone(event.stream_id)
         elif isinstance(event, h2.events.WindowUpdated):
             self._resume_sends()
+        elif isinstance(event, h2.events.PingAckReceived):
+            answered = self._ping_waiters.pop(bytes(event.ping_data or b""), None)
+            if answered is not None and not answered.done():
+                answered.set_result(True)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._close()
 
@@ -507,6 +519,32 @@ class Http2Connection(asyncio.Protocol):
         self._push_tasks.add(task)
         task.add_done_callback(self._push_tasks.discard)
         return True
+
+    async def confirm_received(self, timeout: float) -> bool:
+        """Whether the peer answers a PING sent after every push under way has been
+        written: HTTP/2 frames arrive in order, so it has read them all (a receipt pushed
+        and then lost with its connection is sent again, not forgotten)."""
+        if self._closed:
+            return False
+        data = b""
+        try:
+            async with asyncio.timeout(timeout):
+                under_way = [task for task in self._push_tasks if not task.done()]
+                if under_way:
+                    await asyncio.wait(under_way)
+                if self._closed:
+                    return False
+                self._pings_sent += 1
+                data = self._pings_sent.to_bytes(8, "big")
+                answered = asyncio.get_running_loop().create_future()
+                self._ping_waiters[data] = answered
+                self.conn.ping(data)
+                self._flush()
+                return bool(await answered)
+        except TimeoutError:
+            return False
+        finally:
+            self._ping_waiters.pop(data, None)
 
     # Plumbing -----------------------------------------------------------------------------
 

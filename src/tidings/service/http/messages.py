@@ -37,6 +37,11 @@ class ServerPushChannel(Protocol):
         """Promise `GET path` and send `response` on the promised stream; False if closed."""
         ...
 
+    async def received(self, timeout: float) -> bool:
+        """Whether the client has read everything pushed so far (HTTP/2 PING answered
+        after it) within `timeout` seconds; False if not, or if the connection ended."""
+        ...
+
 
 @dataclass(slots=True)
 class Request:
