@@ -15,6 +15,7 @@ from tidings.service.core import PushService
 from tidings.service.http.messages import Response, ServerPushChannel
 from tidings.service.hub import Withdrawals
 from tidings.service.store import StoredMessage, StoreUnavailable
+from tidings.service.store_retry import retry_read
 from tidings.service.tokens import MessageRef
 from tidings.webpush import Urgency
 from tidings.webpush.links import REL_PUSH, link_value
@@ -22,6 +23,7 @@ from tidings.webpush.links import REL_PUSH, link_value
 log = logging.getLogger("tidings.monitor")
 
 RECEIPT_BATCH = 100
+MAX_HELD = 1024  # live messages held per monitor while its stored ones are read
 RECEIPT_POLL = 2.0  # seconds between store reads of an open receipt subscription
 RECEIPT_CONFIRM_TIMEOUT = 10.0  # seconds for the receiver to answer the PING after receipts
 
@@ -71,6 +73,11 @@ class PushMonitor:
     def offer(self, message: StoredMessage) -> None:
         self._withdrawn.note(message)  # a newer one with its Topic replaces a held one
         if self._held is not None:
+            if len(self._held) >= MAX_HELD:
+                # The stored messages cannot be read (a long store outage): this one stays
+                # stored, and the client monitors again after the 503.
+                self.channel.closed.set()
+                return
             self._held.append(message)
             return
         task = asyncio.ensure_future(self._push(message))
@@ -89,11 +96,13 @@ class PushMonitor:
 
     async def flush_stored(self) -> int:
         """Push what is stored for this monitor, oldest first; return how many."""
+        uaid = self.uaid or ""
         try:
-            stored = await self.service.pending(self.uaid or "")
+            stored = await self.service.pending(uaid)
         except StoreUnavailable as exc:
-            log.warning("cannot load stored messages: %s", exc)
-            stored = []
+            log.warning("cannot load stored messages, retrying: %s", exc)
+            # Still down after the retries: StoreUnavailable, a 503 the client retries.
+            stored = await retry_read(lambda: self.service.pending(uaid), self.channel.closed)
         for message in stored:
             self._withdrawn.note(message)
         held, self._held = self._held or [], None

@@ -23,6 +23,7 @@ from tidings.service.hub import Withdrawals
 from tidings.service.limits import Limit
 from tidings.service.logs import escape
 from tidings.service.store import StoredMessage, StoreUnavailable
+from tidings.service.store_retry import retry_read
 from tidings.webpush import InvalidKeyError, load_p256_public_key
 from tidings.webpush.b64 import b64url_decode
 
@@ -33,6 +34,7 @@ log = logging.getLogger("tidings.websocket")
 MAX_QUEUED_SENDS = 256
 MAX_UNACKED = 1024  # ids of sent, unacknowledged messages remembered per connection
 RECENT_ACKS = 256  # acknowledged message ids remembered per connection
+MAX_HELD = 1024  # live messages held per connection while its stored ones are read
 
 
 def redact_uaid(uaid: str | None) -> str:
@@ -196,7 +198,22 @@ class WebSocketSession:
             stored = await self.service.pending(uaid)
         except StoreUnavailable as exc:
             log.warning("cannot load stored messages for %s: %s", redact_uaid(uaid), exc)
-            stored = []
+            # Retried in a task of this session (cancelled when it ends), not here: the
+            # frames after hello are still read meanwhile. Live messages wait in `_held`.
+            self._spawn(self._flush_retried(uaid))
+            return
+        await self._deliver_stored(stored)
+
+    async def _flush_retried(self, uaid: str) -> None:
+        try:
+            stored = await retry_read(lambda: self.service.pending(uaid))
+        except StoreUnavailable as exc:
+            log.warning("store still unavailable for %s: %s", redact_uaid(uaid), exc)
+            await self.close(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
+            return
+        await self._deliver_stored(stored)
+
+    async def _deliver_stored(self, stored: list[StoredMessage]) -> None:
         for message in stored:
             self._withdrawn.note(message)
         for message in stored:
@@ -259,6 +276,11 @@ class WebSocketSession:
             return
         self._withdrawn.note(message)  # a newer one with its Topic replaces a held one
         if self._held is not None:
+            if len(self._held) >= MAX_HELD:
+                # The stored messages cannot be read (a long store outage): the client
+                # reconnects later and gets what is stored then, in order.
+                self._spawn(self.close(wp.CLOSE_TRY_AGAIN_LATER, "too many messages waiting"))
+                return
             self._held.append(message)
             return
         if self._deliver_now(message):
