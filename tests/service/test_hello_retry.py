@@ -10,8 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rfc8030.helpers import drain, path_of, subscribe
+from rfc8030.helpers import push as rfc_push
 from support.service import Registration, RunningService, TestAgent, running_service
-from tidings.service import store_retry
+from tidings.http2 import H2Client
+from tidings.service import store_retry, ws_session
 from tidings.service.store import StoredMessage, StoreUnavailable
 from tidings.webpush import encrypt
 
@@ -105,3 +108,62 @@ async def test_the_retries_end_with_the_connection(
     attempts = flaky.attempts
     await asyncio.sleep(0.3)
     assert flaky.attempts == attempts
+
+
+async def test_a_monitor_gets_its_stored_messages_after_a_transient_failure(
+    service: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_retry, "RETRIES", 1000)
+    client = await H2Client.connect(service.url)
+    try:
+        ua = await subscribe(client)
+        assert (await rfc_push(client, ua, "stored"))[0] == 201
+        flaky = FlakyPending(service)
+        draining = asyncio.ensure_future(drain(client, ua.subscription))
+        await flaky.attempted(2)  # the first read and a retry failed
+        flaky.down = False
+        pushed = await draining
+        assert [ua.decrypt(message) for message in pushed] == ["stored"]
+        assert flaky.attempts > 1
+    finally:
+        await client.close()
+
+
+async def test_a_monitor_whose_store_stays_down_gets_503(service: RunningService) -> None:
+    client = await H2Client.connect(service.url)
+    try:
+        ua = await subscribe(client)
+        FlakyPending(service)
+        stream = await client.open_stream("GET", path_of(ua.subscription), {"prefer": "wait=0"})
+        response = await asyncio.wait_for(stream.response, 10)
+        assert response.status == 503
+        assert "retry-after" in response.headers
+    finally:
+        await client.close()
+
+
+async def test_live_messages_held_during_a_long_outage_are_bounded(
+    service: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_HELD the connection closes 1013; every held message is still stored."""
+    monkeypatch.setattr(store_retry, "RETRIES", 1000)
+    monkeypatch.setattr(ws_session, "MAX_HELD", 2)
+    first = await service.agent()
+    registration = await first.register()
+    await first.close()
+    flaky = FlakyPending(service)
+    agent = TestAgent(service.ws_url, registrations={registration.channel_id: registration})
+    await agent.connect(first.uaid)
+    for text in ("live 1", "live 2"):
+        await push(registration, text)
+    await agent.no_frame(0.1)
+    assert not agent.closed.is_set()
+    await push(registration, "live 3")
+    await asyncio.wait_for(agent.closed.wait(), 5)
+    assert agent.close_code == 1013
+    flaky.down = False
+    again = TestAgent(service.ws_url, registrations=agent.registrations)
+    await again.connect(first.uaid)
+    texts = [(await again.next_notification()).plaintext for _ in range(3)]
+    assert texts == [b"live 1", b"live 2", b"live 3"]
+    await again.close()
