@@ -265,8 +265,7 @@ def test_firefox_answers_a_call_with_media_in_a_loopback_network_namespace() -> 
     probe = subprocess.run(
         ["unshare", "--net", "sh", "-c", NAMESPACE_SETUP], capture_output=True, timeout=30
     )
-    if probe.returncode != 0:
-        pytest.skip(f"no network namespace here (unshare --net: {probe.stderr!r})")
+    require(probe.returncode == 0, f"a network namespace (unshare --net: {probe.stderr!r})")
     target = f"{Path(__file__)}::test_firefox_answers_a_call_with_media"
     inner = f"{sys.executable} -m pytest {target} -q -rxXs -p no:cacheprovider"
     done = subprocess.run(
