@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,11 @@ async def campaign(args: argparse.Namespace) -> int:
     redis = Redis(network, out)
     nodes: dict[str, Node] = {}
     history = History()
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: the `finally` below stops the
+    # processes, unmounts PostgreSQL's disks and removes the namespaces.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     print(f"seed {args.seed}, {args.duration:g} s of faults, history and logs in {out}", flush=True)
     try:
         network.create()
@@ -196,7 +202,7 @@ async def campaign(args: argparse.Namespace) -> int:
         await nemesis.run(args.duration, started)
         # Heal: every block and shaping lifted, every process running again.
         network.heal()
-        postgres.restart_if_dead()
+        postgres.free_disk()
         if not redis.process.alive:
             redis.start()
         for node in nodes.values():

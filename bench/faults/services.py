@@ -123,6 +123,7 @@ class Postgres:
         self.primary: Process | None = None
         self.replica: Process | None = None
         self.failed_over = False
+        self.filler: Path | None = None
 
     @property
     def url(self) -> str:
@@ -138,7 +139,7 @@ class Postgres:
     def _unmount(self) -> None:
         for data in (self.primary_dir, self.replica_dir):
             if os.path.ismount(data):
-                # Lazy: a server that outlived SIGKILL's wait must not keep the mount.
+                # Lazy: a process still holding a file there must not leave the mount behind.
                 sh("umount", "--lazy", str(data), check=False)
 
     @property
@@ -149,7 +150,7 @@ class Postgres:
         """Take every free byte of the current primary's data directory's filesystem."""
         data = self.current_dir
         free = os.statvfs(data)
-        filler = data / FILLER
+        filler = self.filler = data / FILLER
         sh("fallocate", "-l", str(free.f_bavail * free.f_frsize), str(filler), check=False)
         # fallocate may fall short by the blocks its own metadata needs: dd the rest.
         sh("dd", "if=/dev/zero", f"of={filler}", "bs=64k", "oflag=append", "conv=notrunc",
@@ -158,7 +159,9 @@ class Postgres:
     def free_disk(self) -> None:
         """Remove the filler, and start the server again if the full disk killed it (a
         PANIC on a WAL write may take the postmaster down)."""
-        (self.current_dir / FILLER).unlink(missing_ok=True)
+        if self.filler is not None:
+            self.filler.unlink(missing_ok=True)
+            self.filler = None
         self.restart_if_dead()
 
     def restart_if_dead(self) -> None:
