@@ -144,7 +144,7 @@ class Nemesis:
             self.postgres.fail_over()
             return None
         if name == "disk-full-postgres":
-            self.postgres.fill_disk()
+            self.postgres.fill_disk(switch_wal=self.rng.random() < 0.5)
             return self.postgres.free_disk
         raise ValueError(name)
 

@@ -146,8 +146,10 @@ class Postgres:
     def current_dir(self) -> Path:
         return self.replica_dir if self.failed_over else self.primary_dir
 
-    def fill_disk(self) -> None:
-        """Take every free byte of the current primary's data directory's filesystem."""
+    def fill_disk(self, switch_wal: bool) -> None:
+        """Take every free byte of the current primary's data directory's filesystem; with
+        `switch_wal`, make it start a WAL segment then, which it cannot create: PostgreSQL
+        PANICs, and its crash recovery, on the same full disk, stops the postmaster."""
         data = self.current_dir
         free = os.statvfs(data)
         filler = self.filler = data / FILLER
@@ -155,6 +157,12 @@ class Postgres:
         # fallocate may fall short by the blocks its own metadata needs: dd the rest.
         sh("dd", "if=/dev/zero", f"of={filler}", "bs=64k", "oflag=append", "conv=notrunc",
            check=False)  # fmt: skip
+        if switch_wal:
+            host = self.network["pg2" if self.failed_over else "pg"]
+            sh(*host.run(
+                str(PG_BIN / "psql"), f"host={host.address} user=postgres dbname=postgres "
+                "connect_timeout=3", "-c", "SELECT pg_switch_wal()",
+            ), check=False)  # fmt: skip
 
     def free_disk(self) -> None:
         """Remove the filler, and start the server again if the full disk killed it (a
@@ -164,10 +172,23 @@ class Postgres:
             self.filler = None
         self.restart_if_dead()
 
-    def restart_if_dead(self) -> None:
+    def restart_if_dead(self, timeout: float = 30) -> None:
+        """Wait until the current primary accepts connections, starting it again if it
+        exits meanwhile (a postmaster whose crash recovery failed shuts down)."""
         server = self.current
-        if server is not None and not server.alive:
-            server.start()
+        if server is None:
+            return
+        host = self.network["pg2" if self.failed_over else "pg"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not server.alive:
+                print(f"{server.name} had stopped: started again", flush=True)
+                server.start()
+            ready = sh(*host.run(str(PG_BIN / "pg_isready"), "-h", host.address, "-t", "1"),
+                       check=False)  # fmt: skip
+            if ready.returncode == 0:
+                return
+            time.sleep(0.2)
 
     def _socket_dir(self, role: str) -> Path:
         """Outside the data directory, which pg_basebackup copies whole."""
