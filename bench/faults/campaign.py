@@ -7,12 +7,13 @@ three nodes on the PostgreSQL store and the Redis bus, runs user agents and send
 (workload.py), and meanwhile a nemesis injects faults on a schedule drawn from the seed:
 SIGKILL and restart of a node, SIGSTOP/SIGCONT of a node, of Redis or of PostgreSQL,
 black-hole partitions (node - Redis, node - PostgreSQL, node - user agents), latency and
-loss (a narrow token bucket and random drops), a Redis restart with its data gone,
-and one PostgreSQL failover. Then it heals everything, waits for the nodes' /health,
-lets the backlog drain, and hands the history to the checker (checker.py), which
-prints the table and every violation with the faults around it. The same seed draws
-the same schedule; the history and the logs stay in --out. Exit status 1 when a
-promise was broken. Needs root (namespaces, iptables, tc).
+loss (a narrow token bucket and random drops), a Redis restart with its data gone, one
+PostgreSQL failover, and a full disk under the PostgreSQL primary's data directory. Then
+it heals everything, waits for the nodes' /health, lets the backlog drain, and hands the
+history to the checker (checker.py), which prints the table and every violation with the
+faults around it. The same seed draws the same schedule; the history and the logs stay
+in --out. Exit status 1 when a promise was broken. Needs root (namespaces, iptables,
+tc).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import json
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,7 @@ FAULTS = (
     "slow-lossy-node",
     "redis-data-loss",
     "postgres-failover",
+    "disk-full-postgres",
 )
 
 
@@ -140,6 +143,9 @@ class Nemesis:
         if name == "postgres-failover":
             self.postgres.fail_over()
             return None
+        if name == "disk-full-postgres":
+            self.postgres.fill_disk(switch_wal=self.rng.random() < 0.5)
+            return self.postgres.free_disk
         raise ValueError(name)
 
 
@@ -152,6 +158,11 @@ async def campaign(args: argparse.Namespace) -> int:
     redis = Redis(network, out)
     nodes: dict[str, Node] = {}
     history = History()
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: the `finally` below stops the
+    # processes, unmounts PostgreSQL's disks and removes the namespaces.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     print(f"seed {args.seed}, {args.duration:g} s of faults, history and logs in {out}", flush=True)
     try:
         network.create()
@@ -182,13 +193,16 @@ async def campaign(args: argparse.Namespace) -> int:
         senders = Senders(agents, origins, history, random.Random(rng.random()))
         workers = [asyncio.create_task(agent.run()) for agent in agents]
         sending = asyncio.create_task(senders.run(args.rate))
-        enabled = tuple(f for f in FAULTS if f not in args.without)
+        enabled = tuple(
+            f for f in FAULTS if f not in args.without and (not args.only or f in args.only)
+        )
         nemesis = Nemesis(random.Random(rng.random()), network, postgres, redis, nodes, enabled)
         started = time.time()
         history.add("nemesis-started")  # faults.json's times count from here
         await nemesis.run(args.duration, started)
         # Heal: every block and shaping lifted, every process running again.
         network.heal()
+        postgres.free_disk()
         if not redis.process.alive:
             redis.start()
         for node in nodes.values():
@@ -268,6 +282,7 @@ def main() -> None:
         "--recovery", type=float, default=10, help="seconds after healing a message may be lost in"
     )
     parser.add_argument("--without", nargs="*", default=[], choices=FAULTS)
+    parser.add_argument("--only", nargs="*", default=[], choices=FAULTS, help="these faults alone")
     parser.add_argument("--out", help="directory for the history and logs")
     parser.add_argument(
         "--lab", type=int, default=0, choices=range(10),

@@ -105,8 +105,15 @@ class Process:
                 self.kill()
 
 
+DATA_DISK = "256m"  # each data directory's own filesystem: small enough to fill at once
+FILLER = "disk-full.filler"
+
+
 class Postgres:
-    """A primary and a replica that acknowledges every commit before the primary does."""
+    """A primary and a replica that acknowledges every commit before the primary does.
+
+    Each data directory is a tmpfs of its own (`DATA_DISK`), so a full disk is a fault on
+    one server that leaves the machine's disk alone; `stop` unmounts them."""
 
     def __init__(self, network: Network, base: Path) -> None:
         self.network = network
@@ -116,11 +123,72 @@ class Postgres:
         self.primary: Process | None = None
         self.replica: Process | None = None
         self.failed_over = False
+        self.filler: Path | None = None
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"{self.network[h].address}:5432" for h in ("pg", "pg2"))
         return f"postgresql://postgres@{hosts}/tidings?target_session_attrs=read-write&timeout=3"
+
+    def _mount(self, data: Path) -> None:
+        data.mkdir(parents=True, exist_ok=True)
+        if not os.path.ismount(data):
+            sh("mount", "-t", "tmpfs", "-o", f"size={DATA_DISK},mode=0700", "tmpfs", str(data))
+        shutil.chown(data, "postgres", "postgres")
+
+    def _unmount(self) -> None:
+        for data in (self.primary_dir, self.replica_dir):
+            if os.path.ismount(data):
+                # Lazy: a process still holding a file there must not leave the mount behind.
+                sh("umount", "--lazy", str(data), check=False)
+
+    @property
+    def current_dir(self) -> Path:
+        return self.replica_dir if self.failed_over else self.primary_dir
+
+    def fill_disk(self, switch_wal: bool) -> None:
+        """Take every free byte of the current primary's data directory's filesystem; with
+        `switch_wal`, make it start a WAL segment then, which it cannot create: PostgreSQL
+        PANICs, and its crash recovery, on the same full disk, stops the postmaster."""
+        data = self.current_dir
+        free = os.statvfs(data)
+        filler = self.filler = data / FILLER
+        sh("fallocate", "-l", str(free.f_bavail * free.f_frsize), str(filler), check=False)
+        # fallocate may fall short by the blocks its own metadata needs: dd the rest.
+        sh("dd", "if=/dev/zero", f"of={filler}", "bs=64k", "oflag=append", "conv=notrunc",
+           check=False)  # fmt: skip
+        if switch_wal:
+            host = self.network["pg2" if self.failed_over else "pg"]
+            sh(*host.run(
+                str(PG_BIN / "psql"), f"host={host.address} user=postgres dbname=postgres "
+                "connect_timeout=3", "-c", "SELECT pg_switch_wal()",
+            ), check=False)  # fmt: skip
+
+    def free_disk(self) -> None:
+        """Remove the filler, and start the server again if the full disk killed it (a
+        PANIC on a WAL write may take the postmaster down)."""
+        if self.filler is not None:
+            self.filler.unlink(missing_ok=True)
+            self.filler = None
+        self.restart_if_dead()
+
+    def restart_if_dead(self, timeout: float = 30) -> None:
+        """Wait until the current primary accepts connections, starting it again if it
+        exits meanwhile (a postmaster whose crash recovery failed shuts down)."""
+        server = self.current
+        if server is None:
+            return
+        host = self.network["pg2" if self.failed_over else "pg"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not server.alive:
+                print(f"{server.name} had stopped: started again", flush=True)
+                server.start()
+            ready = sh(*host.run(str(PG_BIN / "pg_isready"), "-h", host.address, "-t", "1"),
+                       check=False)  # fmt: skip
+            if ready.returncode == 0:
+                return
+            time.sleep(0.2)
 
     def _socket_dir(self, role: str) -> Path:
         """Outside the data directory, which pg_basebackup copies whole."""
@@ -140,6 +208,8 @@ class Postgres:
         self.base.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.base, "postgres")
         self.base.chmod(0o755)
+        self._mount(self.primary_dir)
+        self._mount(self.replica_dir)
         sh(
             *self._as_postgres(
                 str(PG_BIN / "initdb"),
@@ -158,6 +228,8 @@ class Postgres:
             f"unix_socket_directories = '{self._socket_dir('primary')}'\n"
             "wal_level = replica\nmax_wal_senders = 4\nhot_standby = on\n"
             "synchronous_standby_names = '*'\nfsync = on\nmax_connections = 200\n"
+            # WAL recycled well within DATA_DISK (the default max_wal_size is 1 GB).
+            "max_wal_size = 96MB\nmin_wal_size = 32MB\n"
         )
         with (self.primary_dir / "pg_hba.conf").open("a") as hba:
             hba.write(
@@ -178,7 +250,11 @@ class Postgres:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"pg_basebackup failed: {copied.stderr.strip()}")
-            shutil.rmtree(self.replica_dir, ignore_errors=True)
+            for leftover in self.replica_dir.iterdir():  # the mount point itself stays
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink()
             time.sleep(0.5)
         with (self.replica_dir / "postgresql.auto.conf").open("a") as conf:
             conf.write(
@@ -222,9 +298,12 @@ class Postgres:
         return self.replica if self.failed_over else self.primary
 
     def stop(self) -> None:
-        for server in (self.replica, self.primary):
-            if server is not None:
-                server.stop()
+        try:
+            for server in (self.replica, self.primary):
+                if server is not None:
+                    server.stop()
+        finally:
+            self._unmount()
 
 
 class Redis:

@@ -3,7 +3,8 @@
 Three nodes, PostgreSQL with a synchronous replica and Redis in network namespaces of
 their own (lab 1: 198.18.1.0/24, so a long run in lab 0 may go on meanwhile), a
 seeded nemesis and the checker; the campaign exits 1 when a promise was broken or a
-node stayed unhealthy. It needs root (namespaces, iptables, tc) and the PostgreSQL and
+node stayed unhealthy. It needs root (namespaces, iptables, tc, tmpfs mounts for the
+PostgreSQL data directories), `fallocate` and the PostgreSQL and
 Redis servers: outside CI their absence skips it with what is missing, in CI it fails.
 """
 
@@ -35,8 +36,8 @@ def missing() -> list[str]:
     """What this machine lacks for a campaign (empty when it can run one)."""
     gaps = []
     if os.geteuid() != 0:
-        gaps.append("root (network namespaces, iptables, tc)")
-    for tool in ("ip", "iptables", "tc", "redis-server"):
+        gaps.append("root (network namespaces, iptables, tc, tmpfs mounts)")
+    for tool in ("ip", "iptables", "tc", "redis-server", "mount", "fallocate"):
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
             gaps.append(tool)
     if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
