@@ -19,6 +19,7 @@ import pytest
 from cluster.conftest import in_process_nodes
 from support.service import Registration, RunningService, TestAgent
 from tidings.service.cluster import redis_bus
+from tidings.service.core import PushService
 from tidings.service.store import StoredMessage
 from tidings.service.ws_session import WebSocketSession
 from tidings.webpush import encrypt
@@ -44,6 +45,17 @@ async def push(
     return answer
 
 
+def hold_store_reads(service: PushService, release: asyncio.Event) -> None:
+    """The stored-message read after hello waits until `release` is set."""
+    real_pending = service.pending
+
+    async def slow_pending(uaid: str) -> list[StoredMessage]:
+        await release.wait()
+        return await real_pending(uaid)
+
+    service.pending = slow_pending  # type: ignore[method-assign]
+
+
 async def reconnect_with_slow_store(
     node: RunningService,
 ) -> tuple[TestAgent, Registration, asyncio.Event]:
@@ -54,14 +66,7 @@ async def reconnect_with_slow_store(
     registration = await first.register()
     await first.close()
     release = asyncio.Event()
-    service = node.service
-    real_pending = service.pending
-
-    async def slow_pending(uaid: str) -> list[StoredMessage]:
-        await release.wait()
-        return await real_pending(uaid)
-
-    service.pending = slow_pending  # type: ignore[method-assign]
+    hold_store_reads(node.service, release)
     again = TestAgent(node.ws_url)
     again.registrations = first.registrations
     await again.connect(first.uaid)
@@ -181,14 +186,7 @@ async def test_messages_behind_a_late_one_keep_their_order(tmp_path: Path) -> No
         agent = await node_a.agent()
         registration = await agent.register()
         reading = asyncio.Event()
-        service = node_a.service
-        real_pending = service.pending
-
-        async def slow_pending(uaid: str) -> list[StoredMessage]:
-            await reading.wait()
-            return await real_pending(uaid)
-
-        service.pending = slow_pending  # type: ignore[method-assign]
+        hold_store_reads(node_a.service, reading)
         stalled = StalledBus(node_a)
         async with httpx.AsyncClient() as client:
             await push(client, node_b, registration, b"first")
