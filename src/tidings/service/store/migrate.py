@@ -29,8 +29,10 @@ ORDERED_TABLES = (
 )
 _FINGERPRINTS_META = "token_key_fingerprints"
 # Never copied: the engines' own bookkeeping and generated row numbers.
-_SKIPPED_TABLES = {"sqlite_sequence", "tidings_schema", "meta"}
+_SKIPPED_TABLES = {"sqlite_sequence", "tidings_schema", "meta", "user_agent_usage"}
 _GENERATED_COLUMNS = {"seq"}
+# Kept by PostgreSQL's triggers as the messages are copied: a copied value would count twice.
+_DERIVED_COLUMNS = {("subscriptions", "stored")}
 
 #: Told of each batch: (table, rows just read).
 Progress = Callable[[str, int], None]
@@ -176,7 +178,9 @@ async def _copy(
         columns = [
             c
             for c in _source_columns(source, table)
-            if c in pg_columns and c not in _GENERATED_COLUMNS
+            if c in pg_columns
+            and c not in _GENERATED_COLUMNS
+            and (table, c) not in _DERIVED_COLUMNS
         ]
         copy = TableCopy(table)
         before = int(await target.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608

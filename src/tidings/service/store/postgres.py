@@ -222,6 +222,7 @@ class PostgresStore(PostgresPool):
                     uaid,
                 )
                 await conn.execute("DELETE FROM user_agents WHERE uaid = $1", uaid)
+                await conn.execute("DELETE FROM user_agent_usage WHERE uaid = $1", uaid)
             return int(count)
 
         return await self._run(write)

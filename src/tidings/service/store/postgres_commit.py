@@ -14,7 +14,8 @@ busier the node, the larger the batches.
 Failures:
 
 - A push refused by its own rules (subscription gone, a quota, the store's ceiling) is
-  undone alone inside the batch (its own subtransaction) and only its waiter is told.
+  decided before anything of it is written (schema 6: in set form, or one by one near a
+  quota), so only its waiter is told and the rest of the batch stands.
 - A push that fails otherwise inside the batch (a deadlock with another node's batch,
   an unexpected error) is run again alone, as it would have been without batches.
 - Any other error of a batch's statements (a value PostgreSQL refuses, a bug): the
@@ -51,7 +52,7 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 64  # operations per transaction: also under PostgreSQL's 64 cached subxids
+MAX_BATCH = 64  # operations per transaction
 MAX_WAITING = 4096  # operations queued at most; more fail at once (StoreUnavailable)
 MAX_WRITERS = 2  # batches in flight at once, each on its own pooled connection (measured: 1, 2, 4)
 

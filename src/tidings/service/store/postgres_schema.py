@@ -12,7 +12,7 @@ import asyncpg
 
 from tidings.service.store.base import StoredMessage, decode_headers
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # SQLSTATEs raised by tidings_store_message and tidings_add_subscription (class "TD",
 # user defined).
@@ -121,6 +121,306 @@ _INSERT_WITH_STATUS_AND_RETURN = """
     END
     $$;
 """
+
+# Schema 6: quotas read counters instead of counting, and a batch of pushes is written
+# in set form (one INSERT), with no subtransaction per push.
+#
+# Counters: `user_agent_usage` (per user agent: its stored messages and their bytes) and
+# `subscriptions.stored` (per subscription), kept by the statement triggers that keep
+# the stripes, so every way a message comes or goes (a push, an ack, the expiry sweep,
+# a topic replacement, an unsubscribe's cascade, `tidings migrate`) moves them. They
+# count every stored message, expired or not until the sweep removes it: while they are
+# under a quota the push passes without counting; at or over it the exact count (the
+# unexpired messages, as before) decides, so what is refused is what was refused.
+#
+# Locks, the same order everywhere: the user agents' advisory locks (by key), near the
+# ceiling the global lock, the count stripes (by number), the usage rows (by uaid), then
+# the rows written. A trigger takes stripes then usage rows, each in order.
+#
+# tidings_push_one: one push decided before anything is written (the messages its topic
+# replaces leave the counts it is checked against), so a refusal writes nothing and
+# needs no subtransaction; it answers (replaced, code), code the SQLSTATE of a refusal.
+# tidings_store_message keeps its signature (a node of the previous version calls it)
+# and raises that code. tidings_store_messages keeps its signature too: a push whose
+# subscription is gone is refused in set form; the pushes every counter leaves room for
+# even if all the batch's earlier pushes of their user agent and subscription are
+# stored (and with no other push of the batch for the same topic) are written by one
+# INSERT; the others (near a quota or the ceiling) go one by one through
+# tidings_push_one after it, exactly.
+_SET_BASED_PUSHES = "".join(
+    (
+        """
+    LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE;  -- counted while nothing is written
+
+    CREATE TABLE user_agent_usage (
+        uaid text PRIMARY KEY,
+        stored bigint NOT NULL,
+        stored_bytes bigint NOT NULL
+    );
+    INSERT INTO user_agent_usage (uaid, stored, stored_bytes)
+    SELECT uaid, count(*), sum(octet_length(body)) FROM messages GROUP BY uaid;
+    ALTER TABLE subscriptions ADD COLUMN stored integer NOT NULL DEFAULT 0;
+    UPDATE subscriptions s SET stored = m.k FROM (
+        SELECT uaid, channel_id, count(*) AS k FROM messages GROUP BY 1, 2
+    ) m WHERE s.uaid = m.uaid AND s.channel_id = m.channel_id;
+
+    CREATE OR REPLACE FUNCTION tidings_count_messages() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        -- Stripes, then usage rows, each in order: two statements cannot deadlock.
+        IF TG_OP = 'INSERT' THEN
+            PERFORM 1 FROM message_counts WHERE stripe IN
+                (SELECT DISTINCT hashtext(uaid) & 15 FROM new_rows)
+                ORDER BY stripe FOR UPDATE;
+            UPDATE message_counts c SET n = c.n + d.k FROM (
+                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM new_rows GROUP BY 1
+            ) d WHERE c.stripe = d.stripe;
+            INSERT INTO user_agent_usage AS u (uaid, stored, stored_bytes)
+            SELECT uaid, count(*), sum(octet_length(body)) FROM new_rows
+            GROUP BY uaid ORDER BY uaid
+            ON CONFLICT (uaid) DO UPDATE SET stored = u.stored + excluded.stored,
+                stored_bytes = u.stored_bytes + excluded.stored_bytes;
+            UPDATE subscriptions s SET stored = s.stored + d.k FROM (
+                SELECT uaid, channel_id, count(*) AS k FROM new_rows GROUP BY 1, 2
+            ) d WHERE s.uaid = d.uaid AND s.channel_id = d.channel_id;
+        ELSE
+            PERFORM 1 FROM message_counts WHERE stripe IN
+                (SELECT DISTINCT hashtext(uaid) & 15 FROM old_rows)
+                ORDER BY stripe FOR UPDATE;
+            UPDATE message_counts c SET n = c.n - d.k FROM (
+                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM old_rows GROUP BY 1
+            ) d WHERE c.stripe = d.stripe;
+            PERFORM 1 FROM user_agent_usage WHERE uaid IN (SELECT uaid FROM old_rows)
+                ORDER BY uaid FOR UPDATE;
+            UPDATE user_agent_usage u SET stored = u.stored - d.k,
+                stored_bytes = u.stored_bytes - d.b
+            FROM (
+                SELECT uaid, count(*) AS k, sum(octet_length(body)) AS b FROM old_rows
+                GROUP BY 1
+            ) d WHERE u.uaid = d.uaid;
+            UPDATE subscriptions s SET stored = s.stored - d.k FROM (
+                SELECT uaid, channel_id, count(*) AS k FROM old_rows GROUP BY 1, 2
+            ) d WHERE s.uaid = d.uaid AND s.channel_id = d.channel_id;
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+
+    CREATE FUNCTION tidings_push_one(
+""",
+        _QUOTA_PARAMETERS,
+        """,
+        p_vapid_hash bytea, OUT replaced text[], OUT code text
+    ) LANGUAGE plpgsql AS $$
+    DECLARE
+        in_channel bigint;
+        stored_count bigint;
+        stored_bytes_count bigint;
+        going bigint := 0;
+    BEGIN
+        replaced := '{}';
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
+        SELECT s.stored INTO in_channel FROM subscriptions s
+        WHERE s.uaid = p_uaid AND s.channel_id = p_channel_id;
+        IF NOT FOUND THEN
+            code := 'TD001';
+            RETURN;
+        END IF;
+        SELECT u.stored, u.stored_bytes INTO stored_count, stored_bytes_count
+        FROM user_agent_usage u WHERE u.uaid = p_uaid;
+        IF in_channel >= p_max_subscription OR coalesce(stored_count, 0) >= p_max_user_agent
+           OR coalesce(stored_bytes_count, 0) + octet_length(p_body) > p_max_bytes THEN
+            -- The counters say "maybe full": count exactly, as before (unexpired
+            -- messages, not the ones this push replaces).
+            SELECT count(*) FILTER (WHERE m.channel_id = p_channel_id), count(*),
+                   coalesce(sum(octet_length(m.body)), 0)
+            INTO in_channel, stored_count, stored_bytes_count
+            FROM messages m WHERE m.uaid = p_uaid AND m.expires_at > p_created_at
+              AND (p_topic IS NULL OR m.channel_id <> p_channel_id
+                   OR m.topic IS DISTINCT FROM p_topic);
+            IF in_channel >= p_max_subscription THEN
+                code := 'TD003';
+                RETURN;
+            END IF;
+            IF stored_count >= p_max_user_agent THEN
+                code := 'TD004';
+                RETURN;
+            END IF;
+            IF stored_bytes_count + octet_length(p_body) > p_max_bytes THEN
+                code := 'TD005';
+                RETURN;
+            END IF;
+        END IF;
+        IF p_topic IS NOT NULL THEN
+            SELECT count(*) INTO going FROM messages m
+            WHERE m.uaid = p_uaid AND m.channel_id = p_channel_id AND m.topic = p_topic;
+        END IF;
+        -- Near the ceiling, pushes take turns on one more lock and look again: exact.
+        IF (SELECT sum(n) FROM message_counts) - going >= p_max_stored - 1024 THEN
+            PERFORM pg_advisory_xact_lock(7596132042353772902);
+            IF (SELECT sum(n) FROM message_counts) - going >= p_max_stored THEN
+                code := 'TD006';
+                RETURN;
+            END IF;
+        END IF;
+        IF going > 0 THEN
+            INSERT INTO message_status
+            SELECT m.message_id, m.vapid_hash, 'replaced', m.ttl, m.created_at,
+                   m.expires_at, m.delivered_via, m.delivered_at, p_created_at, p_created_at
+            FROM messages m
+            WHERE m.uaid = p_uaid AND m.channel_id = p_channel_id AND m.topic = p_topic
+              AND m.vapid_hash IS NOT NULL
+            ON CONFLICT DO NOTHING;
+            WITH gone AS (
+                DELETE FROM messages m
+                WHERE m.uaid = p_uaid AND m.channel_id = p_channel_id AND m.topic = p_topic
+                RETURNING m.message_id
+            )
+            SELECT coalesce(array_agg(gone.message_id), '{}') INTO replaced FROM gone;
+        END IF;
+        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                              expires_at, urgency, topic, headers, receipt_id, vapid_hash)
+        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id, p_vapid_hash);
+    END
+    $$;
+
+    CREATE OR REPLACE FUNCTION tidings_store_message(
+""",
+        _QUOTA_PARAMETERS,
+        """,
+        p_vapid_hash bytea
+    ) RETURNS text[] LANGUAGE plpgsql AS $$
+    DECLARE
+        answer record;
+    BEGIN
+        SELECT * INTO answer FROM tidings_push_one(p_message_id, p_uaid, p_channel_id,
+            p_body, p_ttl, p_created_at, p_expires_at, p_urgency, p_topic, p_headers,
+            p_receipt_id, p_max_subscription, p_max_user_agent, p_max_bytes, p_max_stored,
+            p_vapid_hash);
+        IF answer.code IS NOT NULL THEN
+            RAISE EXCEPTION 'push refused' USING ERRCODE = answer.code;
+        END IF;
+        RETURN answer.replaced;
+    END
+    $$;
+
+    CREATE OR REPLACE FUNCTION tidings_store_messages(
+        p_message_id text[], p_uaid text[], p_channel_id text[], p_body bytea[],
+        p_ttl integer[], p_created_at double precision[], p_expires_at double precision[],
+        p_urgency text[], p_topic text[], p_headers text[], p_receipt_id text[],
+        p_max_subscription integer[], p_max_user_agent integer[], p_max_bytes bigint[],
+        p_max_stored bigint[], p_vapid_hash bytea[], p_touched text[]
+    ) RETURNS TABLE (replaced text[], code text) LANGUAGE plpgsql AS $$
+    DECLARE
+        pushes integer := coalesce(array_length(p_message_id, 1), 0);
+        near boolean;
+        -- Per push: 0 its subscription is gone, 1 written in set form, 2 one by one.
+        route integer[];
+        gone_at bigint[];
+        gone_id text[];
+        one record;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(keys.lock_key) FROM (
+            SELECT DISTINCT hashtextextended(u, 0) AS lock_key FROM unnest(p_uaid) u
+            ORDER BY 1
+        ) keys;
+        -- Near the ceiling a push takes the global lock before its stripe: so does the
+        -- batch (with a margin, as its pushes come nearer while it runs).
+        near := (SELECT sum(n) FROM message_counts)
+            >= (SELECT min(m) FROM unnest(p_max_stored) m) - 2048;
+        IF near THEN
+            PERFORM pg_advisory_xact_lock(7596132042353772902);
+        END IF;
+        PERFORM 1 FROM message_counts WHERE stripe IN
+            (SELECT DISTINCT hashtext(u) & 15 FROM unnest(p_uaid || p_touched) u)
+            ORDER BY stripe FOR UPDATE;
+        PERFORM 1 FROM user_agent_usage WHERE uaid IN
+            (SELECT unnest(p_uaid || p_touched)) ORDER BY uaid FOR UPDATE;
+
+        -- Room for a push if there is room for it after every earlier push of the batch
+        -- to its user agent and subscription (the exact count is never more).
+        SELECT array_agg(CASE WHEN NOT w.found THEN 0 WHEN w.room AND NOT near THEN 1
+                              ELSE 2 END ORDER BY w.i)
+        INTO route
+        FROM (
+            SELECT b.i, s.uaid IS NOT NULL AS found,
+                   s.stored + count(*) OVER sub - 1 < b.max_subscription
+                   AND coalesce(u.stored, 0) + count(*) OVER ua - 1 < b.max_user_agent
+                   AND coalesce(u.stored_bytes, 0) + sum(octet_length(b.body)) OVER ua
+                       <= b.max_bytes
+                   AND (b.topic IS NULL OR count(*) OVER same_topic = 1) AS room
+            FROM unnest(p_uaid, p_channel_id, p_topic, p_body, p_max_subscription,
+                        p_max_user_agent, p_max_bytes)
+                 WITH ORDINALITY AS b(uaid, channel_id, topic, body, max_subscription,
+                                      max_user_agent, max_bytes, i)
+            LEFT JOIN subscriptions s ON s.uaid = b.uaid AND s.channel_id = b.channel_id
+            LEFT JOIN user_agent_usage u ON u.uaid = b.uaid
+            WINDOW ua AS (PARTITION BY b.uaid ORDER BY b.i),
+                   sub AS (PARTITION BY b.uaid, b.channel_id ORDER BY b.i),
+                   same_topic AS (PARTITION BY b.uaid, b.channel_id, b.topic)
+        ) w;
+
+        IF EXISTS (SELECT 1 FROM unnest(p_topic) WITH ORDINALITY t(topic, i)
+                   WHERE t.topic IS NOT NULL AND route[t.i] = 1) THEN
+            INSERT INTO message_status
+            SELECT m.message_id, m.vapid_hash, 'replaced', m.ttl, m.created_at,
+                   m.expires_at, m.delivered_via, m.delivered_at, b.created_at, b.created_at
+            FROM unnest(p_uaid, p_channel_id, p_topic, p_created_at)
+                 WITH ORDINALITY AS b(uaid, channel_id, topic, created_at, i)
+            JOIN messages m ON m.uaid = b.uaid AND m.channel_id = b.channel_id
+                 AND m.topic = b.topic
+            WHERE route[b.i] = 1 AND m.vapid_hash IS NOT NULL
+            ON CONFLICT DO NOTHING;
+            WITH gone AS (
+                DELETE FROM messages m
+                USING unnest(p_uaid, p_channel_id, p_topic)
+                      WITH ORDINALITY AS b(uaid, channel_id, topic, i)
+                WHERE route[b.i] = 1 AND m.uaid = b.uaid AND m.channel_id = b.channel_id
+                  AND m.topic = b.topic
+                RETURNING b.i, m.message_id
+            )
+            SELECT array_agg(gone.i), array_agg(gone.message_id) INTO gone_at, gone_id
+            FROM gone;
+        END IF;
+        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                              expires_at, urgency, topic, headers, receipt_id, vapid_hash)
+        SELECT b.uaid, b.message_id, b.channel_id, b.body, b.ttl, b.created_at,
+               b.expires_at, b.urgency, b.topic, b.headers, b.receipt_id, b.vapid_hash
+        FROM unnest(p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                    p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id, p_vapid_hash)
+             WITH ORDINALITY AS b(uaid, message_id, channel_id, body, ttl, created_at,
+                                  expires_at, urgency, topic, headers, receipt_id,
+                                  vapid_hash, i)
+        WHERE route[b.i] = 1
+        ORDER BY b.i;
+
+        FOR k IN 1 .. pushes LOOP
+            IF route[k] = 0 THEN
+                replaced := NULL;
+                code := 'TD001';
+            ELSIF route[k] = 1 THEN
+                replaced := '{}';
+                IF gone_at IS NOT NULL THEN
+                    replaced := coalesce((SELECT array_agg(g.id) FROM unnest(gone_at, gone_id)
+                                          AS g(i, id) WHERE g.i = k), '{}');
+                END IF;
+                code := NULL;
+            ELSE
+                SELECT * INTO one FROM tidings_push_one(p_message_id[k], p_uaid[k],
+                    p_channel_id[k], p_body[k], p_ttl[k], p_created_at[k], p_expires_at[k],
+                    p_urgency[k], p_topic[k], p_headers[k], p_receipt_id[k],
+                    p_max_subscription[k], p_max_user_agent[k], p_max_bytes[k],
+                    p_max_stored[k], p_vapid_hash[k]);
+                replaced := one.replaced;
+                code := one.code;
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+    END
+    $$;
+""",
+    )
+)
 
 _MIGRATIONS: dict[int, str] = {
     1: "".join(
@@ -371,6 +671,7 @@ _MIGRATIONS: dict[int, str] = {
     END
     $$;
     """,
+    6: _SET_BASED_PUSHES,
 }
 
 # User agents not seen since $1, at most $2, with their subscriptions (and so their
@@ -381,6 +682,8 @@ WITH stale AS (
     ORDER BY last_seen LIMIT $2 FOR UPDATE SKIP LOCKED
 ), subscriptions_gone AS (
     DELETE FROM subscriptions WHERE uaid IN (SELECT uaid FROM stale)
+), usage_gone AS (
+    DELETE FROM user_agent_usage WHERE uaid IN (SELECT uaid FROM stale)
 ), gone AS (
     DELETE FROM user_agents WHERE uaid IN (SELECT uaid FROM stale) RETURNING 1
 )
