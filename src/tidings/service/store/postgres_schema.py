@@ -122,6 +122,34 @@ _INSERT_WITH_STATUS_AND_RETURN = """
     $$;
 """
 
+# The parameters and the result of tidings_store_messages (schemas 5 and 6).
+_BATCH_SIGNATURE = """\
+        p_message_id text[], p_uaid text[], p_channel_id text[], p_body bytea[],
+        p_ttl integer[], p_created_at double precision[], p_expires_at double precision[],
+        p_urgency text[], p_topic text[], p_headers text[], p_receipt_id text[],
+        p_max_subscription integer[], p_max_user_agent integer[], p_max_bytes bigint[],
+        p_max_stored bigint[], p_vapid_hash bytea[], p_touched text[]
+    ) RETURNS TABLE (replaced text[], code text) LANGUAGE plpgsql AS $$
+"""
+
+# The count stripes moved by the rows a statement inserted or deleted (count triggers).
+_STRIPES_IN = """\
+            PERFORM 1 FROM message_counts WHERE stripe IN
+                (SELECT DISTINCT hashtext(uaid) & 15 FROM new_rows)
+                ORDER BY stripe FOR UPDATE;
+            UPDATE message_counts c SET n = c.n + d.k FROM (
+                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM new_rows GROUP BY 1
+            ) d WHERE c.stripe = d.stripe;
+"""
+_STRIPES_OUT = """\
+            PERFORM 1 FROM message_counts WHERE stripe IN
+                (SELECT DISTINCT hashtext(uaid) & 15 FROM old_rows)
+                ORDER BY stripe FOR UPDATE;
+            UPDATE message_counts c SET n = c.n - d.k FROM (
+                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM old_rows GROUP BY 1
+            ) d WHERE c.stripe = d.stripe;
+"""
+
 # Schema 6: quotas read counters instead of counting, and a batch of pushes is written
 # in set form (one INSERT), with no subtransaction per push.
 #
@@ -168,13 +196,9 @@ _SET_BASED_PUSHES = "".join(
     BEGIN
         -- Stripes, then usage rows, each in order: two statements cannot deadlock.
         IF TG_OP = 'INSERT' THEN
-            PERFORM 1 FROM message_counts WHERE stripe IN
-                (SELECT DISTINCT hashtext(uaid) & 15 FROM new_rows)
-                ORDER BY stripe FOR UPDATE;
-            UPDATE message_counts c SET n = c.n + d.k FROM (
-                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM new_rows GROUP BY 1
-            ) d WHERE c.stripe = d.stripe;
-            INSERT INTO user_agent_usage AS u (uaid, stored, stored_bytes)
+""",
+        _STRIPES_IN,
+        """            INSERT INTO user_agent_usage AS u (uaid, stored, stored_bytes)
             SELECT uaid, count(*), sum(octet_length(body)) FROM new_rows
             GROUP BY uaid ORDER BY uaid
             ON CONFLICT (uaid) DO UPDATE SET stored = u.stored + excluded.stored,
@@ -183,13 +207,9 @@ _SET_BASED_PUSHES = "".join(
                 SELECT uaid, channel_id, count(*) AS k FROM new_rows GROUP BY 1, 2
             ) d WHERE s.uaid = d.uaid AND s.channel_id = d.channel_id;
         ELSE
-            PERFORM 1 FROM message_counts WHERE stripe IN
-                (SELECT DISTINCT hashtext(uaid) & 15 FROM old_rows)
-                ORDER BY stripe FOR UPDATE;
-            UPDATE message_counts c SET n = c.n - d.k FROM (
-                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM old_rows GROUP BY 1
-            ) d WHERE c.stripe = d.stripe;
-            PERFORM 1 FROM user_agent_usage WHERE uaid IN (SELECT uaid FROM old_rows)
+""",
+        _STRIPES_OUT,
+        """            PERFORM 1 FROM user_agent_usage WHERE uaid IN (SELECT uaid FROM old_rows)
                 ORDER BY uaid FOR UPDATE;
             UPDATE user_agent_usage u SET stored = u.stored - d.k,
                 stored_bytes = u.stored_bytes - d.b
@@ -305,13 +325,9 @@ _SET_BASED_PUSHES = "".join(
     $$;
 
     CREATE OR REPLACE FUNCTION tidings_store_messages(
-        p_message_id text[], p_uaid text[], p_channel_id text[], p_body bytea[],
-        p_ttl integer[], p_created_at double precision[], p_expires_at double precision[],
-        p_urgency text[], p_topic text[], p_headers text[], p_receipt_id text[],
-        p_max_subscription integer[], p_max_user_agent integer[], p_max_bytes bigint[],
-        p_max_stored bigint[], p_vapid_hash bytea[], p_touched text[]
-    ) RETURNS TABLE (replaced text[], code text) LANGUAGE plpgsql AS $$
-    DECLARE
+""",
+        _BATCH_SIGNATURE,
+        """    DECLARE
         pushes integer := coalesce(array_length(p_message_id, 1), 0);
         near boolean;
         -- Per push: 0 its subscription is gone, 1 written in set form, 2 one by one.
@@ -520,20 +536,12 @@ _MIGRATIONS: dict[int, str] = {
     BEGIN
         -- Stripes are locked in order, so two bulk deletes cannot deadlock.
         IF TG_OP = 'INSERT' THEN
-            PERFORM 1 FROM message_counts WHERE stripe IN
-                (SELECT DISTINCT hashtext(uaid) & 15 FROM new_rows)
-                ORDER BY stripe FOR UPDATE;
-            UPDATE message_counts c SET n = c.n + d.k FROM (
-                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM new_rows GROUP BY 1
-            ) d WHERE c.stripe = d.stripe;
-        ELSE
-            PERFORM 1 FROM message_counts WHERE stripe IN
-                (SELECT DISTINCT hashtext(uaid) & 15 FROM old_rows)
-                ORDER BY stripe FOR UPDATE;
-            UPDATE message_counts c SET n = c.n - d.k FROM (
-                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM old_rows GROUP BY 1
-            ) d WHERE c.stripe = d.stripe;
-        END IF;
+""",
+            _STRIPES_IN,
+            """        ELSE
+""",
+            _STRIPES_OUT,
+            """        END IF;
         RETURN NULL;
     END
     $$;
@@ -631,15 +639,13 @@ _MIGRATIONS: dict[int, str] = {
     # in between): two batches (two writers, two nodes) then never wait on each other in
     # a circle, and a single push (advisory lock, [global lock,] then its stripe) or a
     # single delete (stripes in order) follows the same order.
-    5: """
+    5: "".join(
+        (
+            """
     CREATE FUNCTION tidings_store_messages(
-        p_message_id text[], p_uaid text[], p_channel_id text[], p_body bytea[],
-        p_ttl integer[], p_created_at double precision[], p_expires_at double precision[],
-        p_urgency text[], p_topic text[], p_headers text[], p_receipt_id text[],
-        p_max_subscription integer[], p_max_user_agent integer[], p_max_bytes bigint[],
-        p_max_stored bigint[], p_vapid_hash bytea[], p_touched text[]
-    ) RETURNS TABLE (replaced text[], code text) LANGUAGE plpgsql AS $$
-    DECLARE
+""",
+            _BATCH_SIGNATURE,
+            """    DECLARE
         k bigint;
     BEGIN
         FOR k IN SELECT DISTINCT hashtextextended(u, 0) FROM unnest(p_uaid) u ORDER BY 1 LOOP
@@ -671,6 +677,8 @@ _MIGRATIONS: dict[int, str] = {
     END
     $$;
     """,
+        )
+    ),
     6: _SET_BASED_PUSHES,
 }
 

@@ -1,0 +1,254 @@
+"""PostgreSQL's message counters (schema 6) and the set-based batch of pushes.
+
+The quota checks read per-user-agent and per-subscription counters kept by the count
+triggers; these tests compare them with a recount after every way a message comes or
+goes, check an upgrade from schema 5 counts what was stored, and check the batch's
+refusals: quotas reached in the middle of one batch, a gone subscription beside good
+pushes, two pushes of one topic in one batch, expired messages that the counters still
+hold but the quotas do not count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tidings.service.store import SubscriptionGone, TooManyMessages, open_store
+from tidings.service.store.migrate import migrate_sqlite_to_postgres
+from tidings.service.store.postgres import _MIGRATIONS, PostgresStore
+
+from . import test_postgres_group_commit as group_commit
+from .test_store import NOW, message, put, subscribe
+
+# Its fixtures: the store on PostgreSQL only.
+engine, pg, commits = group_commit.engine, group_commit.pg, group_commit.commits
+
+
+async def counters(store_url: str) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    """The counters as kept: per user agent (messages, bytes), per subscription."""
+    conn = await asyncpg.connect(store_url)
+    try:
+        per_user_agent = {
+            row["uaid"]: (row["stored"], row["stored_bytes"])
+            for row in await conn.fetch("SELECT * FROM user_agent_usage WHERE stored <> 0")
+        }
+        per_subscription = {
+            f"{row['uaid']}/{row['channel_id']}": row["stored"]
+            for row in await conn.fetch("SELECT * FROM subscriptions WHERE stored <> 0")
+        }
+    finally:
+        await conn.close()
+    return per_user_agent, per_subscription
+
+
+async def recount(store_url: str) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    """The same, counted from the stored messages (expired ones included)."""
+    conn = await asyncpg.connect(store_url)
+    try:
+        per_user_agent = {
+            row[0]: (row[1], row[2])
+            for row in await conn.fetch(
+                "SELECT uaid, count(*), sum(octet_length(body)) FROM messages GROUP BY 1"
+            )
+        }
+        per_subscription = {
+            f"{row[0]}/{row[1]}": row[2]
+            for row in await conn.fetch(
+                "SELECT uaid, channel_id, count(*) FROM messages GROUP BY 1, 2"
+            )
+        }
+    finally:
+        await conn.close()
+    return per_user_agent, per_subscription
+
+
+async def assert_counted(store_url: str) -> None:
+    assert await counters(store_url) == await recount(store_url)
+
+
+async def test_the_counters_follow_every_way_messages_come_and_go(
+    pg: PostgresStore, store_url: str
+) -> None:
+    for uaid, channel in (("ua1", "ch1"), ("ua1", "ch2"), ("ua2", "ch1"), ("ua3", "ch1")):
+        await subscribe(pg, uaid, channel)
+    acked, cancelled, short = message("ua1", "ch1"), message("ua1", "ch2"), message(ttl=1)
+    batch = [acked, cancelled, short, message("ua2", body=b"x" * 300), message("ua3")]
+    await asyncio.gather(*(put(pg, m) for m in batch))  # one batch
+    await assert_counted(store_url)
+    assert (await counters(store_url))[0]["ua1"] == (3, 3 * len(acked.body))
+
+    await put(pg, message("ua1", "ch1", topic="t", body=b"y" * 50))
+    replacing = [message("ua1", "ch1", topic="t"), message("ua2", topic="t"), message("ua2")]
+    await asyncio.gather(*(put(pg, m) for m in replacing))  # replaces in a batch
+    await put(pg, message("ua1", "ch1", topic="t"))  # and alone
+    await assert_counted(store_url)
+
+    await asyncio.gather(
+        pg.delete_messages([("ua1", acked.message_id), ("ua1", "unknown")]),
+        pg.delete_message("ua1", cancelled.message_id),
+        put(pg, message("ua3")),
+    )
+    await assert_counted(store_url)
+    await pg.delete_expired(NOW + 2)
+    await assert_counted(store_url)
+    await pg.delete_subscription("ua1", "ch1")
+    await assert_counted(store_url)
+    await pg.delete_user_agent("ua2")
+    await assert_counted(store_url)
+    await pg.delete_stale_user_agents(NOW + 1, 10)
+    assert await counters(store_url) == ({}, {}) == await recount(store_url)
+    conn = await asyncpg.connect(store_url)
+    try:  # a forgotten user agent leaves no row behind
+        assert await conn.fetchval("SELECT count(*) FROM user_agent_usage") == 0
+    finally:
+        await conn.close()
+
+
+async def test_quotas_reached_in_the_middle_of_one_batch(pg: PostgresStore, store_url: str) -> None:
+    await subscribe(pg, "ua1", "ch1")
+    await subscribe(pg, "ua1", "ch2")
+    await subscribe(pg, "ua2", "ch1")
+    await put(pg, message("ua1", "ch1"))
+    before = commits(pg).batches
+    # ua1 has room for 2 more (per user agent 3), ch1 for 1 more (per subscription 2);
+    # ua2 has room for 100 bytes of bodies.
+    quota = {"per_subscription": 2, "per_user_agent": 3, "bytes_per_user_agent": 100}
+    pushes = [
+        message("ua1", "ch1"),
+        message("ua1", "ch1"),  # the subscription is full
+        message("ua1", "ch2"),
+        message("ua1", "ch2"),  # the user agent is full
+        message("ua2", body=b"a" * 60),
+        message("ua2", body=b"b" * 60),  # over the bytes
+        message("ua2", body=b"c" * 40),  # exactly fits
+    ]
+    results = await asyncio.gather(*(put(pg, m, **quota) for m in pushes), return_exceptions=True)
+    assert commits(pg).batches - before == 1
+    scopes = [r.scope if isinstance(r, TooManyMessages) else r for r in results]
+    assert scopes == [[], "subscription", [], "user_agent", [], "bytes", []]
+    stored = {m.message_id for m in await pg.pending_messages("ua1", NOW, 10)}
+    assert stored >= {pushes[0].message_id, pushes[2].message_id}
+    assert len(stored) == 3
+    assert len(await pg.pending_messages("ua2", NOW, 10)) == 2
+    await assert_counted(store_url)
+
+
+async def test_a_gone_subscription_is_refused_beside_good_pushes(
+    pg: PostgresStore, store_url: str
+) -> None:
+    await subscribe(pg, "ua1", "ch1")
+    before = commits(pg).batches
+    good, gone, other = message(), message("ua1", "nope"), message()
+    results = await asyncio.gather(
+        put(pg, good), put(pg, gone), put(pg, other), return_exceptions=True
+    )
+    assert commits(pg).batches - before == 1
+    assert results[0] == [] and results[2] == []
+    assert isinstance(results[1], SubscriptionGone)
+    assert {m.message_id for m in await pg.pending_messages("ua1", NOW, 10)} == {
+        good.message_id,
+        other.message_id,
+    }
+    await assert_counted(store_url)
+
+
+async def test_two_pushes_of_one_topic_in_one_batch_leave_the_last(
+    pg: PostgresStore, store_url: str
+) -> None:
+    await subscribe(pg)
+    old = message(topic="t")
+    await put(pg, old)
+    first, second = message(topic="t"), message(topic="t")
+    results = await asyncio.gather(put(pg, first), put(pg, second))
+    assert results == [[old.message_id], [first.message_id]]
+    assert [m.message_id for m in await pg.pending_messages("ua1", NOW, 10)] == [second.message_id]
+    await assert_counted(store_url)
+
+
+async def test_expired_messages_still_counted_take_no_room(
+    pg: PostgresStore, store_url: str
+) -> None:
+    """The counters hold expired messages until the sweep; the quota does not count them."""
+    await subscribe(pg)
+    for _ in range(2):
+        await put(pg, message(ttl=1, body=b"z" * 80))
+    later = NOW + 5  # both expired, not swept
+    quota = {"per_subscription": 2, "per_user_agent": 2, "bytes_per_user_agent": 100}
+    fits = [message(created_at=later, body=b"a" * 50), message(created_at=later, body=b"b" * 50)]
+    over = message(created_at=later)
+    assert await asyncio.gather(*(put(pg, m, **quota) for m in fits)) == [[], []]
+    with pytest.raises(TooManyMessages):
+        await put(pg, over, **quota)
+    assert len(await pg.pending_messages("ua1", later, 10)) == 2
+    assert (await counters(store_url))[0]["ua1"] == (4, 260)
+
+
+async def test_upgrading_from_schema_5_counts_what_is_stored(
+    store_url: str, stores: Callable[[], Any]
+) -> None:
+    conn = await asyncpg.connect(store_url)
+    try:
+        await conn.execute("CREATE TABLE tidings_schema (version integer NOT NULL)")
+        for version in range(1, 6):
+            await conn.execute(_MIGRATIONS[version])
+            await conn.execute("INSERT INTO tidings_schema (version) VALUES ($1)", version)
+        await conn.execute(
+            "INSERT INTO subscriptions (uaid, channel_id, created_at) VALUES"
+            " ('ua1', 'ch1', 1.0), ('ua1', 'ch2', 1.0), ('ua2', 'ch1', 1.0)"
+        )
+        for i, (uaid, channel, size) in enumerate(
+            [("ua1", "ch1", 10), ("ua1", "ch1", 20), ("ua1", "ch2", 30), ("ua2", "ch1", 40)]
+        ):
+            await conn.execute(
+                "INSERT INTO messages (message_id, uaid, channel_id, urgency, ttl, created_at,"
+                " expires_at, headers, body) VALUES ($1, $2, $3, 'normal', 60, $4, $5, '{}', $6)",
+                f"m{i}",
+                uaid,
+                channel,
+                NOW,
+                NOW + 60,
+                b"x" * size,
+            )
+    finally:
+        await conn.close()
+    store = await stores()
+    assert await counters(store_url) == (
+        {"ua1": (3, 60), "ua2": (1, 40)},
+        {"ua1/ch1": 2, "ua1/ch2": 1, "ua2/ch1": 1},
+    )
+    # The upgraded store's quotas and counters go on from there.
+    with pytest.raises(TooManyMessages):
+        await put(store, message("ua1", "ch2"), per_user_agent=3)
+    await put(store, message("ua2", "ch1"), per_user_agent=3)
+    await store.delete_messages([("ua1", "m0")])
+    await assert_counted(store_url)
+
+
+async def test_a_copy_from_sqlite_is_counted_by_postgresql_not_copied(
+    store_url: str, tmp_path: Path
+) -> None:
+    """`tidings migrate`: the counters come from the copied messages, even if the SQLite
+    file has counters of the same names (they would count twice)."""
+    sqlite = open_store(f"sqlite:///{tmp_path / 'tidings.db'}")
+    await sqlite.open()
+    try:
+        await subscribe(sqlite)
+        for size in (10, 20):
+            await put(sqlite, message(body=b"x" * size))
+    finally:
+        await sqlite.close()
+    db = sqlite3.connect(tmp_path / "tidings.db")
+    db.execute("ALTER TABLE subscriptions ADD COLUMN stored INTEGER NOT NULL DEFAULT 2")
+    db.execute("CREATE TABLE user_agent_usage (uaid TEXT, stored INTEGER, stored_bytes INTEGER)")
+    db.execute("INSERT INTO user_agent_usage VALUES ('ua1', 2, 30)")
+    db.commit()
+    db.close()
+    await migrate_sqlite_to_postgres(tmp_path / "tidings.db", store_url, now=NOW)
+    assert await counters(store_url) == ({"ua1": (2, 30)}, {"ua1/ch1": 2})
+    await assert_counted(store_url)
