@@ -374,7 +374,7 @@ class PostgresStore(PostgresPool):
                 [k[0] for k in keys],
                 [k[1] for k in keys],
                 time.time(),
-                acknowledged,
+                [acknowledged] * len(keys),
             )
         )
         return _deleted_in_order(rows, keys)

@@ -3,12 +3,13 @@
 Each push alone was a durable commit (a WAL flush) and a round trip: the node's rate
 was PostgreSQL's commit rate. Here a push or a deletion joins a bounded queue drained
 by writer tasks; a writer takes what has gathered (at most MAX_BATCH) and writes it on
-one pooled connection in one transaction: every push in one call of
-`tidings_store_messages` (arrays, one round trip; it takes the batch's locks first, in
-one order, so that batches never deadlock), every deletion in one
-`DELETE ... USING unnest(...)`; then COMMIT. Each waiter is answered after the COMMIT
-that holds its write, so a 201 still means the message is durable. While a batch is
-with PostgreSQL the next gathers and another writer (at most MAX_WRITERS) takes it: the
+one pooled connection in one statement, so one round trip and one transaction: pushes
+alone in one call of `tidings_store_messages`, pushes and deletions together in one
+call of `tidings_write_batch` (arrays; the batch's locks are taken first, in one order,
+so that batches never deadlock; the pushes are written by one INSERT, the deletions by
+one `DELETE ... USING unnest(...)`). Each waiter is answered after the COMMIT that
+holds its write, so a 201 still means the message is durable. While a batch is with
+PostgreSQL the next gathers and another writer (at most MAX_WRITERS) takes it: the
 busier the node, the larger the batches.
 
 Failures:
@@ -16,11 +17,9 @@ Failures:
 - A push refused by its own rules (subscription gone, a quota, the store's ceiling) is
   decided before anything of it is written (schema 6: in set form, or one by one near a
   quota), so only its waiter is told and the rest of the batch stands.
-- A push that fails otherwise inside the batch (a deadlock with another node's batch,
-  an unexpected error) is run again alone, as it would have been without batches.
-- Any other error of a batch's statements (a value PostgreSQL refuses, a bug): the
-  batch is rolled back and each of its operations run again alone, so that only the
-  one at fault fails.
+- Any other error of the batch's statement (a deadlock with another node's batch, a
+  value PostgreSQL refuses, a bug): the batch is rolled back and each of its
+  operations run again alone, so that only the one at fault fails.
 - The connection or the server failing: the whole batch is unavailable (503), nothing
   of it was committed.
 
@@ -61,6 +60,15 @@ _STORE_MESSAGES = (
     " $4::bytea[], $5::integer[], $6::float8[], $7::float8[], $8::text[], $9::text[],"
     " $10::text[], $11::text[], $12::integer[], $13::integer[], $14::bigint[],"
     " $15::bigint[], $16::bytea[], $17::text[])"
+)
+
+# The same pushes after the deletions' keys, one flag per key, and the time: pushes'
+# rows first, then the deleted messages (schema 6).
+_WRITE_BATCH = (
+    "SELECT * FROM tidings_write_batch($1::text[], $2::text[], $3::float8, $4::boolean[],"
+    " $5::text[], $6::text[], $7::text[], $8::bytea[], $9::integer[], $10::float8[],"
+    " $11::float8[], $12::text[], $13::text[], $14::text[], $15::text[], $16::integer[],"
+    " $17::integer[], $18::bigint[], $19::bigint[], $20::bytea[])"
 )
 
 Connection = Any  # an asyncpg connection (untyped library)
@@ -209,64 +217,40 @@ class PostgresGroupCommit:
             await asyncio.gather(*(self._alone(op) for op in retries))
 
     async def _transaction(self, conn: Connection, batch: list[_Operation]) -> list[_Answer]:
-        """The batch in one transaction: its answers, to be given after the COMMIT.
-
-        A batch of one statement (pushes only, or deletions of one kind) is sent alone,
-        its own transaction: one round trip instead of BEGIN, it and COMMIT.
-        """
+        """The batch in one statement, so one transaction and one round trip: its
+        answers, to be given after that statement's COMMIT."""
         pushes = [op for op in batch if isinstance(op, _Push)]
-        groups = [
-            (acknowledged, group)
-            for acknowledged in (True, False)
-            if (
-                group := [
-                    op
-                    for op in batch
-                    if isinstance(op, _Deletion) and op.acknowledged is acknowledged
-                ]
-            )
-        ]
-        alone = not groups or (not pushes and len(groups) == 1)
-
-        async def statements() -> list[_Answer]:
-            answers: list[_Answer] = []
-            if not alone or pushes:  # with deletions too: it takes their locks first
-                touched = [key[0] for _, group in groups for op in group for key in op.keys]
-                rows = await self._store(conn, pushes, touched)
-                answers += self._push_answers(pushes, rows)
-            for acknowledged, group in groups:
-                answers += await self._delete(conn, group, acknowledged)
-            return answers
-
+        # Acknowledgements first, then cancellations (a key in both is acknowledged).
+        deletions = sorted(
+            (op for op in batch if isinstance(op, _Deletion)), key=lambda d: not d.acknowledged
+        )
+        keys = [key for d in deletions for key in d.keys]
         try:
-            if alone:
-                return await statements()
-            async with conn.transaction():
-                return await statements()
+            if not deletions:
+                rows = await conn.fetch(_STORE_MESSAGES, *_push_columns(pushes), [])
+            else:
+                rows = await conn.fetch(
+                    _WRITE_BATCH,
+                    [key[0] for key in keys],
+                    [key[1] for key in keys],
+                    self._now(),
+                    [d.acknowledged for d in deletions for _ in d.keys],
+                    *_push_columns(pushes),
+                )
         except (ValueError, TypeError) as exc:  # a value asyncpg cannot encode
             raise _Failed(f"{type(exc).__name__}: {exc}") from exc
         except asyncpg.exceptions.PostgresError as exc:
             if isinstance(exc, _UNAVAILABLE):
                 raise
             raise _Failed(f"{type(exc).__name__}: {exc}") from exc
-
-    @staticmethod
-    async def _store(conn: Connection, pushes: list[_Push], touched: list[str]) -> list[Any]:
-        columns: list[list[Any]] = [[] for _ in range(16)]
-        for push in pushes:
-            quota = push.quota
-            row = (
-                *message_columns(push.message),
-                quota.per_subscription,
-                quota.per_user_agent,
-                quota.bytes_per_user_agent,
-                quota.stored_messages,
-                push.message.vapid_hash,
-            )
-            for column, value in zip(columns, row, strict=True):
-                column.append(value)
-        rows: list[Any] = await conn.fetch(_STORE_MESSAGES, *columns, touched)
-        return rows
+        answers = self._push_answers(pushes, rows[: len(pushes)])
+        # One result list over every key; each caller gets the slice of its keys.
+        results = self._delete_rows(rows[len(pushes) :], keys)
+        start = 0
+        for d in deletions:
+            answers.append((d, results[start : start + len(d.keys)], None))
+            start += len(d.keys)
+        return answers
 
     def _push_answers(self, pushes: list[_Push], rows: list[Any]) -> list[_Answer]:
         answers: list[_Answer] = []
@@ -275,23 +259,10 @@ class PostgresGroupCommit:
             if code is None:
                 answers.append((push, list(row["replaced"]), None))
             else:
-                # Refused by its rules: told so. Anything else (a deadlock with another
-                # node's batch, an unexpected error): run again alone, as without batches.
+                # Refused by its rules: told so. Anything else (not a code the
+                # function answers today): run again alone, as without batches.
                 refused = self._push_refused(code, push.message, push.quota)
                 answers.append((push, None, _RETRY if refused is None else refused))
-        return answers
-
-    async def _delete(
-        self, conn: Connection, group: list[_Deletion], acknowledged: bool
-    ) -> list[_Answer]:
-        keys = [key for d in group for key in d.keys]
-        # One result list over every key; each caller gets the slice of its keys.
-        results = await self._delete_keys(conn, keys, acknowledged)
-        answers: list[_Answer] = []
-        start = 0
-        for d in group:
-            answers.append((d, results[start : start + len(d.keys)], None))
-            start += len(d.keys)
         return answers
 
     async def _alone(self, op: _Operation) -> None:
@@ -316,12 +287,30 @@ class PostgresGroupCommit:
             [k[0] for k in keys],
             [k[1] for k in keys],
             self._now(),
-            acknowledged,
+            [acknowledged] * len(keys),
         )
         return self._delete_rows(rows, keys)
 
 
 _RETRY = object()  # an answer meaning "run this push again, alone"
+
+
+def _push_columns(pushes: list[_Push]) -> list[list[Any]]:
+    """The pushes as the 16 arrays of tidings_store_messages (one per column)."""
+    columns: list[list[Any]] = [[] for _ in range(16)]
+    for push in pushes:
+        quota = push.quota
+        row = (
+            *message_columns(push.message),
+            quota.per_subscription,
+            quota.per_user_agent,
+            quota.bytes_per_user_agent,
+            quota.stored_messages,
+            push.message.vapid_hash,
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | object | None) -> None:

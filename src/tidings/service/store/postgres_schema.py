@@ -132,6 +132,47 @@ _BATCH_SIGNATURE = """\
     ) RETURNS TABLE (replaced text[], code text) LANGUAGE plpgsql AS $$
 """
 
+# The deletion of messages by key (uaid $1, message id $2, at $3; $4 per key: a
+# WebSocket acknowledgement, else a DELETE of the message resource), as the CTEs `gone`
+# (the deleted rows), their statuses and their receipts. Shared by the statement of one
+# deletion (_DELETE_MESSAGES) and tidings_write_batch (schema 6): change it only with a
+# migration that replaces that function. A key named twice counts once, with the flag
+# of its first place.
+_DELETE_KEYS = """
+WITH keys AS (
+    SELECT DISTINCT ON (k.uaid, k.message_id) k.uaid, k.message_id, k.acknowledged
+    FROM unnest($1::text[], $2::text[], $4::boolean[]) WITH ORDINALITY
+        AS k(uaid, message_id, acknowledged, i)
+    ORDER BY k.uaid, k.message_id, k.i
+), gone AS (
+    DELETE FROM messages m USING keys k
+    WHERE m.uaid = k.uaid AND m.message_id = k.message_id
+    RETURNING m.message_id, m.uaid, m.channel_id, m.body, m.ttl, m.created_at,
+              m.expires_at, m.urgency, m.topic, m.headers, m.receipt_id, m.delivered,
+              m.vapid_hash, m.delivered_via, m.delivered_at, k.acknowledged
+), status AS (
+    -- A WebSocket acknowledgement (a delivery over WebSocket too); otherwise a DELETE
+    -- of the message resource: acknowledged if it was delivered, else the sender's
+    -- cancellation.
+    INSERT INTO message_status
+    SELECT g.message_id, g.vapid_hash,
+           CASE WHEN g.acknowledged OR g.delivered_at IS NOT NULL THEN 'acknowledged'
+                ELSE 'deleted' END,
+           g.ttl, g.created_at, g.expires_at,
+           CASE WHEN g.acknowledged THEN coalesce(g.delivered_via, 'websocket')
+                ELSE g.delivered_via END,
+           CASE WHEN g.acknowledged THEN coalesce(g.delivered_at, $3)
+                ELSE g.delivered_at END, $3, $3
+    FROM gone g WHERE g.vapid_hash IS NOT NULL
+    ON CONFLICT DO NOTHING
+), receipt AS (
+    INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
+    SELECT g.receipt_id, g.uaid, g.channel_id, g.message_id, 204, $3 FROM gone g
+    WHERE g.receipt_id IS NOT NULL AND g.delivered
+      AND g.receipt_id IN (SELECT rs.receipt_id FROM receipt_subscriptions rs)
+)
+"""
+
 # The count stripes moved by the rows a statement inserted or deleted (count triggers).
 _STRIPES_IN = """\
             PERFORM 1 FROM message_counts WHERE stripe IN
@@ -398,17 +439,19 @@ _SET_BASED_PUSHES = "".join(
             SELECT array_agg(gone.i), array_agg(gone.message_id) INTO gone_at, gone_id
             FROM gone;
         END IF;
-        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
-                              expires_at, urgency, topic, headers, receipt_id, vapid_hash)
-        SELECT b.uaid, b.message_id, b.channel_id, b.body, b.ttl, b.created_at,
-               b.expires_at, b.urgency, b.topic, b.headers, b.receipt_id, b.vapid_hash
-        FROM unnest(p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
-                    p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id, p_vapid_hash)
-             WITH ORDINALITY AS b(uaid, message_id, channel_id, body, ttl, created_at,
-                                  expires_at, urgency, topic, headers, receipt_id,
-                                  vapid_hash, i)
-        WHERE route[b.i] = 1
-        ORDER BY b.i;
+        IF 1 = ANY(route) THEN
+            INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                                  expires_at, urgency, topic, headers, receipt_id, vapid_hash)
+            SELECT b.uaid, b.message_id, b.channel_id, b.body, b.ttl, b.created_at,
+                   b.expires_at, b.urgency, b.topic, b.headers, b.receipt_id, b.vapid_hash
+            FROM unnest(p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                        p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id, p_vapid_hash)
+                 WITH ORDINALITY AS b(uaid, message_id, channel_id, body, ttl, created_at,
+                                      expires_at, urgency, topic, headers, receipt_id,
+                                      vapid_hash, i)
+            WHERE route[b.i] = 1
+            ORDER BY b.i;
+        END IF;
 
         FOR k IN 1 .. pushes LOOP
             IF route[k] = 0 THEN
@@ -432,6 +475,46 @@ _SET_BASED_PUSHES = "".join(
             END IF;
             RETURN NEXT;
         END LOOP;
+    END
+    $$;
+
+    -- A batch of pushes and deletions in one statement (one round trip, one
+    -- transaction): the pushes' rows first, in order, then the deleted messages. The
+    -- deletions' user agents are locked with the pushes', in the same order.
+    CREATE FUNCTION tidings_write_batch(
+        p_delete_uaid text[], p_delete_message_id text[], p_now double precision,
+        p_delete_acknowledged boolean[],
+        p_message_id text[], p_uaid text[], p_channel_id text[], p_body bytea[],
+        p_ttl integer[], p_created_at double precision[], p_expires_at double precision[],
+        p_urgency text[], p_topic text[], p_headers text[], p_receipt_id text[],
+        p_max_subscription integer[], p_max_user_agent integer[], p_max_bytes bigint[],
+        p_max_stored bigint[], p_vapid_hash bytea[]
+    ) RETURNS TABLE (
+        message_id text, uaid text, channel_id text, body bytea, ttl integer,
+        created_at double precision, expires_at double precision, urgency text,
+        topic text, headers text, receipt_id text, delivered boolean, vapid_hash bytea,
+        delivered_via text, delivered_at double precision, acknowledged boolean,
+        replaced text[], code text
+    ) LANGUAGE plpgsql AS $$
+    #variable_conflict use_column
+    BEGIN
+        IF p_message_id = '{}' THEN  -- deletions alone: their statement takes its locks
+            RETURN QUERY""",
+        _DELETE_KEYS,
+        """            SELECT *, NULL::text[], NULL::text FROM gone;
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, NULL::bytea,
+            NULL::integer, NULL::float8, NULL::float8, NULL::text, NULL::text, NULL::text,
+            NULL::text, NULL::boolean, NULL::bytea, NULL::text, NULL::float8,
+            NULL::boolean, s.replaced, s.code
+        FROM tidings_store_messages(p_message_id, p_uaid, p_channel_id, p_body, p_ttl,
+            p_created_at, p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id,
+            p_max_subscription, p_max_user_agent, p_max_bytes, p_max_stored, p_vapid_hash,
+            p_delete_uaid) s;
+        RETURN QUERY""",
+        _DELETE_KEYS,
+        """        SELECT *, NULL::text[], NULL::text FROM gone;
     END
     $$;
 """,
@@ -713,35 +796,7 @@ DELETE FROM receipt_subscriptions rs WHERE rs.created_at < $1
 
 # Acknowledged or cancelled messages, one or the acknowledgements of one event-loop
 # turn, in one statement (one round trip).
-_DELETE_MESSAGES = """
-WITH keys AS (
-    SELECT * FROM unnest($1::text[], $2::text[]) AS k(uaid, message_id)
-), gone AS (
-    DELETE FROM messages m USING keys k
-    WHERE m.uaid = k.uaid AND m.message_id = k.message_id
-    RETURNING m.message_id, m.uaid, m.channel_id, m.body, m.ttl, m.created_at,
-              m.expires_at, m.urgency, m.topic, m.headers, m.receipt_id, m.delivered,
-              m.vapid_hash, m.delivered_via, m.delivered_at
-), status AS (
-    -- $4: WebSocket acknowledgements (a delivery over WebSocket too); otherwise a
-    -- DELETE of the message resource: acknowledged if it was delivered, else the
-    -- sender's cancellation.
-    INSERT INTO message_status
-    SELECT message_id, vapid_hash,
-           CASE WHEN $4 OR delivered_at IS NOT NULL THEN 'acknowledged' ELSE 'deleted' END,
-           ttl, created_at, expires_at,
-           CASE WHEN $4 THEN coalesce(delivered_via, 'websocket') ELSE delivered_via END,
-           CASE WHEN $4 THEN coalesce(delivered_at, $3) ELSE delivered_at END, $3, $3
-    FROM gone WHERE vapid_hash IS NOT NULL
-    ON CONFLICT DO NOTHING
-), receipt AS (
-    INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
-    SELECT receipt_id, uaid, channel_id, message_id, 204, $3 FROM gone
-    WHERE receipt_id IS NOT NULL AND delivered
-      AND receipt_id IN (SELECT receipt_id FROM receipt_subscriptions)
-)
-SELECT * FROM gone
-"""
+_DELETE_MESSAGES = "".join((_DELETE_KEYS, "SELECT * FROM gone\n"))
 
 # A bounded batch, so a large backlog never becomes one huge transaction; SKIP LOCKED
 # lets two nodes sweeping at once share the work instead of waiting on each other.
