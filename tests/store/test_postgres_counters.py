@@ -252,3 +252,23 @@ async def test_a_copy_from_sqlite_is_counted_by_postgresql_not_copied(
     await migrate_sqlite_to_postgres(tmp_path / "tidings.db", store_url, now=NOW)
     assert await counters(store_url) == ({"ua1": (2, 30)}, {"ua1/ch1": 2})
     await assert_counted(store_url)
+
+
+async def test_a_released_connection_costs_no_reset_round_trip(
+    pg: PostgresStore, store_url: str
+) -> None:
+    """The store sets no session state, so the pool sends no reset query when a
+    connection comes back (it was a second round trip after every batch)."""
+    await subscribe(pg)
+    await put(pg, message())
+    await pg.ping()
+    conn = await asyncpg.connect(store_url)
+    try:
+        last_queries = await conn.fetch(
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+    finally:
+        await conn.close()
+    assert last_queries  # the store's pooled connections
+    assert not [row for row in last_queries if "RESET ALL" in row["query"]]

@@ -31,6 +31,13 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a released connection needs reset besides what asyncpg always does (roll
+    back a transaction left open): nothing. The store changes no session state (no SET,
+    LISTEN, cursor or session advisory lock), and asyncpg's default reset query would be
+    a second round trip after every statement."""
+
+
 class PostgresPool:
     """A pool of connections shared by the node's tasks (the base of `PostgresStore`)."""
 
@@ -68,6 +75,7 @@ class PostgresPool:
                 max_size=self._max,
                 timeout=self._timeout,
                 command_timeout=self._timeout,
+                reset=_keep_session,
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc

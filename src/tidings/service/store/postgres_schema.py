@@ -391,8 +391,8 @@ _SET_BASED_PUSHES = "".join(
         PERFORM 1 FROM message_counts WHERE stripe IN
             (SELECT DISTINCT hashtext(u) & 15 FROM unnest(p_uaid || p_touched) u)
             ORDER BY stripe FOR UPDATE;
-        PERFORM 1 FROM user_agent_usage WHERE uaid IN
-            (SELECT unnest(p_uaid || p_touched)) ORDER BY uaid FOR UPDATE;
+        PERFORM 1 FROM user_agent_usage WHERE uaid = ANY(p_uaid || p_touched)
+            ORDER BY uaid FOR UPDATE;
 
         -- Room for a push if there is room for it after every earlier push of the batch
         -- to its user agent and subscription (the exact count is never more).
@@ -410,8 +410,16 @@ _SET_BASED_PUSHES = "".join(
                         p_max_user_agent, p_max_bytes)
                  WITH ORDINALITY AS b(uaid, channel_id, topic, body, max_subscription,
                                       max_user_agent, max_bytes, i)
-            LEFT JOIN subscriptions s ON s.uaid = b.uaid AND s.channel_id = b.channel_id
-            LEFT JOIN user_agent_usage u ON u.uaid = b.uaid
+            -- Looked up by key (LIMIT keeps them lateral): a join of small tables
+            -- could become a scan of every row, dead versions included.
+            LEFT JOIN LATERAL (
+                SELECT s.uaid, s.stored FROM subscriptions s
+                WHERE s.uaid = b.uaid AND s.channel_id = b.channel_id LIMIT 1
+            ) s ON true
+            LEFT JOIN LATERAL (
+                SELECT u.stored, u.stored_bytes FROM user_agent_usage u
+                WHERE u.uaid = b.uaid LIMIT 1
+            ) u ON true
             WINDOW ua AS (PARTITION BY b.uaid ORDER BY b.i),
                    sub AS (PARTITION BY b.uaid, b.channel_id ORDER BY b.i),
                    same_topic AS (PARTITION BY b.uaid, b.channel_id, b.topic)
