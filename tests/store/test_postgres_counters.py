@@ -272,3 +272,43 @@ async def test_a_released_connection_costs_no_reset_round_trip(
         await conn.close()
     assert last_queries  # the store's pooled connections
     assert not [row for row in last_queries if "RESET ALL" in row["query"]]
+
+
+async def test_pushes_to_other_user_agents_do_not_wait_on_an_open_push(
+    pg: PostgresStore, store_url: str
+) -> None:
+    """The store's count moves in the writing connection's stripe: a push held open on
+    one connection (as another node's batch waiting for its commit) does not hold up a
+    push to another user agent, even one whose stripe was the same by user agent."""
+    await subscribe(pg, "ua1")
+    await put(pg, message("ua1"))
+    held = await asyncpg.connect(store_url)
+    try:
+        # A user agent of ua1's old stripe (schema 5 chose the stripe by user agent).
+        other = await held.fetchval(
+            "SELECT u FROM (SELECT 'ua' || i AS u FROM generate_series(2, 1000) i) c"
+            " WHERE hashtext(u) & 15 = hashtext('ua1') & 15 LIMIT 1"
+        )
+        await subscribe(pg, other)
+        pids = {
+            row[0] & 63
+            for row in await held.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            )
+        }
+        while await held.fetchval("SELECT pg_backend_pid() & 63") in pids:
+            await held.close()  # another connection: not in a stripe of the store's pool
+            held = await asyncpg.connect(store_url)
+        async with held.transaction():
+            await held.execute(
+                "SELECT tidings_store_message('held', 'ua1', 'ch1', '\\x00', 60, $1, $2,"
+                " 'normal', NULL, '{}', NULL, 100, 100, 1000000, 1000000, NULL)",
+                NOW,
+                NOW + 60,
+            )
+            assert await asyncio.wait_for(put(pg, message(other)), 5) == []
+        await assert_counted(store_url)
+        assert await pg.count_messages() == 3
+    finally:
+        await held.close()

@@ -173,24 +173,6 @@ WITH keys AS (
 )
 """
 
-# The count stripes moved by the rows a statement inserted or deleted (count triggers).
-_STRIPES_IN = """\
-            PERFORM 1 FROM message_counts WHERE stripe IN
-                (SELECT DISTINCT hashtext(uaid) & 15 FROM new_rows)
-                ORDER BY stripe FOR UPDATE;
-            UPDATE message_counts c SET n = c.n + d.k FROM (
-                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM new_rows GROUP BY 1
-            ) d WHERE c.stripe = d.stripe;
-"""
-_STRIPES_OUT = """\
-            PERFORM 1 FROM message_counts WHERE stripe IN
-                (SELECT DISTINCT hashtext(uaid) & 15 FROM old_rows)
-                ORDER BY stripe FOR UPDATE;
-            UPDATE message_counts c SET n = c.n - d.k FROM (
-                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM old_rows GROUP BY 1
-            ) d WHERE c.stripe = d.stripe;
-"""
-
 # Schema 6: quotas read counters instead of counting, and a batch of pushes is written
 # in set form (one INSERT), with no subtransaction per push.
 #
@@ -203,8 +185,9 @@ _STRIPES_OUT = """\
 # unexpired messages, as before) decides, so what is refused is what was refused.
 #
 # Locks, the same order everywhere: the user agents' advisory locks (by key), near the
-# ceiling the global lock, the count stripes (by number), the usage rows (by uaid), then
-# the rows written. A trigger takes stripes then usage rows, each in order.
+# ceiling the global lock, the usage rows (by uaid), then the rows written and last the
+# count stripe of the writing connection (its trigger takes usage rows in order, then
+# that stripe).
 #
 # tidings_push_one: one push decided before anything is written (the messages its topic
 # replaces leave the counts it is checked against), so a refusal writes nothing and
@@ -233,13 +216,16 @@ _SET_BASED_PUSHES = "".join(
         SELECT uaid, channel_id, count(*) AS k FROM messages GROUP BY 1, 2
     ) m WHERE s.uaid = m.uaid AND s.channel_id = m.channel_id;
 
+    -- The store's count moves in the stripe of the connection writing (not of the user
+    -- agent): two transactions wait on the same stripe only if their backends' pids
+    -- share it, where a batch of pushes to many user agents held most stripes of 16.
+    INSERT INTO message_counts (stripe, n) SELECT s, 0 FROM generate_series(16, 63) s;
+
     CREATE OR REPLACE FUNCTION tidings_count_messages() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        -- Stripes, then usage rows, each in order: two statements cannot deadlock.
+        -- Usage rows in order, then the stripe: two statements cannot deadlock.
         IF TG_OP = 'INSERT' THEN
-""",
-        _STRIPES_IN,
-        """            INSERT INTO user_agent_usage AS u (uaid, stored, stored_bytes)
+            INSERT INTO user_agent_usage AS u (uaid, stored, stored_bytes)
             SELECT uaid, count(*), sum(octet_length(body)) FROM new_rows
             GROUP BY uaid ORDER BY uaid
             ON CONFLICT (uaid) DO UPDATE SET stored = u.stored + excluded.stored,
@@ -247,10 +233,10 @@ _SET_BASED_PUSHES = "".join(
             UPDATE subscriptions s SET stored = s.stored + d.k FROM (
                 SELECT uaid, channel_id, count(*) AS k FROM new_rows GROUP BY 1, 2
             ) d WHERE s.uaid = d.uaid AND s.channel_id = d.channel_id;
+            UPDATE message_counts SET n = n + (SELECT count(*) FROM new_rows)
+            WHERE stripe = pg_backend_pid() & 63;
         ELSE
-""",
-        _STRIPES_OUT,
-        """            PERFORM 1 FROM user_agent_usage WHERE uaid IN (SELECT uaid FROM old_rows)
+            PERFORM 1 FROM user_agent_usage WHERE uaid IN (SELECT uaid FROM old_rows)
                 ORDER BY uaid FOR UPDATE;
             UPDATE user_agent_usage u SET stored = u.stored - d.k,
                 stored_bytes = u.stored_bytes - d.b
@@ -261,6 +247,8 @@ _SET_BASED_PUSHES = "".join(
             UPDATE subscriptions s SET stored = s.stored - d.k FROM (
                 SELECT uaid, channel_id, count(*) AS k FROM old_rows GROUP BY 1, 2
             ) d WHERE s.uaid = d.uaid AND s.channel_id = d.channel_id;
+            UPDATE message_counts SET n = n - (SELECT count(*) FROM old_rows)
+            WHERE stripe = pg_backend_pid() & 63;
         END IF;
         RETURN NULL;
     END
@@ -388,9 +376,6 @@ _SET_BASED_PUSHES = "".join(
         IF near THEN
             PERFORM pg_advisory_xact_lock(7596132042353772902);
         END IF;
-        PERFORM 1 FROM message_counts WHERE stripe IN
-            (SELECT DISTINCT hashtext(u) & 15 FROM unnest(p_uaid || p_touched) u)
-            ORDER BY stripe FOR UPDATE;
         PERFORM 1 FROM user_agent_usage WHERE uaid = ANY(p_uaid || p_touched)
             ORDER BY uaid FOR UPDATE;
 
@@ -627,12 +612,20 @@ _MIGRATIONS: dict[int, str] = {
     BEGIN
         -- Stripes are locked in order, so two bulk deletes cannot deadlock.
         IF TG_OP = 'INSERT' THEN
-""",
-            _STRIPES_IN,
-            """        ELSE
-""",
-            _STRIPES_OUT,
-            """        END IF;
+            PERFORM 1 FROM message_counts WHERE stripe IN
+                (SELECT DISTINCT hashtext(uaid) & 15 FROM new_rows)
+                ORDER BY stripe FOR UPDATE;
+            UPDATE message_counts c SET n = c.n + d.k FROM (
+                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM new_rows GROUP BY 1
+            ) d WHERE c.stripe = d.stripe;
+        ELSE
+            PERFORM 1 FROM message_counts WHERE stripe IN
+                (SELECT DISTINCT hashtext(uaid) & 15 FROM old_rows)
+                ORDER BY stripe FOR UPDATE;
+            UPDATE message_counts c SET n = c.n - d.k FROM (
+                SELECT hashtext(uaid) & 15 AS stripe, count(*) AS k FROM old_rows GROUP BY 1
+            ) d WHERE c.stripe = d.stripe;
+        END IF;
         RETURN NULL;
     END
     $$;
