@@ -297,20 +297,20 @@ _RETRY = object()  # an answer meaning "run this push again, alone"
 
 def _push_columns(pushes: list[_Push]) -> list[list[Any]]:
     """The pushes as the 16 arrays of tidings_store_messages (one per column)."""
-    columns: list[list[Any]] = [[] for _ in range(16)]
-    for push in pushes:
-        quota = push.quota
-        row = (
+    if not pushes:
+        return [[] for _ in range(16)]
+    rows = [
+        (
             *message_columns(push.message),
-            quota.per_subscription,
-            quota.per_user_agent,
-            quota.bytes_per_user_agent,
-            quota.stored_messages,
+            push.quota.per_subscription,
+            push.quota.per_user_agent,
+            push.quota.bytes_per_user_agent,
+            push.quota.stored_messages,
             push.message.vapid_hash,
         )
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-    return columns
+        for push in pushes
+    ]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | object | None) -> None:
