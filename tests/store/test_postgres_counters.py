@@ -227,6 +227,8 @@ async def test_upgrading_from_schema_5_counts_what_is_stored(
         await put(store, message("ua1", "ch2"), per_user_agent=3)
     await put(store, message("ua2", "ch1"), per_user_agent=3)
     await store.delete_messages([("ua1", "m0")])
+    await subscribe(store, "ua3")  # a subscription row has one more column now
+    await put(store, message("ua3"))
     await assert_counted(store_url)
 
 
