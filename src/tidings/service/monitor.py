@@ -59,6 +59,7 @@ class PushMonitor:
         self._held: list[StoredMessage] | None = []  # live messages held while flushing
         # Deleted or replaced since they reached this monitor: not to be pushed.
         self._withdrawn = Withdrawals()
+        self._withdrawn.holding = True
         self._tasks: set[asyncio.Task[bool]] = set()
 
     # ConnectedAgent ----------------------------------------------------------------------
@@ -85,9 +86,13 @@ class PushMonitor:
         task.add_done_callback(self._tasks.discard)
 
     def withdraw(self, message_id: str) -> None:
-        self._withdrawn.withdraw(message_id)
+        forgot = self._withdrawn.withdraw(message_id)
         if self._held:
             self._held = [held for held in self._held if held.message_id != message_id]
+        if forgot and (self._withdrawn.holding or self._tasks):
+            # A copy of the forgotten one may still be waiting (the stored list, a push
+            # under way): the monitor ends and the client monitors again.
+            self.channel.closed.set()
 
     async def close(self, code: int, reason: str) -> None:
         self.channel.closed.set()
@@ -110,6 +115,7 @@ class PushMonitor:
         for message in stored + held:
             if self.accepts(message) and await self._push(message):
                 count += 1
+        self._withdrawn.holding = False
         return count
 
     async def _push(self, message: StoredMessage) -> bool:
@@ -140,6 +146,13 @@ class PushMonitor:
             headers["link"] = link_value(push_url, REL_PUSH)
         # Section 6.1: the synthetic request itself names the push resource (sets: MUST).
         promised = {"link": headers["link"]} if "link" in headers else {}
+        if message.receipt_id is not None and not await self.service.room_for_unmarked():
+            # Its delivery could not be remembered if its write failed (the store down for
+            # long), and its receipt would be lost: it stays stored, the monitor ends.
+            self._sent.discard(message.message_id)
+            self.channel.closed.set()
+            return False
+        # No suspension from here to `mark_delivered`'s note: the room is still there.
         if message in self._withdrawn:  # deleted or replaced while the store answered
             self._sent.discard(message.message_id)
             return False
