@@ -2,8 +2,8 @@
 campaign, docs/reliability.md: a node restarted during an outage exited with status 1
 and stayed down). It starts anyway, answers 503 with a JSON error and /health not
 ready while it retries the store with backoff (each retry logged), and becomes ready
-once the store answers: here a TCP proxy to the real PostgreSQL opened on the node's
-store port only after the node started."""
+once the store answers: here a TCP proxy to the real PostgreSQL started on the node's
+store port only after the node did."""
 
 from __future__ import annotations
 
@@ -12,40 +12,17 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
+from cluster.tcpproxy import CuttableProxy
 from store.engines import PG_HOST, PG_PORT, PG_USER, postgres_database
-from support.ci import free_port
 from support.service import REPO, ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
-
-
-@contextlib.asynccontextmanager
-async def tcp_proxy(port: int, host: str, target_port: int) -> AsyncIterator[None]:
-    """127.0.0.1:`port` forwarded to host:target_port until the block ends."""
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(host, target_port)
-        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
-
-    server = await asyncio.start_server(forward, "127.0.0.1", port)
-    try:
-        yield
-    finally:
-        server.close()
 
 
 async def health(url: str) -> httpx.Response | None:
@@ -63,7 +40,8 @@ async def test_serve_starts_without_its_postgresql_and_becomes_ready_once_it_ans
         [sys.executable, "-m", "tidings", "keys", "token", "--out", str(secrets)],
         check=True, cwd=REPO, capture_output=True,
     )  # fmt: skip
-    store_port = free_port()  # nothing listens there yet
+    proxy = CuttableProxy(PG_HOST, PG_PORT)  # not started: nothing listens there yet
+    store_port = proxy.port
     async with postgres_database() as real_url:
         database = real_url.rsplit("/", 1)[1]
         url = f"postgresql://{PG_USER}@127.0.0.1:{store_port}/{database}"
@@ -90,16 +68,17 @@ async def test_serve_starts_without_its_postgresql_and_becomes_ready_once_it_ans
             while node.log_tail(200).count("store still unavailable") < 2:
                 assert time.monotonic() < deadline, node.log_tail()
                 await asyncio.sleep(0.1)
-            async with tcp_proxy(store_port, PG_HOST, PG_PORT):
-                while (answer := await health(node.url)) is None or answer.status_code != 200:
-                    assert time.monotonic() < deadline + 30, node.log_tail()
-                    await asyncio.sleep(0.2)
-                assert answer.json()["ready"] is True
-                async with httpx.AsyncClient(timeout=5) as client:
-                    subscribed = await client.post(node.url + "/subscribe", json={})
-                assert subscribed.status_code == 201, subscribed.text
-                assert "store reachable after" in node.log_tail(200)
-                assert node.stop() == 0
+            proxy.start()
+            while (answer := await health(node.url)) is None or answer.status_code != 200:
+                assert time.monotonic() < deadline + 30, node.log_tail()
+                await asyncio.sleep(0.2)
+            assert answer.json()["ready"] is True
+            async with httpx.AsyncClient(timeout=5) as client:
+                subscribed = await client.post(node.url + "/subscribe", json={})
+            assert subscribed.status_code == 201, subscribed.text
+            assert "store reachable after" in node.log_tail(200)
+            assert node.stop() == 0
         finally:
             node.stop()
             log.close()
+            proxy.close()
