@@ -22,6 +22,7 @@ __all__ = [
     "DELIVERY_WRITE_DELAY",
     "MAX_ACKS_PER_WRITE",
     "MAX_DELIVERIES_PER_WRITE",
+    "MAX_PENDING_ACKS",
     "MAX_PENDING_DELIVERIES",
     "Acknowledgements",
 ]
@@ -29,6 +30,7 @@ __all__ = [
 log = logging.getLogger("tidings.service")
 
 MAX_ACKS_PER_WRITE = 256  # acknowledgements deleted in one store call at most
+MAX_PENDING_ACKS = 100_000  # acknowledgements waiting for their delete; more are dropped
 MAX_DELIVERIES_PER_WRITE = 256  # deliveries recorded in message statuses per store call
 # WebSocket deliveries are written this many seconds late: an acknowledgement arriving
 # meanwhile records the delivery in its own statement, and the separate write is saved.
@@ -111,6 +113,11 @@ class Acknowledgements(ServiceBase):
         self.metrics.acknowledged(code)
         if code != 100:
             log.info("message %s acknowledged with code %d", escape(message_id), code)
+        if len(self._acks) >= MAX_PENDING_ACKS:
+            # The store is this far behind (slow, not failing): the message stays stored
+            # and is delivered again (at least once), the list does not grow.
+            log.warning("acknowledgement of %s dropped: the store is behind", escape(message_id))
+            return
         self._acks.append((uaid, message_id))
         pending = self._deliveries.get(message_id)
         if pending is not None and pending[1] == "websocket" and not pending[3]:

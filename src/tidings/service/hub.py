@@ -182,6 +182,10 @@ class Hub:
             if not listeners:
                 del self._receipts[receipt_id]
 
+    def receipt_listeners(self, receipt_id: str) -> int:
+        """How many monitors of a receipt subscription are open here."""
+        return len(self._receipts.get(receipt_id, ()))
+
     def monitored_receipts(self) -> list[str]:
         """The receipt subscriptions monitored on this node now."""
         return list(self._receipts)
