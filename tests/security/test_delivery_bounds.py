@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,10 +21,11 @@ from rfc8030.test_receipt_unrecorded_delivery import push_with_receipt
 from support.service import Registration, RunningService, TestAgent, running_service
 from tidings.service import acknowledgements, hub
 from tidings.service.core import PushService
+from tidings.service.monitor import PushMonitor
 from tidings.service.store import StoredMessage, StoreUnavailable
 from tidings.service.ws_protocol import CLOSE_TRY_AGAIN_LATER
 from tidings.service.ws_session import WebSocketSession
-from tidings.webpush import encrypt
+from tidings.webpush import Urgency, encrypt
 
 BOUND = 4
 
@@ -194,3 +197,17 @@ async def test_unrecorded_deliveries_past_their_bound_are_not_sent_and_lose_no_r
                 await asyncio.sleep(0.05)
         assert not service._unmarked
         await again.close()
+
+
+def test_deletes_past_the_withdrawal_bound_end_a_monitor_still_sending_its_stored_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The RFC 8030 side: the monitor ends (the client monitors again) instead of
+    forgetting a withdrawal while its stored list may still hold the message."""
+    monkeypatch.setattr(hub, "RECENT_WITHDRAWALS", BOUND)
+    channel: Any = SimpleNamespace(closed=asyncio.Event())
+    watcher = PushMonitor(SimpleNamespace(), channel, "u" * 32, None, Urgency.VERY_LOW)  # type: ignore[arg-type]
+    for index in range(BOUND + 1):
+        watcher.withdraw(f"deleted {index}")
+        assert len(watcher._withdrawn) <= BOUND
+    assert channel.closed.is_set()
