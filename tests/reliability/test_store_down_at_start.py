@@ -21,6 +21,8 @@ import websockets
 from cluster.tcpproxy import CuttableProxy
 from store.engines import PG_HOST, PG_PORT, PG_USER, postgres_database
 from support.service import REPO, ServiceProcess
+from tidings.service.config import ServiceConfig
+from tidings.service.core import PushService
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -32,31 +34,43 @@ async def health(url: str) -> httpx.Response | None:
     return None
 
 
+def token_keys(path: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "tidings", "keys", "token", "--out", str(path)],
+        check=True, cwd=REPO, capture_output=True,
+    )  # fmt: skip
+    return path
+
+
+async def serve_unready(node: ServiceProcess) -> None:
+    """Start `tidings serve` (its store unreachable) and wait for its first answer."""
+    node.data_dir.mkdir(parents=True)
+    log = node.log_path.open("ab")
+    command = [sys.executable, "-m", "tidings", "serve", "--port", str(node.port)]
+    node.process = subprocess.Popen([*command, *node.args], stdout=log, stderr=log, cwd=REPO)
+    log.close()  # the child has its own copy
+    deadline = time.monotonic() + 30
+    while await health(node.url) is None:
+        assert node.process.poll() is None, f"serve exited:\n{node.log_tail()}"
+        assert time.monotonic() < deadline, node.log_tail()
+        await asyncio.sleep(0.1)
+
+
 async def test_serve_starts_without_its_postgresql_and_becomes_ready_once_it_answers(
     tmp_path: Path,
 ) -> None:
-    secrets = tmp_path / "tidings-secrets.json"
-    subprocess.run(
-        [sys.executable, "-m", "tidings", "keys", "token", "--out", str(secrets)],
-        check=True, cwd=REPO, capture_output=True,
-    )  # fmt: skip
+    secrets = token_keys(tmp_path / "tidings-secrets.json")
     proxy = CuttableProxy(PG_HOST, PG_PORT)  # not started: nothing listens there yet
     store_port = proxy.port
     async with postgres_database() as real_url:
         database = real_url.rsplit("/", 1)[1]
         url = f"postgresql://{PG_USER}@127.0.0.1:{store_port}/{database}"
         node = ServiceProcess(tmp_path / "node", args=["--store", url, "--secrets", str(secrets)])
-        node.data_dir.mkdir(parents=True)
-        log = node.log_path.open("ab")
-        command = [sys.executable, "-m", "tidings", "serve", "--port", str(node.port)]
-        node.process = subprocess.Popen([*command, *node.args], stdout=log, stderr=log, cwd=REPO)
         try:
+            await serve_unready(node)
             deadline = time.monotonic() + 30
-            while (answer := await health(node.url)) is None:
-                assert node.process.poll() is None, f"serve exited:\n{node.log_tail()}"
-                assert time.monotonic() < deadline, node.log_tail()
-                await asyncio.sleep(0.1)
-            assert answer.status_code == 503
+            answer = await health(node.url)
+            assert answer is not None and answer.status_code == 503
             assert answer.json()["ready"] is False and answer.json()["status"] == "starting"
             async with httpx.AsyncClient(timeout=5) as client:
                 push = await client.post(node.url + "/push/abc", headers={"TTL": "60"})
@@ -80,5 +94,33 @@ async def test_serve_starts_without_its_postgresql_and_becomes_ready_once_it_ans
             assert node.stop() == 0
         finally:
             node.stop()
-            log.close()
+            proxy.close()
+
+
+async def test_a_wrong_key_file_found_once_the_store_answers_stops_serve_with_status_1(
+    tmp_path: Path,
+) -> None:
+    """As at start: endpoints sealed with one key file, the node given another."""
+    first = token_keys(tmp_path / "first.json")
+    other = token_keys(tmp_path / "other.json")
+    proxy = CuttableProxy(PG_HOST, PG_PORT)
+    async with postgres_database() as real_url:
+        service = PushService(ServiceConfig(store=real_url, secrets=str(first)))
+        await service.start()  # the database records the first file's key
+        await service.stop()
+        database = real_url.rsplit("/", 1)[1]
+        url = f"postgresql://{PG_USER}@127.0.0.1:{proxy.port}/{database}"
+        node = ServiceProcess(tmp_path / "node", args=["--store", url, "--secrets", str(other)])
+        try:
+            await serve_unready(node)
+            proxy.start()
+            assert node.process is not None
+            deadline = time.monotonic() + 60
+            while node.process.poll() is None:
+                assert time.monotonic() < deadline, node.log_tail()
+                await asyncio.sleep(0.1)
+            assert node.process.returncode == 1
+            assert "does not hold any key" in node.log_tail(200)
+        finally:
+            node.stop()
             proxy.close()
