@@ -4,10 +4,11 @@ One `SQLiteStore` in one process, no service: a user agent with `--backlog` stor
 messages gets `--pairs` pushes, each acknowledged at once (the store's work of a
 delivered push), and the process CPU per pair is printed. With `--src` given more than
 once, each source tree (a `src` folder) runs in a child process of its own, the trees
-alternating `--repeat` times, so that their figures come from one run.
+alternating `--repeat` times, so that their figures come from one run. With `--sweep`
+N, also the CPU of the expiry sweep removing N expired messages of N/10 user agents.
 
     python bench/store_backlog.py [--backlog 0 --backlog 1000] [--pairs 3000]
-        [--src /tmp/main/src --src src] [--repeat 2]
+        [--sweep 100000] [--src /tmp/main/src --src src] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -62,10 +64,41 @@ async def cpu_per_pair(backlog: int, pairs: int) -> float:
             await store.close()
 
 
+async def sweep_cpu(expired: int) -> float:
+    """Process CPU (ms) of the sweep removing `expired` messages, 10 per user agent."""
+    from tidings.service.store import SubscriptionRecord
+    from tidings.service.store.sqlite import SQLiteStore
+
+    with tempfile.TemporaryDirectory(prefix="tidings-store-sweep-") as tmp:
+        store = SQLiteStore(Path(tmp) / "t.db")
+        await store.open()
+        try:
+            agents = max(1, expired // 10)
+            for n in range(agents):
+                await store.add_subscription(SubscriptionRecord(f"ua{n}", "ch", None, 0.0))
+
+            def fill(db: sqlite3.Connection) -> None:
+                db.execute(
+                    "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+                    " INSERT INTO messages (message_id, uaid, channel_id, urgency, ttl,"
+                    " created_at, expires_at, headers, body) SELECT printf('m%d', i),"
+                    " 'ua' || (i % ?), 'ch', 'normal', 60, 0, 60, '{}', randomblob(200) FROM n",
+                    (expired - 1, agents),
+                )
+
+            await store._op(fill, slow=True)
+            started = time.process_time()
+            assert await store.delete_expired(61.0) == expired
+            return 1e3 * (time.process_time() - started)
+        finally:
+            await store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backlog", type=int, action="append", help="stored messages")
     parser.add_argument("--pairs", type=int, default=3000, help="pushes, each acknowledged")
+    parser.add_argument("--sweep", type=int, default=0, help="expired messages to sweep")
     parser.add_argument("--src", action="append", help="a source tree to measure")
     parser.add_argument("--repeat", type=int, default=2, help="alternations of the trees")
     args = parser.parse_args()
@@ -74,9 +107,13 @@ def main() -> None:
         for backlog in backlogs:
             cpu = asyncio.run(cpu_per_pair(backlog, args.pairs))
             print(f"backlog {backlog:6}: {cpu:6.1f} µs CPU per push + ack", flush=True)
+        if args.sweep:
+            cpu = asyncio.run(sweep_cpu(args.sweep))
+            print(f"sweep of {args.sweep} expired: {cpu:6.0f} ms CPU", flush=True)
         return
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    own = ["--pairs", str(args.pairs), *(f"--backlog={backlog}" for backlog in backlogs)]
+    own = ["--pairs", str(args.pairs), f"--sweep={args.sweep}"]
+    own += [f"--backlog={backlog}" for backlog in backlogs]
     for _ in range(args.repeat):
         for src in args.src:
             print(f"{src}:", flush=True)
