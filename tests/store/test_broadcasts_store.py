@@ -64,5 +64,5 @@ async def test_a_version_2_sqlite_file_is_migrated_and_keeps_its_data(tmp_path: 
     finally:
         await store.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION == 6
     conn.close()

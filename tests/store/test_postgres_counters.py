@@ -235,8 +235,8 @@ async def test_upgrading_from_schema_5_counts_what_is_stored(
 async def test_a_copy_from_sqlite_is_counted_by_postgresql_not_copied(
     store_url: str, tmp_path: Path
 ) -> None:
-    """`tidings migrate`: the counters come from the copied messages, even if the SQLite
-    file has counters of the same names (they would count twice)."""
+    """`tidings migrate`: the counters come from the copied messages, not from the SQLite
+    store's counters of the same names (copied, they would count twice)."""
     sqlite = open_store(f"sqlite:///{tmp_path / 'tidings.db'}")
     await sqlite.open()
     try:
@@ -246,11 +246,13 @@ async def test_a_copy_from_sqlite_is_counted_by_postgresql_not_copied(
     finally:
         await sqlite.close()
     db = sqlite3.connect(tmp_path / "tidings.db")
-    db.execute("ALTER TABLE subscriptions ADD COLUMN stored INTEGER NOT NULL DEFAULT 2")
-    db.execute("CREATE TABLE user_agent_usage (uaid TEXT, stored INTEGER, stored_bytes INTEGER)")
-    db.execute("INSERT INTO user_agent_usage VALUES ('ua1', 2, 30)")
-    db.commit()
-    db.close()
+    try:  # the SQLite store's own counters, as PostgreSQL names them
+        assert db.execute("SELECT stored, stored_bytes FROM user_agent_usage").fetchall() == [
+            (2, 30)
+        ]
+        assert db.execute("SELECT stored FROM subscriptions").fetchall() == [(2,)]
+    finally:
+        db.close()
     await migrate_sqlite_to_postgres(tmp_path / "tidings.db", store_url, now=NOW)
     assert await counters(store_url) == ({"ua1": (2, 30)}, {"ua1/ch1": 2})
     await assert_counted(store_url)

@@ -22,6 +22,7 @@ __all__ = [
     "DELIVERY_WRITE_DELAY",
     "MAX_ACKS_PER_WRITE",
     "MAX_DELIVERIES_PER_WRITE",
+    "MAX_PENDING_ACKS",
     "MAX_PENDING_DELIVERIES",
     "Acknowledgements",
 ]
@@ -29,11 +30,14 @@ __all__ = [
 log = logging.getLogger("tidings.service")
 
 MAX_ACKS_PER_WRITE = 256  # acknowledgements deleted in one store call at most
+MAX_PENDING_ACKS = 100_000  # acknowledgements waiting for their delete; more are dropped
 MAX_DELIVERIES_PER_WRITE = 256  # deliveries recorded in message statuses per store call
 # WebSocket deliveries are written this many seconds late: an acknowledgement arriving
 # meanwhile records the delivery in its own statement, and the separate write is saved.
 DELIVERY_WRITE_DELAY = 1.0
-MAX_PENDING_DELIVERIES = 10_000  # deliveries waiting to be written; more are not noted
+# Deliveries waiting to be written: statuses past it are not noted; receipts past it
+# are not sent until the oldest are recorded (`room_for_unmarked`).
+MAX_PENDING_DELIVERIES = 10_000
 
 
 class Acknowledgements(ServiceBase):
@@ -109,6 +113,11 @@ class Acknowledgements(ServiceBase):
         self.metrics.acknowledged(code)
         if code != 100:
             log.info("message %s acknowledged with code %d", escape(message_id), code)
+        if len(self._acks) >= MAX_PENDING_ACKS:
+            # The store is this far behind (slow, not failing): the message stays stored
+            # and is delivered again (at least once), the list does not grow.
+            log.warning("acknowledgement of %s dropped: the store is behind", escape(message_id))
+            return
         self._acks.append((uaid, message_id))
         pending = self._deliveries.get(message_id)
         if pending is not None and pending[1] == "websocket" and not pending[3]:
@@ -181,18 +190,36 @@ class Acknowledgements(ServiceBase):
             except Exception as exc:  # a status is best effort; the message is not
                 log.warning("cannot record %d deliveries: %s", len(batch), exc)
 
-    async def mark_delivered(self, message: StoredMessage) -> None:
-        """Remember that a message wanting a receipt reached its user agent."""
+    async def room_for_unmarked(self) -> bool:
+        """Whether one more unrecorded delivery can be remembered. At the bound the
+        oldest are recorded first (the store may be back); if it cannot take them, a
+        message wanting a receipt must not be sent now: forgetting an unrecorded
+        delivery would lose the receipt of its acknowledgement. Does not suspend while
+        there is room, so a caller that sends right after it keeps that room."""
+        if len(self._unmarked) < MAX_PENDING_DELIVERIES:
+            return True
+        oldest = list(self._unmarked.items())[:MAX_DELIVERIES_PER_WRITE]
+        try:
+            await self._mark_unmarked([(uaid, message_id) for message_id, uaid in oldest])
+        except StoreUnavailable as exc:
+            log.warning("%d deliveries not recorded yet: %s", len(self._unmarked), exc)
+        return len(self._unmarked) < MAX_PENDING_DELIVERIES
+
+    async def mark_delivered(self, message: StoredMessage) -> bool:
+        """Remember that a message wanting a receipt reached its user agent; False (and
+        nothing remembered) when it cannot be, the store down and `room_for_unmarked`
+        full: the caller does not send it, it stays stored."""
+        if message.message_id not in self._unmarked and not await self.room_for_unmarked():
+            return False
         # Until written, an acknowledgement (which may overtake this write) writes it.
         self._unmarked[message.message_id] = message.uaid
-        if len(self._unmarked) > MAX_PENDING_DELIVERIES:
-            self._unmarked.popitem(last=False)
         try:
             await self.store.mark_delivered(message.uaid, message.message_id)
         except StoreUnavailable as exc:
             log.warning("cannot mark %s delivered: %s", message.message_id, exc)
-            return
+            return True
         self._unmarked.pop(message.message_id, None)
+        return True
 
     async def _mark_unmarked(self, keys: list[tuple[str, str]]) -> None:
         """Before acknowledgements of `keys` (uaid, message id) are written: record the

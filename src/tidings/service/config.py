@@ -18,6 +18,7 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("max_ttl", 0, 2**31),
     ("max_messages_per_user_agent", 1, 1_000_000),
     ("max_subscriptions_per_user_agent", 1, 1_000_000),
+    ("max_monitors_per_user_agent", 1, 100_000),
     ("max_messages_per_subscription", 1, 1_000_000),
     ("max_bytes_per_user_agent", 4096, 1 << 40),
     ("max_stored_messages", 1, 10**12),
@@ -50,6 +51,9 @@ class ServiceConfig:
     max_ttl: int = 30 * DAY  # longer TTLs are cut to this and the answer says so
     max_messages_per_user_agent: int = 1000  # unexpired stored messages, all channels
     max_subscriptions_per_user_agent: int = 1000
+    # Open RFC 8030 monitors (GETs of its subscriptions and sets) of one user agent, and
+    # of one receipt subscription: each is a stream the hub offers every message to.
+    max_monitors_per_user_agent: int = 32
     max_messages_per_subscription: int = 100  # unexpired stored messages of one channel
     max_bytes_per_user_agent: int = 1 << 20  # bytes of the stored bodies of one user agent
     max_stored_messages: int = 10_000_000  # the whole store; then 507 (docs/operations.md)

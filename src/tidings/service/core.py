@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import OrderedDict
 
@@ -53,6 +54,7 @@ from tidings.service.service_base import (
     SET_PATH,
     SUBSCRIBE_PATH,
     SUBSCRIPTION_PATH,
+    not_ready,
     store_unavailable,
 )
 from tidings.service.store import MessageQuota, Store, StoreUnavailable, open_store
@@ -90,12 +92,16 @@ __all__ = [
     "RegistrationError",
     "in_batches",
     "new_uaid",
+    "not_ready",
     "quota_refused",
     "status_document",
     "store_unavailable",
 ]
 
 log = logging.getLogger("tidings.service")
+
+STORE_OPEN_FIRST_DELAY = 0.5  # seconds before retrying a store down at start; doubling
+STORE_OPEN_MAX_DELAY = 30.0
 
 
 class PushService(
@@ -142,6 +148,10 @@ class PushService(
         self._delivery_flusher: asyncio.Task[None] | None = None  # at once (HTTP/2)
         self._unmarked: OrderedDict[str, str] = OrderedDict()  # see ServiceBase
         self.draining = False
+        self.ready = False  # the store opened and the keys loaded: requests are served
+        self._opening: asyncio.Task[None] | None = None  # retrying a store down at start
+        self.start_failed = asyncio.Event()  # set when that retry met a fatal error
+        self.start_error: BaseException | None = None
         self.started_at = time.time()
         self.quota = MessageQuota(
             per_subscription=config.max_messages_per_subscription,
@@ -151,7 +161,23 @@ class PushService(
         )
 
     async def start(self) -> None:
-        """Open the store, load (or create) the token keys, start the expiry sweeper."""
+        """Open the store, load (or create) the token keys, start the expiry sweeper.
+
+        A shared store (PostgreSQL) that cannot be reached does not stop the start: the
+        node serves 503 (and /health not ready) while it tries again with backoff, as a
+        running node rides out the same outage. A SQLite file that will not open does."""
+        try:
+            await self._start_on_store()
+        except StoreUnavailable as exc:
+            if not self.config.shared_store:
+                raise
+            log.warning("store unavailable at start; answering 503 until it is back: %s", exc)
+            await self.store.close()  # a pool half opened (migration failed) is let go
+            self._opening = asyncio.create_task(
+                self._start_when_store_is_back(), name="tidings-store-open"
+            )
+
+    async def _start_on_store(self) -> None:
         await self.store.open()
         self._sealer = await load_sealer(
             self.config.secrets_path, self.store, create=not self.config.shared_store
@@ -159,6 +185,34 @@ class PushService(
         await self.cluster.start(self.redeliver)
         await self.broadcasts.start()
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="tidings-expiry")
+        self.ready = True
+
+    async def _start_when_store_is_back(self) -> None:
+        delay = STORE_OPEN_FIRST_DELAY
+        attempt = 1
+        while True:
+            # Jittered, so nodes started together against a down store do not retry in step.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            attempt += 1
+            try:
+                await self._start_on_store()
+            except StoreUnavailable as exc:
+                delay = min(STORE_OPEN_MAX_DELAY, delay * 2)
+                log.warning(
+                    "store still unavailable (attempt %d; next in about %.1f s): %s",
+                    attempt,
+                    delay,
+                    exc,
+                )
+                await self.store.close()
+                continue
+            except Exception as exc:  # a wrong key file, found once the store answered
+                log.error("start-up failed once the store was reachable: %s", exc)
+                self.start_error = exc
+                self.start_failed.set()
+                return
+            log.info("store reachable after %d attempts: ready", attempt)
+            return
 
     async def drain(self) -> None:
         """Stop taking connections and close WebSockets with 'going away' (1001)."""
@@ -167,6 +221,10 @@ class PushService(
 
     async def stop(self) -> None:
         """Stop background work and close the store."""
+        if self._opening is not None:
+            self._opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opening
         if self._ack_writer is not None:
             with contextlib.suppress(Exception):
                 await self._ack_writer  # acknowledged messages are deleted before closing
@@ -193,7 +251,9 @@ class PushService(
         except StoreUnavailable:
             store_ok = False
         cluster = self.cluster.status()
-        if not store_ok or self.draining:
+        if not self.ready:
+            status = "starting"  # the store was unreachable at start: retrying
+        elif not store_ok or self.draining:
             status = "unavailable"
         elif cluster == "degraded":  # the bus listener is down: live delivery across nodes is off
             status = "degraded"
@@ -205,6 +265,7 @@ class PushService(
             "store": "ok" if store_ok else "unavailable",
             "connections": len(self.hub),
             "draining": self.draining,
+            "ready": self.ready,
             "cluster": cluster,
             "node": self.config.node_id,
             "uptime": round(time.time() - self.started_at, 1),

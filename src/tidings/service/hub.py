@@ -40,17 +40,32 @@ class ConnectedAgent(Protocol):
 class Withdrawals:
     """What a connection must no longer send although it may hold a copy (live messages
     held while stored ones are read, a stored list read before the change): messages
-    deleted since, and those a newer push with their Topic replaced. Bounded."""
+    deleted since, and those a newer push with their Topic replaced. Bounded.
+
+    While `holding` (the stored messages are being read and sent) no Topic is forgotten:
+    those noted then are the stored list's and the held live messages', both bounded by
+    their own limits. Withdrawn ids come from senders' DELETEs, which nothing else bounds:
+    `withdraw` says when it had to forget one, and a connection that may still hold a
+    copy of it then closes instead of risking sending it after its 204."""
 
     def __init__(self) -> None:
         self._ids: OrderedDict[str, None] = OrderedDict()
         # (channel, Topic) -> (created_at, message id) of the newest stored one seen.
         self._topics: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+        self.holding = False
 
-    def withdraw(self, message_id: str) -> None:
+    def __len__(self) -> int:
+        """Entries remembered (withdrawn ids and Topics)."""
+        return len(self._ids) + len(self._topics)
+
+    def withdraw(self, message_id: str) -> bool:
+        """Remember a deleted message; True when an older withdrawal was forgotten."""
         self._ids[message_id] = None
+        self._ids.move_to_end(message_id)
         if len(self._ids) > RECENT_WITHDRAWALS:
             self._ids.popitem(last=False)
+            return True
+        return False
 
     def note(self, message: StoredMessage) -> None:
         """A message reached this connection: a stored one with a Topic replaced any
@@ -62,8 +77,10 @@ class Withdrawals:
         if newest is None or newest[0] < message.created_at:
             self._topics[key] = (message.created_at, message.message_id)
             self._topics.move_to_end(key)
-            if len(self._topics) > RECENT_WITHDRAWALS:
-                self._topics.popitem(last=False)
+        # After the stored list, a forgotten Topic is safe: an older copy still waiting
+        # is a queued send, and as many Topics as RECENT_WITHDRAWALS fill the send queue.
+        while not self.holding and len(self._topics) > RECENT_WITHDRAWALS:
+            self._topics.popitem(last=False)
 
     def __contains__(self, message: object) -> bool:
         if not isinstance(message, StoredMessage):
@@ -164,6 +181,10 @@ class Hub:
             listeners.remove(listener)
             if not listeners:
                 del self._receipts[receipt_id]
+
+    def receipt_listeners(self, receipt_id: str) -> int:
+        """How many monitors of a receipt subscription are open here."""
+        return len(self._receipts.get(receipt_id, ()))
 
     def monitored_receipts(self) -> list[str]:
         """The receipt subscriptions monitored on this node now."""

@@ -155,6 +155,9 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+EXEMPT_CACHE = 4096  # client addresses whose exemption is remembered (oldest forgotten)
+
+
 class _Rules:
     """The rules of a limiter and the exempt networks (shared by both limiters)."""
 
@@ -178,7 +181,7 @@ class _Rules:
         else:
             result = any(ip in network for network in self._exempt)
         self._exempt_cache[address] = result
-        if len(self._exempt_cache) > 4096:
+        if len(self._exempt_cache) > EXEMPT_CACHE:
             self._exempt_cache.popitem(last=False)
         return result
 

@@ -9,6 +9,7 @@ import asyncio
 import email.utils
 import logging
 import time
+from collections import OrderedDict
 from typing import ClassVar
 
 from tidings.service.core import PushService
@@ -24,6 +25,9 @@ log = logging.getLogger("tidings.monitor")
 
 RECEIPT_BATCH = 100
 MAX_HELD = 1024  # live messages held per monitor while its stored ones are read
+# Ids of messages pushed on one monitor, remembered so each goes once: a long-lived
+# monitor forgets the oldest past this (at worst a duplicate, dropped by the user agent).
+MAX_SENT = 1024
 RECEIPT_POLL = 2.0  # seconds between store reads of an open receipt subscription
 RECEIPT_CONFIRM_TIMEOUT = 10.0  # seconds for the receiver to answer the PING after receipts
 
@@ -55,10 +59,11 @@ class PushMonitor:
         self.uaid: str | None = uaid
         self.channel_id = channel_id
         self.min_urgency = min_urgency
-        self._sent: set[str] = set()
+        self._sent: OrderedDict[str, None] = OrderedDict()
         self._held: list[StoredMessage] | None = []  # live messages held while flushing
         # Deleted or replaced since they reached this monitor: not to be pushed.
         self._withdrawn = Withdrawals()
+        self._withdrawn.holding = True
         self._tasks: set[asyncio.Task[bool]] = set()
 
     # ConnectedAgent ----------------------------------------------------------------------
@@ -85,9 +90,13 @@ class PushMonitor:
         task.add_done_callback(self._tasks.discard)
 
     def withdraw(self, message_id: str) -> None:
-        self._withdrawn.withdraw(message_id)
+        forgot = self._withdrawn.withdraw(message_id)
         if self._held:
             self._held = [held for held in self._held if held.message_id != message_id]
+        if forgot and (self._withdrawn.holding or self._tasks):
+            # A copy of the forgotten one may still be waiting (the stored list, a push
+            # under way): the monitor ends and the client monitors again.
+            self.channel.closed.set()
 
     async def close(self, code: int, reason: str) -> None:
         self.channel.closed.set()
@@ -110,6 +119,7 @@ class PushMonitor:
         for message in stored + held:
             if self.accepts(message) and await self._push(message):
                 count += 1
+        self._withdrawn.holding = False
         return count
 
     async def _push(self, message: StoredMessage) -> bool:
@@ -117,7 +127,9 @@ class PushMonitor:
             return False
         if message.ttl and message.expires_at <= time.time():
             return False
-        self._sent.add(message.message_id)
+        self._sent[message.message_id] = None
+        if len(self._sent) > MAX_SENT:
+            self._sent.popitem(last=False)
         ref = MessageRef(message.uaid, message.channel_id, message.message_id)
         path = self.service.message_path(ref)
         headers = {
@@ -140,12 +152,19 @@ class PushMonitor:
             headers["link"] = link_value(push_url, REL_PUSH)
         # Section 6.1: the synthetic request itself names the push resource (sets: MUST).
         promised = {"link": headers["link"]} if "link" in headers else {}
+        if message.receipt_id is not None and not await self.service.room_for_unmarked():
+            # Its delivery could not be remembered if its write failed (the store down for
+            # long), and its receipt would be lost: it stays stored, the monitor ends.
+            self._sent.pop(message.message_id, None)
+            self.channel.closed.set()
+            return False
+        # No suspension from here to `mark_delivered`'s note: the room is still there.
         if message in self._withdrawn:  # deleted or replaced while the store answered
-            self._sent.discard(message.message_id)
+            self._sent.pop(message.message_id, None)
             return False
         pushed = self.channel.push(path, Response(200, headers, message.body), promised)
         if not pushed:
-            self._sent.discard(message.message_id)
+            self._sent.pop(message.message_id, None)
             return False
         self.service.metrics.delivered(message)
         self.service.note_delivered(message, "http2")

@@ -452,11 +452,12 @@ def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
                     "type": "object",
                     "required": ["status", "version", "store"],
                     "properties": {
-                        "status": {"enum": ["ok", "degraded", "unavailable"]},
+                        "status": {"enum": ["ok", "degraded", "unavailable", "starting"]},
                         "version": {"type": "string"},
                         "store": {"enum": ["ok", "unavailable"]},
                         "connections": {"type": "integer"},
                         "draining": {"type": "boolean"},
+                        "ready": {"type": "boolean"},
                         "cluster": {},
                         "uptime": {"type": "number"},
                     },

@@ -6,7 +6,7 @@ WebSockets by the per-address connection limit and gives each a `WebSocketSessio
 
 from __future__ import annotations
 
-from tidings.service.core import PushService
+from tidings.service.core import PushService, not_ready
 from tidings.service.errors import ServiceError
 from tidings.service.http.app import ServerSettings, TextChannel
 from tidings.service.http.messages import Request, Response
@@ -43,6 +43,8 @@ class PushApp:
 
     async def admit_websocket(self, request: Request) -> Response | None:
         """New connections are rate limited per address; the limiter may be remote (Redis)."""
+        if not self.service.ready:
+            return Response.error(not_ready())
         try:
             await self.service.check_address_rate(Limit.CONNECT_ADDRESS, request.client)
         except ServiceError as error:

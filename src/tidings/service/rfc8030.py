@@ -119,10 +119,23 @@ def _urgency_filter(request: Request) -> Urgency:
         raise ServiceError(400, Errno.BAD_URGENCY, str(exc)) from None
 
 
+def _check_monitors(service: PushService, open_now: int, of: str) -> None:
+    """429 when one more monitor would pass `max_monitors_per_user_agent`."""
+    if open_now >= service.config.max_monitors_per_user_agent:
+        raise ServiceError(
+            429,
+            Errno.TOO_MANY_MONITORS,
+            f"this {of} has {open_now} monitors open already; close one first",
+            headers={"retry-after": "60"},
+        )
+
+
 async def _monitor(
     service: PushService, request: Request, uaid: str, channel_id: str | None
 ) -> Response:
     channel = _monitor_channel(request)
+    monitors = [agent for agent in service.hub.agents(uaid) if not agent.exclusive]
+    _check_monitors(service, len(monitors), "user agent")
     monitor = PushMonitor(service, channel, uaid, channel_id, _urgency_filter(request))
     service.hub.attach(uaid, monitor)
     try:
@@ -181,6 +194,7 @@ async def monitor_receipts(service: PushService, request: Request, token: str) -
     if not await service.store.use_receipt_subscription(receipt_id, time.time()):
         raise ServiceError(404, Errno.NOT_FOUND, "no such receipt subscription")
     channel = _monitor_channel(request)
+    _check_monitors(service, service.hub.receipt_listeners(receipt_id), "receipt subscription")
     monitor = ReceiptMonitor(service, channel, receipt_id)
     service.hub.listen_receipts(receipt_id, monitor)
     try:

@@ -23,6 +23,7 @@ from tidings.service.core import (
     SUBSCRIBE_PATH,
     SUBSCRIPTION_PATH,
     PushService,
+    not_ready,
     store_unavailable,
 )
 from tidings.service.errors import Errno, ServiceError
@@ -154,6 +155,8 @@ class Routes:
 
     async def _route(self, request: Request) -> Response:
         method, path = request.method, request.path
+        if not self.service.ready and path not in ("/health", "/openapi.json"):
+            raise not_ready()
         if method == "OPTIONS":
             answer = options(path)
             if answer is not None:

@@ -19,6 +19,7 @@ from tidings.service.core import PushService
 from tidings.service.http.server import HttpServer, tls_context
 from tidings.service.keyfile import KeyFileError
 from tidings.service.push_app import PushApp
+from tidings.service.store import StoreUnavailable
 
 log = logging.getLogger("tidings.service")
 
@@ -73,8 +74,15 @@ async def run(config: ServiceConfig) -> None:
     await server.start()
     tune_garbage_collector()
     log.info("serving on %s", config.origin)
+    service = server.app.service
     try:
-        await stop.wait()
+        # A store down at start is retried in the background; a fatal error met once it
+        # answers (a wrong key file) stops the node as it would have at start.
+        stopping = asyncio.ensure_future(stop.wait())
+        failing = asyncio.ensure_future(service.start_failed.wait())
+        await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        failing.cancel()
         log.info("draining: closing connections")
     finally:
         try:
@@ -83,6 +91,8 @@ async def run(config: ServiceConfig) -> None:
             log.error("shutdown did not finish within %.0f s; exiting anyway", STOP_LIMIT)
         tracing.disable()  # spans still queued are exported
     log.info("stopped")
+    if service.start_error is not None:
+        raise service.start_error
 
 
 def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -97,7 +107,16 @@ def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
 async def prepare(config: ServiceConfig) -> None:
     """Migrate the store and create the token keys once, before workers start."""
     service = PushService(config)
-    await service.store.open()
+    try:
+        await service.store.open()
+    except StoreUnavailable as exc:
+        if not (config.shared_store and config.secrets_path.exists()):
+            raise
+        # Each worker retries it and migrates under PostgreSQL's advisory lock; the
+        # shared key file exists already, so nothing is left to do once before forking.
+        log.warning("store unavailable before starting the workers: %s", exc)
+        await service.store.close()
+        return
     try:
         from tidings.service.keyfile import load_sealer
 

@@ -35,6 +35,7 @@ __all__ = [
     "SUBSCRIBE_PATH",
     "SUBSCRIPTION_PATH",
     "ServiceBase",
+    "not_ready",
     "store_unavailable",
 ]
 
@@ -57,6 +58,16 @@ def store_unavailable(exc: Exception) -> ServiceError:
         503,
         Errno.UNAVAILABLE,
         "the service cannot reach its store right now; retry later",
+        headers={"retry-after": RETRY_AFTER_UNAVAILABLE},
+    )
+
+
+def not_ready() -> ServiceError:
+    """The 503 of a node whose store could not be reached since it started."""
+    return ServiceError(
+        503,
+        Errno.UNAVAILABLE,
+        "the service is starting and cannot reach its store yet; retry later",
         headers={"retry-after": RETRY_AFTER_UNAVAILABLE},
     )
 
@@ -87,6 +98,7 @@ class ServiceBase:
     # since a receipt is queued only for a message recorded as delivered.
     _unmarked: OrderedDict[str, str]
     draining: bool
+    ready: bool  # False while a store unreachable at start is tried again
     started_at: float
     quota: MessageQuota
 

@@ -177,6 +177,7 @@ class WebSocketSession:
         uaid = await self.service.resolve_uaid(hello.uaid)
         self.uaid = uaid
         self._held = []  # live messages wait until the stored ones have been sent
+        self._withdrawn.holding = True
         for previous in self.service.hub.agents(uaid):
             if isinstance(previous, WebSocketSession):
                 await previous.close(wp.CLOSE_REPLACED, "another connection took over this uaid")
@@ -225,6 +226,7 @@ class WebSocketSession:
             for message in held:
                 await self._deliver(message)
         self._held = None
+        self._withdrawn.holding = False
 
     async def _register(self, uaid: str, register: wp.Register) -> None:
         if register.error is not None:
@@ -294,9 +296,13 @@ class WebSocketSession:
     def withdraw(self, message_id: str) -> None:
         """Its sender deleted the message: a copy held here is not sent (one already
         written to the socket is on its way)."""
-        self._withdrawn.withdraw(message_id)
+        forgot = self._withdrawn.withdraw(message_id)
         if self._held:
             self._held = [held for held in self._held if held.message_id != message_id]
+        if forgot and (self._held is not None or self._queued):
+            # A copy of the forgotten one may still be waiting here (the stored list, a
+            # queued send): the client comes back and reads what is stored then.
+            self._spawn(self.close(wp.CLOSE_TRY_AGAIN_LATER, "too many messages withdrawn"))
 
     def _deliver_now(self, message: StoredMessage) -> bool:
         """Deliver without a task when nothing is queued ahead (the common live case).
@@ -361,11 +367,17 @@ class WebSocketSession:
             self._queued -= 1
 
     async def _deliver(self, message: StoredMessage) -> None:
+        if self.closed:
+            return  # not sent: nothing may be recorded as delivered
         frame = self._frame_for(message)
         if frame is None:
             return
-        if message.receipt_id is not None:
-            await self.service.mark_delivered(message)
+        if message.receipt_id is not None and not await self.service.mark_delivered(message):
+            # Its delivery could be neither recorded nor remembered (the store down for
+            # long): sent now, its receipt would be lost. It stays stored for later.
+            self._unacked.pop(message.message_id, None)
+            await self.close(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
+            return
         if not await self._send(frame, message):
             self._unacked.pop(message.message_id, None)
             return

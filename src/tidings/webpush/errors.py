@@ -102,6 +102,7 @@ class Errno(IntEnum):
     RATE_LIMITED = 121
     ACCESS_DENIED = 130  # /dashboard, /api/stats or /metrics without the right token
     TOO_MANY_SUBSCRIPTIONS = 122
+    TOO_MANY_MONITORS = 123  # the user agent (or receipt subscription) has its maximum open
     TOO_MANY_BYTES = 125  # the user agent's stored messages take too many bytes
     STORE_FULL = 126  # 507: the whole store holds its maximum of messages
     TOO_MANY_BROADCASTS = 131  # the service keeps its maximum number of broadcasts

@@ -375,15 +375,9 @@ class SQLiteStore(SQLiteGroupCommit):
             (
                 *message_columns(message),
                 message.vapid_hash,
-                message.uaid,
-                message.channel_id,
-                message.channel_id,
                 quota.per_subscription,
                 quota.per_user_agent,
-                len(message.body),
                 quota.bytes_per_user_agent,
-                message.uaid,
-                message.created_at,
                 quota.stored_messages,
             ),
         ).rowcount

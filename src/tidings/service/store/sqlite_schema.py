@@ -10,7 +10,7 @@ from typing import Any
 
 from tidings.service.store.base import StoredMessage, decode_headers
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -106,20 +106,63 @@ _MIGRATIONS: dict[int, str] = {
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS message_status_by_end ON message_status (ends_at);
     """,
+    # What each user agent (`user_agent_usage`: messages, body bytes) and each
+    # subscription (`subscriptions.stored`) has stored, kept by triggers like the
+    # store's count, so that a push's quota check reads two rows instead of every
+    # stored message of its user agent. They count every stored message, expired or
+    # not until the sweep removes it: under the quotas a push passes at once; at or
+    # over one the exact count (unexpired messages, as before) decides.
+    6: """
+    CREATE TABLE IF NOT EXISTS user_agent_usage (
+        uaid TEXT PRIMARY KEY,
+        stored INTEGER NOT NULL,
+        stored_bytes INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO user_agent_usage (uaid, stored, stored_bytes)
+        SELECT uaid, count(*), sum(length(body)) FROM messages GROUP BY uaid;
+    ALTER TABLE subscriptions ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;
+    UPDATE subscriptions SET stored = counted.n
+        FROM (SELECT uaid, channel_id, count(*) AS n FROM messages GROUP BY uaid, channel_id)
+        AS counted
+        WHERE subscriptions.uaid = counted.uaid AND subscriptions.channel_id = counted.channel_id;
+    CREATE TRIGGER IF NOT EXISTS messages_used_in AFTER INSERT ON messages BEGIN
+        INSERT INTO user_agent_usage (uaid, stored, stored_bytes)
+            VALUES (new.uaid, 1, length(new.body))
+            ON CONFLICT (uaid) DO UPDATE SET stored = stored + 1,
+                stored_bytes = stored_bytes + excluded.stored_bytes;
+        UPDATE subscriptions SET stored = stored + 1
+            WHERE uaid = new.uaid AND channel_id = new.channel_id;
+    END;
+    -- A user agent with nothing stored keeps no row (gone user agents leave none).
+    CREATE TRIGGER IF NOT EXISTS messages_used_out AFTER DELETE ON messages BEGIN
+        UPDATE user_agent_usage SET stored = stored - 1,
+            stored_bytes = stored_bytes - length(old.body) WHERE uaid = old.uaid;
+        DELETE FROM user_agent_usage WHERE uaid = old.uaid AND stored <= 0;
+        UPDATE subscriptions SET stored = stored - 1
+            WHERE uaid = old.uaid AND channel_id = old.channel_id;
+    END;
+    """,
 }
 
 # Column order shared by the statements below and `_message_from_row`. A push is
 # inserted only while its subscription exists, its subscription and its user agent are
-# under their quotas of unexpired messages (count and bytes: one index range of the
-# user agent's rows, at most its quota long) and the store under its ceiling.
+# under their quotas of unexpired messages (count and bytes) and the store under its
+# ceiling. The quotas are read from the usage counters (two rows); only when those say
+# a quota may be reached are the user agent's unexpired messages counted (one index
+# range, at most its quota long): the OR is evaluated left to right.
 _INSERT_CHECKED_MESSAGE = (
     "INSERT INTO messages (message_id, uaid, channel_id, body, ttl, created_at, expires_at,"
-    " urgency, topic, headers, receipt_id, vapid_hash) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
-    " WHERE EXISTS (SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?)"
-    " AND (SELECT coalesce(sum(channel_id = ?), 0) < ? AND count(*) < ?"
-    " AND coalesce(sum(length(body)), 0) + ? <= ?"
-    " FROM messages WHERE uaid = ? AND expires_at > ?)"
-    " AND (SELECT value FROM counters WHERE name = 'messages') < ?"
+    " urgency, topic, headers, receipt_id, vapid_hash)"
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12"
+    " WHERE EXISTS (SELECT 1 FROM subscriptions WHERE uaid = ?2 AND channel_id = ?3)"
+    " AND (((SELECT stored < ?13 FROM subscriptions WHERE uaid = ?2 AND channel_id = ?3)"
+    " AND (SELECT coalesce(max(stored), 0) < ?14"
+    " AND coalesce(max(stored_bytes), 0) + length(?4) <= ?15"
+    " FROM user_agent_usage WHERE uaid = ?2))"
+    " OR (SELECT coalesce(sum(channel_id = ?3), 0) < ?13 AND count(*) < ?14"
+    " AND coalesce(sum(length(body)), 0) + length(?4) <= ?15"
+    " FROM messages WHERE uaid = ?2 AND expires_at > ?6))"
+    " AND (SELECT value FROM counters WHERE name = 'messages') < ?16"
 )
 _USER_AGENT_USAGE = (
     "SELECT coalesce(sum(channel_id = ?), 0), count(*), coalesce(sum(length(body)), 0)"

@@ -1,0 +1,244 @@
+"""Structures a client can grow, each filled past its bound (patched small in its module):
+ids pushed on one RFC 8030 monitor, acknowledgements waiting for the store, the
+acknowledged ids a WebSocket remembers, and the exemption cache of client addresses
+(docs/security.md, "What a client can grow"). Each test fails with its bound removed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from rfc8030.helpers import path_of, push, subscribe, token_of
+from support.service import running_service
+from tidings.http2 import H2Client
+from tidings.service import acknowledgements, limits, monitor, ws_protocol, ws_session
+from tidings.service.http.messages import Response
+from tidings.service.limits import MemoryRateLimiter, parse_networks
+from tidings.service.monitor import PushMonitor
+from tidings.service.store import StoredMessage
+from tidings.service.vapid_check import VapidChecker
+from tidings.service.ws_session import WebSocketSession
+from tidings.webpush import Urgency, VapidKey, sign_vapid
+from tidings.webpush.links import REL_RECEIPT, link_target
+
+BOUND = 4
+
+
+class PushingChannel:
+    """A monitor's stream whose peer takes every push."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+        self.pushed: list[str] = []
+
+    def push(self, path: str, response: Response, promised: dict[str, str]) -> bool:
+        self.pushed.append(path)
+        return True
+
+
+def message(index: int) -> StoredMessage:
+    now = time.time()
+    return StoredMessage(f"m{index}", "u" * 32, "c", b"", 60, now, now + 60)
+
+
+async def test_ids_pushed_on_a_long_lived_monitor_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(monitor, "MAX_SENT", BOUND)
+
+    async def no_subscription(uaid: str, channel_id: str) -> None:
+        return None
+
+    service: Any = SimpleNamespace(
+        store=SimpleNamespace(get_subscription=no_subscription),
+        message_path=lambda ref: "/m/" + ref.message_id,
+        metrics=SimpleNamespace(delivered=lambda message: None),
+        note_delivered=lambda message, via: None,
+    )
+    channel = PushingChannel()
+    watcher = PushMonitor(service, channel, "u" * 32, None, Urgency.VERY_LOW)  # type: ignore[arg-type]
+    for index in range(3 * BOUND):
+        assert await watcher._push(message(index))
+        assert len(watcher._sent) <= BOUND
+    assert not await watcher._push(message(3 * BOUND - 1))  # the recent ones go once
+    assert len(channel.pushed) == 3 * BOUND
+
+
+async def test_acknowledgements_waiting_for_a_slow_store_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client acknowledging made-up ids while the store's deletes hang: the waiting
+    list stops at the bound (those past it are dropped: a real one's message would stay
+    stored and come again); acknowledged ids per connection are bounded too."""
+    monkeypatch.setattr(acknowledgements, "MAX_PENDING_ACKS", BOUND)
+    monkeypatch.setattr(ws_session, "RECENT_ACKS", BOUND)
+    async with running_service(tmp_path) as running:
+        service = running.service
+        assert service is not None
+        release, hanging = asyncio.Event(), asyncio.Event()
+        real_delete = service.store.delete_messages
+
+        async def hanging_delete(keys: list[tuple[str, str]]) -> list[StoredMessage | None]:
+            hanging.set()
+            await release.wait()
+            return await real_delete(keys)
+
+        service.store.delete_messages = hanging_delete  # type: ignore[method-assign]
+        try:
+            agent = await running.agent()
+            assert agent.uaid is not None
+            (session,) = service.hub.agents(agent.uaid)
+            assert isinstance(session, WebSocketSession)
+            for frame in range(3):
+                updates = [
+                    {"channelID": str(uuid.uuid4()), "version": uuid.uuid4().hex, "code": 100}
+                    for _ in range(3 * BOUND)
+                ]
+                await agent.send({"messageType": "ack", "updates": updates})
+                if frame == 0:  # the first batch's delete hangs; the next ones wait
+                    async with asyncio.timeout(5):
+                        await hanging.wait()
+            await agent.send("{}")  # a ping: answered once every ack before it was handled
+            assert await agent.receive() == {}
+            assert len(service._acks) <= BOUND
+            assert len(session._acked) <= BOUND
+        finally:
+            release.set()
+        await agent.close()
+
+
+def test_the_exemption_cache_of_client_addresses_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "EXEMPT_CACHE", BOUND)
+    limiter = MemoryRateLimiter({}, parse_networks("127.0.0.0/8"))
+    for index in range(3 * BOUND):
+        assert not limiter.exempt(f"192.0.2.{index}")
+        assert len(limiter._exempt_cache) <= BOUND
+    assert limiter.exempt("127.0.0.1")
+
+
+async def test_monitors_of_one_user_agent_are_bounded(tmp_path: Path) -> None:
+    """GETs of one subscription (or its set) kept open past `max_monitors_per_user_agent`
+    get 429 errno 123; closing one makes room. Before, each was one more entry the hub
+    offered every message to, with no limit but the connections a client could open."""
+    async with running_service(tmp_path, max_monitors_per_user_agent=BOUND) as running:
+        service = running.service
+        assert service is not None
+        async with await H2Client.connect(running.url) as client:
+            ua = await subscribe(client)
+            uaid, _ = service.open_subscription(token_of(ua.subscription))
+            monitors = [
+                await client.open_stream("GET", path_of(ua.subscription)) for _ in range(BOUND)
+            ]
+            async with asyncio.timeout(5):
+                while len(service.hub.agents(uaid)) < BOUND:
+                    await asyncio.sleep(0.01)
+            refused = await client.open_stream("GET", path_of(ua.subscription))
+            answer = await asyncio.wait_for(refused.response, 5)
+            assert answer.status == 429 and answer.headers["retry-after"] == "60"
+            assert json.loads(answer.body)["errno"] == 123
+            assert len(service.hub.agents(uaid)) == BOUND
+            client.cancel(monitors.pop())
+            async with asyncio.timeout(5):
+                while len(service.hub.agents(uaid)) >= BOUND:
+                    await asyncio.sleep(0.01)
+            again = await client.open_stream("GET", path_of(ua.subscription))
+            status, _ = await push(client, ua, "still monitored")
+            assert status == 201
+            assert ua.decrypt(await again.next_push(5)) == "still monitored"
+            for stream in [*monitors, again]:
+                client.cancel(stream)
+
+
+async def test_monitors_of_one_receipt_subscription_are_bounded(tmp_path: Path) -> None:
+    async with running_service(tmp_path, max_monitors_per_user_agent=BOUND) as running:
+        service = running.service
+        assert service is not None
+        async with await H2Client.connect(running.url) as client:
+            ua = await subscribe(client)
+            status, headers = await push(client, ua, "with a receipt", prefer="respond-async")
+            assert status == 202
+            receipts = path_of(link_target(headers["link"], REL_RECEIPT) or "")
+            monitors = [await client.open_stream("GET", receipts) for _ in range(BOUND)]
+            receipt_id = service.open_receipt(token_of(receipts))
+            async with asyncio.timeout(5):
+                while service.hub.receipt_listeners(receipt_id) < BOUND:
+                    await asyncio.sleep(0.01)
+            refused = await client.open_stream("GET", receipts)
+            answer = await asyncio.wait_for(refused.response, 5)
+            assert answer.status == 429 and json.loads(answer.body)["errno"] == 123
+            assert service.hub.receipt_listeners(receipt_id) == BOUND
+            for stream in monitors:
+                client.cancel(stream)
+
+
+def test_the_vapid_verification_cache_is_bounded() -> None:
+    """Every valid token a sender signs is cached (ECDSA once per token): fresh tokens
+    push out the oldest."""
+    checker = VapidChecker("http://push.example", cache_size=BOUND)
+    key = VapidKey.generate()
+    for index in range(3 * BOUND):
+        signed = sign_vapid(key, "http://push.example/push/x", f"mailto:{index}@example.com")
+        assert checker.check({"authorization": signed.authorization}, None) is not None
+        assert len(checker._cache) <= BOUND
+
+
+def test_ack_updates_handled_per_frame_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ws_protocol, "_MAX_UPDATES", BOUND)
+    updates = [
+        {"channelID": str(uuid.uuid4()), "version": uuid.uuid4().hex, "code": 100}
+        for _ in range(3 * BOUND)
+    ]
+    ack = ws_protocol.parse_client_frame(json.dumps({"messageType": "ack", "updates": updates}))
+    assert isinstance(ack, ws_protocol.Ack) and len(ack.updates) == BOUND
+
+
+class StalledChannel:
+    """A WebSocket whose peer does not read: every write waits."""
+
+    def __init__(self) -> None:
+        self.closed_with: int | None = None
+
+    async def send_text(self, text: str) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with = code
+
+
+async def test_sends_queued_for_a_websocket_that_does_not_read_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past MAX_QUEUED_SENDS the connection closes 1013; its messages stay stored."""
+    monkeypatch.setattr(ws_session, "MAX_QUEUED_SENDS", BOUND)
+    service: Any = SimpleNamespace(hub=SimpleNamespace(detach=lambda uaid, session: None))
+    channel = StalledChannel()
+    session = WebSocketSession(service, channel)  # type: ignore[arg-type]
+    session.uaid = "u" * 32
+    for index in range(3 * BOUND):
+        session.offer(message(index))
+        assert session._queued <= BOUND
+    await asyncio.sleep(0.01)
+    assert channel.closed_with == ws_protocol.CLOSE_TRY_AGAIN_LATER and session.closed
+    assert not session._tasks  # the stalled sends were cancelled with the connection
+
+
+def test_live_messages_held_by_a_monitor_while_its_store_read_waits_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past monitor.MAX_HELD the monitor ends (the messages stay stored)."""
+    monkeypatch.setattr(monitor, "MAX_HELD", BOUND)
+    channel = PushingChannel()
+    watcher = PushMonitor(SimpleNamespace(), channel, "u" * 32, None, Urgency.VERY_LOW)  # type: ignore[arg-type]
+    for index in range(3 * BOUND):
+        watcher.offer(message(index))
+        assert len(watcher._held or ()) <= BOUND
+    assert channel.closed.is_set() and not channel.pushed
