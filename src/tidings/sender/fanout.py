@@ -221,14 +221,21 @@ class Fanout:
                 await self._finish(job)
             elif self.receipt or tracing.enabled():
                 await self._deliver(*job)
-            else:
+            elif self.on_result is None:
                 # `_deliver` and `_finish` inlined for the common case: two coroutines
-                # less per message, the callbacks' only when there are some to call.
+                # less per message, and no result object for an accepted message, which
+                # nobody would see (the summary keeps only gone and problem results).
+                item, request = job
+                counted = await sender._deliver_counting(request, timeout, item, summary)
+                if counted is not None:
+                    summary.add(counted)
+                    if counted.kind is ResultKind.GONE:
+                        await self._call_backs(counted)
+            else:
                 item, request = job
                 result = await sender._deliver(request, timeout, item)
                 summary.add(result)
-                if self.on_result is not None or result.kind is ResultKind.GONE:
-                    await self._call_backs(result)
+                await self._call_backs(result)
 
     def _build_batch(self, batch: list[SubscriptionLike]) -> None:
         """Validate a batch, then encrypt and assemble it, into `built` (in order)."""
