@@ -287,6 +287,7 @@ RUNNERS = {
     "tidings_h2c": lambda subs, port: _tidings(subs, h2c=True),
     "tidings_1worker": lambda subs, port: _tidings(subs, workers=1),
     "tidings_2workers": lambda subs, port: _tidings(subs, workers=2),
+    "tidings_before": lambda subs, port: _tidings(subs),  # `--before`: another checkout's
 }
 
 
@@ -410,6 +411,12 @@ def main() -> None:
         default="sink",
         help="push to local sinks answering 201, or to a local Tidings service (SQLite)",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout's src directory: its one-process sender runs as "
+        "`tidings_before` in the same rounds (a before/after comparison in one run)",
+    )
     parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--h2c", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -426,6 +433,8 @@ def main() -> None:
     import tempfile
 
     variants = [v for v in args.variants.split(",") if v]
+    if args.before and "tidings_before" not in variants:
+        variants.append("tidings_before")
     args.load_at_start = os.getloadavg()  # the machine may be shared: say how busy it was
     with tempfile.TemporaryDirectory() as tmp:
         subs_file = Path(tmp) / "subs.jsonl"
@@ -446,6 +455,12 @@ def main() -> None:
                 for name in variants:
                     n = args.slow_n if name in SLOW else args.n
                     port = h2_port if name == "tidings_h2c" else h1_port
+                    env = dict(os.environ)
+                    if name == "tidings_before":
+                        if not args.before:
+                            parser.error("tidings_before needs --before SRC")
+                        path = [str(args.before.resolve()), env.get("PYTHONPATH", "")]
+                        env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
                     out = subprocess.run(
                         [
                             sys.executable,
@@ -462,6 +477,7 @@ def main() -> None:
                         capture_output=True,
                         check=True,
                         text=True,
+                        env=env,
                     ).stdout
                     result = json.loads(out.strip().splitlines()[-1])
                     results[name].append(result)
@@ -504,7 +520,7 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
             f"| {'yes' if ok else 'NO'} |"
         )
     ratios = []
-    for name in ("tidings", "tidings_h2c", "tidings_1worker", "tidings_2workers"):
+    for name in ("tidings_before", "tidings", "tidings_h2c", "tidings_1worker", "tidings_2workers"):
         if name not in med:
             continue
         parts = [f"**{name}**:"]

@@ -269,3 +269,32 @@ async def test_a_receipt_request_adds_its_headers_to_a_copy_of_shared_ones(
         result = await s.deliver_with_receipt(request)
     assert result.ok
     assert type(request.headers) is dict and "respond-async" in request.headers["Prefer"]
+
+
+async def test_without_on_result_every_answer_is_counted_and_gone_and_problems_kept(
+    push_service: ScriptedService, vapid_key: VapidKey
+) -> None:
+    # (Accepted answers are only counted on this path: no result object is made for them.)
+    _, subs = subscribers(push_service, "c", 2 * BATCH)
+    push_service.script("c1", (429, {"Retry-After": "0"}, b""))  # then the default 201
+    push_service.script("c2", (410, {}, b""))
+    push_service.script("c3", (400, {}, b"bad request"))
+    push_service.script("c4", (503, {}, b""), (503, {}, b""))  # past the one retry allowed
+    gone: list[SendResult] = []
+    async with sender(
+        vapid_key,
+        retry=RetryPolicy(max_attempts=2, base_delay=0.0, jitter=False),
+        on_gone=gone.append,
+    ) as s:
+        summary = await s.send_many(subs, "counted", ttl=60, concurrency=7)
+    assert summary.total == 2 * BATCH
+    assert summary.accepted == 2 * BATCH - 3
+    assert [r.original for r in summary.gone] == [subs[2]] and gone == summary.gone
+    assert gone[0].status == 410 and gone[0].subscription.endpoint == subs[2]["endpoint"]
+    problems = {r.original["endpoint"]: r for r in summary.problems}  # type: ignore[index]
+    assert problems.keys() == {subs[3]["endpoint"], subs[4]["endpoint"]}
+    assert problems[subs[3]["endpoint"]].kind is ResultKind.REJECTED
+    assert problems[subs[3]["endpoint"]].reason == "bad request"
+    assert problems[subs[4]["endpoint"]].kind is ResultKind.RETRY_LATER
+    assert problems[subs[4]["endpoint"]].attempts == 2
+    assert len(push_service.seen("c1")) == 2 and len(push_service.seen("c0")) == 1

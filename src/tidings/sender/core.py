@@ -310,14 +310,21 @@ class Sender:
         self, request: PushRequest, timeout: float | None, original: object
     ) -> Coroutine[Any, Any, SendResult]:
         """`delivery.deliver` with this sender's transport, retry policy and timeout."""
-        return deliver(
-            request,
-            self.transport,
-            self._deadline_transport,
-            self.retry,
-            self.timeout if timeout is None else timeout,
-            original,
-        )
+        return deliver(request, *self._delivery(timeout), original)
+
+    def _deliver_counting(
+        self, request: PushRequest, timeout: float | None, original: object, summary: FanoutSummary
+    ) -> Coroutine[Any, Any, SendResult | None]:
+        """`_deliver` for a fan-out without `on_result`: an accepted answer is only counted
+        in `summary` (None returned), with no result object made for it."""
+        return deliver(request, *self._delivery(timeout), original, summary)
+
+    def _delivery(
+        self, timeout: float | None
+    ) -> tuple[Transport, DeadlineTransport | None, RetryPolicy, float]:
+        """`delivery.deliver`'s transport, deadline-keeping transport, policy and limit."""
+        limit = self.timeout if timeout is None else timeout
+        return self.transport, self._deadline_transport, self.retry, limit
 
     async def _deliver_traced(
         self, request: PushRequest, timeout: float | None, original: object

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import overload
 from urllib.parse import urljoin
 
 from tidings.sender.fanout import placeholder_subscription
 from tidings.sender.request import PushRequest
 from tidings.sender.results import (
+    FanoutSummary,
     ResultKind,
     SendResult,
     classify_status,
@@ -25,6 +27,7 @@ __all__ = ["deliver", "result_of"]
 log = logging.getLogger("tidings.sender")
 
 
+@overload
 async def deliver(
     request: PushRequest,
     transport: Transport,
@@ -32,10 +35,38 @@ async def deliver(
     policy: RetryPolicy,
     limit: float,
     original: object,
-) -> SendResult:
+    count_accepted: None = None,
+) -> SendResult: ...
+
+
+@overload
+async def deliver(
+    request: PushRequest,
+    transport: Transport,
+    keeps_deadlines: DeadlineTransport | None,
+    policy: RetryPolicy,
+    limit: float,
+    original: object,
+    count_accepted: FanoutSummary,
+) -> SendResult | None: ...
+
+
+async def deliver(
+    request: PushRequest,
+    transport: Transport,
+    keeps_deadlines: DeadlineTransport | None,
+    policy: RetryPolicy,
+    limit: float,
+    original: object,
+    count_accepted: FanoutSummary | None = None,
+) -> SendResult | None:
     """POST `request` on `transport` (`keeps_deadlines`: the same transport when it bounds
     each exchange itself), each attempt within `limit` seconds, retrying 429/5xx and
-    network errors as `policy` says."""
+    network errors as `policy` says.
+
+    `count_accepted`: a fan-out's summary, for a caller that nobody shows accepted results
+    to: an accepted answer is counted there and None returned, no `SendResult` made.
+    """
     sub = request.subscription or placeholder_subscription({"endpoint": request.url})
     attempt = 0
     while True:
@@ -56,6 +87,9 @@ async def deliver(
             problem = str(exc)
         else:
             kind = classify_status(response.status)
+            if kind is ResultKind.ACCEPTED and count_accepted is not None:
+                count_accepted.counts[kind] += 1
+                return None
             if kind is ResultKind.RETRY_LATER:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 delay = policy.next_delay(attempt, retry_after)
