@@ -320,13 +320,15 @@ async def test_delete_messages_answers_each_key_in_order(store: Store) -> None:
 
 async def test_delete_messages_more_than_one_statement_takes(store: Store) -> None:
     """300 acknowledgements (SQLite deletes 256 per statement): each answered in order,
-    each signed one ending acknowledged over WebSocket."""
+    each signed one ending acknowledged over WebSocket; another user agent's key and a
+    repeated one delete nothing."""
     await subscribe(store)
     sent = [message(vapid_hash=b"k" * 16) for _ in range(300)]
     for one in sent:
         await put(store, one, limit=1000)
     keys = [("ua1", one.message_id) for one in reversed(sent)]
-    assert await store.delete_messages(keys) == list(reversed(sent))
+    keys = [("other-ua", sent[0].message_id), *keys, keys[0]]
+    assert await store.delete_messages(keys) == [None, *reversed(sent), None]
     assert await store.pending_messages("ua1", NOW, 10) == []
     for one in (sent[0], sent[299]):
         status = await store.get_message_status("ua1", one.message_id)
