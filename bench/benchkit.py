@@ -43,10 +43,14 @@ def start_tidings(
     stdout: IO[Any] | int | None = None,
     stderr: IO[Any] | int | None = None,
     env: dict[str, str] | None = None,
+    profile_to: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`tidings serve` on 127.0.0.1:`port` with the store `db`, logging warnings only."""
+    """`tidings serve` on 127.0.0.1:`port` with the store `db`, logging warnings only;
+    with `profile_to`, under cProfile, its stats written there once it has drained."""
+    profiler = ("-m", "cProfile", "-o", profile_to) if profile_to else ()
     command: Sequence[str] = [
-        *(sys.executable, "-m", "tidings", "serve", "--port", str(port), "--db", str(db)),
+        *(sys.executable, *profiler, "-m", "tidings", "serve"),
+        *("--port", str(port), "--db", str(db)),
         *("--log-level", "warning"),
         *(("--config", str(config)) if config is not None else ()),
         *extra,

@@ -230,6 +230,7 @@ def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         config=config,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        profile_to=args.cprofile,
     )
     try:
         wait_port(port)
@@ -415,6 +416,9 @@ def main() -> None:
     )
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--profile", help="py-spy the service during its load phase into FILE")
+    parser.add_argument(
+        "--cprofile", help="run the service under cProfile, its stats written to FILE at exit"
+    )
     parser.add_argument(
         "--profile-format", default="raw", choices=["raw", "flamegraph", "speedscope"]
     )

@@ -318,6 +318,24 @@ async def test_delete_messages_answers_each_key_in_order(store: Store) -> None:
     assert await store.delete_messages([]) == []
 
 
+async def test_delete_messages_more_than_one_statement_takes(store: Store) -> None:
+    """300 acknowledgements (SQLite deletes 256 per statement): each answered in order,
+    each signed one ending acknowledged over WebSocket; another user agent's key and a
+    repeated one delete nothing."""
+    await subscribe(store)
+    sent = [message(vapid_hash=b"k" * 16) for _ in range(300)]
+    for one in sent:
+        await put(store, one, limit=1000)
+    keys = [("ua1", one.message_id) for one in reversed(sent)]
+    keys = [("other-ua", sent[0].message_id), *keys, keys[0]]
+    assert await store.delete_messages(keys) == [None, *reversed(sent), None]
+    assert await store.pending_messages("ua1", NOW, 10) == []
+    for one in (sent[0], sent[299]):
+        status = await store.get_message_status("ua1", one.message_id)
+        assert status is not None
+        assert (status.state, status.delivered_via) == ("acknowledged", "websocket")
+
+
 async def test_count_messages(store: Store) -> None:
     assert await store.count_messages() == 0
     await subscribe(store, "ua1")

@@ -9,11 +9,13 @@ Over 500 lines: one short method per `Store` operation (about 45), one interface
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tidings.service.store.base import (
     SEEN_RESOLUTION,
@@ -61,6 +63,29 @@ __all__ = [
     "SQLiteStore",
     "_statements",
 ]
+
+_ACK_CHUNK = 256  # acknowledgements deleted by one statement at most (512 parameters)
+# Fewer acknowledgements are deleted one statement each: the joined statement costs
+# more for 1-4 keys (bench/sqlite_push_cycle.py: 307 against 244 µs a push at 1).
+_ACK_JOIN_FROM = 6
+
+
+@functools.cache
+def _delete_acknowledged_statement(keys: int) -> str:
+    """DELETE of the messages named by `keys` (uaid, message id) pairs, each found by its
+    message id's index and deleted only if its uaid matches; returning what
+    `_DELETE_MESSAGE` returns."""
+    pairs = ", ".join(["(?, ?)"] * keys)
+    returning = _DELETE_MESSAGE.split(" RETURNING ", 1)[1]
+    # Only placeholders and constant text: the keys are bound as parameters.
+    return (
+        "DELETE FROM messages WHERE seq IN (SELECT m.seq FROM (VALUES "  # noqa: S608
+        + pairs
+        + ") AS k"
+        " JOIN messages AS m ON m.message_id = k.column2 AND m.uaid = k.column1)"
+        " RETURNING " + returning
+    )
+
 
 BUSY_TIMEOUT = 5.0  # seconds a connection waits for another's write lock
 _sleep_while_locked = time.sleep  # between attempts to enter WAL mode (tests watch it)
@@ -422,9 +447,49 @@ class SQLiteStore(SQLiteGroupCommit):
         return await self._op(lambda db: self._delete_message_in(db, uaid, message_id, False))
 
     async def delete_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
-        return await self._op(
-            lambda db: [self._delete_message_in(db, uaid, mid, True) for uaid, mid in keys]
-        )
+        return await self._op(lambda db: self._delete_acknowledged_in(db, keys))
+
+    @staticmethod
+    def _delete_acknowledged_in(
+        db: sqlite3.Connection, keys: Sequence[tuple[str, str]]
+    ) -> list[StoredMessage | None]:
+        """Acknowledged messages deleted in one statement per `_ACK_CHUNK` keys, their
+        receipts and final statuses in one executemany each (not two statements a key),
+        unless there are only a few."""
+        if len(keys) < _ACK_JOIN_FROM:
+            return [SQLiteStore._delete_message_in(db, uaid, mid, True) for uaid, mid in keys]
+        found: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for start in range(0, len(keys), _ACK_CHUNK):
+            chunk = keys[start : start + _ACK_CHUNK]
+            # Padded to a power of two (a NULL key matches nothing): a few statements
+            # in sqlite3's statement cache instead of one per batch size.
+            size = 1 << (len(chunk) - 1).bit_length()
+            params: list[str | None] = [value for key in chunk for value in key]
+            params += [None] * (2 * size - len(params))
+            for row in db.execute(_delete_acknowledged_statement(size), params):
+                found[(row[1], row[0])] = row
+        now = time.time()
+        receipts: list[tuple[Any, ...]] = []
+        statuses: list[tuple[Any, ...]] = []
+        deleted: list[StoredMessage | None] = []
+        for key in keys:
+            row = found.pop(key, None)  # a key given twice: deleted once, then not found
+            if row is None:
+                deleted.append(None)
+                continue
+            if row[10] is not None and row[11]:
+                receipts.append((row[10], row[1], row[2], row[0], 204, now, row[10]))
+            if row[12] is not None:  # signed: its final status, a delivery over WebSocket
+                via, delivered_at = row[13] or "websocket", row[14] or now
+                statuses.append(
+                    (row[0], row[12], "acknowledged", *row[4:7], via, delivered_at, now, now)
+                )
+            deleted.append(_message_from_row(row))
+        if receipts:
+            db.executemany(_INSERT_RECEIPT, receipts)
+        if statuses:
+            db.executemany(_INSERT_STATUS, statuses)
+        return deleted
 
     @staticmethod
     def _delete_message_in(
