@@ -42,12 +42,17 @@ class Withdrawals:
     held while stored ones are read, a stored list read before the change): messages
     deleted since, and those a newer push with their Topic replaced. Bounded."""
 
+    # Every idle connection has one: slots, and no table until something is recorded.
+    __slots__ = ("_ids", "_topics")
+
     def __init__(self) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str, None] | None = None
         # (channel, Topic) -> (created_at, message id) of the newest stored one seen.
-        self._topics: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+        self._topics: OrderedDict[tuple[str, str], tuple[float, str]] | None = None
 
     def withdraw(self, message_id: str) -> None:
+        if self._ids is None:
+            self._ids = OrderedDict()
         self._ids[message_id] = None
         if len(self._ids) > RECENT_WITHDRAWALS:
             self._ids.popitem(last=False)
@@ -58,6 +63,8 @@ class Withdrawals:
         if message.topic is None or message.ttl == 0:
             return
         key = (message.channel_id, message.topic)
+        if self._topics is None:
+            self._topics = OrderedDict()
         newest = self._topics.get(key)
         if newest is None or newest[0] < message.created_at:
             self._topics[key] = (message.created_at, message.message_id)
@@ -68,9 +75,9 @@ class Withdrawals:
     def __contains__(self, message: object) -> bool:
         if not isinstance(message, StoredMessage):
             return False
-        if message.message_id in self._ids:
+        if self._ids is not None and message.message_id in self._ids:
             return True
-        if message.topic is None:
+        if message.topic is None or self._topics is None:
             return False
         newest = self._topics.get((message.channel_id, message.topic))
         return newest is not None and newest[0] > message.created_at
