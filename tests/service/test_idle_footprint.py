@@ -11,6 +11,7 @@ import sys
 
 import httpx
 
+from security.test_ws_logs import session_of
 from support.service import RunningService
 from tidings.service.ws_session import WebSocketSession
 
@@ -33,13 +34,6 @@ def own_bytes(session: WebSocketSession) -> int:
                 owned.append(value)
         owned.append(getattr(holder, "__dict__", None))
     return sum(sys.getsizeof(item) for item in owned if item is not None)
-
-
-def session_of(service: RunningService, uaid: str) -> WebSocketSession:
-    assert service.service is not None
-    (session,) = service.service.hub.agents(uaid)
-    assert isinstance(session, WebSocketSession)
-    return session
 
 
 async def test_an_idle_connection_keeps_no_empty_containers(service: RunningService) -> None:
