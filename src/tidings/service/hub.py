@@ -97,7 +97,8 @@ class Hub:
     """The connections of this node, by user agent id and by receipt subscription."""
 
     def __init__(self) -> None:
-        self._agents: dict[str, list[ConnectedAgent]] = {}
+        # A tuple per user agent (nearly always of one): 48 bytes, where a list took 88.
+        self._agents: dict[str, tuple[ConnectedAgent, ...]] = {}
         self._receipts: dict[str, list[ReceiptListener]] = {}
 
     def __len__(self) -> int:
@@ -106,9 +107,9 @@ class Hub:
 
     def attach(self, uaid: str, agent: ConnectedAgent) -> None:
         """Add a connection of `uaid`; the newest is offered messages first."""
-        agents = self._agents.setdefault(uaid, [])
+        agents = self._agents.get(uaid, ())
         if agent not in agents:
-            agents.append(agent)
+            self._agents[uaid] = (*agents, agent)
 
     def agents(self, uaid: str) -> list[ConnectedAgent]:
         """The connections of a user agent, oldest first."""
@@ -119,9 +120,10 @@ class Hub:
         agents = self._agents.get(uaid)
         if agents is None:
             return
-        if agent in agents:
-            agents.remove(agent)
-        if not agents:
+        remaining = tuple(other for other in agents if other is not agent)
+        if remaining:
+            self._agents[uaid] = remaining
+        else:
             del self._agents[uaid]
 
     def connected_user_agents(self) -> list[str]:
