@@ -312,11 +312,12 @@ def main() -> None:
                 print(f"clients killed: available memory fell to {tripped[0] / 1048576:.1f} GiB")
             print(
                 f"service RSS ({workers} processes): {baseline / 1024:.1f} MiB before, "
-                f"{loaded / 1024:.1f} MiB after -> {per_conn / 1024:.2f} kB per connection"
+                f"{loaded / 1024:.1f} MiB after -> {per_conn / 1024:.2f} KiB "
+                f"({per_conn / 1000:.2f} kB) per connection"
             )
             print(
                 f"kernel: Slab {kernel_before['Slab'] / 1024:.0f} -> "
-                f"{kernel_loaded['Slab'] / 1024:.0f} MiB ({slab / 1024:.2f} kB per connection, "
+                f"{kernel_loaded['Slab'] / 1024:.0f} MiB ({slab / 1024:.2f} KiB per connection, "
                 f"both ends), MemAvailable {kernel_before['MemAvailable'] / 1048576:.1f} -> "
                 f"{kernel_loaded['MemAvailable'] / 1048576:.1f} GiB; "
                 f"client processes {client_rss / 1048576:.2f} GiB"
