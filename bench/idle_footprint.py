@@ -24,22 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from idle_connections import CLIENT_CODE
+from idle_connections import CLIENT_CODE, rss_kib
 from tidings.service.config import ServiceConfig
 from tidings.service.run import build_server, tune_garbage_collector
-
-
-def rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def hold(port: int, count: int) -> tuple[int, int]:
     """Open `count` connections from a client process; (connections, RSS growth KiB)."""
     gc.collect()
-    before = rss_kib()
+    before = rss_kib(os.getpid())
     client = await asyncio.create_subprocess_exec(
         *(sys.executable, "-c", CLIENT_CODE, "127.0.0.1", str(port), str(count)),
         *("9", "0.01", "100"),  # source addresses 127.9.x.1, 1 % register, 100 in flight
@@ -50,7 +43,7 @@ async def hold(port: int, count: int) -> tuple[int, int]:
     ready = int(json.loads(await client.stdout.readline())["ready"])
     await asyncio.sleep(2)
     gc.collect()
-    grown = rss_kib() - before
+    grown = rss_kib(os.getpid()) - before
     client.kill()
     await client.wait()
     await asyncio.sleep(2)  # the service sees them go
