@@ -6,8 +6,10 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from support.service import RunningService
+from tidings.service.ws_session import WebSocketSession
 
 
 async def _pushed(service: RunningService, count: int) -> tuple[Any, list[dict[str, Any]]]:
@@ -48,20 +50,22 @@ async def test_acks_arriving_together_are_deleted_in_one_store_call(
     await agent.close()
 
 
-async def test_an_ack_is_handled_without_a_task(service: RunningService) -> None:
+async def test_an_ack_is_handled_without_a_task(
+    service: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The frame a user agent sends most is handled as it is read."""
     assert service.service is not None
     agent, (frame,) = await _pushed(service, 1)
-    (session,) = service.service.hub.agents(agent.uaid)
     handled: list[str] = []
-    handle_now = session.handle_now  # type: ignore[attr-defined]
+    handle_now = WebSocketSession.handle_now
 
-    def spy(text: str) -> bool:
-        done = handle_now(text)
+    def spy(session: WebSocketSession, text: str) -> bool:
+        done = handle_now(session, text)
         handled.append("now" if done else "queued")
-        return bool(done)
+        return done
 
-    session.handle_now = spy  # type: ignore[attr-defined]
+    # On the class: sessions have __slots__ (no instance attribute to replace).
+    monkeypatch.setattr(WebSocketSession, "handle_now", spy)
     await agent.ack(frame)
     await agent.send({"messageType": "ping"})
     await agent.receive()  # the ping's answer: the ack before it was read

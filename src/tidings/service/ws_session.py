@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tidings.service import ws_protocol as wp
 from tidings.service.broadcasts import changes_for, client_broadcasts
@@ -54,6 +54,13 @@ class WebSocketSession:
 
     exclusive: ClassVar[bool] = True  # a newer hello of its uaid, anywhere, replaces it
 
+    # Hundreds of thousands are held idle on a node: slots, and the containers below
+    # exist only while they hold something (issue 21: kB per idle connection).
+    __slots__ = (
+        "_acked", "_held", "_queued", "_send_lock", "_senders", "_tasks", "_unacked",
+        "_withdrawn", "channel", "closed", "followed", "peer", "service", "uaid",
+    )  # fmt: skip
+
     def __init__(self, service: PushService, channel: TextChannel, peer: str = "") -> None:
         self.service = service
         self.channel = channel
@@ -63,16 +70,19 @@ class WebSocketSession:
         # that never acks (TTL 0 messages are never stored, so nothing else ends them)
         # makes it forget the oldest past MAX_UNACKED: at worst a duplicate, which user
         # agents drop by message id.
-        self._unacked: OrderedDict[str, None] = OrderedDict()
+        self._unacked: OrderedDict[str, None] | None = None
         # Recently acknowledged ids: a redelivery racing the ack's delete is not sent again.
-        self._acked: OrderedDict[str, None] = OrderedDict()
+        self._acked: OrderedDict[str, None] | None = None
         self._held: list[StoredMessage] | None = None  # live messages held while flushing
         # Deleted or replaced since they reached this connection: not to be written.
         self._withdrawn = Withdrawals()
-        self._send_lock = asyncio.Lock()
+        # Frames are written one at a time, in order; the lock exists while a send is
+        # in progress or waiting (`_senders` of them), not on an idle connection.
+        self._send_lock: asyncio.Lock | None = None
+        self._senders = 0
         self._queued = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.followed: set[str] = set()  # broadcast ids this client follows (bounded)
+        self._tasks: set[asyncio.Task[None]] | None = None
+        self.followed: set[str] | None = None  # broadcast ids this client follows (bounded)
         self.closed = False
 
     # Frames in ------------------------------------------------------------------------
@@ -116,13 +126,14 @@ class WebSocketSession:
                 message.code,
             )
         elif isinstance(message, wp.BroadcastSubscribe):
-            current = self.service.broadcasts.current
-            answer = current.answer(client_broadcasts(message.broadcasts), self.followed)
+            answer = self._answer_broadcasts(message.broadcasts)
             if answer:  # autopush answers only when there is something to say
                 await self._send(wp.broadcast_reply(answer))
 
     def broadcasts_changed(self, changed: dict[str, str]) -> None:
         """An operator changed broadcasts: tell this client of those it follows."""
+        if not self.followed:
+            return
         news = changes_for(changed, self.followed)
         if not news or self.closed or self.uaid is None:
             return
@@ -131,7 +142,7 @@ class WebSocketSession:
         # can take the frame now (the common case), so a node of many browsers does
         # not hold a task per connection.
         send_now = getattr(self.channel, "send_text_nowait", None)
-        if send_now is None or self._queued or self._send_lock.locked():
+        if send_now is None or self._queued or self._senders:
             self._spawn(self._send(frame))
             return
         try:
@@ -163,7 +174,10 @@ class WebSocketSession:
                     update.code,
                     extra={"message_id": update.version},
                 )
-            self._unacked.pop(update.version, None)
+            if self._unacked is not None:
+                self._unacked.pop(update.version, None)
+            if self._acked is None:
+                self._acked = OrderedDict()
             self._acked[update.version] = None
             if len(self._acked) > RECENT_ACKS:
                 self._acked.popitem(last=False)
@@ -183,8 +197,7 @@ class WebSocketSession:
                 await previous.close(wp.CLOSE_REPLACED, "another connection took over this uaid")
         self.service.hub.attach(uaid, self)
         await self.service.broadcasts.settled()  # a Megaphone read in flight: its news
-        current = self.service.broadcasts.current
-        broadcasts = current.answer(client_broadcasts(hello.broadcasts), self.followed)
+        broadcasts = self._answer_broadcasts(hello.broadcasts)
         await self._send(wp.hello_reply(uaid, broadcasts))
         log.info(
             "hello from %s: uaid %s%s",
@@ -193,6 +206,14 @@ class WebSocketSession:
             "" if uaid == hello.uaid else " (new)",
         )
         await self._flush_stored(uaid)
+
+    def _answer_broadcasts(self, asked: dict[str, Any]) -> dict[str, Any]:
+        """The answer to the broadcasts a hello or broadcast_subscribe names; those
+        known are followed from now on."""
+        followed = self.followed if self.followed is not None else set()
+        answer = self.service.broadcasts.current.answer(client_broadcasts(asked), followed)
+        self.followed = followed or None
+        return answer
 
     async def _flush_stored(self, uaid: str) -> None:
         try:
@@ -304,6 +325,13 @@ class WebSocketSession:
             # queued send): the client comes back and reads what is stored then.
             self._spawn(self.close(wp.CLOSE_TRY_AGAIN_LATER, "too many messages withdrawn"))
 
+    def _already_sent(self, message_id: str) -> bool:
+        """Sent on this connection and not acknowledged, or acknowledged recently."""
+        unacked, acked = self._unacked, self._acked
+        return (unacked is not None and message_id in unacked) or (
+            acked is not None and message_id in acked
+        )
+
     def _deliver_now(self, message: StoredMessage) -> bool:
         """Deliver without a task when nothing is queued ahead (the common live case).
 
@@ -312,12 +340,7 @@ class WebSocketSession:
         that cannot write without waiting.
         """
         send_now = getattr(self.channel, "send_text_nowait", None)
-        if (
-            send_now is None
-            or self._queued
-            or self._send_lock.locked()
-            or message.receipt_id is not None
-        ):
+        if send_now is None or self._queued or self._senders or message.receipt_id is not None:
             return False
         frame = self._frame_for(message)
         if frame is None:
@@ -334,12 +357,14 @@ class WebSocketSession:
 
     def _frame_for(self, message: StoredMessage) -> str | None:
         """The notification frame, or None if it must not be sent (again, or late)."""
-        if message.message_id in self._unacked or message.message_id in self._acked:
+        if self._already_sent(message.message_id):
             return None  # already sent on this connection (stored and live at once)
         if message.ttl and message.expires_at <= time.time():
             return None  # a message is never delivered after its TTL
         if message in self._withdrawn:
             return None  # deleted by its sender, or replaced by a newer one of its Topic
+        if self._unacked is None:
+            self._unacked = OrderedDict()
         self._unacked[message.message_id] = None
         if len(self._unacked) > MAX_UNACKED:
             self._unacked.popitem(last=False)
@@ -357,8 +382,16 @@ class WebSocketSession:
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self._tasks is not None:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self._tasks = None
 
     async def _deliver_queued(self, message: StoredMessage) -> None:
         try:
@@ -379,7 +412,8 @@ class WebSocketSession:
             await self.close(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
             return
         if not await self._send(frame, message):
-            self._unacked.pop(message.message_id, None)
+            if self._unacked is not None:
+                self._unacked.pop(message.message_id, None)
             return
         if not self.closed:  # the frame went out
             self.service.metrics.delivered(message)
@@ -389,14 +423,22 @@ class WebSocketSession:
         """Write a frame; False if `message` (the frame's) was withdrawn while waiting."""
         if self.closed:
             return False
-        async with self._send_lock:
-            if message is not None and message in self._withdrawn:
-                return False
-            try:
-                await self.channel.send_text(text)
-            except Exception as exc:  # the peer went away; its messages stay stored
-                log.debug("send to %s failed: %s", redact_uaid(self.uaid), exc)
-                self.closed = True
+        if self._send_lock is None:
+            self._send_lock = asyncio.Lock()
+        self._senders += 1
+        try:
+            async with self._send_lock:
+                if message is not None and message in self._withdrawn:
+                    return False
+                try:
+                    await self.channel.send_text(text)
+                except Exception as exc:  # the peer went away; its messages stay stored
+                    log.debug("send to %s failed: %s", redact_uaid(self.uaid), exc)
+                    self.closed = True
+        finally:
+            self._senders -= 1
+            if not self._senders:
+                self._send_lock = None  # nobody holds or waits for it
         return True
 
     # End --------------------------------------------------------------------------------
@@ -417,6 +459,6 @@ class WebSocketSession:
         self.closed = True
         if self.uaid is not None:
             self.service.hub.detach(self.uaid, self)
-        for task in list(self._tasks):
+        for task in list(self._tasks or ()):
             if task is not asyncio.current_task():
                 task.cancel()

@@ -213,7 +213,8 @@ class RedisBus:
         self._release_script = self._redis.register_script(_RELEASE)
         self._route_script = self._redis.register_script(_ROUTE)
         self._hub = ClusterHub(self)
-        self._stamps: dict[str, str] = {}  # uaid -> the stamp this node claimed it with
+        # uaid -> the stamp this node claimed it with (an int: 32 bytes a user agent, not 62)
+        self._stamps: dict[str, int] = {}
         self._last_stamp = 0
         self._missed: set[str] = set()
         self._missed_all = False
@@ -296,10 +297,10 @@ class RedisBus:
 
     # Presence -------------------------------------------------------------------------
 
-    def _new_stamp(self) -> str:
+    def _new_stamp(self) -> int:
         stamp = max(int(time.time() * 1000), self._last_stamp + 1)
         self._last_stamp = stamp
-        return str(stamp)
+        return stamp
 
     def claim(self, uaid: str) -> None:
         """A connection of `uaid` said hello here: make this node its holder."""
@@ -351,7 +352,7 @@ class RedisBus:
         except (RedisError, OSError) as exc:
             self._failed("poke", exc)
 
-    async def _release_now(self, uaid: str, stamp: str) -> None:
+    async def _release_now(self, uaid: str, stamp: int) -> None:
         try:
             await self._release_script(keys=[self._key(uaid)], args=[f"{stamp}|{self.node_id}"])
         except (RedisError, OSError) as exc:
