@@ -408,7 +408,8 @@ class WebSocketSession:
         if message.receipt_id is not None and not await self.service.mark_delivered(message):
             # Its delivery could be neither recorded nor remembered (the store down for
             # long): sent now, its receipt would be lost. It stays stored for later.
-            self._unacked.pop(message.message_id, None)
+            if self._unacked is not None:
+                self._unacked.pop(message.message_id, None)
             await self.close(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
             return
         if not await self._send(frame, message):
