@@ -13,8 +13,11 @@ all in one run; and, with --bus, Redis pub/sub against Redis streams as the bus.
 Needs `wrk`, PostgreSQL on 127.0.0.1:5432 (database `test` to create a scratch one
 in) and Redis on 127.0.0.1:6379. Posts are made by wrk (bench/service_load.py's
 runner); user agents are WebSocket clients in other processes that acknowledge all.
-CPU per accepted push: of the node processes and of the PostgreSQL backends serving
-the run's database (not the WAL writer or the checkpointer), from /proc.
+CPU per accepted push, from /proc: of the node processes (all; the busiest alone in
+`node_max_us`), of the PostgreSQL backends serving the setup's database (not the WAL
+writer or the checkpointer), of Redis, of the agents' processes and of wrk (its reaped
+children's rusage); `cores`: all of these together, in CPU seconds per second. Each
+setup has a database of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -96,6 +100,22 @@ def postgres_backends(database: str) -> list[int]:
     return asyncio.run(run())
 
 
+def redis_pid() -> int | None:
+    """The Redis server's process (on this machine), for its CPU."""
+    import redis
+
+    try:
+        return int(redis.Redis().info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError):
+        return None
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Namespace,
               workdir: Path, database: str) -> dict[str, float]:  # fmt: skip
     nodes = [start_node(workdir, f"{label}-{i}", node_args) for i in range(n_nodes)]
@@ -120,8 +140,12 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
             proc.stdin.flush()
         results: list[dict[str, float]] = []
         node_pids = [node.pid for node, _ in nodes]
+        others = {"redis": [redis_pid() or 0], "agents": [proc.pid for proc in agent_procs]}
         nodes_before = cpu_seconds(node_pids)
+        each_before = {pid: cpu_seconds([pid]).get(pid, 0.0) for pid in node_pids}
+        others_before = {name: cpu_seconds(pids) for name, pids in others.items()}
         pg_before = cpu_seconds(postgres_backends(database))
+        wrk_before = children_cpu()
 
         def load(port: int, offset: int) -> None:
             mine = paths[offset:] + paths[:offset]  # every node posts to every agent
@@ -138,7 +162,14 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
             thread.start()
         for thread in threads:
             thread.join()
-        nodes_cpu = sum(cpu_seconds(node_pids).values()) - sum(nodes_before.values())
+        wrk_cpu = children_cpu() - wrk_before
+        nodes_after = cpu_seconds(node_pids)
+        nodes_cpu = sum(nodes_after.values()) - sum(nodes_before.values())
+        node_max = max(nodes_after[pid] - each_before[pid] for pid in node_pids)
+        others_cpu = {
+            name: sum(cpu_seconds(pids).values()) - sum(others_before[name].values())
+            for name, pids in others.items()
+        }
         pg_after = cpu_seconds(postgres_backends(database))
         pg_cpu = sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items())
         time.sleep(1.0)  # the last deliveries land
@@ -154,6 +185,11 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
         return {
             "node_us": nodes_cpu / accepted * 1e6,
             "pg_us": pg_cpu / accepted * 1e6,
+            "node_max_us": node_max / accepted * 1e6,  # the busiest node
+            "redis_us": others_cpu["redis"] / accepted * 1e6,
+            "agents_us": others_cpu["agents"] / accepted * 1e6,
+            "wrk_us": wrk_cpu / accepted * 1e6,
+            "cpu_cores": (nodes_cpu + pg_cpu + wrk_cpu + sum(others_cpu.values())) / args.duration,
             "accepted_per_s": (total - bad) / args.duration,
             "non2xx": bad,
             "delivered_per_s": delivered / args.duration,
@@ -304,15 +340,15 @@ def main() -> None:
             psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         return
     prefix = f"tidings-bench-{secrets.token_hex(3)}:"
+    psql(f"DROP DATABASE {database}")  # each setup makes its own (below)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             keys = workdir / "keys.json"
             subprocess.run([sys.executable, "-m", "tidings", "keys", "token", "--out", str(keys)],
                            cwd=REPO, check=True, capture_output=True)  # fmt: skip
-            store = f"{PG}/{database}?pool_max=10{args.pg_options}"
-            pg = ["--store", store, "--secrets", str(keys)]
-            unbatched = ["--store", store + "&group_commit=off", "--secrets", str(keys)]
+            pg = ["--store", "{store}", "--secrets", str(keys)]
+            unbatched = ["--store", "{store}&group_commit=off", "--secrets", str(keys)]
             setups = [
                 ("1 node, SQLite", [], 1),
                 # Each commit flushed, as PostgreSQL's: SQLite's default (NORMAL) is not.
@@ -324,14 +360,25 @@ def main() -> None:
             ]  # fmt: skip
             print(f"{'setup':32} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>7} "
                   f"{'p99 ms':>7} {'non-2xx':>8} {'node us/push':>13} "
-                  f"{'PG us/push':>11}")  # fmt: skip
+                  f"{'PG us/push':>11} {'Redis':>6} {'agents':>7} {'wrk':>5} "
+                  f"{'cores':>6}")  # fmt: skip
             for i, (label, node_args, n) in enumerate(setups):
                 if args.only and not any(word in label for word in args.only.split("|")):
                     continue
-                r = run_setup(f"s{i}", node_args, n, args, workdir, database)
+                # A database of its own: no setup inherits another's dead rows.
+                own = f"{database}_{i}"
+                psql(f"CREATE DATABASE {own}")
+                store = f"{PG}/{own}?pool_max=10{args.pg_options}"
+                try:
+                    r = run_setup(f"s{i}", [a.format(store=store) for a in node_args], n, args,
+                                  workdir, own)  # fmt: skip
+                finally:
+                    psql(f"DROP DATABASE IF EXISTS {own} WITH (FORCE)")
                 print(f"{label:32} {r['accepted_per_s']:>11,.0f} {r['delivered_per_s']:>12,.0f} "
                       f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['non2xx']:>8,.0f} "
-                      f"{r['node_us']:>13,.0f} {r['pg_us']:>11,.0f}", flush=True)  # fmt: skip
+                      f"{r['node_us']:>13,.0f} {r['pg_us']:>11,.0f} {r['redis_us']:>6,.0f} "
+                      f"{r['agents_us']:>7,.0f} {r['wrk_us']:>5,.0f} {r['cpu_cores']:>6.2f}",
+                      flush=True)  # fmt: skip
     finally:
         psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
