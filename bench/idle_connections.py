@@ -97,6 +97,11 @@ async def listen(reader, writer, buf, latencies):
         buf += data
         got, buf = frames(buf)
         for text in got:
+            if not text.startswith(b"{"):
+                # A close frame (code + reason): the service let this connection go.
+                print(f"closed by the service: {text[2:].decode(errors='replace')}",
+                      file=sys.stderr)  # fmt: skip
+                return
             m = json.loads(text)
             if m.get("messageType") == "notification":
                 sent = float(base64.urlsafe_b64decode(m["data"] + "==")[-20:].decode().strip())
