@@ -38,6 +38,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     a second round trip after every statement."""
 
 
+def _reason(exc: BaseException) -> str:
+    """An exception's text, or its name when it has none (a timeout has none)."""
+    return str(exc) or type(exc).__name__
+
+
 class PostgresPool:
     """A pool of connections shared by the node's tasks (the base of `PostgresStore`)."""
 
@@ -65,7 +70,7 @@ class PostgresPool:
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 return await work(conn)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"PostgreSQL: {exc or type(exc).__name__}") from exc
+            raise StoreUnavailable(f"PostgreSQL: {_reason(exc)}") from exc
 
     async def open(self) -> None:
         try:
@@ -78,7 +83,7 @@ class PostgresPool:
                 reset=_keep_session,
             )
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_reason(exc)}") from exc
         await self._run(migrate)
 
     async def close(self) -> None:
