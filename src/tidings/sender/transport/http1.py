@@ -73,24 +73,6 @@ class H1Connection(asyncio.Protocol):
 
         With `expiry`, the answer must come by `deadline` (loop time), else TimeoutError.
         """
-        waiter = self.send(head, body, expiry, deadline)
-        try:
-            return await waiter
-        except BaseException:
-            self.abandon(waiter)
-            raise
-        finally:
-            self.settle(expiry)
-
-    def send(
-        self, head: bytes, body: bytes, expiry: Expiry | None = None, deadline: float = 0.0
-    ) -> asyncio.Future[Response]:
-        """`request` without its coroutine, for a caller that awaits the answer itself
-        (one coroutine frame less per push): write the request, return the answer's future.
-
-        The caller must then call `settle(expiry)` once the future is done or abandoned,
-        and `abandon(future)` when its wait ends by an exception.
-        """
         transport = self.transport
         loop = self.loop
         if self.closed or transport is None or loop is None:
@@ -107,18 +89,16 @@ class H1Connection(asyncio.Protocol):
             transport.write(body)
         if expiry is not None:
             expiry.add(self, deadline)
-        return waiter
-
-    def abandon(self, waiter: asyncio.Future[Response]) -> None:
-        """The wait for `waiter` ended by an exception (a cancellation, a timeout)."""
-        if not waiter.done() or waiter.cancelled():
-            self.close()  # a late answer must not be read as the next request's
-
-    def settle(self, expiry: Expiry | None) -> None:
-        """The exchange is over: forget its waiter and its deadline."""
-        self._waiter = None
-        if expiry is not None:
-            expiry.deadlines.pop(self, None)
+        try:
+            return await waiter
+        except BaseException:
+            if not waiter.done() or waiter.cancelled():
+                self.close()  # a late answer must not be read as the next request's
+            raise
+        finally:
+            self._waiter = None
+            if expiry is not None:
+                expiry.deadlines.pop(self, None)
 
     def expire(self) -> None:
         """The answer is overdue: drop the connection and fail the request (TimeoutError)."""

@@ -216,15 +216,7 @@ class _OriginPool:
             self.h1_count -= 1
         else:
             try:
-                # conn.request's steps inlined: one coroutine frame less per push.
-                waiter = conn.send(head, body, expiry, deadline)
-                try:
-                    return await waiter
-                except BaseException:
-                    conn.abandon(waiter)
-                    raise
-                finally:
-                    conn.settle(expiry)
+                return await conn.request(head, body, expiry, deadline)
             except TransportError as exc:
                 conn.reusable = False
                 if not exc.safe_to_retry:
