@@ -81,12 +81,20 @@ async def connect(i, endpoints, latencies):
         got, buf = frames(buf)
         if got: break
     if random.random() < sample:
-        writer.write(frame(json.dumps({"messageType": "register", "channelID": str(uuid.uuid4())})))
-        while True:
-            buf += await read_some(reader)
-            got, buf = frames(buf)
-            if got: break
-        endpoints.append(json.loads(got[0])["pushEndpoint"])
+        for attempt in range(5):  # a 503 (store busy) is asked again, as Firefox does
+            register = {"messageType": "register", "channelID": str(uuid.uuid4())}
+            writer.write(frame(json.dumps(register)))
+            while True:
+                buf += await read_some(reader)
+                got, buf = frames(buf)
+                if got: break
+            reply = json.loads(got[0])
+            if "pushEndpoint" in reply: break
+            await asyncio.sleep(0.5 * 2**attempt)
+        else:
+            writer.close()
+            raise RuntimeError(f"register answered status {reply.get('status')} five times")
+        endpoints.append(reply["pushEndpoint"])
         asyncio.ensure_future(listen(reader, writer, buf, latencies))
     return reader, writer
 
