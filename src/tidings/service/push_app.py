@@ -7,13 +7,12 @@ WebSockets by the per-address connection limit and gives each a `WebSocketSessio
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections.abc import Callable
 
 from tidings.service.config import ServiceConfig
 from tidings.service.core import PushService, not_ready
 from tidings.service.errors import ServiceError
-from tidings.service.forwarded import parse_proxies
+from tidings.service.forwarded import parse_ip, parse_proxies
 from tidings.service.http.app import ServerSettings, TextChannel
 from tidings.service.http.messages import Request, Response
 from tidings.service.limits import EXEMPT_CACHE, Limit, address_key, parse_networks
@@ -35,12 +34,9 @@ def connection_key(config: ServiceConfig) -> Callable[[str], str | None]:
 
     @functools.lru_cache(maxsize=EXEMPT_CACHE)
     def key(address: str) -> str | None:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
+        ip = parse_ip(address)  # an IPv4-mapped IPv6 address as the IPv4 one
+        if ip is None:
             return address
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         if any(ip in network for network in exempt):
             return None
         return address_key(str(ip))

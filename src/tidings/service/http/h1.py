@@ -50,8 +50,9 @@ class Http1Connection(asyncio.Protocol):
         self._body_size = 0
         self._body_limit = 0
         self._too_large = False
-        # Parsed requests, each with its answer when parsing already decided it.
-        self._queue: deque[tuple[Request, Response | None]] = deque()
+        # Parsed requests, each with its answer when parsing already decided it, and
+        # whether the client keeps the connection open after it.
+        self._queue: deque[tuple[Request, Response | None, bool]] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._first_data = True
         self._upgrade: Request | None = None
@@ -180,7 +181,8 @@ class Http1Connection(asyncio.Protocol):
             ready = self.context.refusal()  # over its address's cap: answered, then closed
         else:
             ready = None
-        self._queue.append((request, ready))
+        # Read now: httptools forgets a `Connection: close` once the message is complete.
+        self._queue.append((request, ready, self.parser.should_keep_alive()))
         if len(self._queue) > MAX_QUEUED_REQUESTS and self.transport is not None:
             self.transport.pause_reading()
         if self._worker is None:
@@ -191,8 +193,8 @@ class Http1Connection(asyncio.Protocol):
     async def _work(self) -> None:
         try:
             while self._queue and not self._closing:
-                request, ready = self._queue.popleft()
-                keep_alive = self.parser.should_keep_alive() and not self.context.draining
+                request, ready, keep_alive = self._queue.popleft()
+                keep_alive = keep_alive and not self.context.draining
                 started = time.perf_counter()
                 if ready is not None:  # refused while parsing: answer, then close
                     response = ready
@@ -247,7 +249,7 @@ class Http1Connection(asyncio.Protocol):
             request = Request("-", "-", "", {}, b"", self.client)
         status = response.status
         if self._worker is not None or self._queue:
-            self._queue.append((request, response))
+            self._queue.append((request, response, False))
             return
         self._write_response(request, response, keep_alive=False)
         self.context.log_request(request, status, time.perf_counter())
