@@ -210,6 +210,8 @@ async def test_one_address_over_its_cap_is_answered_429_and_others_get_in(
         assert error["code"] == 429 and error["errno"] == 121
         assert "connections" in error["message"]
         assert await refused.closed_by_server()
+        metrics = server.app.service.metrics.render()
+        assert b"tidings_connections_refused_address_total 1.0" in metrics
         # Another address is not held back, and the held connections still work.
         other = await Client.open(port, "127.0.0.2")
         assert (await other.exchange(HEALTH))[0] == 200
@@ -259,7 +261,7 @@ async def test_the_node_cap_closes_at_once_and_recovers(tmp_path: Path) -> None:
             assert (await client.exchange(HEALTH))[0] == 200
         refused = await Client.open(port, "127.0.0.4")
         assert await refused.closed_by_server()  # nothing read, nothing held
-        assert server.context.admission.refused_node == 1
+        assert b"tidings_connections_refused_node_total 1.0" in server.app.service.metrics.render()
         assert (await held[2].exchange(HEALTH))[0] == 200  # the open ones are untouched
         assert (await held[0].exchange(LAST))[0] == 200
         assert await held[0].closed_by_server()
