@@ -40,7 +40,7 @@ log = logging.getLogger("tidings.http")
 # Bodies the service ever needs are small: a push (max_body) or a JSON document.
 MAX_REQUEST_BODY = 64 * 1024
 # The errno of an answer the servers give before the routes see a request.
-_PLAIN_ERRNO = {413: Errno.BODY_TOO_LARGE, 429: Errno.RATE_LIMITED, 503: Errno.UNAVAILABLE}
+_PLAIN_ERRNO = {413: Errno.BODY_TOO_LARGE, 429: Errno.RATE_LIMITED}
 
 
 def redact_path(path: str) -> str:
