@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any
 import pytest
 
 from security.hostile_clients import frame, h2_exchange, h2_request
+from security.test_tls_handshake import certificate
 from support.service import running_service
-from tidings.service.config import ServiceConfig, default_max_connections
+from tidings.service.config import ServiceConfig, default_max_connections, load_config
 from tidings.service.http.admission import REFUSING_PER_ADDRESS, ConnectionAdmission
 from tidings.service.http.server import HttpServer
 from tidings.service.push_app import PushApp, connection_key
@@ -122,6 +124,14 @@ def test_caps_from_settings(settings: dict[str, str], caps: tuple[int | None, in
 def test_bad_caps_are_configuration_errors(settings: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="max_connections"):
         ServiceConfig(**settings)
+
+
+def test_caps_from_toml_and_the_environment(tmp_path: Path) -> None:
+    file = tmp_path / "tidings.toml"
+    file.write_text("[serve]\nmax_connections = 5000\nmax_connections_per_address = 'off'\n")
+    assert load_config(file, environ={}).connection_caps() == (5000, None)
+    environ = {"TIDINGS_MAX_CONNECTIONS_PER_ADDRESS": "64"}
+    assert load_config(file, environ=environ).connection_caps() == (5000, 64)
 
 
 def test_the_default_node_cap_keeps_a_reserve() -> None:
@@ -309,3 +319,22 @@ async def test_a_client_saying_connection_close_is_closed(tmp_path: Path) -> Non
         assert status == 200 and headers["connection"] == "close"
         assert await client.closed_by_server()
         await client.close()
+
+
+async def test_over_tls_the_cap_holds_too(tmp_path: Path) -> None:
+    cert, key = certificate(tmp_path)
+    client_tls = ssl.create_default_context(cafile=cert)
+    client_tls.set_alpn_protocols(["http/1.1"])
+    async with serving(
+        tmp_path, max_connections_per_address="1", tls_cert=cert, tls_key=key
+    ) as server:
+        clients = []
+        for expected in (200, 429):  # one at a time: the first is counted before the next
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client_tls)
+            clients.append(Client(reader, writer))
+            status, _, body = await clients[-1].exchange(HEALTH)
+            assert status == expected
+        assert json.loads(body)["errno"] == 121
+        for client in clients:
+            await client.close()
+        assert await settled(server.context.admission)
