@@ -134,11 +134,16 @@ def test_caps_from_toml_and_the_environment(tmp_path: Path) -> None:
     assert load_config(file, environ=environ).connection_caps() == (5000, 64)
 
 
-def test_the_default_node_cap_keeps_a_reserve() -> None:
+@pytest.mark.parametrize(
+    ("soft", "cap"), [(20_000, 18_000), (1024, 768), (256, 128), (100_000, 90_000)]
+)
+def test_the_default_node_cap_keeps_a_reserve(
+    monkeypatch: pytest.MonkeyPatch, soft: int, cap: int
+) -> None:
     import resource
 
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert default_max_connections() <= soft - 256
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, soft))
+    assert default_max_connections() == cap
 
 
 # A running server ------------------------------------------------------------------------

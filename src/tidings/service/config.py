@@ -37,7 +37,7 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
 
 
 FD_RESERVE_SHARE = 10  # a tenth of the open-file limit is kept for other files...
-FD_RESERVE_MIN = 256  # ...and at least this many
+FD_RESERVE_MIN = 256  # ...and at least this many (at most half of a small limit)
 
 
 def default_max_connections() -> int:
@@ -52,7 +52,7 @@ def default_max_connections() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    reserve = max(FD_RESERVE_MIN, soft // FD_RESERVE_SHARE)
+    reserve = min(max(FD_RESERVE_MIN, soft // FD_RESERVE_SHARE), soft // 2)
     return max(1, soft - reserve)
 
 
@@ -154,12 +154,8 @@ class ServiceConfig:
             elif text.isdigit() and int(text) >= 1:
                 caps.append(int(text))
             else:
-                choices = (
-                    "a number of at least 1, auto or off"
-                    if name == "max_connections"
-                    else ("a number of at least 1 or off")
-                )
-                raise ValueError(f"{name} must be {choices}, got {text!r}")
+                auto = ", auto" if name == "max_connections" else ""
+                raise ValueError(f"{name} must be a number (1 or more){auto} or off, got {text!r}")
         return caps[0], caps[1]
 
     @property
