@@ -21,7 +21,7 @@ import pytest
 
 from security.hostile_clients import frame, h2_exchange, h2_request
 from security.test_tls_handshake import certificate
-from support.service import running_service
+from support.service import ServiceProcess, running_service
 from tidings.service.config import ServiceConfig, default_max_connections, load_config
 from tidings.service.http.admission import REFUSING_PER_ADDRESS, ConnectionAdmission
 from tidings.service.http.server import HttpServer
@@ -343,3 +343,26 @@ async def test_over_tls_the_cap_holds_too(tmp_path: Path) -> None:
         for client in clients:
             await client.close()
         assert await settled(server.context.admission)
+
+
+async def test_a_real_server_caps_an_address(tmp_path: Path) -> None:
+    # `tidings serve` (uvloop), the settings from a TOML file; 127.0.0.2 counts.
+    settings = tmp_path / "caps.toml"
+    settings.write_text('max_connections_per_address = 2\nrate_limit_exempt = "127.0.0.1/32"\n')
+    process = ServiceProcess(tmp_path / "service", args=["--config", str(settings)])
+    process.start()
+    try:
+        held = [await Client.open(process.port, "127.0.0.2") for _ in range(2)]
+        for client in held:
+            assert (await client.exchange(HEALTH))[0] == 200
+        refused = await Client.open(process.port, "127.0.0.2")
+        status, headers, body = await refused.exchange(UPGRADE)
+        assert status == 429 and "retry-after" in headers
+        assert json.loads(body)["errno"] == 121
+        assert await refused.closed_by_server()
+        other = await Client.open(process.port, "127.0.0.3")
+        assert (await other.exchange(UPGRADE))[0] == 101
+        for client in (*held, refused, other):
+            await client.close()
+    finally:
+        assert process.stop() == 0
