@@ -208,14 +208,22 @@ class Client:
             await self.writer.wait_closed()
 
 
+async def served(port: int, *sources: str) -> list[Client]:
+    """A connection from each source address, one after another, each served (and open)."""
+    clients = []
+    for source in sources:
+        client = await Client.open(port, source)
+        assert (await client.exchange(HEALTH))[0] == 200
+        clients.append(client)
+    return clients
+
+
 async def test_one_address_over_its_cap_is_answered_429_and_others_get_in(
     tmp_path: Path,
 ) -> None:
     async with serving(tmp_path, max_connections_per_address="2") as server:
         port = server.port
-        held = [await Client.open(port), await Client.open(port)]
-        for client in held:
-            assert (await client.exchange(HEALTH))[0] == 200  # served, and kept open
+        held = await served(port, "127.0.0.1", "127.0.0.1")
         refused = await Client.open(port)
         status, headers, body = await refused.exchange(HEALTH)
         assert status == 429
@@ -241,26 +249,29 @@ async def test_one_address_over_its_cap_is_answered_429_and_others_get_in(
         assert await settled(server.context.admission)
 
 
+async def upgrades(port: int, full: str, other: str) -> None:
+    """An upgrade from the address `full` (at its cap) gets 429; one from `other` 101."""
+    refused = await Client.open(port, full)
+    status, headers, body = await refused.exchange(UPGRADE)
+    assert status == 429 and "retry-after" in headers
+    assert json.loads(body)["errno"] == 121
+    assert await refused.closed_by_server()
+    accepted = await Client.open(port, other)
+    assert (await accepted.exchange(UPGRADE))[0] == 101
+    for client in (refused, accepted):
+        await client.close()
+
+
 async def test_an_upgrade_over_the_cap_is_refused_before_it(tmp_path: Path) -> None:
     async with serving(tmp_path, max_connections_per_address="1") as server:
-        held = await Client.open(server.port)
-        assert (await held.exchange(HEALTH))[0] == 200
-        refused = await Client.open(server.port)
-        status, headers, body = await refused.exchange(UPGRADE)
-        assert status == 429 and "retry-after" in headers
-        assert json.loads(body)["errno"] == 121
-        assert await refused.closed_by_server()
-        # The same upgrade from another address becomes a WebSocket.
-        other = await Client.open(server.port, "127.0.0.2")
-        assert (await other.exchange(UPGRADE))[0] == 101
-        for client in (held, refused, other):
-            await client.close()
+        (held,) = await served(server.port, "127.0.0.1")
+        await upgrades(server.port, "127.0.0.1", "127.0.0.2")
+        await held.close()
 
 
 async def test_http2_over_the_cap_gets_429_then_goaway(tmp_path: Path) -> None:
     async with serving(tmp_path, max_connections_per_address="1") as server:
-        held = await Client.open(server.port)
-        assert (await held.exchange(HEALTH))[0] == 200
+        (held,) = await served(server.port, "127.0.0.1")
         outcome = await h2_exchange(server.port, h2_request("GET", "/health"))
         assert outcome.status == 429
         assert "retry-after" in outcome.headers
@@ -271,9 +282,7 @@ async def test_http2_over_the_cap_gets_429_then_goaway(tmp_path: Path) -> None:
 async def test_the_node_cap_closes_at_once_and_recovers(tmp_path: Path) -> None:
     async with serving(tmp_path, max_connections="3", max_connections_per_address="off") as server:
         port = server.port
-        held = [await Client.open(port, f"127.0.0.{n}") for n in (1, 2, 3)]
-        for client in held:
-            assert (await client.exchange(HEALTH))[0] == 200
+        held = await served(port, "127.0.0.1", "127.0.0.2", "127.0.0.3")
         refused = await Client.open(port, "127.0.0.4")
         assert await refused.closed_by_server()  # nothing read, nothing held
         assert b"tidings_connections_refused_node_total 1.0" in server.app.service.metrics.render()
@@ -301,8 +310,7 @@ async def test_every_close_path_gives_its_slot_back(tmp_path: Path) -> None:
         assert (await websocket.exchange(UPGRADE))[0] == 101
         h2_outcome = await h2_exchange(port, h2_request("GET", "/health"))
         assert h2_outcome.status == 200
-        held = await Client.open(port, "127.0.0.4")
-        assert (await held.exchange(HEALTH))[0] == 200
+        (held,) = await served(port, "127.0.0.4")
         assert admission.count("127.0.0.4") == 1
         await timed_out.close()
         await aborted.close()
@@ -352,17 +360,9 @@ async def test_a_real_server_caps_an_address(tmp_path: Path) -> None:
     process = ServiceProcess(tmp_path / "service", args=["--config", str(settings)])
     process.start()
     try:
-        held = [await Client.open(process.port, "127.0.0.2") for _ in range(2)]
+        held = await served(process.port, "127.0.0.2", "127.0.0.2")
+        await upgrades(process.port, "127.0.0.2", "127.0.0.3")
         for client in held:
-            assert (await client.exchange(HEALTH))[0] == 200
-        refused = await Client.open(process.port, "127.0.0.2")
-        status, headers, body = await refused.exchange(UPGRADE)
-        assert status == 429 and "retry-after" in headers
-        assert json.loads(body)["errno"] == 121
-        assert await refused.closed_by_server()
-        other = await Client.open(process.port, "127.0.0.3")
-        assert (await other.exchange(UPGRADE))[0] == 101
-        for client in (*held, refused, other):
             await client.close()
     finally:
         assert process.stop() == 0
