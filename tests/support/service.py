@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from support.ci import free_port
 from tidings.service.config import ServiceConfig
 from tidings.service.core import PushService
+from tidings.service.http.server import HttpServer
+from tidings.service.push_app import PushApp
 from tidings.service.run import build_server
 from tidings.webpush import VapidKey, b64url_encode, decrypt, public_key_bytes
 
@@ -43,6 +45,7 @@ class RunningService:
 
     config: ServiceConfig
     service: PushService | None = None
+    server: HttpServer[PushApp] | None = None  # in-process: the listener (its connections)
 
     @property
     def url(self) -> str:
@@ -68,7 +71,7 @@ async def running_service(tmp_path: Path, **settings: Any) -> AsyncIterator[Runn
     server = build_server(config)
     await server.start()
     try:
-        yield RunningService(config, server.app.service)
+        yield RunningService(config, server.app.service, server)
     finally:
         await server.stop(grace=2)
 

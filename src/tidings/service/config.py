@@ -36,6 +36,26 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
 )
 
 
+FD_RESERVE_SHARE = 10  # a tenth of the open-file limit is kept for other files...
+FD_RESERVE_MIN = 256  # ...and at least this many (at most half of a small limit)
+
+
+def default_max_connections() -> int:
+    """Client connections one process may hold: its open-file limit less a reserve.
+
+    The reserve keeps descriptors for what the node opens itself (the SQLite files or the
+    PostgreSQL pool, Redis, log files, the event loop, Megaphone and OTLP requests), so
+    at the cap it refuses clients instead of failing with EMFILE on its own work.
+    """
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    reserve = min(max(FD_RESERVE_MIN, soft // FD_RESERVE_SHARE), soft // 2)
+    return max(1, soft - reserve)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything `tidings serve` can be told; each field is also TIDINGS_<NAME>."""
@@ -75,6 +95,13 @@ class ServiceConfig:
     rate_subscribe_address: str = "600/min"  # new subscriptions from one address
     rate_limit_exempt: str = "127.0.0.0/8,::1"  # addresses the address rules skip
     rate_limit_buckets: int = 100_000  # buckets kept in memory (least recently used go)
+    # Open client connections (all protocols), per process. Per address (IPv6 by /64,
+    # rate_limit_exempt and trusted_proxies skipped): a big NAT's browsers fit in 4096,
+    # one client cannot take the node's file descriptors. In all: `auto` is the open-file
+    # limit less a reserve for the store, cluster, logs and outgoing connections
+    # (connection_caps). A number, or `off`, for either.
+    max_connections_per_address: str = "4096"
+    max_connections: str = "auto"
     # Reverse proxies (comma-separated CIDRs) whose Forwarded / X-Forwarded-For are read.
     trusted_proxies: str = ""
     # Host names the pages, figures and demo answer (DNS rebinding); default: the public
@@ -113,6 +140,23 @@ class ServiceConfig:
         from tidings.service.forwarded import parse_proxies
 
         parse_proxies(self.trusted_proxies)
+        self.connection_caps()
+
+    def connection_caps(self) -> tuple[int | None, int | None]:
+        """`max_connections` and `max_connections_per_address` as numbers (None: off)."""
+        caps: list[int | None] = []
+        for name in ("max_connections", "max_connections_per_address"):
+            text = str(getattr(self, name)).strip().lower()
+            if text in ("off", "none"):
+                caps.append(None)
+            elif text == "auto" and name == "max_connections":
+                caps.append(default_max_connections())
+            elif text.isdigit() and int(text) >= 1:
+                caps.append(int(text))
+            else:
+                auto = ", auto" if name == "max_connections" else ""
+                raise ValueError(f"{name} must be a number (1 or more){auto} or off, got {text!r}")
+        return caps[0], caps[1]
 
     @property
     def rate_settings(self) -> dict[str, str]:
@@ -178,6 +222,8 @@ def _coerce(name: str, raw: object) -> Any:
         if raw.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{name} must be true or false, got {raw!r}")
+    if kind is str and isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)  # a TOML number for a setting that also takes words (`off`)
     if isinstance(raw, str) and kind is not str:
         try:
             return kind(raw)

@@ -55,7 +55,8 @@ def peer_address(client: str) -> str:
     return client
 
 
-def _ip(text: str) -> Address | None:
+def parse_ip(text: str) -> Address | None:
+    """An IP address (an IPv4-mapped IPv6 one as IPv4), or None if `text` is not one."""
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -72,11 +73,11 @@ def _node(text: str) -> Address | None:
         end = text.find("]")
         if end < 0 or (text[end + 1 :] and not text[end + 1 :].startswith(":")):
             return None
-        return _ip(text[1:end])
+        return parse_ip(text[1:end])
     if text.count(":") == 1:  # IPv4 with a port
         host, _, port = text.partition(":")
-        return _ip(host) if port.isdigit() else None
-    return _ip(text)
+        return parse_ip(host) if port.isdigit() else None
+    return parse_ip(text)
 
 
 def _split_outside_quotes(text: str, separator: str) -> list[str] | None:
@@ -187,7 +188,7 @@ def real_client(client: str, headers: Mapping[str, str], networks: Sequence[Netw
     x_forwarded_for = headers.get("x-forwarded-for")
     if forwarded is None and x_forwarded_for is None:
         return client
-    peer = _ip(peer_address(client))
+    peer = parse_ip(peer_address(client))
     if peer is None or not _trusted(peer, networks):
         return client  # the headers of an untrusted peer are the client's own words
     found: list[Address] = []

@@ -30,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.process_collector import ProcessCollector
 
 from tidings.service.exposition import LabelledCounter, LatencyHistogram, PlainCollector
+from tidings.service.http.admission import ConnectionAdmission
 from tidings.service.store import StoredMessage, StoreUnavailable
 
 log = logging.getLogger("tidings.metrics")
@@ -277,6 +278,35 @@ class ServiceMetrics:
         self.subscription_count: int | None = None
         self._counted_at = -math.inf
         self._counting: asyncio.Task[None] | None = None
+
+    def watch_connections(self, admission: ConnectionAdmission) -> None:
+        """The server's open client connections and those its caps refused."""
+        open_connections = Gauge(
+            "tidings_open_connections",
+            "Client connections open in this process (all protocols), as max_connections "
+            "counts them",
+            registry=self.registry,
+        )
+        open_connections.set_function(lambda: float(admission.total))
+        started = time.time()
+        self.registry.register(
+            PlainCollector(
+                totals=[
+                    (
+                        "tidings_connections_refused_address",
+                        "New connections refused: their address held max_connections_per_address",
+                        lambda: admission.refused_address,
+                        started,
+                    ),
+                    (
+                        "tidings_connections_refused_node",
+                        "New connections closed at once: this process held max_connections",
+                        lambda: admission.refused_node,
+                        started,
+                    ),
+                ]
+            )
+        )
 
     # Hooks on the hot paths -----------------------------------------------------------
 

@@ -39,6 +39,8 @@ log = logging.getLogger("tidings.http")
 
 # Bodies the service ever needs are small: a push (max_body) or a JSON document.
 MAX_REQUEST_BODY = 64 * 1024
+# The errno of an answer the servers give before the routes see a request.
+_PLAIN_ERRNO = {413: Errno.BODY_TOO_LARGE, 429: Errno.RATE_LIMITED}
 
 
 def redact_path(path: str) -> str:
@@ -123,7 +125,7 @@ class Routes:
     @staticmethod
     def plain_error(status: int, message: str) -> Response:
         """A JSON error for a request that could not even be parsed."""
-        errno = Errno.BODY_TOO_LARGE if status == 413 else Errno.MALFORMED_REQUEST
+        errno = _PLAIN_ERRNO.get(status, Errno.MALFORMED_REQUEST)
         return Response.error(ServiceError(status, errno, message))
 
     async def handle(self, request: Request) -> Response:

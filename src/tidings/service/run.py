@@ -29,13 +29,15 @@ def build_server(config: ServiceConfig, service: PushService | None = None) -> H
     ssl_context = None
     if config.tls_cert and config.tls_key:
         ssl_context = tls_context(config.tls_cert, config.tls_key)
-    return HttpServer(
+    server = HttpServer(
         PushApp(service or PushService(config)),
         host=config.host,
         port=config.port,
         ssl_context=ssl_context,
         reuse_port=config.reuse_port,
     )
+    server.app.service.metrics.watch_connections(server.context.admission)
+    return server
 
 
 GC_YOUNG_THRESHOLD = 20_000  # allocations between two young-generation collections

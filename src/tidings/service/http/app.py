@@ -7,6 +7,7 @@ service is one (`tidings.service.push_app.PushApp`); a test serves a fake one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +29,12 @@ class ServerSettings:
     """A new WebSocket's first message, or it is closed."""
     max_websocket_message: int = 64 * 1024
     """Protocol messages are small; a bigger one is abuse."""
+    max_connections: int | None = None
+    """Open client connections of this process; past it new ones are closed at once."""
+    max_connections_per_address: int | None = None
+    """Open connections of one address key; past it a new one is answered 429 and closed."""
+    connection_key: Callable[[str], str | None] | None = None
+    """The key a peer address counts under (None: skipped); default the address itself."""
 
 
 class TextChannel(Protocol):

@@ -13,15 +13,19 @@ import logging
 import time
 from typing import Protocol
 
+from tidings.service.http.admission import ConnectionAdmission, Slot
 from tidings.service.http.app import HttpApp
 from tidings.service.http.logsafe import escape
-from tidings.service.http.messages import Request
+from tidings.service.http.messages import Request, Response
 
-__all__ = ["WRITE_BUFFER_LIMIT", "ConnectionContext", "Drainable", "peer_of"]
+__all__ = ["WRITE_BUFFER_LIMIT", "ConnectionContext", "Drainable", "Slot", "peer_of"]
 
 access_log = logging.getLogger("tidings.access")
+log = logging.getLogger("tidings.http")
 
 WRITE_BUFFER_LIMIT = 1 << 20  # answers piling up unread: the client is not reading
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines about refused connections
+REFUSAL_RETRY_AFTER = "10"  # seconds a client refused for its address is told to wait
 
 
 def peer_of(transport: asyncio.BaseTransport) -> str:
@@ -47,8 +51,56 @@ class ConnectionContext:
         self.request_timeout = settings.request_timeout
         self.keepalive_timeout = settings.keepalive_timeout
         self.max_websocket_message = settings.max_websocket_message
+        self.admission = ConnectionAdmission(
+            per_address=settings.max_connections_per_address,
+            max_connections=settings.max_connections,
+            key_of=settings.connection_key or (lambda address: address),
+        )
+        self._refusals_logged = (0, 0)  # the admission's refusal counts at the last log line
+        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
         self._date_second = 0
         self._date_line = b""
+
+    def admit(self, transport: asyncio.BaseTransport) -> Slot | None:
+        """Count a new connection; None: it was refused and closed at once."""
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else ""
+        slot = self.admission.open(address)
+        if slot is None or slot.refused:
+            self._log_refusals()
+        if slot is None:
+            transport.close()
+        return slot
+
+    def _log_refusals(self) -> None:
+        """A warning at most once a minute, with the counts since the last one."""
+        now = time.monotonic()
+        if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
+            return
+        admission = self.admission
+        address, node = admission.refused_address, admission.refused_node
+        log.warning(
+            "connections refused since the last report: %d from addresses at "
+            "max_connections_per_address (%s), %d with the process at max_connections "
+            "(%s); %d open",
+            address - self._refusals_logged[0],
+            admission.per_address,
+            node - self._refusals_logged[1],
+            admission.max_connections,
+            admission.total,
+        )
+        self._refusals_logged = (address, node)
+        self._refusal_logged_at = now
+
+    def refusal(self) -> Response:
+        """The answer to a request on a connection over its address's cap."""
+        response = self.app.plain_error(
+            429,
+            f"too many open connections from this address (at most "
+            f"{self.admission.per_address}); close one or retry later",
+        )
+        response.headers["retry-after"] = REFUSAL_RETRY_AFTER
+        return response
 
     @property
     def draining(self) -> bool:
@@ -70,11 +122,13 @@ class ConnectionContext:
         self._refresh_date()
         return (b"date", self._date_line)
 
-    def make_websocket(self, transport: asyncio.Transport, client: str) -> asyncio.Protocol:
+    def make_websocket(
+        self, transport: asyncio.Transport, client: str, slot: Slot | None = None
+    ) -> asyncio.Protocol:
         """The protocol of a connection upgraded to WebSocket (the server's to say)."""
         raise NotImplementedError
 
-    def make_http2(self) -> asyncio.Protocol:
+    def make_http2(self, slot: Slot | None = None) -> asyncio.Protocol:
         """The protocol of a connection that turned out to speak HTTP/2 (the server's)."""
         raise NotImplementedError
 

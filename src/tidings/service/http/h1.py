@@ -15,7 +15,7 @@ from typing import cast
 
 import httptools
 
-from tidings.service.http.context import WRITE_BUFFER_LIMIT, ConnectionContext, peer_of
+from tidings.service.http.context import WRITE_BUFFER_LIMIT, ConnectionContext, Slot, peer_of
 from tidings.service.http.messages import Request, Response, status_line
 from tidings.service.http.websocket_frames import accept_key, is_valid_client_key
 
@@ -35,8 +35,11 @@ class _BodyTooLarge(Exception):
 class Http1Connection(asyncio.Protocol):
     """One HTTP/1.1 connection."""
 
-    def __init__(self, context: ConnectionContext) -> None:
+    def __init__(self, context: ConnectionContext, *, slot: Slot | None = None) -> None:
         self.context = context
+        # Its count in the connection caps: given back in connection_lost, or handed on
+        # to the protocol this connection switches to.
+        self.slot = slot
         self.transport: asyncio.Transport | None = None
         self.client = "-"
         self.parser = httptools.HttpRequestParser(self)
@@ -47,8 +50,9 @@ class Http1Connection(asyncio.Protocol):
         self._body_size = 0
         self._body_limit = 0
         self._too_large = False
-        # Parsed requests, each with its answer when parsing already decided it.
-        self._queue: deque[tuple[Request, Response | None]] = deque()
+        # Parsed requests, each with its answer when parsing already decided it, and
+        # whether the client keeps the connection open after it.
+        self._queue: deque[tuple[Request, Response | None, bool]] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._first_data = True
         self._upgrade: Request | None = None
@@ -64,6 +68,11 @@ class Http1Connection(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        if self.slot is None:
+            self.slot = self.context.admit(transport)
+            if self.slot is None:
+                self._closing = True  # refused: the process is at max_connections
+                return
         self.client = peer_of(transport)
         self.context.connections.add(self)
         self._arm_timer(self.context.request_timeout)
@@ -71,6 +80,9 @@ class Http1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.context.connections.discard(self)
+        if self.slot is not None:
+            self.context.admission.close(self.slot)
+            self.slot = None
         if self._timer is not None:
             self._timer.cancel()
         if self._worker is not None:
@@ -163,8 +175,14 @@ class Http1Connection(asyncio.Protocol):
         if self.parser.should_upgrade():
             self._upgrade = request
             return
-        ready = self.context.app.too_large(request) if self._too_large else None
-        self._queue.append((request, ready))
+        if self._too_large:
+            ready: Response | None = self.context.app.too_large(request)
+        elif self.slot is not None and self.slot.refused:
+            ready = self.context.refusal()  # over its address's cap: answered, then closed
+        else:
+            ready = None
+        # Read now: httptools forgets a `Connection: close` once the message is complete.
+        self._queue.append((request, ready, self.parser.should_keep_alive()))
         if len(self._queue) > MAX_QUEUED_REQUESTS and self.transport is not None:
             self.transport.pause_reading()
         if self._worker is None:
@@ -175,8 +193,8 @@ class Http1Connection(asyncio.Protocol):
     async def _work(self) -> None:
         try:
             while self._queue and not self._closing:
-                request, ready = self._queue.popleft()
-                keep_alive = self.parser.should_keep_alive() and not self.context.draining
+                request, ready, keep_alive = self._queue.popleft()
+                keep_alive = keep_alive and not self.context.draining
                 started = time.perf_counter()
                 if ready is not None:  # refused while parsing: answer, then close
                     response = ready
@@ -222,12 +240,16 @@ class Http1Connection(asyncio.Protocol):
 
     def _reject(self, status: int, message: str) -> None:
         """Answer an unparseable request and close, after any request already queued."""
+        self._answer_and_close(self.context.app.plain_error(status, message))
+
+    def _answer_and_close(self, response: Response, request: Request | None = None) -> None:
         if self.transport is not None:
             self.transport.pause_reading()
-        request = Request("-", "-", "", {}, b"", self.client)
-        response = self.context.app.plain_error(status, message)
+        if request is None:
+            request = Request("-", "-", "", {}, b"", self.client)
+        status = response.status
         if self._worker is not None or self._queue:
-            self._queue.append((request, response))
+            self._queue.append((request, response, False))
             return
         self._write_response(request, response, keep_alive=False)
         self.context.log_request(request, status, time.perf_counter())
@@ -272,6 +294,9 @@ class Http1Connection(asyncio.Protocol):
         self._upgrade = None
         if request is None or self.transport is None:
             self._reject(400, "bad upgrade")
+            return
+        if self.slot is not None and self.slot.refused:
+            self._answer_and_close(self.context.refusal(), request)  # before the upgrade
             return
         if self._worker is not None or self._queue:
             self._reject(400, "upgrade while requests are pending")
@@ -324,7 +349,8 @@ class Http1Connection(asyncio.Protocol):
             self._timer = None
         self.context.connections.discard(self)
         self._closing = True
-        protocol = self.context.make_websocket(self.transport, request.client)
+        protocol = self.context.make_websocket(self.transport, request.client, self.slot)
+        self.slot = None
         self.transport.set_protocol(protocol)
         self.transport.resume_reading()
         if rest:
@@ -351,7 +377,8 @@ class Http1Connection(asyncio.Protocol):
             self._timer = None
         self.context.connections.discard(self)
         self._closing = True
-        protocol = self.context.make_http2()
+        protocol = self.context.make_http2(self.slot)
+        self.slot = None
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
         protocol.data_received(data)

@@ -31,7 +31,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from tidings.service.http.context import WRITE_BUFFER_LIMIT, ConnectionContext, peer_of
+from tidings.service.http.context import WRITE_BUFFER_LIMIT, ConnectionContext, Slot, peer_of
 from tidings.service.http.logsafe import escape
 from tidings.service.http.messages import Request, Response
 
@@ -103,8 +103,11 @@ class Http2PushChannel:
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 connection, over TLS (ALPN h2) or cleartext with prior knowledge."""
 
-    def __init__(self, context: ConnectionContext, scheme: str = "http") -> None:
+    def __init__(
+        self, context: ConnectionContext, scheme: str = "http", *, slot: Slot | None = None
+    ) -> None:
         self.context = context
+        self.slot = slot  # its count in the connection caps, given back in connection_lost
         self.scheme = scheme
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=True
@@ -134,6 +137,11 @@ class Http2Connection(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        if self.slot is None:
+            self.slot = self.context.admit(transport)
+            if self.slot is None:
+                self._closed = True  # refused: the process is at max_connections
+                return
         self.client = peer_of(transport)
         self.context.connections.add(self)
         # pause_writing() past the cap, resume_writing() once a quarter of it is left.
@@ -171,6 +179,9 @@ class Http2Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self.slot is not None:
+            self.context.admission.close(self.slot)
+            self.slot = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         if self._drain_timer is not None:
@@ -408,6 +419,8 @@ class Http2Connection(asyncio.Protocol):
         try:
             if stream.too_large:
                 response = self.context.app.too_large(request)
+            elif self.slot is not None and self.slot.refused:
+                response = self.context.refusal()  # over its address's cap: then GOAWAY
             else:
                 response = await self.context.app.handle(request)
             if not stream.closed.is_set():
@@ -431,7 +444,10 @@ class Http2Connection(asyncio.Protocol):
             stream.timer = None
         del self.streams[stream_id]
         if not self.streams and not self._closed:
-            self._arm_idle_timer()
+            if self.slot is not None and self.slot.refused:
+                self.close_if_idle()  # its refusal answered: nothing more on it
+            else:
+                self._arm_idle_timer()
 
     async def _respond(self, stream_id: int, method: str, response: Response) -> None:
         if self._closed:

@@ -14,7 +14,7 @@ import time
 from typing import Generic, TypeVar, cast
 
 from tidings.service.http.app import HttpApp
-from tidings.service.http.context import ConnectionContext
+from tidings.service.http.context import ConnectionContext, Slot
 from tidings.service.http.h1 import Http1Connection
 from tidings.service.http.h2 import Http2Connection
 from tidings.service.http.websocket import WebSocketConnection
@@ -27,7 +27,9 @@ App = TypeVar("App", bound=HttpApp)
 class _ServerContext(ConnectionContext):
     """The context whose connections switch to this package's HTTP/2 and WebSocket."""
 
-    def make_websocket(self, transport: asyncio.Transport, client: str) -> WebSocketConnection:
+    def make_websocket(
+        self, transport: asyncio.Transport, client: str, slot: Slot | None = None
+    ) -> WebSocketConnection:
         return WebSocketConnection(
             transport,
             self.app.open_websocket,
@@ -35,10 +37,12 @@ class _ServerContext(ConnectionContext):
             max_message=self.max_websocket_message,
             hello_timeout=self.app.settings.hello_timeout,
             busy=self.busy_websockets,
+            admission=self.admission if slot is not None else None,
+            slot=slot,
         )
 
-    def make_http2(self) -> Http2Connection:
-        return Http2Connection(self, self.scheme)
+    def make_http2(self, slot: Slot | None = None) -> Http2Connection:
+        return Http2Connection(self, self.scheme, slot=slot)
 
 
 def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -59,10 +63,16 @@ class _TlsSelector(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
         transport = cast(asyncio.Transport, transport)
+        # Counted from here: asyncio calls no protocol before the handshake is done.
+        slot = self.context.admit(transport)
+        if slot is None:
+            return  # closed at once: the process is at max_connections
         ssl_object = transport.get_extra_info("ssl_object")
         chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         protocol: asyncio.Protocol = (
-            self.context.make_http2() if chosen == "h2" else Http1Connection(self.context)
+            self.context.make_http2(slot)
+            if chosen == "h2"
+            else Http1Connection(self.context, slot=slot)
         )
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

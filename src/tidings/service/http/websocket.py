@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from tidings.service.http import websocket_frames
+from tidings.service.http.admission import ConnectionAdmission, Slot
 from tidings.service.http.app import TextChannel, WebSocketHandler
 from tidings.service.http.context import WRITE_BUFFER_LIMIT  # a client not reading, as HTTP's
 from tidings.service.http.logsafe import escape
@@ -48,8 +49,8 @@ class WebSocketConnection(asyncio.Protocol):
 
     # A node holds hundreds of thousands of these, idle: no per-instance dict.
     __slots__ = (
-        "_busy", "_closing", "_failed", "_hello_timer", "_inbox", "_lost",
-        "_reading_paused", "_worker", "parser", "session", "transport",
+        "_admission", "_busy", "_closing", "_failed", "_hello_timer", "_inbox", "_lost",
+        "_reading_paused", "_worker", "parser", "session", "slot", "transport",
     )  # fmt: skip
 
     def __init__(
@@ -61,8 +62,13 @@ class WebSocketConnection(asyncio.Protocol):
         max_message: int,
         hello_timeout: float,
         busy: set[object] | None = None,
+        admission: ConnectionAdmission | None = None,
+        slot: Slot | None = None,
     ) -> None:
         self.transport = transport
+        # Its count in the connection caps (from the HTTP/1.1 connection it upgraded).
+        self._admission = admission
+        self.slot = slot
         self.session = open_handler(self, client)
         # The connections whose frames are being handled: shutdown waits for them
         # before it closes the store, so an ack that arrived is not lost.
@@ -203,6 +209,9 @@ class WebSocketConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._lost = True
+        if self.slot is not None and self._admission is not None:
+            self._admission.close(self.slot)
+            self.slot = None
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         if self._worker is None:
