@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import resource
 import ssl
 import struct
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from tidings.service.config import ServiceConfig, default_max_connections, load_
 from tidings.service.http.admission import REFUSING_PER_ADDRESS, ConnectionAdmission
 from tidings.service.http.server import HttpServer
 from tidings.service.push_app import PushApp, connection_key
+from tidings.service.run import OPEN_FILES_CEILING
 
 DEADLINE = 10.0
 HEALTH = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
@@ -364,5 +366,26 @@ async def test_a_real_server_caps_an_address(tmp_path: Path) -> None:
         await upgrades(process.port, "127.0.0.2", "127.0.0.3")
         for client in held:
             await client.close()
+    finally:
+        assert process.stop() == 0
+
+
+def test_serve_lifts_its_soft_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+    # Started with a soft limit of 512, the node would refuse past 256 connections.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 512:
+        pytest.skip(f"the hard open-file limit here ({hard}) leaves nothing to lift")
+    process = ServiceProcess(tmp_path / "service")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        process.start()  # the child inherits the low soft limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert process.process is not None
+        limits = Path(f"/proc/{process.process.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        child_soft, child_hard = line.split()[3:5]
+        assert child_soft == (str(OPEN_FILES_CEILING) if child_hard == "unlimited" else child_hard)
     finally:
         assert process.stop() == 0

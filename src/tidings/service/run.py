@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -56,6 +57,27 @@ def tune_garbage_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+OPEN_FILES_CEILING = 1 << 20  # the kernel's usual nr_open: the most a soft limit may be
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft open-file limit to the hard one and return the limit now in force.
+
+    Every client connection holds a descriptor, and the usual soft limit (1,024) would
+    cap a node at a few hundred browsers while the hard limit allows far more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:  # e.g. above nr_open: keep what there is
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, wanted, exc)
+            return soft
+        return wanted
+    return soft
 
 
 DRAIN_GRACE = 10.0  # seconds for connections to finish before they are closed
@@ -183,6 +205,7 @@ def serve_workers(config: ServiceConfig) -> None:
 
 def serve(config: ServiceConfig) -> None:
     """Run the push service (with uvloop when it is installed)."""
+    raise_open_file_limit()
     try:
         if config.workers > 1:
             serve_workers(config)
