@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -107,16 +107,17 @@ class PushAcceptance(ServiceBase):
         """
         if not tracing.enabled():  # the coroutine itself: no frame of its own around it
             return self._accept_push(token, headers, body, client, request_id, None)
-        return self._accept_traced_push(token, headers, body, client, request_id)
+        return self._accept_traced_push(
+            headers,
+            lambda parent: self._accept_push(token, headers, body, client, request_id, parent),
+        )
 
     async def _accept_traced_push(
         self,
-        token: str,
         headers: Mapping[str, str],
-        body: bytes,
-        client: str,
-        request_id: str | None,
+        accept: Callable[[str | None], Coroutine[Any, Any, PushAccepted]],
     ) -> PushAccepted:
+        """`accept(traceparent)` as the server span of the sender's trace."""
         with tracing.span(
             "push accept",
             kind="server",
@@ -124,9 +125,7 @@ class PushAcceptance(ServiceBase):
             attributes={"tidings.node": self.node_id},
         ) as current:
             try:
-                accepted = await self._accept_push(
-                    token, headers, body, client, request_id, tracing.traceparent_of(current)
-                )
+                accepted = await accept(tracing.traceparent_of(current))
             except ServiceError as error:
                 if current is not None:
                     current.set_attribute("http.response.status_code", error.status)
