@@ -20,13 +20,14 @@ from pathlib import Path
 
 from tidings.service.store import MessageQuota, StoredMessage, SubscriptionRecord
 from tidings.service.store.sqlite import SQLiteStore
+from tidings.service.tokens import new_message_id
 
 USER_AGENTS = 200  # as bench/service_load.py: one subscription each
 
 
 def push(uaid: str, now: float) -> StoredMessage:
     return StoredMessage(
-        message_id=secrets.token_hex(28),
+        message_id=new_message_id(),  # as the service makes them
         uaid=uaid,
         channel_id="00000000-0000-4000-8000-000000000000",
         body=secrets.token_bytes(186),

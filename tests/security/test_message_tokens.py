@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
+import pytest
 
 from support.service import running_service
+from tidings.service import tokens
 from tidings.service.tokens import MessageRef, TokenKind, TokenSealer, new_message_id
 from tidings.webpush import b64url_decode
 
@@ -46,6 +49,22 @@ def test_messages_of_one_subscription_get_unrelated_nonces() -> None:
         for _ in range(1000)
     }
     assert len(nonces) == 1000
+
+
+def test_message_ids_sort_in_accept_order_with_80_random_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The stores' indexes keyed by message id append when ids follow the accept time.
+    clock = [1_800_000_000_000_000_000]
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(time_ns=lambda: clock[0]))
+    made = []
+    for _ in range(200):
+        made.append(new_message_id())
+        clock[0] += 1_000_000  # one millisecond later
+    assert made == sorted(made)
+    same_time = {new_message_id()[12:32] for _ in range(1000)}
+    assert len(same_time) == 1000  # the id's random part differs within one millisecond
+    assert len(made[-1]) == 56 and int(made[-1][:12], 16) == 1_800_000_000_199  # ms
 
 
 def test_older_message_ids_keep_their_tokens() -> None:

@@ -42,3 +42,11 @@ def test_empty() -> None:
 def test_any_text_decodes_or_raises_value_error(text: str) -> None:
     with contextlib.suppress(ValueError):
         b64url_decode(text)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_encode_is_the_standard_library_urlsafe_encoding_unpadded(kind: type) -> None:
+    for size in range(70):
+        data = bytes(range(256))[size : size * 3] + b"\xfb\xff" * size
+        expected = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        assert b64url_encode(kind(data)) == expected

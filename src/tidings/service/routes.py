@@ -132,28 +132,26 @@ class Routes:
         """Answer one request; never raises. Answers to pushes are counted by status."""
         request.request_id = request_id(request.headers.get("x-request-id"))
         request.client = self.client_of(request)  # limits and logs see the real client
-        response = await self._answer(request)
-        response.headers["x-request-id"] = request.request_id
-        if request.path.startswith(PUSH_PATH):
-            self.service.metrics.push_answered(response.status)
-        return response
-
-    async def _answer(self, request: Request) -> Response:
+        # Routed here, not in a coroutine of its own: a frame less on every request.
         try:
-            return await self._route(request)
+            response = await self._route(request)
         except ServiceError as error:
-            return Response.error(error)
+            response = Response.error(error)
         except StoreUnavailable as exc:
-            return Response.error(store_unavailable(exc))
+            response = Response.error(store_unavailable(exc))
         except Exception:
             log.exception(
                 "unexpected error on %s %s",
                 escape(request.method),
                 escape(redact_path(request.path)),
             )
-            return Response.error(
+            response = Response.error(
                 ServiceError(500, Errno.INTERNAL, "internal error; it has been logged")
             )
+        response.headers["x-request-id"] = request.request_id
+        if request.path.startswith(PUSH_PATH):
+            self.service.metrics.push_answered(response.status)
+        return response
 
     async def _route(self, request: Request) -> Response:
         method, path = request.method, request.path

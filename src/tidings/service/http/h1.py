@@ -186,7 +186,7 @@ class Http1Connection(asyncio.Protocol):
         if len(self._queue) > MAX_QUEUED_REQUESTS and self.transport is not None:
             self.transport.pause_reading()
         if self._worker is None:
-            self._worker = asyncio.ensure_future(self._work())
+            self._worker = self._loop.create_task(self._work())
 
     # Answering ----------------------------------------------------------------------------
 

@@ -82,10 +82,16 @@ class Response:
         )
 
 
+_STATUS_LINES: dict[int, bytes] = {}
+
+
 def status_line(status: int) -> bytes:
-    """`HTTP/1.1 <status> <phrase>` with CRLF."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    return f"HTTP/1.1 {status} {phrase}\r\n".encode()
+    """`HTTP/1.1 <status> <phrase>` with CRLF (made once per status: every answer has one)."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {phrase}\r\n".encode()
+    return line
