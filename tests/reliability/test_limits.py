@@ -6,7 +6,9 @@ import asyncio
 import base64
 import os
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -110,31 +112,65 @@ def test_exempt_networks_and_addresses() -> None:
     assert retry_after(2.2) == "3"
 
 
-@pytest.mark.redis
-async def test_redis_buckets_are_shared_by_nodes() -> None:
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+async def bucket_keys() -> AsyncIterator[Callable[[], Awaitable[list[bytes]]]]:
+    """A key prefix of the test's own (`.prefix`); call it for the bucket keys made, each
+    checked to expire; they are deleted after the test."""
     import redis.asyncio as aioredis
 
-    prefix = f"tidings-test-{uuid.uuid4().hex[:8]}:"
-    rules = {Limit.PUSH_VAPID_KEY: Rule(1.0, 3.0)}
-    url = "redis://127.0.0.1:6379/0"
-    client = aioredis.Redis.from_url(url)
+    client = aioredis.Redis.from_url(REDIS_URL)
     try:
         await client.ping()
     except (OSError, aioredis.ConnectionError):
         pytest.skip("no Redis on 127.0.0.1:6379")
-    nodes = [RedisRateLimiter(url, rules, prefix=prefix) for _ in range(2)]
+    prefix = f"tidings-test-{uuid.uuid4().hex[:8]}:"
+
+    async def keys() -> list[bytes]:
+        found: list[bytes] = await client.keys(prefix + "*")
+        ttls = [await client.ttl(key) for key in found]
+        assert all(0 < ttl <= 5 for ttl in ttls)  # they expire
+        return found
+
+    keys.prefix = prefix  # type: ignore[attr-defined]
+    yield keys
+    leftover = await client.keys(prefix + "*")
+    if leftover:
+        await client.delete(*leftover)
+    await client.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_buckets_are_shared_by_nodes(bucket_keys: Any) -> None:
+    rules = {Limit.PUSH_VAPID_KEY: Rule(1.0, 3.0)}
+    nodes = [RedisRateLimiter(REDIS_URL, rules, prefix=bucket_keys.prefix) for _ in range(2)]
     answers = [await nodes[i % 2].acquire(Limit.PUSH_VAPID_KEY, "k") for i in range(4)]
     assert answers[:3] == [0.0, 0.0, 0.0]
     assert 0 < answers[3] <= 1.0
     assert await nodes[0].acquire(Limit.PUSH_VAPID_KEY, "other") == 0.0
     for node in nodes:
         await node.close()
-    keys = await client.keys(prefix + "*")
-    assert len(keys) == 2
-    ttls = [await client.ttl(key) for key in keys]
-    assert all(0 < ttl <= 5 for ttl in ttls)  # they expire
-    await client.delete(*keys)
-    await client.aclose()
+    assert len(await bucket_keys()) == 2
+
+
+@pytest.mark.redis
+async def test_redis_buckets_of_concurrent_requests_are_taken_in_one_round_trip(
+    bucket_keys: Any,
+) -> None:
+    rules = {Limit.PUSH_VAPID_KEY: Rule(1.0, 3.0), Limit.PUSH_SUBSCRIPTION: Rule(0.5, 2.0)}
+    limiter = RedisRateLimiter(REDIS_URL, rules, prefix=bucket_keys.prefix)
+    calls = [(Limit.PUSH_VAPID_KEY, "k")] * 5 + [(Limit.PUSH_SUBSCRIPTION, "s")] * 3
+    calls += [(Limit.PUSH_VAPID_KEY, f"other{i}") for i in range(40)]
+    answers = await asyncio.gather(*(limiter.acquire(limit, key) for limit, key in calls))
+    # Each bucket still gives exactly its burst, in the order the requests came.
+    assert answers[:5] == [0.0, 0.0, 0.0, 1.0, 1.0]
+    assert answers[5:8] == [0.0, 0.0, 2.0]
+    assert answers[8:] == [0.0] * 40
+    assert limiter.round_trips() == 1  # 48 requests, one script call
+    await limiter.close()
+    assert len(await bucket_keys()) == 42
 
 
 async def test_redis_down_fails_open() -> None:

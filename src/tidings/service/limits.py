@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from tidings.service import forwarded
+from tidings.service.cluster.batch import Batcher
 
 log = logging.getLogger("tidings.limits")
 
@@ -261,30 +262,37 @@ class MemoryRateLimiter(_Rules):
         self._buckets.clear()
 
 
-# KEYS: bucket key; ARGV: rate per second, burst, now (seconds), expiry (seconds).
-# Returns 0 when a token was taken, else the milliseconds until one is back.
+# KEYS: bucket keys; ARGV: now (seconds), then rate per second, burst and expiry (seconds)
+# of each key. Returns per key 0 when a token was taken, else the milliseconds until one
+# is back. Several requests' buckets in one call (see `Batcher`), taken in that order.
 _TAKE = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 't', 's')
-local tokens = tonumber(state[1]) or burst
-local stamp = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = math.ceil((1 - tokens) / rate * 1000)
+local now = tonumber(ARGV[1])
+local waits = {}
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[3 * i - 1])
+  local burst = tonumber(ARGV[3 * i])
+  local state = redis.call('HMGET', key, 't', 's')
+  local tokens = tonumber(state[1]) or burst
+  local stamp = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+  local wait = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+  else
+    wait = math.ceil((1 - tokens) / rate * 1000)
+  end
+  redis.call('HSET', key, 't', tostring(tokens), 's', tostring(now))
+  redis.call('EXPIRE', key, ARGV[3 * i + 1])
+  waits[i] = wait
 end
-redis.call('HSET', KEYS[1], 't', tostring(tokens), 's', tostring(now))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return wait
+return waits
 """
+TAKE_BATCH = 256  # buckets per script call at most (Redis runs a script alone)
 
 
 class RedisRateLimiter(_Rules):
-    """Buckets in Redis, shared by every node of a cluster (one script call a request).
+    """Buckets in Redis, shared by every node of a cluster: the buckets of the requests
+    that come together are taken in one script call (one round trip for all of them).
 
     If Redis cannot be reached the request is allowed (a limit must not take the
     service down with it) and a warning is logged at most once a minute.
@@ -305,28 +313,39 @@ class RedisRateLimiter(_Rules):
         self._script: Any = self._client.register_script(_TAKE)
         self._prefix = prefix + "rl:"
         self._warned = 0.0
+        self._batch = Batcher(self._take, TAKE_BATCH)
+
+    async def _take(self, buckets: list[tuple[str, Rule]]) -> list[int]:
+        """Take a token from each bucket, in order: the milliseconds to wait for each."""
+        args: list[Any] = [repr(time.time())]
+        for _, rule in buckets:
+            expiry = max(1, math.ceil(rule.burst / rule.rate)) + 1
+            args += [repr(rule.rate), repr(rule.burst), expiry]
+        waits = await self._script(keys=[key for key, _ in buckets], args=args)
+        return [int(wait) for wait in waits]
 
     async def acquire(self, limit: Limit, key: str) -> float:
         rule = self.rules.get(limit)
         if rule is None:
             return 0.0
-        expiry = max(1, math.ceil(rule.burst / rule.rate)) + 1
         if limit.per_address:
             key = address_key(key)
         try:
-            wait_ms = await self._script(
-                keys=[f"{self._prefix}{limit.value}:{key}"],
-                args=[repr(rule.rate), repr(rule.burst), repr(time.time()), expiry],
-            )
+            wait_ms = await self._batch.call((f"{self._prefix}{limit.value}:{key}", rule))
         except Exception as exc:  # Redis down or slow: fail open
             now = time.monotonic()
             if now - self._warned > 60:
                 self._warned = now
                 log.warning("rate limits not counted (Redis unavailable): %s", exc)
             return 0.0
-        return int(wait_ms) / 1000.0
+        return wait_ms / 1000.0
+
+    def round_trips(self) -> int:
+        """Script calls made so far (each took the buckets of one or more requests)."""
+        return self._batch.batches
 
     async def close(self) -> None:
+        await self._batch.close()
         await self._client.aclose()
 
 
