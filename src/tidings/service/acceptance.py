@@ -196,8 +196,15 @@ class PushAcceptance(ServiceBase):
             # Only now that the push is accepted: a refused push leaves no row behind.
             await self._add_receipt_subscription(receipt_id, message)
         # Here, or through the bus to the node holding the user agent's connection.
-        with tracing.span("push route") if traced else nullcontext():
-            delivered = self.hub.offer(message) or await self.cluster.route(message)
+        if traced:
+            with tracing.span("push route"):
+                delivered = self.hub.offer(message) or await self.cluster.route(message)
+        else:
+            delivered = self.hub.offer(message)
+            if not delivered:
+                # Stored: the route is only about now, so it goes after the answer, in
+                # one round trip with the other pushes of the moment.
+                self.cluster.route_soon(message)
         if receipt_id is None:
             return PushAccepted(201, location, ttl, message.message_id, delivered)
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)

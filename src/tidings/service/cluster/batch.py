@@ -35,6 +35,10 @@ class Batcher(Generic[T, R]):
         self._flusher: asyncio.Task[None] | None = None
         self.batches = 0  # round trips made (for tests and benchmarks)
 
+    def __len__(self) -> int:
+        """Items queued and not yet sent."""
+        return len(self._queue)
+
     def submit(self, item: T) -> asyncio.Future[R]:
         """Queue `item`; the future has its result once its batch came back."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()

@@ -1,0 +1,104 @@
+"""Routes to another node go out together: one script call and one PUBLISH for the
+messages of a moment, read back in order on the node holding the user agent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import pytest
+
+from store.engines import delete_prefix, redis_url, require_redis
+from tidings.service.cluster.redis_bus import RedisBus
+from tidings.service.store import StoredMessage
+
+
+class Agent:
+    """A connection that records what it is offered and withdrawn."""
+
+    exclusive: ClassVar[bool] = True
+
+    def __init__(self, uaid: str, expect: int) -> None:
+        self.uaid: str | None = uaid
+        self.offered: list[str] = []
+        self.withdrawn: list[str] = []
+        self._expect = expect
+        self.done = asyncio.Event()
+
+    def accepts(self, message: StoredMessage) -> bool:
+        return True
+
+    def offer(self, message: StoredMessage) -> None:
+        self.offered.append(message.message_id)
+        self._check()
+
+    def withdraw(self, message_id: str) -> None:
+        self.withdrawn.append(message_id)
+        self._check()
+
+    def _check(self) -> None:
+        if len(self.offered) + len(self.withdrawn) >= self._expect:
+            self.done.set()
+
+    async def close(self, code: int, reason: str) -> None:
+        return None
+
+
+def message(uaid: str, n: int) -> StoredMessage:
+    now = time.time()
+    return StoredMessage(f"m{n}", uaid, "ch", b"x" * 100, 60, now, now + 60)
+
+
+@pytest.fixture
+async def buses() -> AsyncIterator[tuple[RedisBus, RedisBus]]:
+    require_redis()
+    url = redis_url()
+    pair = (RedisBus(url, node_id="a"), RedisBus(url, node_id="b"))
+
+    async def redeliver(uaid: str, since: float) -> None:
+        return None
+
+    for bus in pair:
+        await bus.start(redeliver)
+    yield pair
+    for bus in pair:
+        await bus.stop()
+    await delete_prefix(url)
+
+
+async def test_messages_of_a_moment_go_to_the_holder_in_one_round_trip_in_order(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    a, b = buses
+    held = Agent("ua1", expect=51)
+    b.hub.attach("ua1", held)
+    await asyncio.gather(*b._tasks)  # its claim is in Redis
+    payloads: list[bytes] = []
+    receive = b._on_bus_message
+
+    def record(raw: bytes) -> None:
+        payloads.append(raw)
+        receive(raw)
+
+    b._on_bus_message = record  # type: ignore[method-assign]
+    for n in range(50):
+        a.route_soon(message("ua1", n))
+    a.route_soon(message("nobody", 99))  # held by no node: waits in the store
+    await a.withdraw("ua1", "m49")  # queued at once, behind them
+    await asyncio.wait_for(held.done.wait(), 10)
+    assert held.offered == [f"m{n}" for n in range(50)]
+    assert held.withdrawn == ["m49"]  # after its message, never before
+    assert a._routes.batches == 1  # 52 routes, one script call
+    assert len(payloads) == 1  # and one PUBLISH to b
+
+
+async def test_a_message_for_a_user_agent_held_here_is_not_published(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    a, _ = buses
+    a.hub.attach("ua2", Agent("ua2", expect=1))
+    await asyncio.gather(*a._tasks)
+    assert await a.route(message("ua2", 1)) is False  # its own: the hub had it
+    assert await a.route(message("ua3", 2)) is False  # nobody's
