@@ -11,6 +11,7 @@ from typing import ClassVar
 import pytest
 
 from store.engines import delete_prefix, redis_url, require_redis
+from tidings.service.cluster import redis_bus
 from tidings.service.cluster.redis_bus import RedisBus
 from tidings.service.store import StoredMessage
 
@@ -102,3 +103,15 @@ async def test_a_message_for_a_user_agent_held_here_is_not_published(
     await asyncio.gather(*a._tasks)
     assert await a.route(message("ua2", 1)) is False  # its own: the hub had it
     assert await a.route(message("ua3", 2)) is False  # nobody's
+
+
+async def test_routes_waiting_for_redis_are_bounded_and_the_rest_poked_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_bus, "MAX_QUEUED_ROUTES", 2)
+    bus = RedisBus("redis://127.0.0.1:1/0?prefix=unreachable:", node_id="a")
+    for n in range(5):
+        bus.route_soon(message(f"ua{n}", n))
+    assert len(bus._routes) == 2  # queued in this step, for the round trip to come
+    assert bus._missed == {"ua2", "ua3", "ua4"}  # their holders poked once Redis answers
+    await bus.stop()
