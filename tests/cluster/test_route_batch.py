@@ -84,10 +84,11 @@ async def test_messages_of_a_moment_go_to_the_holder_in_one_round_trip_in_order(
         receive(raw)
 
     b._on_bus_message = record  # type: ignore[method-assign]
-    for n in range(50):
-        a.route_soon(message("ua1", n))
-    a.route_soon(message("nobody", 99))  # held by no node: waits in the store
-    await a.withdraw("ua1", "m49")  # queued at once, behind them
+    routes = [a.route(message("ua1", n)) for n in range(50)]
+    routes.append(a.route(message("nobody", 99)))  # held by no node: waits in the store
+    # Started in one step, in order: the withdrawal is queued behind the messages.
+    answers = await asyncio.gather(*routes, a.withdraw("ua1", "m49"))
+    assert answers == [True] * 50 + [False, None]
     await asyncio.wait_for(held.done.wait(), 10)
     assert held.offered == [f"m{n}" for n in range(50)]
     assert held.withdrawn == ["m49"]  # after its message, never before
@@ -110,8 +111,15 @@ async def test_routes_waiting_for_redis_are_bounded_and_the_rest_poked_later(
 ) -> None:
     monkeypatch.setattr(redis_bus, "MAX_QUEUED_ROUTES", 2)
     bus = RedisBus("redis://127.0.0.1:1/0?prefix=unreachable:", node_id="a")
-    for n in range(5):
-        bus.route_soon(message(f"ua{n}", n))
-    assert len(bus._routes) == 2  # queued in this step, for the round trip to come
-    assert bus._missed == {"ua2", "ua3", "ua4"}  # their holders poked once Redis answers
+    sent: list[int] = []
+
+    async def route_many(routes: list[tuple[str, str]]) -> list[int]:
+        sent.append(len(routes))
+        raise ConnectionError("Redis is away")
+
+    bus._routes._send = route_many  # type: ignore[assignment]
+    answers = await asyncio.gather(*(bus.route(message(f"ua{n}", n)) for n in range(5)))
+    assert answers == [False] * 5
+    assert sent == [2]  # two queued for the round trip; the others not at all
+    assert bus._missed == {f"ua{n}" for n in range(5)}  # holders poked once Redis answers
     await bus.stop()

@@ -195,16 +195,11 @@ class PushAcceptance(ServiceBase):
         if new_receipt and receipt_id is not None:
             # Only now that the push is accepted: a refused push leaves no row behind.
             await self._add_receipt_subscription(receipt_id, message)
-        # Here, or through the bus to the node holding the user agent's connection.
-        if traced:
-            with tracing.span("push route"):
-                delivered = self.hub.offer(message) or await self.cluster.route(message)
-        else:
-            delivered = self.hub.offer(message)
-            if not delivered:
-                # Stored: the route is only about now, so it goes after the answer, in
-                # one round trip with the other pushes of the moment.
-                self.cluster.route_soon(message)
+        # Here, or through the bus to the node holding the user agent's connection, before
+        # the answer: a DELETE the sender sends after it (to any node) then withdraws a
+        # message already on its way, never one still queued here.
+        with tracing.span("push route") if traced else nullcontext():
+            delivered = self.hub.offer(message) or await self.cluster.route(message)
         if receipt_id is None:
             return PushAccepted(201, location, ttl, message.message_id, delivered)
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)

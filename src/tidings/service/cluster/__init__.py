@@ -42,9 +42,6 @@ class ClusterBus(Protocol):
     async def route(self, message: StoredMessage) -> bool:
         """Send a message to the node holding its user agent; True if one took it."""
 
-    def route_soon(self, message: StoredMessage) -> None:
-        """`route` without waiting: queued, sent with the others of the moment."""
-
     async def withdraw(self, uaid: str, message_id: str) -> None:
         """Tell the node holding `uaid`, if another, that its sender deleted the message
         (a copy its connection holds unsent is dropped; see Hub.withdraw)."""
@@ -78,9 +75,6 @@ class SingleNodeBus:
 
     async def route(self, message: StoredMessage) -> bool:
         return False
-
-    def route_soon(self, message: StoredMessage) -> None:
-        return None
 
     async def withdraw(self, uaid: str, message_id: str) -> None:
         return None  # no other node holds anything

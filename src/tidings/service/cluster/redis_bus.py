@@ -13,10 +13,10 @@ Delivery: each node subscribes to `<prefix>node:<id>`. Routing is one script cal
 all the messages routed together (`Batcher`: those of one step of the event loop, then
 those queued while that call was under way): it reads each one's presence entry and
 PUBLISHes to each holding node, once, the messages for it as a JSON array; zero
-receivers means the node is gone and the message simply waits in the store. A push's
-route goes after its 201 (`route_soon`): it is stored by then. Pub/sub rather than
-streams: the store is the durable copy, so the bus only needs to be fast (measured in
-docs/scaling.md).
+receivers means the node is gone and the message simply waits in the store. A push is
+answered once its route is published, so that a DELETE sent after the answer (to any
+node) reaches the holder behind the message. Pub/sub rather than streams: the store is
+the durable copy, so the bus only needs to be fast (measured in docs/scaling.md).
 
 Failure: whenever this node (re)subscribes it re-claims every user agent it holds and
 re-offers their stored messages (Redis restarted, or the subscription dropped);
@@ -453,7 +453,7 @@ class RedisBus:
         return [int(result) for result in results]
 
     async def route(self, message: StoredMessage) -> bool:
-        if time.monotonic() < self._down_until:
+        if time.monotonic() < self._down_until or len(self._routes) >= MAX_QUEUED_ROUTES:
             self._remember_missed(message.uaid)
             return False
         try:
@@ -463,23 +463,6 @@ class RedisBus:
             self._remember_missed(message.uaid)
             return False
         return receivers > 0
-
-    def route_soon(self, message: StoredMessage) -> None:
-        if time.monotonic() < self._down_until or len(self._routes) >= MAX_QUEUED_ROUTES:
-            self._remember_missed(message.uaid)
-            return
-        routed = self._routes.submit((message.uaid, encode_message(message)))
-        routed.add_done_callback(lambda done: self._routed(message.uaid, done))
-
-    def _routed(self, uaid: str, done: asyncio.Future[int]) -> None:
-        if done.cancelled():
-            return  # the bus stopped
-        exc = done.exception()
-        if isinstance(exc, RedisError | OSError):
-            self._failed("route", exc)
-            self._remember_missed(uaid)
-        elif exc is not None:
-            log.error("cluster: routing failed", exc_info=exc)
 
     async def withdraw(self, uaid: str, message_id: str) -> None:
         """Tell the node holding `uaid` that its sender deleted the message."""
