@@ -205,6 +205,30 @@ async def test_a_busy_bucket_is_leased_and_never_gives_more_than_its_rule(
     assert len(await bucket_keys(max_ttl=512_002)) == 2  # once full again
 
 
+@pytest.mark.redis
+async def test_a_lease_spent_and_asked_for_again_soon_keeps_its_size(bucket_keys: Any) -> None:
+    now = [0.0]
+    limiter = RedisRateLimiter(
+        REDIS_URL,
+        {Limit.PUSH_VAPID_KEY: Rule(0.001, 512.0)},
+        prefix=bucket_keys.prefix,
+        clock=lambda: now[0],
+    )
+    for _ in range(31):  # leases of 1, 2, 4, 8 and 16 tokens, all spent
+        assert await limiter.acquire(Limit.PUSH_VAPID_KEY, "k") == 0.0
+    assert limiter.round_trips() == 5
+    now[0] = 1.5 * LEASE_LIFE  # expired, but spent: the next lease is 16 tokens again
+    for _ in range(16):
+        assert await limiter.acquire(Limit.PUSH_VAPID_KEY, "k") == 0.0
+    assert limiter.round_trips() == 6
+    now[0] = 4 * LEASE_LIFE  # a quiet bucket starts again at one token
+    for _ in range(2):
+        assert await limiter.acquire(Limit.PUSH_VAPID_KEY, "k") == 0.0
+    assert limiter.round_trips() == 8
+    await limiter.close()
+    assert len(await bucket_keys(max_ttl=512_002)) == 1
+
+
 async def test_leases_held_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "MAX_LEASES", 3)
     limiter = RedisRateLimiter("redis://127.0.0.1:1/0", {Limit.PUSH_ADDRESS: Rule(1.0, 1.0)})

@@ -293,9 +293,10 @@ return answers
 TAKE_BATCH = 256  # buckets per script call at most (Redis runs a script alone)
 # A node may take up to this many of a bucket's tokens at once and spend them for
 # LEASE_LIFE seconds without asking Redis; the lease doubles from 1 only while leases are
-# used up within their life (a busy bucket), and only for buckets of a burst of at least
-# 32 times it. Unspent tokens of a lease are lost: a sender spread over several nodes may
-# be refused up to that many tokens early, never served more than its rule allows.
+# used up within their life (a busy bucket; one spent and asked again within the next
+# life keeps its size), and only for buckets of a burst of at least 32 times it. Unspent
+# tokens of a lease are lost: a sender spread over several nodes may be refused up to
+# that many tokens early, never served more than its rule allows.
 MAX_LEASE = 16
 LEASE_LIFE = 1.0
 MAX_LEASES = 100_000  # buckets with a lease held at most (the oldest go first)
@@ -356,12 +357,15 @@ class RedisRateLimiter(_Rules):
         now = self._clock()
         lease = self._leases.get(bucket)
         want = 1
-        if lease is not None and now < lease.until:
-            if lease.tokens:
-                lease.tokens -= 1
-                return 0.0
-            # Spent within its life: a busy bucket, so a bigger lease (within the cap).
-            want = min(lease.size * 2, MAX_LEASE, max(1, int(rule.burst) // 32))
+        if lease is not None:
+            cap = min(MAX_LEASE, max(1, int(rule.burst) // 32))
+            if now < lease.until:
+                if lease.tokens:
+                    lease.tokens -= 1
+                    return 0.0
+                want = min(lease.size * 2, cap)  # spent within its life: a busy bucket
+            elif not lease.tokens and now < lease.until + LEASE_LIFE:
+                want = min(lease.size, cap)  # spent, and wanted again soon: as busy still
         try:
             taken, wait_ms = await self._batch.call((bucket, rule, want))
         except Exception as exc:  # Redis down or slow: fail open
@@ -383,8 +387,11 @@ class RedisRateLimiter(_Rules):
         else:
             self._leases[bucket] = _Lease(tokens, now + LEASE_LIFE, size)
         self._leases.move_to_end(bucket)
-        while len(self._leases) > MAX_LEASES or self._leases[next(iter(self._leases))].until <= now:
+        # An expired lease is kept one more life for its size (its tokens are not spent).
+        oldest = self._leases[next(iter(self._leases))]
+        while len(self._leases) > MAX_LEASES or oldest.until + LEASE_LIFE <= now:
             self._leases.popitem(last=False)
+            oldest = self._leases[next(iter(self._leases))]
 
     def round_trips(self) -> int:
         """Script calls made so far (each took the buckets of one or more requests)."""
