@@ -123,3 +123,25 @@ async def test_routes_waiting_for_redis_are_bounded_and_the_rest_poked_later(
     assert sent == [2]  # two queued for the round trip; the others not at all
     assert bus._missed == {f"ua{n}" for n in range(5)}  # holders poked once Redis answers
     await bus.stop()
+
+
+async def test_a_route_under_way_when_the_bus_stops_fails_as_redis_gone_would(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    a, _ = buses
+    started = asyncio.Event()
+
+    async def stalled(routes: list[tuple[str, str]]) -> list[int]:
+        started.set()
+        await asyncio.Event().wait()  # Redis never answers
+        raise AssertionError("unreachable")
+
+    a._routes._send = stalled  # type: ignore[assignment]
+    routing = asyncio.ensure_future(a.route(message("ua4", 1)))
+    queued = asyncio.ensure_future(a.withdraw("ua4", "m1"))
+    await started.wait()
+    await a.stop()
+    # The push is still answered (the message is stored), not cancelled with the bus.
+    assert await routing is False
+    assert await queued is None
+    assert "ua4" in a._missed

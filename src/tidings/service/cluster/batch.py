@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["Batcher"]
 
@@ -64,8 +64,7 @@ class Batcher(Generic[T, R]):
                             future.set_exception(exc)
                     continue
                 except asyncio.CancelledError:
-                    for _, future in batch:
-                        future.cancel()  # closed mid-batch: its callers are not left waiting
+                    _fail(batch)  # closed mid-batch: its callers are not left waiting
                     raise
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():  # its caller may have been cancelled
@@ -74,12 +73,18 @@ class Batcher(Generic[T, R]):
             self._flusher = None
 
     async def close(self) -> None:
-        """Stop sending; calls still queued are cancelled."""
+        """Stop sending; calls still queued or under way fail with `ConnectionError` (an
+        OSError: each caller handles it as a call that found Redis gone)."""
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-        for _, future in self._queue:
-            future.cancel()
+        _fail(self._queue)
         self._queue.clear()
+
+
+def _fail(calls: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+    for _, future in calls:
+        if not future.done():
+            future.set_exception(ConnectionError("the Redis client was closed"))
