@@ -61,11 +61,13 @@ def psql(sql: str) -> None:
     asyncio.run(run())
 
 
-def start_node(workdir: Path, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+def start_node(
+    workdir: Path, name: str, args: list[str], profile_to: str | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     node = start_tidings(
         port, workdir / name / "t.db", "--public-url", PUBLIC, "--node-id", name, *args,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, profile_to=profile_to,
         stderr=open(workdir / f"{name}.log", "wb"),  # noqa: SIM115 - lives with the node
     )  # fmt: skip
     wait_port(port)
@@ -118,7 +120,12 @@ def children_cpu() -> float:
 
 def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Namespace,
               workdir: Path, database: str) -> dict[str, float]:  # fmt: skip
-    nodes = [start_node(workdir, f"{label}-{i}", node_args) for i in range(n_nodes)]
+    profile = args.profile and f"{args.profile}/{label}-{n_nodes}.prof"
+    # With --profile, the first node runs under cProfile (the others as usual).
+    nodes = [
+        start_node(workdir, f"{label}-{i}", node_args, None if i else profile)
+        for i in range(n_nodes)
+    ]
     agent_procs = []
     endpoints: list[str] = []
     try:
@@ -324,6 +331,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--pg-options", default="", help="appended to the store URL, e.g. &synchronous_commit=off"
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="a directory: the first node of each setup runs under cProfile",
     )
     parser.add_argument(
         "--store-only", action="store_true", help="the PostgreSQL store's variants alone"

@@ -11,14 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.service.cluster.wire import (
+    MAX_BUS_BATCH,
     BadBusMessage,
     Deliver,
     Poke,
     PokeAll,
+    Withdrawn,
     decode_bus_message,
+    decode_bus_messages,
     encode_message,
     encode_poke,
     encode_poke_all,
+    encode_withdrawn,
 )
 from tidings.service.store import StoredMessage
 
@@ -119,3 +123,19 @@ def test_a_withdrawal_reads_back_and_its_ids_are_checked() -> None:
         data = {"t": "w", "ua": "a" * 32, "id": "m-1", **bad}
         with pytest.raises(BadBusMessage):
             decode_bus_message(json.dumps(data))
+
+
+def test_an_array_reads_back_in_order_and_a_bad_member_drops_alone() -> None:
+    message = StoredMessage("m1", "u1", "ch", b"hi", 60, 1.0, 61.0)
+    members = [encode_message(message), '{"t":"p","ua":"a b"}', encode_withdrawn("u1", "m1")]
+    events = decode_bus_messages("[" + ",".join(members) + "]")
+    assert events[0] == Deliver(message)
+    assert isinstance(events[1], BadBusMessage) and "ua" in str(events[1])
+    assert events[2] == Withdrawn("u1", "m1")
+    assert decode_bus_messages(encode_poke("u1")) == [Poke("u1")]  # one message as itself
+    assert decode_bus_messages("[]") == []
+    with pytest.raises(BadBusMessage, match="over"):
+        decode_bus_messages("[" + ",".join([encode_poke_all()] * (MAX_BUS_BATCH + 1)) + "]")
+    with pytest.raises(BadBusMessage, match="not an object"):
+        decode_bus_message("[" + encode_poke_all() + "]")  # one message is never an array
+    assert isinstance(decode_bus_messages("[[]]")[0], BadBusMessage)

@@ -6,15 +6,19 @@ import asyncio
 import base64
 import os
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import websockets
 
 from support.service import Registration, running_service
+from tidings.service import limits
 from tidings.service.config import ServiceConfig
 from tidings.service.limits import (
+    LEASE_LIFE,
     Limit,
     MemoryRateLimiter,
     RedisRateLimiter,
@@ -110,31 +114,128 @@ def test_exempt_networks_and_addresses() -> None:
     assert retry_after(2.2) == "3"
 
 
-@pytest.mark.redis
-async def test_redis_buckets_are_shared_by_nodes() -> None:
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+async def bucket_keys() -> AsyncIterator[Callable[..., Awaitable[list[bytes]]]]:
+    """A key prefix of the test's own (`.prefix`); call it for the bucket keys made, each
+    checked to expire; they are deleted after the test."""
     import redis.asyncio as aioredis
 
-    prefix = f"tidings-test-{uuid.uuid4().hex[:8]}:"
-    rules = {Limit.PUSH_VAPID_KEY: Rule(1.0, 3.0)}
-    url = "redis://127.0.0.1:6379/0"
-    client = aioredis.Redis.from_url(url)
+    client = aioredis.Redis.from_url(REDIS_URL)
     try:
         await client.ping()
     except (OSError, aioredis.ConnectionError):
         pytest.skip("no Redis on 127.0.0.1:6379")
-    nodes = [RedisRateLimiter(url, rules, prefix=prefix) for _ in range(2)]
+    prefix = f"tidings-test-{uuid.uuid4().hex[:8]}:"
+
+    async def keys(max_ttl: int = 5) -> list[bytes]:
+        found: list[bytes] = await client.keys(prefix + "*")
+        ttls = [await client.ttl(key) for key in found]
+        assert all(0 < ttl <= max_ttl for ttl in ttls)  # they expire
+        return found
+
+    keys.prefix = prefix  # type: ignore[attr-defined]
+    yield keys
+    leftover = await client.keys(prefix + "*")
+    if leftover:
+        await client.delete(*leftover)
+    await client.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_buckets_are_shared_by_nodes(bucket_keys: Any) -> None:
+    rules = {Limit.PUSH_VAPID_KEY: Rule(1.0, 3.0)}
+    nodes = [RedisRateLimiter(REDIS_URL, rules, prefix=bucket_keys.prefix) for _ in range(2)]
     answers = [await nodes[i % 2].acquire(Limit.PUSH_VAPID_KEY, "k") for i in range(4)]
     assert answers[:3] == [0.0, 0.0, 0.0]
     assert 0 < answers[3] <= 1.0
     assert await nodes[0].acquire(Limit.PUSH_VAPID_KEY, "other") == 0.0
     for node in nodes:
         await node.close()
-    keys = await client.keys(prefix + "*")
-    assert len(keys) == 2
-    ttls = [await client.ttl(key) for key in keys]
-    assert all(0 < ttl <= 5 for ttl in ttls)  # they expire
-    await client.delete(*keys)
-    await client.aclose()
+    assert len(await bucket_keys()) == 2
+
+
+@pytest.mark.redis
+async def test_redis_buckets_of_concurrent_requests_are_taken_in_one_round_trip(
+    bucket_keys: Any,
+) -> None:
+    rules = {Limit.PUSH_VAPID_KEY: Rule(1.0, 3.0), Limit.PUSH_SUBSCRIPTION: Rule(0.5, 2.0)}
+    limiter = RedisRateLimiter(REDIS_URL, rules, prefix=bucket_keys.prefix)
+    calls = [(Limit.PUSH_VAPID_KEY, "k")] * 5 + [(Limit.PUSH_SUBSCRIPTION, "s")] * 3
+    calls += [(Limit.PUSH_VAPID_KEY, f"other{i}") for i in range(40)]
+    answers = await asyncio.gather(*(limiter.acquire(limit, key) for limit, key in calls))
+    # Each bucket still gives exactly its burst, in the order the requests came.
+    assert answers[:5] == [0.0, 0.0, 0.0, 1.0, 1.0]
+    assert answers[5:8] == [0.0, 0.0, 2.0]
+    assert answers[8:] == [0.0] * 40
+    assert limiter.round_trips() == 1  # 48 requests, one script call
+    await limiter.close()
+    assert len(await bucket_keys()) == 42
+
+
+@pytest.mark.redis
+async def test_a_busy_bucket_is_leased_and_never_gives_more_than_its_rule(
+    bucket_keys: Any,
+) -> None:
+    rules = {Limit.PUSH_SUBSCRIPTION: Rule(0.001, 512.0)}  # 512 tokens, next to no refill
+    now = [0.0]
+    nodes = [
+        RedisRateLimiter(REDIS_URL, rules, prefix=bucket_keys.prefix, clock=lambda: now[0])
+        for _ in range(2)
+    ]
+    alone = [await nodes[0].acquire(Limit.PUSH_SUBSCRIPTION, "busy") for _ in range(100)]
+    assert alone == [0.0] * 100
+    trips = nodes[0].round_trips()
+    assert trips <= 12  # leases of 1, 2, 4, 8, then 16 tokens
+    now[0] = LEASE_LIFE  # what is left of the lease is dropped, not spent later
+    assert await nodes[0].acquire(Limit.PUSH_SUBSCRIPTION, "busy") == 0.0
+    assert nodes[0].round_trips() == trips + 1
+    # Both nodes on one bucket until it is empty: each token is given once at most, and
+    # at most a lease's worth (15 each) is left unspent on a node when the other runs dry.
+    allowed = 101
+    for i in range(1000):
+        if await nodes[i % 2].acquire(Limit.PUSH_SUBSCRIPTION, "busy") == 0.0:
+            allowed += 1
+    assert 512 - 3 * 15 <= allowed <= 512  # and the lease dropped above
+    assert await nodes[1].acquire(Limit.PUSH_SUBSCRIPTION, "other") == 0.0  # its own bucket
+    for node in nodes:
+        await node.close()
+    assert len(await bucket_keys(max_ttl=512_002)) == 2  # once full again
+
+
+@pytest.mark.redis
+async def test_a_lease_spent_and_asked_for_again_soon_keeps_its_size(bucket_keys: Any) -> None:
+    now = [0.0]
+    limiter = RedisRateLimiter(
+        REDIS_URL,
+        {Limit.PUSH_VAPID_KEY: Rule(0.001, 512.0)},
+        prefix=bucket_keys.prefix,
+        clock=lambda: now[0],
+    )
+    for _ in range(31):  # leases of 1, 2, 4, 8 and 16 tokens, all spent
+        assert await limiter.acquire(Limit.PUSH_VAPID_KEY, "k") == 0.0
+    assert limiter.round_trips() == 5
+    now[0] = 1.5 * LEASE_LIFE  # expired, but spent: the next lease is 16 tokens again
+    for _ in range(16):
+        assert await limiter.acquire(Limit.PUSH_VAPID_KEY, "k") == 0.0
+    assert limiter.round_trips() == 6
+    now[0] = 4 * LEASE_LIFE  # a quiet bucket starts again at one token
+    for _ in range(2):
+        assert await limiter.acquire(Limit.PUSH_VAPID_KEY, "k") == 0.0
+    assert limiter.round_trips() == 8
+    await limiter.close()
+    assert len(await bucket_keys(max_ttl=512_002)) == 1
+
+
+async def test_leases_held_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_LEASES", 3)
+    limiter = RedisRateLimiter("redis://127.0.0.1:1/0", {Limit.PUSH_ADDRESS: Rule(1.0, 1.0)})
+    for n in range(5):
+        limiter._lease(f"bucket{n}", 4, 8)
+    assert list(limiter._leases) == ["bucket2", "bucket3", "bucket4"]  # the oldest went
+    await limiter.close()
 
 
 async def test_redis_down_fails_open() -> None:

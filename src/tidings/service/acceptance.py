@@ -208,7 +208,9 @@ class PushAcceptance(ServiceBase):
         if new_receipt and receipt_id is not None:
             # Only now that the push is accepted: a refused push leaves no row behind.
             await self._add_receipt_subscription(receipt_id, message)
-        # Here, or through the bus to the node holding the user agent's connection.
+        # Here, or through the bus to the node holding the user agent's connection, before
+        # the answer: a DELETE the sender sends after it (to any node) then withdraws a
+        # message already on its way, never one still queued here.
         if traced:
             with tracing.span("push route"):
                 delivered = self.hub.offer(message) or await self.cluster.route(message)

@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from tidings.service import forwarded
+from tidings.service.cluster.batch import Batcher
 
 log = logging.getLogger("tidings.limits")
 
@@ -261,30 +262,57 @@ class MemoryRateLimiter(_Rules):
         self._buckets.clear()
 
 
-# KEYS: bucket key; ARGV: rate per second, burst, now (seconds), expiry (seconds).
-# Returns 0 when a token was taken, else the milliseconds until one is back.
+# KEYS: bucket keys; ARGV: now (seconds), then rate per second, burst, expiry (seconds)
+# and the tokens wanted of each key. Returns per key the tokens taken (as many as wanted
+# and held, at least one if one is held) and, when none, the milliseconds until one is
+# back. Several requests' buckets in one call (see `Batcher`), taken in that order.
 _TAKE = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 't', 's')
-local tokens = tonumber(state[1]) or burst
-local stamp = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = math.ceil((1 - tokens) / rate * 1000)
+local now = tonumber(ARGV[1])
+local answers = {}
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[4 * i - 2])
+  local burst = tonumber(ARGV[4 * i - 1])
+  local state = redis.call('HMGET', key, 't', 's')
+  local tokens = tonumber(state[1]) or burst
+  local stamp = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+  local taken, wait = 0, 0
+  if tokens >= 1 then
+    taken = math.min(tonumber(ARGV[4 * i + 1]), math.floor(tokens))
+    tokens = tokens - taken
+  else
+    wait = math.ceil((1 - tokens) / rate * 1000)
+  end
+  redis.call('HSET', key, 't', tostring(tokens), 's', tostring(now))
+  redis.call('EXPIRE', key, ARGV[4 * i])
+  answers[2 * i - 1] = taken
+  answers[2 * i] = wait
 end
-redis.call('HSET', KEYS[1], 't', tostring(tokens), 's', tostring(now))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return wait
+return answers
 """
+TAKE_BATCH = 256  # buckets per script call at most (Redis runs a script alone)
+# A node may take up to this many of a bucket's tokens at once and spend them for
+# LEASE_LIFE seconds without asking Redis; the lease doubles from 1 only while leases are
+# used up within their life (a busy bucket; one spent and asked again within the next
+# life keeps its size), and only for buckets of a burst of at least 32 times it. Unspent
+# tokens of a lease are lost: a sender spread over several nodes may be refused up to
+# that many tokens early, never served more than its rule allows.
+MAX_LEASE = 16
+LEASE_LIFE = 1.0
+MAX_LEASES = 100_000  # buckets with a lease held at most (the oldest go first)
+
+
+@dataclass(slots=True)
+class _Lease:
+    tokens: int  # taken from the bucket in Redis, not yet spent
+    until: float  # monotonic seconds: unspent tokens are dropped then
+    size: int  # tokens asked for by the last lease
 
 
 class RedisRateLimiter(_Rules):
-    """Buckets in Redis, shared by every node of a cluster (one script call a request).
+    """Buckets in Redis, shared by every node of a cluster: the buckets of the requests
+    that come together are taken in one script call (one round trip for all of them),
+    and a busy bucket's tokens are leased a few at a time (`MAX_LEASE`).
 
     If Redis cannot be reached the request is allowed (a limit must not take the
     service down with it) and a warning is logged at most once a minute.
@@ -297,6 +325,7 @@ class RedisRateLimiter(_Rules):
         exempt: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
         *,
         prefix: str = "tidings:",
+        clock: Any = time.monotonic,
     ) -> None:
         super().__init__(rules, exempt)
         import redis.asyncio as aioredis
@@ -305,28 +334,71 @@ class RedisRateLimiter(_Rules):
         self._script: Any = self._client.register_script(_TAKE)
         self._prefix = prefix + "rl:"
         self._warned = 0.0
+        self._clock = clock
+        self._batch = Batcher(self._take, TAKE_BATCH)
+        self._leases: OrderedDict[str, _Lease] = OrderedDict()
+
+    async def _take(self, buckets: list[tuple[str, Rule, int]]) -> list[tuple[int, int]]:
+        """Take tokens from each bucket, in order: (taken, milliseconds to wait) each."""
+        args: list[Any] = [repr(time.time())]
+        for _, rule, want in buckets:
+            expiry = max(1, math.ceil(rule.burst / rule.rate)) + 1
+            args += [repr(rule.rate), repr(rule.burst), expiry, want]
+        answers = await self._script(keys=[key for key, _, _ in buckets], args=args)
+        return [(int(answers[i]), int(answers[i + 1])) for i in range(0, len(answers), 2)]
 
     async def acquire(self, limit: Limit, key: str) -> float:
         rule = self.rules.get(limit)
         if rule is None:
             return 0.0
-        expiry = max(1, math.ceil(rule.burst / rule.rate)) + 1
         if limit.per_address:
             key = address_key(key)
+        bucket = f"{self._prefix}{limit.value}:{key}"
+        now = self._clock()
+        lease = self._leases.get(bucket)
+        want = 1
+        if lease is not None:
+            cap = min(MAX_LEASE, max(1, int(rule.burst) // 32))
+            if now < lease.until:
+                if lease.tokens:
+                    lease.tokens -= 1
+                    return 0.0
+                want = min(lease.size * 2, cap)  # spent within its life: a busy bucket
+            elif not lease.tokens and now < lease.until + LEASE_LIFE:
+                want = min(lease.size, cap)  # spent, and wanted again soon: as busy still
         try:
-            wait_ms = await self._script(
-                keys=[f"{self._prefix}{limit.value}:{key}"],
-                args=[repr(rule.rate), repr(rule.burst), repr(time.time()), expiry],
-            )
+            taken, wait_ms = await self._batch.call((bucket, rule, want))
         except Exception as exc:  # Redis down or slow: fail open
-            now = time.monotonic()
             if now - self._warned > 60:
                 self._warned = now
                 log.warning("rate limits not counted (Redis unavailable): %s", exc)
             return 0.0
-        return int(wait_ms) / 1000.0
+        if not taken:
+            return wait_ms / 1000.0
+        self._lease(bucket, taken - 1, want)  # even empty: a second request soon doubles it
+        return 0.0
+
+    def _lease(self, bucket: str, tokens: int, size: int) -> None:
+        now = self._clock()
+        lease = self._leases.get(bucket)
+        if lease is not None and now < lease.until:
+            lease.tokens += tokens  # concurrent requests each took some: none is lost
+            lease.size = max(lease.size, size)
+        else:
+            self._leases[bucket] = _Lease(tokens, now + LEASE_LIFE, size)
+        self._leases.move_to_end(bucket)
+        # An expired lease is kept one more life for its size (its tokens are not spent).
+        oldest = self._leases[next(iter(self._leases))]
+        while len(self._leases) > MAX_LEASES or oldest.until + LEASE_LIFE <= now:
+            self._leases.popitem(last=False)
+            oldest = self._leases[next(iter(self._leases))]
+
+    def round_trips(self) -> int:
+        """Script calls made so far (each took the buckets of one or more requests)."""
+        return self._batch.batches
 
     async def close(self) -> None:
+        await self._batch.close()
         await self._client.aclose()
 
 

@@ -9,11 +9,14 @@ connection ends. A claim never overwrites a newer one from another node, and a
 release deletes only the node's own entry, so a node that still believes it holds a
 user agent that has moved on (its old connection not yet noticed dead) cannot win.
 
-Delivery: each node subscribes to `<prefix>node:<id>`. Routing a message is one
-script call that reads the presence entry and PUBLISHes the message to that node's
-channel; zero receivers means the node is gone and the message simply waits in the
-store. Pub/sub rather than streams: the store is the durable copy, so the bus only
-needs to be fast (measured in docs/scaling.md).
+Delivery: each node subscribes to `<prefix>node:<id>`. Routing is one script call for
+all the messages routed together (`Batcher`: those of one step of the event loop, then
+those queued while that call was under way): it reads each one's presence entry and
+PUBLISHes to each holding node, once, the messages for it as a JSON array; zero
+receivers means the node is gone and the message simply waits in the store. A push is
+answered once its route is published, so that a DELETE sent after the answer (to any
+node) reaches the holder behind the message. Pub/sub rather than streams: the store is
+the durable copy, so the bus only needs to be fast (measured in docs/scaling.md).
 
 Failure: whenever this node (re)subscribes it re-claims every user agent it holds and
 re-offers their stored messages (Redis restarted, or the subscription dropped);
@@ -40,15 +43,18 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from tidings.service.cluster import Redeliver
+from tidings.service.cluster.batch import Batcher
 from tidings.service.cluster.wire import (
+    MAX_BUS_MESSAGE,
     BadBusMessage,
     BroadcastsChanged,
+    BusEvent,
     Deliver,
     Poke,
     PokeAll,
     Superseded,
     Withdrawn,
-    decode_bus_message,
+    decode_bus_messages,
     encode_broadcasts_changed,
     encode_message,
     encode_poke,
@@ -126,6 +132,52 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# KEYS: presence keys; ARGV: this node, channel prefix, the largest payload to PUBLISH,
+# then one message per key. Each other node's messages go to it in one PUBLISH, as a
+# JSON array in their order (a lone message as itself; past the size, in several).
+# Returns per key -2 (nobody holds it), -1 (this node does), else the receiver count.
+_ROUTE_MANY = """
+local results, batches = {}, {}
+local limit = tonumber(ARGV[3])
+local function publish(node, batch)
+  local payload = batch.payloads[1]
+  if #batch.payloads > 1 then payload = '[' .. table.concat(batch.payloads, ',') .. ']' end
+  local receivers = redis.call('PUBLISH', ARGV[2] .. node, payload)
+  for _, i in ipairs(batch.members) do results[i] = receivers end
+  batches[node] = nil
+end
+for i, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  local sep = current and string.find(current, '|', 1, true)
+  local node = sep and string.sub(current, sep + 1)
+  if not node then
+    results[i] = -2
+  elseif node == ARGV[1] then
+    results[i] = -1
+  else
+    local message = ARGV[3 + i]
+    local batch = batches[node]
+    if batch and batch.size + #message + 1 > limit then
+      publish(node, batch)
+      batch = nil
+    end
+    if not batch then
+      batch = {payloads = {}, members = {}, size = 2}
+      batches[node] = batch
+    end
+    table.insert(batch.payloads, message)
+    table.insert(batch.members, i)
+    batch.size = batch.size + #message + 1
+  end
+end
+for node, batch in pairs(batches) do publish(node, batch) end
+return results
+"""
+ROUTE_BATCH = 256  # messages per route script call at most (Redis runs a script alone)
+# Routes waiting for Redis at most (it is slow or away): past this the holders are poked
+# instead, once it answers, as when it is down; the queue's memory stays bounded.
+MAX_QUEUED_ROUTES = 10_000
 
 # KEYS: presence key; ARGV: this node, channel prefix, payload.
 # Returns -2 (nobody holds it), -1 (this node does), else PUBLISH's receiver count.
@@ -212,6 +264,9 @@ class RedisBus:
         self._claim_one_script = self._redis.register_script(_CLAIM_ONE)
         self._release_script = self._redis.register_script(_RELEASE)
         self._route_script = self._redis.register_script(_ROUTE)
+        self._route_many_script = self._redis.register_script(_ROUTE_MANY)
+        # Routes and withdrawals share one queue: a withdrawal never overtakes its message.
+        self._routes: Batcher[tuple[str, str], int] = Batcher(self._route_many, ROUTE_BATCH)
         self._hub = ClusterHub(self)
         # uaid -> the stamp this node claimed it with (an int: 32 bytes a user agent, not 62)
         self._stamps: dict[str, int] = {}
@@ -279,6 +334,7 @@ class RedisBus:
                         keys=[self._key(uaid)], args=[f"{stamp}|{self.node_id}"], client=pipe
                     )
                 await pipe.execute()
+        await self._routes.close()
         for task in list(self._tasks):
             task.cancel()
         for client in (self._redis, self._subscriber):
@@ -383,30 +439,37 @@ class RedisBus:
 
     # Routing --------------------------------------------------------------------------
 
+    async def _route_many(self, routes: list[tuple[str, str]]) -> list[int]:
+        """(uaid, payload) each to its holder, in one script call: receivers for each."""
+        results = await self._route_many_script(
+            keys=[self._key(uaid) for uaid, _ in routes],
+            args=[
+                self.node_id,
+                f"{self.prefix}node:",
+                MAX_BUS_MESSAGE,
+                *(payload for _, payload in routes),
+            ],
+        )
+        return [int(result) for result in results]
+
     async def route(self, message: StoredMessage) -> bool:
-        if time.monotonic() < self._down_until:
+        if time.monotonic() < self._down_until or len(self._routes) >= MAX_QUEUED_ROUTES:
             self._remember_missed(message.uaid)
             return False
         try:
-            receivers = await self._route_script(
-                keys=[self._key(message.uaid)],
-                args=[self.node_id, f"{self.prefix}node:", encode_message(message)],
-            )
+            receivers = await self._routes.call((message.uaid, encode_message(message)))
         except (RedisError, OSError) as exc:
             self._failed("route", exc)
             self._remember_missed(message.uaid)
             return False
-        return int(receivers) > 0
+        return receivers > 0
 
     async def withdraw(self, uaid: str, message_id: str) -> None:
         """Tell the node holding `uaid` that its sender deleted the message."""
         if time.monotonic() < self._down_until:
             return  # the bus is down: a copy held there may still go out
         try:
-            await self._route_script(
-                keys=[self._key(uaid)],
-                args=[self.node_id, f"{self.prefix}node:", encode_withdrawn(uaid, message_id)],
-            )
+            await self._routes.call((uaid, encode_withdrawn(uaid, message_id)))
         except (RedisError, OSError) as exc:
             self._failed("withdraw", exc)
 
@@ -442,13 +505,20 @@ class RedisBus:
                 raise
 
     def _on_bus_message(self, raw: bytes) -> None:
-        """Act on one bus message; a bad one is logged (its reason, not its bytes) and dropped."""
+        """Act on a bus payload (one message or several); a bad one is logged (its
+        reason, not its bytes) and dropped."""
         try:
-            event = decode_bus_message(raw)
+            events = decode_bus_messages(raw)
         except BadBusMessage as exc:
-            self.dropped += 1
-            log.warning("cluster: dropped a bad bus message: %s", escape(str(exc)))
-            return
+            events = [exc]
+        for event in events:
+            if isinstance(event, BadBusMessage):
+                self.dropped += 1
+                log.warning("cluster: dropped a bad bus message: %s", escape(str(event)))
+            else:
+                self._on_event(event)
+
+    def _on_event(self, event: BusEvent) -> None:
         if isinstance(event, Deliver):
             message = event.message
             late = time.time() - message.created_at > BUS_LATE

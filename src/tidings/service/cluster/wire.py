@@ -13,6 +13,9 @@ payload) for anything else. The kinds:
   (said hello at `st`, milliseconds) is held by another node now: close yours;
 - `{"t": "w", "ua": <uaid>, "id": <message id>}`: its sender deleted that message:
   a connection here that holds it unsent must not send it.
+
+A bus payload is one of these objects, or a JSON array of them (the messages a node
+routed here in one round trip, in order; see `decode_bus_messages`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "Superseded",
     "Withdrawn",
     "decode_bus_message",
+    "decode_bus_messages",
     "encode_broadcasts_changed",
     "encode_message",
     "encode_poke",
@@ -49,6 +53,7 @@ __all__ = [
 
 MAX_BODY = 1 << 20  # the largest body the service accepts (config max_body's ceiling)
 MAX_BUS_MESSAGE = 2 * MAX_BODY  # base64 of the body plus every other field, with room
+MAX_BUS_BATCH = 1024  # objects in one array payload (a sender's batch is at most 256)
 MAX_HEADERS = 8
 MAX_HEADER_NAME = 64
 MAX_HEADER_VALUE = 16 * 1024  # an HTTP/1.1 request head's limit (h1.MAX_HEADER_BYTES)
@@ -154,6 +159,28 @@ def encode_broadcasts_changed() -> str:
 
 def decode_bus_message(raw: bytes | str) -> BusEvent:
     """The event a bus payload stands for; `BadBusMessage` unless every field is valid."""
+    return _event(_parse(raw))
+
+
+def decode_bus_messages(raw: bytes | str) -> list[BusEvent | BadBusMessage]:
+    """The events of a payload that is one object or an array of them, in order; each
+    object that is not valid is its `BadBusMessage` in the list (the others still
+    count). `BadBusMessage` for a payload that is neither, or an array of too many."""
+    data = _parse(raw)
+    if not isinstance(data, list):
+        return [_event(data)]
+    if len(data) > MAX_BUS_BATCH:
+        raise BadBusMessage(f"an array of {len(data)} messages, over {MAX_BUS_BATCH}")
+    events: list[BusEvent | BadBusMessage] = []
+    for item in data:
+        try:
+            events.append(_event(item))
+        except BadBusMessage as exc:
+            events.append(exc)
+    return events
+
+
+def _parse(raw: bytes | str) -> Any:
     if len(raw) > MAX_BUS_MESSAGE:
         raise BadBusMessage(f"{len(raw)} bytes, over the {MAX_BUS_MESSAGE} byte limit")
     try:
@@ -161,9 +188,12 @@ def decode_bus_message(raw: bytes | str) -> BusEvent:
     except UnicodeDecodeError as exc:
         raise BadBusMessage(f"not UTF-8 (byte {exc.start})") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise BadBusMessage(f"not JSON: {str(exc)[:80]}") from None
+
+
+def _event(data: Any) -> BusEvent:
     if not isinstance(data, dict):
         raise BadBusMessage(f"a JSON {type(data).__name__}, not an object")
     kind = data.get("t")
