@@ -12,7 +12,7 @@ import asyncpg
 
 from tidings.service.store.base import StoredMessage, decode_headers
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # SQLSTATEs raised by tidings_store_message and tidings_add_subscription (class "TD",
 # user defined).
@@ -173,6 +173,89 @@ WITH keys AS (
 )
 """
 
+# tidings_push_one of schema 6 after its name (see below): its parameters and its body.
+_PUSH_ONE = "".join(
+    (
+        _QUOTA_PARAMETERS,
+        """,
+        p_vapid_hash bytea, OUT replaced text[], OUT code text
+    ) LANGUAGE plpgsql AS $$
+    DECLARE
+        in_channel bigint;
+        stored_count bigint;
+        stored_bytes_count bigint;
+        going bigint := 0;
+    BEGIN
+        replaced := '{}';
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
+        SELECT s.stored INTO in_channel FROM subscriptions s
+        WHERE s.uaid = p_uaid AND s.channel_id = p_channel_id;
+        IF NOT FOUND THEN
+            code := 'TD001';
+            RETURN;
+        END IF;
+        SELECT u.stored, u.stored_bytes INTO stored_count, stored_bytes_count
+        FROM user_agent_usage u WHERE u.uaid = p_uaid;
+        IF in_channel >= p_max_subscription OR coalesce(stored_count, 0) >= p_max_user_agent
+           OR coalesce(stored_bytes_count, 0) + octet_length(p_body) > p_max_bytes THEN
+            -- The counters say "maybe full": count exactly, as before (unexpired
+            -- messages, not the ones this push replaces).
+            SELECT count(*) FILTER (WHERE m.channel_id = p_channel_id), count(*),
+                   coalesce(sum(octet_length(m.body)), 0)
+            INTO in_channel, stored_count, stored_bytes_count
+            FROM messages m WHERE m.uaid = p_uaid AND m.expires_at > p_created_at
+              AND (p_topic IS NULL OR m.channel_id <> p_channel_id
+                   OR m.topic IS DISTINCT FROM p_topic);
+            IF in_channel >= p_max_subscription THEN
+                code := 'TD003';
+                RETURN;
+            END IF;
+            IF stored_count >= p_max_user_agent THEN
+                code := 'TD004';
+                RETURN;
+            END IF;
+            IF stored_bytes_count + octet_length(p_body) > p_max_bytes THEN
+                code := 'TD005';
+                RETURN;
+            END IF;
+        END IF;
+        IF p_topic IS NOT NULL THEN
+            SELECT count(*) INTO going FROM messages m
+            WHERE m.uaid = p_uaid AND m.channel_id = p_channel_id AND m.topic = p_topic;
+        END IF;
+        -- Near the ceiling, pushes take turns on one more lock and look again: exact.
+        IF (SELECT sum(n) FROM message_counts) - going >= p_max_stored - 1024 THEN
+            PERFORM pg_advisory_xact_lock(7596132042353772902);
+            IF (SELECT sum(n) FROM message_counts) - going >= p_max_stored THEN
+                code := 'TD006';
+                RETURN;
+            END IF;
+        END IF;
+        IF going > 0 THEN
+            INSERT INTO message_status
+            SELECT m.message_id, m.vapid_hash, 'replaced', m.ttl, m.created_at,
+                   m.expires_at, m.delivered_via, m.delivered_at, p_created_at, p_created_at
+            FROM messages m
+            WHERE m.uaid = p_uaid AND m.channel_id = p_channel_id AND m.topic = p_topic
+              AND m.vapid_hash IS NOT NULL
+            ON CONFLICT DO NOTHING;
+            WITH gone AS (
+                DELETE FROM messages m
+                WHERE m.uaid = p_uaid AND m.channel_id = p_channel_id AND m.topic = p_topic
+                RETURNING m.message_id
+            )
+            SELECT coalesce(array_agg(gone.message_id), '{}') INTO replaced FROM gone;
+        END IF;
+        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
+                              expires_at, urgency, topic, headers, receipt_id, vapid_hash)
+        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
+                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id, p_vapid_hash);
+    END
+    $$;
+""",
+    )
+)
+
 # Schema 6: quotas read counters instead of counting, and a batch of pushes is written
 # in set form (one INSERT), with no subtransaction per push.
 #
@@ -256,83 +339,8 @@ _SET_BASED_PUSHES = "".join(
 
     CREATE FUNCTION tidings_push_one(
 """,
-        _QUOTA_PARAMETERS,
-        """,
-        p_vapid_hash bytea, OUT replaced text[], OUT code text
-    ) LANGUAGE plpgsql AS $$
-    DECLARE
-        in_channel bigint;
-        stored_count bigint;
-        stored_bytes_count bigint;
-        going bigint := 0;
-    BEGIN
-        replaced := '{}';
-        PERFORM pg_advisory_xact_lock(hashtextextended(p_uaid, 0));
-        SELECT s.stored INTO in_channel FROM subscriptions s
-        WHERE s.uaid = p_uaid AND s.channel_id = p_channel_id;
-        IF NOT FOUND THEN
-            code := 'TD001';
-            RETURN;
-        END IF;
-        SELECT u.stored, u.stored_bytes INTO stored_count, stored_bytes_count
-        FROM user_agent_usage u WHERE u.uaid = p_uaid;
-        IF in_channel >= p_max_subscription OR coalesce(stored_count, 0) >= p_max_user_agent
-           OR coalesce(stored_bytes_count, 0) + octet_length(p_body) > p_max_bytes THEN
-            -- The counters say "maybe full": count exactly, as before (unexpired
-            -- messages, not the ones this push replaces).
-            SELECT count(*) FILTER (WHERE m.channel_id = p_channel_id), count(*),
-                   coalesce(sum(octet_length(m.body)), 0)
-            INTO in_channel, stored_count, stored_bytes_count
-            FROM messages m WHERE m.uaid = p_uaid AND m.expires_at > p_created_at
-              AND (p_topic IS NULL OR m.channel_id <> p_channel_id
-                   OR m.topic IS DISTINCT FROM p_topic);
-            IF in_channel >= p_max_subscription THEN
-                code := 'TD003';
-                RETURN;
-            END IF;
-            IF stored_count >= p_max_user_agent THEN
-                code := 'TD004';
-                RETURN;
-            END IF;
-            IF stored_bytes_count + octet_length(p_body) > p_max_bytes THEN
-                code := 'TD005';
-                RETURN;
-            END IF;
-        END IF;
-        IF p_topic IS NOT NULL THEN
-            SELECT count(*) INTO going FROM messages m
-            WHERE m.uaid = p_uaid AND m.channel_id = p_channel_id AND m.topic = p_topic;
-        END IF;
-        -- Near the ceiling, pushes take turns on one more lock and look again: exact.
-        IF (SELECT sum(n) FROM message_counts) - going >= p_max_stored - 1024 THEN
-            PERFORM pg_advisory_xact_lock(7596132042353772902);
-            IF (SELECT sum(n) FROM message_counts) - going >= p_max_stored THEN
-                code := 'TD006';
-                RETURN;
-            END IF;
-        END IF;
-        IF going > 0 THEN
-            INSERT INTO message_status
-            SELECT m.message_id, m.vapid_hash, 'replaced', m.ttl, m.created_at,
-                   m.expires_at, m.delivered_via, m.delivered_at, p_created_at, p_created_at
-            FROM messages m
-            WHERE m.uaid = p_uaid AND m.channel_id = p_channel_id AND m.topic = p_topic
-              AND m.vapid_hash IS NOT NULL
-            ON CONFLICT DO NOTHING;
-            WITH gone AS (
-                DELETE FROM messages m
-                WHERE m.uaid = p_uaid AND m.channel_id = p_channel_id AND m.topic = p_topic
-                RETURNING m.message_id
-            )
-            SELECT coalesce(array_agg(gone.message_id), '{}') INTO replaced FROM gone;
-        END IF;
-        INSERT INTO messages (uaid, message_id, channel_id, body, ttl, created_at,
-                              expires_at, urgency, topic, headers, receipt_id, vapid_hash)
-        VALUES (p_uaid, p_message_id, p_channel_id, p_body, p_ttl, p_created_at,
-                p_expires_at, p_urgency, p_topic, p_headers, p_receipt_id, p_vapid_hash);
-    END
-    $$;
-
+        _PUSH_ONE,
+        """
     CREATE OR REPLACE FUNCTION tidings_store_message(
 """,
         _QUOTA_PARAMETERS,
@@ -511,6 +519,22 @@ _SET_BASED_PUSHES = "".join(
     END
     $$;
 """,
+    )
+)
+
+# Schema 7: the exact count of tidings_push_one reads the user agent's messages, never
+# the expiry index. PL/pgSQL caches a generic plan after five calls, and for
+# `uaid = $1 AND expires_at > $2` the generic plan could scan the expiry index with the
+# user agent as a filter: every unexpired message of the store, per push near a quota.
+# `+ 0` leaves that index out of the choice (the user agent's messages are bounded by
+# its quota; the unexpired ones of the store are not).
+_BY_EXPIRY = "FROM messages m WHERE m.uaid = p_uaid AND m.expires_at > p_created_at"
+_BY_USER_AGENT = "FROM messages m WHERE m.uaid = p_uaid AND m.expires_at + 0 > p_created_at"
+assert _PUSH_ONE.count(_BY_EXPIRY) == 1
+_PUSH_ONE_COUNTS_BY_USER_AGENT = "".join(
+    (
+        "\n    CREATE OR REPLACE FUNCTION tidings_push_one(\n",
+        _PUSH_ONE.replace(_BY_EXPIRY, _BY_USER_AGENT),
     )
 )
 
@@ -764,6 +788,7 @@ _MIGRATIONS: dict[int, str] = {
         )
     ),
     6: _SET_BASED_PUSHES,
+    7: _PUSH_ONE_COUNTS_BY_USER_AGENT,
 }
 
 # User agents not seen since $1, at most $2, with their subscriptions (and so their
