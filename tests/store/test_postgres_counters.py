@@ -21,7 +21,7 @@ import pytest
 
 from tidings.service.store import SubscriptionGone, TooManyMessages, open_store
 from tidings.service.store.migrate import migrate_sqlite_to_postgres
-from tidings.service.store.postgres import _MIGRATIONS, PostgresStore
+from tidings.service.store.postgres import _MIGRATIONS, SCHEMA_VERSION, PostgresStore
 from tidings.service.store.postgres_schema import _SELECT_PENDING
 
 from . import test_postgres_group_commit as group_commit
@@ -377,7 +377,7 @@ async def test_the_exact_counts_never_read_the_expiry_index(
 
 
 async def test_tidings_migrate_upgrades_a_schema_6_database(store_url: str, tmp_path: Path) -> None:
-    """`tidings migrate` into a database of schema 6: schema 7 replaces the push function,
+    """`tidings migrate` into a database of schema 6: the schemas since replace the push functions,
     and what schema 6 stored is still counted and refused at its quota."""
     await (await schema_up_to(store_url, 6)).close()
     sqlite = open_store(f"sqlite:///{tmp_path / 'tidings.db'}")
@@ -390,7 +390,7 @@ async def test_tidings_migrate_upgrades_a_schema_6_database(store_url: str, tmp_
     await migrate_sqlite_to_postgres(tmp_path / "tidings.db", store_url, now=NOW)
     conn = await asyncpg.connect(store_url)
     try:
-        assert await conn.fetchval("SELECT max(version) FROM tidings_schema") == 7
+        assert await conn.fetchval("SELECT max(version) FROM tidings_schema") == SCHEMA_VERSION
         definition = await conn.fetchval("SELECT pg_get_functiondef('tidings_push_one'::regproc)")
         assert "m.expires_at + 0 > p_created_at" in definition
         refused = await conn.fetchval(
@@ -402,3 +402,63 @@ async def test_tidings_migrate_upgrades_a_schema_6_database(store_url: str, tmp_
     finally:
         await conn.close()
     assert await counters(store_url) == ({"ua1": (1, 10)}, {"ua1/ch1": 1})
+
+
+async def waiting_on_a_lock(conn: asyncpg.Connection) -> None:
+    """Returns once a backend of this database waits on a lock (bounded)."""
+    for _ in range(1000):
+        if await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nothing waits on a lock")
+
+
+async def test_a_push_racing_its_unsubscribe_is_refused(pg: PostgresStore, store_url: str) -> None:
+    """An unsubscribe not yet committed holds the push back; once it is, the push finds no
+    subscription: no message is left without one."""
+    await subscribe(pg)
+    conn = await asyncpg.connect(store_url)
+    watcher = await asyncpg.connect(store_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("DELETE FROM subscriptions WHERE uaid = 'ua1'")
+            push = asyncio.ensure_future(put(pg, message()))
+            await waiting_on_a_lock(watcher)
+        with pytest.raises(SubscriptionGone):
+            await push
+        assert await watcher.fetchval("SELECT count(*) FROM messages") == 0
+    finally:
+        await conn.close()
+        await watcher.close()
+
+
+async def test_an_unsubscribe_racing_a_push_takes_its_message(
+    pg: PostgresStore, store_url: str
+) -> None:
+    """A push not yet committed holds the unsubscribe back; once it is, the message goes
+    with its subscription (no foreign key cascades it: schema 8's trigger does)."""
+    await subscribe(pg)
+    conn = await asyncpg.connect(store_url)
+    watcher = await asyncpg.connect(store_url)
+    try:
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'messages'::regclass"
+            " AND contype = 'f'"
+        )  # no check per inserted message
+        async with conn.transaction():
+            await conn.fetch(
+                "SELECT * FROM tidings_push_one('m1', 'ua1', 'ch1', '', 60, $1::float8, $1 + 60,"
+                " 'normal', NULL, '{}', NULL, 100, 100, 10000, 10000, NULL)",
+                NOW,
+            )
+            unsubscribe = asyncio.ensure_future(pg.delete_subscription("ua1", "ch1"))
+            await waiting_on_a_lock(watcher)
+        assert await unsubscribe
+        assert await watcher.fetchval("SELECT count(*) FROM messages") == 0
+        await assert_counted(store_url)
+    finally:
+        await conn.close()
+        await watcher.close()

@@ -12,7 +12,7 @@ import asyncpg
 
 from tidings.service.store.base import StoredMessage, decode_headers
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # SQLSTATEs raised by tidings_store_message and tidings_add_subscription (class "TD",
 # user defined).
@@ -256,113 +256,9 @@ _PUSH_ONE = "".join(
     )
 )
 
-# Schema 6: quotas read counters instead of counting, and a batch of pushes is written
-# in set form (one INSERT), with no subtransaction per push.
-#
-# Counters: `user_agent_usage` (per user agent: its stored messages and their bytes) and
-# `subscriptions.stored` (per subscription), kept by the statement triggers that keep
-# the stripes, so every way a message comes or goes (a push, an ack, the expiry sweep,
-# a topic replacement, an unsubscribe's cascade, `tidings migrate`) moves them. They
-# count every stored message, expired or not until the sweep removes it: while they are
-# under a quota the push passes without counting; at or over it the exact count (the
-# unexpired messages, as before) decides, so what is refused is what was refused.
-#
-# Locks, the same order everywhere: the user agents' advisory locks (by key), near the
-# ceiling the global lock, the usage rows (by uaid), then the rows written and last the
-# count stripe of the writing connection (its trigger takes usage rows in order, then
-# that stripe).
-#
-# tidings_push_one: one push decided before anything is written (the messages its topic
-# replaces leave the counts it is checked against), so a refusal writes nothing and
-# needs no subtransaction; it answers (replaced, code), code the SQLSTATE of a refusal.
-# tidings_store_message keeps its signature (a node of the previous version calls it)
-# and raises that code. tidings_store_messages keeps its signature too: a push whose
-# subscription is gone is refused in set form; the pushes every counter leaves room for
-# even if all the batch's earlier pushes of their user agent and subscription are
-# stored (and with no other push of the batch for the same topic) are written by one
-# INSERT; the others (near a quota or the ceiling) go one by one through
-# tidings_push_one after it, exactly.
-_SET_BASED_PUSHES = "".join(
+# tidings_store_messages of schema 6 after its name (see below).
+_STORE_MESSAGES = "".join(
     (
-        """
-    LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE;  -- counted while nothing is written
-
-    CREATE TABLE user_agent_usage (
-        uaid text PRIMARY KEY,
-        stored bigint NOT NULL,
-        stored_bytes bigint NOT NULL
-    );
-    INSERT INTO user_agent_usage (uaid, stored, stored_bytes)
-    SELECT uaid, count(*), sum(octet_length(body)) FROM messages GROUP BY uaid;
-    ALTER TABLE subscriptions ADD COLUMN stored integer NOT NULL DEFAULT 0;
-    UPDATE subscriptions s SET stored = m.k FROM (
-        SELECT uaid, channel_id, count(*) AS k FROM messages GROUP BY 1, 2
-    ) m WHERE s.uaid = m.uaid AND s.channel_id = m.channel_id;
-
-    -- The store's count moves in the stripe of the connection writing (not of the user
-    -- agent): two transactions wait on the same stripe only if their backends' pids
-    -- share it, where a batch of pushes to many user agents held most stripes of 16.
-    INSERT INTO message_counts (stripe, n) SELECT s, 0 FROM generate_series(16, 63) s;
-
-    CREATE OR REPLACE FUNCTION tidings_count_messages() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        -- Usage rows in order, then the stripe: two statements cannot deadlock.
-        IF TG_OP = 'INSERT' THEN
-            INSERT INTO user_agent_usage AS u (uaid, stored, stored_bytes)
-            SELECT uaid, count(*), sum(octet_length(body)) FROM new_rows
-            GROUP BY uaid ORDER BY uaid
-            ON CONFLICT (uaid) DO UPDATE SET stored = u.stored + excluded.stored,
-                stored_bytes = u.stored_bytes + excluded.stored_bytes;
-            UPDATE subscriptions s SET stored = s.stored + d.k FROM (
-                SELECT uaid, channel_id, count(*) AS k FROM new_rows GROUP BY 1, 2
-            ) d WHERE s.uaid = d.uaid AND s.channel_id = d.channel_id;
-            UPDATE message_counts SET n = n + (SELECT count(*) FROM new_rows)
-            WHERE stripe = pg_backend_pid() & 63;
-        ELSE
-            PERFORM 1 FROM user_agent_usage WHERE uaid IN (SELECT uaid FROM old_rows)
-                ORDER BY uaid FOR UPDATE;
-            UPDATE user_agent_usage u SET stored = u.stored - d.k,
-                stored_bytes = u.stored_bytes - d.b
-            FROM (
-                SELECT uaid, count(*) AS k, sum(octet_length(body)) AS b FROM old_rows
-                GROUP BY 1
-            ) d WHERE u.uaid = d.uaid;
-            UPDATE subscriptions s SET stored = s.stored - d.k FROM (
-                SELECT uaid, channel_id, count(*) AS k FROM old_rows GROUP BY 1, 2
-            ) d WHERE s.uaid = d.uaid AND s.channel_id = d.channel_id;
-            UPDATE message_counts SET n = n - (SELECT count(*) FROM old_rows)
-            WHERE stripe = pg_backend_pid() & 63;
-        END IF;
-        RETURN NULL;
-    END
-    $$;
-
-    CREATE FUNCTION tidings_push_one(
-""",
-        _PUSH_ONE,
-        """
-    CREATE OR REPLACE FUNCTION tidings_store_message(
-""",
-        _QUOTA_PARAMETERS,
-        """,
-        p_vapid_hash bytea
-    ) RETURNS text[] LANGUAGE plpgsql AS $$
-    DECLARE
-        answer record;
-    BEGIN
-        SELECT * INTO answer FROM tidings_push_one(p_message_id, p_uaid, p_channel_id,
-            p_body, p_ttl, p_created_at, p_expires_at, p_urgency, p_topic, p_headers,
-            p_receipt_id, p_max_subscription, p_max_user_agent, p_max_bytes, p_max_stored,
-            p_vapid_hash);
-        IF answer.code IS NOT NULL THEN
-            RAISE EXCEPTION 'push refused' USING ERRCODE = answer.code;
-        END IF;
-        RETURN answer.replaced;
-    END
-    $$;
-
-    CREATE OR REPLACE FUNCTION tidings_store_messages(
-""",
         _BATCH_SIGNATURE,
         """    DECLARE
         pushes integer := coalesce(array_length(p_message_id, 1), 0);
@@ -478,7 +374,119 @@ _SET_BASED_PUSHES = "".join(
         END LOOP;
     END
     $$;
+""",
+    )
+)
 
+# Schema 6: quotas read counters instead of counting, and a batch of pushes is written
+# in set form (one INSERT), with no subtransaction per push.
+#
+# Counters: `user_agent_usage` (per user agent: its stored messages and their bytes) and
+# `subscriptions.stored` (per subscription), kept by the statement triggers that keep
+# the stripes, so every way a message comes or goes (a push, an ack, the expiry sweep,
+# a topic replacement, an unsubscribe's cascade, `tidings migrate`) moves them. They
+# count every stored message, expired or not until the sweep removes it: while they are
+# under a quota the push passes without counting; at or over it the exact count (the
+# unexpired messages, as before) decides, so what is refused is what was refused.
+#
+# Locks, the same order everywhere: the user agents' advisory locks (by key), near the
+# ceiling the global lock, the usage rows (by uaid), then the rows written and last the
+# count stripe of the writing connection (its trigger takes usage rows in order, then
+# that stripe).
+#
+# tidings_push_one: one push decided before anything is written (the messages its topic
+# replaces leave the counts it is checked against), so a refusal writes nothing and
+# needs no subtransaction; it answers (replaced, code), code the SQLSTATE of a refusal.
+# tidings_store_message keeps its signature (a node of the previous version calls it)
+# and raises that code. tidings_store_messages keeps its signature too: a push whose
+# subscription is gone is refused in set form; the pushes every counter leaves room for
+# even if all the batch's earlier pushes of their user agent and subscription are
+# stored (and with no other push of the batch for the same topic) are written by one
+# INSERT; the others (near a quota or the ceiling) go one by one through
+# tidings_push_one after it, exactly.
+_SET_BASED_PUSHES = "".join(
+    (
+        """
+    LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE;  -- counted while nothing is written
+
+    CREATE TABLE user_agent_usage (
+        uaid text PRIMARY KEY,
+        stored bigint NOT NULL,
+        stored_bytes bigint NOT NULL
+    );
+    INSERT INTO user_agent_usage (uaid, stored, stored_bytes)
+    SELECT uaid, count(*), sum(octet_length(body)) FROM messages GROUP BY uaid;
+    ALTER TABLE subscriptions ADD COLUMN stored integer NOT NULL DEFAULT 0;
+    UPDATE subscriptions s SET stored = m.k FROM (
+        SELECT uaid, channel_id, count(*) AS k FROM messages GROUP BY 1, 2
+    ) m WHERE s.uaid = m.uaid AND s.channel_id = m.channel_id;
+
+    -- The store's count moves in the stripe of the connection writing (not of the user
+    -- agent): two transactions wait on the same stripe only if their backends' pids
+    -- share it, where a batch of pushes to many user agents held most stripes of 16.
+    INSERT INTO message_counts (stripe, n) SELECT s, 0 FROM generate_series(16, 63) s;
+
+    CREATE OR REPLACE FUNCTION tidings_count_messages() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        -- Usage rows in order, then the stripe: two statements cannot deadlock.
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO user_agent_usage AS u (uaid, stored, stored_bytes)
+            SELECT uaid, count(*), sum(octet_length(body)) FROM new_rows
+            GROUP BY uaid ORDER BY uaid
+            ON CONFLICT (uaid) DO UPDATE SET stored = u.stored + excluded.stored,
+                stored_bytes = u.stored_bytes + excluded.stored_bytes;
+            UPDATE subscriptions s SET stored = s.stored + d.k FROM (
+                SELECT uaid, channel_id, count(*) AS k FROM new_rows GROUP BY 1, 2
+            ) d WHERE s.uaid = d.uaid AND s.channel_id = d.channel_id;
+            UPDATE message_counts SET n = n + (SELECT count(*) FROM new_rows)
+            WHERE stripe = pg_backend_pid() & 63;
+        ELSE
+            PERFORM 1 FROM user_agent_usage WHERE uaid IN (SELECT uaid FROM old_rows)
+                ORDER BY uaid FOR UPDATE;
+            UPDATE user_agent_usage u SET stored = u.stored - d.k,
+                stored_bytes = u.stored_bytes - d.b
+            FROM (
+                SELECT uaid, count(*) AS k, sum(octet_length(body)) AS b FROM old_rows
+                GROUP BY 1
+            ) d WHERE u.uaid = d.uaid;
+            UPDATE subscriptions s SET stored = s.stored - d.k FROM (
+                SELECT uaid, channel_id, count(*) AS k FROM old_rows GROUP BY 1, 2
+            ) d WHERE s.uaid = d.uaid AND s.channel_id = d.channel_id;
+            UPDATE message_counts SET n = n - (SELECT count(*) FROM old_rows)
+            WHERE stripe = pg_backend_pid() & 63;
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+
+    CREATE FUNCTION tidings_push_one(
+""",
+        _PUSH_ONE,
+        """
+    CREATE OR REPLACE FUNCTION tidings_store_message(
+""",
+        _QUOTA_PARAMETERS,
+        """,
+        p_vapid_hash bytea
+    ) RETURNS text[] LANGUAGE plpgsql AS $$
+    DECLARE
+        answer record;
+    BEGIN
+        SELECT * INTO answer FROM tidings_push_one(p_message_id, p_uaid, p_channel_id,
+            p_body, p_ttl, p_created_at, p_expires_at, p_urgency, p_topic, p_headers,
+            p_receipt_id, p_max_subscription, p_max_user_agent, p_max_bytes, p_max_stored,
+            p_vapid_hash);
+        IF answer.code IS NOT NULL THEN
+            RAISE EXCEPTION 'push refused' USING ERRCODE = answer.code;
+        END IF;
+        RETURN answer.replaced;
+    END
+    $$;
+
+    CREATE OR REPLACE FUNCTION tidings_store_messages(
+""",
+        _STORE_MESSAGES,
+        """
     -- A batch of pushes and deletions in one statement (one round trip, one
     -- transaction): the pushes' rows first, in order, then the deleted messages. The
     -- deletions' user agents are locked with the pushes', in the same order.
@@ -535,6 +543,44 @@ _PUSH_ONE_COUNTS_BY_USER_AGENT = "".join(
     (
         "\n    CREATE OR REPLACE FUNCTION tidings_push_one(\n",
         _PUSH_ONE.replace(_BY_EXPIRY, _BY_USER_AGENT),
+    )
+)
+
+# Schema 8: no foreign key from messages to subscriptions. Its check ran per inserted
+# message (a row trigger, a query and a row lock each: a third of an insert's cost).
+# What it guaranteed stays, in set form:
+# - a push is written only while its subscription exists: the lookups of the pushes'
+#   subscriptions lock them (FOR KEY SHARE, as the check did), so an unsubscribe waits
+#   for the push's commit, and a push after it finds no subscription (TD001);
+# - a subscription's messages go with it: a statement trigger deletes them (the
+#   cascade, once per statement), after waiting for any push holding the lock above.
+_SUBSCRIPTION_LOOKUP = "WHERE s.uaid = b.uaid AND s.channel_id = b.channel_id LIMIT 1"
+_ONE_SUBSCRIPTION_LOOKUP = "WHERE s.uaid = p_uaid AND s.channel_id = p_channel_id;"
+assert _STORE_MESSAGES.count(_SUBSCRIPTION_LOOKUP) == 1
+assert _PUSH_ONE.count(_ONE_SUBSCRIPTION_LOOKUP) == 1
+_NO_FOREIGN_KEY_CHECK_PER_MESSAGE = "".join(
+    (
+        """
+    ALTER TABLE messages DROP CONSTRAINT messages_uaid_channel_id_fkey;
+
+    CREATE FUNCTION tidings_delete_subscriptions_messages() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM messages m USING old_rows o
+        WHERE m.uaid = o.uaid AND m.channel_id = o.channel_id;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER subscriptions_messages_gone AFTER DELETE ON subscriptions
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION tidings_delete_subscriptions_messages();
+
+    CREATE OR REPLACE FUNCTION tidings_store_messages(
+""",
+        _STORE_MESSAGES.replace(_SUBSCRIPTION_LOOKUP, _SUBSCRIPTION_LOOKUP + " FOR KEY SHARE"),
+        _PUSH_ONE_COUNTS_BY_USER_AGENT.replace(
+            _ONE_SUBSCRIPTION_LOOKUP, _ONE_SUBSCRIPTION_LOOKUP[:-1] + " FOR KEY SHARE;"
+        ),
     )
 )
 
@@ -789,6 +835,7 @@ _MIGRATIONS: dict[int, str] = {
     ),
     6: _SET_BASED_PUSHES,
     7: _PUSH_ONE_COUNTS_BY_USER_AGENT,
+    8: _NO_FOREIGN_KEY_CHECK_PER_MESSAGE,
 }
 
 # User agents not seen since $1, at most $2, with their subscriptions (and so their
