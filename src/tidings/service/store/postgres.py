@@ -8,9 +8,10 @@ The same rules as the SQLite store, made safe for many nodes writing at once:
   advisory lock on the user agent, so topic replacement and the per-user-agent limit
   are decided by one writer at a time (two messages with one topic never both survive).
 - A message can never outlive its subscription, even when a push and an unregister
-  race: a push locks its subscription's row (FOR KEY SHARE) where it finds it, and a
-  trigger deletes a subscription's messages with it (schema 8; before, a foreign key
-  ON DELETE CASCADE, whose check ran once per inserted message).
+  race: the insert's count trigger updates the subscription's counter (waiting for an
+  uncommitted unregister) and refuses the write if the row is gone, and a trigger
+  deletes a subscription's messages with it (schema 8; before, a foreign key ON DELETE
+  CASCADE, whose check ran once per inserted message).
 - Deleting a message or an expired batch and queueing its receipt is one statement
   (`DELETE ... RETURNING` feeding an `INSERT`), so two nodes sweeping at once cannot
   both emit a receipt for the same message.
