@@ -70,7 +70,7 @@ from tidings.service.store.postgres_schema import (
     _message_from_row,
 )
 
-_FOREIGN_KEY_VIOLATION = "23503"  # a message's subscription deleted meanwhile
+_FOREIGN_KEY_VIOLATION = "23503"  # schema 7 and before: a subscription deleted meanwhile
 
 # Imported from here before the schema and the pool had files of their own.
 __all__ = ["EXPIRY_BATCH", "SCHEMA_VERSION", "_MIGRATIONS", "PostgresStore", "store_from_url"]
