@@ -21,7 +21,8 @@ import pytest
 
 from tidings.service.store import SubscriptionGone, TooManyMessages, open_store
 from tidings.service.store.migrate import migrate_sqlite_to_postgres
-from tidings.service.store.postgres import _MIGRATIONS, PostgresStore
+from tidings.service.store.postgres import _MIGRATIONS, SCHEMA_VERSION, PostgresStore
+from tidings.service.store.postgres_schema import _SELECT_PENDING
 
 from . import test_postgres_group_commit as group_commit
 from .test_store import NOW, message, put, subscribe
@@ -189,15 +190,21 @@ async def test_expired_messages_still_counted_take_no_room(
     assert (await counters(store_url))[0]["ua1"] == (4, 260)
 
 
+async def schema_up_to(store_url: str, last: int) -> asyncpg.Connection:
+    """A connection to the database made as a node of schema `last` left it."""
+    conn = await asyncpg.connect(store_url)
+    await conn.execute("CREATE TABLE tidings_schema (version integer NOT NULL)")
+    for version in range(1, last + 1):
+        await conn.execute(_MIGRATIONS[version])
+        await conn.execute("INSERT INTO tidings_schema (version) VALUES ($1)", version)
+    return conn
+
+
 async def test_upgrading_from_schema_5_counts_what_is_stored(
     store_url: str, stores: Callable[[], Any]
 ) -> None:
-    conn = await asyncpg.connect(store_url)
+    conn = await schema_up_to(store_url, 5)
     try:
-        await conn.execute("CREATE TABLE tidings_schema (version integer NOT NULL)")
-        for version in range(1, 6):
-            await conn.execute(_MIGRATIONS[version])
-            await conn.execute("INSERT INTO tidings_schema (version) VALUES ($1)", version)
         await conn.execute(
             "INSERT INTO subscriptions (uaid, channel_id, created_at) VALUES"
             " ('ua1', 'ch1', 1.0), ('ua1', 'ch2', 1.0), ('ua2', 'ch1', 1.0)"
@@ -316,3 +323,142 @@ async def test_pushes_to_other_user_agents_do_not_wait_on_an_open_push(
         assert await pg.count_messages() == 3
     finally:
         await held.close()
+
+
+async def nested_plans(store_url: str, statements: list[tuple[str, list[Any]]]) -> list[str]:
+    """The plans of every statement `statements` run, nested ones included (auto_explain,
+    reported to this client), with PostgreSQL's cached generic plans forced."""
+    conn = await asyncpg.connect(store_url)
+    plans: list[str] = []
+    conn.add_log_listener(lambda _conn, message: plans.append(str(message)))
+    try:
+        await conn.execute("LOAD 'auto_explain'")
+        await conn.execute(
+            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+            " SET client_min_messages = log; SET plan_cache_mode = force_generic_plan"
+        )
+        for query, arguments in statements:
+            await conn.fetch(query, *arguments)
+    finally:
+        await conn.close()
+    return plans
+
+
+async def test_the_exact_counts_never_read_the_expiry_index(
+    pg: PostgresStore, store_url: str
+) -> None:
+    """Near a quota a push counts its user agent's messages exactly, and a user agent
+    fetches its own: a cached generic plan must not read every unexpired message of the
+    store through the expiry index to do either."""
+    await subscribe(pg)
+    conn = await asyncpg.connect(store_url)
+    try:
+        await conn.execute(
+            "INSERT INTO messages (message_id, uaid, channel_id, urgency, ttl, created_at,"
+            " expires_at, headers, body)"
+            " SELECT 'm' || i, 'ua1', 'ch1', 'normal', 60, $1::float8, $1::float8 + i, '{}', ''"
+            " FROM generate_series(1, 3000) i",
+            NOW,
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    push = (  # at the user agent's quota: the counters send it to the exact count
+        "SELECT * FROM tidings_push_one('new', 'ua1', 'ch1', '', 60, $1::float8, $1 + 60, 'normal',"
+        " NULL, '{}', NULL, 5000, 2000, 1000000, 1000000, NULL)"
+    )
+    plans = await nested_plans(
+        store_url, [(push, [NOW + 10])] * 2 + [(_SELECT_PENDING, ["ua1", NOW + 10, 100])] * 2
+    )
+    counts = [plan for plan in plans if "count(*)" in plan and "p_uaid" in plan]
+    fetches = [plan for plan in plans if "ORDER BY seq" in plan]
+    assert counts and fetches, plans
+    assert not [plan for plan in counts + fetches if "messages_by_expiry" in plan], plans
+
+
+async def test_tidings_migrate_upgrades_a_schema_6_database(store_url: str, tmp_path: Path) -> None:
+    """`tidings migrate` into a database of schema 6: the schemas since replace the push functions,
+    and what schema 6 stored is still counted and refused at its quota."""
+    await (await schema_up_to(store_url, 6)).close()
+    sqlite = open_store(f"sqlite:///{tmp_path / 'tidings.db'}")
+    await sqlite.open()
+    try:
+        await subscribe(sqlite)
+        await put(sqlite, message(body=b"x" * 10))
+    finally:
+        await sqlite.close()
+    await migrate_sqlite_to_postgres(tmp_path / "tidings.db", store_url, now=NOW)
+    conn = await asyncpg.connect(store_url)
+    try:
+        assert await conn.fetchval("SELECT max(version) FROM tidings_schema") == SCHEMA_VERSION
+        definition = await conn.fetchval("SELECT pg_get_functiondef('tidings_push_one'::regproc)")
+        assert "m.expires_at + 0 > p_created_at" in definition
+        refused = await conn.fetchval(
+            "SELECT code FROM tidings_push_one('m2', 'ua1', 'ch1', '', 60, $1::float8,"
+            " $1 + 60, 'normal', NULL, '{}', NULL, 100, 1, 1000, 1000, NULL)",
+            NOW,
+        )
+        assert refused == "TD004"
+    finally:
+        await conn.close()
+    assert await counters(store_url) == ({"ua1": (1, 10)}, {"ua1/ch1": 1})
+
+
+async def waiting_on_a_lock(conn: asyncpg.Connection) -> None:
+    """Returns once a backend of this database waits on a lock (bounded)."""
+    for _ in range(1000):
+        if await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nothing waits on a lock")
+
+
+async def test_a_push_racing_its_unsubscribe_is_refused(pg: PostgresStore, store_url: str) -> None:
+    """An unsubscribe not yet committed holds the push back; once it is, the push finds no
+    subscription: no message is left without one."""
+    await subscribe(pg)
+    conn = await asyncpg.connect(store_url)
+    watcher = await asyncpg.connect(store_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("DELETE FROM subscriptions WHERE uaid = 'ua1'")
+            push = asyncio.ensure_future(put(pg, message()))
+            await waiting_on_a_lock(watcher)
+        with pytest.raises(SubscriptionGone):
+            await push
+        assert await watcher.fetchval("SELECT count(*) FROM messages") == 0
+    finally:
+        await conn.close()
+        await watcher.close()
+
+
+async def test_an_unsubscribe_racing_a_push_takes_its_message(
+    pg: PostgresStore, store_url: str
+) -> None:
+    """A push not yet committed holds the unsubscribe back; once it is, the message goes
+    with its subscription (no foreign key cascades it: schema 8's trigger does)."""
+    await subscribe(pg)
+    conn = await asyncpg.connect(store_url)
+    watcher = await asyncpg.connect(store_url)
+    try:
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'messages'::regclass"
+            " AND contype = 'f'"
+        )  # no check per inserted message
+        async with conn.transaction():
+            await conn.fetch(
+                "SELECT * FROM tidings_push_one('m1', 'ua1', 'ch1', '', 60, $1::float8, $1 + 60,"
+                " 'normal', NULL, '{}', NULL, 100, 100, 10000, 10000, NULL)",
+                NOW,
+            )
+            unsubscribe = asyncio.ensure_future(pg.delete_subscription("ua1", "ch1"))
+            await waiting_on_a_lock(watcher)
+        assert await unsubscribe
+        assert await watcher.fetchval("SELECT count(*) FROM messages") == 0
+        await assert_counted(store_url)
+    finally:
+        await conn.close()
+        await watcher.close()

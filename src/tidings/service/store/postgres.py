@@ -7,8 +7,11 @@ The same rules as the SQLite store, made safe for many nodes writing at once:
 - `store_message` is one call of a server-side function that takes a transaction-level
   advisory lock on the user agent, so topic replacement and the per-user-agent limit
   are decided by one writer at a time (two messages with one topic never both survive).
-- Messages reference their subscription with ON DELETE CASCADE: a message can never
-  outlive its subscription, even when a push and an unregister race.
+- A message can never outlive its subscription, even when a push and an unregister
+  race: the insert's count trigger updates the subscription's counter (waiting for an
+  uncommitted unregister) and refuses the write if the row is gone, and a trigger
+  deletes a subscription's messages with it (schema 8; before, a foreign key ON DELETE
+  CASCADE, whose check ran once per inserted message).
 - Deleting a message or an expired batch and queueing its receipt is one statement
   (`DELETE ... RETURNING` feeding an `INSERT`), so two nodes sweeping at once cannot
   both emit a receipt for the same message.
@@ -67,7 +70,7 @@ from tidings.service.store.postgres_schema import (
     _message_from_row,
 )
 
-_FOREIGN_KEY_VIOLATION = "23503"  # a message's subscription deleted meanwhile
+_FOREIGN_KEY_VIOLATION = "23503"  # schema 7 and before: a subscription deleted meanwhile
 
 # Imported from here before the schema and the pool had files of their own.
 __all__ = ["EXPIRY_BATCH", "SCHEMA_VERSION", "_MIGRATIONS", "PostgresStore", "store_from_url"]
@@ -215,7 +218,7 @@ class PostgresStore(PostgresPool):
     async def delete_user_agent(self, uaid: str) -> int:
         async def write(conn: asyncpg.Connection) -> int:
             async with conn.transaction():
-                # Messages go with their subscriptions (ON DELETE CASCADE).
+                # Messages go with their subscriptions (their delete trigger).
                 count = await conn.fetchval(
                     "WITH gone AS (DELETE FROM subscriptions WHERE uaid = $1 RETURNING 1)"
                     " SELECT count(*) FROM gone",
