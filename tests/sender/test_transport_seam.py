@@ -6,13 +6,16 @@ import asyncio
 from collections.abc import Mapping
 from typing import ClassVar, Literal
 
-from sender.helpers import Keys
+import pytest
+
+from sender.helpers import Keys, ScriptedService
 from tidings.sender import ResultKind, RetryPolicy, Sender
 from tidings.sender.transport import (
     DeadlineTransport,
     HttpxTransport,
     PooledTransport,
     Response,
+    TransportError,
 )
 from tidings.webpush import VapidKey
 
@@ -84,3 +87,27 @@ async def test_any_other_transport_is_bounded_by_the_sender(vapid_key: VapidKey)
         result = await sender.send(Keys.generate().subscription(ENDPOINT), "x", ttl=60)
     assert result.kind is ResultKind.FAILED and transport.calls == 1
     assert result.reason == "no answer within 0.2 s"
+
+
+async def test_pooled_requests_fail_when_awaited_not_when_made(
+    push_service: ScriptedService,
+) -> None:
+    """`PooledTransport.request` hands out a coroutine (a known origin's kept-alive path
+    without a frame of its own): every error still comes from awaiting it, none from the
+    call, on both the known-origin and the parsing path."""
+    transport = PooledTransport()
+    url = push_service.endpoint("a")
+    for _ in range(3):  # the first opens the connection, the others reuse it
+        answer = await transport.request("POST", url, {}, b"", timeout=5.0)
+        assert answer.status == 201
+    assert len(push_service.peers) == 1
+    bad = transport.request("POST", "ftp://push.example.net/x", {}, b"", timeout=5.0)
+    with pytest.raises(TransportError, match="http"):
+        await bad
+    await transport.aclose()
+    for made in (
+        transport.request("POST", url, {}, b"", timeout=5.0),
+        transport.request("POST", url, {}, b""),
+    ):
+        with pytest.raises(TransportError, match="closed"):
+            await made

@@ -59,8 +59,18 @@ class H1Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
-        self._buf += data
         try:
+            if self._head is None and not self._buf:
+                # The usual case: the whole head in one read, parsed from `data` itself
+                # (no copy into the buffer and out again); only what follows it is kept.
+                end = data.find(b"\r\n\r\n")
+                if end >= 0:
+                    if len(data) > end + 4:
+                        self._buf += memoryview(data)[end + 4 :]
+                    if self._read_head(data[:end]):
+                        self._parse()
+                    return
+            self._buf += data
             self._parse()
         except (ValueError, IndexError) as exc:
             self._fail(f"malformed HTTP/1.1 answer: {exc}")
@@ -129,46 +139,10 @@ class H1Connection(asyncio.Protocol):
                 if len(buf) > MAX_HEAD:
                     self._fail("answer headers too long")
                 return
-            status_line, _, rest = buf[:end].decode("latin-1").partition("\r\n")
+            head = bytes(buf[:end])
             del buf[: end + 4]
-            version, _, reason = status_line.partition(" ")
-            if not version.startswith("HTTP/1."):
-                raise ValueError(f"bad status line {status_line[:80]!r}")
-            status = int(reason[:3])
-            headers: dict[str, str] = {}
-            for line in rest.split("\r\n") if rest else ():
-                name, sep, value = line.partition(":")
-                if not sep:
-                    raise ValueError(f"bad header line {line[:80]!r}")
-                name = name.strip().lower()
-                value = value.strip()
-                headers[name] = f"{headers[name]}, {value}" if name in headers else value
-            if 100 <= status < 200:  # 100 Continue and friends: skip, read the real answer
-                self._parse()
+            if not self._read_head(head):
                 return
-            self._head = (status, version, headers)
-            connection = headers.get("connection")
-            if connection is not None:
-                connection = connection.lower()
-                if "close" in connection:
-                    self.reusable = False
-            if version == "HTTP/1.0" and "keep-alive" not in (connection or ""):
-                self.reusable = False
-            if status == 204 or status == 304:
-                self._remaining = 0
-            elif (
-                "transfer-encoding" in headers and "chunked" in headers["transfer-encoding"].lower()
-            ):
-                self._remaining = -2
-                self._chunk_left = 0
-            elif "content-length" in headers:
-                self._remaining = int(headers["content-length"].split(",")[0])
-                if self._remaining > MAX_BODY:
-                    self._fail("answer body too large")
-                    return
-            else:
-                self._remaining = -1
-                self.reusable = False
         remaining = self._remaining
         if remaining >= 0:
             if len(buf) >= remaining:
@@ -183,6 +157,55 @@ class H1Connection(asyncio.Protocol):
             buf.clear()
             if len(self._body) > MAX_BODY:
                 self._fail("answer body too large")
+
+    def _read_head(self, head: bytes) -> bool:
+        """Read an answer's head (its bytes up to the blank line) into `_head` and the body
+        framing; False when there is no body to read yet (an interim 1xx answer, or the
+        connection failed), True when `_parse` should go on to the body."""
+        if len(head) > MAX_HEAD:
+            self._fail("answer headers too long")
+            return False
+        lines = head.decode("latin-1").split("\r\n")
+        status_line = lines[0]
+        version, _, reason = status_line.partition(" ")
+        if not version.startswith("HTTP/1."):
+            raise ValueError(f"bad status line {status_line[:80]!r}")
+        status = int(reason[:3])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ValueError(f"bad header line {line[:80]!r}")
+            name = name.strip().lower()
+            value = value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if 100 <= status < 200:
+            # 100 Continue and friends: skip, read the real answer from what follows.
+            if self._buf:
+                self._parse()
+            return False
+        self._head = (status, version, headers)
+        connection = headers.get("connection")
+        if connection is not None:
+            connection = connection.lower()
+            if "close" in connection:
+                self.reusable = False
+        if version == "HTTP/1.0" and "keep-alive" not in (connection or ""):
+            self.reusable = False
+        if status == 204 or status == 304:
+            self._remaining = 0
+        elif "transfer-encoding" in headers and "chunked" in headers["transfer-encoding"].lower():
+            self._remaining = -2
+            self._chunk_left = 0
+        elif "content-length" in headers:
+            self._remaining = int(headers["content-length"].split(",")[0])
+            if self._remaining > MAX_BODY:
+                self._fail("answer body too large")
+                return False
+        else:
+            self._remaining = -1
+            self.reusable = False
+        return True
 
     def _parse_chunks(self) -> None:
         buf = self._buf

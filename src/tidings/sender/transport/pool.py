@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import ClassVar, Literal, cast
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, ClassVar, Literal, cast
 from urllib.parse import urlsplit
 
 from tidings.sender.transport.base import (
@@ -188,9 +188,7 @@ class _OriginPool:
             return await self._request(method, path, headers, body)
         if self.protocol == "http/1.1" and self.idle:
             # The common case in a fan-out: a kept-alive connection is waiting.
-            return await self._h1_request_by(
-                self._h1_head(method, path, headers, len(body)), body, timeout
-            )
+            return await self._h1_request_by(method, path, headers, body, timeout)
         async with asyncio.timeout(timeout):
             return await self._request(method, path, headers, body)
 
@@ -203,8 +201,11 @@ class _OriginPool:
             return await conn2.request(method, path, headers, body)
         return await self._h1_exchange(self._h1_head(method, path, headers, len(body)), body)
 
-    async def _h1_request_by(self, head: bytes, body: bytes, timeout: float) -> Response:
+    async def _h1_request_by(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, timeout: float
+    ) -> Response:
         """The exchange on an idle connection, its deadline kept by `Expiry`, not a timer."""
+        head = self._h1_head(method, path, headers, len(body))
         conn = self.idle.pop()
         # The connection's loop is the running one (no get_running_loop: a system call).
         loop = conn.loop or asyncio.get_running_loop()
@@ -296,12 +297,18 @@ class PooledTransport:
         self._by_prefix: dict[str, _OriginPool] = {}
         self._closed = False
 
-    def _pool_for(self, url: str) -> tuple[_OriginPool, str]:
+    def _known_pool(self, url: str) -> tuple[_OriginPool | None, int]:
+        """The pool of a URL whose origin was seen before (no URL parsing), and where the
+        path starts; None when it must be parsed (new origin, query or fragment)."""
         cut = url.find("/", url.find("//") + 2)
-        if cut > 0:
-            pool = self._by_prefix.get(url[:cut])
-            if pool is not None and "?" not in url and "#" not in url:
-                return pool, url[cut:]
+        if cut > 0 and "?" not in url and "#" not in url:
+            return self._by_prefix.get(url[:cut]), cut
+        return None, cut
+
+    def _pool_for(self, url: str) -> tuple[_OriginPool, str]:
+        pool, cut = self._known_pool(url)
+        if pool is not None:
+            return pool, url[cut:]
         pool, path = self._parse_pool(url)
         if cut > 0 and len(self._by_prefix) < 10000:
             self._by_prefix[url[:cut]] = pool
@@ -340,7 +347,7 @@ class PooledTransport:
             path = f"{path}?{parts.query}"
         return pool, path
 
-    async def request(
+    def request(
         self,
         method: str,
         url: str,
@@ -348,19 +355,31 @@ class PooledTransport:
         body: bytes,
         *,
         timeout: float | None = None,
-    ) -> Response:
+    ) -> Coroutine[Any, Any, Response]:
         """Send one request on a pooled connection to the URL's origin.
 
         `timeout` (seconds) bounds the whole exchange: TimeoutError when it runs out.
         """
+        # Not a coroutine itself: a fan-out's usual case (a kept-alive connection waits, the
+        # URL's origin is known) hands out the exchange's coroutine, one frame less per
+        # request. Nothing here can raise: every check and error is in the coroutine.
+        if timeout is not None and not self._closed:
+            pool, cut = self._known_pool(url)
+            if pool is not None and pool.idle and pool.protocol == "http/1.1":
+                return pool._h1_request_by(method, url[cut:], headers, body, timeout)
+        return self._request(method, url, headers, body, timeout)
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float | None,
+    ) -> Response:
         if self._closed:
             raise TransportError("transport is closed", safe_to_retry=False)
         pool, path = self._pool_for(url)
-        if timeout is not None and pool.idle and pool.protocol == "http/1.1":
-            # A fan-out's usual case, one coroutine less: a kept-alive connection waits.
-            return await pool._h1_request_by(
-                pool._h1_head(method, path, headers, len(body)), body, timeout
-            )
         return await pool.request(method, path, headers, body, timeout)
 
     def protocol_of(self, url: str) -> str | None:
