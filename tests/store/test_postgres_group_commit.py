@@ -16,6 +16,7 @@ from tidings.service.store import (
     StoreUnavailable,
     SubscriptionGone,
     TooManyMessages,
+    postgres_commit,
 )
 from tidings.service.store.postgres import PostgresStore
 from tidings.service.store.postgres_commit import PostgresGroupCommit
@@ -196,6 +197,26 @@ async def test_a_waiting_batch_does_not_hold_up_the_next(
     assert not held.done()
     await user_agent_held.release()
     assert await held == []
+
+
+async def test_a_batch_in_flight_is_not_overtaken_before_it_is_slow(
+    pg: PostgresStore, user_agent_held: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One writer while batches come back quickly: what arrives meanwhile waits and joins
+    the next batch (larger batches), rather than a second writer taking it at once."""
+    monkeypatch.setattr(postgres_commit, "OVERTAKE_AFTER", 60.0)
+    await subscribe(pg)
+    await subscribe(pg, "ua2", "ch2")
+    await user_agent_held("ua1")
+    held = asyncio.ensure_future(put(pg, message()))
+    await asyncio.sleep(0.2)
+    behind = [asyncio.ensure_future(put(pg, message("ua2", "ch2"))) for _ in range(3)]
+    await asyncio.sleep(0.3)
+    assert not any(call.done() for call in behind)
+    before = commits(pg).batches
+    await user_agent_held.release()
+    assert await asyncio.gather(held, *behind) == [[], [], [], []]
+    assert commits(pg).batches - before == 2  # the held batch, then the three as one
 
 
 async def test_a_call_made_as_the_last_writer_ends_gets_a_writer(pg: PostgresStore) -> None:

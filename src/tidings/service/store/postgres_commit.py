@@ -9,8 +9,9 @@ call of `tidings_write_batch` (arrays; the batch's locks are taken first, in one
 so that batches never deadlock; the pushes are written by one INSERT, the deletions by
 one `DELETE ... USING unnest(...)`). Each waiter is answered after the COMMIT that
 holds its write, so a 201 still means the message is durable. While a batch is with
-PostgreSQL the next gathers and another writer (at most MAX_WRITERS) takes it: the
-busier the node, the larger the batches.
+PostgreSQL the next gathers and goes when it is back: the busier the node, the larger
+the batches. A batch still in flight after OVERTAKE_AFTER (waiting on a lock, a slow
+flush) lets another writer (at most MAX_WRITERS) take the next one past it.
 
 Failures:
 
@@ -53,7 +54,11 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # operations per transaction
 MAX_WAITING = 4096  # operations queued at most; more fail at once (StoreUnavailable)
-MAX_WRITERS = 2  # batches in flight at once, each on its own pooled connection (measured: 1, 2, 4)
+MAX_WRITERS = 2  # batches in flight at once, each on its own pooled connection
+# A second writer only once the batch in flight has taken this long (waiting on a lock or
+# a slow flush): two writers at all times halved the batches and cost PostgreSQL ~30 %
+# more CPU per push on two cores (BENCHMARKS.md, "One writer until a batch is slow").
+OVERTAKE_AFTER = 0.02
 
 _STORE_MESSAGES = (
     "SELECT replaced, code FROM tidings_store_messages($1::text[], $2::text[], $3::text[],"
@@ -135,6 +140,7 @@ class PostgresGroupCommit:
         self.max_writers = max_writers
         self._waiting: deque[_Operation] = deque()
         self._writers: set[asyncio.Task[None]] = set()
+        self._slow = 0  # batches in flight for longer than OVERTAKE_AFTER
         self.batches = 0  # committed (for tests and the benchmark)
 
     # Calls ------------------------------------------------------------------------
@@ -168,12 +174,21 @@ class PostgresGroupCommit:
                 f"PostgreSQL: {len(self._waiting)} writes already waiting to be committed"
             )
         self._waiting.append(operation)
-        # Another writer while one waits on PostgreSQL (a round trip, a flush): batches
-        # overlap instead of queueing behind each other. An idle one finds nothing and ends.
-        if len(self._writers) < self.max_writers:
-            writer = asyncio.ensure_future(self._write())
-            self._writers.add(writer)
-            writer.add_done_callback(self._writers.discard)
+        if not self._writers or (self._slow and len(self._writers) < self.max_writers):
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        writer = asyncio.ensure_future(self._write())
+        self._writers.add(writer)
+        writer.add_done_callback(self._writers.discard)
+
+    def _overtake(self, marks: list[bool]) -> None:
+        """A batch in flight is slow: another writer takes what waits now or comes later
+        while it stays so (an idle writer finds nothing and ends)."""
+        marks.append(True)
+        self._slow += 1
+        if self._waiting and len(self._writers) < self.max_writers:
+            self._start_writer()
 
     async def _write(self) -> None:
         try:
@@ -186,7 +201,17 @@ class PostgresGroupCommit:
                     if not operation.future.done():  # cancelled waiters are left out
                         batch.append(operation)
                 if batch:
-                    await self._commit(batch)
+                    timer: asyncio.TimerHandle | None = None
+                    marks: list[bool] = []  # one when the timer fired for this batch
+                    if self.max_writers > 1:
+                        loop = asyncio.get_running_loop()
+                        timer = loop.call_later(OVERTAKE_AFTER, self._overtake, marks)
+                    try:
+                        await self._commit(batch)
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
+                        self._slow -= len(marks)
         finally:
             # Now, not in a done callback (a turn later): a call queued in between
             # would find every writer counted and none left to take it.
