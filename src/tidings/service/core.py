@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 
 from tidings import __version__, tracing
+from tidings.service import store_retry
 from tidings.service.acceptance import (
     RETRY_AFTER_STORE_FULL,
     PushAcceptance,
@@ -153,6 +154,8 @@ class PushService(
         self.start_failed = asyncio.Event()  # set when that retry met a fatal error
         self.start_error: BaseException | None = None
         self.started_at = time.time()
+        # Stored-message reads retried after a failure, node-wide (store_retry.py).
+        self.store_retries = asyncio.Semaphore(store_retry.RETRIES_AT_ONCE)
         self.quota = MessageQuota(
             per_subscription=config.max_messages_per_subscription,
             per_user_agent=config.max_messages_per_user_agent,
