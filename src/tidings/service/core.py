@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 
 from tidings import __version__, tracing
+from tidings.service import store_retry
 from tidings.service.acceptance import (
     RETRY_AFTER_STORE_FULL,
     PushAcceptance,
@@ -153,6 +154,8 @@ class PushService(
         self.start_failed = asyncio.Event()  # set when that retry met a fatal error
         self.start_error: BaseException | None = None
         self.started_at = time.time()
+        # Stored-message reads retried after a failure, node-wide (store_retry.py).
+        self.store_retries = asyncio.Semaphore(store_retry.RETRIES_AT_ONCE)
         self.quota = MessageQuota(
             per_subscription=config.max_messages_per_subscription,
             per_user_agent=config.max_messages_per_user_agent,
@@ -183,7 +186,13 @@ class PushService(
             self.config.secrets_path, self.store, create=not self.config.shared_store
         )
         await self.cluster.start(self.redeliver)
-        await self.broadcasts.start()
+        try:
+            await self.broadcasts.start()
+        except BaseException:
+            # The retry starts the bus again: stop it first, or it would run twice.
+            await self.broadcasts.stop()
+            await self.cluster.stop()
+            raise
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="tidings-expiry")
         self.ready = True
 
