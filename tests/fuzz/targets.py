@@ -33,6 +33,7 @@ from tidings.service.cluster.redis_bus import RedisBus
 from tidings.service.cluster.wire import Deliver, decode_bus_message, encode_message
 from tidings.service.errors import ServiceError
 from tidings.service.http import websocket as ws
+from tidings.service.http.admission import ConnectionAdmission, Slot
 from tidings.service.http.h1 import Http1Connection
 from tidings.service.http.messages import Request, Response
 from tidings.service.push_request import check_push
@@ -193,6 +194,10 @@ class _Context:
     def __init__(self) -> None:
         self.app = _App()
         self.connections: set[object] = set()
+        self.admission = ConnectionAdmission(per_address=None, max_connections=None)
+
+    def admit(self, transport: object) -> Slot | None:
+        return self.admission.open("")  # no caps: every connection is served
 
     def log_request(self, request: Request, status: int, started: float) -> None:
         pass
@@ -200,10 +205,10 @@ class _Context:
     def date_header(self) -> bytes:
         return b"date: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
 
-    def make_websocket(self, transport: object, client: str) -> Any:
+    def make_websocket(self, transport: object, client: str, slot: Slot | None = None) -> Any:
         return _Sink()
 
-    def make_http2(self) -> Any:
+    def make_http2(self, slot: Slot | None = None) -> Any:
         return _Sink()
 
 
