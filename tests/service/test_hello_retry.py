@@ -167,3 +167,28 @@ async def test_live_messages_held_during_a_long_outage_are_bounded(
     texts = [(await again.next_notification()).plaintext for _ in range(3)]
     assert texts == [b"live 1", b"live 2", b"live 3"]
     await again.close()
+
+
+async def test_a_redelivery_the_store_fails_is_tried_again_in_the_background(
+    service: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cluster bus asks for a redelivery (a claim, a missed route); a failed read used
+    # to leave the messages for the agent's next hello.
+    monkeypatch.setattr(store_retry, "RETRIES", 1000)
+    agent = await service.agent()
+    registration = await agent.register()
+    pushes = service.service
+    assert pushes is not None
+    pushes.hub.offer = lambda message: False  # type: ignore[method-assign]  # stored only
+    try:
+        await push(registration, "missed")
+    finally:
+        del pushes.hub.offer  # the class's method again
+    flaky = FlakyPending(service)
+    await asyncio.wait_for(pushes.redeliver(agent.uaid), 5)  # returns: the bus goes on
+    await flaky.attempted(3)  # the failed read and two failed retries
+    await agent.no_frame(0.1)
+    flaky.down = False
+    assert (await agent.next_notification()).plaintext == b"missed"
+    assert not pushes._redeliveries and not pushes._redelivery_tasks
+    await agent.close()

@@ -156,6 +156,8 @@ class PushService(
         self.started_at = time.time()
         # Stored-message reads retried after a failure, node-wide (store_retry.py).
         self.store_retries = asyncio.Semaphore(store_retry.RETRIES_AT_ONCE)
+        self._redeliveries: dict[str, float] = {}  # subscriptions.py
+        self._redelivery_tasks: set[asyncio.Task[None]] = set()
         self.quota = MessageQuota(
             per_subscription=config.max_messages_per_subscription,
             per_user_agent=config.max_messages_per_user_agent,
@@ -243,6 +245,8 @@ class PushService(
                 with contextlib.suppress(BaseException):
                     await writer
         await self._flush_deliveries()
+        for task in list(self._redelivery_tasks):
+            task.cancel()  # their messages stay stored for the next connection
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -16,11 +17,14 @@ from tidings.service.store import (
     SubscriptionRecord,
     TooManySubscriptions,
 )
+from tidings.service.store_retry import WarningTally, retry_read
 from tidings.service.tokens import EndpointRef, TokenError, vapid_key_hash
 
 __all__ = ["NewSubscription", "RegistrationError", "SubscriptionManagement", "new_uaid"]
 
 log = logging.getLogger("tidings.service")
+REDELIVERY_FAILED = WarningTally(log)  # one line per interval in an outage
+REDELIVERY_GAVE_UP = WarningTally(log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +123,45 @@ class SubscriptionManagement(ServiceBase):
         try:
             messages = await self.pending(uaid)
         except StoreUnavailable as exc:
-            log.warning("cannot load stored messages for %s: %s", uaid[:8] + "...", exc)
+            REDELIVERY_FAILED.warning(
+                "cannot load stored messages for %s: %s", uaid[:8] + "...", exc
+            )
+            # Tried again in a task: the bus listener that asked must not wait out an
+            # outage, and the messages must not wait for the agent's next hello.
+            self._redeliver_later(uaid, since)
             return
+        self._offer_since(messages, since)
+
+    def _offer_since(self, messages: list[StoredMessage], since: float) -> None:
         for message in messages:
             if message.created_at >= since:
                 self.hub.offer(message)
+
+    def _redeliver_later(self, uaid: str, since: float) -> None:
+        """One retry task per user agent at most (so bounded by the connected agents),
+        asked for the earliest `since` of the redeliveries that failed meanwhile."""
+        wanted = self._redeliveries.get(uaid)
+        self._redeliveries[uaid] = since if wanted is None else min(wanted, since)
+        if wanted is None:
+            task = asyncio.ensure_future(self._redeliver_retry(uaid))
+            self._redelivery_tasks.add(task)
+            task.add_done_callback(self._redelivery_tasks.discard)
+
+    async def _redeliver_retry(self, uaid: str) -> None:
+        async def read() -> list[StoredMessage] | None:
+            return await self.pending(uaid) if self.hub.is_connected(uaid) else None
+
+        try:
+            messages = await retry_read(read, gate=self.store_retries)
+        except StoreUnavailable as exc:
+            REDELIVERY_GAVE_UP.warning(
+                "store still unavailable for %s: %s; its stored messages wait for its next "
+                "connection",
+                uaid[:8] + "...",
+                exc,
+            )
+            messages = None
+        finally:
+            since = self._redeliveries.pop(uaid, 0.0)
+        if messages is not None and self.hub.is_connected(uaid):
+            self._offer_since(messages, since)
