@@ -21,11 +21,8 @@ import websockets
 from cluster.tcpproxy import CuttableProxy
 from store.engines import PG_HOST, PG_PORT, PG_USER, postgres_database
 from support.service import REPO, ServiceProcess
-from tidings.service import core
-from tidings.service.cluster import Redeliver, SingleNodeBus
 from tidings.service.config import ServiceConfig
 from tidings.service.core import PushService
-from tidings.service.store import StoreUnavailable
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -127,51 +124,3 @@ async def test_a_wrong_key_file_found_once_the_store_answers_stops_serve_with_st
         finally:
             node.stop()
             proxy.close()
-
-
-class CountingBus(SingleNodeBus):
-    """A single-node bus that counts how often it was started and stopped."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.starts = 0
-        self.stops = 0
-
-    async def start(self, redeliver: Redeliver) -> None:
-        self.starts += 1
-
-    async def stop(self) -> None:
-        self.stops += 1
-
-
-async def test_a_store_failing_after_the_bus_started_stops_it_before_the_retry(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The store answered the first steps of the start, then failed reading the
-    broadcasts: the retry starts the bus again, so the first start is stopped first
-    (it used to be left running, a second listener on the same bus)."""
-    secrets = token_keys(tmp_path / "secrets.json")
-    monkeypatch.setattr(core, "STORE_OPEN_FIRST_DELAY", 0.0)
-    async with postgres_database() as real_url:
-        service = PushService(ServiceConfig(store=real_url, secrets=str(secrets)))
-        bus = CountingBus()
-        service.cluster = bus
-        service.broadcasts.bus = bus
-        started = service.broadcasts.start
-        failures = [StoreUnavailable("PostgreSQL: pool timeout")]
-
-        async def failing_once() -> None:
-            if failures:
-                raise failures.pop()
-            await started()
-
-        monkeypatch.setattr(service.broadcasts, "start", failing_once)
-        try:
-            await service.start()
-            assert service._opening is not None and not service.ready
-            await service._opening
-            assert service.ready
-            assert (bus.starts, bus.stops) == (2, 1)  # each start but the running one stopped
-        finally:
-            await service.stop()
-        assert (bus.starts, bus.stops) == (2, 2)

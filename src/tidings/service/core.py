@@ -188,13 +188,7 @@ class PushService(
             self.config.secrets_path, self.store, create=not self.config.shared_store
         )
         await self.cluster.start(self.redeliver)
-        try:
-            await self.broadcasts.start()
-        except BaseException:
-            # The retry starts the bus again: stop it first, or it would run twice.
-            await self.broadcasts.stop()
-            await self.cluster.stop()
-            raise
+        await self.broadcasts.start()
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="tidings-expiry")
         self.ready = True
 
