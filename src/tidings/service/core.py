@@ -16,7 +16,6 @@ import time
 from collections import OrderedDict
 
 from tidings import __version__, tracing
-from tidings.service import store_retry
 from tidings.service.acceptance import (
     RETRY_AFTER_STORE_FULL,
     PushAcceptance,
@@ -154,8 +153,6 @@ class PushService(
         self.start_failed = asyncio.Event()  # set when that retry met a fatal error
         self.start_error: BaseException | None = None
         self.started_at = time.time()
-        # Stored-message reads retried after a failure, node-wide (store_retry.py).
-        self.store_retries = asyncio.Semaphore(store_retry.RETRIES_AT_ONCE)
         self._redeliveries: dict[str, float] = {}  # subscriptions.py
         self._redelivery_tasks: set[asyncio.Task[None]] = set()
         self.quota = MessageQuota(

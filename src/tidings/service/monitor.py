@@ -112,9 +112,7 @@ class PushMonitor:
         except StoreUnavailable as exc:
             STORED_READ_FAILED.warning("cannot load stored messages, retrying: %s", exc)
             # Still down after the retries: StoreUnavailable, a 503 the client retries.
-            stored = await retry_read(
-                lambda: self.service.pending(uaid), self.channel.closed, self.service.store_retries
-            )
+            stored = await retry_read(lambda: self.service.pending(uaid), self.channel.closed)
         for message in stored:
             self._withdrawn.note(message)
         held, self._held = self._held or [], None

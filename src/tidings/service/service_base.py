@@ -103,7 +103,6 @@ class ServiceBase:
     # under way or failed), by id -> uaid: their acknowledgement records it first,
     # since a receipt is queued only for a message recorded as delivered.
     _unmarked: OrderedDict[str, str]
-    store_retries: asyncio.Semaphore  # stored-message reads retried at once, node-wide
     _redeliveries: dict[str, float]  # user agents whose redelivery is retried -> since
     _redelivery_tasks: set[asyncio.Task[None]]
     draining: bool

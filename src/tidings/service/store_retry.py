@@ -33,19 +33,9 @@ def retry_delays() -> list[float]:
     return [step * random.uniform(0.5, 1.0) for step in steps]
 
 
-# Retried reads in flight at once on a node: an outage met by 500k hellos must not come
-# back as 500k reads the moment the store answers again (each waits its turn instead).
-RETRIES_AT_ONCE = 32
-
-
-async def retry_read(
-    read: Callable[[], Awaitable[T]],
-    closed: asyncio.Event | None = None,
-    gate: asyncio.Semaphore | None = None,
-) -> T:
+async def retry_read(read: Callable[[], Awaitable[T]], closed: asyncio.Event | None = None) -> T:
     """`read()` again after a failed first try; raises the last StoreUnavailable once the
-    retries run out, or at once when `closed` is set (nobody is left to read for). With
-    `gate` (one per node), each retry waits for a place among the node's retries."""
+    retries run out, or at once when `closed` is set (nobody is left to read for)."""
     last: StoreUnavailable | None = None
     for delay in retry_delays():
         if closed is None:
@@ -58,10 +48,7 @@ async def retry_read(
             else:
                 raise last or StoreUnavailable("the connection closed while the store was down")
         try:
-            if gate is None:
-                return await read()
-            async with gate:
-                return await read()
+            return await read()
         except StoreUnavailable as exc:
             last = exc
     raise last or StoreUnavailable("no retries")

@@ -152,7 +152,7 @@ class SubscriptionManagement(ServiceBase):
             return await self.pending(uaid) if self.hub.is_connected(uaid) else None
 
         try:
-            messages = await retry_read(read, gate=self.store_retries)
+            messages = await retry_read(read)
         except StoreUnavailable as exc:
             REDELIVERY_GAVE_UP.warning(
                 "store still unavailable for %s: %s; its stored messages wait for its next "

@@ -233,9 +233,7 @@ class WebSocketSession:
 
     async def _flush_retried(self, uaid: str) -> None:
         try:
-            stored = await retry_read(
-                lambda: self.service.pending(uaid), gate=self.service.store_retries
-            )
+            stored = await retry_read(lambda: self.service.pending(uaid))
         except StoreUnavailable as exc:
             STORED_READ_GAVE_UP.warning(
                 "store still unavailable for %s: %s", redact_uaid(uaid), exc
