@@ -17,14 +17,12 @@ from tidings.service.store import (
     SubscriptionRecord,
     TooManySubscriptions,
 )
-from tidings.service.store_retry import WarningTally, retry_read
+from tidings.service.store_retry import retry_read
 from tidings.service.tokens import EndpointRef, TokenError, vapid_key_hash
 
 __all__ = ["NewSubscription", "RegistrationError", "SubscriptionManagement", "new_uaid"]
 
 log = logging.getLogger("tidings.service")
-REDELIVERY_FAILED = WarningTally(log)  # one line per interval in an outage
-REDELIVERY_GAVE_UP = WarningTally(log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +121,7 @@ class SubscriptionManagement(ServiceBase):
         try:
             messages = await self.pending(uaid)
         except StoreUnavailable as exc:
-            REDELIVERY_FAILED.warning(
-                "cannot load stored messages for %s: %s", uaid[:8] + "...", exc
-            )
+            log.warning("cannot load stored messages for %s: %s", uaid[:8] + "...", exc)
             # Tried again in a task: the bus listener that asked must not wait out an
             # outage, and the messages must not wait for the agent's next hello.
             self._redeliver_later(uaid, since)
@@ -154,7 +150,7 @@ class SubscriptionManagement(ServiceBase):
         try:
             messages = await retry_read(read)
         except StoreUnavailable as exc:
-            REDELIVERY_GAVE_UP.warning(
+            log.warning(
                 "store still unavailable for %s: %s; its stored messages wait for its next "
                 "connection",
                 uaid[:8] + "...",
