@@ -87,3 +87,8 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def redact_uaid(uaid: str | None) -> str:
+    """A uaid fit for logs: whoever knows a uaid can take over its connection."""
+    return "-" if uaid is None else escape(uaid[:8]) + "..."

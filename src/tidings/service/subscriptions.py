@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 from tidings.service.errors import Errno, ServiceError
+from tidings.service.logs import redact_uaid
 from tidings.service.service_base import SET_PATH, SUBSCRIPTION_PATH, ServiceBase, store_unavailable
 from tidings.service.store import (
     StoredMessage,
@@ -121,7 +122,7 @@ class SubscriptionManagement(ServiceBase):
         try:
             messages = await self.pending(uaid)
         except StoreUnavailable as exc:
-            log.warning("cannot load stored messages for %s: %s", uaid[:8] + "...", exc)
+            log.warning("cannot load stored messages for %s: %s", redact_uaid(uaid), exc)
             # Tried again in a task: the bus listener that asked must not wait out an
             # outage, and the messages must not wait for the agent's next hello.
             self._redeliver_later(uaid, since)
@@ -153,7 +154,7 @@ class SubscriptionManagement(ServiceBase):
             log.warning(
                 "store still unavailable for %s: %s; its stored messages wait for its next "
                 "connection",
-                uaid[:8] + "...",
+                redact_uaid(uaid),
                 exc,
             )
             messages = None

@@ -21,7 +21,7 @@ from tidings.service.errors import ServiceError
 from tidings.service.http.app import TextChannel as TextChannel  # what it answers on
 from tidings.service.hub import Withdrawals
 from tidings.service.limits import Limit
-from tidings.service.logs import escape
+from tidings.service.logs import escape, redact_uaid
 from tidings.service.store import StoredMessage, StoreUnavailable
 from tidings.service.store_retry import retry_read
 from tidings.webpush import InvalidKeyError, load_p256_public_key
@@ -35,11 +35,6 @@ MAX_QUEUED_SENDS = 256
 MAX_UNACKED = 1024  # ids of sent, unacknowledged messages remembered per connection
 RECENT_ACKS = 256  # acknowledged message ids remembered per connection
 MAX_HELD = 1024  # live messages held per connection while its stored ones are read
-
-
-def redact_uaid(uaid: str | None) -> str:
-    """A uaid fit for logs: whoever knows a uaid can take over its connection."""
-    return "-" if uaid is None else escape(uaid[:8]) + "..."
 
 
 def decode_application_server_key(key: str) -> bytes:
