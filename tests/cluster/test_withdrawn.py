@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cluster.conftest import in_process_nodes
 from support.service import Registration, RunningService, TestAgent
@@ -101,6 +102,45 @@ async def test_a_deleted_message_held_on_another_node_is_not_sent(tmp_path: Path
         notification = await agent.next_notification(timeout=10)
         assert notification.plaintext == b"kept"
         await agent.no_frame(0.5)
+        await agent.close()
+
+
+def withdrawals_fail(service: PushService, how: str) -> None:
+    """The node's bus cannot reach Redis from now on: just failed (`down`), or each call
+    times out (`timeout`, as a node whose Redis link stalls sees it)."""
+    bus = service.cluster
+    assert isinstance(bus, redis_bus.RedisBus)
+    if how == "down":
+        bus._down_until = time.monotonic() + 60
+        return
+
+    async def stalled(*args: object, **kwargs: object) -> object:
+        raise RedisTimeoutError("Timeout reading from 127.0.0.1:6379")
+
+    bus._route_many_script = stalled  # type: ignore[method-assign,assignment]
+
+
+@pytest.mark.parametrize("how", ["down", "timeout"])
+async def test_a_delete_whose_withdrawal_fails_is_not_a_204(tmp_path: Path, how: str) -> None:
+    # Found by the short fault campaign (seed 11): the answering node's withdrawal timed
+    # out, the DELETE was answered 204 all the same, and the holder sent its copy later.
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
+        agent, registration, release = await reconnect_with_slow_store(node_a)
+        assert agent.uaid is not None and node_b.service is not None
+        async with httpx.AsyncClient() as client:
+            answer = await push(client, node_b, registration, b"maybe")
+            await held_count(node_a, agent.uaid, 1)
+            withdrawals_fail(node_b.service, how)
+            location = urlsplit(answer.headers["location"]).path
+            deleted = await client.delete(node_b.url + location)
+            assert deleted.status_code == 202, deleted.text
+            assert deleted.json()["status"] == "deleted"
+            assert "may still be delivered" in deleted.json()["message"]
+            again = await client.delete(node_b.url + location)
+            assert again.status_code == 404  # it is gone from the store all the same
+        release.set()
+        notification = await agent.next_notification(timeout=10)
+        assert notification.plaintext == b"maybe"  # what the 202 warned of
         await agent.close()
 
 

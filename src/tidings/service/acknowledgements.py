@@ -43,12 +43,14 @@ MAX_PENDING_DELIVERIES = 10_000
 class Acknowledgements(ServiceBase):
     """What the push service does once a message reached its user agent."""
 
-    async def delete_message_resource(self, token: str) -> None:
+    async def delete_message_resource(self, token: str) -> bool:
         """DELETE of a push message resource (RFC 8030 sections 5.3 and 6.2).
 
         From the user agent it acknowledges a delivered message (a receipt follows if
         one was asked for); from the application server it cancels an undelivered one.
-        Either way the message is gone; a second DELETE is a 404.
+        Either way the message is gone; a second DELETE is a 404. False when the node
+        holding the user agent could not be told (the cluster bus is down): a copy it
+        holds unsent may still be delivered, so the answer is not a plain 204.
         """
         try:
             ref = self.sealer.open_message(token)
@@ -75,12 +77,13 @@ class Acknowledgements(ServiceBase):
         # A copy held unsent by a connection, here or on the node holding the user agent
         # (live messages held while stored ones are read), must not go out after the 204.
         self.hub.withdraw(ref.uaid, ref.message_id)
-        await self.cluster.withdraw(ref.uaid, ref.message_id)
+        told = await self.cluster.withdraw(ref.uaid, ref.message_id)  # before the 204
         self.metrics.acknowledged(100)  # an RFC 8030 acknowledgement (or a cancellation)
         if self.trace_book:
             self._trace_ack(deleted.message_id, 100)
         if deleted.receipt_id is not None:
             self.hub.notify_receipt(deleted.receipt_id)
+        return told
 
     def trace_delivery(self, message: StoredMessage, via: str) -> None:
         """Record a live delivery of a traced message (`message.traceparent` set) as a

@@ -289,7 +289,17 @@ def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
                     "Cancel or acknowledge a message (RFC 8030 sections 5.3, 6.2)",
                     "By the application server: cancel before delivery. By the user "
                     "agent: acknowledge. Either way the message is gone.",
-                ),
+                )
+                | {
+                    "responses": {
+                        "204": {"description": "Deleted; it will not be delivered."},
+                        "202": {
+                            "description": "Deleted, but the cluster node holding the user "
+                            "agent could not be told: a copy it holds may still be delivered."
+                        },
+                    }
+                    | _errors(404, 503)
+                },
             },
             "/subscribe": {
                 "post": {

@@ -88,6 +88,21 @@ def _method_not_allowed(allowed: str) -> ServiceError:
     )
 
 
+def _deleted_not_withdrawn() -> Response:
+    # 202, not 204: the message is deleted from the store, but the node holding its user
+    # agent could not be told (the cluster bus is down), so a copy it holds unsent may
+    # still be delivered. A 2xx all the same: a retry would only answer 404.
+    return Response.json(
+        202,
+        {
+            "status": "deleted",
+            "message": "the push message was deleted, but the node holding its user agent"
+            " could not be told: a copy it already holds may still be delivered",
+        },
+        {"cache-control": "no-store"},
+    )
+
+
 class Routes:
     """Maps requests to `PushService` calls and results to responses."""
 
@@ -175,8 +190,9 @@ class Routes:
                 return Response.json(200, status, {"cache-control": "no-store"})
             if method != "DELETE":
                 raise _method_not_allowed("GET, DELETE")
-            await self.service.delete_message_resource(path[len(MESSAGE_PATH) :])
-            return Response(204)
+            if await self.service.delete_message_resource(path[len(MESSAGE_PATH) :]):
+                return Response(204)
+            return _deleted_not_withdrawn()
         if path == SUBSCRIBE_PATH:
             if method != "POST":
                 raise _method_not_allowed("POST")

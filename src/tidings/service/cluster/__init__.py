@@ -42,9 +42,10 @@ class ClusterBus(Protocol):
     async def route(self, message: StoredMessage) -> bool:
         """Send a message to the node holding its user agent; True if one took it."""
 
-    async def withdraw(self, uaid: str, message_id: str) -> None:
+    async def withdraw(self, uaid: str, message_id: str) -> bool:
         """Tell the node holding `uaid`, if another, that its sender deleted the message
-        (a copy its connection holds unsent is dropped; see Hub.withdraw)."""
+        (a copy its connection holds unsent is dropped; see Hub.withdraw). False when
+        that could not be done (the bus is down): a copy held there may still go out."""
 
     def status(self) -> str:
         """ "single" (no cluster), "ok", or "degraded" (delivery falls back to the store)."""
@@ -76,8 +77,8 @@ class SingleNodeBus:
     async def route(self, message: StoredMessage) -> bool:
         return False
 
-    async def withdraw(self, uaid: str, message_id: str) -> None:
-        return None  # no other node holds anything
+    async def withdraw(self, uaid: str, message_id: str) -> bool:
+        return True  # no other node holds anything
 
     def status(self) -> str:
         return "single"

@@ -464,14 +464,17 @@ class RedisBus:
             return False
         return receivers > 0
 
-    async def withdraw(self, uaid: str, message_id: str) -> None:
-        """Tell the node holding `uaid` that its sender deleted the message."""
+    async def withdraw(self, uaid: str, message_id: str) -> bool:
+        """Tell the node holding `uaid` that its sender deleted the message; False if
+        Redis could not be asked (a copy held there may still go out)."""
         if time.monotonic() < self._down_until:
-            return  # the bus is down: a copy held there may still go out
+            return False  # the bus is down
         try:
             await self._routes.call((uaid, encode_withdrawn(uaid, message_id)))
         except (RedisError, OSError) as exc:
             self._failed("withdraw", exc)
+            return False
+        return True
 
     async def announce_broadcasts(self) -> None:
         """Every node re-reads the broadcasts now (else at its next broadcast_poll)."""
