@@ -16,12 +16,13 @@ from tidings.service.core import PushService
 from tidings.service.http.messages import Response, ServerPushChannel
 from tidings.service.hub import Withdrawals
 from tidings.service.store import StoredMessage, StoreUnavailable
-from tidings.service.store_retry import retry_read
+from tidings.service.store_retry import WarningTally, retry_read
 from tidings.service.tokens import MessageRef
 from tidings.webpush import Urgency
 from tidings.webpush.links import REL_PUSH, link_value
 
 log = logging.getLogger("tidings.monitor")
+STORED_READ_FAILED = WarningTally(log)  # one line per interval in an outage
 
 RECEIPT_BATCH = 100
 MAX_HELD = 1024  # live messages held per monitor while its stored ones are read
@@ -109,7 +110,7 @@ class PushMonitor:
         try:
             stored = await self.service.pending(uaid)
         except StoreUnavailable as exc:
-            log.warning("cannot load stored messages, retrying: %s", exc)
+            STORED_READ_FAILED.warning("cannot load stored messages, retrying: %s", exc)
             # Still down after the retries: StoreUnavailable, a 503 the client retries.
             stored = await retry_read(lambda: self.service.pending(uaid), self.channel.closed)
         for message in stored:

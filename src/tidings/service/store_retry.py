@@ -10,13 +10,16 @@ then does the caller give up (close 1013 or answer 503: the client comes back).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from tidings.service.store import StoreUnavailable
 
 T = TypeVar("T")
+Clock = Callable[[], float] | None
 
 RETRY_FIRST_DELAY = 0.1  # seconds before the first retry; each next one doubles
 RETRY_MAX_DELAY = 3.2
@@ -49,3 +52,29 @@ async def retry_read(read: Callable[[], Awaitable[T]], closed: asyncio.Event | N
         except StoreUnavailable as exc:
             last = exc
     raise last or StoreUnavailable("no retries")
+
+
+class WarningTally:
+    """One warning line per interval for a failure that strikes many connections at once.
+
+    A store outage under a reconnection storm made tens of thousands of identical
+    "cannot load stored messages" lines in a second; the first of an interval is logged,
+    the others are counted and their number is told with the next one logged."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, clock: Clock = None) -> None:
+        self._log, self._interval = logger, interval
+        self._clock = clock or time.monotonic
+        self._next = float("-inf")  # when the next line may be written
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = self._clock()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += " (and %d more like it not logged)"
+            args = (*args, self._suppressed)
+        self._log.warning(message, *args)
+        self._suppressed = 0
+        self._next = now + self._interval

@@ -23,11 +23,14 @@ from tidings.service.hub import Withdrawals
 from tidings.service.limits import Limit
 from tidings.service.logs import escape, redact_uaid
 from tidings.service.store import StoredMessage, StoreUnavailable
-from tidings.service.store_retry import retry_read
+from tidings.service.store_retry import WarningTally, retry_read
 from tidings.webpush import InvalidKeyError, load_p256_public_key
 from tidings.webpush.b64 import b64url_decode
 
 log = logging.getLogger("tidings.websocket")
+# A store outage fails these reads for every connection at once: one line per interval.
+STORED_READ_FAILED = WarningTally(log)
+STORED_READ_GAVE_UP = WarningTally(log)
 
 # Messages queued for a client that does not read; past this the connection is closed
 # (its messages stay stored and are delivered on the next connection).
@@ -214,7 +217,9 @@ class WebSocketSession:
         try:
             stored = await self.service.pending(uaid)
         except StoreUnavailable as exc:
-            log.warning("cannot load stored messages for %s: %s", redact_uaid(uaid), exc)
+            STORED_READ_FAILED.warning(
+                "cannot load stored messages for %s: %s", redact_uaid(uaid), exc
+            )
             # Retried in a task of this session (cancelled when it ends), not here: the
             # frames after hello are still read meanwhile. Live messages wait in `_held`.
             self._spawn(self._flush_retried(uaid))
@@ -225,7 +230,9 @@ class WebSocketSession:
         try:
             stored = await retry_read(lambda: self.service.pending(uaid))
         except StoreUnavailable as exc:
-            log.warning("store still unavailable for %s: %s", redact_uaid(uaid), exc)
+            STORED_READ_GAVE_UP.warning(
+                "store still unavailable for %s: %s", redact_uaid(uaid), exc
+            )
             await self.close(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
             return
         await self._deliver_stored(stored)
