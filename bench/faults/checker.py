@@ -11,7 +11,7 @@ Promises checked (docs/reliability.md):
 - obsolete: a message delivered after a newer one with its Topic was accepted (the same
   slack: one already on the wire may still land);
 - after delete: a message delivered after its sender's DELETE was answered 204 (the
-  same slack);
+  same slack; a 202 says the delete was made but a node's copy may still go out);
 - in flight (counted, allowed): a delivery that would be late, obsolete or after delete
   but came through a node whose link to the user agents was slow, lossy or cut between
   the TTL's end (the replacement, the DELETE) and the delivery, at most LINK_DRAIN
@@ -105,7 +105,7 @@ def check(
     pushes: dict[str, dict[str, Any]] = {}
     answers: dict[str, dict[str, Any]] = {}
     deletes: dict[str, float] = {}
-    maybe_deleted: set[str] = set()  # a DELETE without a definite answer (503, none)
+    maybe_deleted: set[str] = set()  # a DELETE without a 204 or 404 (202, 503, none)
     deliveries: dict[str, list[dict[str, Any]]] = defaultdict(list)
     accepted_by_topic: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
     for event in events:

@@ -145,6 +145,9 @@ def test_a_delete_without_a_definite_answer_may_have_been_applied() -> None:
         assert kinds(events) == {}
     refused = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": 404}]
     assert kinds(refused) == {"lost": ["m1"]}
+    # A 202: deleted, but a copy a node already held may still go out (docs/reliability.md).
+    warned = [*push("m1", 10), {"kind": "deleted", "t": 11, "id": "m1", "status": 202}]
+    assert kinds([*warned, delivered("m1", 20)]) == {}
 
 
 def test_an_acknowledgement_during_the_faults_needs_a_receipt_only_while_the_ttl_lasts() -> None:
