@@ -112,12 +112,10 @@ def _monitor(summary: str, description: str) -> dict[str, Any]:
     }
 
 
-def _delete(summary: str, description: str) -> dict[str, Any]:
-    return {
-        "summary": summary,
-        "description": description,
-        "responses": {"204": {"description": "Deleted."}} | _errors(404),
-    }
+def _delete(summary: str, description: str, accepted: bool = False) -> dict[str, Any]:
+    responses = {"204": {"description": "Deleted."}} | _errors(404)
+    responses |= {"202": {"description": "Deleted; see above."}} if accepted else {}
+    return {"summary": summary, "description": description, "responses": responses}
 
 
 _BROADCAST_ID = {
@@ -287,19 +285,11 @@ def openapi_document(origin: str, *, max_body: int = 4096) -> dict[str, Any]:
                 },
                 "delete": _delete(
                     "Cancel or acknowledge a message (RFC 8030 sections 5.3, 6.2)",
-                    "By the application server: cancel before delivery. By the user "
-                    "agent: acknowledge. Either way the message is gone.",
-                )
-                | {
-                    "responses": {
-                        "204": {"description": "Deleted; it will not be delivered."},
-                        "202": {
-                            "description": "Deleted, but the cluster node holding the user "
-                            "agent could not be told: a copy it holds may still be delivered."
-                        },
-                    }
-                    | _errors(404, 503)
-                },
+                    "By the application server: cancel before delivery; by the user agent: "
+                    "acknowledge. Gone either way; 202: the cluster node holding the user "
+                    "agent could not be told, a copy it holds may still be delivered.",
+                    accepted=True,
+                ),
             },
             "/subscribe": {
                 "post": {
