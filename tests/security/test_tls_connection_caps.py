@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import httpx
 import pytest
 
 from security.test_connection_caps import (
+    DEADLINE,
     HEALTH,
     LAST,
     UPGRADE,
@@ -100,7 +102,20 @@ def test_the_handshake_cap_setting(tmp_path: Path) -> None:
     assert load_config(file, environ=environ).tls_handshake_cap() is None
 
 
-# A running server (this event loop) ----------------------------------------------------
+# A running server, in this process ------------------------------------------------------
+
+
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Asyncio's loop, and uvloop's (what `tidings serve` runs): they start reading a new
+    connection differently (see `_TlsHandshake.data_received`)."""
+    if request.param == "uvloop":
+        runner: Runner = pytest.importorskip("uvloop").run
+        return runner
+    return asyncio.run
 
 
 @contextlib.asynccontextmanager
@@ -136,126 +151,174 @@ async def silent(port: int, source: str, count: int = 1) -> list[Client]:
     return [await Client.open(port, source) for _ in range(count)]
 
 
-async def test_silent_connections_fill_the_node_and_the_next_is_closed_at_once(
-    tmp_path: Path,
+def test_silent_connections_fill_the_node_and_the_next_is_closed_at_once(
+    tmp_path: Path, run: Runner
 ) -> None:
-    async with tls_serving(tmp_path, max_connections="4", max_connections_per_address="off") as (
-        server,
-        trust,
-    ):
-        port = server.port
-        held = [client for n in range(2, 6) for client in await silent(port, f"127.0.0.{n}")]
-        assert await counted(server, 4, 4)
-        refused = await Client.open(port, "127.0.0.6")
-        assert await refused.closed_by_server()  # within seconds: SLOW has not passed
-        assert b"tidings_connections_refused_node_total 1.0" in server.app.service.metrics.render()
-        await held[0].close()  # one gives up: a real client gets in and is served
-        assert await counted(server, 3, 3)
-        client = await Client.open(port, "127.0.0.7", tls=trust)
-        assert (await client.exchange(HEALTH))[0] == 200
-        assert await counted(server, 4, 3)  # served, no longer handshaking
-        for other in (*held[1:], refused, client):
-            await other.close()
-        assert await counted(server, 0, 0)
+    async def scenario() -> None:
+        caps = {"max_connections": "4", "max_connections_per_address": "off"}
+        async with tls_serving(tmp_path, **caps) as (server, trust):
+            port = server.port
+            held = [client for n in range(2, 6) for client in await silent(port, f"127.0.0.{n}")]
+            assert await counted(server, 4, 4)
+            refused = await Client.open(port, "127.0.0.6")
+            assert await refused.closed_by_server()  # within seconds: SLOW has not passed
+            assert (
+                b"tidings_connections_refused_node_total 1.0" in server.app.service.metrics.render()
+            )
+            await held[0].close()  # one gives up: a real client gets in and is served
+            assert await counted(server, 3, 3)
+            client = await Client.open(port, "127.0.0.7", tls=trust)
+            assert (await client.exchange(HEALTH))[0] == 200
+            assert await counted(server, 4, 3)  # served, no longer handshaking
+            for other in (*held[1:], refused, client):
+                await other.close()
+            assert await counted(server, 0, 0)
+            assert await settled(server.context.admission)
+
+    run(scenario())
+
+
+def test_silent_connections_count_against_their_address(tmp_path: Path, run: Runner) -> None:
+    async def scenario() -> None:
+        async with tls_serving(
+            tmp_path, max_connections_per_address="2", max_tls_handshakes_per_address="off"
+        ) as (server, trust):
+            port = server.port
+            admission = server.context.admission
+            held = await silent(port, "127.0.0.2", 2)
+            assert await counted(server, 2, 2)
+            assert admission.count("127.0.0.2") == 2
+            # The next one from it finishes its handshake and is answered as in cleartext.
+            refused = await Client.open(port, "127.0.0.2", tls=trust)
+            status, headers, body = await refused.exchange(HEALTH)
+            assert status == 429 and headers["retry-after"].isdigit()
+            assert json.loads(body)["errno"] == 121
+            assert await refused.closed_by_server()
+            other = await Client.open(port, "127.0.0.3", tls=trust)  # another address is served
+            assert (await other.exchange(HEALTH))[0] == 200
+            # Kept to answer 429 once they speak, REFUSING_PER_ADDRESS of them; then closed.
+            held += await silent(port, "127.0.0.2", REFUSING_PER_ADDRESS)
+            assert await counted(server, 3 + REFUSING_PER_ADDRESS, 2 + REFUSING_PER_ADDRESS)
+            past = await Client.open(port, "127.0.0.2")
+            assert await past.closed_by_server()
+            for client in (*held, refused, other, past):
+                await client.close()
+            assert await counted(server, 0, 0)
+            assert await settled(admission)
+
+    run(scenario())
+
+
+def test_handshakes_in_progress_per_address_are_capped_on_the_server(
+    tmp_path: Path, run: Runner
+) -> None:
+    async def scenario() -> None:
+        async with tls_serving(tmp_path, max_tls_handshakes_per_address="3") as (server, trust):
+            port = server.port
+            admission = server.context.admission
+            held = await silent(port, "127.0.0.2", 3)
+            assert await counted(server, 3, 3)
+            assert admission.handshaking("127.0.0.2") == 3
+            refused = await Client.open(port, "127.0.0.2")
+            assert await refused.closed_by_server()  # at once, nothing read
+            metrics = server.app.service.metrics.render()
+            assert b"tidings_connections_refused_handshake_total 1.0" in metrics
+            other = await Client.open(port, "127.0.0.3", tls=trust)
+            assert (await other.exchange(HEALTH))[0] == 200
+            await held[0].close()
+            assert await counted(server, 3, 2)
+            # A finished handshake no longer counts as one; the connection still counts.
+            done = await Client.open(port, "127.0.0.2", tls=trust)
+            assert (await done.exchange(HEALTH))[0] == 200
+            assert admission.handshaking("127.0.0.2") == 2 and admission.count("127.0.0.2") == 3
+            for client in (*held[1:], refused, other, done):
+                await client.close()
+            assert await settled(admission)
+
+    run(scenario())
+
+
+def test_every_way_a_tls_connection_ends_gives_its_count_back(tmp_path: Path, run: Runner) -> None:
+    async def scenario() -> None:
+        async with tls_serving(tmp_path, tls_handshake_timeout=0.5) as (server, trust):
+            port = server.port
+            timed_out, stalled, not_tls, reset, reset_midway = await silent(port, "127.0.0.2", 5)
+            stalled.writer.write(STALLED)
+            not_tls.writer.write(HEALTH)  # cleartext HTTP on the TLS port: the handshake fails
+            reset.writer.transport.abort()
+            reset_midway.writer.write(STALLED)
+            await asyncio.sleep(0.05)
+            reset_midway.writer.transport.abort()
+            for client in (timed_out, stalled, not_tls):
+                assert await client.closed_by_server()
+            served = await Client.open(port, "127.0.0.3", tls=trust)
+            assert (await served.exchange(LAST))[0] == 200
+            assert await served.closed_by_server()
+            aborted = await Client.open(port, "127.0.0.3", tls=trust)
+            assert (await aborted.exchange(HEALTH))[0] == 200
+            aborted.writer.transport.abort()
+            websocket = await Client.open(port, "127.0.0.4", tls=trust)
+            assert (await websocket.exchange(UPGRADE))[0] == 101  # the slot handed on again
+            # httpx sets its own ALPN on the context: its own one, from the same CA file.
+            h2_trust = ssl.create_default_context(cafile=tmp_path / "cert.pem")
+            transport = httpx.AsyncHTTPTransport(
+                verify=h2_trust, http2=True, local_address="127.0.0.5"
+            )
+            async with httpx.AsyncClient(transport=transport) as h2_client:
+                answer = await h2_client.get(f"https://127.0.0.1:{port}/health")
+                assert answer.status_code == 200 and answer.http_version == "HTTP/2"
+            assert await counted(server, 1, 0)  # the WebSocket
+            await websocket.close()
+            for client in (timed_out, stalled, not_tls, reset, reset_midway, served, aborted):
+                await client.close()
+            assert await counted(server, 0, 0)
+            assert await settled(server.context.admission)
+
+    run(scenario())
+
+
+def blocking_requests(port: int, cert: str, count: int) -> list[bytes]:
+    """`count` TLS connections, one request each, from a thread: the ClientHello goes out
+    the moment TCP connects, while the server's loop is still accepting."""
+    trust = ssl.create_default_context(cafile=cert)
+    statuses = []
+    for _ in range(count):
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as tcp,
+            trust.wrap_socket(tcp, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(LAST)
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            statuses.append(answer.split(b"\r\n", 1)[0])
+    return statuses
+
+
+def test_a_client_hello_read_before_tls_starts_is_not_lost(tmp_path: Path, run: Runner) -> None:
+    # uvloop reads a new connection right after connection_made, before start_tls takes
+    # it: the ClientHello is then kept and given to the TLS layer (most of these, seen).
+    async def scenario() -> None:
+        async with tls_serving(tmp_path) as (server, _):
+            cert = str(tmp_path / "cert.pem")
+            statuses = await asyncio.to_thread(blocking_requests, server.port, cert, 20)
+            assert statuses == [b"HTTP/1.1 200 OK"] * 20
+            assert await counted(server, 0, 0)
+
+    run(scenario())
+
+
+def test_a_shutdown_gives_back_the_handshakes_in_progress(tmp_path: Path, run: Runner) -> None:
+    async def scenario() -> None:
+        async with tls_serving(tmp_path) as (server, _):
+            held = await silent(server.port, "127.0.0.2", 3)
+            assert await counted(server, 3, 3)
         assert await settled(server.context.admission)
-
-
-async def test_silent_connections_count_against_their_address(tmp_path: Path) -> None:
-    async with tls_serving(
-        tmp_path, max_connections_per_address="2", max_tls_handshakes_per_address="off"
-    ) as (server, trust):
-        port = server.port
-        admission = server.context.admission
-        held = await silent(port, "127.0.0.2", 2)
-        assert await counted(server, 2, 2)
-        assert admission.count("127.0.0.2") == 2
-        # The next one from it finishes its handshake and is answered as in cleartext.
-        refused = await Client.open(port, "127.0.0.2", tls=trust)
-        status, headers, body = await refused.exchange(HEALTH)
-        assert status == 429 and headers["retry-after"].isdigit()
-        assert json.loads(body)["errno"] == 121
-        assert await refused.closed_by_server()
-        other = await Client.open(port, "127.0.0.3", tls=trust)  # another address is served
-        assert (await other.exchange(HEALTH))[0] == 200
-        # Kept to answer 429 once they speak, REFUSING_PER_ADDRESS of them; then closed.
-        held += await silent(port, "127.0.0.2", REFUSING_PER_ADDRESS)
-        assert await counted(server, 3 + REFUSING_PER_ADDRESS, 2 + REFUSING_PER_ADDRESS)
-        past = await Client.open(port, "127.0.0.2")
-        assert await past.closed_by_server()
-        for client in (*held, refused, other, past):
-            await client.close()
-        assert await counted(server, 0, 0)
-        assert await settled(admission)
-
-
-async def test_handshakes_in_progress_per_address_are_capped_on_the_server(
-    tmp_path: Path,
-) -> None:
-    async with tls_serving(tmp_path, max_tls_handshakes_per_address="3") as (server, trust):
-        port = server.port
-        admission = server.context.admission
-        held = await silent(port, "127.0.0.2", 3)
-        assert await counted(server, 3, 3)
-        assert admission.handshaking("127.0.0.2") == 3
-        refused = await Client.open(port, "127.0.0.2")
-        assert await refused.closed_by_server()  # at once, nothing read
-        metrics = server.app.service.metrics.render()
-        assert b"tidings_connections_refused_handshake_total 1.0" in metrics
-        other = await Client.open(port, "127.0.0.3", tls=trust)
-        assert (await other.exchange(HEALTH))[0] == 200
-        await held[0].close()
-        assert await counted(server, 3, 2)
-        # A finished handshake no longer counts as one; the connection still counts.
-        done = await Client.open(port, "127.0.0.2", tls=trust)
-        assert (await done.exchange(HEALTH))[0] == 200
-        assert admission.handshaking("127.0.0.2") == 2 and admission.count("127.0.0.2") == 3
-        for client in (*held[1:], refused, other, done):
-            await client.close()
-        assert await settled(admission)
-
-
-async def test_every_way_a_tls_connection_ends_gives_its_count_back(tmp_path: Path) -> None:
-    async with tls_serving(tmp_path, tls_handshake_timeout=0.5) as (server, trust):
-        port = server.port
-        timed_out, stalled, not_tls, reset, reset_midway = await silent(port, "127.0.0.2", 5)
-        stalled.writer.write(STALLED)
-        not_tls.writer.write(HEALTH)  # cleartext HTTP on the TLS port: the handshake fails
-        reset.writer.transport.abort()
-        reset_midway.writer.write(STALLED)
-        await asyncio.sleep(0.05)
-        reset_midway.writer.transport.abort()
-        for client in (timed_out, stalled, not_tls):
+        for client in held:
             assert await client.closed_by_server()
-        served = await Client.open(port, "127.0.0.3", tls=trust)
-        assert (await served.exchange(LAST))[0] == 200
-        assert await served.closed_by_server()
-        aborted = await Client.open(port, "127.0.0.3", tls=trust)
-        assert (await aborted.exchange(HEALTH))[0] == 200
-        aborted.writer.transport.abort()
-        websocket = await Client.open(port, "127.0.0.4", tls=trust)
-        assert (await websocket.exchange(UPGRADE))[0] == 101  # the slot handed on again
-        # httpx sets its own ALPN on the context: its own one, from the same CA file.
-        h2_trust = ssl.create_default_context(cafile=tmp_path / "cert.pem")
-        transport = httpx.AsyncHTTPTransport(verify=h2_trust, http2=True, local_address="127.0.0.5")
-        async with httpx.AsyncClient(transport=transport) as h2_client:
-            answer = await h2_client.get(f"https://127.0.0.1:{port}/health")
-            assert answer.status_code == 200 and answer.http_version == "HTTP/2"
-        assert await counted(server, 1, 0)  # the WebSocket
-        await websocket.close()
-        for client in (timed_out, stalled, not_tls, reset, reset_midway, served, aborted):
             await client.close()
-        assert await counted(server, 0, 0)
-        assert await settled(server.context.admission)
 
-
-async def test_a_shutdown_gives_back_the_handshakes_in_progress(tmp_path: Path) -> None:
-    async with tls_serving(tmp_path) as (server, _):
-        held = await silent(server.port, "127.0.0.2", 3)
-        assert await counted(server, 3, 3)
-    assert await settled(server.context.admission)
-    for client in held:
-        assert await client.closed_by_server()
-        await client.close()
+    run(scenario())
 
 
 def test_a_real_server_counts_tls_handshakes(tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ class _TlsHandshake(asyncio.Protocol):
                 return
             handed_off = True
             receiver.hand_off(tls, self._chosen_protocol(tls, slot))
-        except Exception as exc:  # failed, timed out or reset: start_tls closed it
+        except OSError as exc:  # failed (SSLError), timed out or reset: start_tls closed it
             log.debug("TLS handshake from %s failed: %r", peer_of(tcp), exc)
         finally:
             if not handed_off:
