@@ -153,11 +153,10 @@ def measure(src: str, phase: str, count: int, directory: Path, cert: str, key: s
             sock.close()
     finally:
         process.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.kill()  # a no-op once it has exited
+        process.wait()
 
 
 def main() -> None:
