@@ -308,6 +308,47 @@ def test_a_client_hello_read_before_tls_starts_is_not_lost(tmp_path: Path, run: 
     run(scenario())
 
 
+def request_with_finished(port: int, cert: str) -> bytes:
+    """One TLS connection whose request goes out in the same write as the client's
+    Finished (the server's handshake ends and the request arrives at once); the answer."""
+    trust = ssl.create_default_context(cafile=cert)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = trust.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as tcp:
+        for _ in range(100):  # a few round trips at most
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                tcp.sendall(outgoing.read())
+                incoming.write(tcp.recv(65536) or b"")
+        tls.write(LAST)
+        tcp.sendall(outgoing.read())
+        answer = b""
+        while chunk := tcp.recv(65536):
+            incoming.write(chunk)
+            try:
+                while data := tls.read(65536):
+                    answer += data
+            except ssl.SSLWantReadError:
+                continue
+            break  # b"": the server's close_notify, the answer is whole
+    return answer
+
+
+def test_a_request_that_comes_with_the_handshake_is_not_lost(tmp_path: Path, run: Runner) -> None:
+    # asyncio decrypts it before start_tls returns: it waits for the chosen protocol.
+    async def scenario() -> None:
+        async with tls_serving(tmp_path) as (server, _):
+            cert = str(tmp_path / "cert.pem")
+            for _ in range(3):
+                answer = await asyncio.to_thread(request_with_finished, server.port, cert)
+                assert answer.startswith(b"HTTP/1.1 200 OK")
+            assert await counted(server, 0, 0)
+
+    run(scenario())
+
+
 def test_a_shutdown_gives_back_the_handshakes_in_progress(tmp_path: Path, run: Runner) -> None:
     async def scenario() -> None:
         async with tls_serving(tmp_path) as (server, _):
