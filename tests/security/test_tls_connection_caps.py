@@ -35,7 +35,7 @@ from security.test_connection_caps import (
 from security.test_tls_handshake import certificate, tls_serve
 from tidings.service.config import ServiceConfig, load_config
 from tidings.service.http.admission import REFUSING_PER_ADDRESS, ConnectionAdmission
-from tidings.service.http.server import HttpServer
+from tidings.service.http.server import HttpServer, _HandOff
 from tidings.service.push_app import PushApp, connection_key
 
 SLOW = 60.0  # a handshake timeout no test waits for: a connection closed sooner was refused
@@ -100,6 +100,67 @@ def test_the_handshake_cap_setting(tmp_path: Path) -> None:
     assert load_config(file, environ={}).tls_handshake_cap() == 8
     environ = {"TIDINGS_MAX_TLS_HANDSHAKES_PER_ADDRESS": "off"}
     assert load_config(file, environ=environ).tls_handshake_cap() is None
+
+
+class Recording(asyncio.Protocol):
+    """A protocol that notes what it is told, and closes on EOF (the default)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.events.append(("made", transport))
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append(("data", data))
+
+    def eof_received(self) -> None:
+        self.events.append(("eof", None))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append(("lost", exc))
+
+
+class HandOffTransport(asyncio.Transport):
+    """Just what a hand-off does to the TLS transport: set its protocol, maybe close it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.closed = False
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_what_comes_before_the_hand_off_goes_on_in_order() -> None:
+    # asyncio may decrypt a request (and see EOF) before start_tls returns; a close it
+    # queued before the hand-off is delivered after it.
+    receiver = _HandOff()
+    receiver.data_received(b"GET / HTTP/1.1\r\n")
+    receiver.data_received(b"\r\n")
+    assert receiver.eof_received() is True  # kept open until the chosen protocol decides
+    tls, chosen = HandOffTransport(), Recording()
+    receiver.hand_off(tls, chosen)
+    assert tls.protocol is chosen
+    assert chosen.events == [
+        ("made", tls),
+        ("data", b"GET / HTTP/1.1\r\n"),
+        ("data", b"\r\n"),
+        ("eof", None),
+    ]
+    assert tls.closed  # the chosen protocol said so (its eof_received returned None)
+    receiver.connection_lost(None)
+    assert chosen.events[-1] == ("lost", None) and not receiver.lost
+
+
+def test_a_connection_lost_before_the_hand_off_is_noted() -> None:
+    receiver = _HandOff()
+    receiver.connection_lost(ConnectionResetError())
+    assert receiver.lost  # the slot is then given back, not handed on
 
 
 # A running server, in this process ------------------------------------------------------
