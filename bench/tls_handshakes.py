@@ -10,9 +10,12 @@ alternate within each round), a fresh `tidings serve` over TLS for each measure
   service has done its share of the handshake (key exchange, signature) and waits for
   the client's Finished; RSS per connection and CPU per handshake;
 - full: `--full` connections one after another, each a whole handshake and one
-  request (`connection: close`): the service's CPU per connection.
+  request (`connection: close`): the service's CPU per connection;
+- flood: `--flood` silent connections from 127.0.0.2, which here counts (only
+  127.0.0.1 exempt), the default caps in force: how many the service closed within a
+  second, how many descriptors it holds for them, what it counts.
 
-    python bench/tls_handshakes.py [--src DIR ...] [--rounds 2] [--phases silent,hello,full]
+    python bench/tls_handshakes.py [--src DIR ...] [--rounds 2] [--phases silent,hello,full,flood]
 
 RSS is read from /proc after the connections are open and the service has settled;
 CPU from /proc/<pid>/stat (all threads). Every loop is bounded in count and time.
@@ -53,6 +56,7 @@ def start(src: str, directory: Path, cert: str, key: str) -> tuple[subprocess.Po
     command += ["--db", str(directory / "tidings.db"), "--log-level", "warning"]
     command += ["--tls-cert", cert, "--tls-key", key]
     env = {**os.environ, "PYTHONPATH": src, "TIDINGS_TLS_HANDSHAKE_TIMEOUT": "600"}
+    env["TIDINGS_RATE_LIMIT_EXEMPT"] = "127.0.0.1/32"  # 127.0.0.2 counts (the flood's)
     process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     trust = ssl.create_default_context(cafile=cert)
     deadline = time.monotonic() + 30
@@ -83,14 +87,16 @@ def client_hello(trust: ssl.SSLContext) -> bytes:
     return outgoing.read()
 
 
-def hold(port: int, count: int, hello: bool, trust: ssl.SSLContext) -> list[socket.socket]:
-    """`count` connections, each sending a ClientHello (`hello`) or nothing."""
+def hold(
+    port: int, count: int, hello: bool, trust: ssl.SSLContext, source: str = "127.0.0.1"
+) -> list[socket.socket]:
+    """`count` connections from `source`, each sending a ClientHello (`hello`) or nothing."""
     sockets = []
     deadline = time.monotonic() + LIMIT
     for _ in range(count):
         if time.monotonic() > deadline:
             break
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock = socket.create_connection(("127.0.0.1", port), 10, (source, 0))
         if hello:
             sock.sendall(client_hello(trust))
         sockets.append(sock)
@@ -117,6 +123,37 @@ def full(port: int, count: int, trust: ssl.SSLContext) -> int:
     return done
 
 
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the service has closed `sock` (EOF or reset waiting), without blocking."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def flood(src: str, pid: int, port: int, count: int, trust: ssl.SSLContext) -> None:
+    """`count` silent connections from one counted address, a second to settle."""
+    descriptors = len(os.listdir(f"/proc/{pid}/fd"))
+    sockets = hold(port, count, False, trust, source="127.0.0.2")
+    time.sleep(SETTLE)
+    held = len(os.listdir(f"/proc/{pid}/fd")) - descriptors
+    closed = sum(closed_by_server(sock) for sock in sockets)
+    text = httpx.get(f"https://127.0.0.1:{port}/metrics", verify=trust).text
+    wanted = ("tidings_open_connections ", "tidings_tls_handshakes ", "tidings_connections_")
+    lines = text.splitlines()
+    figures = [line for line in lines if line.startswith(wanted) and "_created" not in line]
+    print(
+        f"{src}\tflood\t{len(sockets)} from 127.0.0.2\tclosed within {SETTLE:.0f} s: {closed}\t"
+        f"descriptors held: {held}\t{'; '.join(figures)}",
+        flush=True,
+    )
+    for sock in sockets:
+        sock.close()
+
+
 def measure(src: str, phase: str, count: int, directory: Path, cert: str, key: str) -> None:
     """One phase against a fresh service (freed memory would be reused by the next)."""
     trust = ssl.create_default_context(cafile=cert)
@@ -137,6 +174,9 @@ def measure(src: str, phase: str, count: int, directory: Path, cert: str, key: s
                 f"service CPU {cpu * 1000 / max(1, answered):.2f} ms each",
                 flush=True,
             )
+            return
+        if phase == "flood":
+            flood(src, process.pid, port, count, trust)
             return
         sockets = hold(port, count, phase == "hello", trust)
         time.sleep(SETTLE)
@@ -166,7 +206,10 @@ def main() -> None:
     parser.add_argument("--silent", type=int, default=2000)
     parser.add_argument("--hello", type=int, default=1000)
     parser.add_argument("--full", type=int, default=500)
-    parser.add_argument("--phases", default="silent,hello,full", help="which, comma-separated")
+    parser.add_argument("--flood", type=int, default=5000)
+    parser.add_argument(
+        "--phases", default="silent,hello,full,flood", help="which, comma-separated"
+    )
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -177,6 +220,7 @@ def main() -> None:
         cert.write_bytes(cert_pem)
         key.write_bytes(key_pem)
         counts = {"silent": args.silent, "hello": args.hello, "full": args.full}
+        counts["flood"] = args.flood
         phases = [(phase, counts[phase]) for phase in args.phases.split(",")]
         runs = 0
         for _ in range(args.rounds):
