@@ -176,8 +176,13 @@ class Client:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, source: str = "127.0.0.1") -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    async def open(
+        cls, port: int, source: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+    ) -> Client:
+        """Connect from `source` (over TLS with `tls`; without, on a TLS port: silent)."""
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(source, 0), ssl=tls
+        )
         return cls(reader, writer)
 
     async def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -78,13 +78,15 @@ async def test_silent_and_stalled_handshakes_are_closed(tmp_path: Path) -> None:
             assert (await client.get(running.url + "/health")).status_code == 200
 
 
-@pytest.fixture
-def tls_process(tmp_path: Path) -> Iterator[tuple[int, str]]:
+@contextlib.contextmanager
+def tls_serve(tmp_path: Path, **settings: str) -> Iterator[tuple[int, str]]:
+    """`tidings serve` over TLS (uvloop), `settings` as TIDINGS_* variables: port and CA."""
     cert, key = certificate(tmp_path)
     port = free_port()
     command = [sys.executable, "-m", "tidings", "serve", "--port", str(port)]
     command += ["--db", str(tmp_path / "tidings.db"), "--tls-cert", cert, "--tls-key", key]
-    env = {**os.environ, "TIDINGS_TLS_HANDSHAKE_TIMEOUT": "0.5", "PYTHONUNBUFFERED": "1"}
+    variables = {f"TIDINGS_{name.upper()}": value for name, value in settings.items()}
+    env = {**os.environ, **variables, "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "service.log").open("wb")
     process = subprocess.Popen(command, stdout=log, stderr=log, cwd=REPO, env=env)
     try:
@@ -107,6 +109,12 @@ def tls_process(tmp_path: Path) -> Iterator[tuple[int, str]]:
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture
+def tls_process(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    with tls_serve(tmp_path, tls_handshake_timeout="0.5") as running:
+        yield running
 
 
 async def test_a_real_server_closes_a_silent_client(tls_process: tuple[int, str]) -> None:

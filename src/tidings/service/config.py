@@ -102,6 +102,9 @@ class ServiceConfig:
     # (connection_caps). A number, or `off`, for either.
     max_connections_per_address: str = "4096"
     max_connections: str = "auto"
+    # TLS handshakes in progress per address (same keys): each holds a descriptor and
+    # TLS state and costs CPU before any request; past it a new one is closed at once.
+    max_tls_handshakes_per_address: str = "64"
     # Reverse proxies (comma-separated CIDRs) whose Forwarded / X-Forwarded-For are read.
     trusted_proxies: str = ""
     # Host names the pages, figures and demo answer (DNS rebinding); default: the public
@@ -141,22 +144,27 @@ class ServiceConfig:
 
         parse_proxies(self.trusted_proxies)
         self.connection_caps()
+        self.tls_handshake_cap()
 
     def connection_caps(self) -> tuple[int | None, int | None]:
         """`max_connections` and `max_connections_per_address` as numbers (None: off)."""
-        caps: list[int | None] = []
-        for name in ("max_connections", "max_connections_per_address"):
-            text = str(getattr(self, name)).strip().lower()
-            if text in ("off", "none"):
-                caps.append(None)
-            elif text == "auto" and name == "max_connections":
-                caps.append(default_max_connections())
-            elif text.isdigit() and int(text) >= 1:
-                caps.append(int(text))
-            else:
-                auto = ", auto" if name == "max_connections" else ""
-                raise ValueError(f"{name} must be a number (1 or more){auto} or off, got {text!r}")
-        return caps[0], caps[1]
+        return self._cap("max_connections"), self._cap("max_connections_per_address")
+
+    def tls_handshake_cap(self) -> int | None:
+        """`max_tls_handshakes_per_address` as a number (None: off)."""
+        return self._cap("max_tls_handshakes_per_address")
+
+    def _cap(self, name: str) -> int | None:
+        """A cap setting: a number (1 or more), `off`, or (`max_connections` only) `auto`."""
+        text = str(getattr(self, name)).strip().lower()
+        if text in ("off", "none"):
+            return None
+        if text == "auto" and name == "max_connections":
+            return default_max_connections()
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        auto = ", auto" if name == "max_connections" else ""
+        raise ValueError(f"{name} must be a number (1 or more){auto} or off, got {text!r}")
 
     @property
     def rate_settings(self) -> dict[str, str]:

@@ -288,6 +288,12 @@ class ServiceMetrics:
             registry=self.registry,
         )
         open_connections.set_function(lambda: float(admission.total))
+        handshakes = Gauge(
+            "tidings_tls_handshakes",
+            "TLS handshakes in progress in this process (counted in tidings_open_connections)",
+            registry=self.registry,
+        )
+        handshakes.set_function(lambda: float(admission.handshakes))
         started = time.time()
         self.registry.register(
             PlainCollector(
@@ -302,6 +308,13 @@ class ServiceMetrics:
                         "tidings_connections_refused_node",
                         "New connections closed at once: this process held max_connections",
                         lambda: admission.refused_node,
+                        started,
+                    ),
+                    (
+                        "tidings_connections_refused_handshake",
+                        "New TLS connections closed at once: their address held "
+                        "max_tls_handshakes_per_address handshakes in progress",
+                        lambda: admission.refused_handshake,
                         started,
                     ),
                 ]

@@ -59,6 +59,7 @@ class PushApp:
             hello_timeout=config.hello_timeout,
             max_connections=max_connections,
             max_connections_per_address=per_address,
+            max_tls_handshakes_per_address=config.tls_handshake_cap(),
             connection_key=connection_key(config),
         )
         # The routes' own calls, without a hop through this object.

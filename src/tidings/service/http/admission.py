@@ -1,9 +1,9 @@
 """How many connections one client address, and the whole node, may hold open (no I/O).
 
-A connection is counted from the moment its protocol sees it (for TLS: once the
-handshake is done) until it is lost, whatever it became meanwhile (HTTP/1.1, HTTP/2, a
-WebSocket): the protocols hand their `Slot` on when they switch and give it back in
-`connection_lost`, the one callback every close path ends in.
+A connection is counted from the moment it is accepted (on a TLS listener too: its
+handshake is counted, see below) until it is lost, whatever it became meanwhile
+(HTTP/1.1, HTTP/2, a WebSocket): the protocols hand their `Slot` on when they switch and
+give it back in `connection_lost`, the one callback every close path ends in.
 
 `open` answers one of three ways:
 
@@ -14,8 +14,13 @@ WebSocket): the protocols hand their `Slot` on when they switch and give it back
 - None: close at once, without reading anything. The node-wide cap always answers so:
   at the edge of the process's file descriptors a refusal must not hold one.
 
-The table holds one entry per address with a connection open, removed at zero, so it is
-bounded by the open connections themselves.
+A TLS connection is opened with `handshake=True`: it counts against both caps from
+accept, and also against `handshakes_per_address` (TLS handshakes in progress per
+address; past it: None) until `handshake_done`. `close` ends an unfinished handshake too,
+so a handshake that fails, times out or is reset gives everything back in one call.
+
+The tables hold one entry per address with a connection open, removed at zero, so they
+are bounded by the open connections themselves.
 """
 
 from __future__ import annotations
@@ -28,24 +33,28 @@ REFUSING_PER_ADDRESS = 16  # 429 answers pending per address; more are closed at
 
 
 class Slot:
-    """One counted connection: its address key ("" when exempt) and whether it is refused."""
+    """One counted connection: its address key ("" when exempt), whether it is refused,
+    and whether its TLS handshake is still counted (under `handshake_key`, "" if not
+    per address)."""
 
-    __slots__ = ("key", "refused")
+    __slots__ = ("handshake_key", "handshaking", "key", "refused")
 
     def __init__(self, key: str, refused: bool) -> None:
         self.key = key
         self.refused = refused
+        self.handshaking = False
+        self.handshake_key = ""
 
 
 UNCOUNTED = Slot("", False)
-"""The slot of every connection the per-address cap skips (shared: it holds no state)."""
+"""The slot of every plain connection the per-address caps skip (shared: it holds no state)."""
 
 
 class ConnectionAdmission:
     """The open-connection counts of one process, per address key and in all.
 
     `key_of` maps a peer address to what is counted (an IPv6 address to its /64, say),
-    or None for addresses the per-address cap skips (loopback, trusted proxies).
+    or None for addresses the per-address caps skip (loopback, trusted proxies).
     """
 
     def __init__(
@@ -54,56 +63,111 @@ class ConnectionAdmission:
         per_address: int | None,
         max_connections: int | None,
         key_of: Callable[[str], str | None] = lambda address: address,
+        handshakes_per_address: int | None = None,
     ) -> None:
         self.per_address = per_address
         self.max_connections = max_connections
+        self.handshakes_per_address = handshakes_per_address
         self.key_of = key_of
-        self.total = 0  # open connections this process counts (served and refusing)
+        self.total = 0  # open connections this process counts (served, refusing, handshaking)
+        self.handshakes = 0  # of which TLS handshakes in progress
         self._open: dict[str, int] = {}
         self._refusing: dict[str, int] = {}
+        self._handshaking: dict[str, int] = {}
         self.refused_address = 0  # connections refused for their address (ever)
         self.refused_node = 0  # connections closed at once, the node being full (ever)
+        self.refused_handshake = 0  # closed at once: their address's handshakes at the cap
 
     def __len__(self) -> int:
-        """Address keys in the table (at most the open connections)."""
-        return len(self._open) + len(self._refusing)
+        """Address keys in the tables (at most three per open connection)."""
+        return len(self._open) + len(self._refusing) + len(self._handshaking)
 
     def count(self, address: str) -> int:
-        """Connections served for the key of `address` right now."""
+        """Connections served for the key of `address` right now (handshakes included)."""
         key = self.key_of(address)
         return self._open.get(key, 0) if key else 0
 
-    def open(self, address: str) -> Slot | None:
-        """Count a new connection from `address`: its slot, or None to close it now."""
+    def handshaking(self, address: str) -> int:
+        """TLS handshakes in progress counted for the key of `address` right now."""
+        key = self.key_of(address)
+        return self._handshaking.get(key, 0) if key else 0
+
+    def open(self, address: str, *, handshake: bool = False) -> Slot | None:
+        """Count a new connection from `address`: its slot, or None to close it now.
+
+        `handshake`: a TLS connection just accepted, counted as handshaking until
+        `handshake_done` (or `close`).
+        """
         if self.max_connections is not None and self.total >= self.max_connections:
             self.refused_node += 1
             return None
+        key = self._key(address, handshake)
+        if handshake and key and self._handshakes_full(key):
+            self.refused_handshake += 1
+            return None
+        slot = self._open_slot(key)
+        if slot is None:
+            return None
+        self.total += 1
+        if handshake:
+            if slot is UNCOUNTED:
+                slot = Slot("", False)  # its own: the handshake state is per connection
+            slot.handshaking = True
+            self.handshakes += 1
+            if key and self.handshakes_per_address is not None:
+                self._handshaking[key] = self._handshaking.get(key, 0) + 1
+                slot.handshake_key = key
+        return slot
+
+    def _handshakes_full(self, key: str) -> bool:
+        cap = self.handshakes_per_address
+        return cap is not None and self._handshaking.get(key, 0) >= cap
+
+    def _key(self, address: str, handshake: bool) -> str:
+        """The key `address` counts under ("" when no per-address cap applies to it)."""
+        capped = self.per_address is not None or (
+            handshake and self.handshakes_per_address is not None
+        )
+        return (self.key_of(address) or "") if capped and address else ""
+
+    def _open_slot(self, key: str) -> Slot | None:
+        """The per-address cap on open connections (not counted in `total` yet)."""
         cap = self.per_address
-        key = self.key_of(address) if cap is not None and address else None
         if cap is None or not key:
-            self.total += 1
             return UNCOUNTED
         held = self._open.get(key, 0)
         if held < cap:
             self._open[key] = held + 1
-            self.total += 1
             return Slot(key, False)
         self.refused_address += 1
         refusing = self._refusing.get(key, 0)
         if refusing >= REFUSING_PER_ADDRESS:
             return None
         self._refusing[key] = refusing + 1
-        self.total += 1
         return Slot(key, True)
+
+    def handshake_done(self, slot: Slot) -> None:
+        """The TLS handshake of `slot` is over (no-op if it was); the connection stays."""
+        if not slot.handshaking:
+            return
+        slot.handshaking = False
+        self.handshakes -= 1
+        if slot.handshake_key:
+            _decrement(self._handshaking, slot.handshake_key)
+            slot.handshake_key = ""
 
     def close(self, slot: Slot) -> None:
         """The connection of `slot` is gone (call once per slot: the holder drops it)."""
+        self.handshake_done(slot)
         self.total -= 1
-        if not slot.key:
-            return
-        table = self._refusing if slot.refused else self._open
-        left = table[slot.key] - 1
-        if left:
-            table[slot.key] = left
-        else:
-            del table[slot.key]
+        if slot.key:
+            _decrement(self._refusing if slot.refused else self._open, slot.key)
+
+
+def _decrement(table: dict[str, int], key: str) -> None:
+    """One less for `key`, its entry removed at zero (the table stays bounded)."""
+    left = table[key] - 1
+    if left:
+        table[key] = left
+    else:
+        del table[key]

@@ -33,6 +33,8 @@ class ServerSettings:
     """Open client connections of this process; past it new ones are closed at once."""
     max_connections_per_address: int | None = None
     """Open connections of one address key; past it a new one is answered 429 and closed."""
+    max_tls_handshakes_per_address: int | None = None
+    """TLS handshakes in progress of one address key; past it a new one is closed at once."""
     connection_key: Callable[[str], str | None] | None = None
     """The key a peer address counts under (None: skipped); default the address itself."""
 

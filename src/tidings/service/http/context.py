@@ -55,17 +55,20 @@ class ConnectionContext:
             per_address=settings.max_connections_per_address,
             max_connections=settings.max_connections,
             key_of=settings.connection_key or (lambda address: address),
+            handshakes_per_address=settings.max_tls_handshakes_per_address,
         )
-        self._refusals_logged = (0, 0)  # the admission's refusal counts at the last log line
+        # The admission's refusal counts (address, node, handshake) at the last log line.
+        self._refusals_logged = (0, 0, 0)
         self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
         self._date_second = 0
         self._date_line = b""
 
-    def admit(self, transport: asyncio.BaseTransport) -> Slot | None:
-        """Count a new connection; None: it was refused and closed at once."""
+    def admit(self, transport: asyncio.BaseTransport, *, handshake: bool = False) -> Slot | None:
+        """Count a new connection (`handshake`: a TLS one, just accepted); None: it was
+        refused and closed at once."""
         peer = transport.get_extra_info("peername")
         address = peer[0] if isinstance(peer, tuple) and peer else ""
-        slot = self.admission.open(address)
+        slot = self.admission.open(address, handshake=handshake)
         if slot is None or slot.refused:
             self._log_refusals()
         if slot is None:
@@ -79,17 +82,22 @@ class ConnectionContext:
             return
         admission = self.admission
         address, node = admission.refused_address, admission.refused_node
+        handshake = admission.refused_handshake
         log.warning(
             "connections refused since the last report: %d from addresses at "
             "max_connections_per_address (%s), %d with the process at max_connections "
-            "(%s); %d open",
+            "(%s), %d from addresses at max_tls_handshakes_per_address (%s); %d open, "
+            "%d of them in their TLS handshake",
             address - self._refusals_logged[0],
             admission.per_address,
             node - self._refusals_logged[1],
             admission.max_connections,
+            handshake - self._refusals_logged[2],
+            admission.handshakes_per_address,
             admission.total,
+            admission.handshakes,
         )
-        self._refusals_logged = (address, node)
+        self._refusals_logged = (address, node, handshake)
         self._refusal_logged_at = now
 
     def refusal(self) -> Response:
