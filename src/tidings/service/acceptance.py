@@ -35,12 +35,14 @@ from tidings.service.store import (
     TooManyMessages,
 )
 from tidings.service.store.base import EXPIRED
+from tidings.service.store_retry import WarningTally
 from tidings.service.tokens import EndpointRef, MessageRef, TokenError, new_message_id
 from tidings.webpush.links import REL_RECEIPT, link_target
 
 __all__ = ["RETRY_AFTER_STORE_FULL", "PushAcceptance", "PushAccepted", "quota_refused"]
 
 log = logging.getLogger("tidings.service")
+STORE_FULL = WarningTally(log)  # a full store refuses every push: one line per interval
 
 RETRY_AFTER_STORE_FULL = "300"  # seconds; the sweep frees room as messages expire
 
@@ -67,7 +69,7 @@ def quota_refused(exc: TooManyMessages | StoreFull) -> ServiceError:
     section 11.5), temporary, with Retry-After. No stored message is ever evicted.
     """
     if isinstance(exc, StoreFull):
-        log.warning("push refused: %s", exc)
+        STORE_FULL.warning("push refused: %s", exc)
         status, errno, retry = 507, Errno.STORE_FULL, RETRY_AFTER_STORE_FULL
         why = "the push service has no room for more messages now"
     elif exc.scope == "bytes":

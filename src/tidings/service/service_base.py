@@ -28,6 +28,7 @@ from tidings.service.limits import (
 from tidings.service.megaphone import BroadcastKeeper
 from tidings.service.metrics import ServiceMetrics
 from tidings.service.store import MessageQuota, Store
+from tidings.service.store_retry import WarningTally
 from tidings.service.tokens import EndpointRef, MessageRef, TokenError, TokenSealer
 from tidings.service.vapid_check import VapidChecker
 
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("tidings.service")
+# An outage fails every request at once: one line per interval, not one per request.
+STORE_UNAVAILABLE = WarningTally(log)
 
 PUSH_PATH = "/push/"
 MESSAGE_PATH = "/m/"
@@ -59,7 +62,7 @@ GONE_CACHE_CONTROL = "max-age=86400"  # a 410 stays true: senders and caches may
 
 def store_unavailable(exc: Exception) -> ServiceError:
     """The 503 (with Retry-After) for a request the store cannot serve now."""
-    log.warning("store unavailable: %s", exc)
+    STORE_UNAVAILABLE.warning("store unavailable: %s", exc)
     return ServiceError(
         503,
         Errno.UNAVAILABLE,
