@@ -282,6 +282,7 @@ def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
 NULL_SERVER = r"""
 import asyncio, sys
 sys.path.insert(0, sys.argv[2])
+from tidings.service.http.admission import ConnectionAdmission
 from tidings.service.http.h1 import Http1Connection
 from tidings.service.http.messages import Response
 class NullApp:
@@ -293,6 +294,8 @@ class Context:
     def __init__(self):
         self.app = NullApp(); self.connections = set(); self.draining = False
         self.request_timeout = 30.0; self.keepalive_timeout = 75.0
+        self.admission = ConnectionAdmission(per_address=None, max_connections=None)
+    def admit(self, transport): return self.admission.open("127.0.0.1")
     def date_header(self): return b"date: Mon, 30 Nov 2026 00:00:00 GMT\r\n"
     def log_request(self, *a): pass
 async def main():

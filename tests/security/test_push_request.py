@@ -17,6 +17,7 @@ import pytest
 from support.service import Registration, RunningService, TestAgent, running_service
 from tidings.service.config import ServiceConfig
 from tidings.service.errors import Errno
+from tidings.service.limits import Limit
 from tidings.service.push_request import MAX_CRYPTO_HEADER
 from tidings.webpush import (
     VapidKey,
@@ -122,6 +123,78 @@ async def test_fresh_keys_do_not_take_a_client_past_its_address_share(tmp_path: 
                 for _ in range(4)
             ]
         assert statuses == [201, 201, 201, 429]
+        await agent.close()
+
+
+class _RemoteLimiter:
+    """A limiter other than the in-memory one (as Redis's): each charge is awaited."""
+
+    def __init__(self, charged: list[Limit], refuse: Limit | None) -> None:
+        self.charged, self.refuse = charged, refuse
+
+    async def acquire(self, limit: Limit, key: str) -> float:
+        self.charged.append(limit)
+        return 5.0 if limit is self.refuse else 0.0
+
+    def exempt(self, address: str) -> bool:
+        return False
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["in-memory", "remote"])
+@pytest.mark.parametrize(
+    ("sign", "refuse", "status", "charged"),
+    [
+        (True, None, 201, [Limit.PUSH_ADDRESS, Limit.PUSH_VAPID_KEY, Limit.PUSH_SUBSCRIPTION]),
+        (True, Limit.PUSH_VAPID_KEY, 429, [Limit.PUSH_ADDRESS, Limit.PUSH_VAPID_KEY]),
+        (True, Limit.PUSH_ADDRESS, 429, [Limit.PUSH_ADDRESS]),
+        (False, None, 201, [Limit.PUSH_ADDRESS, Limit.PUSH_SUBSCRIPTION]),
+    ],
+)
+async def test_a_push_charges_its_buckets_in_order_up_to_the_first_refusal(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    remote: bool,
+    sign: bool,
+    refuse: Limit | None,
+    status: int,
+    charged: list[Limit],
+) -> None:
+    """Address, then key, then subscription, whichever limiter; the in-memory one is
+    charged without the coroutines a remote one is awaited through."""
+    async with running_service(tmp_path, rate_limit_exempt="") as running:
+        service = running.service
+        assert service is not None
+        agent = await running.agent()
+        registration = await agent.register()
+        seen: list[Limit] = []
+        if remote:
+            service.limits = _RemoteLimiter(seen, refuse)
+        else:
+
+            def take(limit: Limit, key: str) -> float:
+                seen.append(limit)
+                return 5.0 if limit is refuse else 0.0
+
+            async def awaited(*args: object) -> None:
+                raise AssertionError("the in-memory limiter was charged through a coroutine")
+
+            monkeypatch.setattr(service.limits, "take", take)
+            monkeypatch.setattr(service, "check_rate", awaited)
+            monkeypatch.setattr(service, "check_address_rate", awaited)
+        headers = (
+            signed(VapidKey.generate(), registration.endpoint)
+            if sign
+            else {"content-encoding": "aes128gcm"}
+        )
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await post(client, registration.endpoint, aes128gcm(registration), headers)
+        assert answer.status_code == status
+        assert seen == charged
+        if status == 429:
+            assert answer.headers["retry-after"] == "5"
         await agent.close()
 
 

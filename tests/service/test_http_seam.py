@@ -11,7 +11,9 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from unittest.mock import Mock
 
+import httptools
 import httpx
 import pytest
 import websockets
@@ -116,6 +118,34 @@ async def test_http1_requests_reach_the_app(echo_server: HttpServer[EchoApp]) ->
     # Refused from its Content-Length, before the body: the app words the answer.
     assert too_big.status_code == 413 and too_big.content == b"the body is over 1024 bytes"
     assert echo_server.app.calls == ["start"]
+
+
+async def test_http1_reads_each_request_line_once_pipelined_too(
+    echo_server: HttpServer[EchoApp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parse_url = Mock(wraps=httptools.parse_url)
+    monkeypatch.setattr(httptools, "parse_url", parse_url)
+    seen: list[tuple[str, str, str]] = []
+    handle = echo_server.app.handle
+
+    async def capture(request: Request) -> Response:
+        seen.append((request.method, request.path, request.query))
+        return await handle(request)
+
+    monkeypatch.setattr(echo_server.app, "handle", capture)
+    reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
+    writer.write(
+        b"POST /a?x=1 HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nhi"
+        b"GET /b?y=2 HTTP/1.1\r\nhost: t\r\n\r\n"
+    )
+    answers = b""
+    async with asyncio.timeout(5):
+        while b'"path":"/b"' not in answers:
+            answers += await reader.read(4096)
+    writer.close()
+    assert seen == [("POST", "/a", "x=1"), ("GET", "/b", "y=2")]
+    # Once a request, not once more for its body limit.
+    assert [call.args for call in parse_url.call_args_list] == [(b"/a?x=1",), (b"/b?y=2",)]
 
 
 async def test_http2_requests_reach_the_app(echo_server: HttpServer[EchoApp]) -> None:

@@ -154,18 +154,22 @@ class PushAcceptance(ServiceBase):
             await self.check_address_rate(Limit.PUSH_ADDRESS, client)
             raise
         verified = None if signed is None else signed[0]
-        if verified is None:
-            # Unsigned: the address, and a bucket of the subscription of its own, so that
-            # unsigned pushes stay limited (RFC 8030 section 8.4) without ever emptying
-            # the bucket of the subscription's signed sender.
+        # The address first; unsigned, a bucket of the subscription of its own, so that
+        # unsigned pushes stay limited (RFC 8030 section 8.4) without ever emptying the
+        # bucket of the subscription's signed sender; signed, the key's too (keys cost
+        # nothing to make: a fresh key per push must not pass the address's share).
+        buckets = (
+            ((Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id + "~"),)
+            if verified is None
+            else (
+                (Limit.PUSH_VAPID_KEY, verified.public_key.hex()),
+                (Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id),
+            )
+        )
+        if not self.charge_now(client, buckets):  # a remote limiter: awaited in turn
             await self.check_address_rate(Limit.PUSH_ADDRESS, client)
-            await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id + "~")
-        else:
-            # The address too: keys cost nothing to make, so a fresh key per push must
-            # not take a client past its address's share.
-            await self.check_address_rate(Limit.PUSH_ADDRESS, client)
-            await self.check_rate(Limit.PUSH_VAPID_KEY, verified.public_key.hex())
-            await self.check_rate(Limit.PUSH_SUBSCRIPTION, ref.uaid + ref.channel_id)
+            for limit, key in buckets:
+                await self.check_rate(limit, key)
         facts = check_push(headers, body, max_body=self.config.max_body)
         receipt_id, new_receipt = await self._receipt_subscription(headers)
         ttl = min(facts.ttl, self.config.max_ttl)
@@ -194,6 +198,8 @@ class PushAcceptance(ServiceBase):
             if traced:
                 with tracing.span("push store"):
                     await self._store_push(ref, message, signed)
+            elif ttl:  # the common case, without `_store_push`'s frame
+                await self.store.store_message(message, quota=self.quota)
             else:
                 await self._store_push(ref, message, signed)
         except SubscriptionGone:

@@ -147,9 +147,13 @@ class Routes:
         """Answer one request; never raises. Answers to pushes are counted by status."""
         request.request_id = request_id(request.headers.get("x-request-id"))
         request.client = self.client_of(request)  # limits and logs see the real client
-        # Routed here, not in a coroutine of its own: a frame less on every request.
+        path = request.path
         try:
-            response = await self._route(request)
+            if request.method == "POST" and path.startswith(PUSH_PATH) and self.service.ready:
+                # The request that comes most, without `_route`'s frame.
+                response = await rfc8030.push(self.service, request, path[len(PUSH_PATH) :])
+            else:
+                response = await self._route(request)
         except ServiceError as error:
             response = Response.error(error)
         except StoreUnavailable as exc:
@@ -164,7 +168,7 @@ class Routes:
                 ServiceError(500, Errno.INTERNAL, "internal error; it has been logged")
             )
         response.headers["x-request-id"] = request.request_id
-        if request.path.startswith(PUSH_PATH):
+        if path.startswith(PUSH_PATH):
             self.service.metrics.push_answered(response.status)
         return response
 

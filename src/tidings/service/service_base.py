@@ -172,15 +172,38 @@ class ServiceBase:
         else:
             wait = await limits.acquire(limit, key)
         if wait > 0:
-            raise ServiceError(
-                429,
-                Errno.RATE_LIMITED,
-                f"too many {limit.description}; retry in {retry_after(wait)} s",
-                headers={"retry-after": retry_after(wait)},
-            )
+            raise _rate_limited(limit, wait)
+
+    def charge_now(self, client: str, buckets: tuple[tuple[Limit, str], ...]) -> bool:
+        """`check_address_rate(Limit.PUSH_ADDRESS, client)`, then `check_rate` of each
+        bucket in order, without a coroutine: False (nothing charged) when the limiter
+        is not the in-memory one, which the caller then awaits instead."""
+        limits = self.limits
+        if not isinstance(limits, MemoryRateLimiter):
+            return False
+        address = client_address(client)
+        if not limits.exempt(address):
+            wait = limits.take(Limit.PUSH_ADDRESS, address)
+            if wait > 0:
+                raise _rate_limited(Limit.PUSH_ADDRESS, wait)
+        for limit, key in buckets:
+            wait = limits.take(limit, key)
+            if wait > 0:
+                raise _rate_limited(limit, wait)
+        return True
 
     async def check_address_rate(self, limit: Limit, client: str) -> None:
         """`check_rate` keyed by the client's address, unless the address is exempt."""
         address = client_address(client)
         if not self.limits.exempt(address):
             await self.check_rate(limit, address)
+
+
+def _rate_limited(limit: Limit, wait: float) -> ServiceError:
+    """429 with Retry-After: `limit` is spent for `wait` more seconds."""
+    return ServiceError(
+        429,
+        Errno.RATE_LIMITED,
+        f"too many {limit.description}; retry in {retry_after(wait)} s",
+        headers={"retry-after": retry_after(wait)},
+    )

@@ -44,6 +44,10 @@ class Http1Connection(asyncio.Protocol):
         self.client = "-"
         self.parser = httptools.HttpRequestParser(self)
         self._url = b""
+        # The request line's parts, read once the headers are complete.
+        self._method = "GET"
+        self._path = "/"
+        self._query = ""
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
         self._body: list[bytes] = []
@@ -138,9 +142,15 @@ class Http1Connection(asyncio.Protocol):
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
 
     def on_headers_complete(self) -> None:
-        path = httptools.parse_url(self._url).path.decode("latin-1") if self._url else "/"
-        method = self.parser.get_method().decode("latin-1")
-        self._body_limit = self.context.app.body_limit(method, path)
+        # Parsed here once for both the body limit and the request.
+        if self._url:
+            url = httptools.parse_url(self._url)
+            self._path = url.path.decode("latin-1")
+            self._query = (url.query or b"").decode("latin-1")
+        else:
+            self._path, self._query = "/", ""
+        self._method = method = self.parser.get_method().decode("latin-1")
+        self._body_limit = self.context.app.body_limit(method, self._path)
         declared = self._headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._body_limit:
             raise _BodyTooLarge  # answered at once, without waiting for the body
@@ -162,11 +172,10 @@ class Http1Connection(asyncio.Protocol):
             raise _BodyTooLarge  # stop reading a flood; a modest excess is drained politely
 
     def on_message_complete(self) -> None:
-        url = httptools.parse_url(self._url) if self._url else None
         request = Request(
-            method=self.parser.get_method().decode("latin-1"),
-            path=url.path.decode("latin-1") if url else "/",
-            query=(url.query or b"").decode("latin-1") if url else "",
+            method=self._method,
+            path=self._path,
+            query=self._query,
             headers=self._headers,
             body=b"".join(self._body),
             client=self.client,
