@@ -46,6 +46,8 @@ class Http1Connection(asyncio.Protocol):
         self._url = b""
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
+        # After the head: fields now come from a chunked body's trailer section.
+        self._in_trailer = False
         self._body: list[bytes] = []
         self._body_size = 0
         self._body_limit = 0
@@ -117,6 +119,7 @@ class Http1Connection(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._header_bytes = 0
+        self._in_trailer = False
         self._body = []
         self._body_size = 0
         self._too_large = False
@@ -132,12 +135,17 @@ class Http1Connection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             raise httptools.HttpParserError("headers too large")
+        if self._in_trailer:
+            # Trailer fields are not header fields (RFC 9110 section 6.5.1): merged, they
+            # would add a TTL or a hop to X-Forwarded-For that no proxy saw. None is used.
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self._headers
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
 
     def on_headers_complete(self) -> None:
+        self._in_trailer = True
         path = httptools.parse_url(self._url).path.decode("latin-1") if self._url else "/"
         method = self.parser.get_method().decode("latin-1")
         self._body_limit = self.context.app.body_limit(method, path)

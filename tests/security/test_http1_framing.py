@@ -1,0 +1,70 @@
+"""HTTP/1.1 framing a black-box attacker tries: what a chunked body's trailer section
+may carry (RFC 9110 section 6.5: trailer fields are not header fields)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from hostile_clients import send_http
+
+from support.service import running_service
+from tidings.service.errors import Errno
+
+
+def chunked(path: str, head: list[str], trailer: list[str]) -> bytes:
+    """A POST with an empty chunked body whose trailer section holds `trailer`."""
+    lines = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", "transfer-encoding: chunked", *head]
+    fields = "".join(f"{field}\r\n" for field in trailer)
+    return ("\r\n".join(lines) + "\r\n\r\n0\r\n" + fields + "\r\n").encode()
+
+
+async def _endpoint(url: str) -> str:
+    async with httpx.AsyncClient(timeout=10) as client:
+        answer = await client.post(url + "/subscribe", json={})
+    assert answer.status_code == 201
+    return answer.links["urn:ietf:params:push"]["url"].removeprefix(url)
+
+
+async def test_a_header_sent_in_the_trailer_is_not_a_header(tmp_path: Path) -> None:
+    """A TTL only in the trailer is still a push without a TTL (400), and a TTL in the
+    trailer cannot contradict the head's: trailers are never merged into headers."""
+    async with running_service(tmp_path) as running:
+        port = running.config.port
+        push = await _endpoint(running.url)
+        missing = await send_http(port, chunked(push, [], ["ttl: 60"]))
+        assert missing.status == 400, missing
+        assert missing.json()["errno"] == Errno.BAD_TTL
+        assert "missing" in str(missing.json()["message"])
+        both = await send_http(port, chunked(push, ["ttl: 60"], ["ttl: 60"]))
+        assert both.status == 201, both
+
+
+async def test_a_trailer_cannot_name_another_client_behind_a_trusted_proxy(
+    tmp_path: Path,
+) -> None:
+    """A proxy that passes a chunked body through (trailer included) names the client in
+    the head; a hop the client appends in the trailer would otherwise be the rightmost,
+    and each push would get a fresh address bucket."""
+    limited = {"rate_limit_exempt": "", "rate_push_address": "2/min"}
+    async with running_service(tmp_path, trusted_proxies="127.0.0.1/32", **limited) as running:
+        statuses = []
+        for spoofed in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+            answer = await send_http(
+                running.config.port,
+                chunked(
+                    "/push/nothing",
+                    ["ttl: 0", "x-forwarded-for: 203.0.113.1"],
+                    [f"x-forwarded-for: {spoofed}"],
+                ),
+            )
+            statuses.append(answer.status)
+    assert statuses == [404, 404, 429]
+
+
+async def test_trailers_still_count_against_the_head_limit(tmp_path: Path) -> None:
+    async with running_service(tmp_path) as running:
+        push = await _endpoint(running.url)
+        trailer = [f"x-pad-{i}: {'a' * 1000}" for i in range(20)]
+        answer = await send_http(running.config.port, chunked(push, ["ttl: 60"], trailer))
+    assert answer.status == 431, answer
