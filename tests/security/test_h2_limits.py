@@ -24,7 +24,7 @@ import pytest
 from support.ci import free_port
 from tidings.service.config import ServiceConfig
 from tidings.service.http.h1 import WRITE_BUFFER_LIMIT
-from tidings.service.http.h2 import MAX_CONCURRENT_STREAMS, Http2Connection
+from tidings.service.http.h2 import MAX_CONCURRENT_STREAMS, MAX_ENCODER_TABLE, Http2Connection
 from tidings.service.http.server import TidingsServer
 from tidings.service.run import build_server
 
@@ -426,5 +426,38 @@ async def test_a_body_declared_too_large_is_refused_before_it_is_sent(
         assert dict(answered()[0].headers)[b":status"] == b"413"
         await client.read_until(stopped, "RST_STREAM NO_ERROR for the unsent body")
         await eventually(lambda: stream_count(server) == 0, "the stream is gone")
+    finally:
+        await client.close()
+
+
+async def test_a_huge_header_table_size_does_not_grow_the_encoder_table(
+    server: TidingsServer,
+) -> None:
+    """A peer that advertises SETTINGS_HEADER_TABLE_SIZE 2^31-1 lets our HPACK encoder
+    keep every header it ever sent (each answer's x-request-id, each push's path): memory
+    and, since the encoder searches its table linearly, CPU per header grew with every
+    answer on the connection (30,000 /health requests took minutes, not 30 s). The
+    encoder keeps at most MAX_ENCODER_TABLE (RFC 7541 section 4.2 lets it use less)."""
+    client = await RawClient.connect(server.port)
+    huge = 2**31 - 1
+    code = h2.settings.SettingCodes.HEADER_TABLE_SIZE
+    client.conn.local_settings = h2.settings.Settings(client=True, initial_values={code: huge})
+    client.conn.decoder.max_allowed_table_size = huge  # ours, before the server acks it
+    client.start()
+    requests = 200  # each answer adds a new x-request-id: ~60 bytes of table, 12 KB in all
+    for batch in range(1, 5):  # in batches: under the 100 concurrent streams
+        for _ in range(requests // 4):
+            client.request("GET", "/health")
+        client.send()
+        expected = batch * requests // 4
+        await client.read_until(
+            lambda n=expected: len(client.of(h2.events.StreamEnded)) >= n, "the answers"
+        )
+    try:
+        (connection,) = http2_connections(server)
+        table = connection.conn.encoder.header_table
+        assert table.maxsize <= MAX_ENCODER_TABLE
+        assert table._current_size <= MAX_ENCODER_TABLE
+        assert not client.of(h2.events.ConnectionTerminated)
     finally:
         await client.close()
