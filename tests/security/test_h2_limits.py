@@ -461,3 +461,32 @@ async def test_a_huge_header_table_size_does_not_grow_the_encoder_table(
         assert not client.of(h2.events.ConnectionTerminated)
     finally:
         await client.close()
+
+
+async def test_an_answer_the_peer_never_opens_a_window_for_is_given_up(
+    server: TidingsServer,
+) -> None:
+    """A peer that advertises a zero stream window and never opens it: each answer
+    waited for window forever, its stream and task kept, and the connection (whose idle
+    timer runs only without streams) was held with no traffic at all, an HTTP/2 slow
+    read. After request_timeout (1 s here) without window the stream is reset CANCEL
+    and forgotten; the connection then idles out like any other."""
+    client = await RawClient.connect(server.port)
+    client.start(window=0)
+    await client.read_until(lambda: bool(client.of(h2.events.SettingsAcknowledged)), "ack")
+    stream_id = client.request("GET", "/openapi.json")
+    client.send()
+
+    def cancelled() -> bool:
+        return any(
+            event.stream_id == stream_id and event.error_code == h2.errors.ErrorCodes.CANCEL
+            for event in client.of(h2.events.StreamReset)
+        )
+
+    try:
+        await client.read_until(lambda: bool(client.of(h2.events.ResponseReceived)), "headers")
+        assert not client.of(h2.events.DataReceived)  # no window: no body
+        await client.read_until(cancelled, "RST_STREAM CANCEL of the stalled answer")
+        await eventually(lambda: stream_count(server) == 0, "the stream is forgotten")
+    finally:
+        await client.close()

@@ -482,16 +482,31 @@ class Http2Connection(asyncio.Protocol):
                 MAX_FRAME_CHUNK,
             )
             if window <= 0:
-                waiter = asyncio.get_running_loop().create_future()
-                self._window_waiters[stream_id] = waiter
-                try:
-                    await waiter
-                finally:
-                    self._window_waiters.pop(stream_id, None)
+                if not await self._window_opened(stream_id):
+                    return
                 continue
             chunk, body = body[:window], body[window:]
             self.conn.send_data(stream_id, chunk, end_stream=not body)
             self._flush()
+
+    async def _window_opened(self, stream_id: int) -> bool:
+        """Wait for the peer to open the stream's window; False if it has not within
+        request_timeout: a peer that never does must not hold the stream, its task and
+        the connection forever (an HTTP/2 slow read), so the stream is reset CANCEL."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._window_waiters[stream_id] = waiter
+        try:
+            async with asyncio.timeout(self.context.request_timeout):
+                await waiter
+            return True
+        except TimeoutError:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+            self._flush()
+            self._stream_gone(stream_id)
+            return False
+        finally:
+            self._window_waiters.pop(stream_id, None)
 
     def _resume_sends(self) -> None:
         for waiter in list(self._window_waiters.values()):
