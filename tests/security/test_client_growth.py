@@ -243,20 +243,29 @@ async def test_monitors_of_one_user_agent_are_bounded(tmp_path: Path) -> None:
                 client.cancel(stream)
 
 
+async def _receipt_monitors(
+    client: H2Client, service: PushService, count: int
+) -> tuple[str, list[Any]]:
+    """A new receipt subscription's path and `count` open monitors of it (streams)."""
+    ua = await subscribe(client)
+    status, headers = await push(client, ua, "with a receipt", prefer="respond-async")
+    assert status == 202
+    receipts = path_of(link_target(headers["link"], REL_RECEIPT) or "")
+    monitors = [await client.open_stream("GET", receipts) for _ in range(count)]
+    receipt_id = service.open_receipt(token_of(receipts))
+    async with asyncio.timeout(5):
+        while service.hub.receipt_listeners(receipt_id) < count:
+            await asyncio.sleep(0.01)
+    return receipts, monitors
+
+
 async def test_monitors_of_one_receipt_subscription_are_bounded(tmp_path: Path) -> None:
     async with running_service(tmp_path, max_monitors_per_user_agent=BOUND) as running:
         service = running.service
         assert service is not None
         async with await H2Client.connect(running.url) as client:
-            ua = await subscribe(client)
-            status, headers = await push(client, ua, "with a receipt", prefer="respond-async")
-            assert status == 202
-            receipts = path_of(link_target(headers["link"], REL_RECEIPT) or "")
-            monitors = [await client.open_stream("GET", receipts) for _ in range(BOUND)]
+            receipts, monitors = await _receipt_monitors(client, service, BOUND)
             receipt_id = service.open_receipt(token_of(receipts))
-            async with asyncio.timeout(5):
-                while service.hub.receipt_listeners(receipt_id) < BOUND:
-                    await asyncio.sleep(0.01)
             refused = await client.open_stream("GET", receipts)
             answer = await asyncio.wait_for(refused.response, 5)
             assert answer.status == 429 and json.loads(answer.body)["errno"] == 123
@@ -327,3 +336,38 @@ def test_live_messages_held_by_a_monitor_while_its_store_read_waits_are_bounded(
         watcher.offer(message(index))
         assert len(watcher._held or ()) <= BOUND
     assert channel.closed.is_set() and not channel.pushed
+
+
+async def test_open_receipt_monitors_poll_the_store_within_a_node_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each open receipt monitor read the store every RECEIPT_POLL (2 s) whatever else
+    was open: idle GETs cost nothing to hold, so 2,000 of them (20 connections) took 5%
+    of a core and 1,000 store reads a second, and a /64 at its connection cap (409,600
+    streams) far more than the node has. Between them the node's monitors now poll at
+    most RECEIPT_POLLS_PER_SECOND; a receipt queued on this node still wakes its monitor
+    at once (only other nodes' receipts wait for the poll: tests/rfc8030)."""
+    monkeypatch.setattr(monitor, "RECEIPT_POLL", 0.02)
+    monkeypatch.setattr(monitor, "RECEIPT_POLLS_PER_SECOND", 20.0)
+    count = 4 * BOUND
+    async with running_service(tmp_path, max_monitors_per_user_agent=count) as running:
+        service = running.service
+        assert service is not None
+        reads: list[float] = []
+        real_pending = service.store.pending_receipts
+
+        async def counted(receipt_id: str, limit: int) -> Any:
+            reads.append(time.monotonic())
+            return await real_pending(receipt_id, limit)
+
+        service.store.pending_receipts = counted  # type: ignore[method-assign]
+        async with await H2Client.connect(running.url) as client:
+            _, monitors = await _receipt_monitors(client, service, count)
+            await asyncio.sleep(0.3)  # each has made its first read
+            start = time.monotonic()
+            await asyncio.sleep(1.0)
+            polled = len([at for at in reads if at >= start])
+            # Unbudgeted: 16 monitors x 50 polls a second. Budgeted: 20 a second.
+            assert polled <= 2 * 20, polled
+            for stream in monitors:
+                client.cancel(stream)
