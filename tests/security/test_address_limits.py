@@ -159,3 +159,24 @@ async def test_capability_deletes_and_monitors_count_against_the_address(
         assert refused.status_code == 429
         assert refused.json()["errno"] == 121
         assert "retry-after" in refused.headers
+
+
+async def test_websocket_unregisters_count_against_the_address(tmp_path: Path) -> None:
+    """An `unregister` is a store write whether its channel exists or not, and nothing
+    limited them: 8 connections wrote 3,600 a second and tripled other user agents'
+    delivery time. They count against `rate_push_address` like a DELETE of an RFC 8030
+    subscription; past it the answer is status 429 and the connection stays."""
+    settings = {"rate_limit_exempt": "", "rate_push_address": "2/min"}
+    async with running_service(tmp_path, **settings) as running:
+        agent = await running.agent()
+        statuses = []
+        for _ in range(3):
+            channel = str(uuid.uuid4())
+            await agent.send({"messageType": "unregister", "channelID": channel})
+            answer = await agent.expect("unregister")
+            assert answer["channelID"] == channel
+            statuses.append(answer["status"])
+        assert statuses == [200, 200, 429]
+        await agent.send({"messageType": "ping"})
+        assert await agent.receive() == {}
+        await agent.close()

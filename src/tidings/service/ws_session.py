@@ -286,6 +286,12 @@ class WebSocketSession:
             await self._send(wp.unregister_reply(unregister.channel_id, 400))
             return
         try:
+            # A store write, found or not: counted as an RFC 8030 DELETE is.
+            await self.service.check_address_rate(Limit.PUSH_ADDRESS, self.peer)
+        except ServiceError as exc:
+            await self._send(wp.unregister_reply(unregister.channel_id, exc.status))
+            return
+        try:
             await self.service.unregister(uaid, unregister.channel_id)
         except StoreUnavailable:
             await self._send(wp.unregister_reply(unregister.channel_id, 503))
