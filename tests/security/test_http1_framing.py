@@ -89,3 +89,22 @@ async def test_a_head_of_many_short_fields_is_held_to_16_kib_on_the_wire(
         head = f"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n{fields}\r\n".encode()
         under = await send_http(port, head)
         assert under.status == 200, under
+
+
+async def test_an_http11_request_without_one_host_is_400(tmp_path: Path) -> None:
+    """RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without a
+    Host field, or with more than one (both were served, the two merged as "a, b", a
+    value that names no host). HTTP/1.0 may leave it out."""
+    async with running_service(tmp_path) as running:
+        port = running.config.port
+        for head in (
+            b"GET /health HTTP/1.1\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nhost: example.com\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nHOST: 127.0.0.1\r\n\r\n",
+        ):
+            answer = await send_http(port, head)
+            assert answer.status == 400, (head, answer)
+            assert answer.json()["errno"] == Errno.MALFORMED_REQUEST
+        assert (await send_http(port, b"GET /health HTTP/1.0\r\n\r\n")).status == 200
+        one = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+        assert (await send_http(port, one)).status == 200

@@ -32,6 +32,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _BadHead(Exception):
+    """A head that parses but that RFC 9112 says to answer 400."""
+
+
 class Http1Connection(asyncio.Protocol):
     """One HTTP/1.1 connection."""
 
@@ -48,6 +52,7 @@ class Http1Connection(asyncio.Protocol):
         self._header_bytes = 0
         # After the head: fields now come from a chunked body's trailer section.
         self._in_trailer = False
+        self._hosts = 0  # Host fields in the head
         self._body: list[bytes] = []
         self._body_size = 0
         self._body_limit = 0
@@ -104,6 +109,8 @@ class Http1Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _BodyTooLarge):
                 self._reject(413, f"the body is over {self._body_limit} bytes")
+            elif isinstance(exc.__context__, _BadHead):
+                self._reject(400, str(exc.__context__))
             elif isinstance(exc.__context__, httptools.HttpParserInvalidURLError):
                 # parse_url in a callback refused the request target: bad syntax, 400.
                 self._reject(400, "malformed request URL")
@@ -120,6 +127,7 @@ class Http1Connection(asyncio.Protocol):
         self._headers = {}
         self._header_bytes = 0
         self._in_trailer = False
+        self._hosts = 0
         self._body = []
         self._body_size = 0
         self._too_large = False
@@ -142,11 +150,16 @@ class Http1Connection(asyncio.Protocol):
             return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
+        if key == "host":
+            self._hosts += 1
         headers = self._headers
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
 
     def on_headers_complete(self) -> None:
         self._in_trailer = True
+        if self._hosts > 1 or (self._hosts == 0 and self.parser.get_http_version() == "1.1"):
+            # RFC 9112 section 3.2: exactly one Host in HTTP/1.1 (at most one before).
+            raise _BadHead("an HTTP/1.1 request needs exactly one Host header")
         path = httptools.parse_url(self._url).path.decode("latin-1") if self._url else "/"
         method = self.parser.get_method().decode("latin-1")
         self._body_limit = self.context.app.body_limit(method, path)
