@@ -22,7 +22,7 @@ import pytest
 from rfc8030.helpers import path_of, push, subscribe, token_of
 from support.service import TestAgent, running_service
 from tidings.http2 import H2Client
-from tidings.service import acknowledgements, limits, monitor, ws_protocol, ws_session
+from tidings.service import acknowledgements, hub, limits, monitor, ws_protocol, ws_session
 from tidings.service.core import PushService
 from tidings.service.http.messages import Response
 from tidings.service.limits import MemoryRateLimiter, parse_networks
@@ -338,6 +338,35 @@ def test_live_messages_held_by_a_monitor_while_its_store_read_waits_are_bounded(
     assert channel.closed.is_set() and not channel.pushed
 
 
+def _counted_receipt_reads(service: PushService) -> list[float]:
+    """When each store read of pending receipts starts, from now on."""
+    reads: list[float] = []
+    real_pending = service.store.pending_receipts
+
+    async def counted(receipt_id: str, limit: int) -> Any:
+        reads.append(time.monotonic())
+        return await real_pending(receipt_id, limit)
+
+    service.store.pending_receipts = counted  # type: ignore[method-assign]
+    return reads
+
+
+@contextlib.asynccontextmanager
+async def _receipt_reads(
+    tmp_path: Path, count: int
+) -> AsyncIterator[tuple[PushService, H2Client, list[Any], list[float]]]:
+    """A service with `count` open monitors of one receipt subscription, each past its
+    first read; and when each store read of pending receipts starts from then on."""
+    async with running_service(tmp_path, max_monitors_per_user_agent=count) as running:
+        service = running.service
+        assert service is not None
+        reads = _counted_receipt_reads(service)
+        async with await H2Client.connect(running.url) as client:
+            _, monitors = await _receipt_monitors(client, service, count)
+            await asyncio.sleep(0.3)  # each has made its first read
+            yield service, client, monitors, reads
+
+
 async def test_open_receipt_monitors_poll_the_store_within_a_node_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -349,25 +378,34 @@ async def test_open_receipt_monitors_poll_the_store_within_a_node_budget(
     at once (only other nodes' receipts wait for the poll: tests/rfc8030)."""
     monkeypatch.setattr(monitor, "RECEIPT_POLL", 0.02)
     monkeypatch.setattr(monitor, "RECEIPT_POLLS_PER_SECOND", 20.0)
-    count = 4 * BOUND
-    async with running_service(tmp_path, max_monitors_per_user_agent=count) as running:
-        service = running.service
-        assert service is not None
-        reads: list[float] = []
-        real_pending = service.store.pending_receipts
+    async with _receipt_reads(tmp_path, 4 * BOUND) as (_, _, _, reads):
+        start = time.monotonic()
+        await asyncio.sleep(1.0)
+        polled = len([at for at in reads if at >= start])
+        # Unbudgeted: 16 monitors x 50 polls a second. Budgeted: 20 a second.
+        assert polled <= 2 * 20, polled
 
-        async def counted(receipt_id: str, limit: int) -> Any:
-            reads.append(time.monotonic())
-            return await real_pending(receipt_id, limit)
 
-        service.store.pending_receipts = counted  # type: ignore[method-assign]
-        async with await H2Client.connect(running.url) as client:
-            _, monitors = await _receipt_monitors(client, service, count)
-            await asyncio.sleep(0.3)  # each has made its first read
-            start = time.monotonic()
-            await asyncio.sleep(1.0)
-            polled = len([at for at in reads if at >= start])
-            # Unbudgeted: 16 monitors x 50 polls a second. Budgeted: 20 a second.
-            assert polled <= 2 * 20, polled
-            for stream in monitors:
-                client.cancel(stream)
+async def test_an_expiry_sweep_wakes_many_receipt_monitors_only_through_their_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep that expired any message woke every receipt monitor of the node at once,
+    each reading the store: with a message expiring every minute, a client holding
+    409,600 idle receipt GETs (a /64 at its connection cap) had the node make 409,600
+    reads a minute in one burst. Past WAKE_ALL_RECEIPT_MONITORS the budgeted polls find
+    the 410 receipts instead; a few monitors are still woken at once."""
+    monkeypatch.setattr(monitor, "RECEIPT_POLL", 60.0)  # no poll during the test
+    monkeypatch.setattr(hub, "WAKE_ALL_RECEIPT_MONITORS", BOUND)
+    async with _receipt_reads(tmp_path, 4 * BOUND) as (service, client, monitors, reads):
+        before = len(reads)
+        service.hub.notify_all_receipts()
+        await asyncio.sleep(0.3)
+        assert len(reads) == before, len(reads) - before
+        for stream in monitors[BOUND:]:
+            client.cancel(stream)
+        async with asyncio.timeout(5):
+            while service.hub.receipt_monitors() > BOUND:
+                await asyncio.sleep(0.01)
+        service.hub.notify_all_receipts()  # few: woken at once
+        await asyncio.sleep(0.3)
+        assert len(reads) == before + BOUND

@@ -14,6 +14,9 @@ from typing import ClassVar, Protocol
 from tidings.service.store import StoredMessage
 
 RECENT_WITHDRAWALS = 256  # withdrawn message ids (and Topics) remembered per connection
+# Receipt monitors an expiry sweep wakes at once (each reads the store); past this many
+# their polls, budgeted per node (monitor.RECEIPT_POLLS_PER_SECOND), find the receipts.
+WAKE_ALL_RECEIPT_MONITORS = 100
 
 
 class ConnectedAgent(Protocol):
@@ -213,6 +216,8 @@ class Hub:
 
     def notify_all_receipts(self) -> None:
         """Receipts may have been queued for anyone (after an expiry sweep)."""
+        if self._receipt_monitors > WAKE_ALL_RECEIPT_MONITORS:
+            return  # not a burst of reads: the budgeted polls find them
         for listeners in list(self._receipts.values()):
             for listener in list(listeners):
                 listener.receipts_ready()
