@@ -409,3 +409,22 @@ async def test_an_expiry_sweep_wakes_many_receipt_monitors_only_through_their_bu
         service.hub.notify_all_receipts()  # few: woken at once
         await asyncio.sleep(0.3)
         assert len(reads) == before + BOUND
+
+
+async def test_ack_codes_a_client_makes_up_do_not_grow_the_metrics(tmp_path: Path) -> None:
+    """`tidings_acks` is counted by ack code, and the code is whatever integer the
+    client sends: each new one was a new label kept forever (and a new series in
+    /metrics and /api/stats). Codes other than Firefox's 100, 101 and 102 are counted
+    together as 0."""
+    async with running_service(tmp_path) as running:
+        service = running.service
+        assert service is not None
+        agent = await running.agent()
+        frames = await _delivered(agent, running.url, 3 * BOUND)
+        for code, frame in enumerate(frames, start=1000):
+            await agent.send(_acks([frame], code=code))
+        await agent.send("{}")
+        assert await agent.receive() == {}
+        assert set(service.metrics.acks.counts) <= {0, 100, 101, 102}
+        assert service.metrics.acks.counts[0] == 3 * BOUND
+        await agent.close()
