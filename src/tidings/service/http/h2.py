@@ -274,7 +274,10 @@ class Http2Connection(asyncio.Protocol):
             encoder = self.conn.encoder
             if encoder.header_table_size > MAX_ENCODER_TABLE:
                 encoder.header_table_size = MAX_ENCODER_TABLE  # told at the next header block
-        elif isinstance(event, h2.events.PingReceived | h2.events.PriorityUpdated):
+        elif isinstance(
+            event,
+            h2.events.PingReceived | h2.events.PriorityUpdated | h2.events.UnknownFrameReceived,
+        ):
             self._spend_control_budget()
         elif isinstance(event, h2.events.StreamReset):
             if event.remote_reset and event.stream_id in self.streams:
