@@ -286,6 +286,7 @@ class Http2Connection(asyncio.Protocol):
                     self._count_unanswered()
             self._stream_gone(event.stream_id)
         elif isinstance(event, h2.events.WindowUpdated):
+            self._spend_control_budget()  # given back by the DATA frames it opens room for
             self._resume_sends()
         elif isinstance(event, h2.events.PingAckReceived):
             answered = self._ping_waiters.pop(bytes(event.ping_data or b""), None)
@@ -491,6 +492,8 @@ class Http2Connection(asyncio.Protocol):
             chunk, body = body[:window], body[window:]
             self.conn.send_data(stream_id, chunk, end_stream=not body)
             self._flush()
+            # The peer may open both windows again for it: two WINDOW_UPDATEs, not a flood.
+            self._control_budget = min(float(CONTROL_FRAME_BURST), self._control_budget + 2)
 
     async def _window_opened(self, stream_id: int) -> bool:
         """Wait for the peer to open the stream's window; False if it has not within
