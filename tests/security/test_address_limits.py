@@ -130,3 +130,53 @@ async def test_redis_counts_ipv6_by_64() -> None:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+async def test_capability_deletes_and_monitors_count_against_the_address(
+    tmp_path: Path,
+) -> None:
+    """Each DELETE of a message, subscription, set or receipt subscription costs a store
+    write, found or not, and each monitor GET a store read: with a valid token of its own
+    a client could repeat them without limit (only the message status GET was counted).
+    They now count against `rate_push_address`, as pushes do. The pushes come from
+    127.0.0.1, the repeated requests from 127.0.0.2."""
+    settings = {"rate_limit_exempt": "", "rate_push_address": "4/min"}
+    async with running_service(tmp_path, **settings) as running:
+        async with httpx.AsyncClient(timeout=10) as client:
+            subscribed = await client.post(running.url + "/subscribe", json={})
+            endpoint = subscribed.links["urn:ietf:params:push"]["url"]
+            pushed = await client.post(endpoint, headers={"ttl": "60", "prefer": "respond-async"})
+            assert pushed.status_code == 202
+        message = pushed.headers["location"]
+        receipts = pushed.links["urn:ietf:params:push:receipt"]["url"]
+        other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(timeout=10, transport=other) as client:
+            statuses = [(await client.delete(message)).status_code for _ in range(3)]
+            statuses.append((await client.get(receipts)).status_code)  # HTTP/1.1: 400
+            statuses += [(await client.delete(receipts)).status_code for _ in range(2)]
+            assert statuses == [204, 404, 404, 400, 429, 429], statuses
+            refused = await client.delete(subscribed.headers["location"])
+        assert refused.status_code == 429
+        assert refused.json()["errno"] == 121
+        assert "retry-after" in refused.headers
+
+
+async def test_websocket_unregisters_count_against_the_address(tmp_path: Path) -> None:
+    """An `unregister` is a store write whether its channel exists or not, and nothing
+    limited them: 8 connections wrote 3,600 a second and tripled other user agents'
+    delivery time. They count against `rate_push_address` like a DELETE of an RFC 8030
+    subscription; past it the answer is status 429 and the connection stays."""
+    settings = {"rate_limit_exempt": "", "rate_push_address": "2/min"}
+    async with running_service(tmp_path, **settings) as running:
+        agent = await running.agent()
+        statuses = []
+        for _ in range(3):
+            channel = str(uuid.uuid4())
+            await agent.send({"messageType": "unregister", "channelID": channel})
+            answer = await agent.expect("unregister")
+            assert answer["channelID"] == channel
+            statuses.append(answer["status"])
+        assert statuses == [200, 200, 429]
+        await agent.send({"messageType": "ping"})
+        assert await agent.receive() == {}
+        await agent.close()

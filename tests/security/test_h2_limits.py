@@ -24,7 +24,7 @@ import pytest
 from support.ci import free_port
 from tidings.service.config import ServiceConfig
 from tidings.service.http.h1 import WRITE_BUFFER_LIMIT
-from tidings.service.http.h2 import MAX_CONCURRENT_STREAMS, Http2Connection
+from tidings.service.http.h2 import MAX_CONCURRENT_STREAMS, MAX_ENCODER_TABLE, Http2Connection
 from tidings.service.http.server import TidingsServer
 from tidings.service.run import build_server
 
@@ -359,8 +359,30 @@ def _flood_empty_data(client: RawClient, count: int) -> None:
         client.conn.send_data(stream_id, b"")
 
 
+def _flood_unknown_frames(client: RawClient, count: int) -> None:
+    """Frames of a type no extension here defines (0x77), which h2 hands on as events:
+    before they were counted, 170,000 of them took 1.2 s of the event loop, unchecked."""
+    frame = b"\x00\x00\x08\x77\x00\x00\x00\x00\x00" + b"unknown!"
+    client.writer.write(frame * count)
+
+
+def _flood_window_updates(client: RawClient, count: int) -> None:
+    """WINDOW_UPDATEs for DATA never received: before they were counted, 400,000 took
+    0.9 s of the event loop, unchecked."""
+    for _ in range(count):
+        client.conn.increment_flow_control_window(1)
+
+
 @pytest.mark.parametrize(
-    "flood", [_flood_pings, _flood_settings, _flood_priority, _flood_empty_data]
+    "flood",
+    [
+        _flood_pings,
+        _flood_settings,
+        _flood_priority,
+        _flood_empty_data,
+        _flood_unknown_frames,
+        _flood_window_updates,
+    ],
 )
 async def test_a_flood_of_frames_without_requests_is_sent_away(
     server: TidingsServer, flood: Callable[[RawClient, int], None]
@@ -426,5 +448,96 @@ async def test_a_body_declared_too_large_is_refused_before_it_is_sent(
         assert dict(answered()[0].headers)[b":status"] == b"413"
         await client.read_until(stopped, "RST_STREAM NO_ERROR for the unsent body")
         await eventually(lambda: stream_count(server) == 0, "the stream is gone")
+    finally:
+        await client.close()
+
+
+async def test_a_huge_header_table_size_does_not_grow_the_encoder_table(
+    server: TidingsServer,
+) -> None:
+    """A peer that advertises SETTINGS_HEADER_TABLE_SIZE 2^31-1 lets our HPACK encoder
+    keep every header it ever sent (each answer's x-request-id, each push's path): memory
+    and, since the encoder searches its table linearly, CPU per header grew with every
+    answer on the connection (30,000 /health requests took minutes, not 30 s). The
+    encoder keeps at most MAX_ENCODER_TABLE (RFC 7541 section 4.2 lets it use less)."""
+    client = await RawClient.connect(server.port)
+    huge = 2**31 - 1
+    code = h2.settings.SettingCodes.HEADER_TABLE_SIZE
+    client.conn.local_settings = h2.settings.Settings(client=True, initial_values={code: huge})
+    client.conn.decoder.max_allowed_table_size = huge  # ours, before the server acks it
+    client.start()
+    requests = 200  # each answer adds a new x-request-id: ~60 bytes of table, 12 KB in all
+    for batch in range(1, 5):  # in batches: under the 100 concurrent streams
+        for _ in range(requests // 4):
+            client.request("GET", "/health")
+        client.send()
+        expected = batch * requests // 4
+        await client.read_until(
+            lambda n=expected: len(client.of(h2.events.StreamEnded)) >= n, "the answers"
+        )
+    try:
+        (connection,) = http2_connections(server)
+        table = connection.conn.encoder.header_table
+        assert table.maxsize <= MAX_ENCODER_TABLE
+        assert table._current_size <= MAX_ENCODER_TABLE
+        assert not client.of(h2.events.ConnectionTerminated)
+    finally:
+        await client.close()
+
+
+async def test_an_answer_the_peer_never_opens_a_window_for_is_given_up(
+    server: TidingsServer,
+) -> None:
+    """A peer that advertises a zero stream window and never opens it: each answer
+    waited for window forever, its stream and task kept, and the connection (whose idle
+    timer runs only without streams) was held with no traffic at all, an HTTP/2 slow
+    read. After request_timeout (1 s here) without window the stream is reset CANCEL
+    and forgotten; the connection then idles out like any other."""
+    client = await RawClient.connect(server.port)
+    client.start(window=0)
+    await client.read_until(lambda: bool(client.of(h2.events.SettingsAcknowledged)), "ack")
+    stream_id = client.request("GET", "/openapi.json")
+    client.send()
+
+    def cancelled() -> bool:
+        return any(
+            event.stream_id == stream_id and event.error_code == h2.errors.ErrorCodes.CANCEL
+            for event in client.of(h2.events.StreamReset)
+        )
+
+    try:
+        await client.read_until(lambda: bool(client.of(h2.events.ResponseReceived)), "headers")
+        assert not client.of(h2.events.DataReceived)  # no window: no body
+        await client.read_until(cancelled, "RST_STREAM CANCEL of the stalled answer")
+        await eventually(lambda: stream_count(server) == 0, "the stream is forgotten")
+    finally:
+        await client.close()
+
+
+async def test_window_updates_for_the_data_received_are_not_a_flood(
+    server: TidingsServer,
+) -> None:
+    """A peer that opens both windows again after every DATA frame it reads (two
+    WINDOW_UPDATEs each, more than the budget in all) is doing its job: each DATA frame
+    sent gives the budget back what its window updates cost."""
+    client = await RawClient.connect(server.port)
+    client.start()
+    answers = 1500
+    done = 0
+    try:
+        while done < answers:
+            for _ in range(50):
+                client.request("GET", "/health")
+            client.send()
+            done += 50
+            await client.read_until(
+                lambda n=done: len(client.of(h2.events.StreamEnded)) >= n, "the answers"
+            )
+            for event in client.of(h2.events.DataReceived):
+                client.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                client.conn.increment_flow_control_window(1)  # and one more, as some peers do
+            client.events = [e for e in client.events if not isinstance(e, h2.events.DataReceived)]
+            client.send()
+        assert not client.of(h2.events.ConnectionTerminated)
     finally:
         await client.close()

@@ -14,6 +14,9 @@ from typing import ClassVar, Protocol
 from tidings.service.store import StoredMessage
 
 RECENT_WITHDRAWALS = 256  # withdrawn message ids (and Topics) remembered per connection
+# Receipt monitors an expiry sweep wakes at once (each reads the store); past this many
+# their polls, budgeted per node (monitor.RECEIPT_POLLS_PER_SECOND), find the receipts.
+WAKE_ALL_RECEIPT_MONITORS = 100
 
 
 class ConnectedAgent(Protocol):
@@ -117,6 +120,7 @@ class Hub:
         # A tuple per user agent (nearly always of one): 48 bytes, where a list took 88.
         self._agents: dict[str, tuple[ConnectedAgent, ...]] = {}
         self._receipts: dict[str, list[ReceiptListener]] = {}
+        self._receipt_monitors = 0  # listeners in `_receipts`, all receipt ids together
 
     def __len__(self) -> int:
         """How many user agents have at least one connection here."""
@@ -182,18 +186,24 @@ class Hub:
     def listen_receipts(self, receipt_id: str, listener: ReceiptListener) -> None:
         """An application server monitors a receipt subscription."""
         self._receipts.setdefault(receipt_id, []).append(listener)
+        self._receipt_monitors += 1
 
     def unlisten_receipts(self, receipt_id: str, listener: ReceiptListener) -> None:
         """The monitor has gone."""
         listeners = self._receipts.get(receipt_id)
         if listeners and listener in listeners:
             listeners.remove(listener)
+            self._receipt_monitors -= 1
             if not listeners:
                 del self._receipts[receipt_id]
 
     def receipt_listeners(self, receipt_id: str) -> int:
         """How many monitors of a receipt subscription are open here."""
         return len(self._receipts.get(receipt_id, ()))
+
+    def receipt_monitors(self) -> int:
+        """How many monitors of receipt subscriptions are open here, in all."""
+        return self._receipt_monitors
 
     def monitored_receipts(self) -> list[str]:
         """The receipt subscriptions monitored on this node now."""
@@ -206,6 +216,8 @@ class Hub:
 
     def notify_all_receipts(self) -> None:
         """Receipts may have been queued for anyone (after an expiry sweep)."""
+        if self._receipt_monitors > WAKE_ALL_RECEIPT_MONITORS:
+            return  # not a burst of reads: the budgeted polls find them
         for listeners in list(self._receipts.values()):
             for listener in list(listeners):
                 listener.receipts_ready()

@@ -38,6 +38,12 @@ log = logging.getLogger("tidings.metrics")
 #: The classic text exposition format, which every Prometheus version reads.
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
+#: Firefox's ack codes (100 delivered, 101 decryption failed, 102 other error); any
+#: other integer a client sends is counted as OTHER_ACK_CODE (a label per code would
+#: let a client add series without end).
+ACK_CODES = frozenset({100, 101, 102})
+OTHER_ACK_CODE = 0
+
 #: Seconds of per-second history kept for the dashboard.
 HISTORY_SECONDS = 600
 
@@ -215,7 +221,7 @@ class ServiceMetrics:
                     (
                         "tidings_acks",
                         "Acknowledgements from user agents, by code (100 delivered, 101 "
-                        "decryption failed, 102 other error)",
+                        "decryption failed, 102 other error, 0 any other code)",
                         "code",
                         self.acks,
                     ),
@@ -339,7 +345,9 @@ class ServiceMetrics:
 
     def acknowledged(self, code: int) -> None:
         """A user agent acknowledged a message with `code`."""
-        self.acks.add(code)
+        # The code is the client's integer: other codes share one label, or each new
+        # one would be a series kept forever.
+        self.acks.add(code if code in ACK_CODES else OTHER_ACK_CODE)
         self.history.ack()
 
     def register_refused(self, status: int) -> None:

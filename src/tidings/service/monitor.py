@@ -30,6 +30,9 @@ MAX_HELD = 1024  # live messages held per monitor while its stored ones are read
 # monitor forgets the oldest past this (at worst a duplicate, dropped by the user agent).
 MAX_SENT = 1024
 RECEIPT_POLL = 2.0  # seconds between store reads of an open receipt subscription
+# Store reads a second that all of a node's open receipt monitors make between them: idle
+# streams cost a client nothing to hold, so the poll period grows with their number.
+RECEIPT_POLLS_PER_SECOND = 50.0
 RECEIPT_CONFIRM_TIMEOUT = 10.0  # seconds for the receiver to answer the PING after receipts
 
 
@@ -215,8 +218,10 @@ class ReceiptMonitor:
                 woken = asyncio.ensure_future(self._wake.wait())
                 # The poll catches receipts queued by another node of a cluster, which
                 # cannot wake this one.
+                monitors = self.service.hub.receipt_monitors()
+                period = max(RECEIPT_POLL, monitors / RECEIPT_POLLS_PER_SECOND)
                 await asyncio.wait(
-                    {woken, closed}, timeout=RECEIPT_POLL, return_when=asyncio.FIRST_COMPLETED
+                    {woken, closed}, timeout=period, return_when=asyncio.FIRST_COMPLETED
                 )
                 woken.cancel()
         finally:

@@ -39,6 +39,8 @@ log = logging.getLogger("tidings.http")
 
 # Bodies the service ever needs are small: a push (max_body) or a JSON document.
 MAX_REQUEST_BODY = 64 * 1024
+# Capability resources other than push endpoints (whose pushes are counted inside).
+CAPABILITY_PATHS = (MESSAGE_PATH, SUBSCRIPTION_PATH, SET_PATH, RECEIPT_PATH)
 # The errno of an answer the servers give before the routes see a request.
 _PLAIN_ERRNO = {413: Errno.BODY_TOO_LARGE, 429: Errno.RATE_LIMITED}
 
@@ -185,9 +187,12 @@ class Routes:
                 raise _method_not_allowed("POST")
             # Rate limits are charged inside, once VAPID is verified (core.accept_push).
             return await rfc8030.push(self.service, request, path[len(PUSH_PATH) :])
+        if path.startswith(CAPABILITY_PATHS) and method in ("GET", "DELETE"):
+            # Each costs the store a read or a write, found or not: counted as pushes are,
+            # so that a client repeating them with a token of its own is limited too.
+            await self.service.check_address_rate(Limit.PUSH_ADDRESS, request.client)
         if path.startswith(MESSAGE_PATH):
             if method == "GET":  # the message's status, for its sender (core.message_status)
-                await self.service.check_address_rate(Limit.PUSH_ADDRESS, request.client)
                 status = await self.service.message_status(
                     path[len(MESSAGE_PATH) :], request.headers
                 )

@@ -117,7 +117,10 @@ class WebSocketSession:
         elif isinstance(message, wp.Ack):
             self._on_ack(self.uaid, message)
         elif isinstance(message, wp.Nack):
-            log.info(
+            # A line per nack of a message sent here; made-up ones would flood the log.
+            sent = self._unacked is not None and message.version in self._unacked
+            log.log(
+                logging.INFO if sent else logging.DEBUG,
                 "nack from %s for %s (code %s)",
                 redact_uaid(self.uaid),
                 escape(message.version),
@@ -166,14 +169,21 @@ class WebSocketSession:
 
     def _on_ack(self, uaid: str, message: wp.Ack) -> None:
         for update in message.updates:
+            unacked = self._unacked
+            if unacked is None or update.version not in unacked:
+                # Not sent on this connection (or acknowledged already), as autopush:
+                # made-up ids would fill the node's queue of deletes, which every user
+                # agent's acks share, and cost the store a write each for nothing.
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("ack of %s, not sent on this connection", escape(update.version))
+                continue
+            del unacked[update.version]
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "acknowledged with code %d",
                     update.code,
                     extra={"message_id": update.version},
                 )
-            if self._unacked is not None:
-                self._unacked.pop(update.version, None)
             if self._acked is None:
                 self._acked = OrderedDict()
             self._acked[update.version] = None
@@ -281,6 +291,12 @@ class WebSocketSession:
     async def _unregister(self, uaid: str, unregister: wp.Unregister) -> None:
         if unregister.error is not None:
             await self._send(wp.unregister_reply(unregister.channel_id, 400))
+            return
+        try:
+            # A store write, found or not: counted as an RFC 8030 DELETE is.
+            await self.service.check_address_rate(Limit.PUSH_ADDRESS, self.peer)
+        except ServiceError as exc:
+            await self._send(wp.unregister_reply(unregister.channel_id, exc.status))
             return
         try:
             await self.service.unregister(uaid, unregister.channel_id)

@@ -32,6 +32,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _BadHead(Exception):
+    """A head that parses but that RFC 9112 says to answer 400."""
+
+
 class Http1Connection(asyncio.Protocol):
     """One HTTP/1.1 connection."""
 
@@ -50,6 +54,9 @@ class Http1Connection(asyncio.Protocol):
         self._query = ""
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
+        # After the head: fields now come from a chunked body's trailer section.
+        self._in_trailer = False
+        self._hosts = 0  # Host fields in the head
         self._body: list[bytes] = []
         self._body_size = 0
         self._body_limit = 0
@@ -106,6 +113,8 @@ class Http1Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _BodyTooLarge):
                 self._reject(413, f"the body is over {self._body_limit} bytes")
+            elif isinstance(exc.__context__, _BadHead):
+                self._reject(400, str(exc.__context__))
             elif isinstance(exc.__context__, httptools.HttpParserInvalidURLError):
                 # parse_url in a callback refused the request target: bad syntax, 400.
                 self._reject(400, "malformed request URL")
@@ -121,6 +130,8 @@ class Http1Connection(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._header_bytes = 0
+        self._in_trailer = False
+        self._hosts = 0
         self._body = []
         self._body_size = 0
         self._too_large = False
@@ -133,15 +144,26 @@ class Http1Connection(asyncio.Protocol):
             raise httptools.HttpParserError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
+        # With its ": " and CRLF: many empty fields must not pass four times the limit.
+        self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > MAX_HEADER_BYTES:
             raise httptools.HttpParserError("headers too large")
+        if self._in_trailer:
+            # Trailer fields are not header fields (RFC 9110 section 6.5.1): merged, they
+            # would add a TTL or a hop to X-Forwarded-For that no proxy saw. None is used.
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
+        if key == "host":
+            self._hosts += 1
         headers = self._headers
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
 
     def on_headers_complete(self) -> None:
+        self._in_trailer = True
+        if self._hosts > 1 or (self._hosts == 0 and self.parser.get_http_version() == "1.1"):
+            # RFC 9112 section 3.2: exactly one Host in HTTP/1.1 (at most one before).
+            raise _BadHead("an HTTP/1.1 request needs exactly one Host header")
         # Parsed here once for both the body limit and the request.
         if self._url:
             url = httptools.parse_url(self._url)

@@ -43,6 +43,9 @@ MAX_CONCURRENT_STREAMS = 100  # advertised; streams beyond it get RST_STREAM REF
 RAPID_RESET_LIMIT = 200
 MAX_FRAME_CHUNK = 16 * 1024  # DATA frame size we send, whatever the peer allows
 MAX_HEADER_LIST_SIZE = 16 * 1024  # as HTTP/1.1's 16 KiB of headers
+# Our HPACK encoder's table, whatever larger SETTINGS_HEADER_TABLE_SIZE the peer allows
+# (RFC 7541 section 4.2): hpack searches it linearly and would keep every header sent.
+MAX_ENCODER_TABLE = 4096
 # Frames with no request in them: a budget of CONTROL_FRAME_BURST, refilled at
 # CONTROL_FRAME_RATE a second (a browser sends a few PINGs a minute, SETTINGS once).
 CONTROL_FRAME_BURST = 1000
@@ -266,9 +269,14 @@ class Http2Connection(asyncio.Protocol):
             if stream is not None:
                 stream.ended = True
             self._dispatch(event.stream_id)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._spend_control_budget()
+            encoder = self.conn.encoder
+            if encoder.header_table_size > MAX_ENCODER_TABLE:
+                encoder.header_table_size = MAX_ENCODER_TABLE  # told at the next header block
         elif isinstance(
             event,
-            h2.events.PingReceived | h2.events.RemoteSettingsChanged | h2.events.PriorityUpdated,
+            h2.events.PingReceived | h2.events.PriorityUpdated | h2.events.UnknownFrameReceived,
         ):
             self._spend_control_budget()
         elif isinstance(event, h2.events.StreamReset):
@@ -278,6 +286,7 @@ class Http2Connection(asyncio.Protocol):
                     self._count_unanswered()
             self._stream_gone(event.stream_id)
         elif isinstance(event, h2.events.WindowUpdated):
+            self._spend_control_budget()  # given back by the DATA frames it opens room for
             self._resume_sends()
         elif isinstance(event, h2.events.PingAckReceived):
             answered = self._ping_waiters.pop(bytes(event.ping_data or b""), None)
@@ -477,16 +486,33 @@ class Http2Connection(asyncio.Protocol):
                 MAX_FRAME_CHUNK,
             )
             if window <= 0:
-                waiter = asyncio.get_running_loop().create_future()
-                self._window_waiters[stream_id] = waiter
-                try:
-                    await waiter
-                finally:
-                    self._window_waiters.pop(stream_id, None)
+                if not await self._window_opened(stream_id):
+                    return
                 continue
             chunk, body = body[:window], body[window:]
             self.conn.send_data(stream_id, chunk, end_stream=not body)
             self._flush()
+            # The peer may open both windows again for it: two WINDOW_UPDATEs, not a flood.
+            self._control_budget = min(float(CONTROL_FRAME_BURST), self._control_budget + 2)
+
+    async def _window_opened(self, stream_id: int) -> bool:
+        """Wait for the peer to open the stream's window; False if it has not within
+        request_timeout: a peer that never does must not hold the stream, its task and
+        the connection forever (an HTTP/2 slow read), so the stream is reset CANCEL."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._window_waiters[stream_id] = waiter
+        try:
+            async with asyncio.timeout(self.context.request_timeout):
+                await waiter
+            return True
+        except TimeoutError:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+            self._flush()
+            self._stream_gone(stream_id)
+            return False
+        finally:
+            self._window_waiters.pop(stream_id, None)
 
     def _resume_sends(self) -> None:
         for waiter in list(self._window_waiters.values()):
