@@ -199,6 +199,45 @@ async def test_made_up_acknowledgements_do_not_crowd_out_other_user_agents(
         await attacker.close()
 
 
+async def test_a_backlog_larger_than_the_remembered_ids_is_acknowledged_after_it_came(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection remembers MAX_UNACKED sent ids; a client that receives more before it
+    acknowledges them (a backlog above the bound, max_messages_per_user_agent raised)
+    must still have every ack taken, or the oldest stay stored and come again on every
+    connection. Made-up ids are still refused: no more than were forgotten are taken."""
+    monkeypatch.setattr(ws_session, "MAX_UNACKED", BOUND)
+    async with running_service(tmp_path) as running:
+        service = running.service
+        assert service is not None
+        agent = await running.agent()
+        frames = await _delivered(agent, running.url, 3 * BOUND)
+        deleted: list[str] = []
+        real_delete = service.store.delete_messages
+
+        async def counted(keys: list[tuple[str, str]]) -> list[StoredMessage | None]:
+            deleted.extend(message_id for _, message_id in keys)
+            return await real_delete(keys)
+
+        service.store.delete_messages = counted  # type: ignore[method-assign]
+        await agent.send(_acks(frames))
+        await agent.send(_made_up_acks(3 * BOUND))  # nothing forgotten is left to ack
+        await agent.send("{}")
+        assert await agent.receive() == {}
+        for _ in range(250):
+            if await service.store.count_messages() == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await service.store.count_messages() == 0  # none comes again
+        assert sorted(deleted) == sorted(frame["version"] for frame in frames)
+        await agent.close()
+        again = TestAgent(running.ws_url)
+        again.registrations = agent.registrations
+        await again.connect(agent.uaid)
+        await again.no_frame(0.3)
+        await again.close()
+
+
 def test_the_exemption_cache_of_client_addresses_is_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

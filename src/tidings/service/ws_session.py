@@ -55,8 +55,8 @@ class WebSocketSession:
     # Hundreds of thousands are held idle on a node: slots, and the containers below
     # exist only while they hold something (issue 21: kB per idle connection).
     __slots__ = (
-        "_acked", "_held", "_queued", "_send_lock", "_senders", "_tasks", "_unacked",
-        "_withdrawn", "channel", "closed", "followed", "peer", "service", "uaid",
+        "_acked", "_forgotten", "_held", "_queued", "_send_lock", "_senders", "_tasks",
+        "_unacked", "_withdrawn", "channel", "closed", "followed", "peer", "service", "uaid",
     )  # fmt: skip
 
     def __init__(self, service: PushService, channel: TextChannel, peer: str = "") -> None:
@@ -69,6 +69,9 @@ class WebSocketSession:
         # makes it forget the oldest past MAX_UNACKED: at worst a duplicate, which user
         # agents drop by message id.
         self._unacked: OrderedDict[str, None] | None = None
+        # How many were forgotten so, unacknowledged: as many acks of ids not remembered
+        # are taken (a backlog larger than MAX_UNACKED is acknowledged after it is sent).
+        self._forgotten = 0
         # Recently acknowledged ids: a redelivery racing the ack's delete is not sent again.
         self._acked: OrderedDict[str, None] | None = None
         self._held: list[StoredMessage] | None = None  # live messages held while flushing
@@ -170,14 +173,17 @@ class WebSocketSession:
     def _on_ack(self, uaid: str, message: wp.Ack) -> None:
         for update in message.updates:
             unacked = self._unacked
-            if unacked is None or update.version not in unacked:
+            if unacked is not None and update.version in unacked:
+                del unacked[update.version]
+            elif self._forgotten and not (self._acked and update.version in self._acked):
+                self._forgotten -= 1  # one of those sent here and no longer remembered
+            else:
                 # Not sent on this connection (or acknowledged already), as autopush:
                 # made-up ids would fill the node's queue of deletes, which every user
                 # agent's acks share, and cost the store a write each for nothing.
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("ack of %s, not sent on this connection", escape(update.version))
                 continue
-            del unacked[update.version]
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "acknowledged with code %d",
@@ -386,6 +392,7 @@ class WebSocketSession:
         self._unacked[message.message_id] = None
         if len(self._unacked) > MAX_UNACKED:
             self._unacked.popitem(last=False)
+            self._forgotten += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "delivering to %s",
