@@ -107,6 +107,21 @@ async def test_6_3_receipt_410_when_the_ttl_runs_out(h2c: Rfc8030) -> None:
         assert receipt.path == path_of(headers["location"])
 
 
+async def test_6_3_ttl_zero_receipt_410_when_no_user_agent_is_connected(h2c: Rfc8030) -> None:
+    """§5.2 and §6.3: a TTL-0 push nobody could take is dropped at once, so the service
+    gave up on it: the receipt asked for is a 410, not silence (the sender would wait
+    forever)."""
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        status, headers = await push(client, ua, "now or never", ttl="0", prefer="respond-async")
+        assert status == 202 and headers["ttl"] == "0"
+        receipts = await _receipt_monitor(client, link_target(headers["link"], REL_RECEIPT) or "")
+        receipt = await receipts.next_push(5)
+        assert receipt.status == 410
+        assert receipt.path == path_of(headers["location"])
+        assert await drain(client, ua.subscription) == []  # and it was never stored
+
+
 async def test_6_3_replaced_message_gets_no_receipt(h2c: Rfc8030) -> None:
     """A message replaced through its Topic was never delivered: no receipt for it."""
     async with await h2c.connect() as client:

@@ -28,6 +28,7 @@ from tidings.service.service_base import (
 )
 from tidings.service.store import (
     MessageStatus,
+    Receipt,
     StoredMessage,
     StoreFull,
     StoreUnavailable,
@@ -218,6 +219,8 @@ class PushAcceptance(ServiceBase):
             delivered = self.hub.offer(message) or await self.cluster.route(message)
         if receipt_id is None:
             return PushAccepted(201, location, ttl, message.message_id, delivered)
+        if ttl == 0 and not delivered:
+            await self._gave_up(message, receipt_id)
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
         return PushAccepted(202, location, ttl, message.message_id, delivered, receipt_url)
 
@@ -266,6 +269,17 @@ class PushAcceptance(ServiceBase):
                 400, Errno.BAD_RECEIPT, "the Link names no receipt subscription of this service"
             )
         return receipt_id, False
+
+    async def _gave_up(self, message: StoredMessage, receipt_id: str) -> None:
+        """A TTL-0 push no connection took is dropped now, never stored: the service gave
+        up on it, so the receipt asked for is a 410 at once (RFC 8030 section 6.3), as
+        the expiry sweep gives a stored message whose TTL ran out."""
+        ids = (receipt_id, message.uaid, message.channel_id, message.message_id)
+        try:
+            await self.store.add_receipt(Receipt(0, *ids, 410, time.time()))
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None  # nothing was delivered: a retry is safe
+        self.hub.notify_receipt(receipt_id)
 
     async def _add_receipt_subscription(self, receipt_id: str, message: StoredMessage) -> None:
         """Create the receipt subscription of an accepted push; if the store fails, the
