@@ -10,6 +10,7 @@ import pytest
 from rfc8030.conftest import Rfc8030
 from rfc8030.helpers import REL_RECEIPT, drain, path_of, push, subscribe, tampered
 from tidings.http2 import H2Client
+from tidings.service import maintenance
 from tidings.webpush import (
     encrypt,
 )
@@ -139,8 +140,9 @@ async def test_6_3_replaced_message_gets_no_receipt(h2c: Rfc8030) -> None:
             await receipts.next_push(0.5)
 
 
-async def test_receipts_from_websocket_acks(h2c: Rfc8030) -> None:
-    """Receipts behave the same when the user agent speaks Firefox's WebSocket protocol."""
+async def _websocket_receipt(h2c: Rfc8030, ttl: str) -> None:
+    """A push asking for a receipt to a user agent on Firefox's WebSocket protocol,
+    which acknowledges it (code 100): a 204 receipt."""
     agent = await h2c.service.agent()
     registration = await agent.register()
     info = registration.subscription_info()
@@ -149,7 +151,7 @@ async def test_receipts_from_websocket_acks(h2c: Rfc8030) -> None:
         response = await client.request(
             "POST",
             path_of(registration.endpoint),
-            {"ttl": "60", "content-encoding": "aes128gcm", "prefer": "respond-async"},
+            {"ttl": ttl, "content-encoding": "aes128gcm", "prefer": "respond-async"},
             body,
         )
         assert response.status == 202
@@ -162,6 +164,52 @@ async def test_receipts_from_websocket_acks(h2c: Rfc8030) -> None:
         assert receipt.status == 204
         assert receipt.path == path_of(response.headers["location"])
     await agent.close()
+
+
+async def test_receipts_from_websocket_acks(h2c: Rfc8030) -> None:
+    """Receipts behave the same when the user agent speaks Firefox's WebSocket protocol."""
+    await _websocket_receipt(h2c, "60")
+
+
+async def test_6_3_ttl_zero_receipt_204_when_acknowledged_live(h2c: Rfc8030) -> None:
+    """A TTL-0 push a monitoring user agent took and acknowledged gets its 204 (and the
+    acknowledgement its 204), though such a message is never stored."""
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        monitor = await client.open_stream("GET", path_of(ua.subscription))
+        await asyncio.sleep(0.1)
+        status, headers = await push(client, ua, "live", ttl="0", prefer="respond-async")
+        assert status == 202
+        receipts = await _receipt_monitor(client, link_target(headers["link"], REL_RECEIPT) or "")
+        pushed = await monitor.next_push(5)
+        assert ua.decrypt(pushed) == "live"
+        assert (await client.request("DELETE", pushed.path)).status == 204
+        receipt = await receipts.next_push(5)
+        assert (receipt.status, receipt.path) == (204, path_of(headers["location"]))
+        assert (await client.request("DELETE", pushed.path)).status == 404  # acked once
+
+
+async def test_6_3_ttl_zero_receipt_410_when_never_acknowledged(
+    h2c: Rfc8030, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TTL-0 push taken live but not acknowledged within the wait: the service gives
+    up on it, a 410."""
+    monkeypatch.setattr(maintenance, "LIVE_ACK_WAIT", 0.3)
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        monitor = await client.open_stream("GET", path_of(ua.subscription))
+        await asyncio.sleep(0.1)
+        _, headers = await push(client, ua, "ignored", ttl="0", prefer="respond-async")
+        receipts = await _receipt_monitor(client, link_target(headers["link"], REL_RECEIPT) or "")
+        pushed = await monitor.next_push(5)
+        receipt = await receipts.next_push(5)
+        assert (receipt.status, receipt.path) == (410, path_of(headers["location"]))
+        assert (await client.request("DELETE", pushed.path)).status == 404  # too late
+
+
+async def test_ttl_zero_receipt_from_a_websocket_ack(h2c: Rfc8030) -> None:
+    """The same over Firefox's WebSocket protocol: its ack of a TTL-0 message is a 204."""
+    await _websocket_receipt(h2c, "0")
 
 
 async def test_7_3_unknown_receipt_subscription_is_404(h2c: Rfc8030) -> None:

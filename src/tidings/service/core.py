@@ -57,7 +57,7 @@ from tidings.service.service_base import (
     not_ready,
     store_unavailable,
 )
-from tidings.service.store import MessageQuota, Store, StoreUnavailable, open_store
+from tidings.service.store import MessageQuota, Receipt, Store, StoreUnavailable, open_store
 from tidings.service.subscriptions import (
     NewSubscription,
     RegistrationError,
@@ -147,6 +147,7 @@ class PushService(
         self._delivery_writer: asyncio.Task[None] | None = None  # after the delay
         self._delivery_flusher: asyncio.Task[None] | None = None  # at once (HTTP/2)
         self._unmarked: OrderedDict[str, str] = OrderedDict()  # see ServiceBase
+        self._live_receipts: OrderedDict[str, Receipt] = OrderedDict()  # see ServiceBase
         self.draining = False
         self.ready = False  # the store opened and the keys loaded: requests are served
         self._opening: asyncio.Task[None] | None = None  # retrying a store down at start
