@@ -196,12 +196,7 @@ class PushAcceptance(ServiceBase):
             else:
                 await self._store_push(ref, message, signed)
         except SubscriptionGone:
-            raise ServiceError(
-                410,
-                Errno.SUBSCRIPTION_GONE,
-                "the subscription has been removed",
-                headers={"cache-control": GONE_CACHE_CONTROL},
-            ) from None
+            raise await self._gone(ref) from None
         except (TooManyMessages, StoreFull) as exc:
             raise quota_refused(exc) from None
         except StoreUnavailable as exc:
@@ -223,6 +218,26 @@ class PushAcceptance(ServiceBase):
             await self._gave_up(message, receipt_id)
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
         return PushAccepted(202, location, ttl, message.message_id, delivered, receipt_url)
+
+    async def _gone(self, ref: EndpointRef) -> ServiceError:
+        """The answer to a push to a subscription that no longer exists.
+
+        Expired (its user agent forgotten after `user_agent_expiry`, or its set removed,
+        RFC 8030 section 7.3.1): 404, as section 7.3 requires. Unsubscribed while its user
+        agent lives on: 410, Mozilla's answer, which section 7.3 leaves open.
+        """
+        try:
+            expired = not await self.store.has_user_agent(ref.uaid)
+        except StoreUnavailable:
+            expired = False  # gone either way; the 410 says so as well
+        if expired:
+            return ServiceError(404, Errno.SUBSCRIPTION_GONE, "the subscription has expired")
+        return ServiceError(
+            410,
+            Errno.SUBSCRIPTION_GONE,
+            "the subscription has been removed",
+            headers={"cache-control": GONE_CACHE_CONTROL},
+        )
 
     async def _store_push(
         self, ref: EndpointRef, message: StoredMessage, signed: tuple[object, bytes] | None
