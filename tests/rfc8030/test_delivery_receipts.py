@@ -54,6 +54,27 @@ async def test_5_1_receipt_subscription_is_reused_when_linked(h2c: Rfc8030) -> N
         assert got == {path_of(first["location"]), path_of(second["location"])}
 
 
+async def test_5_1_a_link_without_respond_async_asks_for_no_receipt(h2c: Rfc8030) -> None:
+    """§5.1: a receipt is asked for with `Prefer: respond-async`; the receipt subscription
+    `Link` only says where receipts go. Without the preference the push is a plain 201
+    and no receipt is sent (a Link naming no receipt subscription is still a 400)."""
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        _, first = await push(client, ua, "wanted", prefer="respond-async")
+        receipt_url = link_target(first["link"], REL_RECEIPT) or ""
+        link = f'<{receipt_url}>; rel="{REL_RECEIPT}"'
+        status, second = await push(client, ua, "not wanted", link=link)
+        assert status == 201 and "link" not in second
+        receipts = await _receipt_monitor(client, receipt_url)
+        for pushed in await drain(client, ua.subscription):
+            await client.request("DELETE", pushed.path)
+        assert (await receipts.next_push(5)).path == path_of(first["location"])
+        with pytest.raises(TimeoutError):
+            await receipts.next_push(0.5)
+        bogus = f'<{tampered(receipt_url)}>; rel="{REL_RECEIPT}"'
+        assert (await push(client, ua, "x", link=bogus))[0] == 400
+
+
 async def test_5_1_invalid_receipt_subscription_is_400(h2c: Rfc8030) -> None:
     """§5.1: a receipt subscription the service does not know is a 400."""
     async with await h2c.connect() as client:

@@ -262,14 +262,14 @@ class PushAcceptance(ServiceBase):
 
         `Prefer: respond-async` asks for a receipt; a `Link` with rel
         urn:ietf:params:push:receipt names an existing receipt subscription to reuse
-        (an invalid one is a 400); without it a new one is made.
+        (an invalid one is a 400, with or without the preference); without it a new
+        one is made. A Link alone asks for nothing: the push is a plain 201.
         """
+        wanted = "respond-async" in headers.get("prefer", "").lower()
         link = headers.get("link")  # most pushes have none: no parsing then
         named = None if link is None else link_target(link, REL_RECEIPT)
         if named is None:
-            if "respond-async" not in headers.get("prefer", "").lower():
-                return None, False
-            return secrets.token_hex(16), True
+            return (secrets.token_hex(16), True) if wanted else (None, False)
         token = named.rsplit(RECEIPT_PATH, 1)[-1] if RECEIPT_PATH in named else ""
         try:
             receipt_id = self.sealer.open_receipt(token)
@@ -283,7 +283,7 @@ class PushAcceptance(ServiceBase):
             raise ServiceError(
                 400, Errno.BAD_RECEIPT, "the Link names no receipt subscription of this service"
             )
-        return receipt_id, False
+        return (receipt_id if wanted else None), False
 
     async def _gave_up(self, message: StoredMessage, receipt_id: str) -> None:
         """A TTL-0 push no connection took is dropped now, never stored: the service gave
