@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rfc8030.conftest import Rfc8030
 from rfc8030.helpers import REL_RECEIPT, drain, path_of, push, subscribe, tampered
+from support.service import running_service
 from tidings.http2 import H2Client
 from tidings.service import maintenance
 from tidings.webpush import (
@@ -226,6 +228,21 @@ async def test_6_3_ttl_zero_receipt_410_when_never_acknowledged(
         receipt = await receipts.next_push(5)
         assert (receipt.status, receipt.path) == (410, path_of(headers["location"]))
         assert (await client.request("DELETE", pushed.path)).status == 404  # too late
+
+
+async def test_ttl_zero_receipts_left_waiting_at_shutdown_are_410(tmp_path: Path) -> None:
+    """A node that stops gives up on the TTL-0 messages it sent and that wait for their
+    acknowledgement (kept only in its memory): 410 receipts, read after a restart."""
+    async with running_service(tmp_path) as service, await H2Client.connect(service.url) as client:
+        ua = await subscribe(client)
+        monitor = await client.open_stream("GET", path_of(ua.subscription))
+        await asyncio.sleep(0.1)
+        _, headers = await push(client, ua, "unacked", ttl="0", prefer="respond-async")
+        await monitor.next_push(5)
+    async with running_service(tmp_path) as service, await H2Client.connect(service.url) as client:
+        receipt_url = link_target(headers["link"], REL_RECEIPT) or ""
+        receipt = await (await _receipt_monitor(client, receipt_url)).next_push(5)
+        assert (receipt.status, receipt.path) == (410, path_of(headers["location"]))
 
 
 async def test_ttl_zero_receipt_from_a_websocket_ack(h2c: Rfc8030) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import OrderedDict
@@ -231,6 +232,9 @@ class PushService(
         if self._ack_writer is not None:
             with contextlib.suppress(Exception):
                 await self._ack_writer  # acknowledged messages are deleted before closing
+        # TTL-0 messages sent live still waiting for their acknowledgement are known to
+        # this node only: it gives up on them now (410 receipts) rather than forget them.
+        await self.give_up_live_receipts(math.inf)
         for writer in (self._delivery_writer, self._delivery_flusher):
             if writer is not None:
                 writer.cancel()  # what it holds is written now
