@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rfc8030.conftest import Rfc8030
 from rfc8030.helpers import REL_RECEIPT, drain, path_of, push, subscribe, tampered
+from support.service import running_service
 from tidings.http2 import H2Client
+from tidings.service import maintenance
 from tidings.webpush import (
     encrypt,
 )
@@ -51,6 +54,27 @@ async def test_5_1_receipt_subscription_is_reused_when_linked(h2c: Rfc8030) -> N
             await client.request("DELETE", pushed.path)
         got = {(await receipts.next_push(5)).path for _ in range(2)}
         assert got == {path_of(first["location"]), path_of(second["location"])}
+
+
+async def test_5_1_a_link_without_respond_async_asks_for_no_receipt(h2c: Rfc8030) -> None:
+    """§5.1: a receipt is asked for with `Prefer: respond-async`; the receipt subscription
+    `Link` only says where receipts go. Without the preference the push is a plain 201
+    and no receipt is sent (a Link naming no receipt subscription is still a 400)."""
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        _, first = await push(client, ua, "wanted", prefer="respond-async")
+        receipt_url = link_target(first["link"], REL_RECEIPT) or ""
+        link = f'<{receipt_url}>; rel="{REL_RECEIPT}"'
+        status, second = await push(client, ua, "not wanted", link=link)
+        assert status == 201 and "link" not in second
+        receipts = await _receipt_monitor(client, receipt_url)
+        for pushed in await drain(client, ua.subscription):
+            await client.request("DELETE", pushed.path)
+        assert (await receipts.next_push(5)).path == path_of(first["location"])
+        with pytest.raises(TimeoutError):
+            await receipts.next_push(0.5)
+        bogus = f'<{tampered(receipt_url)}>; rel="{REL_RECEIPT}"'
+        assert (await push(client, ua, "x", link=bogus))[0] == 400
 
 
 async def test_5_1_invalid_receipt_subscription_is_400(h2c: Rfc8030) -> None:
@@ -107,6 +131,21 @@ async def test_6_3_receipt_410_when_the_ttl_runs_out(h2c: Rfc8030) -> None:
         assert receipt.path == path_of(headers["location"])
 
 
+async def test_6_3_ttl_zero_receipt_410_when_no_user_agent_is_connected(h2c: Rfc8030) -> None:
+    """§5.2 and §6.3: a TTL-0 push nobody could take is dropped at once, so the service
+    gave up on it: the receipt asked for is a 410, not silence (the sender would wait
+    forever)."""
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        status, headers = await push(client, ua, "now or never", ttl="0", prefer="respond-async")
+        assert status == 202 and headers["ttl"] == "0"
+        receipts = await _receipt_monitor(client, link_target(headers["link"], REL_RECEIPT) or "")
+        receipt = await receipts.next_push(5)
+        assert receipt.status == 410
+        assert receipt.path == path_of(headers["location"])
+        assert await drain(client, ua.subscription) == []  # and it was never stored
+
+
 async def test_6_3_replaced_message_gets_no_receipt(h2c: Rfc8030) -> None:
     """A message replaced through its Topic was never delivered: no receipt for it."""
     async with await h2c.connect() as client:
@@ -124,8 +163,9 @@ async def test_6_3_replaced_message_gets_no_receipt(h2c: Rfc8030) -> None:
             await receipts.next_push(0.5)
 
 
-async def test_receipts_from_websocket_acks(h2c: Rfc8030) -> None:
-    """Receipts behave the same when the user agent speaks Firefox's WebSocket protocol."""
+async def _websocket_receipt(h2c: Rfc8030, ttl: str) -> None:
+    """A push asking for a receipt to a user agent on Firefox's WebSocket protocol,
+    which acknowledges it (code 100): a 204 receipt."""
     agent = await h2c.service.agent()
     registration = await agent.register()
     info = registration.subscription_info()
@@ -134,7 +174,7 @@ async def test_receipts_from_websocket_acks(h2c: Rfc8030) -> None:
         response = await client.request(
             "POST",
             path_of(registration.endpoint),
-            {"ttl": "60", "content-encoding": "aes128gcm", "prefer": "respond-async"},
+            {"ttl": ttl, "content-encoding": "aes128gcm", "prefer": "respond-async"},
             body,
         )
         assert response.status == 202
@@ -147,6 +187,67 @@ async def test_receipts_from_websocket_acks(h2c: Rfc8030) -> None:
         assert receipt.status == 204
         assert receipt.path == path_of(response.headers["location"])
     await agent.close()
+
+
+async def test_receipts_from_websocket_acks(h2c: Rfc8030) -> None:
+    """Receipts behave the same when the user agent speaks Firefox's WebSocket protocol."""
+    await _websocket_receipt(h2c, "60")
+
+
+async def test_6_3_ttl_zero_receipt_204_when_acknowledged_live(h2c: Rfc8030) -> None:
+    """A TTL-0 push a monitoring user agent took and acknowledged gets its 204 (and the
+    acknowledgement its 204), though such a message is never stored."""
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        monitor = await client.open_stream("GET", path_of(ua.subscription))
+        await asyncio.sleep(0.1)
+        status, headers = await push(client, ua, "live", ttl="0", prefer="respond-async")
+        assert status == 202
+        receipts = await _receipt_monitor(client, link_target(headers["link"], REL_RECEIPT) or "")
+        pushed = await monitor.next_push(5)
+        assert ua.decrypt(pushed) == "live"
+        assert (await client.request("DELETE", pushed.path)).status == 204
+        receipt = await receipts.next_push(5)
+        assert (receipt.status, receipt.path) == (204, path_of(headers["location"]))
+        assert (await client.request("DELETE", pushed.path)).status == 404  # acked once
+
+
+async def test_6_3_ttl_zero_receipt_410_when_never_acknowledged(
+    h2c: Rfc8030, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TTL-0 push taken live but not acknowledged within the wait: the service gives
+    up on it, a 410."""
+    monkeypatch.setattr(maintenance, "LIVE_ACK_WAIT", 0.3)
+    async with await h2c.connect() as client:
+        ua = await subscribe(client)
+        monitor = await client.open_stream("GET", path_of(ua.subscription))
+        await asyncio.sleep(0.1)
+        _, headers = await push(client, ua, "ignored", ttl="0", prefer="respond-async")
+        receipts = await _receipt_monitor(client, link_target(headers["link"], REL_RECEIPT) or "")
+        pushed = await monitor.next_push(5)
+        receipt = await receipts.next_push(5)
+        assert (receipt.status, receipt.path) == (410, path_of(headers["location"]))
+        assert (await client.request("DELETE", pushed.path)).status == 404  # too late
+
+
+async def test_ttl_zero_receipts_left_waiting_at_shutdown_are_410(tmp_path: Path) -> None:
+    """A node that stops gives up on the TTL-0 messages it sent and that wait for their
+    acknowledgement (kept only in its memory): 410 receipts, read after a restart."""
+    async with running_service(tmp_path) as service, await H2Client.connect(service.url) as client:
+        ua = await subscribe(client)
+        monitor = await client.open_stream("GET", path_of(ua.subscription))
+        await asyncio.sleep(0.1)
+        _, headers = await push(client, ua, "unacked", ttl="0", prefer="respond-async")
+        await monitor.next_push(5)
+    async with running_service(tmp_path) as service, await H2Client.connect(service.url) as client:
+        receipt_url = link_target(headers["link"], REL_RECEIPT) or ""
+        receipt = await (await _receipt_monitor(client, receipt_url)).next_push(5)
+        assert (receipt.status, receipt.path) == (410, path_of(headers["location"]))
+
+
+async def test_ttl_zero_receipt_from_a_websocket_ack(h2c: Rfc8030) -> None:
+    """The same over Firefox's WebSocket protocol: its ack of a TTL-0 message is a 204."""
+    await _websocket_receipt(h2c, "0")
 
 
 async def test_7_3_unknown_receipt_subscription_is_404(h2c: Rfc8030) -> None:

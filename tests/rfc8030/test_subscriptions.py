@@ -7,9 +7,10 @@ and docs/rfc8030.md maps every MUST and SHOULD that applies to a push service to
 from __future__ import annotations
 
 import json
+import time
 
 from rfc8030.conftest import Rfc8030
-from rfc8030.helpers import REL_PUSH, REL_SET, UA, drain, path_of, push, subscribe
+from rfc8030.helpers import REL_PUSH, REL_SET, UA, drain, path_of, push, subscribe, token_of
 from tidings.webpush import (
     VapidKey,
     b64url_encode,
@@ -93,6 +94,28 @@ async def test_7_3_unsubscribe_then_pushes_are_refused(h2c: Rfc8030) -> None:
         assert (await push(client, other, "still here"))[0] == 201
         assert (await client.request("DELETE", path_of(ua.set))).status == 204
         assert (await push(client, other, "gone too"))[0] in (404, 410)
+
+
+async def test_7_3_push_to_an_expired_subscription_is_404(h2c: Rfc8030) -> None:
+    """§7.3: "MUST return a 404" to a push to an expired subscription. Tidings expires
+    the subscriptions of a user agent not seen for `user_agent_expiry`, and those of a
+    removed set (§7.3.1); an unsubscribed one stays 410 (Mozilla's answer)."""
+    service = h2c.service.service
+    assert service is not None
+    async with await h2c.connect() as client:
+        expired, removed = await subscribe(client), await subscribe(client)
+        unsubscribed = await subscribe(client, set_url=removed.set)
+        kept = await subscribe(client, set_url=removed.set)
+        assert (await client.request("DELETE", path_of(unsubscribed.subscription))).status == 204
+        uaid, _ = service.open_subscription(token_of(expired.subscription))
+        await service.store.add_user_agent(uaid, time.time() - 400 * 86400)  # last seen then
+        assert await service.sweep_user_agents(time.time()) == 1
+        status, headers = await push(client, expired, "late")
+        assert status == 404 and "cache-control" not in headers
+        assert (await push(client, unsubscribed, "late"))[0] == 410
+        assert (await push(client, kept, "still here"))[0] == 201
+        assert (await client.request("DELETE", path_of(removed.set))).status == 204
+        assert (await push(client, kept, "set removed"))[0] == 404
 
 
 async def test_7_3_1_removed_subscription_leaves_its_set_and_a_removed_set_is_404(

@@ -16,6 +16,7 @@ import pytest
 
 from tidings.service.store import (
     MessageQuota,
+    Receipt,
     Store,
     StoredMessage,
     StoreUnavailable,
@@ -427,6 +428,18 @@ async def test_delete_expired_removes_them_and_queues_410_receipts(store: Store)
     assert ids(await store.pending_messages("ua1", NOW, 10)) == [long_receipt.message_id]
     (receipt,) = await store.pending_receipts("r1", 10)
     assert (receipt.message_id, receipt.status) == (short_receipt.message_id, 410)
+
+
+async def test_add_receipt_queues_one_for_an_existing_receipt_subscription(store: Store) -> None:
+    """A TTL-0 push never stored gets its 410 this way; an unknown receipt subscription
+    (deleted meanwhile) gets nothing."""
+    await subscribe(store)
+    await store.add_receipt(Receipt(0, "r1", "ua1", "ch1", "m-ttl0", 410, NOW))
+    await store.add_receipt(Receipt(0, "gone", "ua1", "ch1", "m-other", 410, NOW))
+    (receipt,) = await store.pending_receipts("r1", 10)
+    assert (receipt.uaid, receipt.channel_id, receipt.message_id) == ("ua1", "ch1", "m-ttl0")
+    assert (receipt.status, receipt.created_at) == (410, NOW)
+    assert await store.pending_receipts("gone", 10) == []
 
 
 async def test_pending_receipts_are_oldest_first_limited_and_per_subscription(

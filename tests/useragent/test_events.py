@@ -34,6 +34,17 @@ def test_push_message_data_accessors() -> None:
         PushMessageData(b"not json").json()
 
 
+def test_push_message_data_text_and_json_drop_a_utf8_bom() -> None:
+    # W3C Push API: text() is WHATWG "UTF-8 decode" and json() "parse JSON from bytes",
+    # both of which skip a leading byte order mark; only one BOM goes, and bytes() keeps it.
+    data = PushMessageData(b'\xef\xbb\xbf{"a": 1}')
+    assert data.text() == '{"a": 1}'
+    assert data.json() == {"a": 1}
+    assert data.bytes() == b'\xef\xbb\xbf{"a": 1}'
+    assert PushMessageData(b"\xef\xbb\xbf\xef\xbb\xbfx").text() == "\ufeffx"
+    assert PushMessageData(b"\xef\xbb").text() == "\ufffd"
+
+
 async def test_wait_until_extends_the_event_and_failures_propagate() -> None:
     steps: list[str] = []
 

@@ -28,6 +28,7 @@ from tidings.service.service_base import (
 )
 from tidings.service.store import (
     MessageStatus,
+    Receipt,
     StoredMessage,
     StoreFull,
     StoreUnavailable,
@@ -203,12 +204,7 @@ class PushAcceptance(ServiceBase):
             else:
                 await self._store_push(ref, message, signed)
         except SubscriptionGone:
-            raise ServiceError(
-                410,
-                Errno.SUBSCRIPTION_GONE,
-                "the subscription has been removed",
-                headers={"cache-control": GONE_CACHE_CONTROL},
-            ) from None
+            raise await self._gone(ref) from None
         except (TooManyMessages, StoreFull) as exc:
             raise quota_refused(exc) from None
         except StoreUnavailable as exc:
@@ -226,8 +222,30 @@ class PushAcceptance(ServiceBase):
             delivered = self.hub.offer(message) or await self.cluster.route(message)
         if receipt_id is None:
             return PushAccepted(201, location, ttl, message.message_id, delivered)
+        if ttl == 0 and not delivered:
+            await self._gave_up(message, receipt_id)
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
         return PushAccepted(202, location, ttl, message.message_id, delivered, receipt_url)
+
+    async def _gone(self, ref: EndpointRef) -> ServiceError:
+        """The answer to a push to a subscription that no longer exists.
+
+        Expired (its user agent forgotten after `user_agent_expiry`, or its set removed,
+        RFC 8030 section 7.3.1): 404, as section 7.3 requires. Unsubscribed while its user
+        agent lives on: 410, Mozilla's answer, which section 7.3 leaves open.
+        """
+        try:
+            expired = not await self.store.has_user_agent(ref.uaid)
+        except StoreUnavailable:
+            expired = False  # gone either way; the 410 says so as well
+        if expired:
+            return ServiceError(404, Errno.SUBSCRIPTION_GONE, "the subscription has expired")
+        return ServiceError(
+            410,
+            Errno.SUBSCRIPTION_GONE,
+            "the subscription has been removed",
+            headers={"cache-control": GONE_CACHE_CONTROL},
+        )
 
     async def _store_push(
         self, ref: EndpointRef, message: StoredMessage, signed: tuple[object, bytes] | None
@@ -252,14 +270,14 @@ class PushAcceptance(ServiceBase):
 
         `Prefer: respond-async` asks for a receipt; a `Link` with rel
         urn:ietf:params:push:receipt names an existing receipt subscription to reuse
-        (an invalid one is a 400); without it a new one is made.
+        (an invalid one is a 400, with or without the preference); without it a new
+        one is made. A Link alone asks for nothing: the push is a plain 201.
         """
+        wanted = "respond-async" in headers.get("prefer", "").lower()
         link = headers.get("link")  # most pushes have none: no parsing then
         named = None if link is None else link_target(link, REL_RECEIPT)
         if named is None:
-            if "respond-async" not in headers.get("prefer", "").lower():
-                return None, False
-            return secrets.token_hex(16), True
+            return (secrets.token_hex(16), True) if wanted else (None, False)
         token = named.rsplit(RECEIPT_PATH, 1)[-1] if RECEIPT_PATH in named else ""
         try:
             receipt_id = self.sealer.open_receipt(token)
@@ -273,7 +291,18 @@ class PushAcceptance(ServiceBase):
             raise ServiceError(
                 400, Errno.BAD_RECEIPT, "the Link names no receipt subscription of this service"
             )
-        return receipt_id, False
+        return (receipt_id if wanted else None), False
+
+    async def _gave_up(self, message: StoredMessage, receipt_id: str) -> None:
+        """A TTL-0 push no connection took is dropped now, never stored: the service gave
+        up on it, so the receipt asked for is a 410 at once (RFC 8030 section 6.3), as
+        the expiry sweep gives a stored message whose TTL ran out."""
+        ids = (receipt_id, message.uaid, message.channel_id, message.message_id)
+        try:
+            await self.store.add_receipt(Receipt(0, *ids, 410, time.time()))
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None  # nothing was delivered: a retry is safe
+        self.hub.notify_receipt(receipt_id)
 
     async def _add_receipt_subscription(self, receipt_id: str, message: StoredMessage) -> None:
         """Create the receipt subscription of an accepted push; if the store fails, the

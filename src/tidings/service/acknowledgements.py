@@ -15,7 +15,7 @@ from tidings import tracing
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.logs import escape
 from tidings.service.service_base import ServiceBase, store_unavailable
-from tidings.service.store import StoredMessage, StoreUnavailable
+from tidings.service.store import Receipt, StoredMessage, StoreUnavailable
 from tidings.service.tokens import TokenError
 
 __all__ = [
@@ -38,6 +38,7 @@ DELIVERY_WRITE_DELAY = 1.0
 # Deliveries waiting to be written: statuses past it are not noted; receipts past it
 # are not sent until the oldest are recorded (`room_for_unmarked`).
 MAX_PENDING_DELIVERIES = 10_000
+MAX_LIVE_RECEIPTS = 10_000  # awaited at once at most; past it the oldest is given up
 
 
 class Acknowledgements(ServiceBase):
@@ -66,6 +67,12 @@ class Acknowledgements(ServiceBase):
             deleted = await self.store.delete_message(ref.uaid, ref.message_id)
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from None
+        live = self._live_receipts.get(ref.message_id) if deleted is None else None
+        if live is not None and live.channel_id == ref.channel_id and live.uaid == ref.uaid:
+            del self._live_receipts[ref.message_id]  # a TTL-0 message sent live: acknowledged
+            self.metrics.acknowledged(100)
+            await self._send_live_receipt(live, 204)
+            return True
         if (
             deleted is None
             or deleted.channel_id != ref.channel_id
@@ -144,6 +151,9 @@ class Acknowledgements(ServiceBase):
                     continue
                 for (_, message_id), message in zip(keys, deleted, strict=True):
                     if message is None:
+                        live = self._live_receipts.pop(message_id, None)
+                        if live is not None:  # a TTL-0 message sent live: acknowledged
+                            await self._send_live_receipt(live, 204)
                         log.debug("ack for unknown or TTL-0 message %s", escape(message_id))
                     elif message.receipt_id is not None:
                         self.hub.notify_receipt(message.receipt_id)
@@ -212,6 +222,9 @@ class Acknowledgements(ServiceBase):
         """Remember that a message wanting a receipt reached its user agent; False (and
         nothing remembered) when it cannot be, the store down and `room_for_unmarked`
         full: the caller does not send it, it stays stored."""
+        if message.ttl == 0 and message.receipt_id is not None:
+            self._await_live_ack(message)  # never stored: nothing to record there
+            return True
         if message.message_id not in self._unmarked and not await self.room_for_unmarked():
             return False
         # Until written, an acknowledgement (which may overtake this write) writes it.
@@ -223,6 +236,17 @@ class Acknowledgements(ServiceBase):
             return True
         self._unmarked.pop(message.message_id, None)
         return True
+
+    def _await_live_ack(self, message: StoredMessage) -> None:
+        """Keep the receipt of a TTL-0 message just sent live until it is acknowledged."""
+        assert message.receipt_id is not None
+        ids = (message.receipt_id, message.uaid, message.channel_id, message.message_id)
+        self._live_receipts[message.message_id] = Receipt(0, *ids, 0, time.time())
+        if len(self._live_receipts) > MAX_LIVE_RECEIPTS:
+            _, oldest = self._live_receipts.popitem(last=False)
+            task = asyncio.ensure_future(self._send_live_receipt(oldest, 410))
+            self._redelivery_tasks.add(task)  # held until done, like the redeliveries
+            task.add_done_callback(self._redelivery_tasks.discard)
 
     async def _mark_unmarked(self, keys: list[tuple[str, str]]) -> None:
         """Before acknowledgements of `keys` (uaid, message id) are written: record the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import OrderedDict
@@ -57,7 +58,7 @@ from tidings.service.service_base import (
     not_ready,
     store_unavailable,
 )
-from tidings.service.store import MessageQuota, Store, StoreUnavailable, open_store
+from tidings.service.store import MessageQuota, Receipt, Store, StoreUnavailable, open_store
 from tidings.service.subscriptions import (
     NewSubscription,
     RegistrationError,
@@ -147,6 +148,7 @@ class PushService(
         self._delivery_writer: asyncio.Task[None] | None = None  # after the delay
         self._delivery_flusher: asyncio.Task[None] | None = None  # at once (HTTP/2)
         self._unmarked: OrderedDict[str, str] = OrderedDict()  # see ServiceBase
+        self._live_receipts: OrderedDict[str, Receipt] = OrderedDict()  # see ServiceBase
         self.draining = False
         self.ready = False  # the store opened and the keys loaded: requests are served
         self._opening: asyncio.Task[None] | None = None  # retrying a store down at start
@@ -230,6 +232,9 @@ class PushService(
         if self._ack_writer is not None:
             with contextlib.suppress(Exception):
                 await self._ack_writer  # acknowledged messages are deleted before closing
+        # TTL-0 messages sent live still waiting for their acknowledgement are known to
+        # this node only: it gives up on them now (410 receipts) rather than forget them.
+        await self.give_up_live_receipts(math.inf)
         for writer in (self._delivery_writer, self._delivery_flusher):
             if writer is not None:
                 writer.cancel()  # what it holds is written now

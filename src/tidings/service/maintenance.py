@@ -22,6 +22,10 @@ __all__ = [
 
 log = logging.getLogger("tidings.service")
 
+# A TTL-0 message sent live that wants a receipt is never stored: its acknowledgement is
+# awaited this long (seconds), then the service gives up on it (a 410 receipt).
+LIVE_ACK_WAIT = 60.0
+
 RECEIPT_SWEEP_INTERVAL = 3600.0  # seconds between two sweeps of receipt subscriptions
 RECEIPT_SUBSCRIPTION_GRACE = 86400.0  # past the longest TTL, before an unused one goes
 STATUS_SWEEP_BATCH = 1000  # message statuses forgotten per store call by the sweep
@@ -60,6 +64,7 @@ class Maintenance(ServiceBase):
                 log.info("removed %d expired messages", removed)
                 self.hub.notify_all_receipts()  # some may have left a 410 receipt
             await self.sweep_statuses(time.time())
+            await self.give_up_live_receipts(time.time())
             if time.monotonic() - last_receipt_sweep >= RECEIPT_SWEEP_INTERVAL:
                 last_receipt_sweep = time.monotonic()
                 await self._sweep_receipt_subscriptions()
@@ -86,6 +91,16 @@ class Maintenance(ServiceBase):
         if removed:
             log.info("forgot %d user agents not seen since %.0f", removed, seen_before)
         return removed
+
+    async def give_up_live_receipts(self, now: float) -> None:
+        """A 410 receipt for each TTL-0 message sent live and not acknowledged within
+        LIVE_ACK_WAIT (RFC 8030 section 6.3: the service gave up on it)."""
+        while self._live_receipts:
+            oldest = next(iter(self._live_receipts.values()))
+            if oldest.created_at > now - LIVE_ACK_WAIT:
+                return
+            del self._live_receipts[oldest.message_id]
+            await self._send_live_receipt(oldest, 410)
 
     async def sweep_statuses(self, now: float) -> int:
         """Forget message statuses `message_status_retention` after their end (final

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
+from dataclasses import replace
 
 from tidings import tracing
 from tidings.service.cluster import ClusterBus
@@ -25,9 +27,10 @@ from tidings.service.limits import (
     client_address,
     retry_after,
 )
+from tidings.service.logs import escape
 from tidings.service.megaphone import BroadcastKeeper
 from tidings.service.metrics import ServiceMetrics
-from tidings.service.store import MessageQuota, Store
+from tidings.service.store import MessageQuota, Receipt, Store, StoreUnavailable
 from tidings.service.store_retry import WarningTally
 from tidings.service.tokens import EndpointRef, MessageRef, TokenError, TokenSealer
 from tidings.service.vapid_check import VapidChecker
@@ -106,6 +109,9 @@ class ServiceBase:
     # under way or failed), by id -> uaid: their acknowledgement records it first,
     # since a receipt is queued only for a message recorded as delivered.
     _unmarked: OrderedDict[str, str]
+    # TTL-0 messages sent live that want a receipt, by id: never stored, their receipt
+    # (204 on the acknowledgement, 410 past LIVE_ACK_WAIT) is kept here until then.
+    _live_receipts: OrderedDict[str, Receipt]
     _redeliveries: dict[str, float]  # user agents whose redelivery is retried -> since
     _redelivery_tasks: set[asyncio.Task[None]]
     draining: bool
@@ -162,6 +168,16 @@ class ServiceBase:
             return self.sealer.open_receipt(token)
         except TokenError:
             raise ServiceError(404, Errno.INVALID_TOKEN, "no such receipt subscription") from None
+
+    async def _send_live_receipt(self, receipt: Receipt, status: int) -> None:
+        """Queue the receipt of a TTL-0 message sent live (never stored) and tell its
+        monitors; if the store is down it is lost (logged)."""
+        try:
+            await self.store.add_receipt(replace(receipt, status=status, created_at=time.time()))
+        except StoreUnavailable as exc:
+            log.warning("receipt of TTL-0 message %s lost: %s", escape(receipt.message_id), exc)
+            return
+        self.hub.notify_receipt(receipt.receipt_id)
 
     async def check_rate(self, limit: Limit, key: str) -> None:
         """Take a token for `key` under `limit`, or refuse with 429 and Retry-After."""

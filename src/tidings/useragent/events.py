@@ -50,11 +50,15 @@ class PushMessageData:
         return memoryview(self._data)
 
     def text(self) -> str:
-        """The payload decoded as UTF-8 (invalid sequences become U+FFFD, as in browsers)."""
-        return self._data.decode("utf-8", errors="replace")
+        """The payload decoded as UTF-8 (invalid sequences become U+FFFD, as in browsers).
+
+        WHATWG "UTF-8 decode", which the Push API names, drops one leading byte order
+        mark: "utf-8-sig" does exactly that.
+        """
+        return self._data.decode("utf-8-sig", errors="replace")
 
     def json(self) -> Any:
-        """The payload parsed as JSON; ValueError when it is not JSON."""
+        """The payload parsed as JSON (a leading BOM skipped); ValueError when it is not JSON."""
         return json.loads(self.text())
 
     def __len__(self) -> int:

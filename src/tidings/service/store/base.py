@@ -382,6 +382,10 @@ class Store(Protocol):
         Messages that named it produce no receipt afterwards.
         """
 
+    async def add_receipt(self, receipt: Receipt) -> None:
+        """Queue a receipt for a message that was never stored (a TTL-0 push); its `seq`
+        is ignored. Nothing is queued if the receipt subscription no longer exists."""
+
     async def pending_receipts(self, receipt_id: str, limit: int) -> list[Receipt]:
         """Receipts not yet handed to the application server, oldest first."""
 

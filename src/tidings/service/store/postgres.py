@@ -457,6 +457,22 @@ class PostgresStore(PostgresPool):
         )
         return row is not None
 
+    async def add_receipt(self, receipt: Receipt) -> None:
+        r = receipt
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status,"
+                " created_at) SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS"
+                " (SELECT 1 FROM receipt_subscriptions WHERE receipt_id = $1)",
+                r.receipt_id,
+                r.uaid,
+                r.channel_id,
+                r.message_id,
+                r.status,
+                r.created_at,
+            )
+        )
+
     async def pending_receipts(self, receipt_id: str, limit: int) -> list[Receipt]:
         rows = await self._run(
             lambda conn: conn.fetch(

@@ -606,6 +606,11 @@ class SQLiteStore(SQLiteGroupCommit):
 
         return await self._op(write, slow=True)
 
+    async def add_receipt(self, receipt: Receipt) -> None:
+        r = receipt
+        row = (r.receipt_id, r.uaid, r.channel_id, r.message_id, r.status, r.created_at)
+        await self._op(lambda db: db.execute(_INSERT_RECEIPT, (*row, r.receipt_id)))
+
     async def pending_receipts(self, receipt_id: str, limit: int) -> list[Receipt]:
         def query(db: sqlite3.Connection) -> list[Receipt]:
             rows = db.execute(
