@@ -102,6 +102,34 @@ def postgres_backends(database: str) -> list[int]:
     return asyncio.run(run())
 
 
+def database_commits(database: str) -> int:
+    """Transactions committed in `database` so far (PostgreSQL's statistics)."""
+    import asyncpg
+
+    async def run() -> int:
+        conn = await asyncpg.connect(f"{PG}/test")
+        try:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            value = await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", database
+            )
+            return int(value or 0)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def redis_commands() -> int:
+    """Commands Redis has processed so far (all clients)."""
+    import redis
+
+    try:
+        return int(redis.Redis().info("stats")["total_commands_processed"])
+    except (redis.RedisError, OSError, KeyError):
+        return 0
+
+
 def redis_pid() -> int | None:
     """The Redis server's process (on this machine), for its CPU."""
     import redis
@@ -152,6 +180,8 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
         each_before = {pid: cpu_seconds([pid]).get(pid, 0.0) for pid in node_pids}
         others_before = {name: cpu_seconds(pids) for name, pids in others.items()}
         pg_before = cpu_seconds(postgres_backends(database))
+        commits_before = database_commits(database)
+        redis_before = redis_commands()
         wrk_before = children_cpu()
 
         def load(port: int, offset: int) -> None:
@@ -178,6 +208,8 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
             for name, pids in others.items()
         }
         pg_after = cpu_seconds(postgres_backends(database))
+        commits = database_commits(database) - commits_before
+        redis_calls = redis_commands() - redis_before
         pg_cpu = sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items())
         time.sleep(1.0)  # the last deliveries land
         delivered = 0
@@ -194,6 +226,9 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
             "pg_us": pg_cpu / accepted * 1e6,
             "node_max_us": node_max / accepted * 1e6,  # the busiest node
             "redis_us": others_cpu["redis"] / accepted * 1e6,
+            # PostgreSQL transactions and Redis commands per accepted push
+            "pg_xacts": commits / accepted,
+            "redis_calls": redis_calls / accepted,
             "agents_us": others_cpu["agents"] / accepted * 1e6,
             "wrk_us": wrk_cpu / accepted * 1e6,
             "cpu_cores": (nodes_cpu + pg_cpu + wrk_cpu + sum(others_cpu.values())) / args.duration,
@@ -373,7 +408,7 @@ def main() -> None:
             print(f"{'setup':32} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>7} "
                   f"{'p99 ms':>7} {'non-2xx':>8} {'node us/push':>13} "
                   f"{'PG us/push':>11} {'Redis':>6} {'agents':>7} {'wrk':>5} "
-                  f"{'cores':>6}")  # fmt: skip
+                  f"{'cores':>6} {'xact/push':>9} {'Redis cmd/push':>14}")  # fmt: skip
             for i, (label, node_args, n) in enumerate(setups):
                 if args.only and not any(word in label for word in args.only.split("|")):
                     continue
@@ -389,7 +424,8 @@ def main() -> None:
                 print(f"{label:32} {r['accepted_per_s']:>11,.0f} {r['delivered_per_s']:>12,.0f} "
                       f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['non2xx']:>8,.0f} "
                       f"{r['node_us']:>13,.0f} {r['pg_us']:>11,.0f} {r['redis_us']:>6,.0f} "
-                      f"{r['agents_us']:>7,.0f} {r['wrk_us']:>5,.0f} {r['cpu_cores']:>6.2f}",
+                      f"{r['agents_us']:>7,.0f} {r['wrk_us']:>5,.0f} {r['cpu_cores']:>6.2f} "
+                      f"{r['pg_xacts']:>9.3f} {r['redis_calls']:>14.3f}",
                       flush=True)  # fmt: skip
     finally:
         psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
