@@ -408,7 +408,7 @@ def main() -> None:
             print(f"{'setup':32} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>7} "
                   f"{'p99 ms':>7} {'non-2xx':>8} {'node us/push':>13} "
                   f"{'PG us/push':>11} {'Redis':>6} {'agents':>7} {'wrk':>5} "
-                  f"{'cores':>6} {'xact/push':>9} {'Redis cmd/push':>14}")  # fmt: skip
+                  f"{'cores':>6} {'xact/push':>9} {'Redis cmd/push':>14} {'busiest node us':>15}")  # fmt: skip
             for i, (label, node_args, n) in enumerate(setups):
                 if args.only and not any(word in label for word in args.only.split("|")):
                     continue
@@ -425,7 +425,7 @@ def main() -> None:
                       f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['non2xx']:>8,.0f} "
                       f"{r['node_us']:>13,.0f} {r['pg_us']:>11,.0f} {r['redis_us']:>6,.0f} "
                       f"{r['agents_us']:>7,.0f} {r['wrk_us']:>5,.0f} {r['cpu_cores']:>6.2f} "
-                      f"{r['pg_xacts']:>9.3f} {r['redis_calls']:>14.3f}",
+                      f"{r['pg_xacts']:>9.3f} {r['redis_calls']:>14.3f} {r['node_max_us']:>15,.0f}",
                       flush=True)  # fmt: skip
     finally:
         psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
