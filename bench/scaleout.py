@@ -408,7 +408,8 @@ def main() -> None:
             print(f"{'setup':32} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>7} "
                   f"{'p99 ms':>7} {'non-2xx':>8} {'node us/push':>13} "
                   f"{'PG us/push':>11} {'Redis':>6} {'agents':>7} {'wrk':>5} "
-                  f"{'cores':>6} {'xact/push':>9} {'Redis cmd/push':>14} {'busiest node us':>15}")  # fmt: skip
+                  f"{'cores':>6} {'xact/push':>9} {'Redis cmd/push':>14} "
+                  f"{'busiest node us':>15}")  # fmt: skip
             for i, (label, node_args, n) in enumerate(setups):
                 if args.only and not any(word in label for word in args.only.split("|")):
                     continue

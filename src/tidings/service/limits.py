@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from tidings.service import forwarded
-from tidings.service.cluster.batch import Batcher
+from tidings.service.cluster.batch import Batcher, ScriptCaller
 
 log = logging.getLogger("tidings.limits")
 
@@ -333,7 +333,7 @@ class RedisRateLimiter(_Rules):
         import redis.asyncio as aioredis
 
         self._client: Any = aioredis.Redis.from_url(url, socket_timeout=1.0)
-        self._script: Any = self._client.register_script(_TAKE)
+        self._script = ScriptCaller(self._client, _TAKE)  # the Batcher's, one call at a time
         self._prefix = prefix + "rl:"
         self._warned = 0.0
         self._clock = clock
@@ -403,6 +403,7 @@ class RedisRateLimiter(_Rules):
 
     async def close(self) -> None:
         await self._batch.close()
+        await self._script.close()
         await self._client.aclose()
 
 
