@@ -276,3 +276,12 @@ async def test_the_store_ceiling_holds_within_one_batch(pg: PostgresStore) -> No
     assert results.count([]) == 5
     assert all(isinstance(r, StoreFull) for r in results if r != [])
     assert await pg.count_messages() == 5
+
+
+def test_the_store_url_sets_the_writers_and_the_acknowledgements_delay() -> None:
+    from tidings.service.store.postgres import store_from_url
+
+    store = store_from_url("postgresql://u@h/db?group_writers=1&ack_delay=0&application_name=x")
+    assert store._commits is not None
+    assert (store._commits.max_writers, store._commits.ack_delay) == (1, 0.0)
+    assert "application_name=x" in store.dsn and "ack_delay" not in store.dsn
