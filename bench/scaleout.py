@@ -355,6 +355,77 @@ async def store_only(database: str, clients: int, pushes: int) -> None:
         await store.close()
 
 
+async def route_only(rounds: int, concurrent: int) -> None:
+    """The cluster's Redis path alone, in this process: node A routes `concurrent`
+    pushes at a time (as concurrent requests do) to user agents held by node B, which
+    hands them to stub connections, and a rate-limit bucket of each is taken as the
+    pushes' are; client CPU (both nodes) per push routed and received."""
+    from tidings.service.cluster.redis_bus import RedisBus
+    from tidings.service.limits import Limit, RedisRateLimiter, Rule
+    from tidings.service.store.base import StoredMessage
+
+    url = f"redis://127.0.0.1:6379/0?prefix=tidings-bench-{secrets.token_hex(3)}:"
+    a, b = RedisBus(url, node_id="a"), RedisBus(url, node_id="b")
+    limiter = RedisRateLimiter(url.split("?")[0], {Limit.PUSH_SUBSCRIPTION: Rule(9.0, 600.0)},
+                               prefix=url.split("prefix=")[1])  # fmt: skip
+    received = 0
+    done = asyncio.Event()
+    total = rounds * concurrent
+
+    class Held:
+        exclusive = True
+
+        def __init__(self, uaid: str) -> None:
+            self.uaid: str | None = uaid
+
+        def accepts(self, message: StoredMessage) -> bool:
+            return True
+
+        def offer(self, message: StoredMessage) -> None:
+            nonlocal received
+            received += 1
+            if received == total:
+                done.set()
+
+        def withdraw(self, message_id: str) -> None:
+            return None
+
+        async def close(self, code: int, reason: str) -> None:
+            return None
+
+    async def redeliver(uaid: str, since: float) -> None:
+        return None
+
+    for bus in (a, b):
+        await bus.start(redeliver)
+    agents = [f"ua{i}" for i in range(50)]  # 8 pushes a second each
+    for uaid in agents:
+        b.hub.attach(uaid, Held(uaid))
+    await asyncio.sleep(0.5)  # the claims are in Redis
+
+    async def push(n: int) -> None:
+        uaid = agents[n % len(agents)]
+        await limiter.acquire(Limit.PUSH_SUBSCRIPTION, uaid)
+        now = time.time()
+        message = StoredMessage(f"m{n}", uaid, "ch", b"x" * 100, 60, now, now + 60)
+        assert await a.route(message)
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    started, cpu = time.perf_counter(), usage.ru_utime + usage.ru_stime
+    for r in range(rounds):
+        await asyncio.gather(*(push(r * concurrent + i) for i in range(concurrent)))
+        await asyncio.sleep(1 / 50)  # 50 rounds a second: each bucket's steady rate
+    await asyncio.wait_for(done.wait(), 30)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    elapsed, cpu = time.perf_counter() - started, usage.ru_utime + usage.ru_stime - cpu
+    print(f"route-only: {total} pushes, {cpu / total * 1e6:.0f} us of client CPU per push "
+          f"routed and received, {a._routes.batches} route calls, "
+          f"{limiter.round_trips()} bucket calls, {elapsed:.1f} s")  # fmt: skip
+    for bus in (a, b):
+        await bus.stop()
+    await limiter.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=8)
@@ -375,7 +446,13 @@ def main() -> None:
     parser.add_argument(
         "--store-only", action="store_true", help="the PostgreSQL store's variants alone"
     )
+    parser.add_argument(
+        "--route-only", action="store_true", help="the cluster's Redis path alone, in-process"
+    )
     args = parser.parse_args()
+    if args.route_only:
+        asyncio.run(route_only(rounds=400, concurrent=8))
+        return
     if args.bus:
         asyncio.run(bus_compare())
     database = "tidings_bench_" + secrets.token_hex(4)
