@@ -102,6 +102,34 @@ def postgres_backends(database: str) -> list[int]:
     return asyncio.run(run())
 
 
+def database_commits(database: str) -> int:
+    """Transactions committed in `database` so far (PostgreSQL's statistics)."""
+    import asyncpg
+
+    async def run() -> int:
+        conn = await asyncpg.connect(f"{PG}/test")
+        try:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            value = await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", database
+            )
+            return int(value or 0)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def redis_commands() -> int:
+    """Commands Redis has processed so far (all clients)."""
+    import redis
+
+    try:
+        return int(redis.Redis().info("stats")["total_commands_processed"])
+    except (redis.RedisError, OSError, KeyError):
+        return 0
+
+
 def redis_pid() -> int | None:
     """The Redis server's process (on this machine), for its CPU."""
     import redis
@@ -152,6 +180,8 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
         each_before = {pid: cpu_seconds([pid]).get(pid, 0.0) for pid in node_pids}
         others_before = {name: cpu_seconds(pids) for name, pids in others.items()}
         pg_before = cpu_seconds(postgres_backends(database))
+        commits_before = database_commits(database)
+        redis_before = redis_commands()
         wrk_before = children_cpu()
 
         def load(port: int, offset: int) -> None:
@@ -178,6 +208,8 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
             for name, pids in others.items()
         }
         pg_after = cpu_seconds(postgres_backends(database))
+        commits = database_commits(database) - commits_before
+        redis_calls = redis_commands() - redis_before
         pg_cpu = sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items())
         time.sleep(1.0)  # the last deliveries land
         delivered = 0
@@ -194,6 +226,9 @@ def run_setup(label: str, node_args: list[str], n_nodes: int, args: argparse.Nam
             "pg_us": pg_cpu / accepted * 1e6,
             "node_max_us": node_max / accepted * 1e6,  # the busiest node
             "redis_us": others_cpu["redis"] / accepted * 1e6,
+            # PostgreSQL transactions and Redis commands per accepted push
+            "pg_xacts": commits / accepted,
+            "redis_calls": redis_calls / accepted,
             "agents_us": others_cpu["agents"] / accepted * 1e6,
             "wrk_us": wrk_cpu / accepted * 1e6,
             "cpu_cores": (nodes_cpu + pg_cpu + wrk_cpu + sum(others_cpu.values())) / args.duration,
@@ -320,6 +355,77 @@ async def store_only(database: str, clients: int, pushes: int) -> None:
         await store.close()
 
 
+async def route_only(rounds: int, concurrent: int) -> None:
+    """The cluster's Redis path alone, in this process: node A routes `concurrent`
+    pushes at a time (as concurrent requests do) to user agents held by node B, which
+    hands them to stub connections, and a rate-limit bucket of each is taken as the
+    pushes' are; client CPU (both nodes) per push routed and received."""
+    from tidings.service.cluster.redis_bus import RedisBus
+    from tidings.service.limits import Limit, RedisRateLimiter, Rule
+    from tidings.service.store.base import StoredMessage
+
+    url = f"redis://127.0.0.1:6379/0?prefix=tidings-bench-{secrets.token_hex(3)}:"
+    a, b = RedisBus(url, node_id="a"), RedisBus(url, node_id="b")
+    limiter = RedisRateLimiter(url.split("?")[0], {Limit.PUSH_SUBSCRIPTION: Rule(9.0, 600.0)},
+                               prefix=url.split("prefix=")[1])  # fmt: skip
+    received = 0
+    done = asyncio.Event()
+    total = rounds * concurrent
+
+    class Held:
+        exclusive = True
+
+        def __init__(self, uaid: str) -> None:
+            self.uaid: str | None = uaid
+
+        def accepts(self, message: StoredMessage) -> bool:
+            return True
+
+        def offer(self, message: StoredMessage) -> None:
+            nonlocal received
+            received += 1
+            if received == total:
+                done.set()
+
+        def withdraw(self, message_id: str) -> None:
+            return None
+
+        async def close(self, code: int, reason: str) -> None:
+            return None
+
+    async def redeliver(uaid: str, since: float) -> None:
+        return None
+
+    for bus in (a, b):
+        await bus.start(redeliver)
+    agents = [f"ua{i}" for i in range(50)]  # 8 pushes a second each
+    for uaid in agents:
+        b.hub.attach(uaid, Held(uaid))
+    await asyncio.sleep(0.5)  # the claims are in Redis
+
+    async def push(n: int) -> None:
+        uaid = agents[n % len(agents)]
+        await limiter.acquire(Limit.PUSH_SUBSCRIPTION, uaid)
+        now = time.time()
+        message = StoredMessage(f"m{n}", uaid, "ch", b"x" * 100, 60, now, now + 60)
+        assert await a.route(message)
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    started, cpu = time.perf_counter(), usage.ru_utime + usage.ru_stime
+    for r in range(rounds):
+        await asyncio.gather(*(push(r * concurrent + i) for i in range(concurrent)))
+        await asyncio.sleep(1 / 50)  # 50 rounds a second: each bucket's steady rate
+    await asyncio.wait_for(done.wait(), 30)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    elapsed, cpu = time.perf_counter() - started, usage.ru_utime + usage.ru_stime - cpu
+    print(f"route-only: {total} pushes, {cpu / total * 1e6:.0f} us of client CPU per push "
+          f"routed and received, {a._routes.batches} route calls, "
+          f"{limiter.round_trips()} bucket calls, {elapsed:.1f} s")  # fmt: skip
+    for bus in (a, b):
+        await bus.stop()
+    await limiter.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=8)
@@ -340,7 +446,13 @@ def main() -> None:
     parser.add_argument(
         "--store-only", action="store_true", help="the PostgreSQL store's variants alone"
     )
+    parser.add_argument(
+        "--route-only", action="store_true", help="the cluster's Redis path alone, in-process"
+    )
     args = parser.parse_args()
+    if args.route_only:
+        asyncio.run(route_only(rounds=400, concurrent=8))
+        return
     if args.bus:
         asyncio.run(bus_compare())
     database = "tidings_bench_" + secrets.token_hex(4)
@@ -373,7 +485,8 @@ def main() -> None:
             print(f"{'setup':32} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>7} "
                   f"{'p99 ms':>7} {'non-2xx':>8} {'node us/push':>13} "
                   f"{'PG us/push':>11} {'Redis':>6} {'agents':>7} {'wrk':>5} "
-                  f"{'cores':>6}")  # fmt: skip
+                  f"{'cores':>6} {'xact/push':>9} {'Redis cmd/push':>14} "
+                  f"{'busiest node us':>15}")  # fmt: skip
             for i, (label, node_args, n) in enumerate(setups):
                 if args.only and not any(word in label for word in args.only.split("|")):
                     continue
@@ -389,7 +502,8 @@ def main() -> None:
                 print(f"{label:32} {r['accepted_per_s']:>11,.0f} {r['delivered_per_s']:>12,.0f} "
                       f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['non2xx']:>8,.0f} "
                       f"{r['node_us']:>13,.0f} {r['pg_us']:>11,.0f} {r['redis_us']:>6,.0f} "
-                      f"{r['agents_us']:>7,.0f} {r['wrk_us']:>5,.0f} {r['cpu_cores']:>6.2f}",
+                      f"{r['agents_us']:>7,.0f} {r['wrk_us']:>5,.0f} {r['cpu_cores']:>6.2f} "
+                      f"{r['pg_xacts']:>9.3f} {r['redis_calls']:>14.3f} {r['node_max_us']:>15,.0f}",
                       flush=True)  # fmt: skip
     finally:
         psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

@@ -205,15 +205,18 @@ async def test_a_busy_bucket_is_leased_and_never_gives_more_than_its_rule(
     assert len(await bucket_keys(max_ttl=512_002)) == 2  # once full again
 
 
+def clocked_limiter(bucket_keys: Any, limit: Limit, now: list[float]) -> RedisRateLimiter:
+    """A limiter whose clock is `now[0]`, with a bucket of 512 tokens and next to no
+    refill for `limit`."""
+    return RedisRateLimiter(
+        REDIS_URL, {limit: Rule(0.001, 512.0)}, prefix=bucket_keys.prefix, clock=lambda: now[0]
+    )
+
+
 @pytest.mark.redis
 async def test_a_lease_spent_and_asked_for_again_soon_keeps_its_size(bucket_keys: Any) -> None:
     now = [0.0]
-    limiter = RedisRateLimiter(
-        REDIS_URL,
-        {Limit.PUSH_VAPID_KEY: Rule(0.001, 512.0)},
-        prefix=bucket_keys.prefix,
-        clock=lambda: now[0],
-    )
+    limiter = clocked_limiter(bucket_keys, Limit.PUSH_VAPID_KEY, now)
     for _ in range(31):  # leases of 1, 2, 4, 8 and 16 tokens, all spent
         assert await limiter.acquire(Limit.PUSH_VAPID_KEY, "k") == 0.0
     assert limiter.round_trips() == 5
@@ -225,6 +228,25 @@ async def test_a_lease_spent_and_asked_for_again_soon_keeps_its_size(bucket_keys
     for _ in range(2):
         assert await limiter.acquire(Limit.PUSH_VAPID_KEY, "k") == 0.0
     assert limiter.round_trips() == 8
+    await limiter.close()
+    assert len(await bucket_keys(max_ttl=512_002)) == 1
+
+
+@pytest.mark.redis
+async def test_a_lease_left_unspent_is_followed_by_one_of_what_was_spent(
+    bucket_keys: Any,
+) -> None:
+    """A steady sender (some tokens left when a lease ends) keeps leases of its rate
+    instead of starting again at one token: fewer round trips, no more tokens."""
+    now = [0.0]
+    limiter = clocked_limiter(bucket_keys, Limit.PUSH_SUBSCRIPTION, now)
+    for _ in range(4):  # leases of 1, 2, then 4 tokens: 4 spent, 3 left
+        assert await limiter.acquire(Limit.PUSH_SUBSCRIPTION, "s") == 0.0
+    assert limiter.round_trips() == 3
+    now[0] = 1.2 * LEASE_LIFE  # expired with 3 tokens unspent (dropped), wanted again
+    for _ in range(4):  # one lease of the 4 spent in the last life
+        assert await limiter.acquire(Limit.PUSH_SUBSCRIPTION, "s") == 0.0
+    assert limiter.round_trips() == 4
     await limiter.close()
     assert len(await bucket_keys(max_ttl=512_002)) == 1
 

@@ -143,6 +143,38 @@ async def test_deletions_and_pushes_in_one_batch_answer_each_caller(pg: Postgres
     assert await stored_ids(pg, "ua1") == {new.message_id}
 
 
+async def test_acknowledgements_wait_for_a_push_to_share_its_transaction(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commits(pg), "ack_delay", 0.5)
+    await subscribe(pg)
+    first = message()
+    await put(pg, first)
+    before = commits(pg).batches
+    acking = asyncio.ensure_future(pg.delete_messages([("ua1", first.message_id)]))
+    await asyncio.sleep(0.1)
+    assert not acking.done() and commits(pg).batches == before  # no transaction of its own
+    new = message()
+    assert await put(pg, new) == []  # the push takes the acknowledgement with it
+    assert [m and m.message_id for m in await acking] == [first.message_id]
+    assert commits(pg).batches - before == 1
+    # Alone, an acknowledgement is written after the delay; a cancellation at once.
+    started = asyncio.get_running_loop().time()
+    acked = await pg.delete_messages([("ua1", new.message_id)])
+    assert [m and m.message_id for m in acked] == [new.message_id]
+    assert asyncio.get_running_loop().time() - started >= 0.45
+    await put(pg, first)
+    started = asyncio.get_running_loop().time()
+    assert await pg.delete_message("ua1", first.message_id) is not None
+    assert asyncio.get_running_loop().time() - started < 0.45
+    # Closing writes what waits.
+    await put(pg, new)
+    acking = asyncio.ensure_future(pg.delete_messages([("ua1", new.message_id)]))
+    await asyncio.sleep(0)
+    await commits(pg).drain()
+    assert acking.done() and (await acking)[0] is not None
+
+
 async def test_a_waiter_cancelled_before_its_batch_is_not_written(
     pg: PostgresStore, user_agent_held: Any
 ) -> None:
@@ -244,3 +276,12 @@ async def test_the_store_ceiling_holds_within_one_batch(pg: PostgresStore) -> No
     assert results.count([]) == 5
     assert all(isinstance(r, StoreFull) for r in results if r != [])
     assert await pg.count_messages() == 5
+
+
+def test_the_store_url_sets_the_writers_and_the_acknowledgements_delay() -> None:
+    from tidings.service.store.postgres import store_from_url
+
+    store = store_from_url("postgresql://u@h/db?group_writers=1&ack_delay=0&application_name=x")
+    assert store._commits is not None
+    assert (store._commits.max_writers, store._commits.ack_delay) == (1, 0.0)
+    assert "application_name=x" in store.dsn and "ack_delay" not in store.dsn

@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from tidings.service import forwarded
-from tidings.service.cluster.batch import Batcher
+from tidings.service.cluster.batch import Batcher, ScriptCaller
 
 log = logging.getLogger("tidings.limits")
 
@@ -293,8 +293,9 @@ return answers
 TAKE_BATCH = 256  # buckets per script call at most (Redis runs a script alone)
 # A node may take up to this many of a bucket's tokens at once and spend them for
 # LEASE_LIFE seconds without asking Redis; the lease doubles from 1 only while leases are
-# used up within their life (a busy bucket; one spent and asked again within the next
-# life keeps its size), and only for buckets of a burst of at least 32 times it. Unspent
+# used up within their life (a busy bucket), and only for buckets of a burst of at least
+# 32 times it; asked for again within the next life, it is as large as what was spent in
+# the last one (a steady sender's rate: not back to 1 token because some were left). Unspent
 # tokens of a lease are lost: a sender spread over several nodes may be refused up to
 # that many tokens early, never served more than its rule allows.
 MAX_LEASE = 16
@@ -307,6 +308,7 @@ class _Lease:
     tokens: int  # taken from the bucket in Redis, not yet spent
     until: float  # monotonic seconds: unspent tokens are dropped then
     size: int  # tokens asked for by the last lease
+    spent: int = 1  # tokens spent in its life, the one its request took included
 
 
 class RedisRateLimiter(_Rules):
@@ -331,7 +333,7 @@ class RedisRateLimiter(_Rules):
         import redis.asyncio as aioredis
 
         self._client: Any = aioredis.Redis.from_url(url, socket_timeout=1.0)
-        self._script: Any = self._client.register_script(_TAKE)
+        self._script = ScriptCaller(self._client, _TAKE)  # the Batcher's, one call at a time
         self._prefix = prefix + "rl:"
         self._warned = 0.0
         self._clock = clock
@@ -362,10 +364,11 @@ class RedisRateLimiter(_Rules):
             if now < lease.until:
                 if lease.tokens:
                     lease.tokens -= 1
+                    lease.spent += 1
                     return 0.0
                 want = min(lease.size * 2, cap)  # spent within its life: a busy bucket
-            elif not lease.tokens and now < lease.until + LEASE_LIFE:
-                want = min(lease.size, cap)  # spent, and wanted again soon: as busy still
+            elif now < lease.until + LEASE_LIFE:
+                want = min(lease.spent, cap)  # wanted again soon: what its last life used
         try:
             taken, wait_ms = await self._batch.call((bucket, rule, want))
         except Exception as exc:  # Redis down or slow: fail open
@@ -384,6 +387,7 @@ class RedisRateLimiter(_Rules):
         if lease is not None and now < lease.until:
             lease.tokens += tokens  # concurrent requests each took some: none is lost
             lease.size = max(lease.size, size)
+            lease.spent += 1
         else:
             self._leases[bucket] = _Lease(tokens, now + LEASE_LIFE, size)
         self._leases.move_to_end(bucket)
@@ -399,6 +403,7 @@ class RedisRateLimiter(_Rules):
 
     async def close(self) -> None:
         await self._batch.close()
+        await self._script.close()
         await self._client.aclose()
 
 

@@ -43,7 +43,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from tidings.service.cluster import Redeliver
-from tidings.service.cluster.batch import Batcher
+from tidings.service.cluster.batch import Batcher, ScriptCaller
 from tidings.service.cluster.wire import (
     MAX_BUS_MESSAGE,
     BadBusMessage,
@@ -264,7 +264,7 @@ class RedisBus:
         self._claim_one_script = self._redis.register_script(_CLAIM_ONE)
         self._release_script = self._redis.register_script(_RELEASE)
         self._route_script = self._redis.register_script(_ROUTE)
-        self._route_many_script = self._redis.register_script(_ROUTE_MANY)
+        self._route_many_script = ScriptCaller(self._redis, _ROUTE_MANY)  # the Batcher's
         # Routes and withdrawals share one queue: a withdrawal never overtakes its message.
         self._routes: Batcher[tuple[str, str], int] = Batcher(self._route_many, ROUTE_BATCH)
         self._hub = ClusterHub(self)
@@ -335,6 +335,7 @@ class RedisBus:
                     )
                 await pipe.execute()
         await self._routes.close()
+        await self._route_many_script.close()
         for task in list(self._tasks):
             task.cancel()
         for client in (self._redis, self._subscriber):

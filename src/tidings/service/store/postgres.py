@@ -48,7 +48,7 @@ from tidings.service.store.base import (
     message_columns,
     status_columns,
 )
-from tidings.service.store.postgres_commit import MAX_WRITERS, PostgresGroupCommit
+from tidings.service.store.postgres_commit import ACK_DELAY, MAX_WRITERS, PostgresGroupCommit
 from tidings.service.store.postgres_pool import PostgresPool
 from tidings.service.store.postgres_schema import (
     _BYTES_FULL,
@@ -92,6 +92,7 @@ class PostgresStore(PostgresPool):
         timeout: float = 5.0,
         group_commit: bool = True,
         group_writers: int = MAX_WRITERS,
+        ack_delay: float = ACK_DELAY,
     ) -> None:
         super().__init__(
             dsn, min_connections=min_connections, max_connections=max_connections, timeout=timeout
@@ -106,6 +107,7 @@ class PostgresStore(PostgresPool):
                 delete_rows=_deleted_in_order,
                 now=time.time,
                 max_writers=group_writers,
+                ack_delay=ack_delay,
             )
 
     async def close(self) -> None:
@@ -554,8 +556,9 @@ def store_from_url(url: str) -> PostgresStore:
 
     `pool_min`, `pool_max` (connections per node, default 1 and 10), `timeout`
     (seconds before a query or a connection attempt counts as unavailable, default 5)
-    `group_commit` (`on`, the default, or `off`) and `group_writers` (batches in flight
-    at once, default 2) are Tidings' own settings;
+    `group_commit` (`on`, the default, or `off`), `group_writers` (batches in flight
+    at once, default 2) and `ack_delay` (seconds acknowledgements wait for a push's
+    batch, default 0.01) are Tidings' own settings;
     other query parameters go to the server as usual.
     """
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -572,6 +575,8 @@ def store_from_url(url: str) -> PostgresStore:
             settings["timeout"] = float(value)
         elif name == "group_writers":
             settings["group_writers"] = int(value)
+        elif name == "ack_delay":
+            settings["ack_delay"] = float(value)
         elif name == "group_commit":
             settings["group_commit"] = value.lower() not in ("off", "0", "false", "no")
         else:

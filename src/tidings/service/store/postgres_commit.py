@@ -59,6 +59,10 @@ MAX_WRITERS = 2  # batches in flight at once, each on its own pooled connection
 # a slow flush): two writers at all times halved the batches and cost PostgreSQL ~30 %
 # more CPU per push on two cores (BENCHMARKS.md, "One writer until a batch is slow").
 OVERTAKE_AFTER = 0.02
+# A user agent's acknowledgements (their deletes) start no transaction of their own for
+# this long: a push's batch takes them first. Nobody waits on them (the user agent is not
+# answered), and on two nodes the holder's acks began about half its transactions.
+ACK_DELAY = 0.01
 
 _STORE_MESSAGES = (
     "SELECT replaced, code FROM tidings_store_messages($1::text[], $2::text[], $3::text[],"
@@ -128,6 +132,7 @@ class PostgresGroupCommit:
         max_batch: int = MAX_BATCH,
         max_waiting: int = MAX_WAITING,
         max_writers: int = MAX_WRITERS,
+        ack_delay: float = ACK_DELAY,
     ) -> None:
         self._run = run
         self._push_alone = push_alone
@@ -138,6 +143,8 @@ class PostgresGroupCommit:
         self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.max_writers = max_writers
+        self.ack_delay = ack_delay
+        self._ack_timer: asyncio.TimerHandle | None = None  # acks waiting for a writer
         self._waiting: deque[_Operation] = deque()
         self._writers: set[asyncio.Task[None]] = set()
         self._slow = 0  # batches in flight for longer than OVERTAKE_AFTER
@@ -159,6 +166,8 @@ class PostgresGroupCommit:
 
     async def drain(self) -> None:
         """Return once every queued operation has been answered (before closing)."""
+        if self._waiting and not self._writers:
+            self._start_writer()  # acknowledgements waiting out ACK_DELAY
         while self._writers:
             await asyncio.wait(set(self._writers))
 
@@ -174,10 +183,25 @@ class PostgresGroupCommit:
                 f"PostgreSQL: {len(self._waiting)} writes already waiting to be committed"
             )
         self._waiting.append(operation)
-        if not self._writers or (self._slow and len(self._writers) < self.max_writers):
+        if not self._writers:
+            if isinstance(operation, _Deletion) and operation.acknowledged and self.ack_delay:
+                if self._ack_timer is None:
+                    loop = asyncio.get_running_loop()
+                    self._ack_timer = loop.call_later(self.ack_delay, self._acks_due)
+                return
+            self._start_writer()
+        elif self._slow and len(self._writers) < self.max_writers:
+            self._start_writer()
+
+    def _acks_due(self) -> None:
+        self._ack_timer = None
+        if self._waiting and not self._writers:
             self._start_writer()
 
     def _start_writer(self) -> None:
+        if self._ack_timer is not None:  # the acks waiting go with this writer
+            self._ack_timer.cancel()
+            self._ack_timer = None
         writer = asyncio.ensure_future(self._write())
         self._writers.add(writer)
         writer.add_done_callback(self._writers.discard)
