@@ -19,7 +19,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cluster.conftest import in_process_nodes
 from support.service import Registration, RunningService, TestAgent
+from tidings.service import hub, ws_session
 from tidings.service.cluster import redis_bus
+from tidings.service.cluster.wire import Withdrawn
 from tidings.service.core import PushService
 from tidings.service.store import StoredMessage
 from tidings.service.ws_session import WebSocketSession
@@ -114,10 +116,14 @@ def withdrawals_fail(service: PushService, how: str) -> None:
         bus._down_until = time.monotonic() + 60
         return
 
-    async def stalled(*args: object, **kwargs: object) -> object:
-        raise RedisTimeoutError("Timeout reading from 127.0.0.1:6379")
+    class Stalled:  # the route script's caller, whose every call times out
+        async def __call__(self, *args: object, **kwargs: object) -> object:
+            raise RedisTimeoutError("Timeout reading from 127.0.0.1:6379")
 
-    bus._route_many_script = stalled  # type: ignore[method-assign,assignment]
+        async def close(self) -> None:
+            return None
+
+    bus._route_many_script = Stalled()  # type: ignore[assignment]
 
 
 @pytest.mark.parametrize("how", ["down", "timeout"])
@@ -141,6 +147,42 @@ async def test_a_delete_whose_withdrawal_fails_is_not_a_204(tmp_path: Path, how:
         release.set()
         notification = await agent.next_notification(timeout=10)
         assert notification.plaintext == b"maybe"  # what the 202 warned of
+        await agent.close()
+
+
+async def test_a_copy_held_past_its_freshness_is_checked_against_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the short fault campaign (seed 11): the holder was cut off from Redis just
+    # after the message reached it, so the withdrawal of the DELETE answered 204 (which
+    # reached Redis) was stuck in the partition while the copy waited; it went out 1.4 s
+    # after the 204. A copy held past FRESH_FOR is now checked against the store first.
+    monkeypatch.setattr(hub, "FRESH_FOR", 0.2)
+    monkeypatch.setattr(ws_session, "FRESH_FOR", 0.2)
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
+        agent, registration, release = await reconnect_with_slow_store(node_a)
+        assert agent.uaid is not None and node_a.service is not None
+        bus = node_a.service.cluster
+        assert isinstance(bus, redis_bus.RedisBus)
+        receive = bus._on_event
+
+        def cut_off(event: object) -> None:  # the withdrawals wait behind a partition
+            if not isinstance(event, Withdrawn):
+                receive(event)  # type: ignore[arg-type]
+
+        bus._on_event = cut_off  # type: ignore[method-assign,assignment]
+        async with httpx.AsyncClient() as client:
+            answer = await push(client, node_b, registration, b"deleted")
+            await held_count(node_a, agent.uaid, 1)
+            location = urlsplit(answer.headers["location"]).path
+            deleted = await client.delete(node_b.url + location)
+            assert deleted.status_code == 204
+            await asyncio.sleep(0.3)  # held past FRESH_FOR
+            release.set()
+            await agent.no_frame(0.5)
+            await push(client, node_b, registration, b"kept")
+        notification = await agent.next_notification(timeout=10)
+        assert notification.plaintext == b"kept"
         await agent.close()
 
 

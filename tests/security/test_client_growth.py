@@ -70,9 +70,9 @@ async def test_ids_pushed_on_a_long_lived_monitor_are_bounded(
     channel = PushingChannel()
     watcher = PushMonitor(service, channel, "u" * 32, None, Urgency.VERY_LOW)  # type: ignore[arg-type]
     for index in range(3 * BOUND):
-        assert await watcher._push(message(index))
+        assert await watcher._push(message(index), time.time())
         assert len(watcher._sent) <= BOUND
-    assert not await watcher._push(message(3 * BOUND - 1))  # the recent ones go once
+    assert not await watcher._push(message(3 * BOUND - 1), time.time())  # sent once
     assert len(channel.pushed) == 3 * BOUND
 
 

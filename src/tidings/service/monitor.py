@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from tidings.service.core import PushService
 from tidings.service.http.messages import Response, ServerPushChannel
-from tidings.service.hub import Withdrawals
+from tidings.service.hub import FRESH_FOR, StaleCopies, Withdrawals
 from tidings.service.store import StoredMessage, StoreUnavailable
 from tidings.service.store_retry import WarningTally, retry_read
 from tidings.service.tokens import MessageRef
@@ -69,6 +69,7 @@ class PushMonitor:
         self._withdrawn = Withdrawals()
         self._withdrawn.holding = True
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._stale = StaleCopies()
 
     # ConnectedAgent ----------------------------------------------------------------------
 
@@ -89,7 +90,7 @@ class PushMonitor:
                 return
             self._held.append(message)
             return
-        task = asyncio.ensure_future(self._push(message))
+        task = asyncio.ensure_future(self._push(message, message.created_at))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -110,6 +111,7 @@ class PushMonitor:
     async def flush_stored(self) -> int:
         """Push what is stored for this monitor, oldest first; return how many."""
         uaid = self.uaid or ""
+        read_at = time.time()
         try:
             stored = await self.service.pending(uaid)
         except StoreUnavailable as exc:
@@ -120,13 +122,15 @@ class PushMonitor:
             self._withdrawn.note(message)
         held, self._held = self._held or [], None
         count = 0
-        for message in stored + held:
-            if self.accepts(message) and await self._push(message):
+        known = [(message, read_at) for message in stored]
+        for message, known_at in known + [(message, message.created_at) for message in held]:
+            if self.accepts(message) and await self._push(message, known_at):
                 count += 1
         self._withdrawn.holding = False
         return count
 
-    async def _push(self, message: StoredMessage) -> bool:
+    async def _push(self, message: StoredMessage, known_at: float) -> bool:
+        """Push `message`, known to stand at `known_at` (accepted, or read from the store)."""
         if message.message_id in self._sent or message in self._withdrawn:
             return False
         if message.ttl and message.expires_at <= time.time():
@@ -156,6 +160,9 @@ class PushMonitor:
             headers["link"] = link_value(push_url, REL_PUSH)
         # Section 6.1: the synthetic request itself names the push resource (sets: MUST).
         promised = {"link": headers["link"]} if "link" in headers else {}
+        if time.time() - known_at > FRESH_FOR and not await self._still_stands(message, known_at):
+            self._sent.pop(message.message_id, None)
+            return False
         if message.receipt_id is not None and not await self.service.room_for_unmarked():
             # Its delivery could not be remembered if its write failed (the store down for
             # long), and its receipt would be lost: it stays stored, the monitor ends.
@@ -177,6 +184,17 @@ class PushMonitor:
         if message.receipt_id is not None:  # only once it is on its way
             await self.service.mark_delivered(message)
         return True
+
+    async def _still_stands(self, message: StoredMessage, known_at: float) -> bool:
+        """Held past FRESH_FOR (a slow store, this node cut off from the bus): still stored?
+        If the store cannot say, the monitor ends; the client monitors again."""
+        try:
+            return await self._stale.stands(
+                message, known_at, lambda: self.service.pending(self.uaid or "")
+            )
+        except StoreUnavailable:
+            self.channel.closed.set()
+            return False
 
     async def settle(self) -> None:
         """Wait for pushes already under way (before answering `Prefer: wait=0`)."""

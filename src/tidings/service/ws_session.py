@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from typing import Any, ClassVar
@@ -19,7 +20,7 @@ from tidings.service.broadcasts import changes_for, client_broadcasts
 from tidings.service.core import PushService, RegistrationError
 from tidings.service.errors import ServiceError
 from tidings.service.http.app import TextChannel as TextChannel  # what it answers on
-from tidings.service.hub import Withdrawals
+from tidings.service.hub import FRESH_FOR, StaleCopies, Withdrawals
 from tidings.service.limits import Limit
 from tidings.service.logs import escape, redact_uaid
 from tidings.service.store import StoredMessage, StoreUnavailable
@@ -55,8 +56,9 @@ class WebSocketSession:
     # Hundreds of thousands are held idle on a node: slots, and the containers below
     # exist only while they hold something (issue 21: kB per idle connection).
     __slots__ = (
-        "_acked", "_forgotten", "_held", "_queued", "_send_lock", "_senders", "_tasks",
-        "_unacked", "_withdrawn", "channel", "closed", "followed", "peer", "service", "uaid",
+        "_acked", "_forgotten", "_held", "_queued", "_send_lock", "_senders", "_stale",
+        "_tasks", "_unacked", "_withdrawn", "channel", "closed", "followed", "peer", "service",
+        "uaid",
     )  # fmt: skip
 
     def __init__(self, service: PushService, channel: TextChannel, peer: str = "") -> None:
@@ -82,6 +84,7 @@ class WebSocketSession:
         self._send_lock: asyncio.Lock | None = None
         self._senders = 0
         self._queued = 0
+        self._stale: StaleCopies | None = None  # made for the first copy held too long
         self._tasks: set[asyncio.Task[None]] | None = None
         self.followed: set[str] | None = None  # broadcast ids this client follows (bounded)
         self.closed = False
@@ -230,6 +233,7 @@ class WebSocketSession:
         return answer
 
     async def _flush_stored(self, uaid: str) -> None:
+        read_at = time.time()
         try:
             stored = await self.service.pending(uaid)
         except StoreUnavailable as exc:
@@ -240,9 +244,10 @@ class WebSocketSession:
             # frames after hello are still read meanwhile. Live messages wait in `_held`.
             self._spawn(self._flush_retried(uaid))
             return
-        await self._deliver_stored(stored)
+        await self._deliver_stored(stored, read_at)
 
     async def _flush_retried(self, uaid: str) -> None:
+        read_at = time.time()
         try:
             stored = await retry_read(lambda: self.service.pending(uaid))
         except StoreUnavailable as exc:
@@ -251,19 +256,20 @@ class WebSocketSession:
             )
             await self.close(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
             return
-        await self._deliver_stored(stored)
+        await self._deliver_stored(stored, read_at)
 
-    async def _deliver_stored(self, stored: list[StoredMessage]) -> None:
+    async def _deliver_stored(self, stored: list[StoredMessage], read_at: float) -> None:
+        """Send the stored messages read at `read_at`, then the live ones held meanwhile."""
         for message in stored:
             self._withdrawn.note(message)
         for message in stored:
-            await self._deliver(message)
+            await self._deliver(message, read_at)
         # Live messages that arrived meanwhile keep waiting in `_held` (offer appends
         # there) until every one before them is out: delivery stays in order.
         while self._held:
             held, self._held = self._held, []
             for message in held:
-                await self._deliver(message)
+                await self._deliver(message, message.created_at)
         self._held = None
         self._withdrawn.holding = False
 
@@ -420,11 +426,12 @@ class WebSocketSession:
 
     async def _deliver_queued(self, message: StoredMessage) -> None:
         try:
-            await self._deliver(message)
+            await self._deliver(message, message.created_at)
         finally:
             self._queued -= 1
 
-    async def _deliver(self, message: StoredMessage) -> None:
+    async def _deliver(self, message: StoredMessage, known_at: float) -> None:
+        """Send `message`, known to stand at `known_at` (accepted, or read from the store)."""
         if self.closed:
             return  # not sent: nothing may be recorded as delivered
         frame = self._frame_for(message)
@@ -437,7 +444,7 @@ class WebSocketSession:
                 self._unacked.pop(message.message_id, None)
             await self.close(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
             return
-        if not await self._send(frame, message):
+        if not await self._send(frame, message, known_at):
             if self._unacked is not None:
                 self._unacked.pop(message.message_id, None)
             return
@@ -445,8 +452,11 @@ class WebSocketSession:
             self.service.metrics.delivered(message)
             self.service.note_delivered(message, "websocket")
 
-    async def _send(self, text: str, message: StoredMessage | None = None) -> bool:
-        """Write a frame; False if `message` (the frame's) was withdrawn while waiting."""
+    async def _send(
+        self, text: str, message: StoredMessage | None = None, known_at: float = math.inf
+    ) -> bool:
+        """Write a frame; False if `message` (the frame's, known to stand at `known_at`)
+        was withdrawn while waiting, or is no longer stored once held past FRESH_FOR."""
         if self.closed:
             return False
         if self._send_lock is None:
@@ -456,6 +466,11 @@ class WebSocketSession:
             async with self._send_lock:
                 if message is not None and message in self._withdrawn:
                     return False
+                if message is not None and time.time() - known_at > FRESH_FOR:
+                    if not await self._still_stands(message, known_at):
+                        return False
+                    if message in self._withdrawn:
+                        return False
                 try:
                     await self.channel.send_text(text)
                 except Exception as exc:  # the peer went away; its messages stay stored
@@ -466,6 +481,21 @@ class WebSocketSession:
             if not self._senders:
                 self._send_lock = None  # nobody holds or waits for it
         return True
+
+    async def _still_stands(self, message: StoredMessage, known_at: float) -> bool:
+        """Held past FRESH_FOR (a slow store or client, this node cut off from the bus):
+        still stored? If the store cannot say, the client comes back later (1013)."""
+        if self._stale is None:
+            self._stale = StaleCopies()
+        try:
+            return await self._stale.stands(
+                message, known_at, lambda: self.service.pending(message.uaid)
+            )
+        except StoreUnavailable:
+            self._spawn(
+                self.close(wp.CLOSE_TRY_AGAIN_LATER, "service unavailable, try again later")
+            )
+            return False
 
     # End --------------------------------------------------------------------------------
 
