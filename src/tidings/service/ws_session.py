@@ -4,6 +4,9 @@ The I/O adapter feeds text frames to `on_text` and gives the session a `TextChan
 answer on; this class holds the connection's state (its uaid, what was sent and not
 yet acknowledged) and the rules: hello first and once, deliver what is stored after
 hello, in order, then live messages; ack deletes.
+
+Over 500 lines: the delivery rules (order, withdrawals, held and stale copies, acks)
+share the connection's state and are read together; the frame codec is ws_protocol.py.
 """
 
 from __future__ import annotations
