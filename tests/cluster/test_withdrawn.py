@@ -89,14 +89,26 @@ async def held_count(node: RunningService, uaid: str, count: int) -> None:
         await asyncio.sleep(0.02)
 
 
+async def push_held(
+    client: httpx.AsyncClient,
+    node_a: RunningService,
+    node_b: RunningService,
+    uaid: str,
+    registration: Registration,
+    text: bytes,
+) -> str:
+    """Push `text` through node B until node A's connection holds it; its message path."""
+    answer = await push(client, node_b, registration, text)
+    await held_count(node_a, uaid, 1)
+    return urlsplit(answer.headers["location"]).path
+
+
 async def test_a_deleted_message_held_on_another_node_is_not_sent(tmp_path: Path) -> None:
     async with in_process_nodes(tmp_path) as (node_a, node_b):
         agent, registration, release = await reconnect_with_slow_store(node_a)
         assert agent.uaid is not None
         async with httpx.AsyncClient() as client:
-            answer = await push(client, node_b, registration, b"deleted")
-            await held_count(node_a, agent.uaid, 1)
-            location = urlsplit(answer.headers["location"]).path
+            location = await push_held(client, node_a, node_b, agent.uaid, registration, b"deleted")
             deleted = await client.delete(node_b.url + location)
             assert deleted.status_code == 204
             release.set()
@@ -134,10 +146,8 @@ async def test_a_delete_whose_withdrawal_fails_is_not_a_204(tmp_path: Path, how:
         agent, registration, release = await reconnect_with_slow_store(node_a)
         assert agent.uaid is not None and node_b.service is not None
         async with httpx.AsyncClient() as client:
-            answer = await push(client, node_b, registration, b"maybe")
-            await held_count(node_a, agent.uaid, 1)
+            location = await push_held(client, node_a, node_b, agent.uaid, registration, b"maybe")
             withdrawals_fail(node_b.service, how)
-            location = urlsplit(answer.headers["location"]).path
             deleted = await client.delete(node_b.url + location)
             assert deleted.status_code == 202, deleted.text
             assert deleted.json()["status"] == "deleted"
@@ -172,9 +182,7 @@ async def test_a_copy_held_past_its_freshness_is_checked_against_the_store(
 
         bus._on_event = cut_off  # type: ignore[method-assign,assignment]
         async with httpx.AsyncClient() as client:
-            answer = await push(client, node_b, registration, b"deleted")
-            await held_count(node_a, agent.uaid, 1)
-            location = urlsplit(answer.headers["location"]).path
+            location = await push_held(client, node_a, node_b, agent.uaid, registration, b"deleted")
             deleted = await client.delete(node_b.url + location)
             assert deleted.status_code == 204
             await asyncio.sleep(0.3)  # held past FRESH_FOR

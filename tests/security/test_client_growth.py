@@ -20,11 +20,11 @@ import httpx
 import pytest
 
 from rfc8030.helpers import path_of, push, subscribe, token_of
+from support.channels import PushingChannel
 from support.service import TestAgent, running_service
 from tidings.http2 import H2Client
 from tidings.service import acknowledgements, hub, limits, monitor, ws_protocol, ws_session
 from tidings.service.core import PushService
-from tidings.service.http.messages import Response
 from tidings.service.limits import MemoryRateLimiter, parse_networks
 from tidings.service.monitor import PushMonitor
 from tidings.service.store import StoredMessage
@@ -34,18 +34,6 @@ from tidings.webpush import Urgency, VapidKey, sign_vapid
 from tidings.webpush.links import REL_RECEIPT, link_target
 
 BOUND = 4
-
-
-class PushingChannel:
-    """A monitor's stream whose peer takes every push."""
-
-    def __init__(self) -> None:
-        self.closed = asyncio.Event()
-        self.pushed: list[str] = []
-
-    def push(self, path: str, response: Response, promised: dict[str, str]) -> bool:
-        self.pushed.append(path)
-        return True
 
 
 def message(index: int) -> StoredMessage:

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from types import SimpleNamespace
 from typing import Any
 
-from tidings.service.http.messages import Response
+from support.channels import PushingChannel
 from tidings.service.hub import FRESH_FOR, StaleCopies
 from tidings.service.monitor import PushMonitor
 from tidings.service.store import StoredMessage
@@ -49,16 +48,6 @@ async def test_fresh_copies_cost_no_read_and_one_read_serves_the_stale_ones() ->
     assert store.reads == 2
 
 
-class Channel:
-    def __init__(self) -> None:
-        self.closed = asyncio.Event()
-        self.pushed: list[str] = []
-
-    def push(self, path: str, response: Response, promised: dict[str, str]) -> bool:
-        self.pushed.append(path)
-        return True
-
-
 async def test_a_monitor_does_not_push_a_stale_copy_deleted_meanwhile() -> None:
     now = time.time()
     kept, deleted = message("kept", now - 60), message("deleted", now - 60)
@@ -74,7 +63,7 @@ async def test_a_monitor_does_not_push_a_stale_copy_deleted_meanwhile() -> None:
         metrics=SimpleNamespace(delivered=lambda message: None),
         note_delivered=lambda message, via: None,
     )
-    channel = Channel()
+    channel = PushingChannel()
     monitor = PushMonitor(service, channel, UAID, None, Urgency.VERY_LOW)  # type: ignore[arg-type]
     held_since = now - 2 * FRESH_FOR  # read (or accepted) that long ago, then held
     assert not await monitor._push(deleted, held_since)
