@@ -244,8 +244,27 @@ class Rfc8030Agent:
             await asyncio.sleep(self.rng.uniform(0.1, 0.6))
 
     async def _receive(self, connection: Http2Connection) -> None:
+        # Acknowledgements go out in order from a task of their own: awaiting each DELETE
+        # here would stamp the next delivery with the time its predecessor's answer came
+        # (a node cut off from Redis holds the DELETE), not when the push arrived.
+        acks: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
+        acking = asyncio.create_task(self._acknowledge(connection, acks))
+        try:
+            await self._read_deliveries(connection, acks, acking)
+        finally:
+            acking.cancel()
+            await asyncio.gather(acking, return_exceptions=True)
+
+    async def _read_deliveries(
+        self,
+        connection: Http2Connection,
+        acks: asyncio.Queue[tuple[str, str | None]],
+        acking: asyncio.Task[None],
+    ) -> None:
         moving_at = time.monotonic() + stay_for(self.rng)
         while not self.stopping and time.monotonic() < moving_at:
+            if acking.done():
+                acking.result()  # its failure ends the connection, as a failed read does
             try:
                 async with asyncio.timeout(1.0):
                     event = await connection.next_event()
@@ -264,9 +283,16 @@ class Rfc8030Agent:
                 "delivered", agent=self.name, channel=channel and channel.channel_id,
                 id=message_id, version=urlsplit(event.message_id).path, node=self.connected_to,
             )  # fmt: skip
+            acks.put_nowait((event.message_id, message_id))
+
+    async def _acknowledge(
+        self, connection: Http2Connection, acks: asyncio.Queue[tuple[str, str | None]]
+    ) -> None:
+        while True:
+            url, message_id = await acks.get()
             # The DELETE's answer decides whether the service took the acknowledgement (a
             # 503 leaves the message stored); `acknowledge` does not return it.
-            _, answer = await connection._request("DELETE", event.message_id)
+            _, answer = await connection._request("DELETE", url)
             if 200 <= answer.status < 300:
                 self.history.add("acked", agent=self.name, id=message_id)
 
