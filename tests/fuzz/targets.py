@@ -221,7 +221,7 @@ class _Sink:
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None
-H1_STATUSES = {100, 101, 200, 400, 404, 413, 426, 431}
+H1_STATUSES = {100, 101, 200, 400, 404, 413, 426, 431, 501, 505}
 
 
 async def _drive_h1(data: bytes) -> tuple[_Transport, _Context]:

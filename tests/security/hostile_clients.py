@@ -62,7 +62,7 @@ def http_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _read_http(reader: asyncio.StreamReader) -> Outcome:
+async def read_http(reader: asyncio.StreamReader) -> Outcome:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE)
     except asyncio.IncompleteReadError:
@@ -84,9 +84,9 @@ async def send_http(port: int, data: bytes) -> Outcome:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
-        outcome = await _read_http(reader)
+        outcome = await read_http(reader)
         while outcome.status == 100:
-            outcome = await _read_http(reader)
+            outcome = await read_http(reader)
         return outcome
     finally:
         writer.close()

@@ -3,10 +3,12 @@ may carry (RFC 9110 section 6.5: trailer fields are not header fields)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import httpx
-from hostile_clients import send_http
+from hostile_clients import read_http, send_http
 
 from support.service import running_service
 from tidings.service.errors import Errno
@@ -108,3 +110,56 @@ async def test_an_http11_request_without_one_host_is_400(tmp_path: Path) -> None
         assert (await send_http(port, b"GET /health HTTP/1.0\r\n\r\n")).status == 200
         one = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
         assert (await send_http(port, one)).status == 200
+
+
+async def _answer_then_eof(port: int, data: bytes) -> tuple[int | None, object, str]:
+    """The status and JSON errno of the first answer, and what the connection did next
+    (a valid request pipelined behind the bad one must not be answered)."""
+    follow = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data + follow)
+        first = await read_http(reader)
+        after = await read_http(reader)
+        return first.status, first.json()["errno"], after.kind
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def test_only_http_1x_is_spoken_on_the_http1_port(tmp_path: Path) -> None:
+    """llhttp read `HTTP/2.0` and `HTTP/0.9` request lines as versions and they were
+    served as HTTP/1.1: RFC 9110 section 15.6.6's 505, then the connection closes."""
+    async with running_service(tmp_path) as running:
+        port = running.config.port
+        for version in (b"HTTP/2.0", b"HTTP/0.9"):
+            head = b"GET /health " + version + b"\r\nhost: 127.0.0.1\r\n\r\n"
+            status, errno, after = await _answer_then_eof(port, head)
+            assert (status, after) == (505, "eof"), version
+            assert errno == Errno.MALFORMED_REQUEST
+        assert (await send_http(port, b"GET /health HTTP/1.0\r\n\r\n")).status == 200
+
+
+async def test_transfer_codings_a_proxy_may_read_otherwise_are_refused(
+    tmp_path: Path,
+) -> None:
+    """RFC 9112 section 6.1: only chunked is implemented, so any other coding is a 501
+    (llhttp passed `identity, chunked` and `gzip, chunked` as a plain chunked body,
+    which a proxy in front may frame differently: request smuggling), and an HTTP/1.0
+    request with Transfer-Encoding has faulty framing: 400; both close the connection."""
+    async with running_service(tmp_path) as running:
+        port = running.config.port
+        push = await _endpoint(running.url)
+        for coding, version, expected in (
+            ("identity, chunked", "HTTP/1.1", 501),
+            ("gzip, chunked", "HTTP/1.1", 501),
+            ("chunked", "HTTP/1.0", 400),
+        ):
+            head = f"POST {push} {version}\r\nhost: 127.0.0.1\r\nttl: 60\r\n"
+            head += f"transfer-encoding: {coding}\r\n\r\n0\r\n\r\n"
+            status, errno, after = await _answer_then_eof(port, head.encode())
+            assert (status, after) == (expected, "eof"), (coding, version)
+            assert errno == Errno.MALFORMED_REQUEST
+        plain = await send_http(port, chunked(push, ["ttl: 60"], []))
+        assert plain.status == 201, plain

@@ -33,7 +33,15 @@ class _BodyTooLarge(Exception):
 
 
 class _BadHead(Exception):
-    """A head that parses but that RFC 9112 says to answer 400."""
+    """A head that parses but that RFC 9112 says to refuse: 400 unless `status` says."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# What Transfer-Encoding may say: only chunked is implemented (RFC 9112 section 6.1).
+_IMPLEMENTED_CODINGS = frozenset({"chunked"})
 
 
 class Http1Connection(asyncio.Protocol):
@@ -114,7 +122,7 @@ class Http1Connection(asyncio.Protocol):
             if isinstance(exc.__context__, _BodyTooLarge):
                 self._reject(413, f"the body is over {self._body_limit} bytes")
             elif isinstance(exc.__context__, _BadHead):
-                self._reject(400, str(exc.__context__))
+                self._reject(exc.__context__.status, str(exc.__context__))
             elif isinstance(exc.__context__, httptools.HttpParserInvalidURLError):
                 # parse_url in a callback refused the request target: bad syntax, 400.
                 self._reject(400, "malformed request URL")
@@ -161,9 +169,15 @@ class Http1Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_trailer = True
-        if self._hosts > 1 or (self._hosts == 0 and self.parser.get_http_version() == "1.1"):
+        version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            # llhttp reads any d.d (HTTP/2.0, HTTP/0.9) as a version: only 1.x is spoken here.
+            raise _BadHead(f"HTTP/{version} is not supported: use HTTP/1.1 or HTTP/2", 505)
+        if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
             # RFC 9112 section 3.2: exactly one Host in HTTP/1.1 (at most one before).
             raise _BadHead("an HTTP/1.1 request needs exactly one Host header")
+        if "transfer-encoding" in self._headers:
+            self._check_transfer_coding(self._headers["transfer-encoding"], version)
         # Parsed here once for both the body limit and the request.
         if self._url:
             url = httptools.parse_url(self._url)
@@ -183,6 +197,18 @@ class Http1Connection(asyncio.Protocol):
         idle = self._worker is None and not self._queue
         if expect == "100-continue" and idle and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    @staticmethod
+    def _check_transfer_coding(value: str, version: str) -> None:
+        """Refuse framing a proxy in front could read otherwise (request smuggling)."""
+        if version == "1.0":
+            # RFC 9112 section 6.1: an HTTP/1.0 message with it has faulty framing.
+            raise _BadHead("Transfer-Encoding is not allowed in an HTTP/1.0 request")
+        for coding in value.split(","):
+            name = coding.strip().lower()
+            if name not in _IMPLEMENTED_CODINGS:
+                # llhttp passes `identity, chunked` and `gzip, chunked` as plain chunked.
+                raise _BadHead(f"transfer coding {name[:40]!r} is not implemented", 501)
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
