@@ -103,6 +103,8 @@ log = logging.getLogger("tidings.service")
 
 STORE_OPEN_FIRST_DELAY = 0.5  # seconds before retrying a store down at start; doubling
 STORE_OPEN_MAX_DELAY = 30.0
+# /health asks the store at most this often (seconds); requests in between share the answer.
+HEALTH_PING_EVERY = 1.0
 
 
 class PushService(
@@ -157,6 +159,8 @@ class PushService(
         self.started_at = time.time()
         self._redeliveries: dict[str, float] = {}  # subscriptions.py
         self._redelivery_tasks: set[asyncio.Task[None]] = set()
+        self._store_ping: asyncio.Future[bool] | None = None  # /health's, shared
+        self._store_pinged_at = -math.inf
         self.quota = MessageQuota(
             per_subscription=config.max_messages_per_subscription,
             per_user_agent=config.max_messages_per_user_agent,
@@ -252,13 +256,28 @@ class PushService(
         await self.limits.close()
         await self.store.close()
 
-    async def health(self) -> dict[str, object]:
-        """A small status document for /health."""
+    async def _store_answers(self) -> bool:
+        """Whether the store answered a ping, asked at most once per HEALTH_PING_EVERY
+        seconds whatever the rate of /health: a flood of them took a store connection
+        each (on PostgreSQL, the pool the pushes wait for)."""
+        now = time.monotonic()
+        ping = self._store_ping
+        if ping is None or (ping.done() and now - self._store_pinged_at >= HEALTH_PING_EVERY):
+            self._store_pinged_at = now
+            ping = self._store_ping = asyncio.ensure_future(self._ping_store())
+        # Shielded: a client that goes away must not cancel the ping others wait for.
+        return await asyncio.shield(ping)
+
+    async def _ping_store(self) -> bool:
         try:
             await self.store.ping()
-            store_ok = True
         except StoreUnavailable:
-            store_ok = False
+            return False
+        return True
+
+    async def health(self) -> dict[str, object]:
+        """A small status document for /health."""
+        store_ok = await self._store_answers()
         cluster = self.cluster.status()
         if not self.ready:
             status = "starting"  # the store was unreachable at start: retrying
