@@ -12,9 +12,12 @@ from urllib.parse import urlsplit
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+
+from tidings.http2.limits import MAX_OPEN_PROMISES, MAX_RESPONSE_BODY, cap_encoder_table
 
 
 class H2Error(Exception):
@@ -60,6 +63,7 @@ class H2Stream:
         self._status = 0
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
+        self._body_size = 0
         self._finished = False
         self._open_promises = 0
 
@@ -81,6 +85,7 @@ class _Promise:
         self.parent = parent
         self.pushed = pushed
         self.body: list[bytes] = []
+        self.size = 0
 
 
 def _decode_headers(raw: list[tuple[bytes, bytes]] | None) -> dict[str, str]:
@@ -176,7 +181,9 @@ class H2Client(asyncio.Protocol):
         elif isinstance(event, h2.events.PushedStreamReceived):
             parent = self._streams.get(event.parent_stream_id or 0)
             headers = _decode_headers(event.headers)
-            if parent is not None and event.pushed_stream_id is not None:
+            if event.pushed_stream_id is not None and len(self._promises) >= MAX_OPEN_PROMISES:
+                self._refuse(event.pushed_stream_id)  # stays stored on the server: sent again
+            elif parent is not None and event.pushed_stream_id is not None:
                 pushed = PushedResponse(headers.get(":path", ""), headers)
                 self._promises[event.pushed_stream_id] = _Promise(parent, pushed)
                 parent._open_promises += 1
@@ -193,8 +200,14 @@ class H2Client(asyncio.Protocol):
             waiter = self._pings.pop(bytes(event.ping_data or b""), None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            cap_encoder_table(self.conn)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._fail(f"server closed the connection (GOAWAY {event.error_code})")
+
+    def _refuse(self, stream_id: int, code: int = h2.errors.ErrorCodes.REFUSED_STREAM) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
+            self.conn.reset_stream(stream_id, error_code=code)
 
     def _response_headers(self, stream_id: int, headers: dict[str, str]) -> None:
         status = int(headers.pop(":status", "0"))
@@ -210,10 +223,21 @@ class H2Client(asyncio.Protocol):
         promise = self._promises.get(stream_id)
         if promise is not None:
             promise.body.append(data)
+            promise.size += len(data)
+            if promise.size > MAX_RESPONSE_BODY:  # dropped: stays stored, sent again
+                self._refuse(stream_id, h2.errors.ErrorCodes.CANCEL)
+                self._reset(stream_id, "pushed body too large")
             return
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream._body.append(data)
+            stream._body_size += len(data)
+            if stream._body_size > MAX_RESPONSE_BODY:
+                self._refuse(stream_id, h2.errors.ErrorCodes.CANCEL)
+                if not stream.response.done():
+                    too_large = H2Error(f"response body over {MAX_RESPONSE_BODY} bytes")
+                    stream.response.set_exception(too_large)
+                self._reset(stream_id, "response body too large")
 
     def _ended(self, stream_id: int) -> None:
         promise = self._promises.pop(stream_id, None)

@@ -15,6 +15,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from tidings.http2.limits import MAX_RESPONSE_BODY, cap_encoder_table
 from tidings.sender.transport.base import (
     Response,
     TransportError,
@@ -86,6 +87,20 @@ class H2Connection(asyncio.Protocol):
             self._handle(event)
         self._flush()
 
+    def _give_up(self, stream_id: int, stream: H2Stream) -> None:
+        """A response body past MAX_RESPONSE_BODY: the stream is reset, the push failed."""
+        del self.streams[stream_id]
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+        if not stream.future.done():
+            stream.future.set_exception(
+                TransportError(
+                    f"the service's answer is over {MAX_RESPONSE_BODY} bytes",
+                    safe_to_retry=False,  # the push itself may have been accepted
+                )
+            )
+        self._wake_one()
+
     def _handle(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
             stream = self.streams.get(event.stream_id)
@@ -108,6 +123,8 @@ class H2Connection(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             if stream is not None and event.data:
                 stream.body += event.data
+                if len(stream.body) > MAX_RESPONSE_BODY:
+                    self._give_up(event.stream_id, stream)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None and not stream.future.done():
@@ -129,6 +146,7 @@ class H2Connection(asyncio.Protocol):
         elif isinstance(event, h2.events.WindowUpdated):
             self._send_pending()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
+            cap_encoder_table(self.conn)
             changed = event.changed_settings.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
             if changed is not None:
                 self.max_streams = max(1, min(int(changed.new_value), 1000))

@@ -1,0 +1,23 @@
+"""What a hostile HTTP/2 server can make our clients (sender, user agent, receipt
+monitors) hold: each bound here is one the server could otherwise grow without end."""
+
+from __future__ import annotations
+
+import h2.connection
+
+# Our HPACK encoder's table, whatever larger SETTINGS_HEADER_TABLE_SIZE the server allows
+# (RFC 7541 section 4.2 lets an encoder use less): hpack keeps every header it may reuse
+# and searches them linearly, so 2^31 would make each request slower than the last.
+MAX_ENCODER_TABLE = 4096
+# One response's or pushed response's body: push messages are at most 4 KiB of payload
+# (RFC 8030 section 7.2), answers are short JSON; a server sending without end is cut off.
+MAX_RESPONSE_BODY = 1 << 20
+# Pushed streams promised and not yet complete on one connection; past it, refused.
+MAX_OPEN_PROMISES = 1000
+
+
+def cap_encoder_table(conn: h2.connection.H2Connection) -> None:
+    """After the server's SETTINGS: keep our encoder's table within MAX_ENCODER_TABLE
+    (the size update goes out at the start of the next header block)."""
+    if conn.encoder.header_table_size > MAX_ENCODER_TABLE:
+        conn.encoder.header_table_size = MAX_ENCODER_TABLE

@@ -1,0 +1,161 @@
+"""Our HTTP/2 clients against a hostile server: what it can make them hold is bounded
+(`tidings.http2.limits`): the HPACK encoder's table, a response's body, open promises."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import pytest
+
+from tidings.http2 import H2Client, H2Error
+from tidings.http2.limits import MAX_ENCODER_TABLE, MAX_OPEN_PROMISES
+from tidings.sender.transport.base import TransportError
+from tidings.sender.transport.http2 import H2Connection
+
+# The server's answer to one request: writes frames on `conn` for the request's stream.
+Answer = Callable[[h2.connection.H2Connection, int], None]
+
+
+def huge_table(conn: h2.connection.H2Connection, stream_id: int) -> None:
+    conn.send_headers(stream_id, [(b":status", b"200"), (b"x-a", b"1")], end_stream=True)
+
+
+def endless_body(conn: h2.connection.H2Connection, stream_id: int) -> None:
+    conn.send_headers(stream_id, [(b":status", b"200")])
+    feed(conn, stream_id)
+
+
+def feed(conn: h2.connection.H2Connection, stream_id: int) -> None:
+    """DATA as far as flow control allows (again whenever the client opens its window)."""
+    with contextlib.suppress(h2.exceptions.ProtocolError):  # reset by the client
+        window = conn.local_flow_control_window(stream_id)
+        while window > 0:
+            size = min(window, 16384)
+            conn.send_data(stream_id, b"x" * size)
+            window -= size
+
+
+def many_promises(conn: h2.connection.H2Connection, stream_id: int) -> None:
+    conn.send_headers(stream_id, [(b":status", b"200")])
+    for n in range(MAX_OPEN_PROMISES + 50):  # promised, never sent
+        promised = conn.get_next_available_stream_id()
+        request = [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"127.0.0.1"),
+            (b":path", f"/m/{n}".encode()),
+        ]
+        conn.push_stream(stream_id, promised, request)
+
+
+@contextlib.asynccontextmanager
+async def hostile_server(answer: Answer) -> AsyncIterator[tuple[int, list[int]]]:
+    """A prior-knowledge HTTP/2 server advertising a 2^31-1 header table, answering
+    every request with `answer`; yields its port and the streams the client reset."""
+    resets: list[int] = []
+
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        handlers.add(handler)
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        conn = h2.connection.H2Connection(config=config)
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.HEADER_TABLE_SIZE: 2**31 - 1,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+            },
+        )
+        answered: set[int] = set()
+        conn.decoder.max_allowed_table_size = 2**31 - 1  # as advertised, at once
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        try:
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        answer(conn, event.stream_id)
+                        answered.add(event.stream_id)
+                    elif isinstance(event, h2.events.WindowUpdated) and answer is endless_body:
+                        for stream_id in answered:
+                            feed(conn, stream_id)
+                    elif isinstance(event, h2.events.StreamReset):
+                        resets.append(event.stream_id)
+                        answered.discard(event.stream_id)
+                writer.write(conn.data_to_send())
+                await writer.drain()
+        except (ConnectionError, h2.exceptions.ProtocolError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], resets
+    finally:
+        server.close()
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def sender_connection(port: int) -> H2Connection:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(
+        lambda: H2Connection(f"127.0.0.1:{port}", "http"), "127.0.0.1", port
+    )
+    return protocol
+
+
+async def test_the_encoder_table_stays_small_whatever_the_server_allows() -> None:
+    async with hostile_server(huge_table) as (port, _):
+        async with await H2Client.connect(f"http://127.0.0.1:{port}") as client:
+            for _ in range(3):
+                assert (await client.request("GET", "/", timeout=10)).status == 200
+            assert client.conn.encoder.header_table_size <= MAX_ENCODER_TABLE
+        sender = await sender_connection(port)
+        try:
+            for _ in range(3):
+                assert (await sender.request("POST", "/p", {}, b"x")).status == 200
+            assert sender.conn.encoder.header_table_size <= MAX_ENCODER_TABLE
+        finally:
+            sender.close()
+
+
+async def test_an_endless_body_is_cut_off() -> None:
+    async with hostile_server(endless_body) as (port, resets):
+        async with await H2Client.connect(f"http://127.0.0.1:{port}") as client:
+            with pytest.raises(H2Error, match="body over"):
+                await client.request("GET", "/", timeout=10)
+        sender = await sender_connection(port)
+        try:
+            with pytest.raises(TransportError, match="over") as raised:
+                await sender.request("POST", "/p", {}, b"x")
+            assert not raised.value.safe_to_retry  # the push itself may have been taken
+        finally:
+            sender.close()
+        async with asyncio.timeout(10):  # both cut it off with RST_STREAM
+            while len(resets) < 2:
+                await asyncio.sleep(0.01)
+
+
+async def test_promises_past_the_limit_are_refused() -> None:
+    async with (
+        hostile_server(many_promises) as (port, resets),
+        await H2Client.connect(f"http://127.0.0.1:{port}") as client,
+    ):
+        await client.open_stream("GET", "/set/x")
+        async with asyncio.timeout(10):
+            while len(resets) < 50:
+                await asyncio.sleep(0.01)
+        assert len(client._promises) == MAX_OPEN_PROMISES
