@@ -133,6 +133,22 @@ async def test_topic_replaces_the_stored_message(service: RunningService) -> Non
     await again.close()
 
 
+async def test_a_ttl0_push_replaces_the_stored_message_of_its_topic(
+    service: RunningService,
+) -> None:
+    """RFC 8030 section 5.4: a push with a Topic replaces any pending message of that
+    Topic. A TTL-0 one with the user agent away is dropped at once, so it replaced the
+    stored one and left nothing: the older message used to be delivered on return."""
+    agent, registration = await away(service)
+    first = await push(registration, "old news", headers={"topic": "A"})
+    assert (await push(registration, "gone", ttl="0", headers={"topic": "A"})).status_code == 201
+    assert (await push(registration, "other topic", headers={"topic": "B"})).status_code == 201
+    again = await back(service, agent)
+    assert await received(again) == [b"other topic"]
+    assert (await delete(first.headers["location"])).status_code == 404
+    await again.close()
+
+
 async def test_topic_is_per_subscription(service: RunningService) -> None:
     agent = await service.agent()
     one = await agent.register()

@@ -156,3 +156,22 @@ async def test_a_status_lives_in_its_message_row_while_stored(store: Store) -> N
     assert await store.get_message_status("ua2", pushed.message_id) is None  # its user agent's
     assert await store.delete_subscription("ua1", "ch1")
     assert await store.get_message_status("ua1", pushed.message_id) is None
+
+
+async def test_replace_topic_deletes_the_topic_and_ends_signed_statuses(store: Store) -> None:
+    """A TTL-0 push of a Topic is not stored, but it replaces the stored ones of its Topic
+    (RFC 8030 section 5.4): `replace_topic` deletes them; signed ones end as replaced."""
+    await subscribe(store)
+    news, unsigned_news, other = signed(topic="news"), message(topic="news"), signed(topic="x")
+    kept = signed()
+    for pushed in (news, other, kept):
+        await store.store_message(pushed, quota=QUOTA)
+    await store.store_message(unsigned_news, quota=QUOTA)  # replaced `news` already
+    assert await store.replace_topic("ua1", "ch1", "news", NOW + 5) == [unsigned_news.message_id]
+    await store.store_message(news_again := signed(topic="news", created_at=NOW + 6), quota=QUOTA)
+    assert await store.replace_topic("ua1", "ch1", "news", NOW + 7) == [news_again.message_id]
+    assert await store.replace_topic("ua1", "ch1", "news", NOW + 8) == []
+    status = await store.get_message_status("ua1", news_again.message_id)
+    assert status is not None and (status.state, status.final_at) == ("replaced", NOW + 7)
+    left = {m.message_id for m in await store.pending_messages("ua1", NOW, 100)}
+    assert left == {other.message_id, kept.message_id}

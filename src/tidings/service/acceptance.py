@@ -256,6 +256,13 @@ class PushAcceptance(ServiceBase):
             # Delivered only to a user agent connected right now; never stored.
             if await self.store.get_subscription(ref.uaid, ref.channel_id) is None:
                 raise SubscriptionGone(ref.channel_id)
+            if message.topic is not None:
+                # It replaces a stored one of its Topic all the same (RFC 8030 section
+                # 5.4), delivered now or dropped; copies held by a connection are
+                # withdrawn when it is offered there, as for a stored push.
+                await self.store.replace_topic(
+                    ref.uaid, ref.channel_id, message.topic, message.created_at
+                )
             if signed is not None:
                 now = message.created_at
                 await self.store.add_message_status(

@@ -317,6 +317,12 @@ class Store(Protocol):
         PostgreSQL: see the store's notes).
         """
 
+    async def replace_topic(self, uaid: str, channel_id: str, topic: str, at: float) -> list[str]:
+        """Delete the stored messages of a subscription with `topic`, as a newer push of
+        that topic that is not stored (TTL 0) replaces them (RFC 8030 section 5.4);
+        return their ids. Signed ones leave a final "replaced" status, as in
+        `store_message`, under the same per-user-agent lock."""
+
     async def pending_messages(self, uaid: str, now: float, limit: int) -> list[StoredMessage]:
         """Unexpired stored messages of a user agent, oldest first."""
 

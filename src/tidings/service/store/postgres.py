@@ -56,9 +56,11 @@ from tidings.service.store.postgres_schema import (
     _DELETE_MESSAGES,
     _DELETE_STALE_RECEIPT_SUBSCRIPTIONS,
     _DELETE_STALE_USER_AGENTS,
+    _DELETE_TOPIC,
     _GONE,
     _MARK_DELIVERED,
     _MIGRATIONS,
+    _REPLACED_TOPIC_STATUSES,
     _SELECT_PENDING,
     _SELECT_STATUS,
     _STORE_FULL,
@@ -336,6 +338,17 @@ class PostgresStore(PostgresPool):
                     raise refused from None
                 raise
             return list(replaced)
+
+        return await self._run(write)
+
+    async def replace_topic(self, uaid: str, channel_id: str, topic: str, at: float) -> list[str]:
+        async def write(conn: asyncpg.Connection) -> list[str]:
+            async with conn.transaction():
+                # The lock tidings_store_message takes: a push of the topic cannot race it.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", uaid)
+                await conn.execute(_REPLACED_TOPIC_STATUSES, uaid, channel_id, topic, at)
+                rows = await conn.fetch(_DELETE_TOPIC, uaid, channel_id, topic)
+            return [row["message_id"] for row in rows]
 
         return await self._run(write)
 

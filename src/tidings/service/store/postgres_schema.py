@@ -98,6 +98,20 @@ _CHECK_QUOTAS = """        SELECT count(*) FILTER (WHERE channel_id = p_channel_
         END IF;
 """
 
+# A TTL-0 push's Topic (PostgresStore.replace_topic, plain statements): the final
+# statuses of the signed messages it replaces, then those messages.
+_REPLACED_TOPIC_STATUSES = """
+    INSERT INTO message_status
+    SELECT message_id, vapid_hash, 'replaced', ttl, created_at, expires_at,
+           delivered_via, delivered_at, $4, $4
+    FROM messages
+    WHERE uaid = $1 AND channel_id = $2 AND topic = $3 AND vapid_hash IS NOT NULL
+    ON CONFLICT DO NOTHING
+"""
+_DELETE_TOPIC = (
+    "DELETE FROM messages WHERE uaid = $1 AND channel_id = $2 AND topic = $3 RETURNING message_id"
+)
+
 # Schema 3: the signed messages a Topic replaces leave their final status.
 _REPLACED_STATUSES = """        IF p_topic IS NOT NULL THEN
             INSERT INTO message_status

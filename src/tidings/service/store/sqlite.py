@@ -379,6 +379,9 @@ class SQLiteStore(SQLiteGroupCommit):
     async def store_message(self, message: StoredMessage, *, quota: MessageQuota) -> list[str]:
         return await self._op(lambda db: self._store_message_in(db, message, quota))
 
+    async def replace_topic(self, uaid: str, channel_id: str, topic: str, at: float) -> list[str]:
+        return await self._op(lambda db: _replace_topic_in(db, (uaid, channel_id, topic), at))
+
     @staticmethod
     def _store_message_in(
         db: sqlite3.Connection, message: StoredMessage, quota: MessageQuota
@@ -386,13 +389,7 @@ class SQLiteStore(SQLiteGroupCommit):
         replaced: list[str] = []
         if message.topic is not None:
             keys = (message.uaid, message.channel_id, message.topic)
-            db.execute(_REPLACED_STATUSES, ("replaced", message.created_at, *keys))
-            rows = db.execute(
-                "DELETE FROM messages WHERE uaid = ? AND channel_id = ? AND topic = ?"
-                " RETURNING message_id",
-                keys,
-            ).fetchall()
-            replaced = [row[0] for row in rows]
+            replaced = _replace_topic_in(db, keys, message.created_at)
         # One statement checks the subscription and the quotas and inserts; only when
         # nothing was inserted do we look again to say why.
         inserted = db.execute(
@@ -648,3 +645,14 @@ class SQLiteStore(SQLiteGroupCommit):
             )
 
         return await self._op(write)
+
+
+def _replace_topic_in(db: sqlite3.Connection, keys: tuple[str, str, str], at: float) -> list[str]:
+    """Delete the messages of (uaid, channel_id, topic), signed ones leaving a final
+    "replaced" status; their ids."""
+    db.execute(_REPLACED_STATUSES, ("replaced", at, *keys))
+    rows = db.execute(
+        "DELETE FROM messages WHERE uaid = ? AND channel_id = ? AND topic = ? RETURNING message_id",
+        keys,
+    ).fetchall()
+    return [row[0] for row in rows]
