@@ -22,7 +22,7 @@ import pytest
 from tidings.service.store import SubscriptionGone, TooManyMessages, open_store
 from tidings.service.store.migrate import migrate_sqlite_to_postgres
 from tidings.service.store.postgres import _MIGRATIONS, SCHEMA_VERSION, PostgresStore
-from tidings.service.store.postgres_schema import _SELECT_PENDING
+from tidings.service.store.postgres_schema import _DELETE_MESSAGES, _SELECT_PENDING
 
 from . import test_postgres_group_commit as group_commit
 from .test_store import NOW, message, put, subscribe
@@ -374,6 +374,31 @@ async def test_the_exact_counts_never_read_the_expiry_index(
     fetches = [plan for plan in plans if "ORDER BY seq" in plan]
     assert counts and fetches, plans
     assert not [plan for plan in counts + fetches if "messages_by_expiry" in plan], plans
+
+
+async def test_acknowledgements_find_their_counters_by_key(
+    pg: PostgresStore, store_url: str
+) -> None:
+    """The count trigger's deletions (acknowledgements, DELETEs, the expiry sweep) update
+    each counter through its primary key. Joined with the transition table, the cached
+    generic plan read the whole `subscriptions` table by a sequential scan for every
+    batch: the planner cannot know the transition table holds a few rows."""
+    for n in range(50):
+        await subscribe(pg, uaid=f"ua{n}")
+        await put(pg, message(uaid=f"ua{n}"))
+        await put(pg, message(uaid=f"ua{n}"))
+    pending = await pg.pending_messages("ua1", NOW, 10) + await pg.pending_messages("ua2", NOW, 10)
+    acks = [([m.uaid], [m.message_id], NOW, [True]) for m in pending]
+    # A session's first deletion is a large one (the expiry sweep, a user agent's
+    # backlog): the plan cached from it serves every acknowledgement after it.
+    swept = ("DELETE FROM messages WHERE uaid = ANY($1)", [[f"ua{n}" for n in range(3, 50)]])
+    plans = await nested_plans(store_url, [swept] + [(_DELETE_MESSAGES, list(a)) for a in acks])
+    counting = [plan for plan in plans if "old_rows" in plan]
+    assert counting, plans
+    scans = [plan for plan in plans if "Seq Scan on subscriptions" in plan]
+    scans += [plan for plan in plans if "Seq Scan on user_agent_usage" in plan]
+    assert not scans, scans
+    assert await counters(store_url) == await recount(store_url)
 
 
 async def test_tidings_migrate_upgrades_a_schema_6_database(store_url: str, tmp_path: Path) -> None:
