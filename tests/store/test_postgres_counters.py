@@ -376,25 +376,38 @@ async def test_the_exact_counts_never_read_the_expiry_index(
     assert not [plan for plan in counts + fetches if "messages_by_expiry" in plan], plans
 
 
-async def test_acknowledgements_find_their_counters_by_key(
+async def test_the_count_trigger_finds_its_counters_by_key(
     pg: PostgresStore, store_url: str
 ) -> None:
-    """The count trigger's deletions (acknowledgements, DELETEs, the expiry sweep) update
-    each counter through its primary key. Joined with the transition table, the cached
-    generic plan read the whole `subscriptions` table by a sequential scan for every
-    batch: the planner cannot know the transition table holds a few rows."""
+    """The count trigger updates each counter through its primary key. Joined with the
+    transition table, the generic plan a session cached from its first large statement
+    (the expiry sweep, a big batch) read the whole `subscriptions` table by a sequential
+    scan for every later push or acknowledgement: the planner cannot know a transition
+    table holds a few rows."""
     for n in range(50):
         await subscribe(pg, uaid=f"ua{n}")
         await put(pg, message(uaid=f"ua{n}"))
         await put(pg, message(uaid=f"ua{n}"))
     pending = await pg.pending_messages("ua1", NOW, 10) + await pg.pending_messages("ua2", NOW, 10)
     acks = [([m.uaid], [m.message_id], NOW, [True]) for m in pending]
-    # A session's first deletion is a large one (the expiry sweep, a user agent's
-    # backlog): the plan cached from it serves every acknowledgement after it.
+    # Each session's first statement is a large one: the plans cached from it serve the
+    # small ones after it.
     swept = ("DELETE FROM messages WHERE uaid = ANY($1)", [[f"ua{n}" for n in range(3, 50)]])
+    backlog = (
+        "INSERT INTO messages (message_id, uaid, channel_id, urgency, ttl, created_at,"
+        " expires_at, headers, body) SELECT 'b' || i, 'ua' || (i % 40 + 3), 'ch1', 'normal',"
+        " 60, $1::float8, $1::float8 + 60, '{}', '' FROM generate_series(1, 300) i",
+        [NOW],
+    )
+    push = (
+        "SELECT * FROM tidings_push_one('new', 'ua4', 'ch1', '', 60, $1::float8, $1 + 60,"
+        " 'normal', NULL, '{}', NULL, 5000, 2000, 1000000, 1000000, NULL)",
+        [NOW],
+    )
     plans = await nested_plans(store_url, [swept] + [(_DELETE_MESSAGES, list(a)) for a in acks])
-    counting = [plan for plan in plans if "old_rows" in plan]
-    assert counting, plans
+    plans += await nested_plans(store_url, [backlog, push])
+    assert [plan for plan in plans if "old_rows" in plan], plans
+    assert [plan for plan in plans if "new_rows" in plan], plans
     scans = [plan for plan in plans if "Seq Scan on subscriptions" in plan]
     scans += [plan for plan in plans if "Seq Scan on user_agent_usage" in plan]
     assert not scans, scans
