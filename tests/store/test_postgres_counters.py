@@ -22,7 +22,7 @@ import pytest
 from tidings.service.store import SubscriptionGone, TooManyMessages, open_store
 from tidings.service.store.migrate import migrate_sqlite_to_postgres
 from tidings.service.store.postgres import _MIGRATIONS, SCHEMA_VERSION, PostgresStore
-from tidings.service.store.postgres_schema import _SELECT_PENDING
+from tidings.service.store.postgres_schema import _DELETE_MESSAGES, _SELECT_PENDING
 
 from . import test_postgres_group_commit as group_commit
 from .test_store import NOW, message, put, subscribe
@@ -374,6 +374,44 @@ async def test_the_exact_counts_never_read_the_expiry_index(
     fetches = [plan for plan in plans if "ORDER BY seq" in plan]
     assert counts and fetches, plans
     assert not [plan for plan in counts + fetches if "messages_by_expiry" in plan], plans
+
+
+async def test_the_count_trigger_finds_its_counters_by_key(
+    pg: PostgresStore, store_url: str
+) -> None:
+    """The count trigger updates each counter through its primary key. Joined with the
+    transition table, the generic plan a session cached from its first large statement
+    (the expiry sweep, a big batch) read the whole `subscriptions` table by a sequential
+    scan for every later push or acknowledgement: the planner cannot know a transition
+    table holds a few rows."""
+    for n in range(50):
+        await subscribe(pg, uaid=f"ua{n}")
+        await put(pg, message(uaid=f"ua{n}"))
+        await put(pg, message(uaid=f"ua{n}"))
+    pending = await pg.pending_messages("ua1", NOW, 10) + await pg.pending_messages("ua2", NOW, 10)
+    acks = [([m.uaid], [m.message_id], NOW, [True]) for m in pending]
+    # Each session's first statement is a large one: the plans cached from it serve the
+    # small ones after it.
+    swept = ("DELETE FROM messages WHERE uaid = ANY($1)", [[f"ua{n}" for n in range(3, 50)]])
+    backlog = (
+        "INSERT INTO messages (message_id, uaid, channel_id, urgency, ttl, created_at,"
+        " expires_at, headers, body) SELECT 'b' || i, 'ua' || (i % 40 + 3), 'ch1', 'normal',"
+        " 60, $1::float8, $1::float8 + 60, '{}', '' FROM generate_series(1, 300) i",
+        [NOW],
+    )
+    push = (
+        "SELECT * FROM tidings_push_one('new', 'ua4', 'ch1', '', 60, $1::float8, $1 + 60,"
+        " 'normal', NULL, '{}', NULL, 5000, 2000, 1000000, 1000000, NULL)",
+        [NOW],
+    )
+    plans = await nested_plans(store_url, [swept] + [(_DELETE_MESSAGES, list(a)) for a in acks])
+    plans += await nested_plans(store_url, [backlog, push])
+    assert [plan for plan in plans if "old_rows" in plan], plans
+    assert [plan for plan in plans if "new_rows" in plan], plans
+    scans = [plan for plan in plans if "Seq Scan on subscriptions" in plan]
+    scans += [plan for plan in plans if "Seq Scan on user_agent_usage" in plan]
+    assert not scans, scans
+    assert await counters(store_url) == await recount(store_url)
 
 
 async def test_tidings_migrate_upgrades_a_schema_6_database(store_url: str, tmp_path: Path) -> None:
