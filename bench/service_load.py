@@ -199,6 +199,18 @@ except ImportError:
 )
 
 
+def start_agents(port: int, agents: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """`agents` user agents (AGENTS_CODE) of one subscription each; their endpoints."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", AGENTS_CODE, "127.0.0.1", str(port), str(agents), "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, json.loads(process.stdout.readline())
+
+
 def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
     """py-spy on the service for most of the load phase (--profile FILE)."""
     if not args.profile:
@@ -234,14 +246,8 @@ def bench_tidings(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     )
     try:
         wait_port(port)
-        agents = subprocess.Popen(
-            [sys.executable, "-c", AGENTS_CODE, "127.0.0.1", str(port), str(args.agents), "1"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        agents, endpoints = start_agents(port, args.agents)
         assert agents.stdout is not None and agents.stdin is not None
-        endpoints = json.loads(agents.stdout.readline())
         key = VapidKey.generate()
         vapid = sign_vapid(key, endpoints[0], "mailto:bench@example.com").authorization
         body = encrypt(b"x" * 100, VapidKey.generate().public_key_bytes, os.urandom(16))

@@ -3,7 +3,6 @@ current HTTP/1.1 code: it broke once when connections started asking for admissi
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import sys
@@ -12,16 +11,13 @@ from pathlib import Path
 
 import httpx
 
+from support.bench import load_bench
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _null_server_code() -> str:
-    script = REPO / "bench" / "service_load.py"
-    spec = importlib.util.spec_from_file_location("service_load", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module.NULL_SERVER)
+    return str(load_bench("service_load").NULL_SERVER)
 
 
 def _free_port() -> int:
