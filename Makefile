@@ -91,10 +91,10 @@ lint: dev-venv
 
 # wrk drives the service benchmarks (bench/service_load.py, scaleout.py).
 bench-deps:
-	@if ! command -v wrk >/dev/null 2>&1; then \
+	@if ! command -v wrk >/dev/null 2>&1 || ! command -v valgrind >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
-	  else echo "note: wrk is missing and cannot be installed here (need root on Debian)"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind >/dev/null; \
+	  else echo "note: wrk or valgrind is missing and cannot be installed here (need root on Debian)"; fi; \
 	fi
 
 bench: dev-venv node-deps bench-deps
