@@ -17,6 +17,7 @@ from typing import Any
 from tidings import tracing
 from tidings.service.config import ServiceConfig
 from tidings.service.core import PushService
+from tidings.service.http.node_counts import NodeColumn, NodeCounts
 from tidings.service.http.server import HttpServer, tls_context
 from tidings.service.keyfile import KeyFileError
 from tidings.service.push_app import PushApp
@@ -25,8 +26,13 @@ from tidings.service.store import StoreUnavailable
 log = logging.getLogger("tidings.service")
 
 
-def build_server(config: ServiceConfig, service: PushService | None = None) -> HttpServer[PushApp]:
-    """The listener for `config` (not started); `.app.service` is the push service."""
+def build_server(
+    config: ServiceConfig, service: PushService | None = None, node: NodeColumn | None = None
+) -> HttpServer[PushApp]:
+    """The listener for `config` (not started); `.app.service` is the push service.
+
+    `node`: this worker's column of the node's shared per-address counts (`--workers N`).
+    """
     ssl_context = None
     if config.tls_cert and config.tls_key:
         ssl_context = tls_context(config.tls_cert, config.tls_key)
@@ -37,6 +43,7 @@ def build_server(config: ServiceConfig, service: PushService | None = None) -> H
         ssl_context=ssl_context,
         reuse_port=config.reuse_port,
     )
+    server.context.admission.node = node
     server.app.service.metrics.watch_connections(server.context.admission)
     return server
 
@@ -84,7 +91,7 @@ DRAIN_GRACE = 10.0  # seconds for connections to finish before they are closed
 STOP_LIMIT = 30.0  # past this, shutdown gives up waiting (store, cluster) and exits
 
 
-async def run(config: ServiceConfig) -> None:
+async def run(config: ServiceConfig, node: NodeColumn | None = None) -> None:
     """Serve until a termination signal, then drain and stop."""
     # Signals are taken before start-up, so a SIGTERM during it still drains cleanly.
     stop = asyncio.Event()
@@ -94,7 +101,7 @@ async def run(config: ServiceConfig) -> None:
     if config.otlp_endpoint:
         # Per process: each --workers process exports its own spans.
         tracing.enable(f"tidings {config.node_id or 'node'}", endpoint=config.otlp_endpoint)
-    server = build_server(config)
+    server = build_server(config, node=node)
     await server.start()
     tune_garbage_collector()
     log.info("serving on %s", config.origin)
@@ -162,6 +169,8 @@ def serve_workers(config: ServiceConfig) -> None:
         )
     _runner()(prepare(config))
     base = config.node_id or f"{os.uname().nodename}-{os.getpid()}"
+    # Made before forking: every worker maps it (per-address caps count node-wide).
+    counts = NodeCounts(config.workers)
     children: list[int] = []
     received: list[int] = []  # a stop signal that came while workers were forking
 
@@ -187,7 +196,7 @@ def serve_workers(config: ServiceConfig) -> None:
             )
             code = 0
             try:
-                _runner()(run(worker))
+                _runner()(run(worker, counts.column(index)))
             except BaseException as exc:  # report and leave without running parent code
                 print(f"tidings worker {index}: {exc}", file=sys.stderr)
                 code = 1
@@ -196,8 +205,16 @@ def serve_workers(config: ServiceConfig) -> None:
     if received:  # workers forked after the signal have not heard it yet
         forward(received[0], None)
     failed = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
+    running = dict(zip(children, range(len(children)), strict=True))
+    while running:  # in the order they end: an exited worker's counts are zeroed at once
+        try:
+            child, status = os.waitpid(-1, 0)
+        except ChildProcessError:  # none left to wait for
+            break
+        if child not in running:
+            continue
+        index = running.pop(child)
+        counts.reset(index)
         failed += os.waitstatus_to_exitcode(status) != 0
     if failed:
         raise SystemExit(1)

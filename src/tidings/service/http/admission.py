@@ -21,11 +21,17 @@ so a handshake that fails, times out or is reset gives everything back in one ca
 
 The tables hold one entry per address with a connection open, removed at zero, so they
 are bounded by the open connections themselves.
+
+With `--workers N` each worker also counts in the node's shared table (`node`, a
+`NodeColumn`, see node_counts.py) and the per-address caps are checked against its
+node-wide counts; `max_connections` stays per process (each has its own descriptors).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from tidings.service.http.node_counts import HANDSHAKING, OPEN, REFUSING, NodeColumn
 
 __all__ = ["REFUSING_PER_ADDRESS", "UNCOUNTED", "ConnectionAdmission", "Slot"]
 
@@ -74,6 +80,7 @@ class ConnectionAdmission:
         self._open: dict[str, int] = {}
         self._refusing: dict[str, int] = {}
         self._handshaking: dict[str, int] = {}
+        self.node: NodeColumn | None = None  # the node's shared counts (--workers N)
         self.refused_address = 0  # connections refused for their address (ever)
         self.refused_node = 0  # connections closed at once, the node being full (ever)
         self.refused_handshake = 0  # closed at once: their address's handshakes at the cap
@@ -117,11 +124,17 @@ class ConnectionAdmission:
             if key and self.handshakes_per_address is not None:
                 self._handshaking[key] = self._handshaking.get(key, 0) + 1
                 slot.handshake_key = key
+                if self.node is not None:
+                    self.node.add(HANDSHAKING, key, 1)
         return slot
 
     def _handshakes_full(self, key: str) -> bool:
         cap = self.handshakes_per_address
-        return cap is not None and self._handshaking.get(key, 0) >= cap
+        if cap is None:
+            return False
+        if self.node is not None:
+            return self.node.held(HANDSHAKING, key) >= cap
+        return self._handshaking.get(key, 0) >= cap
 
     def _key(self, address: str, handshake: bool) -> str:
         """The key `address` counts under ("" when no per-address cap applies to it)."""
@@ -135,15 +148,20 @@ class ConnectionAdmission:
         cap = self.per_address
         if cap is None or not key:
             return UNCOUNTED
+        node = self.node
         held = self._open.get(key, 0)
-        if held < cap:
+        if (node.held(OPEN, key) if node is not None else held) < cap:
             self._open[key] = held + 1
+            if node is not None:
+                node.add(OPEN, key, 1)
             return Slot(key, False)
         self.refused_address += 1
         refusing = self._refusing.get(key, 0)
-        if refusing >= REFUSING_PER_ADDRESS:
+        if (node.held(REFUSING, key) if node is not None else refusing) >= REFUSING_PER_ADDRESS:
             return None
         self._refusing[key] = refusing + 1
+        if node is not None:
+            node.add(REFUSING, key, 1)
         return Slot(key, True)
 
     def handshake_done(self, slot: Slot) -> None:
@@ -154,6 +172,8 @@ class ConnectionAdmission:
         self.handshakes -= 1
         if slot.handshake_key:
             _decrement(self._handshaking, slot.handshake_key)
+            if self.node is not None:
+                self.node.add(HANDSHAKING, slot.handshake_key, -1)
             slot.handshake_key = ""
 
     def close(self, slot: Slot) -> None:
@@ -162,6 +182,8 @@ class ConnectionAdmission:
         self.total -= 1
         if slot.key:
             _decrement(self._refusing if slot.refused else self._open, slot.key)
+            if self.node is not None:
+                self.node.add(REFUSING if slot.refused else OPEN, slot.key, -1)
 
 
 def _decrement(table: dict[str, int], key: str) -> None:
