@@ -179,6 +179,11 @@ class ServiceBase:
             return
         self.hub.notify_receipt(receipt.receipt_id)
 
+    async def give_up_live_receipt(self, receipt: Receipt) -> None:
+        """Its 410 (RFC 8030 section 6.3), unless another node took its acknowledgement."""
+        if await self.cluster.forget_live_receipt(receipt.message_id):
+            await self._send_live_receipt(receipt, 410)
+
     async def check_rate(self, limit: Limit, key: str) -> None:
         """Take a token for `key` under `limit`, or refuse with 429 and Retry-After."""
         limits = self.limits

@@ -85,6 +85,8 @@ BUS_LATE = 1.0
 # the connection's own first read of the store already had them (margin for clocks and
 # for a push accepted just before the hello but committed just after that read).
 CLAIM_REDELIVERY_WINDOW = 5.0
+# A shared live receipt's key outlives the wait for its acknowledgement (LIVE_ACK_WAIT).
+LIVE_KEY_TTL = 120
 
 # KEYS: presence keys; ARGV: node, ttl, then one stamp per key.
 _CLAIM = """
@@ -252,6 +254,7 @@ class RedisBus:
             timeout=timeout,
         )
         self._redis = aioredis.Redis(connection_pool=pool)
+        self._shared_live: set[str] = set()  # message ids of this node's live receipts
         # The subscriber blocks reading, so it has no read timeout of its own.
         self._subscriber = aioredis.from_url(
             self.url,
@@ -476,6 +479,39 @@ class RedisBus:
             self._failed("withdraw", exc)
             return False
         return True
+
+    # Receipts of TTL-0 messages sent live: `<prefix>live:<message id>` = receipt id, so
+    # that the acknowledgement may come to any node. Whoever deletes the key first (a
+    # DELETE elsewhere, or this node's own ack or give-up) sends the one receipt. The
+    # expiry bounds what Redis holds; this node's table stays bounded as before.
+
+    async def share_live_receipt(self, message_id: str, receipt_id: str) -> None:
+        if time.monotonic() < self._down_until:
+            return  # acknowledged here only, as without a cluster
+        try:
+            await self._redis.set(f"{self.prefix}live:{message_id}", receipt_id, ex=LIVE_KEY_TTL)
+        except (RedisError, OSError) as exc:
+            self._failed("live receipt", exc)
+            return
+        self._shared_live.add(message_id)  # bounded by the service's table: each is forgotten
+
+    async def take_live_receipt(self, message_id: str) -> str | None:
+        try:
+            taken = await self._redis.getdel(f"{self.prefix}live:{message_id}")
+        except (RedisError, OSError) as exc:
+            self._failed("live receipt", exc)
+            return None
+        return None if taken is None else taken.decode() if isinstance(taken, bytes) else taken
+
+    async def forget_live_receipt(self, message_id: str) -> bool:
+        if message_id not in self._shared_live:
+            return True  # never shared (Redis was down): only this node knows it
+        self._shared_live.discard(message_id)
+        try:
+            return bool(await self._redis.delete(f"{self.prefix}live:{message_id}"))
+        except (RedisError, OSError) as exc:
+            self._failed("live receipt", exc)
+            return True  # not known to be claimed: this node's receipt goes
 
     async def announce_broadcasts(self) -> None:
         """Every node re-reads the broadcasts now (else at its next broadcast_poll)."""
