@@ -320,7 +320,7 @@ class PushAcceptance(ServiceBase):
             await self.store.add_receipt(Receipt(0, *ids, 410, time.time()))
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from None  # nothing was delivered: a retry is safe
-        self.hub.notify_receipt(receipt_id)
+        self.receipt_queued(receipt_id)
 
     async def _add_receipt_subscription(self, receipt_id: str, message: StoredMessage) -> None:
         """Create the receipt subscription of an accepted push; if the store fails, the

@@ -86,7 +86,7 @@ class Acknowledgements(ServiceBase):
         if self.trace_book:
             self._trace_ack(deleted.message_id, 100)
         if deleted.receipt_id is not None:
-            self.hub.notify_receipt(deleted.receipt_id)
+            self.receipt_queued(deleted.receipt_id)
         return told
 
     async def _acknowledge_live(self, ref: MessageRef) -> bool:
@@ -173,7 +173,7 @@ class Acknowledgements(ServiceBase):
                             await self._send_live_receipt(live, 204)
                         log.debug("ack for unknown or TTL-0 message %s", escape(message_id))
                     elif message.receipt_id is not None:
-                        self.hub.notify_receipt(message.receipt_id)
+                        self.receipt_queued(message.receipt_id)
         finally:
             self._ack_writer = None
 

@@ -59,6 +59,10 @@ class ClusterBus(Protocol):
         """The node that shared it acknowledges or gives up on it: True unless another
         node claimed it first (then its receipt was sent there)."""
 
+    def announce_receipt(self, receipt_id: str) -> None:
+        """A receipt for `receipt_id` was queued here: wake its monitors on the other
+        nodes (does not wait; their polls find it if the notice is lost)."""
+
     def status(self) -> str:
         """ "single" (no cluster), "ok", or "degraded" (delivery falls back to the store)."""
 
@@ -100,6 +104,9 @@ class SingleNodeBus:
 
     async def forget_live_receipt(self, message_id: str) -> bool:
         return True
+
+    def announce_receipt(self, receipt_id: str) -> None:
+        return None  # no other node has monitors
 
     def status(self) -> str:
         return "single"

@@ -52,6 +52,7 @@ from tidings.service.cluster.wire import (
     Deliver,
     Poke,
     PokeAll,
+    ReceiptsQueued,
     Superseded,
     Withdrawn,
     decode_bus_messages,
@@ -59,6 +60,7 @@ from tidings.service.cluster.wire import (
     encode_message,
     encode_poke,
     encode_poke_all,
+    encode_receipts_queued,
     encode_superseded,
     encode_withdrawn,
 )
@@ -513,6 +515,20 @@ class RedisBus:
             self._failed("live receipt", exc)
             return True  # not known to be claimed: this node's receipt goes
 
+    def announce_receipt(self, receipt_id: str) -> None:
+        """Wake the monitors of `receipt_id` on every other node (they poll slowly when
+        many are open): one PUBLISH per receipt, not awaited."""
+        if time.monotonic() < self._down_until:
+            return  # their polls find it
+        payload = encode_receipts_queued(receipt_id, self.node_id)
+        self._spawn(self._publish_all("receipt notice", payload))
+
+    async def _publish_all(self, what: str, payload: str) -> None:
+        try:
+            await self._redis.publish(f"{self.prefix}all", payload)
+        except (RedisError, OSError) as exc:
+            self._failed(what, exc)
+
     async def announce_broadcasts(self) -> None:
         """Every node re-reads the broadcasts now (else at its next broadcast_poll)."""
         try:
@@ -579,6 +595,8 @@ class RedisBus:
             self._spawn(self._let_go(event.uaid, event.stamp))
         elif isinstance(event, Withdrawn):
             self._hub.withdraw(event.uaid, event.message_id)
+        elif isinstance(event, ReceiptsQueued) and event.node != self.node_id:
+            self._hub.notify_receipt(event.receipt_id)
 
     def _read_again(self, uaid: str, since: float) -> None:
         """Offer `uaid` its stored messages created at `since` or later, from the store."""
