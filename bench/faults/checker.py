@@ -115,8 +115,9 @@ def check(
         elif kind == "answer":
             answers[event["id"]] = event
             push = pushes.get(event["id"])
-            # A TTL-0 push is never stored, so it replaces nothing.
-            if push and event["status"] in (201, 202) and push.get("topic") and push["ttl"]:
+            # A TTL-0 push, never stored, replaces the stored one of its Topic all the
+            # same (RFC 8030 section 5.4; Store.replace_topic).
+            if push and event["status"] in (201, 202) and push.get("topic"):
                 key = (push["channel"], push["topic"])
                 accepted_by_topic[key].append((event["t"], event["id"]))
         elif kind == "deleted" and event["status"] == 204:

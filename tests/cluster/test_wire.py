@@ -139,3 +139,14 @@ def test_an_array_reads_back_in_order_and_a_bad_member_drops_alone() -> None:
     with pytest.raises(BadBusMessage, match="not an object"):
         decode_bus_message("[" + encode_poke_all() + "]")  # one message is never an array
     assert isinstance(decode_bus_messages("[[]]")[0], BadBusMessage)
+
+
+def test_a_receipt_notice_reads_back_and_its_fields_are_checked() -> None:
+    from tidings.service.cluster.wire import ReceiptsQueued, encode_receipts_queued
+
+    notice = decode_bus_message(encode_receipts_queued("f" * 32, "node-a"))
+    assert notice == ReceiptsQueued("f" * 32, "node-a")
+    for bad in ({"r": "x y"}, {"r": 7}, {"n": 1}, {"n": "n" * 129}, {"extra": 1}):
+        data = {"t": "r", "r": "f" * 32, "n": "node-a", **bad}
+        with pytest.raises(BadBusMessage):
+            decode_bus_message(json.dumps(data))

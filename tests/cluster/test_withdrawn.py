@@ -36,9 +36,10 @@ async def push(
     registration: Registration,
     text: bytes,
     topic: str | None = None,
+    ttl: int = 60,
 ) -> httpx.Response:
     keys = registration.subscription_info()["keys"]
-    headers = {"TTL": "60", "Content-Encoding": "aes128gcm"}
+    headers = {"TTL": str(ttl), "Content-Encoding": "aes128gcm"}
     if topic:
         headers["Topic"] = topic
     body = encrypt(text, keys["p256dh"], keys["auth"])
@@ -206,6 +207,28 @@ async def test_a_held_message_replaced_by_its_topic_is_not_sent(tmp_path: Path) 
             await push(client, node_b, registration, b"after")
         received = [(await agent.next_notification(timeout=10)).plaintext for _ in range(2)]
         assert received == [b"new", b"after"]
+        await agent.no_frame(0.5)
+        await agent.close()
+
+
+async def test_a_held_message_replaced_by_a_ttl_0_push_of_its_topic_is_not_sent(
+    tmp_path: Path,
+) -> None:
+    """RFC 8030 section 5.4 for a `TTL: 0` push (never stored): the copy of the older
+    message that node A holds is withdrawn, and the store no longer has it."""
+    async with in_process_nodes(tmp_path) as (node_a, node_b):
+        agent, registration, release = await reconnect_with_slow_store(node_a)
+        assert agent.uaid is not None
+        async with httpx.AsyncClient() as client:
+            await push(client, node_b, registration, b"old", topic="weather")
+            await held_count(node_a, agent.uaid, 1)
+            await push(client, node_b, registration, b"now", topic="weather", ttl=0)
+            release.set()
+            await push(client, node_b, registration, b"after")
+        received: list[bytes] = []
+        while b"after" not in received:
+            received.append((await agent.next_notification(timeout=10)).plaintext)
+        assert b"old" not in received  # "now" too may be dropped: held past FRESH_FOR
         await agent.no_frame(0.5)
         await agent.close()
 

@@ -131,12 +131,10 @@ def test_a_frame_written_before_the_ttl_ended_may_land_late_through_a_bad_link()
     assert verdict.ok and verdict.in_flight == ["m1"]
 
 
-def test_a_ttl_0_push_with_the_topic_replaces_nothing() -> None:
+def test_a_ttl_0_push_with_the_topic_replaces_the_stored_one() -> None:
     events = [*push("m1", 10, topic="t"), *push("m2", 11, ttl=0, topic="t"), delivered("m1", 20)]
-    assert kinds(events) == {}
-    assert kinds([*push("m1", 10, topic="t"), *push("m2", 11, ttl=0, topic="t")]) == {
-        "lost": ["m1"]
-    }
+    assert kinds(events) == {"obsolete": ["m1"]}
+    assert kinds([*push("m1", 10, topic="t"), *push("m2", 11, ttl=0, topic="t")]) == {}
 
 
 def test_a_delete_without_a_definite_answer_may_have_been_applied() -> None:

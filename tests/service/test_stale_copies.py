@@ -71,3 +71,21 @@ async def test_a_monitor_does_not_push_a_stale_copy_deleted_meanwhile() -> None:
     assert await monitor._push(message("fresh", now), now)  # no read for a fresh one
     assert channel.pushed == ["/m/kept", "/m/fresh"]
     assert store.reads == 1
+
+
+async def test_a_slow_reader_costs_at_most_one_read_per_freshness_window(monkeypatch: Any) -> None:
+    """A connection that reads slowly on purpose holds every copy past FRESH_FOR: on a
+    fake clock, 2,000 stale copies over 20 windows cost at most one read per window."""
+    clock = SimpleNamespace(now=1_000_000.0)
+    monkeypatch.setattr("tidings.service.hub.time", SimpleNamespace(time=lambda: clock.now))
+    windows, per_window = 20, 100
+    step = FRESH_FOR / per_window
+    # Accepted one per step, each written 2 * FRESH_FOR after it was accepted.
+    copies = [
+        message(f"m{i}", clock.now - 2 * FRESH_FOR + i * step) for i in range(windows * per_window)
+    ]
+    store, stale = Store(*copies), StaleCopies()
+    for copy in copies:
+        assert await stale.stands(copy, copy.created_at, store.pending)
+        clock.now += step
+    assert store.reads <= windows + 1

@@ -258,11 +258,8 @@ class PushAcceptance(ServiceBase):
                 raise SubscriptionGone(ref.channel_id)
             if message.topic is not None:
                 # It replaces a stored one of its Topic all the same (RFC 8030 section
-                # 5.4), delivered now or dropped; copies held by a connection are
-                # withdrawn when it is offered there, as for a stored push.
-                await self.store.replace_topic(
-                    ref.uaid, ref.channel_id, message.topic, message.created_at
-                )
+                # 5.4), delivered now or dropped.
+                await self._replace_topic(message)
             if signed is not None:
                 now = message.created_at
                 await self.store.add_message_status(
@@ -270,6 +267,20 @@ class PushAcceptance(ServiceBase):
                 )
         else:
             await self.store.store_message(message, quota=self.quota)
+
+    async def _replace_topic(self, message: StoredMessage) -> None:
+        """Delete the stored messages of a `TTL: 0` push's Topic (no receipt: replaced),
+        and withdraw a copy of them held unsent by a connection, here or on the node
+        holding the user agent, as after a DELETE and before the new one is offered (a
+        connection does not note a TTL-0 message's Topic: `Withdrawals.note`)."""
+        assert message.topic is not None
+        replaced = await self.store.replace_topic(
+            message.uaid, message.channel_id, message.topic, message.created_at
+        )
+        for message_id in replaced:
+            self.hub.withdraw(message.uaid, message_id)
+            if not await self.cluster.withdraw(message.uaid, message_id):
+                log.warning("replaced message %s not withdrawn: the bus is down", message_id)
 
     async def _receipt_subscription(self, headers: Mapping[str, str]) -> tuple[str | None, bool]:
         """The receipt subscription a push asks for (RFC 8030 section 5.1), if any, and
@@ -309,7 +320,7 @@ class PushAcceptance(ServiceBase):
             await self.store.add_receipt(Receipt(0, *ids, 410, time.time()))
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from None  # nothing was delivered: a retry is safe
-        self.hub.notify_receipt(receipt_id)
+        self.receipt_queued(receipt_id)
 
     async def _add_receipt_subscription(self, receipt_id: str, message: StoredMessage) -> None:
         """Create the receipt subscription of an accepted push; if the store fails, the

@@ -16,7 +16,7 @@ from tidings.service.errors import Errno, ServiceError
 from tidings.service.logs import escape
 from tidings.service.service_base import ServiceBase, store_unavailable
 from tidings.service.store import Receipt, StoredMessage, StoreUnavailable
-from tidings.service.tokens import TokenError
+from tidings.service.tokens import MessageRef, TokenError
 
 __all__ = [
     "DELIVERY_WRITE_DELAY",
@@ -67,11 +67,8 @@ class Acknowledgements(ServiceBase):
             deleted = await self.store.delete_message(ref.uaid, ref.message_id)
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from None
-        live = self._live_receipts.get(ref.message_id) if deleted is None else None
-        if live is not None and live.channel_id == ref.channel_id and live.uaid == ref.uaid:
-            del self._live_receipts[ref.message_id]  # a TTL-0 message sent live: acknowledged
+        if deleted is None and await self._acknowledge_live(ref):
             self.metrics.acknowledged(100)
-            await self._send_live_receipt(live, 204)
             return True
         if (
             deleted is None
@@ -89,8 +86,26 @@ class Acknowledgements(ServiceBase):
         if self.trace_book:
             self._trace_ack(deleted.message_id, 100)
         if deleted.receipt_id is not None:
-            self.hub.notify_receipt(deleted.receipt_id)
+            self.receipt_queued(deleted.receipt_id)
         return told
+
+    async def _acknowledge_live(self, ref: MessageRef) -> bool:
+        """A DELETE of a TTL-0 message sent live (never stored) wanting a receipt: sent
+        from this node, or from another one that shared it over the cluster bus. True
+        when its 204 receipt is sent now."""
+        live = self._live_receipts.get(ref.message_id)
+        if live is not None and live.channel_id == ref.channel_id and live.uaid == ref.uaid:
+            del self._live_receipts[ref.message_id]
+            if not await self.cluster.forget_live_receipt(ref.message_id):
+                return False  # acknowledged on another node already
+            await self._send_live_receipt(live, 204)
+            return True
+        receipt_id = await self.cluster.take_live_receipt(ref.message_id)
+        if receipt_id is None:
+            return False
+        ids = (receipt_id, ref.uaid, ref.channel_id, ref.message_id)
+        await self._send_live_receipt(Receipt(0, *ids, 0, time.time()), 204)
+        return True
 
     def trace_delivery(self, message: StoredMessage, via: str) -> None:
         """Record a live delivery of a traced message (`message.traceparent` set) as a
@@ -152,11 +167,13 @@ class Acknowledgements(ServiceBase):
                 for (_, message_id), message in zip(keys, deleted, strict=True):
                     if message is None:
                         live = self._live_receipts.pop(message_id, None)
-                        if live is not None:  # a TTL-0 message sent live: acknowledged
+                        if live is not None and await self.cluster.forget_live_receipt(
+                            message_id
+                        ):  # a TTL-0 message sent live: acknowledged
                             await self._send_live_receipt(live, 204)
                         log.debug("ack for unknown or TTL-0 message %s", escape(message_id))
                     elif message.receipt_id is not None:
-                        self.hub.notify_receipt(message.receipt_id)
+                        self.receipt_queued(message.receipt_id)
         finally:
             self._ack_writer = None
 
@@ -224,6 +241,7 @@ class Acknowledgements(ServiceBase):
         full: the caller does not send it, it stays stored."""
         if message.ttl == 0 and message.receipt_id is not None:
             self._await_live_ack(message)  # never stored: nothing to record there
+            await self.cluster.share_live_receipt(message.message_id, message.receipt_id)
             return True
         if message.message_id not in self._unmarked and not await self.room_for_unmarked():
             return False
@@ -244,7 +262,7 @@ class Acknowledgements(ServiceBase):
         self._live_receipts[message.message_id] = Receipt(0, *ids, 0, time.time())
         if len(self._live_receipts) > MAX_LIVE_RECEIPTS:
             _, oldest = self._live_receipts.popitem(last=False)
-            task = asyncio.ensure_future(self._send_live_receipt(oldest, 410))
+            task = asyncio.ensure_future(self.give_up_live_receipt(oldest))
             self._redelivery_tasks.add(task)  # held until done, like the redeliveries
             task.add_done_callback(self._redelivery_tasks.discard)
 

@@ -112,7 +112,8 @@ class Withdrawals:
 
     def note(self, message: StoredMessage) -> None:
         """A message reached this connection: a stored one with a Topic replaced any
-        older one with its Topic (TTL 0 is never stored, so it replaces nothing)."""
+        older one with its Topic (a TTL-0 one, never stored, is not noted: the stored
+        ones it replaced are withdrawn by id, `PushAcceptance._replace_topic`)."""
         if message.topic is None or message.ttl == 0:
             return
         key = (message.channel_id, message.topic)

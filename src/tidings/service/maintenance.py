@@ -100,7 +100,7 @@ class Maintenance(ServiceBase):
             if oldest.created_at > now - LIVE_ACK_WAIT:
                 return
             del self._live_receipts[oldest.message_id]
-            await self._send_live_receipt(oldest, 410)
+            await self.give_up_live_receipt(oldest)
 
     async def sweep_statuses(self, now: float) -> int:
         """Forget message statuses `message_status_retention` after their end (final

@@ -177,7 +177,17 @@ class ServiceBase:
         except StoreUnavailable as exc:
             log.warning("receipt of TTL-0 message %s lost: %s", escape(receipt.message_id), exc)
             return
-        self.hub.notify_receipt(receipt.receipt_id)
+        self.receipt_queued(receipt.receipt_id)
+
+    async def give_up_live_receipt(self, receipt: Receipt) -> None:
+        """Its 410 (RFC 8030 section 6.3), unless another node took its acknowledgement."""
+        if await self.cluster.forget_live_receipt(receipt.message_id):
+            await self._send_live_receipt(receipt, 410)
+
+    def receipt_queued(self, receipt_id: str) -> None:
+        """Wake the monitors of `receipt_id`, here and on the other nodes."""
+        self.hub.notify_receipt(receipt_id)
+        self.cluster.announce_receipt(receipt_id)
 
     async def check_rate(self, limit: Limit, key: str) -> None:
         """Take a token for `key` under `limit`, or refuse with 429 and Retry-After."""

@@ -47,6 +47,22 @@ class ClusterBus(Protocol):
         (a copy its connection holds unsent is dropped; see Hub.withdraw). False when
         that could not be done (the bus is down): a copy held there may still go out."""
 
+    async def share_live_receipt(self, message_id: str, receipt_id: str) -> None:
+        """A TTL-0 message wanting a receipt is about to be sent live from this node:
+        let an acknowledgement (DELETE) on any node find it (`take_live_receipt`)."""
+
+    async def take_live_receipt(self, message_id: str) -> str | None:
+        """The receipt subscription of a TTL-0 message shared by another node and not
+        yet acknowledged or given up, claimed now (exactly one claim wins); else None."""
+
+    async def forget_live_receipt(self, message_id: str) -> bool:
+        """The node that shared it acknowledges or gives up on it: True unless another
+        node claimed it first (then its receipt was sent there)."""
+
+    def announce_receipt(self, receipt_id: str) -> None:
+        """A receipt for `receipt_id` was queued here: wake its monitors on the other
+        nodes (does not wait; their polls find it if the notice is lost)."""
+
     def status(self) -> str:
         """ "single" (no cluster), "ok", or "degraded" (delivery falls back to the store)."""
 
@@ -79,6 +95,18 @@ class SingleNodeBus:
 
     async def withdraw(self, uaid: str, message_id: str) -> bool:
         return True  # no other node holds anything
+
+    async def share_live_receipt(self, message_id: str, receipt_id: str) -> None:
+        return None  # every acknowledgement comes to this node
+
+    async def take_live_receipt(self, message_id: str) -> str | None:
+        return None
+
+    async def forget_live_receipt(self, message_id: str) -> bool:
+        return True
+
+    def announce_receipt(self, receipt_id: str) -> None:
+        return None  # no other node has monitors
 
     def status(self) -> str:
         return "single"

@@ -52,6 +52,7 @@ from tidings.service.cluster.wire import (
     Deliver,
     Poke,
     PokeAll,
+    ReceiptsQueued,
     Superseded,
     Withdrawn,
     decode_bus_messages,
@@ -59,6 +60,7 @@ from tidings.service.cluster.wire import (
     encode_message,
     encode_poke,
     encode_poke_all,
+    encode_receipts_queued,
     encode_superseded,
     encode_withdrawn,
 )
@@ -85,6 +87,8 @@ BUS_LATE = 1.0
 # the connection's own first read of the store already had them (margin for clocks and
 # for a push accepted just before the hello but committed just after that read).
 CLAIM_REDELIVERY_WINDOW = 5.0
+# A shared live receipt's key outlives the wait for its acknowledgement (LIVE_ACK_WAIT).
+LIVE_KEY_TTL = 120
 
 # KEYS: presence keys; ARGV: node, ttl, then one stamp per key.
 _CLAIM = """
@@ -252,6 +256,7 @@ class RedisBus:
             timeout=timeout,
         )
         self._redis = aioredis.Redis(connection_pool=pool)
+        self._shared_live: set[str] = set()  # message ids of this node's live receipts
         # The subscriber blocks reading, so it has no read timeout of its own.
         self._subscriber = aioredis.from_url(
             self.url,
@@ -477,6 +482,53 @@ class RedisBus:
             return False
         return True
 
+    # Receipts of TTL-0 messages sent live: `<prefix>live:<message id>` = receipt id, so
+    # that the acknowledgement may come to any node. Whoever deletes the key first (a
+    # DELETE elsewhere, or this node's own ack or give-up) sends the one receipt. The
+    # expiry bounds what Redis holds; this node's table stays bounded as before.
+
+    async def share_live_receipt(self, message_id: str, receipt_id: str) -> None:
+        if time.monotonic() < self._down_until:
+            return  # acknowledged here only, as without a cluster
+        try:
+            await self._redis.set(f"{self.prefix}live:{message_id}", receipt_id, ex=LIVE_KEY_TTL)
+        except (RedisError, OSError) as exc:
+            self._failed("live receipt", exc)
+            return
+        self._shared_live.add(message_id)  # bounded by the service's table: each is forgotten
+
+    async def take_live_receipt(self, message_id: str) -> str | None:
+        try:
+            taken = await self._redis.getdel(f"{self.prefix}live:{message_id}")
+        except (RedisError, OSError) as exc:
+            self._failed("live receipt", exc)
+            return None
+        return None if taken is None else taken.decode() if isinstance(taken, bytes) else taken
+
+    async def forget_live_receipt(self, message_id: str) -> bool:
+        if message_id not in self._shared_live:
+            return True  # never shared (Redis was down): only this node knows it
+        self._shared_live.discard(message_id)
+        try:
+            return bool(await self._redis.delete(f"{self.prefix}live:{message_id}"))
+        except (RedisError, OSError) as exc:
+            self._failed("live receipt", exc)
+            return True  # not known to be claimed: this node's receipt goes
+
+    def announce_receipt(self, receipt_id: str) -> None:
+        """Wake the monitors of `receipt_id` on every other node (they poll slowly when
+        many are open): one PUBLISH per receipt, not awaited."""
+        if time.monotonic() < self._down_until:
+            return  # their polls find it
+        payload = encode_receipts_queued(receipt_id, self.node_id)
+        self._spawn(self._publish_all("receipt notice", payload))
+
+    async def _publish_all(self, what: str, payload: str) -> None:
+        try:
+            await self._redis.publish(f"{self.prefix}all", payload)
+        except (RedisError, OSError) as exc:
+            self._failed(what, exc)
+
     async def announce_broadcasts(self) -> None:
         """Every node re-reads the broadcasts now (else at its next broadcast_poll)."""
         try:
@@ -543,6 +595,8 @@ class RedisBus:
             self._spawn(self._let_go(event.uaid, event.stamp))
         elif isinstance(event, Withdrawn):
             self._hub.withdraw(event.uaid, event.message_id)
+        elif isinstance(event, ReceiptsQueued) and event.node != self.node_id:
+            self._hub.notify_receipt(event.receipt_id)
 
     def _read_again(self, uaid: str, since: float) -> None:
         """Offer `uaid` its stored messages created at `since` or later, from the store."""

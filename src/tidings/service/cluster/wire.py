@@ -39,6 +39,7 @@ __all__ = [
     "Deliver",
     "Poke",
     "PokeAll",
+    "ReceiptsQueued",
     "Superseded",
     "Withdrawn",
     "decode_bus_message",
@@ -47,6 +48,7 @@ __all__ = [
     "encode_message",
     "encode_poke",
     "encode_poke_all",
+    "encode_receipts_queued",
     "encode_superseded",
     "encode_withdrawn",
 ]
@@ -91,6 +93,15 @@ class PokeAll:
 
 
 @dataclass(frozen=True)
+class ReceiptsQueued:
+    """Node `node` queued a receipt for `receipt_id`: monitors of it here read now (their
+    poll is slow when many are open)."""
+
+    receipt_id: str
+    node: str
+
+
+@dataclass(frozen=True)
 class BroadcastsChanged:
     """An operator changed a broadcast on another node: read them again."""
 
@@ -112,7 +123,7 @@ class Withdrawn:
     message_id: str
 
 
-BusEvent = Deliver | Poke | PokeAll | BroadcastsChanged | Superseded | Withdrawn
+BusEvent = Deliver | Poke | PokeAll | BroadcastsChanged | Superseded | Withdrawn | ReceiptsQueued
 
 
 def encode_message(message: StoredMessage) -> str:
@@ -151,6 +162,10 @@ def encode_superseded(uaid: str, stamp: int) -> str:
 
 def encode_withdrawn(uaid: str, message_id: str) -> str:
     return json.dumps({"t": "w", "ua": uaid, "id": message_id}, separators=(",", ":"))
+
+
+def encode_receipts_queued(receipt_id: str, node: str) -> str:
+    return json.dumps({"t": "r", "r": receipt_id, "n": node}, separators=(",", ":"))
 
 
 def encode_broadcasts_changed() -> str:
@@ -217,6 +232,9 @@ def _event(data: Any) -> BusEvent:
     if kind == "w":
         _only(data, {"t", "ua", "id"})
         return Withdrawn(_id(data, "ua"), _id(data, "id"))
+    if kind == "r":
+        _only(data, {"t", "r", "n"})
+        return ReceiptsQueued(_id(data, "r"), _str(data, "n", 128))
     raise BadBusMessage(f"unknown kind {_short(kind)}")
 
 
