@@ -45,6 +45,10 @@ CAPABILITY_PATHS = (MESSAGE_PATH, SUBSCRIPTION_PATH, SET_PATH, RECEIPT_PATH)
 _PLAIN_ERRNO = {413: Errno.BODY_TOO_LARGE, 429: Errno.RATE_LIMITED}
 
 
+# Answered to anyone without a token, each charged to the client address.
+_UNAUTHENTICATED_READS = frozenset({"/health", "/openapi.json"})
+
+
 def redact_path(path: str) -> str:
     """A path fit for logs: capability tokens are secrets, so only their start is kept."""
     for prefix in (PUSH_PATH, MESSAGE_PATH, SUBSCRIPTION_PATH, SET_PATH, RECEIPT_PATH):
@@ -228,6 +232,10 @@ class Routes:
             if method == "DELETE":
                 return await rfc8030.delete_receipts(self.service, token)
             raise _method_not_allowed("GET, DELETE")
+        if path in _UNAUTHENTICATED_READS:
+            # Cheap, but a flood of them is not free (/health asks the store): counted as
+            # pushes are. Health checks from rate_limit_exempt addresses are not counted.
+            await self.service.check_address_rate(Limit.PUSH_ADDRESS, request.client)
         if path == "/health":
             if method not in ("GET", "HEAD"):
                 raise _method_not_allowed("GET, HEAD")
