@@ -40,3 +40,18 @@ async def test_a_host_that_differs_from_the_authority_is_refused(tmp_path: Path)
         outcome = await h2_exchange(port, _with_authority("127.0.0.1", ["127.0.0.1"]))
         assert outcome.status == 200, outcome
         assert (await h2_exchange(port, h2_request("GET", "/health"))).status == 200
+
+
+async def test_a_request_without_authority_or_host_is_refused(tmp_path: Path) -> None:
+    """No name for the target at all: the HTTP/1.1 twin, a request without Host, is a
+    400; here h2's validation ends the connection the same way as a differing host."""
+
+    def script(conn: h2.connection.H2Connection) -> bytes:
+        pairs = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/health")]
+        conn.send_headers(1, pairs, end_stream=True)
+        return conn.data_to_send()
+
+    async with running_service(tmp_path) as running:
+        outcome = await h2_exchange(running.config.port, script)
+        assert outcome.kind == "goaway", outcome
+        assert outcome.code == h2.errors.ErrorCodes.PROTOCOL_ERROR
