@@ -108,8 +108,19 @@ async def test_an_http11_request_without_one_host_is_400(tmp_path: Path) -> None
             assert answer.status == 400, (head, answer)
             assert answer.json()["errno"] == Errno.MALFORMED_REQUEST
         assert (await send_http(port, b"GET /health HTTP/1.0\r\n\r\n")).status == 200
+
+
+async def test_versions_llhttp_refuses_itself_are_505_too(tmp_path: Path) -> None:
+    """HTTP/1.2 and HTTP/3.0 were refused by llhttp's request-line reader, answered as
+    a generic 400: they are well-formed request lines naming an unserved version."""
+    async with running_service(tmp_path) as running:
+        for version in (b"HTTP/1.2", b"HTTP/3.0", b"HTTP/9.9"):
+            head = b"GET /health " + version + b"\r\nhost: 127.0.0.1\r\n\r\n"
+            status, errno, after = await _answer_then_eof(running.config.port, head)
+            assert (status, after) == (505, "eof"), version
+            assert errno == Errno.MALFORMED_REQUEST
         one = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
-        assert (await send_http(port, one)).status == 200
+        assert (await send_http(running.config.port, one)).status == 200
 
 
 async def _answer_then_eof(port: int, data: bytes) -> tuple[int | None, object, str]:

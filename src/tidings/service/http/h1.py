@@ -40,6 +40,9 @@ class _BadHead(Exception):
         self.status = status
 
 
+# llhttp's message for a version it refuses while reading the request line.
+_LLHTTP_BAD_VERSION = "Invalid HTTP version"
+
 # What Transfer-Encoding may say: only chunked is implemented (RFC 9112 section 6.1).
 _IMPLEMENTED_CODINGS = frozenset({"chunked"})
 
@@ -129,6 +132,10 @@ class Http1Connection(asyncio.Protocol):
             elif isinstance(exc.__context__, httptools.HttpParserError):
                 # Our own limit, raised in a callback (httptools reports "User callback error").
                 self._reject(431, f"{exc.__context__}: at most {MAX_HEADER_BYTES} bytes")
+            elif _LLHTTP_BAD_VERSION in str(exc):
+                # The versions llhttp refuses itself (HTTP/1.2, HTTP/3.0): a well-formed
+                # request line naming a version not served is 505, as HTTP/2.0 is.
+                self._reject(505, f"{exc}: use HTTP/1.1 or HTTP/2")
             else:
                 self._reject(400, f"malformed HTTP request: {exc}")
 
