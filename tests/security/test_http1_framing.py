@@ -174,3 +174,27 @@ async def test_transfer_codings_a_proxy_may_read_otherwise_are_refused(
             assert errno == Errno.MALFORMED_REQUEST
         plain = await send_http(port, chunked(push, ["ttl: 60"], []))
         assert plain.status == 201, plain
+
+
+async def test_transfer_encoding_without_one_final_chunked_is_400(tmp_path: Path) -> None:
+    """RFC 9112 section 6.3: a request whose last coding is not chunked has no reliable
+    length: 400 and close, whatever its codings (`gzip` alone was a 501, the "not
+    implemented" check coming first). `chunked` twice (one field or two) and
+    Transfer-Encoding beside Content-Length were already 400 (llhttp): pinned here, for
+    smuggling behind a proxy (deploy/nginx) depends on them."""
+    async with running_service(tmp_path) as running:
+        push = await _endpoint(running.url)
+        for fields in (
+            "transfer-encoding: gzip\r\n",
+            "transfer-encoding: chunked, gzip\r\n",
+            "transfer-encoding: chunked, chunked\r\n",
+            "transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n",
+            "transfer-encoding: chunked\r\ncontent-length: 5\r\n",
+            "content-length: 5\r\ntransfer-encoding: chunked\r\n",
+        ):
+            head = f"POST {push} HTTP/1.1\r\nhost: 127.0.0.1\r\nttl: 60\r\n{fields}\r\n"
+            status, errno, after = await _answer_then_eof(
+                running.config.port, (head + "0\r\n\r\n").encode()
+            )
+            assert (status, after) == (400, "eof"), fields
+            assert errno == Errno.MALFORMED_REQUEST

@@ -211,8 +211,12 @@ class Http1Connection(asyncio.Protocol):
         if version == "1.0":
             # RFC 9112 section 6.1: an HTTP/1.0 message with it has faulty framing.
             raise _BadHead("Transfer-Encoding is not allowed in an HTTP/1.0 request")
-        for coding in value.split(","):
-            name = coding.strip().lower()
+        names = [coding.strip().lower() for coding in value.split(",")]
+        if names[-1] != "chunked" or names.count("chunked") > 1:
+            # RFC 9112 section 6.3: a request whose last coding is not chunked (one
+            # chunked) has no reliable length: 400 whatever the codings, then close.
+            raise _BadHead("Transfer-Encoding must end with one chunked")
+        for name in names:
             if name not in _IMPLEMENTED_CODINGS:
                 # llhttp passes `identity, chunked` and `gzip, chunked` as plain chunked.
                 raise _BadHead(f"transfer coding {name[:40]!r} is not implemented", 501)
