@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import h2.config
 import h2.connection
@@ -14,7 +15,7 @@ import h2.exceptions
 import h2.settings
 import pytest
 
-from tidings.http2 import H2Client, H2Error
+from tidings.http2 import H2Client, H2Error, limits
 from tidings.http2.limits import MAX_ENCODER_TABLE, MAX_OPEN_PROMISES
 from tidings.sender.transport.base import TransportError
 from tidings.sender.transport.http2 import H2Connection
@@ -53,6 +54,23 @@ def many_promises(conn: h2.connection.H2Connection, stream_id: int) -> None:
             (b":path", f"/m/{n}".encode()),
         ]
         conn.push_stream(stream_id, promised, request)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    handlers: set[asyncio.Task[None]],
+) -> AsyncIterator[int]:
+    """`serve` on a free port; its connection handlers cancelled at the end."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
 
 
 @contextlib.asynccontextmanager
@@ -98,15 +116,8 @@ async def hostile_server(answer: Answer) -> AsyncIterator[tuple[int, list[int]]]
             pass
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], resets
-    finally:
-        server.close()
-        for handler in handlers:
-            handler.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await server.wait_closed()
+    async with serving(serve, handlers) as port:
+        yield port, resets
 
 
 async def sender_connection(port: int) -> H2Connection:
@@ -159,3 +170,59 @@ async def test_promises_past_the_limit_are_refused() -> None:
             while len(resets) < 50:
                 await asyncio.sleep(0.01)
         assert len(client._promises) == MAX_OPEN_PROMISES
+
+
+@contextlib.asynccontextmanager
+async def ping_flooder() -> AsyncIterator[int]:
+    """A server that, once asked anything, sends PINGs without end and reads no more."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        handlers.add(handler)
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
+            while data := await reader.read(65536):
+                events = conn.receive_data(data)
+                writer.write(conn.data_to_send())
+                if any(isinstance(e, h2.events.RequestReceived) for e in events):
+                    break
+            for n in range(200_000):  # bounded: the client must give up long before
+                conn.ping(n.to_bytes(8, "big"))
+                if n % 1000 == 999:
+                    writer.write(conn.data_to_send())
+                    await writer.drain()
+            await asyncio.Event().wait()  # holds the connection open, unread, until torn down
+        writer.close()
+
+    async with serving(serve, handlers) as port:
+        yield port
+
+
+async def test_a_ping_flood_from_a_server_that_does_not_read_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each PING is answered; a server that never reads the answers once grew our
+    write buffer without end. Small socket buffers and MAX_UNSENT keep the test short."""
+    monkeypatch.setattr(limits, "MAX_UNSENT", 16384)
+    async with ping_flooder() as port:
+        async with await H2Client.connect(f"http://127.0.0.1:{port}") as client:
+            sock = client.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            with pytest.raises(H2Error, match="connection"):  # not a timeout
+                await client.request("GET", "/", timeout=20)
+            assert client.transport.is_closing()
+        sender = await sender_connection(port)
+        sock = sender.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        try:
+            async with asyncio.timeout(20):  # old code: waited here until this timeout
+                with pytest.raises(TransportError):
+                    await sender.request("POST", "/p", {}, b"x")
+        finally:
+            sender.close()

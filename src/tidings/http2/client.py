@@ -17,7 +17,12 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from tidings.http2.limits import MAX_OPEN_PROMISES, MAX_RESPONSE_BODY, cap_encoder_table
+from tidings.http2.limits import (
+    MAX_OPEN_PROMISES,
+    MAX_RESPONSE_BODY,
+    cap_encoder_table,
+    write_bounded,
+)
 
 
 class H2Error(Exception):
@@ -286,7 +291,7 @@ class H2Client(asyncio.Protocol):
     def _flush(self) -> None:
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            write_bounded(self.transport, data)
 
     # Requests ---------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@ monitors) hold: each bound here is one the server could otherwise grow without e
 
 from __future__ import annotations
 
+import asyncio
+
 import h2.connection
 
 # Our HPACK encoder's table, whatever larger SETTINGS_HEADER_TABLE_SIZE the server allows
@@ -21,3 +23,17 @@ def cap_encoder_table(conn: h2.connection.H2Connection) -> None:
     (the size update goes out at the start of the next header block)."""
     if conn.encoder.header_table_size > MAX_ENCODER_TABLE:
         conn.encoder.header_table_size = MAX_ENCODER_TABLE
+
+
+# Bytes our client may have queued for a server that does not read: each PING or SETTINGS
+# the server sends is answered, so a server flooding them and never reading grew our
+# write buffer without end. Past it the connection is dropped.
+MAX_UNSENT = 1 << 20
+
+
+def write_bounded(transport: asyncio.WriteTransport, data: bytes) -> None:
+    """Write `data`; abort the connection (its waiters fail in connection_lost) once
+    more than MAX_UNSENT bytes wait for the server to read them."""
+    transport.write(data)
+    if transport.get_write_buffer_size() > MAX_UNSENT:
+        transport.abort()

@@ -15,7 +15,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from tidings.http2.limits import MAX_RESPONSE_BODY, cap_encoder_table
+from tidings.http2.limits import MAX_RESPONSE_BODY, cap_encoder_table, write_bounded
 from tidings.sender.transport.base import (
     Response,
     TransportError,
@@ -172,7 +172,7 @@ class H2Connection(asyncio.Protocol):
     def _flush(self) -> None:
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.closed:
-            self.transport.write(data)
+            write_bounded(self.transport, data)
 
     def _abort(self, message: str) -> None:
         for stream in self.streams.values():
