@@ -145,3 +145,35 @@ async def test_a_route_under_way_when_the_bus_stops_fails_as_redis_gone_would(
     assert await routing is False
     assert await queued is False  # the DELETE is not answered a plain 204
     assert "ua4" in a._missed
+
+
+async def test_receipt_notices_waiting_for_redis_are_bounded() -> None:
+    """Each receipt queued publishes a notice without waiting for it: with Redis slow, a
+    burst of receipts (a sender asking one per push) would pile up a task each. Past
+    MAX_NOTICES_IN_FLIGHT they are skipped; the monitors' polls find those receipts."""
+    bus = RedisBus("redis://127.0.0.1:1/0?prefix=unreachable:", node_id="a")
+    released = asyncio.Event()
+    published: list[str] = []
+
+    async def slow_publish(channel: str, payload: str) -> int:
+        await released.wait()
+        published.append(payload)
+        return 1
+
+    bus._redis.publish = slow_publish  # type: ignore[method-assign]
+    burst = redis_bus.MAX_NOTICES_IN_FLIGHT + 500
+    for n in range(burst):
+        bus.announce_receipt(f"r{n}")
+    await asyncio.sleep(0)
+    assert len(bus._tasks) == redis_bus.MAX_NOTICES_IN_FLIGHT
+    assert bus.notices_skipped == 500
+    released.set()
+    async with asyncio.timeout(10):
+        while bus._tasks:
+            await asyncio.sleep(0.01)
+    assert len(published) == redis_bus.MAX_NOTICES_IN_FLIGHT
+    bus.announce_receipt("after")  # room again
+    async with asyncio.timeout(10):
+        while len(published) <= redis_bus.MAX_NOTICES_IN_FLIGHT:
+            await asyncio.sleep(0.01)
+    await bus.stop()

@@ -89,6 +89,9 @@ BUS_LATE = 1.0
 CLAIM_REDELIVERY_WINDOW = 5.0
 # A shared live receipt's key outlives the wait for its acknowledgement (LIVE_ACK_WAIT).
 LIVE_KEY_TTL = 120
+# Receipt notices being published at once; past it (Redis slow) a notice is skipped and
+# the monitors' polls find its receipt, so a burst of receipts cannot pile up tasks.
+MAX_NOTICES_IN_FLIGHT = 256
 
 # KEYS: presence keys; ARGV: node, ttl, then one stamp per key.
 _CLAIM = """
@@ -257,6 +260,8 @@ class RedisBus:
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._shared_live: set[str] = set()  # message ids of this node's live receipts
+        self._notices = 0  # receipt notices being published (MAX_NOTICES_IN_FLIGHT)
+        self.notices_skipped = 0  # left to the monitors' polls (Redis slow or down)
         # The subscriber blocks reading, so it has no read timeout of its own.
         self._subscriber = aioredis.from_url(
             self.url,
@@ -518,16 +523,20 @@ class RedisBus:
     def announce_receipt(self, receipt_id: str) -> None:
         """Wake the monitors of `receipt_id` on every other node (they poll slowly when
         many are open): one PUBLISH per receipt, not awaited."""
-        if time.monotonic() < self._down_until:
+        if time.monotonic() < self._down_until or self._notices >= MAX_NOTICES_IN_FLIGHT:
+            self.notices_skipped += 1
             return  # their polls find it
         payload = encode_receipts_queued(receipt_id, self.node_id)
-        self._spawn(self._publish_all("receipt notice", payload))
+        self._notices += 1
+        self._spawn(self._publish_notice(payload))
 
-    async def _publish_all(self, what: str, payload: str) -> None:
+    async def _publish_notice(self, payload: str) -> None:
         try:
             await self._redis.publish(f"{self.prefix}all", payload)
         except (RedisError, OSError) as exc:
-            self._failed(what, exc)
+            self._failed("receipt notice", exc)
+        finally:
+            self._notices -= 1
 
     async def announce_broadcasts(self) -> None:
         """Every node re-reads the broadcasts now (else at its next broadcast_poll)."""
