@@ -22,9 +22,10 @@ import h2.settings
 import pytest
 
 from support.ci import free_port
+from tidings.http2.limits import MAX_ENCODER_TABLE
 from tidings.service.config import ServiceConfig
 from tidings.service.http.h1 import WRITE_BUFFER_LIMIT
-from tidings.service.http.h2 import MAX_CONCURRENT_STREAMS, MAX_ENCODER_TABLE, Http2Connection
+from tidings.service.http.h2 import MAX_CONCURRENT_STREAMS, Http2Connection
 from tidings.service.http.server import TidingsServer
 from tidings.service.run import build_server
 

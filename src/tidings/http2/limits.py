@@ -1,5 +1,6 @@
 """What a hostile HTTP/2 server can make our clients (sender, user agent, receipt
-monitors) hold: each bound here is one the server could otherwise grow without end."""
+monitors) hold: each bound here is one the server could otherwise grow without end.
+The HPACK table's bound is the service's too, against a hostile client."""
 
 from __future__ import annotations
 

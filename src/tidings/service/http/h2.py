@@ -31,6 +31,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from tidings.http2.limits import cap_encoder_table
 from tidings.service.http.context import WRITE_BUFFER_LIMIT, ConnectionContext, Slot, peer_of
 from tidings.service.http.logsafe import escape
 from tidings.service.http.messages import Request, Response
@@ -43,9 +44,6 @@ MAX_CONCURRENT_STREAMS = 100  # advertised; streams beyond it get RST_STREAM REF
 RAPID_RESET_LIMIT = 200
 MAX_FRAME_CHUNK = 16 * 1024  # DATA frame size we send, whatever the peer allows
 MAX_HEADER_LIST_SIZE = 16 * 1024  # as HTTP/1.1's 16 KiB of headers
-# Our HPACK encoder's table, whatever larger SETTINGS_HEADER_TABLE_SIZE the peer allows
-# (RFC 7541 section 4.2): hpack searches it linearly and would keep every header sent.
-MAX_ENCODER_TABLE = 4096
 # Frames with no request in them: a budget of CONTROL_FRAME_BURST, refilled at
 # CONTROL_FRAME_RATE a second (a browser sends a few PINGs a minute, SETTINGS once).
 CONTROL_FRAME_BURST = 1000
@@ -271,9 +269,7 @@ class Http2Connection(asyncio.Protocol):
             self._dispatch(event.stream_id)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._spend_control_budget()
-            encoder = self.conn.encoder
-            if encoder.header_table_size > MAX_ENCODER_TABLE:
-                encoder.header_table_size = MAX_ENCODER_TABLE  # told at the next header block
+            cap_encoder_table(self.conn)  # MAX_ENCODER_TABLE, as our clients do
         elif isinstance(
             event,
             h2.events.PingReceived | h2.events.PriorityUpdated | h2.events.UnknownFrameReceived,
