@@ -257,6 +257,7 @@ def http1_heads(data: bytes) -> None:
     for request in context.app.requests:
         assert isinstance(request.method, str) and request.path.startswith(("/", "*", "h"))
         assert all(k == k.lower() for k in request.headers)
+        assert request.http_version in ("1.0", "1.1")  # HTTP/1.2 is served as 1.1
     # The URL parser alone: only its documented error.
     with contextlib.suppress(httptools.HttpParserInvalidURLError):
         httptools.parse_url(data)

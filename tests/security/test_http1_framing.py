@@ -110,17 +110,105 @@ async def test_an_http11_request_without_one_host_is_400(tmp_path: Path) -> None
         assert (await send_http(port, b"GET /health HTTP/1.0\r\n\r\n")).status == 200
 
 
-async def test_versions_llhttp_refuses_itself_are_505_too(tmp_path: Path) -> None:
-    """HTTP/1.2 and HTTP/3.0 were refused by llhttp's request-line reader, answered as
-    a generic 400: they are well-formed request lines naming an unserved version."""
+async def test_other_major_versions_are_505(tmp_path: Path) -> None:
+    """HTTP/3.0 and HTTP/9.9 were refused by llhttp's request-line reader, answered as a
+    generic 400: they are well-formed request lines naming an unserved version."""
     async with running_service(tmp_path) as running:
-        for version in (b"HTTP/1.2", b"HTTP/3.0", b"HTTP/9.9"):
+        for version in (b"HTTP/3.0", b"HTTP/9.9"):
             head = b"GET /health " + version + b"\r\nhost: 127.0.0.1\r\n\r\n"
             status, errno, after = await _answer_then_eof(running.config.port, head)
             assert (status, after) == (505, "eof"), version
             assert errno == Errno.MALFORMED_REQUEST
         one = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
         assert (await send_http(running.config.port, one)).status == 200
+
+
+async def _raw_answers(port: int, data: bytes, count: int) -> list[bytes]:
+    """The raw heads of the first `count` answers to `data`, then b"eof" if the
+    connection closed after them, or the head answering a further request if it stayed
+    open."""
+    probe = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        heads = [await _raw_answer(reader) for _ in range(count)]
+        if not reader.at_eof():
+            with contextlib.suppress(OSError):
+                writer.write(probe)
+        heads.append(await _raw_answer(reader))
+        return heads
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _raw_answer(reader: asyncio.StreamReader) -> bytes:
+    """One answer's head as sent (status line and fields), its body read past; b"eof"."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
+    except (asyncio.IncompleteReadError, ConnectionResetError):
+        return b"eof"  # a reset: the probe reached a connection already closed
+    for line in head.lower().split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            await asyncio.wait_for(reader.readexactly(int(line.split(b":")[1])), 15)
+    return head
+
+
+async def test_a_higher_http1_minor_is_served_as_http11(tmp_path: Path) -> None:
+    """RFC 9110 section 2.5: a server implementing HTTP/1.1 serves `HTTP/1.2` (any
+    1.x above 1) as HTTP/1.1 and answers in HTTP/1.1. llhttp refused those request lines
+    and they were answered 505. Keep-alive is 1.1's, so a pipelined request follows."""
+    async with running_service(tmp_path) as running:
+        port = running.config.port
+        for version in (b"HTTP/1.2", b"HTTP/1.9"):
+            first = b"GET /health " + version + b"\r\nhost: 127.0.0.1\r\n\r\n"
+            second = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+            for pair in (first + second, second + first):
+                one, two, after = await _raw_answers(port, pair, 2)
+                assert one.startswith(b"HTTP/1.1 200 "), (version, one)
+                assert two.startswith(b"HTTP/1.1 200 "), (version, two)
+                assert b"connection: close" not in one + two
+                assert after.startswith(b"HTTP/1.1 200 "), after  # kept open
+        closing = b"GET /health HTTP/1.2\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+        one, after = await _raw_answers(port, closing, 1)
+        assert one.startswith(b"HTTP/1.1 200 ") and after == b"eof", one
+
+
+async def test_a_higher_http1_minor_keeps_http11_framing(tmp_path: Path) -> None:
+    """HTTP/1.2 is held to HTTP/1.1's rules, so that a proxy in front and this server
+    frame it alike: one Host is required, a chunked body is read as chunked (the
+    request pipelined behind it is answered, not smuggled), and Content-Length beside
+    Transfer-Encoding is still refused."""
+    async with running_service(tmp_path) as running:
+        port = running.config.port
+        push = await _endpoint(running.url)
+        body = chunked(push, ["ttl: 60"], []).replace(b" HTTP/1.1\r\n", b" HTTP/1.2\r\n", 1)
+        assert b" HTTP/1.2\r\n" in body
+        follow = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+        one, two, after = await _raw_answers(port, body + follow, 2)
+        assert one.startswith(b"HTTP/1.1 201 "), one
+        assert two.startswith(b"HTTP/1.1 200 ") and after.startswith(b"HTTP/1.1 200 "), two
+        for head in (
+            b"GET /health HTTP/1.2\r\n\r\n",
+            f"POST {push} HTTP/1.2\r\nhost: 127.0.0.1\r\nttl: 60\r\n".encode()
+            + b"transfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n",
+        ):
+            status, errno, after_bad = await _answer_then_eof(port, head)
+            assert (status, after_bad) == (400, "eof"), head
+            assert errno == Errno.MALFORMED_REQUEST
+
+
+async def test_malformed_versions_are_400(tmp_path: Path) -> None:
+    """RFC 9112 section 2.3: HTTP-version is `HTTP/` DIGIT "." DIGIT, so a request
+    line with `HTTP/1.`, `HTTP/1.22`, `HTTP/1.22x` or `HTTP/10.1` is malformed: 400, not
+    505 (`HTTP/1.22` was a 505: llhttp checked the version before the line's end)."""
+    async with running_service(tmp_path) as running:
+        for version in (b"HTTP/1.", b"HTTP/1.22", b"HTTP/1.22x", b"HTTP/10.1", b"HTTP/1.x"):
+            head = b"GET /health " + version + b"\r\nhost: 127.0.0.1\r\n\r\n"
+            status, errno, after = await _answer_then_eof(running.config.port, head)
+            assert (status, after) == (400, "eof"), version
+            assert errno == Errno.MALFORMED_REQUEST
 
 
 async def _answer_then_eof(port: int, data: bytes) -> tuple[int | None, object, str]:

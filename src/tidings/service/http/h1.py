@@ -3,6 +3,8 @@
 Requests on one connection are answered in order, one at a time (pipelining works, it
 is just not parallel). A connection that starts with the HTTP/2 preface is handed to
 `Http2Connection` (cleartext HTTP/2 with prior knowledge, RFC 9113 section 3.3).
+HTTP/1.0 and HTTP/1.1 are spoken; a higher 1.x minor (HTTP/1.2) is served as HTTP/1.1,
+other majors are answered 505 (RFC 9110 section 2.5).
 """
 
 from __future__ import annotations
@@ -40,9 +42,6 @@ class _BadHead(Exception):
         self.status = status
 
 
-# llhttp's message for a version it refuses while reading the request line.
-_LLHTTP_BAD_VERSION = "Invalid HTTP version"
-
 # What Transfer-Encoding may say: only chunked is implemented (RFC 9112 section 6.1).
 _IMPLEMENTED_CODINGS = frozenset({"chunked"})
 
@@ -58,7 +57,13 @@ class Http1Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client = "-"
         self.parser = httptools.HttpRequestParser(self)
+        # llhttp refuses any version but 0.9, 1.0, 1.1 and 2.0 while reading the request
+        # line; this leniency (its only effect) lets it read any DIGIT.DIGIT, so that
+        # on_headers_complete serves a higher 1.x minor as 1.1 (RFC 9110 section 2.5)
+        # and answers other majors 505. Syntax and framing are llhttp's as before.
+        self.parser.set_dangerous_leniencies(lenient_version=True)
         self._url = b""
+        self._version = "1.1"  # the version the request is served as
         # The request line's parts, read once the headers are complete.
         self._method = "GET"
         self._path = "/"
@@ -132,10 +137,6 @@ class Http1Connection(asyncio.Protocol):
             elif isinstance(exc.__context__, httptools.HttpParserError):
                 # Our own limit, raised in a callback (httptools reports "User callback error").
                 self._reject(431, f"{exc.__context__}: at most {MAX_HEADER_BYTES} bytes")
-            elif _LLHTTP_BAD_VERSION in str(exc):
-                # The versions llhttp refuses itself (HTTP/1.2, HTTP/3.0): a well-formed
-                # request line naming a version not served is 505, as HTTP/2.0 is.
-                self._reject(505, f"{exc}: use HTTP/1.1 or HTTP/2")
             else:
                 self._reject(400, f"malformed HTTP request: {exc}")
 
@@ -176,10 +177,16 @@ class Http1Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_trailer = True
-        version = self.parser.get_http_version()
-        if version not in ("1.0", "1.1"):
-            # llhttp reads any d.d (HTTP/2.0, HTTP/0.9) as a version: only 1.x is spoken here.
+        version = self.parser.get_http_version()  # DIGIT.DIGIT (RFC 9112 section 2.3)
+        if version[:2] != "1.":
+            # HTTP/2.0, HTTP/0.9 (or no version at all), HTTP/3.0: only 1.x is spoken here.
             raise _BadHead(f"HTTP/{version} is not supported: use HTTP/1.1 or HTTP/2", 505)
+        if version != "1.0":
+            # RFC 9110 section 2.5: a higher minor (HTTP/1.2) is served as HTTP/1.1, the
+            # highest this server conforms to, with 1.1's Host, framing and keep-alive
+            # rules (llhttp keeps a connection alive as for 1.1 for any minor over 0).
+            version = "1.1"
+        self._version = version
         if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
             # RFC 9112 section 3.2: exactly one Host in HTTP/1.1 (at most one before).
             raise _BadHead("an HTTP/1.1 request needs exactly one Host header")
@@ -238,7 +245,7 @@ class Http1Connection(asyncio.Protocol):
             headers=self._headers,
             body=b"".join(self._body),
             client=self.client,
-            http_version=self.parser.get_http_version(),
+            http_version=self._version,
         )
         if self.parser.should_upgrade():
             self._upgrade = request
