@@ -4,10 +4,12 @@ subscriptions and user agents, each in bounded batches."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from tidings.service.cluster import LIVE_FORGET_BATCH
 from tidings.service.service_base import ServiceBase
 from tidings.service.store import StoreUnavailable
 
@@ -94,13 +96,24 @@ class Maintenance(ServiceBase):
 
     async def give_up_live_receipts(self, now: float) -> None:
         """A 410 receipt for each TTL-0 message sent live and not acknowledged within
-        LIVE_ACK_WAIT (RFC 8030 section 6.3: the service gave up on it)."""
-        while self._live_receipts:
-            oldest = next(iter(self._live_receipts.values()))
-            if oldest.created_at > now - LIVE_ACK_WAIT:
+        LIVE_ACK_WAIT (RFC 8030 section 6.3: the service gave up on it), oldest first,
+        LIVE_FORGET_BATCH at a time (one Redis round trip each on a cluster)."""
+        table = self._live_receipts
+        given_up_before = now - LIVE_ACK_WAIT
+        while True:
+            due = list(
+                itertools.islice(
+                    itertools.takewhile(
+                        lambda receipt: receipt.created_at <= given_up_before, table.values()
+                    ),
+                    LIVE_FORGET_BATCH,
+                )
+            )
+            if not due:
                 return
-            del self._live_receipts[oldest.message_id]
-            await self.give_up_live_receipt(oldest)
+            for receipt in due:
+                del table[receipt.message_id]
+            await self.give_up_live_receipt_batch(due)
 
     async def sweep_statuses(self, now: float) -> int:
         """Forget message statuses `message_status_retention` after their end (final

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import replace
 
 from tidings import tracing
@@ -181,8 +182,14 @@ class ServiceBase:
 
     async def give_up_live_receipt(self, receipt: Receipt) -> None:
         """Its 410 (RFC 8030 section 6.3), unless another node took its acknowledgement."""
-        if await self.cluster.forget_live_receipt(receipt.message_id):
-            await self._send_live_receipt(receipt, 410)
+        await self.give_up_live_receipt_batch([receipt])
+
+    async def give_up_live_receipt_batch(self, receipts: Sequence[Receipt]) -> None:
+        """`give_up_live_receipt` of each: the cluster asked once per LIVE_FORGET_BATCH."""
+        ours = await self.cluster.forget_live_receipts([r.message_id for r in receipts])
+        for receipt, mine in zip(receipts, ours, strict=True):
+            if mine:
+                await self._send_live_receipt(receipt, 410)
 
     def receipt_queued(self, receipt_id: str) -> None:
         """Wake the monitors of `receipt_id`, here and on the other nodes."""

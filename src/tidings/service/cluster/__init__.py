@@ -12,18 +12,22 @@ passes messages between nodes over Redis pub/sub.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from tidings.service.hub import Hub
 from tidings.service.store import StoredMessage
 
-__all__ = ["ClusterBus", "Redeliver", "SingleNodeBus", "open_bus"]
+__all__ = ["LIVE_FORGET_BATCH", "ClusterBus", "Redeliver", "SingleNodeBus", "open_bus"]
 
 #: What the bus calls when stored messages of a connected user agent may have missed
 #: their live delivery: `redeliver(uaid, since)` offers again those created at `since`
 #: or later (after a claim, the few seconds around it; after Redis came back, all).
 Redeliver = Callable[[str, float], Awaitable[None]]
+
+#: Live receipts given up together (`forget_live_receipts`): one Redis round trip each
+#: batch, where a node stopping with 10,000 of them made 10,000.
+LIVE_FORGET_BATCH = 500
 
 
 class ClusterBus(Protocol):
@@ -58,6 +62,10 @@ class ClusterBus(Protocol):
     async def forget_live_receipt(self, message_id: str) -> bool:
         """The node that shared it acknowledges or gives up on it: True unless another
         node claimed it first (then its receipt was sent there)."""
+
+    async def forget_live_receipts(self, message_ids: Sequence[str]) -> list[bool]:
+        """`forget_live_receipt` of each, in order, together: one Redis round trip per
+        LIVE_FORGET_BATCH of them."""
 
     def announce_receipt(self, receipt_id: str) -> None:
         """A receipt for `receipt_id` was queued here: wake its monitors on the other
@@ -104,6 +112,9 @@ class SingleNodeBus:
 
     async def forget_live_receipt(self, message_id: str) -> bool:
         return True
+
+    async def forget_live_receipts(self, message_ids: Sequence[str]) -> list[bool]:
+        return [True] * len(message_ids)
 
     def announce_receipt(self, receipt_id: str) -> None:
         return None  # no other node has monitors

@@ -33,7 +33,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -42,7 +42,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from tidings.service.cluster import Redeliver
+from tidings.service.cluster import LIVE_FORGET_BATCH, Redeliver
 from tidings.service.cluster.batch import Batcher, ScriptCaller
 from tidings.service.cluster.wire import (
     MAX_BUS_MESSAGE,
@@ -490,7 +490,10 @@ class RedisBus:
     # Receipts of TTL-0 messages sent live: `<prefix>live:<message id>` = receipt id, so
     # that the acknowledgement may come to any node. Whoever deletes the key first (a
     # DELETE elsewhere, or this node's own ack or give-up) sends the one receipt. The
-    # expiry bounds what Redis holds; this node's table stays bounded as before.
+    # expiry bounds what Redis holds; this node's table stays bounded as before. Given
+    # up together (a node stopping), the keys are deleted by a pipeline of DELs, one per
+    # key: its replies say which keys this node deleted, where one DEL of many keys would
+    # only count them.
 
     async def share_live_receipt(self, message_id: str, receipt_id: str) -> None:
         if time.monotonic() < self._down_until:
@@ -511,14 +514,28 @@ class RedisBus:
         return None if taken is None else taken.decode() if isinstance(taken, bytes) else taken
 
     async def forget_live_receipt(self, message_id: str) -> bool:
-        if message_id not in self._shared_live:
-            return True  # never shared (Redis was down): only this node knows it
-        self._shared_live.discard(message_id)
-        try:
-            return bool(await self._redis.delete(f"{self.prefix}live:{message_id}"))
-        except (RedisError, OSError) as exc:
-            self._failed("live receipt", exc)
-            return True  # not known to be claimed: this node's receipt goes
+        (ours,) = await self.forget_live_receipts([message_id])
+        return ours
+
+    async def forget_live_receipts(self, message_ids: Sequence[str]) -> list[bool]:
+        # True where never shared (Redis was down): only this node knows it.
+        ours = [True] * len(message_ids)
+        shared = [(i, m) for i, m in enumerate(message_ids) if m in self._shared_live]
+        self._shared_live.difference_update(m for _, m in shared)
+        for start in range(0, len(shared), LIVE_FORGET_BATCH):
+            batch = shared[start : start + LIVE_FORGET_BATCH]
+            try:
+                # Not retried (no_retry): a DEL run twice would say another node took it.
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for _, message_id in batch:
+                        pipe.delete(f"{self.prefix}live:{message_id}")
+                    deleted = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self._failed("live receipt", exc)
+                continue  # not known to be claimed: this node's receipts go
+            for (index, _), count in zip(batch, deleted, strict=True):
+                ours[index] = bool(count)
+        return ours
 
     def announce_receipt(self, receipt_id: str) -> None:
         """Wake the monitors of `receipt_id` on every other node (they poll slowly when
