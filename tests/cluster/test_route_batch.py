@@ -43,6 +43,12 @@ class Agent:
         if len(self.offered) + len(self.withdrawn) >= self._expect:
             self.done.set()
 
+    def acks_quickly(self) -> bool:
+        return False
+
+    def ack_overdue(self) -> None:
+        return None
+
     async def close(self, code: int, reason: str) -> None:
         return None
 

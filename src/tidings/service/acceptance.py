@@ -35,7 +35,7 @@ from tidings.service.store import (
     SubscriptionGone,
     TooManyMessages,
 )
-from tidings.service.store.base import EXPIRED
+from tidings.service.store.base import ACKNOWLEDGED, EXPIRED
 from tidings.service.store_retry import WarningTally
 from tidings.service.tokens import EndpointRef, MessageRef, TokenError, new_message_id
 from tidings.webpush.links import REL_RECEIPT, link_target
@@ -194,11 +194,25 @@ class PushAcceptance(ServiceBase):
         )
         location = self.message_url(MessageRef(ref.uaid, ref.channel_id, message.message_id))
         traced = traceparent is not None
+        late_ack: int | None = None
         try:
             # Spans only when traced: a nullcontext was three calls more a push.
             if traced:
                 with tracing.span("push store"):
                     await self._store_push(ref, message, signed)
+            elif ttl and (
+                receipt_id is None
+                and facts.topic is None
+                and self.config.live_ack_wait
+                and self.live_acks.has_room()
+                and self.hub.quick_agent(ref.uaid) is not None
+            ):
+                if await self._acknowledged_unstored(message, signed):
+                    return PushAccepted(201, location, ttl, message.message_id, True)
+                try:
+                    await self.store.store_message(message, quota=self.quota)
+                finally:
+                    late_ack = self.live_acks.settle(message.message_id)
             elif ttl:  # the common case, without `_store_push`'s frame
                 await self.store.store_message(message, quota=self.quota)
             else:
@@ -220,12 +234,62 @@ class PushAcceptance(ServiceBase):
                 delivered = self.hub.offer(message) or await self.cluster.route(message)
         else:
             delivered = self.hub.offer(message) or await self.cluster.route(message)
+        if late_ack is not None:  # written first, acknowledged while being stored
+            self.delete_acknowledged(message.uaid, message.message_id)
         if receipt_id is None:
             return PushAccepted(201, location, ttl, message.message_id, delivered)
         if ttl == 0 and not delivered:
             await self._gave_up(message, receipt_id)
         receipt_url = self.config.origin + RECEIPT_PATH + self.sealer.seal_receipt(receipt_id)
         return PushAccepted(202, location, ttl, message.message_id, delivered, receipt_url)
+
+    async def _acknowledged_unstored(
+        self, message: StoredMessage, signed: tuple[object, bytes] | None
+    ) -> bool:
+        """Write the push to its user agent's quick connection before storing it; True
+        when acknowledged within `live_ack_wait` (never stored then, a signed push's
+        final status written). False: it is to be stored now, and `live_acks.settle`d
+        after. Raises what storing it would (SubscriptionGone, a quota's refusal,
+        StoreUnavailable), before anything is written."""
+        # Refusals come before anything is written to the user agent: a subscription
+        # gone, a quota or the store's ceiling reached (a push stored meanwhile may
+        # still fill a quota first: the sender is refused one it retries, a duplicate).
+        if not await self.store.check_message(message, quota=self.quota):
+            return False  # this store cannot tell without storing: stored first
+        agent = self.hub.quick_agent(message.uaid)  # again: the read may have suspended
+        if agent is None or not self.live_acks.has_room():
+            return False
+        self.live_acks.expect(message.uaid, message.message_id)
+        try:
+            written_at = time.time()
+            agent.offer(message)
+            code = await self.live_acks.wait(message.message_id, self.config.live_ack_wait)
+        except BaseException:
+            self.live_acks.settle(message.message_id)
+            raise
+        if code is None:
+            agent.ack_overdue()
+            return False
+        self.live_acks.settle(message.message_id)
+        self.metrics.acknowledged_unstored()
+        if signed is not None:
+            now = time.time()
+            status = MessageStatus(
+                message.message_id,
+                signed[1],
+                ACKNOWLEDGED,
+                message.ttl,
+                message.created_at,
+                message.expires_at,
+                "websocket",
+                written_at,
+                final_at=now,
+            )
+            try:
+                await self.store.add_message_status(status)
+            except StoreUnavailable as exc:  # the message is delivered; a status is best effort
+                log.warning("status of %s not recorded: %s", message.message_id, exc)
+        return True
 
     async def _gone(self, ref: EndpointRef) -> ServiceError:
         """The answer to a push to a subscription that no longer exists.

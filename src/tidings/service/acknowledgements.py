@@ -138,6 +138,14 @@ class Acknowledgements(ServiceBase):
         self.metrics.acknowledged(code)
         if code != 100:
             log.info("message %s acknowledged with code %d", escape(message_id), code)
+        if self.live_acks.acknowledged(uaid, message_id, code):
+            # Written before it was stored: its push answers it (acceptance.py).
+            self._deliveries.pop(message_id, None)
+            return
+        self.delete_acknowledged(uaid, message_id)
+
+    def delete_acknowledged(self, uaid: str, message_id: str) -> None:
+        """Queue the delete of an acknowledged message (written with others)."""
         if len(self._acks) >= MAX_PENDING_ACKS:
             # The store is this far behind (slow, not failing): the message stays stored
             # and is delivered again (at least once), the list does not grow.

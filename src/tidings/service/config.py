@@ -33,6 +33,7 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("workers", 1, 64),
     ("broadcast_poll", 0.1, 3600),
     ("megaphone_poll", 0.1, 86400),
+    ("live_ack_wait", 0, 10),
 )
 
 
@@ -110,6 +111,10 @@ class ServiceConfig:
     # Host names the pages, figures and demo answer (DNS rebinding); default: the public
     # URL's host and localhost; IP literals always; `*` for any. Push resources: any.
     allowed_hosts: str = ""
+    # A push to a user agent whose WebSocket here acknowledges quickly is written to it
+    # first; acknowledged within this many seconds, it is answered without being stored
+    # (live_acks.py). 0: every push is stored first.
+    live_ack_wait: float = 0.05
     sqlite_synchronous: str = "normal"
     expiry_sweep_interval: float = 60.0
     log_level: str = "info"

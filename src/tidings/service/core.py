@@ -35,6 +35,7 @@ from tidings.service.config import ServiceConfig
 from tidings.service.hub import Hub
 from tidings.service.keyfile import load_sealer
 from tidings.service.limits import RateLimiter, open_limiter
+from tidings.service.live_acks import LiveAcks
 from tidings.service.maintenance import (
     RECEIPT_SUBSCRIPTION_GRACE,
     RECEIPT_SWEEP_INTERVAL,
@@ -151,6 +152,7 @@ class PushService(
         self._delivery_flusher: asyncio.Task[None] | None = None  # at once (HTTP/2)
         self._unmarked: OrderedDict[str, str] = OrderedDict()  # see ServiceBase
         self._live_receipts: OrderedDict[str, Receipt] = OrderedDict()  # see ServiceBase
+        self.live_acks = LiveAcks()  # live_acks.py
         self.draining = False
         self.ready = False  # the store opened and the keys loaded: requests are served
         self._opening: asyncio.Task[None] | None = None  # retrying a store down at start

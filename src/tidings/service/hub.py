@@ -71,6 +71,13 @@ class ConnectedAgent(Protocol):
     def withdraw(self, message_id: str) -> None:
         """The message was deleted by its sender: never send it, if not yet written."""
 
+    def acks_quickly(self) -> bool:
+        """True when a message offered now is likely acknowledged within the service's
+        `live_ack_wait` (its last acknowledgement was, and nothing is queued ahead)."""
+
+    def ack_overdue(self) -> None:
+        """A message offered for a quick acknowledgement was not acknowledged in time."""
+
     async def close(self, code: int, reason: str) -> None:
         """Close the connection."""
 
@@ -202,6 +209,13 @@ class Hub:
                 agent.offer(message)
                 return True
         return False
+
+    def quick_agent(self, uaid: str) -> ConnectedAgent | None:
+        """The one connection of `uaid` here, if it acknowledges quickly (live_acks.py)."""
+        agents = self._agents.get(uaid)
+        if agents is None or len(agents) != 1 or not agents[0].acks_quickly():
+            return None
+        return agents[0]
 
     def withdraw(self, uaid: str, message_id: str) -> None:
         """A message of `uaid` was deleted: no connection here may send it any more."""

@@ -206,6 +206,7 @@ class ServiceMetrics:
         self.pushes: LabelledCounter[int] = LabelledCounter()
         self.acks: LabelledCounter[int] = LabelledCounter()
         self.delivery_total = 0
+        self.acknowledged_unstored_total = 0
         self.delivery_latency = LatencyHistogram(DELIVERY_BUCKETS)
         self.store_latency: dict[str, LatencyHistogram] = {}
         started = time.time()
@@ -232,7 +233,14 @@ class ServiceMetrics:
                         "Notifications sent to connected user agents",
                         lambda: self.delivery_total,
                         started,
-                    )
+                    ),
+                    (
+                        "tidings_pushes_acknowledged_unstored",
+                        "Pushes acknowledged by their user agent within live_ack_wait, "
+                        "answered without being stored",
+                        lambda: self.acknowledged_unstored_total,
+                        started,
+                    ),
                 ],
                 histograms=[
                     (
@@ -349,6 +357,10 @@ class ServiceMetrics:
         # one would be a series kept forever.
         self.acks.add(code if code in ACK_CODES else OTHER_ACK_CODE)
         self.history.ack()
+
+    def acknowledged_unstored(self) -> None:
+        """A push was acknowledged before it had to be stored (live_acks.py)."""
+        self.acknowledged_unstored_total += 1
 
     def register_refused(self, status: int) -> None:
         """A `register` was refused with `status` (only 429 is counted)."""

@@ -103,6 +103,12 @@ class PushMonitor:
             # under way): the monitor ends and the client monitors again.
             self.channel.closed.set()
 
+    def acks_quickly(self) -> bool:
+        return False  # acknowledged by a DELETE: every push is stored first
+
+    def ack_overdue(self) -> None:
+        pass
+
     async def close(self, code: int, reason: str) -> None:
         self.channel.closed.set()
 

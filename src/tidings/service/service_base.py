@@ -28,6 +28,7 @@ from tidings.service.limits import (
     client_address,
     retry_after,
 )
+from tidings.service.live_acks import LiveAcks
 from tidings.service.logs import escape
 from tidings.service.megaphone import BroadcastKeeper
 from tidings.service.metrics import ServiceMetrics
@@ -113,6 +114,7 @@ class ServiceBase:
     # TTL-0 messages sent live that want a receipt, by id: never stored, their receipt
     # (204 on the acknowledgement, 410 past LIVE_ACK_WAIT) is kept here until then.
     _live_receipts: OrderedDict[str, Receipt]
+    live_acks: LiveAcks  # pushes written before they were stored, awaiting their ack
     _redeliveries: dict[str, float]  # user agents whose redelivery is retried -> since
     _redelivery_tasks: set[asyncio.Task[None]]
     draining: bool
@@ -190,6 +192,10 @@ class ServiceBase:
         for receipt, mine in zip(receipts, ours, strict=True):
             if mine:
                 await self._send_live_receipt(receipt, 410)
+
+    def delete_acknowledged(self, uaid: str, message_id: str) -> None:
+        """Queue the delete of an acknowledged message (`Acknowledgements`)."""
+        raise NotImplementedError
 
     def receipt_queued(self, receipt_id: str) -> None:
         """Wake the monitors of `receipt_id`, here and on the other nodes."""

@@ -60,8 +60,8 @@ class WebSocketSession:
     # exist only while they hold something (issue 21: kB per idle connection).
     __slots__ = (
         "_acked", "_forgotten", "_held", "_queued", "_send_lock", "_senders", "_stale",
-        "_tasks", "_unacked", "_withdrawn", "channel", "closed", "followed", "peer", "service",
-        "uaid",
+        "_tasks", "_unacked", "_withdrawn", "channel", "closed", "followed", "peer",
+        "quick_acks", "service", "uaid",
     )  # fmt: skip
 
     def __init__(self, service: PushService, channel: TextChannel, peer: str = "") -> None:
@@ -72,8 +72,8 @@ class WebSocketSession:
         # Sent, not yet acknowledged (oldest first), to send each message once. A client
         # that never acks (TTL 0 messages are never stored, so nothing else ends them)
         # makes it forget the oldest past MAX_UNACKED: at worst a duplicate, which user
-        # agents drop by message id.
-        self._unacked: OrderedDict[str, None] | None = None
+        # agents drop by message id. The value is when it was written (monotonic).
+        self._unacked: OrderedDict[str, float] | None = None
         # How many were forgotten so, unacknowledged: as many acks of ids not remembered
         # are taken (a backlog larger than MAX_UNACKED is acknowledged after it is sent).
         self._forgotten = 0
@@ -91,6 +91,9 @@ class WebSocketSession:
         self._tasks: set[asyncio.Task[None]] | None = None
         self.followed: set[str] | None = None  # broadcast ids this client follows (bounded)
         self.closed = False
+        # Its last acknowledgement came within the service's live_ack_wait: pushes may
+        # be written before they are stored, their ack answering them (live_acks.py).
+        self.quick_acks = False
 
     # Frames in ------------------------------------------------------------------------
 
@@ -179,8 +182,10 @@ class WebSocketSession:
     def _on_ack(self, uaid: str, message: wp.Ack) -> None:
         for update in message.updates:
             unacked = self._unacked
-            if unacked is not None and update.version in unacked:
-                del unacked[update.version]
+            sent_at = None if unacked is None else unacked.pop(update.version, None)
+            if sent_at is not None:
+                wait = self.service.config.live_ack_wait
+                self.quick_acks = time.monotonic() - sent_at <= wait
             elif self._forgotten and not (self._acked and update.version in self._acked):
                 self._forgotten -= 1  # one of those sent here and no longer remembered
             else:
@@ -347,6 +352,21 @@ class WebSocketSession:
         self._queued += 1
         self._spawn(self._deliver_queued(message))
 
+    def acks_quickly(self) -> bool:
+        """Its last ack was quick and a message offered now is written at once."""
+        return (
+            self.quick_acks
+            and not self.closed
+            and self._held is None
+            and not self._queued
+            and not self._senders
+        )
+
+    def ack_overdue(self) -> None:
+        """A push written for a quick ack was not acknowledged in time: the next ones
+        are stored first, until an acknowledgement is quick again."""
+        self.quick_acks = False
+
     def withdraw(self, message_id: str) -> None:
         """Its sender deleted the message: a copy held here is not sent (one already
         written to the socket is on its way)."""
@@ -398,7 +418,7 @@ class WebSocketSession:
             return None  # deleted by its sender, or replaced by a newer one of its Topic
         if self._unacked is None:
             self._unacked = OrderedDict()
-        self._unacked[message.message_id] = None
+        self._unacked[message.message_id] = time.monotonic()
         if len(self._unacked) > MAX_UNACKED:
             self._unacked.popitem(last=False)
             self._forgotten += 1

@@ -317,6 +317,12 @@ class Store(Protocol):
         PostgreSQL: see the store's notes).
         """
 
+    async def check_message(self, message: StoredMessage, *, quota: MessageQuota) -> bool:
+        """Whether `store_message` would store `message` now, read without storing it:
+        True, or it raises what `store_message` would. False when this store cannot
+        tell without storing (the push is then stored first: live_acks.py). A push
+        stored concurrently may still fill a quota before this one's insert."""
+
     async def replace_topic(self, uaid: str, channel_id: str, topic: str, at: float) -> list[str]:
         """Delete the stored messages of a subscription with `topic`, as a newer push of
         that topic that is not stored (TTL 0) replaces them (RFC 8030 section 5.4);

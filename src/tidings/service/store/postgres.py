@@ -341,6 +341,9 @@ class PostgresStore(PostgresPool):
 
         return await self._run(write)
 
+    async def check_message(self, message: StoredMessage, *, quota: MessageQuota) -> bool:
+        return False  # the checks live in tidings_store_message: every push is stored first
+
     async def replace_topic(self, uaid: str, channel_id: str, topic: str, at: float) -> list[str]:
         async def write(conn: asyncpg.Connection) -> list[str]:
             async with conn.transaction():

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tidings.service.store.base import (
     SEEN_RESOLUTION,
@@ -37,6 +37,7 @@ from tidings.service.store.sqlite_commit import (
     SQLiteGroupCommit,
 )
 from tidings.service.store.sqlite_schema import (
+    _CHECK_MESSAGE,
     _DELETE_MESSAGE,
     _DELETE_STALE_RECEIPT_SUBSCRIPTIONS,
     _DELIVER_MESSAGE,
@@ -68,6 +69,18 @@ _ACK_CHUNK = 256  # acknowledgements deleted by one statement at most (512 param
 # Fewer acknowledgements are deleted one statement each: the joined statement costs
 # more for 1-4 keys (bench/sqlite_push_cycle.py: 307 against 244 µs a push at 1).
 _ACK_JOIN_FROM = 6
+
+
+def _checked(message: StoredMessage, quota: MessageQuota) -> tuple[Any, ...]:
+    """The parameters of `_INSERT_CHECKED_MESSAGE` and `_CHECK_MESSAGE`."""
+    return (
+        *message_columns(message),
+        message.vapid_hash,
+        quota.per_subscription,
+        quota.per_user_agent,
+        quota.bytes_per_user_agent,
+        quota.stored_messages,
+    )
 
 
 @functools.cache
@@ -392,19 +405,22 @@ class SQLiteStore(SQLiteGroupCommit):
             replaced = _replace_topic_in(db, keys, message.created_at)
         # One statement checks the subscription and the quotas and inserts; only when
         # nothing was inserted do we look again to say why.
-        inserted = db.execute(
-            _INSERT_CHECKED_MESSAGE,
-            (
-                *message_columns(message),
-                message.vapid_hash,
-                quota.per_subscription,
-                quota.per_user_agent,
-                quota.bytes_per_user_agent,
-                quota.stored_messages,
-            ),
-        ).rowcount
+        inserted = db.execute(_INSERT_CHECKED_MESSAGE, _checked(message, quota)).rowcount
         if inserted:
             return replaced
+        SQLiteStore._refuse(db, message, quota)
+
+    async def check_message(self, message: StoredMessage, *, quota: MessageQuota) -> bool:
+        def read(db: sqlite3.Connection) -> bool:
+            if db.execute(_CHECK_MESSAGE, _checked(message, quota)).fetchone() is None:
+                SQLiteStore._refuse(db, message, quota)
+            return True
+
+        return await self._op(read)
+
+    @staticmethod
+    def _refuse(db: sqlite3.Connection, message: StoredMessage, quota: MessageQuota) -> NoReturn:
+        """Raise why `message` is not stored (its checked insert or read found nothing)."""
         exists = db.execute(
             "SELECT 1 FROM subscriptions WHERE uaid = ? AND channel_id = ?",
             (message.uaid, message.channel_id),

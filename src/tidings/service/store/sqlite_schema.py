@@ -164,6 +164,8 @@ _INSERT_CHECKED_MESSAGE = (
     " FROM messages WHERE uaid = ?2 AND expires_at > ?6))"
     " AND (SELECT value FROM counters WHERE name = 'messages') < ?16"
 )
+# The insert's checks alone, with its parameters: a row when the push would be stored.
+_CHECK_MESSAGE = "SELECT 1 WHERE" + _INSERT_CHECKED_MESSAGE.split(" WHERE", 1)[1]
 _USER_AGENT_USAGE = (
     "SELECT coalesce(sum(channel_id = ?), 0), count(*), coalesce(sum(length(body)), 0)"
     " FROM messages WHERE uaid = ? AND expires_at > ?"

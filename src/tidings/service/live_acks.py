@@ -1,0 +1,96 @@
+"""Pushes written to their user agent before they are stored, answered by its ack.
+
+A push to a user agent whose WebSocket on this node has been acknowledging quickly is
+written to it at once; if the acknowledgement comes within `live_ack_wait`, the push is
+answered 201 and never stored: the user agent has it, which is all the store would have
+kept it for (RFC 8030 section 6.2), so its insert and its delete are both saved. If no
+acknowledgement comes in time the push is stored like any other and answered only once
+committed. No 201 is ever sent for a message that is neither acknowledged nor durable;
+a crash in between leaves the sender without an answer, so it retries (at least once).
+
+An acknowledgement arriving while the push is being stored is kept here and queued as
+a delete once the insert is committed, so that no engine can run the delete first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+__all__ = ["MAX_AWAITING_ACK", "LiveAcks"]
+
+# Pushes awaiting their acknowledgement at once per process: each is a request being
+# answered (bounded by the connection caps); past it pushes are stored first as before.
+MAX_AWAITING_ACK = 10_000
+
+
+class _Awaited:
+    """One push written before it was stored: its user agent and the ack it waits for."""
+
+    __slots__ = ("code", "future", "uaid")
+
+    def __init__(self, uaid: str, future: asyncio.Future[int]) -> None:
+        self.uaid = uaid
+        self.future = future
+        self.code: int | None = None  # an ack that came after the wait, while storing
+
+
+def _expire(future: asyncio.Future[int]) -> None:
+    if not future.done():
+        future.cancel()
+
+
+class LiveAcks:
+    """The pushes of this node written to their user agent and not yet answered."""
+
+    __slots__ = ("_awaited",)
+
+    def __init__(self) -> None:
+        self._awaited: dict[str, _Awaited] = {}
+
+    def __len__(self) -> int:
+        return len(self._awaited)
+
+    def has_room(self) -> bool:
+        return len(self._awaited) < MAX_AWAITING_ACK
+
+    def expect(self, uaid: str, message_id: str) -> None:
+        """Before the push is offered: its acknowledgement is to be caught here."""
+        future = asyncio.get_running_loop().create_future()
+        self._awaited[message_id] = _Awaited(uaid, future)
+
+    async def wait(self, message_id: str, seconds: float) -> int | None:
+        """The acknowledgement's code if it comes within `seconds`, else None; the push
+        stays known here (being stored) until `settle`."""
+        awaited = self._awaited[message_id]
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(seconds, _expire, awaited.future)
+        try:
+            return await awaited.future
+        except asyncio.CancelledError:
+            if awaited.future.cancelled():
+                return None  # the time ran out (or the push was settled)
+            raise  # the request itself was cancelled
+        finally:
+            timer.cancel()
+
+    def acknowledged(self, uaid: str, message_id: str, code: int) -> bool:
+        """An acknowledgement from `uaid`: True when it answers a push known here (the
+        caller then deletes nothing now); False for a message that was stored first."""
+        awaited = self._awaited.get(message_id)
+        if awaited is None or awaited.uaid != uaid:
+            return False
+        if not awaited.future.done():
+            awaited.future.set_result(code)
+        elif awaited.code is None:
+            awaited.code = code  # being stored: deleted once committed (`settle`)
+        return True
+
+    def settle(self, message_id: str) -> int | None:
+        """The push is answered (acknowledged, stored, or refused): forget it, and return
+        the code of an acknowledgement that came while it was being stored."""
+        awaited = self._awaited.pop(message_id, None)
+        if awaited is None:
+            return None
+        if not awaited.future.done():
+            awaited.future.cancel()
+        return awaited.code
