@@ -43,8 +43,8 @@ class Agent:
         if len(self.offered) + len(self.withdrawn) >= self._expect:
             self.done.set()
 
-    def acks_quickly(self) -> bool:
-        return False
+    def quick_ack_wait(self) -> float:
+        return 0.0
 
     def ack_overdue(self) -> None:
         return None

@@ -119,13 +119,13 @@ async def test_a_push_not_acknowledged_in_time_is_stored_and_comes_again(
         await agent.next_notification()  # acknowledged at once: a quick connection
         session = session_of(service, agent.uaid)
         for _ in range(100):  # the ack is read by the service
-            if session.quick_acks:
+            if session.quick_ack_wait():
                 break
             await asyncio.sleep(0.02)
-        assert session.quick_acks
-        # Written first, not acknowledged within 0.2 s: stored, then answered.
+        assert 0 < session.quick_ack_wait() <= 0.2
+        # Written first, not acknowledged in time (at most 0.2 s): stored, then answered.
         assert (await post(registration.endpoint)).status_code == 201
-        assert not session.quick_acks  # the next ones are stored first again
+        assert session.quick_ack_wait() == 0  # the next ones are stored first again
         expects = 0
         original = LiveAcks.expect
 
@@ -159,7 +159,7 @@ async def test_an_ack_arriving_while_the_push_is_stored_deletes_it(tmp_path: Pat
         await agent.next_notification()
         session = session_of(service, agent.uaid)
         for _ in range(100):
-            if session.quick_acks:
+            if session.quick_ack_wait():
                 break
             await asyncio.sleep(0.02)
         stores = Calls(service, "store_message")
@@ -261,8 +261,8 @@ def test_the_quick_agent_is_the_only_connection_of_its_user_agent() -> None:
         def withdraw(self, message_id: str) -> None:
             return None
 
-        def acks_quickly(self) -> bool:
-            return True
+        def quick_ack_wait(self) -> float:
+            return 0.01
 
         def ack_overdue(self) -> None:
             return None
@@ -335,3 +335,12 @@ async def test_pushes_awaiting_their_ack_are_bounded(
     finally:
         acker.cancel()
         await agent.close()
+
+
+def test_the_wait_follows_the_connections_round_trip() -> None:
+    from tidings.service.live_acks import ack_wait
+
+    assert ack_wait(0.001, 0.05) == pytest.approx(0.006)  # 4 round trips + 2 ms
+    assert ack_wait(0.02, 0.05) == 0.05  # at most live_ack_wait
+    assert ack_wait(0.06, 0.05) == 0.0  # too slow: stored first
+    assert ack_wait(float("inf"), 0.05) == 0.0  # no ack yet, or one overdue

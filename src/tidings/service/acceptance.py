@@ -247,7 +247,7 @@ class PushAcceptance(ServiceBase):
         self, message: StoredMessage, signed: tuple[object, bytes] | None
     ) -> bool:
         """Write the push to its user agent's quick connection before storing it; True
-        when acknowledged within `live_ack_wait` (never stored then, a signed push's
+        when acknowledged in time (`live_acks.ack_wait`; never stored then, a signed push's
         final status written). False: it is to be stored now, and `live_acks.settle`d
         after. Raises what storing it would (SubscriptionGone, a quota's refusal,
         StoreUnavailable), before anything is written."""
@@ -259,11 +259,12 @@ class PushAcceptance(ServiceBase):
         agent = self.hub.quick_agent(message.uaid)  # again: the read may have suspended
         if agent is None or not self.live_acks.has_room():
             return False
+        wait = agent.quick_ack_wait()
         self.live_acks.expect(message.uaid, message.message_id)
         try:
             written_at = time.time()
             agent.offer(message)
-            code = await self.live_acks.wait(message.message_id, self.config.live_ack_wait)
+            code = await self.live_acks.wait(message.message_id, wait)
         except BaseException:
             self.live_acks.settle(message.message_id)
             raise

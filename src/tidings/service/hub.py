@@ -71,9 +71,10 @@ class ConnectedAgent(Protocol):
     def withdraw(self, message_id: str) -> None:
         """The message was deleted by its sender: never send it, if not yet written."""
 
-    def acks_quickly(self) -> bool:
-        """True when a message offered now is likely acknowledged within the service's
-        `live_ack_wait` (its last acknowledgement was, and nothing is queued ahead)."""
+    def quick_ack_wait(self) -> float:
+        """Seconds a message offered now may wait for its acknowledgement before it is
+        stored (live_acks.ack_wait); 0 when it is not to be offered before it is stored
+        (acknowledged slowly or not at all, or something queued ahead)."""
 
     def ack_overdue(self) -> None:
         """A message offered for a quick acknowledgement was not acknowledged in time."""
@@ -213,7 +214,7 @@ class Hub:
     def quick_agent(self, uaid: str) -> ConnectedAgent | None:
         """The one connection of `uaid` here, if it acknowledges quickly (live_acks.py)."""
         agents = self._agents.get(uaid)
-        if agents is None or len(agents) != 1 or not agents[0].acks_quickly():
+        if agents is None or len(agents) != 1 or not agents[0].quick_ack_wait():
             return None
         return agents[0]
 

@@ -16,7 +16,23 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["MAX_AWAITING_ACK", "LiveAcks"]
+__all__ = ["MAX_AWAITING_ACK", "LiveAcks", "ack_wait"]
+
+# How long a push waits for its ack: this many of the connection's last ack round trips,
+# plus a margin for the loop's turn, at most `live_ack_wait`. A user agent that acks at
+# once is waited for a few milliseconds, so that one that cannot (a client awaiting the
+# push's answer before it reads) costs little more than a store-first push.
+ACK_WAIT_ROUND_TRIPS = 4
+ACK_WAIT_MARGIN = 0.002  # seconds
+
+
+def ack_wait(round_trip: float, limit: float) -> float:
+    """Seconds to wait for the ack of a connection whose last ack took `round_trip`;
+    0 when that was longer than `limit` (the push is stored first)."""
+    if round_trip > limit:
+        return 0.0
+    return min(limit, ACK_WAIT_ROUND_TRIPS * round_trip + ACK_WAIT_MARGIN)
+
 
 # Pushes awaiting their acknowledgement at once per process: each is a request being
 # answered (bounded by the connection caps); past it pushes are stored first as before.

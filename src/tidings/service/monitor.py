@@ -103,8 +103,8 @@ class PushMonitor:
             # under way): the monitor ends and the client monitors again.
             self.channel.closed.set()
 
-    def acks_quickly(self) -> bool:
-        return False  # acknowledged by a DELETE: every push is stored first
+    def quick_ack_wait(self) -> float:
+        return 0.0  # acknowledged by a DELETE: every push is stored first
 
     def ack_overdue(self) -> None:
         pass

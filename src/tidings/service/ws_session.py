@@ -25,6 +25,7 @@ from tidings.service.errors import ServiceError
 from tidings.service.http.app import TextChannel as TextChannel  # what it answers on
 from tidings.service.hub import FRESH_FOR, StaleCopies, Withdrawals
 from tidings.service.limits import Limit
+from tidings.service.live_acks import ack_wait
 from tidings.service.logs import escape, redact_uaid
 from tidings.service.store import StoredMessage, StoreUnavailable
 from tidings.service.store_retry import WarningTally, retry_read
@@ -60,8 +61,8 @@ class WebSocketSession:
     # exist only while they hold something (issue 21: kB per idle connection).
     __slots__ = (
         "_acked", "_forgotten", "_held", "_queued", "_send_lock", "_senders", "_stale",
-        "_tasks", "_unacked", "_withdrawn", "channel", "closed", "followed", "peer",
-        "quick_acks", "service", "uaid",
+        "_tasks", "_unacked", "_withdrawn", "ack_round_trip", "channel", "closed",
+        "followed", "peer", "service", "uaid",
     )  # fmt: skip
 
     def __init__(self, service: PushService, channel: TextChannel, peer: str = "") -> None:
@@ -91,9 +92,10 @@ class WebSocketSession:
         self._tasks: set[asyncio.Task[None]] | None = None
         self.followed: set[str] | None = None  # broadcast ids this client follows (bounded)
         self.closed = False
-        # Its last acknowledgement came within the service's live_ack_wait: pushes may
-        # be written before they are stored, their ack answering them (live_acks.py).
-        self.quick_acks = False
+        # How long its last acknowledgement took (from the frame's write): within the
+        # service's live_ack_wait, pushes are written before they are stored, their ack
+        # answering them (live_acks.py).
+        self.ack_round_trip = math.inf
 
     # Frames in ------------------------------------------------------------------------
 
@@ -184,8 +186,7 @@ class WebSocketSession:
             unacked = self._unacked
             sent_at = None if unacked is None else unacked.pop(update.version, None)
             if sent_at is not None:
-                wait = self.service.config.live_ack_wait
-                self.quick_acks = time.monotonic() - sent_at <= wait
+                self.ack_round_trip = time.monotonic() - sent_at
             elif self._forgotten and not (self._acked and update.version in self._acked):
                 self._forgotten -= 1  # one of those sent here and no longer remembered
             else:
@@ -352,20 +353,17 @@ class WebSocketSession:
         self._queued += 1
         self._spawn(self._deliver_queued(message))
 
-    def acks_quickly(self) -> bool:
-        """Its last ack was quick and a message offered now is written at once."""
-        return (
-            self.quick_acks
-            and not self.closed
-            and self._held is None
-            and not self._queued
-            and not self._senders
-        )
+    def quick_ack_wait(self) -> float:
+        """Its last ack was quick and a message offered now is written at once: how
+        long to wait for that message's ack (live_acks.ack_wait), else 0."""
+        if self.closed or self._held is not None or self._queued or self._senders:
+            return 0.0
+        return ack_wait(self.ack_round_trip, self.service.config.live_ack_wait)
 
     def ack_overdue(self) -> None:
         """A push written for a quick ack was not acknowledged in time: the next ones
         are stored first, until an acknowledgement is quick again."""
-        self.quick_acks = False
+        self.ack_round_trip = math.inf
 
     def withdraw(self, message_id: str) -> None:
         """Its sender deleted the message: a copy held here is not sent (one already
