@@ -6,25 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 
 from tidings.http2 import H2Client
 from tidings.http2.limits import MAX_QUEUED_PUSHES
+from tidings.useragent.rfc8030 import Http2Transport
+from tidings.useragent.transport import MAX_QUEUED_EVENTS, ConnectionClosed, Delivery
+from tidings.useragent.websocket import WebSocketTransport
 
 PUSHES = 5000
 LINK = b'</p/sub>; rel="urn:ietf:params:push"'
 
 
 @contextlib.asynccontextmanager
-async def pushing_h2_server() -> AsyncIterator[int]:
+async def pushing_h2_server(*, then_end: bool = False) -> AsyncIterator[int]:
     """Prior-knowledge HTTP/2: a GET with `Prefer: wait=0` gets a 204; any other
     request gets PUSHES small pushed messages /m/0, /m/1, ... as fast as flow control
-    lets them go, and stays open. PINGs are answered all along."""
+    lets them go, and stays open (`then_end`: then a 200 ends it). PINGs are answered
+    all along."""
     tasks: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -48,6 +55,9 @@ async def pushing_h2_server() -> AsyncIterator[int]:
                 conn.send_data(promised, body, end_stream=True)
                 writer.write(conn.data_to_send())
                 await writer.drain()  # waits once the client stops reading
+            if then_end:
+                conn.send_headers(stream_id, [(b":status", b"200")], end_stream=True)
+                writer.write(conn.data_to_send())
 
         with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
             while data := await reader.read(65536):
@@ -100,3 +110,112 @@ async def test_an_h2_client_stops_reading_while_pushes_wait_untaken() -> None:
         await asyncio.wait_for(ping, 10)  # answered once reading resumed
         assert client.transport.is_reading()
         assert stream.pushes.empty()
+
+
+async def test_the_rfc8030_connection_stops_reading_while_the_user_agent_is_behind() -> None:
+    async with pushing_h2_server() as port:
+        origin = f"http://127.0.0.1:{port}"
+        # A PING every 10 ms, answered within 0.3 s of reading: time paused does not count.
+        transport = Http2Transport(origin, ping_interval=0.01, ping_timeout=0.3)
+        conn = await transport.connect(f"{origin}/set/s", [])
+        try:
+            client = next(iter(conn._clients.values()))
+            assert client.transport is not None
+            async with asyncio.timeout(20):  # old code: read on, queueing every push
+                while client.transport.is_reading() or conn._events.qsize() < MAX_QUEUED_EVENTS:
+                    assert conn._events.qsize() <= MAX_QUEUED_EVENTS
+                    assert not conn._closed, conn.close_reason
+                    await asyncio.sleep(0.01)
+            assert conn._events.qsize() == MAX_QUEUED_EVENTS
+            assert client._queued <= MAX_QUEUED_PUSHES  # and at most as many in the client
+            assert client.reading.paused
+            await asyncio.sleep(1)  # pings came due while paused, none answered
+            ids = []
+            for _ in range(PUSHES):
+                event = await asyncio.wait_for(conn.next_event(), 10)
+                assert isinstance(event, Delivery)
+                ids.append(event.message_id)
+            assert ids == [f"{origin}/m/{n}" for n in range(PUSHES)]
+            assert conn._events.qsize() == 0
+            assert not conn._closed  # no ping was taken for a dead connection
+        finally:
+            await conn.close()
+
+
+async def test_pushes_before_the_end_of_the_monitor_all_arrive_before_the_close() -> None:
+    """The service ends the GET behind its pushes: we read the end only once the user
+    agent took enough of them, then the connection closes; the pushes still held on
+    the way to the user agent are handed over before ConnectionClosed."""
+    async with pushing_h2_server(then_end=True) as port:
+        origin = f"http://127.0.0.1:{port}"
+        conn = await Http2Transport(origin, ping_interval=0).connect(f"{origin}/set/s", [])
+        try:
+            ids = []
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(PUSHES + 1):  # bounded: the close must come
+                    event = await asyncio.wait_for(conn.next_event(), 10)
+                    assert isinstance(event, Delivery)
+                    ids.append(event.message_id)
+            assert ids == [f"{origin}/m/{n}" for n in range(PUSHES)]
+            assert "ended the monitor" in conn.close_reason
+        finally:
+            await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def notifying_ws_server() -> AsyncIterator[str]:
+    """The Firefox protocol: hello answered, then PUSHES notifications v0, v1, ... and a
+    close; `{}` pings answered all along."""
+
+    async def notify(ws: ServerConnection) -> None:
+        for n in range(PUSHES):
+            frame = {"messageType": "notification", "channelID": "c1", "version": f"v{n}"}
+            await ws.send(json.dumps(frame))  # waits once the client stops reading
+        await ws.close()
+
+    async def handler(ws: ServerConnection) -> None:
+        hello = json.loads(await ws.recv())
+        assert hello["messageType"] == "hello"
+        await ws.send(json.dumps({"messageType": "hello", "status": 200, "uaid": "u1"}))
+        sending = asyncio.create_task(notify(ws))
+        try:
+            async for text in ws:
+                if text == "{}":
+                    await ws.send("{}")
+        except WsConnectionClosed:
+            pass
+        finally:
+            await sending
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/"
+
+
+async def test_the_websocket_connection_stops_reading_while_the_user_agent_is_behind() -> None:
+    async with notifying_ws_server() as url:
+        transport = WebSocketTransport(url, ping_interval=0.01, ping_timeout=0.3)
+        conn = await transport.connect(None, [])
+        try:
+            ws_transport = conn._ws.transport
+            async with asyncio.timeout(20):  # old code: read on, queueing everything
+                while ws_transport.is_reading() or conn._events.qsize() < MAX_QUEUED_EVENTS:
+                    assert conn._events.qsize() <= MAX_QUEUED_EVENTS
+                    await asyncio.sleep(0.01)
+            assert conn._events.qsize() == MAX_QUEUED_EVENTS
+            await asyncio.sleep(1)  # pings came due while paused, none answered
+            versions = []
+            for _ in range(PUSHES):
+                event = await asyncio.wait_for(conn.next_event(), 10)
+                assert isinstance(event, Delivery)
+                versions.append(event.message_id)
+            assert versions == [f"v{n}" for n in range(PUSHES)]
+            # The service's close, behind them all, is noticed once they are read.
+            async with asyncio.timeout(10):
+                try:
+                    await conn.next_event()
+                    raise AssertionError("an event after the last notification")
+                except ConnectionClosed as exc:
+                    assert "ping" not in str(exc)
+        finally:
+            await conn.close()
