@@ -18,9 +18,9 @@ from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 
 from tidings.http2 import H2Client
 from tidings.http2.limits import MAX_QUEUED_PUSHES
-from tidings.useragent.rfc8030 import Http2Transport
+from tidings.useragent.rfc8030 import Http2Connection, Http2Transport
 from tidings.useragent.transport import MAX_QUEUED_EVENTS, ConnectionClosed, Delivery
-from tidings.useragent.websocket import WebSocketTransport
+from tidings.useragent.websocket import WebSocketConnection, WebSocketTransport
 
 PUSHES = 5000
 LINK = b'</p/sub>; rel="urn:ietf:params:push"'
@@ -112,6 +112,29 @@ async def test_an_h2_client_stops_reading_while_pushes_wait_untaken() -> None:
         assert stream.pushes.empty()
 
 
+async def until_paused(
+    transport: asyncio.Transport, conn: Http2Connection | WebSocketConnection
+) -> None:
+    """Wait until `conn` holds MAX_QUEUED_EVENTS and its socket is not read, checking
+    all along that it never holds more (old code read on, queueing everything)."""
+    async with asyncio.timeout(20):
+        while transport.is_reading() or conn._events.qsize() < MAX_QUEUED_EVENTS:
+            assert conn._events.qsize() <= MAX_QUEUED_EVENTS
+            assert not conn._closed, conn.close_reason  # e.g. a ping taken for a dead peer
+            await asyncio.sleep(0.01)
+    assert conn._events.qsize() == MAX_QUEUED_EVENTS
+
+
+async def take(conn: Http2Connection | WebSocketConnection, count: int) -> list[str]:
+    """The message ids of the next `count` events."""
+    ids = []
+    for _ in range(count):
+        event = await asyncio.wait_for(conn.next_event(), 10)
+        assert isinstance(event, Delivery)
+        ids.append(event.message_id)
+    return ids
+
+
 async def test_the_rfc8030_connection_stops_reading_while_the_user_agent_is_behind() -> None:
     async with pushing_h2_server() as port:
         origin = f"http://127.0.0.1:{port}"
@@ -121,21 +144,11 @@ async def test_the_rfc8030_connection_stops_reading_while_the_user_agent_is_behi
         try:
             client = next(iter(conn._clients.values()))
             assert client.transport is not None
-            async with asyncio.timeout(20):  # old code: read on, queueing every push
-                while client.transport.is_reading() or conn._events.qsize() < MAX_QUEUED_EVENTS:
-                    assert conn._events.qsize() <= MAX_QUEUED_EVENTS
-                    assert not conn._closed, conn.close_reason
-                    await asyncio.sleep(0.01)
-            assert conn._events.qsize() == MAX_QUEUED_EVENTS
+            await until_paused(client.transport, conn)
             assert client._queued <= MAX_QUEUED_PUSHES  # and at most as many in the client
             assert client.reading.paused
             await asyncio.sleep(1)  # pings came due while paused, none answered
-            ids = []
-            for _ in range(PUSHES):
-                event = await asyncio.wait_for(conn.next_event(), 10)
-                assert isinstance(event, Delivery)
-                ids.append(event.message_id)
-            assert ids == [f"{origin}/m/{n}" for n in range(PUSHES)]
+            assert await take(conn, PUSHES) == [f"{origin}/m/{n}" for n in range(PUSHES)]
             assert conn._events.qsize() == 0
             assert not conn._closed  # no ping was taken for a dead connection
         finally:
@@ -197,19 +210,9 @@ async def test_the_websocket_connection_stops_reading_while_the_user_agent_is_be
         transport = WebSocketTransport(url, ping_interval=0.01, ping_timeout=0.3)
         conn = await transport.connect(None, [])
         try:
-            ws_transport = conn._ws.transport
-            async with asyncio.timeout(20):  # old code: read on, queueing everything
-                while ws_transport.is_reading() or conn._events.qsize() < MAX_QUEUED_EVENTS:
-                    assert conn._events.qsize() <= MAX_QUEUED_EVENTS
-                    await asyncio.sleep(0.01)
-            assert conn._events.qsize() == MAX_QUEUED_EVENTS
+            await until_paused(conn._ws.transport, conn)
             await asyncio.sleep(1)  # pings came due while paused, none answered
-            versions = []
-            for _ in range(PUSHES):
-                event = await asyncio.wait_for(conn.next_event(), 10)
-                assert isinstance(event, Delivery)
-                versions.append(event.message_id)
-            assert versions == [f"v{n}" for n in range(PUSHES)]
+            assert await take(conn, PUSHES) == [f"v{n}" for n in range(PUSHES)]
             # The service's close, behind them all, is noticed once they are read.
             async with asyncio.timeout(10):
                 try:
