@@ -134,7 +134,7 @@ def _decode_headers(raw: list[tuple[bytes, bytes]] | None) -> dict[str, str]:
     return headers
 
 
-def _batch_end(data: bytes, start: int, max_frame: int) -> int:
+def _batch_end(data: bytearray, start: int, max_frame: int) -> int:
     """Where to stop handing `data[start:]` to h2: after the first frame that may end
     a stream (so a batch completes at most one push), else after the last whole frame."""
     end = start
@@ -170,7 +170,8 @@ class H2Client(asyncio.Protocol):
         self.reading = ReadPause()
         """Paused while MAX_QUEUED_PUSHES complete pushes wait untaken."""
         self._queued = 0  # complete pushes in the streams' queues
-        self._unread = b""  # read, not yet handed to h2 (at most one read, while paused)
+        # Read, not yet handed to h2: a frame's start, or one read's rest while paused.
+        self._unread = bytearray()
 
     @classmethod
     async def connect(
@@ -227,7 +228,7 @@ class H2Client(asyncio.Protocol):
 
     def _feed(self) -> None:
         """Hand h2 what was read, up to a push at a time; pause once too many wait."""
-        data, start = self._unread, 0
+        data, start = self._unread, 0  # appended to in place: no copy per read
         while start < len(data) and not self.closed.is_set():
             if self._queued >= MAX_QUEUED_PUSHES:
                 if self.reading.pause() and self.transport is not None:
@@ -236,9 +237,9 @@ class H2Client(asyncio.Protocol):
             end = _batch_end(data, start, self.conn.max_inbound_frame_size)
             if end == start:
                 break
-            self._receive(data[start:end])
+            self._receive(bytes(data[start:end]))
             start = end
-        self._unread = b"" if self.closed.is_set() else data[start:]
+        del data[: len(data) if self.closed.is_set() else start]
         self._flush()
 
     def _taken(self) -> None:
@@ -360,7 +361,7 @@ class H2Client(asyncio.Protocol):
         self.closed.set()
         self._window_open.set()
         self.reading.resume()  # nothing more to read: no answer is held back
-        self._unread = b""
+        self._unread.clear()
         for stream in self._streams.values():
             if not stream.response.done():
                 stream.response.set_exception(H2Error(reason))
