@@ -222,3 +222,27 @@ async def test_the_websocket_connection_stops_reading_while_the_user_agent_is_be
                     assert "ping" not in str(exc)
         finally:
             await conn.close()
+
+
+async def test_a_paused_connection_still_closes_at_once() -> None:
+    """Closed by the user agent while paused (its reader waiting for room): the close
+    neither waits for the backlog nor hangs, and the sockets are let go."""
+    async with pushing_h2_server() as port, notifying_ws_server() as url:
+        origin = f"http://127.0.0.1:{port}"
+        h2_conn = await Http2Transport(origin, ping_interval=0).connect(f"{origin}/set/s", [])
+        ws_conn = await WebSocketTransport(url, ping_interval=0).connect(None, [])
+        client = next(iter(h2_conn._clients.values()))
+        assert client.transport is not None
+        await until_paused(client.transport, h2_conn)
+        await until_paused(ws_conn._ws.transport, ws_conn)
+        async with asyncio.timeout(10):
+            await h2_conn.close()
+            await ws_conn.close()
+        assert client.transport.is_closing()
+        assert ws_conn._ws.transport.is_closing()
+        assert len(await take(h2_conn, MAX_QUEUED_EVENTS)) == MAX_QUEUED_EVENTS  # kept
+        try:
+            await asyncio.wait_for(h2_conn.next_event(), 10)
+            raise AssertionError("an event past those held")
+        except ConnectionClosed as exc:
+            assert "closed by the user agent" in str(exc)
