@@ -226,3 +226,25 @@ async def test_a_ping_flood_from_a_server_that_does_not_read_is_cut_off(
                     await sender.request("POST", "/p", {}, b"x")
         finally:
             sender.close()
+
+
+def push_then_answer(conn: h2.connection.H2Connection, stream_id: int) -> None:
+    promised = conn.get_next_available_stream_id()
+    request = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/m/1")]
+    conn.push_stream(stream_id, promised, [*request, (b":authority", b"127.0.0.1")])
+    conn.send_headers(stream_id, [(b":status", b"200")], end_stream=True)
+
+
+async def test_pushes_on_a_plain_request_are_refused() -> None:
+    """`request` hands over only the response: a push on it would wait untaken and
+    count against MAX_QUEUED_PUSHES for ever (reading would stop), so it is refused."""
+    async with (
+        hostile_server(push_then_answer) as (port, resets),
+        await H2Client.connect(f"http://127.0.0.1:{port}") as client,
+    ):
+        for _ in range(3):
+            assert (await client.request("GET", "/", timeout=10)).status == 200
+        async with asyncio.timeout(10):  # old code: kept each promise, never reset it
+            while len(resets) < 3:
+                await asyncio.sleep(0.01)
+        assert not client._promises

@@ -1,4 +1,10 @@
-"""One HTTP/2 connection (TLS with ALPN h2, or cleartext with prior knowledge)."""
+"""One HTTP/2 connection (TLS with ALPN h2, or cleartext with prior knowledge).
+
+Pushed responses wait in their stream's `pushes`; once MAX_QUEUED_PUSHES wait untaken
+on a connection it stops reading (flow control and TCP hold the server back) until its
+consumers take them down to RESUME_QUEUED_PUSHES. Read bytes are handed to h2 a push
+at a time, so what was read before the pause waits as bytes, never as more pushes.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import contextlib
 import os
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -19,7 +26,10 @@ import h2.settings
 
 from tidings.http2.limits import (
     MAX_OPEN_PROMISES,
+    MAX_QUEUED_PUSHES,
     MAX_RESPONSE_BODY,
+    RESUME_QUEUED_PUSHES,
+    ReadPause,
     cap_encoder_table,
     write_bounded,
 )
@@ -54,12 +64,34 @@ def _retrieve(future: asyncio.Future[H2Response]) -> None:
         future.exception()
 
 
+class _PushQueue(asyncio.Queue[PushedResponse]):
+    """A stream's complete pushes; tells its connection of each one taken."""
+
+    def __init__(self, on_take: Callable[[], None] | None) -> None:
+        super().__init__()
+        self._on_take = on_take
+
+    def get_nowait(self) -> PushedResponse:  # get() ends here too
+        pushed = super().get_nowait()
+        if self._on_take is not None:
+            self._on_take()
+        return pushed
+
+
 class H2Stream:
     """An open request: its final response (maybe never) and the pushes it carries."""
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(
+        self,
+        stream_id: int,
+        on_take: Callable[[], None] | None = None,
+        *,
+        takes_pushes: bool = True,
+    ) -> None:
         self.stream_id = stream_id
-        self.pushes: asyncio.Queue[PushedResponse] = asyncio.Queue()
+        self.pushes: asyncio.Queue[PushedResponse] = _PushQueue(on_take)
+        """Complete pushes: take them, or the connection stops reading once enough wait."""
+        self.takes_pushes = takes_pushes
         self.response: asyncio.Future[H2Response] = asyncio.get_running_loop().create_future()
         # A monitor's response is often never awaited; its failure is no news to log.
         self.response.add_done_callback(_retrieve)
@@ -102,6 +134,23 @@ def _decode_headers(raw: list[tuple[bytes, bytes]] | None) -> dict[str, str]:
     return headers
 
 
+def _batch_end(data: bytearray, start: int, max_frame: int) -> int:
+    """Where to stop handing `data[start:]` to h2: after the first frame that may end
+    a stream (so a batch completes at most one push), else after the last whole frame."""
+    end = start
+    while len(data) - end >= 9:
+        length = int.from_bytes(data[end : end + 3], "big")
+        if length > max_frame:
+            return len(data)  # h2 refuses it at once
+        if end + 9 + length > len(data):
+            break
+        kind, flags = data[end + 3], data[end + 4]
+        end += 9 + length
+        if (kind in (0x0, 0x1) and flags & 0x1) or (kind == 0x9 and flags & 0x4):
+            break  # DATA or HEADERS with END_STREAM, CONTINUATION with END_HEADERS
+    return end
+
+
 class H2Client(asyncio.Protocol):
     """An HTTP/2 client connection to one origin."""
 
@@ -118,6 +167,11 @@ class H2Client(asyncio.Protocol):
         self._pings: dict[bytes, asyncio.Future[None]] = {}
         self.closed = asyncio.Event()
         self.close_reason: str | None = None
+        self.reading = ReadPause()
+        """Paused while MAX_QUEUED_PUSHES complete pushes wait untaken."""
+        self._queued = 0  # complete pushes in the streams' queues
+        # Read, not yet handed to h2: a frame's start, or one read's rest while paused.
+        self._unread = bytearray()
 
     @classmethod
     async def connect(
@@ -169,6 +223,36 @@ class H2Client(asyncio.Protocol):
         self._fail(f"connection lost: {exc}" if exc else "connection closed")
 
     def data_received(self, data: bytes) -> None:
+        self._unread += data
+        self._feed()
+
+    def _feed(self) -> None:
+        """Hand h2 what was read, up to a push at a time; pause once too many wait."""
+        data, start = self._unread, 0  # appended to in place: no copy per read
+        while start < len(data) and not self.closed.is_set():
+            if self._queued >= MAX_QUEUED_PUSHES:
+                if self.reading.pause() and self.transport is not None:
+                    self.transport.pause_reading()
+                break
+            end = _batch_end(data, start, self.conn.max_inbound_frame_size)
+            if end == start:
+                break
+            self._receive(bytes(data[start:end]))
+            start = end
+        del data[: len(data) if self.closed.is_set() else start]
+        self._flush()
+
+    def _taken(self) -> None:
+        """A consumer took a push: once few wait, read again (first what was held)."""
+        self._queued -= 1
+        if self._queued > RESUME_QUEUED_PUSHES or self.closed.is_set():
+            return
+        if self.reading.resume():
+            self._feed()
+            if not self.reading.paused and self.transport is not None:
+                self.transport.resume_reading()
+
+    def _receive(self, data: bytes) -> None:
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -178,7 +262,6 @@ class H2Client(asyncio.Protocol):
             return
         for event in events:
             self._event(event)
-        self._flush()
 
     def _event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
@@ -188,6 +271,8 @@ class H2Client(asyncio.Protocol):
             headers = _decode_headers(event.headers)
             if event.pushed_stream_id is not None and len(self._promises) >= MAX_OPEN_PROMISES:
                 self._refuse(event.pushed_stream_id)  # stays stored on the server: sent again
+            elif event.pushed_stream_id is not None and parent and not parent.takes_pushes:
+                self._refuse(event.pushed_stream_id)  # nobody would take it
             elif parent is not None and event.pushed_stream_id is not None:
                 pushed = PushedResponse(headers.get(":path", ""), headers)
                 self._promises[event.pushed_stream_id] = _Promise(parent, pushed)
@@ -249,6 +334,7 @@ class H2Client(asyncio.Protocol):
         if promise is not None:
             promise.pushed.body = b"".join(promise.body)
             promise.parent.pushes.put_nowait(promise.pushed)
+            self._queued += 1
             promise.parent._settle(promise_over=True)
             return
         stream = self._streams.pop(stream_id, None)
@@ -274,6 +360,8 @@ class H2Client(asyncio.Protocol):
         self.close_reason = reason
         self.closed.set()
         self._window_open.set()
+        self.reading.resume()  # nothing more to read: no answer is held back
+        self._unread.clear()
         for stream in self._streams.values():
             if not stream.response.done():
                 stream.response.set_exception(H2Error(reason))
@@ -301,8 +389,13 @@ class H2Client(asyncio.Protocol):
         path: str,
         headers: dict[str, str] | None = None,
         body: bytes = b"",
+        *,
+        pushes: bool = True,
     ) -> H2Stream:
-        """Send a request and return its stream (the response may come much later)."""
+        """Send a request and return its stream (the response may come much later).
+
+        With `pushes` the caller takes the stream's pushes (reading stops while too many
+        wait); without, pushes promised on it are refused."""
         if self.closed.is_set():
             raise H2Error(self.close_reason or "connection closed")
         stream_id = self.conn.get_next_available_stream_id()
@@ -316,7 +409,7 @@ class H2Client(asyncio.Protocol):
             request.append((name.lower().encode("latin-1"), value.encode("latin-1")))
         if body:
             request.append((b"content-length", str(len(body)).encode()))
-        stream = H2Stream(stream_id)
+        stream = H2Stream(stream_id, self._taken, takes_pushes=pushes)
         self._streams[stream_id] = stream
         self.conn.send_headers(stream_id, request, end_stream=not body)
         self._flush()
@@ -345,7 +438,7 @@ class H2Client(asyncio.Protocol):
         timeout: float | None = 30,
     ) -> H2Response:
         """Send a request and wait for its complete response."""
-        stream = await self.open_stream(method, path, headers, body)
+        stream = await self.open_stream(method, path, headers, body, pushes=False)
         return await asyncio.wait_for(asyncio.shield(stream.response), timeout)
 
     def cancel(self, stream: H2Stream) -> None:
@@ -362,7 +455,8 @@ class H2Client(asyncio.Protocol):
         """Send a PING and wait for its ACK; return the round trip in seconds.
 
         H2Error when the connection is gone, TimeoutError when no ACK came in time
-        (a dead peer or a NAT that forgot the connection).
+        (a dead peer or a NAT that forgot the connection); time with reading paused
+        for unconsumed pushes does not count (the ACK may be among what waits).
         """
         if self.closed.is_set():
             raise H2Error(self.close_reason or "connection closed")
@@ -373,7 +467,7 @@ class H2Client(asyncio.Protocol):
         self.conn.ping(opaque)
         self._flush()
         try:
-            await asyncio.wait_for(waiter, timeout)
+            await self.reading.within(waiter, timeout)
         finally:
             self._pings.pop(opaque, None)
         return time.monotonic() - started

@@ -29,6 +29,7 @@ from tidings.useragent.transport import (
     Acknowledgement,
     ConnectionClosed,
     Delivery,
+    EventQueue,
     SubscribeRefused,
     TransportEvent,
     TransportSubscription,
@@ -63,10 +64,11 @@ class Http2Connection:
         self._endpoints: dict[str, str] = {}  # push resource URL -> subscription URL
         self._unmapped: set[str] = set()  # push resources seen that this connection did not make
         self._delivered: OrderedDict[str, None] = OrderedDict()
-        self._events: asyncio.Queue[TransportEvent | None] = asyncio.Queue()
+        self._events = EventQueue()  # full: pumps wait, pushes pile up, clients stop reading
         self._monitor: asyncio.Task[None] | None = None
         self._monitor_origin = self._home
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pumps: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.close_reason = ""
 
@@ -146,7 +148,7 @@ class Http2Connection:
                 stream = await client.open_stream(
                     "GET", request_target(url), self._monitor_headers(wait_zero=True)
                 )
-                self._spawn(self._pump(origin, stream))
+                self._pumps.add(self._spawn(self._pump(origin, stream)))
                 async with asyncio.timeout(self._transport.request_timeout):
                     response = await asyncio.shield(stream.response)
             except (H2Error, TimeoutError) as exc:
@@ -186,7 +188,8 @@ class Http2Connection:
             if self._set_url is not None and set_gone:
                 # The set vanished since we connected: reconnecting finds it gone and
                 # renews every subscription; the user agent subscribes again then.
-                await self._closed_by("the push service forgot the subscription set")
+                # (Maybe in the user agent's own task: it cannot take events meanwhile.)
+                await self._closed_by("the push service forgot the subscription set", drain=False)
                 raise ConnectionClosed(self.close_reason)
             if response.status not in (200, 201):
                 raise SubscribeRefused(
@@ -248,11 +251,7 @@ class Http2Connection:
 
     async def next_event(self) -> TransportEvent:
         """The next message; ConnectionClosed once the connection is gone."""
-        event = await self._events.get()
-        if event is None:
-            self._events.put_nowait(None)
-            raise ConnectionClosed(self.close_reason or "connection closed")
-        return event
+        return await self._events.get()
 
     async def reopen_monitor(self) -> None:
         """Open the GET again (after an urgency change); the old one is reset once it is up."""
@@ -289,7 +288,7 @@ class Http2Connection:
                 await self._closed_by(f"cannot monitor the subscription set: {exc}")
                 return
             self._monitor_origin = origin
-            self._spawn(self._pump(origin, stream))
+            self._pumps.add(self._spawn(self._pump(origin, stream)))
             if previous is not None and not previous.done():
                 previous.cancel()  # the new GET is in place: end the old one
             try:
@@ -324,15 +323,15 @@ class Http2Connection:
                 if not getting.done():
                     getting.cancel()
             if getting.done() and not getting.cancelled():
-                self._on_push(origin, getting.result())
+                await self._on_push(origin, getting.result())
                 continue
             while not stream.pushes.empty():
-                self._on_push(origin, stream.pushes.get_nowait())
+                await self._on_push(origin, stream.pushes.get_nowait())
             return
 
-    def _on_push(self, origin: str, pushed: PushedResponse) -> None:
-        if self._closed:
-            return
+    async def _on_push(self, origin: str, pushed: PushedResponse) -> None:
+        """Queue a push as a Delivery, waiting while the user agent is behind (the
+        stream's pushes wait meanwhile, and past a bound its client stops reading)."""
         url = urljoin(origin, pushed.path)
         if pushed.status != 200:
             log.info("ignoring a pushed %d for %s", pushed.status, url)
@@ -353,9 +352,7 @@ class Http2Connection:
         if handle is None:
             handle = push
             self._unmapped.add(push)
-        self._events.put_nowait(
-            Delivery(handle, url, pushed.body, delivery_headers(pushed.headers))
-        )
+        await self._events.put(Delivery(handle, url, pushed.body, delivery_headers(pushed.headers)))
 
     # Life ---------------------------------------------------------------------------------
 
@@ -381,25 +378,32 @@ class Http2Connection:
                 return
             log.debug("PING answered in %.1f ms", rtt * 1000)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._pumps.discard)
+        return task
 
-    async def _closed_by(self, reason: str) -> None:
+    async def _closed_by(self, reason: str, *, drain: bool = True) -> None:
         if self._closed:
             return
         self._closed = True
         self.close_reason = reason
         self._transport.forget(self)
-        self._events.put_nowait(None)
         for client in list(self._clients.values()):
             with contextlib.suppress(Exception):
                 await client.close()
         self._clients.clear()
+        if drain:  # every stream is over: what was pushed reaches the user agent (as it
+            # takes it) before ConnectionClosed does; never from the task that takes events
+            pumps = [task for task in self._pumps if task is not asyncio.current_task()]
+            await asyncio.gather(*pumps, return_exceptions=True)
+        self._events.close(reason)
 
     async def close(self) -> None:
         """Close every HTTP/2 connection and stop the background tasks."""
+        self._events.close("closed by the user agent")  # nobody takes events any more
         await self._closed_by("closed by the user agent")
         current = asyncio.current_task()
         tasks = [task for task in self._tasks if task is not current]

@@ -16,19 +16,29 @@ unsubscribes, acknowledges, and hands over what the service sends as `Delivery` 
   resource URL (its endpoint).
 
 Handles and session ids are opaque strings the user agent stores and gives back.
+
+A connection keeps what it received for the user agent in an `EventQueue`: at most
+MAX_QUEUED_EVENTS; past that its reader waits, so the connection stops reading and the
+service's writes back up (nothing received is dropped: messages are unacknowledged).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from tidings.http2.limits import ReadPause
+
 __all__ = [
+    "MAX_QUEUED_EVENTS",
     "Acknowledgement",
     "Connection",
     "ConnectionClosed",
     "Delivery",
+    "EventQueue",
     "SubscribeRefused",
     "SubscriptionLost",
     "SupportsUrgency",
@@ -76,6 +86,62 @@ class SubscriptionLost:
 
 
 TransportEvent = Delivery | SubscriptionLost
+
+# Events received and not yet taken by the user agent, per connection: its handlers run
+# max_concurrent_events at a time, so 64 is a burst for them, and a service that pushes
+# faster than they run meets a connection that stops reading instead of a growing queue.
+MAX_QUEUED_EVENTS = 64
+
+
+class EventQueue:
+    """A connection's events for the user agent, at most `bound` of them.
+
+    `put` waits for room (the reader is paused meanwhile: `reading`); `get` hands
+    over what was received, then raises ConnectionClosed once the queue is closed.
+    """
+
+    def __init__(self, bound: int = MAX_QUEUED_EVENTS) -> None:
+        self.bound = bound
+        self.reading = ReadPause()
+        self._items: deque[TransportEvent] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._closed: str | None = None
+
+    def qsize(self) -> int:
+        """How many events wait (as `asyncio.Queue.qsize`)."""
+        return len(self._items)
+
+    async def put(self, event: TransportEvent) -> None:
+        """Queue `event` once there is room; dropped if the queue is closed (the
+        service sends an unacknowledged message again on the next connection)."""
+        while len(self._items) >= self.bound and self._closed is None:
+            self.reading.pause()
+            self._room.clear()
+            await self._room.wait()
+        if self._closed is None:
+            self._items.append(event)
+            self._ready.set()
+
+    async def get(self) -> TransportEvent:
+        """The next event; ConnectionClosed once closed and all before it were taken."""
+        while not self._items:
+            if self._closed is not None:
+                raise ConnectionClosed(self._closed)
+            self._ready.clear()
+            await self._ready.wait()
+        event = self._items.popleft()
+        self._room.set()
+        self.reading.resume()
+        return event
+
+    def close(self, reason: str) -> None:
+        """No more events: `get` raises ConnectionClosed(reason) after those queued."""
+        if self._closed is None:
+            self._closed = reason or "connection closed"
+        self._ready.set()
+        self._room.set()
+        self.reading.resume()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,10 @@ only moves them over a `websockets` connection, matches replies to requests, and
 the connection honest with `{}` pings: a ping that gets no answer within
 `ping_timeout` means the connection is dead (a NAT forgot it, the service hung), so
 it is closed and the user agent reconnects.
+
+Notifications wait in an `EventQueue`: while it is full the reader waits, `websockets`
+stops reading the socket once its own MAX_QUEUED_FRAMES frames wait, and the service's
+writes back up; time paused so does not count against a ping's answer.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tidings.useragent.transport import (
     Acknowledgement,
     ConnectionClosed,
     Delivery,
+    EventQueue,
     SubscribeRefused,
     TransportEvent,
     TransportSubscription,
@@ -56,6 +61,9 @@ BroadcastListener = Callable[[dict[str, str]], None]
 """Called with {id: new version} when the service announces broadcast changes."""
 
 MAX_BROADCASTS = 64  # broadcast ids followed at most (the service's bound too)
+# Frames `websockets` buffers before pausing the socket (its default; reading resumes at a
+# quarter): with the EventQueue's bound, what a fast service makes us hold while we lag.
+MAX_QUEUED_FRAMES = 16
 
 
 class WebSocketTransport:
@@ -142,6 +150,7 @@ class WebSocketTransport:
                 ping_interval=None,
                 close_timeout=2,
                 max_size=1 << 20,
+                max_queue=MAX_QUEUED_FRAMES,
                 **tls,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
@@ -163,7 +172,7 @@ class WebSocketConnection:
         self._ws = ws
         self._transport = transport
         self._uaid = ""
-        self._events: asyncio.Queue[TransportEvent | None] = asyncio.Queue()
+        self._events = EventQueue()
         self._pending: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._pong = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -249,11 +258,7 @@ class WebSocketConnection:
 
     async def next_event(self) -> TransportEvent:
         """The next notification; ConnectionClosed once the connection is gone."""
-        event = await self._events.get()
-        if event is None:
-            self._events.put_nowait(None)  # every later caller learns it too
-            raise ConnectionClosed(self.close_reason or "connection closed")
-        return event
+        return await self._events.get()
 
     async def _send(self, text: str) -> None:
         try:
@@ -268,7 +273,13 @@ class WebSocketConnection:
         reason = "closed by the service"
         try:
             async for text in self._ws:
-                self._on_frame(text)
+                message = fp.parse_server_frame(text)
+                if isinstance(message, fp.Notification):  # waits while the UA is behind
+                    await self._events.put(
+                        Delivery(message.channel_id, message.version, message.body, message.headers)
+                    )
+                else:
+                    self._on_frame(message)
         except WsConnectionClosed as exc:
             reason = f"closed: {exc}"
         except fp.ProtocolError as exc:
@@ -282,13 +293,8 @@ class WebSocketConnection:
                 reason = f"closed by the service (code {self._ws.close_code})"
         await self._closed_by(reason)
 
-    def _on_frame(self, text: str | bytes) -> None:
-        message = fp.parse_server_frame(text)
-        if isinstance(message, fp.Notification):
-            self._events.put_nowait(
-                Delivery(message.channel_id, message.version, message.body, message.headers)
-            )
-        elif isinstance(message, fp.Pong):
+    def _on_frame(self, message: fp.ServerMessage) -> None:
+        if isinstance(message, fp.Pong):
             self._pong.set()
         elif isinstance(message, fp.RegisterReply | fp.UnregisterReply):
             kind = "register" if isinstance(message, fp.RegisterReply) else "unregister"
@@ -307,8 +313,7 @@ class WebSocketConnection:
             started = time.monotonic()
             try:
                 await self._ws.send(fp.PING)
-                async with asyncio.timeout(timeout):
-                    await self._pong.wait()
+                await self._events.reading.within(self._pong.wait(), timeout)
             except (TimeoutError, WsConnectionClosed):
                 log.info("no answer to ping within %.1f s: the connection is dead", timeout)
                 await self._closed_by("ping timed out")
@@ -320,7 +325,7 @@ class WebSocketConnection:
             return
         self._closed = True
         self.close_reason = reason
-        self._events.put_nowait(None)
+        self._events.close(reason)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionClosed(reason))
