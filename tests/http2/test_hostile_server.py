@@ -1,5 +1,6 @@
 """Our HTTP/2 clients against a hostile server: what it can make them hold is bounded
-(`tidings.http2.limits`): the HPACK encoder's table, a response's body, open promises."""
+(`tidings.http2.limits`): the HPACK encoder's table, a response's body, a pushed
+response's body, open promises."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import h2.settings
 import pytest
 
 from tidings.http2 import H2Client, H2Error, limits
-from tidings.http2.limits import MAX_ENCODER_TABLE, MAX_OPEN_PROMISES
+from tidings.http2.limits import MAX_ENCODER_TABLE, MAX_OPEN_PROMISES, MAX_PUSHED_BODY
 from tidings.sender.transport.base import TransportError
 from tidings.sender.transport.http2 import H2Connection
 
@@ -73,10 +74,41 @@ async def serving(
         await server.wait_closed()
 
 
+class Bodies:
+    """Bodies a server is sending, each as far as flow control allows (`feed` again
+    whenever the client opens its windows); a stream reset by the client is dropped."""
+
+    def __init__(self) -> None:
+        self.unsent: dict[int, bytes] = {}
+
+    def send(self, conn: h2.connection.H2Connection, stream_id: int, body: bytes) -> None:
+        self.unsent[stream_id] = body
+        self.feed(conn)
+
+    def feed(self, conn: h2.connection.H2Connection) -> None:
+        for stream_id, body in list(self.unsent.items()):
+            try:
+                while body:
+                    size = min(conn.local_flow_control_window(stream_id), 16384)
+                    if size <= 0:
+                        break
+                    chunk, body = body[:size], body[size:]
+                    conn.send_data(stream_id, chunk, end_stream=not body)
+            except h2.exceptions.ProtocolError:  # reset by the client
+                body = b""
+            if body:
+                self.unsent[stream_id] = body
+            else:
+                del self.unsent[stream_id]
+
+
 @contextlib.asynccontextmanager
-async def hostile_server(answer: Answer) -> AsyncIterator[tuple[int, list[int]]]:
+async def hostile_server(
+    answer: Answer, bodies: Bodies | None = None
+) -> AsyncIterator[tuple[int, list[int]]]:
     """A prior-knowledge HTTP/2 server advertising a 2^31-1 header table, answering
-    every request with `answer`; yields its port and the streams the client reset."""
+    every request with `answer` (and sending what it left in `bodies`); yields its
+    port and the streams the client reset."""
     resets: list[int] = []
 
     handlers: set[asyncio.Task[None]] = set()
@@ -110,6 +142,10 @@ async def hostile_server(answer: Answer) -> AsyncIterator[tuple[int, list[int]]]
                     elif isinstance(event, h2.events.StreamReset):
                         resets.append(event.stream_id)
                         answered.discard(event.stream_id)
+                        if bodies is not None:
+                            bodies.unsent.pop(event.stream_id, None)
+                if bodies is not None:
+                    bodies.feed(conn)
                 writer.write(conn.data_to_send())
                 await writer.drain()
         except (ConnectionError, h2.exceptions.ProtocolError):
@@ -247,4 +283,48 @@ async def test_pushes_on_a_plain_request_are_refused() -> None:
         async with asyncio.timeout(10):  # old code: kept each promise, never reset it
             while len(resets) < 3:
                 await asyncio.sleep(0.01)
+        assert not client._promises
+
+
+def pushes_of_sizes(bodies: Bodies, *sizes: int) -> Answer:
+    """Answers with a push of each size, then a response as large as the largest."""
+
+    def answer(conn: h2.connection.H2Connection, stream_id: int) -> None:
+        conn.send_headers(stream_id, [(b":status", b"200")])
+        for n, size in enumerate(sizes):
+            promised = conn.get_next_available_stream_id()
+            request = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", f"/m/{n}".encode())]
+            conn.push_stream(stream_id, promised, [*request, (b":authority", b"127.0.0.1")])
+            conn.send_headers(promised, [(b":status", b"200")])
+            bodies.send(conn, promised, b"p" * size)
+        bodies.send(conn, stream_id, b"r" * max(sizes))
+
+    return answer
+
+
+async def test_a_pushed_body_over_its_own_cap_is_refused_and_not_delivered() -> None:
+    """A push message is a few KiB (RFC 8030 section 7.2): a pushed body may not grow
+    to a response's 1 MiB (64 of them could wait untaken); past MAX_PUSHED_BODY it is
+    reset with CANCEL and dropped, while the pushes around it and the response (which
+    may be larger) arrive whole. The one over by a byte is complete when the client
+    resets it (the server ignores that reset); the endless one is cut off."""
+    bodies = Bodies()
+    sizes = (10, MAX_PUSHED_BODY + 1, MAX_PUSHED_BODY, 4 * MAX_PUSHED_BODY)
+    async with (
+        hostile_server(pushes_of_sizes(bodies, *sizes), bodies) as (port, resets),
+        await H2Client.connect(f"http://127.0.0.1:{port}") as client,
+    ):
+        stream = await client.open_stream("GET", "/set/x")
+        async with asyncio.timeout(10):
+            response = await stream.response
+            await stream.done.wait()
+        assert response.body == b"r" * max(sizes)  # a response may be larger
+        delivered = []
+        while not stream.pushes.empty():
+            delivered.append(stream.pushes.get_nowait())
+        assert [(p.path, len(p.body)) for p in delivered] == [("/m/0", 10), ("/m/2", sizes[2])]
+        async with asyncio.timeout(10):  # old code: took it whole (up to 1 MiB)
+            while 8 not in resets:  # the fourth promised stream
+                await asyncio.sleep(0.01)
+        assert set(resets) <= {4, 8}
         assert not client._promises

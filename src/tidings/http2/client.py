@@ -26,6 +26,7 @@ import h2.settings
 
 from tidings.http2.limits import (
     MAX_OPEN_PROMISES,
+    MAX_PUSHED_BODY,
     MAX_QUEUED_PUSHES,
     MAX_RESPONSE_BODY,
     RESUME_QUEUED_PUSHES,
@@ -314,7 +315,7 @@ class H2Client(asyncio.Protocol):
         if promise is not None:
             promise.body.append(data)
             promise.size += len(data)
-            if promise.size > MAX_RESPONSE_BODY:  # dropped: stays stored, sent again
+            if promise.size > MAX_PUSHED_BODY:  # dropped: stays stored, sent again
                 self._refuse(stream_id, h2.errors.ErrorCodes.CANCEL)
                 self._reset(stream_id, "pushed body too large")
             return

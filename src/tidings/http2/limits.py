@@ -15,9 +15,11 @@ import h2.connection
 # (RFC 7541 section 4.2 lets an encoder use less): hpack keeps every header it may reuse
 # and searches them linearly, so 2^31 would make each request slower than the last.
 MAX_ENCODER_TABLE = 4096
-# One response's or pushed response's body: push messages are at most 4 KiB of payload
-# (RFC 8030 section 7.2), answers are short JSON; a server sending without end is cut off.
+# One response's body: answers are short JSON; a server sending without end is cut off.
 MAX_RESPONSE_BODY = 1 << 20
+# One pushed response's body: a push message (RFC 8030 section 7.2 asks for 4 KiB at least;
+# our service's max_body is at most 64 KiB) or an empty receipt; a bigger one is refused.
+MAX_PUSHED_BODY = 64 << 10
 # Pushed streams promised and not yet complete on one connection; past it, refused.
 MAX_OPEN_PROMISES = 1000
 
@@ -44,8 +46,8 @@ def write_bounded(transport: asyncio.WriteTransport, data: bytes) -> None:
 
 
 # Complete pushed responses waiting for their consumer, over all streams of a connection:
-# 64 covers a burst of messages for a slow handler (64 x 4 KiB payloads, at most 64 MiB
-# if a server sends MAX_RESPONSE_BODY each); past it we stop reading the socket, so flow
+# 64 covers a burst of messages for a slow handler (64 x 4 KiB payloads, at most 4 MiB
+# if a server sends MAX_PUSHED_BODY each); past it we stop reading the socket, so flow
 # control and TCP hold the server back. Reading resumes once at most RESUME_QUEUED_PUSHES wait.
 MAX_QUEUED_PUSHES = 64
 RESUME_QUEUED_PUSHES = MAX_QUEUED_PUSHES // 4
