@@ -2,9 +2,10 @@
 
 The frames themselves are built and parsed in `tidings.useragent.protocol`; this module
 only moves them over a `websockets` connection, matches replies to requests, and keeps
-the connection honest with `{}` pings: a ping that gets no answer within
-`ping_timeout` means the connection is dead (a NAT forgot it, the service hung), so
-it is closed and the user agent reconnects.
+the connection honest with `{}` pings: a ping that is not sent and answered within
+`ping_timeout` means the connection is dead (a NAT forgot it, the service hung or stopped
+reading, so that the ping waits behind a full write buffer), so it is closed (the socket
+aborted if the close cannot be written either) and the user agent reconnects.
 
 Notifications wait in an `EventQueue`: while it is full the reader waits, `websockets`
 stops reading the socket once its own MAX_QUEUED_FRAMES frames wait, and the service's
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidHandshake, InvalidURI
+from websockets.protocol import State
 
 from tidings.useragent import protocol as fp
 from tidings.useragent.transport import (
@@ -305,17 +307,21 @@ class WebSocketConnection:
             self._transport._broadcast_answer(message.broadcasts)
         # hello (a second one) and unknown types are ignored, as Firefox does.
 
+    async def _ping(self) -> None:
+        """Send `{}` (it waits while our write buffer is full) and wait for its answer."""
+        self._pong.clear()
+        await self._ws.send(fp.PING)
+        await self._pong.wait()
+
     async def _keepalive(self) -> None:
         interval, timeout = self._transport.ping_interval, self._transport.ping_timeout
         while not self._closed:
             await asyncio.sleep(interval)
-            self._pong.clear()
             started = time.monotonic()
-            try:
-                await self._ws.send(fp.PING)
-                await self._events.reading.within(self._pong.wait(), timeout)
+            try:  # the send counts too: a service that stops reading must not hang us
+                await self._events.reading.within(self._ping(), timeout)
             except (TimeoutError, WsConnectionClosed):
-                log.info("no answer to ping within %.1f s: the connection is dead", timeout)
+                log.info("ping not sent and answered in %.1f s: the connection is dead", timeout)
                 await self._closed_by("ping timed out")
                 return
             log.debug("ping answered in %.1f ms", (time.monotonic() - started) * 1000)
@@ -331,6 +337,10 @@ class WebSocketConnection:
                 future.set_exception(ConnectionClosed(reason))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._ws.close(), 2)
+        # A service that does not read leaves the close frame unwritten (close waits for
+        # room in the write buffer, not for close_timeout): let the socket go regardless.
+        if self._ws.state is not State.CLOSED:
+            self._ws.transport.abort()
 
     async def close(self) -> None:
         """Close the WebSocket and stop the background tasks."""
