@@ -442,6 +442,26 @@ async def test_add_receipt_queues_one_for_an_existing_receipt_subscription(store
     assert await store.pending_receipts("gone", 10) == []
 
 
+async def test_add_receipts_queues_each_in_order_only_for_existing_receipt_subscriptions(
+    store: Store,
+) -> None:
+    """`add_receipts` is `add_receipt` of each in one transaction: order kept, each
+    receipt once, none for a receipt subscription that does not exist."""
+    await subscribe(store)
+    names = ("r1", "gone", "r2")
+    batch = [Receipt(0, names[n % 3], "ua1", "ch1", f"m{n}", 410, NOW + n) for n in range(30)]
+    await store.add_receipts(batch)
+    await store.add_receipts([])
+    for receipt_id in ("r1", "r2"):
+        queued = await store.pending_receipts(receipt_id, 100)
+        wanted = [r for r in batch if r.receipt_id == receipt_id]
+        assert [(r.message_id, r.status, r.created_at) for r in queued] == [
+            (r.message_id, r.status, r.created_at) for r in wanted
+        ]
+        assert all((r.uaid, r.channel_id) == ("ua1", "ch1") for r in queued)
+    assert await store.pending_receipts("gone", 100) == []
+
+
 async def test_pending_receipts_are_oldest_first_limited_and_per_subscription(
     store: Store,
 ) -> None:

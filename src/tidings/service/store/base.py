@@ -398,6 +398,10 @@ class Store(Protocol):
         """Queue a receipt for a message that was never stored (a TTL-0 push); its `seq`
         is ignored. Nothing is queued if the receipt subscription no longer exists."""
 
+    async def add_receipts(self, receipts: Sequence[Receipt]) -> None:
+        """`add_receipt` of each, in order, in one transaction (a node giving up its live
+        receipts writes thousands at once)."""
+
     async def pending_receipts(self, receipt_id: str, limit: int) -> list[Receipt]:
         """Receipts not yet handed to the application server, oldest first."""
 

@@ -58,6 +58,7 @@ from tidings.service.store.postgres_schema import (
     _DELETE_STALE_USER_AGENTS,
     _DELETE_TOPIC,
     _GONE,
+    _INSERT_RECEIPTS,
     _MARK_DELIVERED,
     _MIGRATIONS,
     _REPLACED_TOPIC_STATUSES,
@@ -476,18 +477,20 @@ class PostgresStore(PostgresPool):
         return row is not None
 
     async def add_receipt(self, receipt: Receipt) -> None:
-        r = receipt
+        await self.add_receipts([receipt])
+
+    async def add_receipts(self, receipts: Sequence[Receipt]) -> None:
+        if not receipts:
+            return
         await self._run(
             lambda conn: conn.execute(
-                "INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status,"
-                " created_at) SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS"
-                " (SELECT 1 FROM receipt_subscriptions WHERE receipt_id = $1)",
-                r.receipt_id,
-                r.uaid,
-                r.channel_id,
-                r.message_id,
-                r.status,
-                r.created_at,
+                _INSERT_RECEIPTS,
+                [r.receipt_id for r in receipts],
+                [r.uaid for r in receipts],
+                [r.channel_id for r in receipts],
+                [r.message_id for r in receipts],
+                [r.status for r in receipts],
+                [r.created_at for r in receipts],
             )
         )
 

@@ -998,6 +998,18 @@ FROM d WHERE s.message_id = d.message_id AND s.state = 'expired' AND s.ttl = 0
 """
 
 # A status: ended (message_status), or its message's row while it is stored.
+# Receipts in one statement, in order, each only while its receipt subscription exists
+# (what add_receipt's single INSERT ... WHERE EXISTS did for one).
+_INSERT_RECEIPTS = """
+INSERT INTO receipts (receipt_id, uaid, channel_id, message_id, status, created_at)
+SELECT r.receipt_id, r.uaid, r.channel_id, r.message_id, r.status, r.created_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[],
+            $6::double precision[])
+     WITH ORDINALITY AS r(receipt_id, uaid, channel_id, message_id, status, created_at, n)
+WHERE EXISTS (SELECT 1 FROM receipt_subscriptions s WHERE s.receipt_id = r.receipt_id)
+ORDER BY r.n
+"""
+
 _SELECT_STATUS = """
 SELECT message_id, vapid_hash, state, ttl, created_at, expires_at, delivered_via,
        delivered_at, final_at FROM message_status WHERE message_id = $2

@@ -620,9 +620,15 @@ class SQLiteStore(SQLiteGroupCommit):
         return await self._op(write, slow=True)
 
     async def add_receipt(self, receipt: Receipt) -> None:
-        r = receipt
-        row = (r.receipt_id, r.uaid, r.channel_id, r.message_id, r.status, r.created_at)
-        await self._op(lambda db: db.execute(_INSERT_RECEIPT, (*row, r.receipt_id)))
+        await self.add_receipts([receipt])
+
+    async def add_receipts(self, receipts: Sequence[Receipt]) -> None:
+        rows = [
+            (r.receipt_id, r.uaid, r.channel_id, r.message_id, r.status, r.created_at, r.receipt_id)
+            for r in receipts
+        ]
+        if rows:
+            await self._op(lambda db: db.executemany(_INSERT_RECEIPT, rows))
 
     async def pending_receipts(self, receipt_id: str, limit: int) -> list[Receipt]:
         def query(db: sqlite3.Connection) -> list[Receipt]:
