@@ -52,6 +52,7 @@ from tidings.service.store.postgres_commit import ACK_DELAY, MAX_WRITERS, Postgr
 from tidings.service.store.postgres_pool import PostgresPool
 from tidings.service.store.postgres_schema import (
     _BYTES_FULL,
+    _CHECK_MESSAGE,
     _DELETE_EXPIRED,
     _DELETE_MESSAGES,
     _DELETE_STALE_RECEIPT_SUBSCRIPTIONS,
@@ -342,7 +343,27 @@ class PostgresStore(PostgresPool):
         return await self._run(write)
 
     async def check_message(self, message: StoredMessage, *, quota: MessageQuota) -> bool:
-        return False  # the checks live in tidings_store_message: every push is stored first
+        # One statement, no lock and no transaction of its own: a read. The insert
+        # checks again, under its locks.
+        code = await self._run(
+            lambda conn: conn.fetchval(
+                _CHECK_MESSAGE,
+                message.uaid,
+                message.channel_id,
+                len(message.body),
+                message.created_at,
+                message.topic,
+                quota.per_subscription,
+                quota.per_user_agent,
+                quota.bytes_per_user_agent,
+                quota.stored_messages,
+            )
+        )
+        if code is None:
+            return True
+        refused = _push_refused(code, message, quota)
+        assert refused is not None, code  # one of tidings_push_one's codes
+        raise refused
 
     async def replace_topic(self, uaid: str, channel_id: str, topic: str, at: float) -> list[str]:
         async def write(conn: asyncpg.Connection) -> list[str]:

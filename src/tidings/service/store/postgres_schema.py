@@ -1010,6 +1010,47 @@ LIMIT 1
 """
 
 
+# tidings_push_one's checks as one read (PostgresStore.check_message: a push written to
+# its user agent before it is stored): the SQLSTATE it would refuse with, or NULL. The
+# same order and the same counts, without its locks or any write (the insert checks
+# again): the subscription; its counters, and the exact count of the user agent's
+# unexpired messages (the ones this push's Topic replaces left out) when they say
+# "maybe full"; the store's count less those replaced, against the ceiling. $1 uaid,
+# $2 channel, $3 the body's length, $4 created_at, $5 topic, $6-$9 the quotas (per
+# subscription, per user agent, bytes, the store). A CASE runs a subquery only when
+# it is reached, as the function's IFs.
+_CHECK_MESSAGE = """
+SELECT coalesce(
+    CASE
+        WHEN s.stored IS NULL THEN 'TD001'
+        WHEN s.stored >= $6 OR coalesce(u.stored, 0) >= $7
+             OR coalesce(u.stored_bytes, 0) + $3 > $8 THEN (
+            SELECT CASE WHEN e.in_channel >= $6 THEN 'TD003'
+                        WHEN e.stored >= $7 THEN 'TD004'
+                        WHEN e.stored_bytes + $3 > $8 THEN 'TD005' END
+            FROM (
+                SELECT count(*) FILTER (WHERE m.channel_id = $2) AS in_channel,
+                       count(*) AS stored, coalesce(sum(octet_length(m.body)), 0) AS stored_bytes
+                FROM messages m WHERE m.uaid = $1 AND m.expires_at + 0 > $4
+                  AND ($5::text IS NULL OR m.channel_id <> $2
+                       OR m.topic IS DISTINCT FROM $5::text)
+            ) e)
+    END,
+    CASE WHEN (SELECT sum(n) FROM message_counts) - CASE WHEN $5::text IS NULL THEN 0 ELSE (
+                  SELECT count(*) FROM messages m
+                  WHERE m.uaid = $1 AND m.channel_id = $2 AND m.topic = $5::text) END
+              >= $9 THEN 'TD006' END)
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN subscriptions s ON s.uaid = $1::text AND s.channel_id = $2::text
+LEFT JOIN user_agent_usage u ON u.uaid = $1::text
+"""
+assert _BY_USER_AGENT.replace("p_uaid", "$1").replace("p_created_at", "$4") in _CHECK_MESSAGE
+assert all(
+    f"'{code}'" in _CHECK_MESSAGE
+    for code in (_GONE, _SUBSCRIPTION_FULL, _USER_AGENT_FULL, _BYTES_FULL, _STORE_FULL)
+)
+
+
 async def migrate(conn: asyncpg.Connection) -> None:
     """Bring the schema to SCHEMA_VERSION (nodes starting together: one at a time)."""
     async with conn.transaction():
