@@ -434,6 +434,9 @@ class PostgresStore(PostgresPool):
     # Message statuses ---------------------------------------------------------------
 
     async def add_message_status(self, status: MessageStatus) -> None:
+        if self._commits is not None:  # concurrent ones share a commit
+            await self._commits.add_status(status)
+            return
         await self._run(
             lambda conn: conn.execute(
                 "INSERT INTO message_status (message_id, vapid_hash, state, ttl, created_at,"
