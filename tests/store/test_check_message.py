@@ -4,6 +4,7 @@ on the same data, is refused for the same reason by both, or passes both."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
@@ -15,6 +16,7 @@ from tidings.service.store import (
     Store,
     StoredMessage,
     StoreFull,
+    StoreUnavailable,
     SubscriptionGone,
     TooManyMessages,
 )
@@ -123,3 +125,31 @@ async def test_a_message_its_topic_replaces_leaves_room(store: Store) -> None:
     assert await agree(store, message("ua1", "site-a", topic="u"), stored_messages=2) == (
         "store full"
     )
+
+
+@pytest.mark.parametrize("engine", ["postgresql"])
+async def test_concurrent_checks_are_one_read_on_postgresql(store: Store) -> None:
+    """Each check as if alone, all in one statement; a value PostgreSQL cannot hold
+    fails its own check only."""
+    from tidings.service.store.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    await subscribe(store, "ua1", "site-a")
+    await put(store, message("ua1", "site-a"))
+    quota = MessageQuota(per_subscription=2)
+    reads = store._checks.reads
+    pushes = [message("ua1", "site-a"), message("ua1", "site-b"), message("ua2")]
+    results = await asyncio.gather(
+        *(outcome(store.check_message(m, quota=quota)) for m in pushes),
+        outcome(store.check_message(message("ua1", "site-a"), quota=MessageQuota(1))),
+    )
+    assert results == ["stored", "gone", "gone", "subscription 1"]
+    assert store._checks.reads - reads == 1
+    bad = message("ua1", "site-a", topic="bad\x00topic")
+    checked = await asyncio.gather(
+        store.check_message(bad, quota=quota),
+        store.check_message(message("ua1", "site-a"), quota=quota),
+        return_exceptions=True,
+    )
+    assert isinstance(checked[0], Exception) and not isinstance(checked[0], StoreUnavailable)
+    assert checked[1] is True

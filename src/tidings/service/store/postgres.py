@@ -21,9 +21,10 @@ Every hot query is an index look-up: messages by (uaid, seq) and by primary key
 migrations run at start under an advisory lock, so nodes starting together apply
 them once. Connection failures become `StoreUnavailable` (the service answers 503).
 
-Four files: the schema and statements (`postgres_schema.py`), the connection pool
-(`postgres_pool.py`), group commit of pushes and deletions (`postgres_commit.py`) and
-the store's operations, here.
+Five files: the schema and statements (`postgres_schema.py`), the connection pool
+(`postgres_pool.py`), group commit of pushes, deletions and final statuses
+(`postgres_commit.py`), the checks of pushes written before they are stored, read
+together (`postgres_checks.py`), and the store's operations, here.
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ from tidings.service.store.base import (
     message_columns,
     status_columns,
 )
+from tidings.service.store.postgres_checks import PostgresChecks
 from tidings.service.store.postgres_commit import ACK_DELAY, MAX_WRITERS, PostgresGroupCommit
 from tidings.service.store.postgres_pool import PostgresPool
 from tidings.service.store.postgres_schema import (
     _BYTES_FULL,
-    _CHECK_MESSAGE,
     _DELETE_EXPIRED,
     _DELETE_MESSAGES,
     _DELETE_STALE_RECEIPT_SUBSCRIPTIONS,
@@ -101,6 +102,8 @@ class PostgresStore(PostgresPool):
             dsn, min_connections=min_connections, max_connections=max_connections, timeout=timeout
         )
         self._commits: PostgresGroupCommit | None = None
+        self._checks = PostgresChecks(self._run)
+        self._group_checks = group_commit
         if group_commit:
             self._commits = PostgresGroupCommit(
                 self._run,
@@ -114,6 +117,7 @@ class PostgresStore(PostgresPool):
             )
 
     async def close(self) -> None:
+        await self._checks.drain()
         if self._commits is not None:
             await self._commits.drain()  # every queued write answered first
         await super().close()
@@ -343,22 +347,12 @@ class PostgresStore(PostgresPool):
         return await self._run(write)
 
     async def check_message(self, message: StoredMessage, *, quota: MessageQuota) -> bool:
-        # One statement, no lock and no transaction of its own: a read. The insert
-        # checks again, under its locks.
-        code = await self._run(
-            lambda conn: conn.fetchval(
-                _CHECK_MESSAGE,
-                message.uaid,
-                message.channel_id,
-                len(message.body),
-                message.created_at,
-                message.topic,
-                quota.per_subscription,
-                quota.per_user_agent,
-                quota.bytes_per_user_agent,
-                quota.stored_messages,
-            )
-        )
+        # A read, no lock and no transaction of its own (the insert checks again), made
+        # with the other pushes' checks of the moment (postgres_checks.py).
+        if self._group_checks:
+            code = await self._checks.check(message, quota)
+        else:
+            (code,) = await self._checks.read([(message, quota)])
         if code is None:
             return True
         refused = _push_refused(code, message, quota)
