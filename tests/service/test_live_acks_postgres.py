@@ -5,20 +5,24 @@ before the write, and a signed push's final status is committed before its 201."
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from service.test_live_acks import Calls, auto_ack, post, session_of, settled
+from service.test_live_acks import (
+    Calls,
+    auto_ack,
+    post,
+    session_of,
+    settled,
+    signed_push_reads_acknowledged,
+)
 from store.engines import postgres_database
 from support.service import RunningService, running_service
 from tidings.service.keyfile import write_keys
 from tidings.service.tokens import TokenSealer
-from tidings.webpush import VapidKey, sign_vapid
 
 
 @pytest.fixture
@@ -79,29 +83,11 @@ async def test_quick_acks_are_answered_without_storing(quick_pg: RunningService)
 async def test_a_signed_push_acknowledged_unstored_reads_acknowledged(
     quick_pg: RunningService,
 ) -> None:
-    key = VapidKey.generate()
-    agent = await quick_pg.agent()
-    registration = await agent.register(key.public_key_b64)
+    """Its final status joins group commit; the 201 comes after that commit."""
     stores = Calls(quick_pg, "store_message")
-    seen: list[str] = []
-    acker = asyncio.ensure_future(auto_ack(agent, seen))
-    try:
-        signed = {
-            "authorization": sign_vapid(key, quick_pg.url, "mailto:a@example.com").authorization
-        }
-        assert (await post(registration.endpoint, **signed)).status_code == 201
-        await ack_measured(quick_pg, agent.uaid)  # the next is acknowledged unstored
-        response = await post(registration.endpoint, **signed)
-        assert response.status_code == 201
-        assert stores.count == 1
-        assert quick_pg.service is not None
-        assert quick_pg.service.metrics.acknowledged_unstored_total == 1
-        async with httpx.AsyncClient() as client:
-            status = await client.get(response.headers["location"], headers=signed)
-        assert status.status_code == 200
-        document = json.loads(status.content)
-        assert document["state"] == "acknowledged"
-        assert document["delivered_via"] == "websocket"
-    finally:
-        acker.cancel()
-        await agent.close()
+
+    async def first_acknowledged(uaid: str) -> None:
+        await ack_measured(quick_pg, uaid)  # the next is acknowledged unstored
+
+    await signed_push_reads_acknowledged(quick_pg, first_acknowledged)
+    assert stores.count == 1
