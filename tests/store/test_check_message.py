@@ -153,3 +153,22 @@ async def test_concurrent_checks_are_one_read_on_postgresql(store: Store) -> Non
     )
     assert isinstance(checked[0], Exception) and not isinstance(checked[0], StoreUnavailable)
     assert checked[1] is True
+
+
+@pytest.mark.parametrize("engine", ["postgresql"])
+async def test_without_group_commit_each_check_is_its_own_read(store_url: str) -> None:
+    from tidings.service.store.postgres import PostgresStore, store_from_url
+
+    store = store_from_url(store_url + "&group_commit=off")
+    assert isinstance(store, PostgresStore)
+    await store.open()
+    try:
+        await subscribe(store, "ua1", "site-a")
+        assert await agree(store, message("ua1", "site-a"), per_subscription=1) == "stored"
+        assert await agree(store, message("ua1", "site-a"), per_subscription=1) == (
+            "subscription 1"
+        )
+        assert await agree(store, message("ua1", "site-b")) == "gone"
+        assert store._checks.reads == 3
+    finally:
+        await store.close()
