@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,14 @@ async def test_a_push_to_a_removed_subscription_is_not_written(quick: RunningSer
 async def test_a_signed_push_acknowledged_unstored_reads_acknowledged(
     quick: RunningService,
 ) -> None:
+    await signed_push_reads_acknowledged(quick)
+
+
+async def signed_push_reads_acknowledged(
+    quick: RunningService, between: Callable[[str], Awaitable[None]] | None = None
+) -> None:
+    """A signed push's second push is acknowledged unstored (after `between(uaid)`, if
+    given), and its status reads "acknowledged" at once."""
     key = VapidKey.generate()
     agent = await quick.agent()
     registration = await agent.register(key.public_key_b64)
@@ -212,6 +220,8 @@ async def test_a_signed_push_acknowledged_unstored_reads_acknowledged(
     try:
         signed = {"authorization": sign_vapid(key, quick.url, "mailto:a@example.com").authorization}
         assert (await post(registration.endpoint, **signed)).status_code == 201
+        if between is not None:
+            await between(agent.uaid)
         response = await post(registration.endpoint, **signed)
         assert response.status_code == 201
         assert quick.service is not None

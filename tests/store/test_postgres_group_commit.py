@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from tidings.service.store import (
+    MessageStatus,
     StoreFull,
     StoreUnavailable,
     SubscriptionGone,
@@ -285,3 +286,65 @@ def test_the_store_url_sets_the_writers_and_the_acknowledgements_delay() -> None
     assert store._commits is not None
     assert (store._commits.max_writers, store._commits.ack_delay) == (1, 0.0)
     assert "application_name=x" in store.dsn and "ack_delay" not in store.dsn
+
+
+def final_status(message_id: str, state: str = "acknowledged") -> MessageStatus:
+    return MessageStatus(message_id, b"key", state, 60, NOW, NOW + 60, "websocket", NOW, NOW + 1)
+
+
+async def test_concurrent_statuses_share_one_commit(pg: PostgresStore) -> None:
+    """The final statuses of pushes acknowledged unstored (live_acks.py): one INSERT,
+    committed before any of them returns."""
+    before = commits(pg).batches
+    statuses = [final_status(f"m{n}") for n in range(20)]
+    await asyncio.gather(*(pg.add_message_status(s) for s in statuses))
+    assert commits(pg).batches - before == 1
+    for status in statuses:
+        assert await pg.get_message_status("ua1", status.message_id) == status
+    # A message that has its status keeps it.
+    await pg.add_message_status(final_status("m0", "deleted"))
+    found = await pg.get_message_status("ua1", "m0")
+    assert found is not None and found.state == "acknowledged"
+
+
+async def test_statuses_share_the_commit_of_pushes_and_deletions(pg: PostgresStore) -> None:
+    await subscribe(pg)
+    first = message()
+    await put(pg, first)
+    before = commits(pg).batches
+    new = message()
+    pushed, _, cancelled, _ = await asyncio.gather(
+        put(pg, new),
+        pg.add_message_status(final_status("s1")),
+        pg.delete_message("ua1", first.message_id),
+        pg.add_message_status(final_status("s2")),
+    )
+    assert pushed == [] and cancelled is not None
+    assert commits(pg).batches - before == 1
+    assert await stored_ids(pg, "ua1") == {new.message_id}
+    # One transaction wrote them all (the rows' xmin).
+    written = await pg._run(
+        lambda conn: conn.fetch(
+            "SELECT xmin::text FROM message_status WHERE message_id = ANY($1::text[])"
+            " UNION ALL SELECT xmin::text FROM messages WHERE message_id = $2",
+            ["s1", "s2"],
+            new.message_id,
+        )
+    )
+    assert len(written) == 3 and len({row[0] for row in written}) == 1
+    before = commits(pg).batches
+    await asyncio.gather(put(pg, message()), pg.add_message_status(final_status("s3")))
+    assert commits(pg).batches - before == 1
+    for message_id in ("s1", "s2", "s3"):
+        assert await pg.get_message_status("ua1", message_id) == final_status(message_id)
+
+
+async def test_a_status_in_a_batch_rejected_whole_is_written_alone(pg: PostgresStore) -> None:
+    await subscribe(pg)
+    results = await asyncio.gather(
+        put(pg, message(topic="bad\x00topic")),
+        pg.add_message_status(final_status("s1")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Exception) and results[1] is None
+    assert await pg.get_message_status("ua1", "s1") == final_status("s1")

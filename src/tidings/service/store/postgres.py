@@ -21,9 +21,10 @@ Every hot query is an index look-up: messages by (uaid, seq) and by primary key
 migrations run at start under an advisory lock, so nodes starting together apply
 them once. Connection failures become `StoreUnavailable` (the service answers 503).
 
-Four files: the schema and statements (`postgres_schema.py`), the connection pool
-(`postgres_pool.py`), group commit of pushes and deletions (`postgres_commit.py`) and
-the store's operations, here.
+Five files: the schema and statements (`postgres_schema.py`), the connection pool
+(`postgres_pool.py`), group commit of pushes, deletions and final statuses
+(`postgres_commit.py`), the checks of pushes written before they are stored, read
+together (`postgres_checks.py`), and the store's operations, here.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from tidings.service.store.base import (
     message_columns,
     status_columns,
 )
+from tidings.service.store.postgres_checks import PostgresChecks
 from tidings.service.store.postgres_commit import ACK_DELAY, MAX_WRITERS, PostgresGroupCommit
 from tidings.service.store.postgres_pool import PostgresPool
 from tidings.service.store.postgres_schema import (
@@ -101,6 +103,8 @@ class PostgresStore(PostgresPool):
             dsn, min_connections=min_connections, max_connections=max_connections, timeout=timeout
         )
         self._commits: PostgresGroupCommit | None = None
+        self._checks = PostgresChecks(self._run)
+        self._group_checks = group_commit
         if group_commit:
             self._commits = PostgresGroupCommit(
                 self._run,
@@ -114,6 +118,7 @@ class PostgresStore(PostgresPool):
             )
 
     async def close(self) -> None:
+        await self._checks.drain()
         if self._commits is not None:
             await self._commits.drain()  # every queued write answered first
         await super().close()
@@ -343,7 +348,17 @@ class PostgresStore(PostgresPool):
         return await self._run(write)
 
     async def check_message(self, message: StoredMessage, *, quota: MessageQuota) -> bool:
-        return False  # the checks live in tidings_store_message: every push is stored first
+        # A read, no lock and no transaction of its own (the insert checks again), made
+        # with the other pushes' checks of the moment (postgres_checks.py).
+        if self._group_checks:
+            code = await self._checks.check(message, quota)
+        else:
+            (code,) = await self._checks.read([(message, quota)])
+        if code is None:
+            return True
+        refused = _push_refused(code, message, quota)
+        assert refused is not None, code  # one of tidings_push_one's codes
+        raise refused
 
     async def replace_topic(self, uaid: str, channel_id: str, topic: str, at: float) -> list[str]:
         async def write(conn: asyncpg.Connection) -> list[str]:
@@ -414,6 +429,9 @@ class PostgresStore(PostgresPool):
     # Message statuses ---------------------------------------------------------------
 
     async def add_message_status(self, status: MessageStatus) -> None:
+        if self._commits is not None:  # concurrent ones share a commit
+            await self._commits.add_status(status)
+            return
         await self._run(
             lambda conn: conn.execute(
                 "INSERT INTO message_status (message_id, vapid_hash, state, ttl, created_at,"

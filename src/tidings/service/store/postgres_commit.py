@@ -8,7 +8,10 @@ alone in one call of `tidings_store_messages`, pushes and deletions together in 
 call of `tidings_write_batch` (arrays; the batch's locks are taken first, in one order,
 so that batches never deadlock; the pushes are written by one INSERT, the deletions by
 one `DELETE ... USING unnest(...)`). Each waiter is answered after the COMMIT that
-holds its write, so a 201 still means the message is durable. While a batch is with
+holds its write, so a 201 still means the message is durable. The final statuses of
+signed pushes acknowledged without being stored (`add_message_status`, live_acks.py)
+join the same queue: alone, one INSERT of them all; with pushes or deletions, an INSERT
+in a WITH of the batch's statement, so still one statement and one commit. While a batch is with
 PostgreSQL the next gathers and goes when it is back: the busier the node, the larger
 the batches. A batch still in flight after OVERTAKE_AFTER (waiting on a lock, a slow
 flush) lets another writer (at most MAX_WRITERS) take the next one past it.
@@ -42,9 +45,11 @@ import asyncpg
 
 from tidings.service.store.base import (
     MessageQuota,
+    MessageStatus,
     StoredMessage,
     StoreUnavailable,
     message_columns,
+    status_columns,
 )
 from tidings.service.store.postgres_pool import _UNAVAILABLE
 
@@ -80,6 +85,25 @@ _WRITE_BATCH = (
     " $17::integer[], $18::bigint[], $19::bigint[], $20::bytea[])"
 )
 
+# Statuses (the 10 columns of message_status, one array each from parameter $N on).
+_STATUS_COLUMNS = (
+    *("text", "bytea", "text", "integer", "float8"),  # message_id .. created_at
+    *("float8", "text", "float8", "float8", "float8"),  # expires_at .. ends_at
+)
+
+
+def _insert_statuses(first: int) -> str:
+    arrays = ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(_STATUS_COLUMNS))
+    insert = "INSERT INTO message_status SELECT * FROM unnest("  # constant text only
+    return insert + arrays + ") ON CONFLICT DO NOTHING"
+
+
+_INSERT_STATUSES = _insert_statuses(1)
+# With pushes, or pushes and deletions: the statuses' INSERT in a WITH (always run to
+# its end, read or not), its arrays after the batch's parameters.
+_STORE_MESSAGES_AND_STATUSES = f"WITH statuses AS ({_insert_statuses(18)}) {_STORE_MESSAGES}"
+_WRITE_BATCH_AND_STATUSES = f"WITH statuses AS ({_insert_statuses(21)}) {_WRITE_BATCH}"
+
 Connection = Any  # an asyncpg connection (untyped library)
 Runner = Callable[[Callable[[Connection], Awaitable[T]]], Awaitable[T]]
 
@@ -106,7 +130,15 @@ class _Deletion:
         self.future = future
 
 
-_Operation = _Push | _Deletion
+class _Status:
+    __slots__ = ("future", "status")
+
+    def __init__(self, status: MessageStatus, future: asyncio.Future[Any]) -> None:
+        self.status = status
+        self.future = future
+
+
+_Operation = _Push | _Deletion | _Status
 #: An operation, its value, and its error (an exception, _RETRY or None).
 _Answer = tuple[_Operation, Any, BaseException | object | None]
 
@@ -163,6 +195,12 @@ class PostgresGroupCommit:
         future: asyncio.Future[list[Any]] = self._future()
         self._enqueue(_Deletion(keys, acknowledged, future))
         return await future
+
+    async def add_status(self, status: MessageStatus) -> None:
+        """Insert a final status (ignored if the message has one); returns once committed."""
+        future: asyncio.Future[None] = self._future()
+        self._enqueue(_Status(status, future))
+        await future
 
     async def drain(self) -> None:
         """Return once every queued operation has been answered (before closing)."""
@@ -274,17 +312,24 @@ class PostgresGroupCommit:
             (op for op in batch if isinstance(op, _Deletion)), key=lambda d: not d.acknowledged
         )
         keys = [key for d in deletions for key in d.keys]
+        statuses = [op for op in batch if isinstance(op, _Status)]
+        extra = _status_columns(statuses) if statuses else []
         try:
-            if not deletions:
-                rows = await conn.fetch(_STORE_MESSAGES, *_push_columns(pushes), [])
+            if not pushes and not deletions:
+                await conn.execute(_INSERT_STATUSES, *extra)
+                rows = []
+            elif not deletions:
+                statement = _STORE_MESSAGES_AND_STATUSES if statuses else _STORE_MESSAGES
+                rows = await conn.fetch(statement, *_push_columns(pushes), [], *extra)
             else:
                 rows = await conn.fetch(
-                    _WRITE_BATCH,
+                    _WRITE_BATCH_AND_STATUSES if statuses else _WRITE_BATCH,
                     [key[0] for key in keys],
                     [key[1] for key in keys],
                     self._now(),
                     [d.acknowledged for d in deletions for _ in d.keys],
                     *_push_columns(pushes),
+                    *extra,
                 )
         except (ValueError, TypeError) as exc:  # a value asyncpg cannot encode
             raise _Failed(f"{type(exc).__name__}: {exc}") from exc
@@ -299,6 +344,7 @@ class PostgresGroupCommit:
         for d in deletions:
             answers.append((d, results[start : start + len(d.keys)], None))
             start += len(d.keys)
+        answers.extend((status, None, None) for status in statuses)
         return answers
 
     def _push_answers(self, pushes: list[_Push], rows: list[Any]) -> list[_Answer]:
@@ -319,6 +365,10 @@ class PostgresGroupCommit:
         try:
             if isinstance(op, _Push):
                 value: Any = await self._push_alone(op.message, op.quota)
+            elif isinstance(op, _Status):
+                columns = _status_columns([op])
+                await self._run(lambda conn: conn.execute(_INSERT_STATUSES, *columns))
+                value = None
             else:
                 value = await self._run(
                     lambda conn: self._delete_keys(conn, op.keys, op.acknowledged)
@@ -359,6 +409,12 @@ def _push_columns(pushes: list[_Push]) -> list[list[Any]]:
         )
         for push in pushes
     ]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _status_columns(statuses: list[_Status]) -> list[list[Any]]:
+    """The statuses as the 10 arrays of message_status (one per column)."""
+    rows = [status_columns(op.status) for op in statuses]
     return [list(column) for column in zip(*rows, strict=True)]
 
 

@@ -1022,6 +1022,61 @@ LIMIT 1
 """
 
 
+# tidings_push_one's checks as one read, for pushes written to their user agent before
+# they are stored (PostgresStore.check_message, postgres_checks.py): per push, the
+# SQLSTATE it would refuse with, or NULL; the concurrent pushes of a node in one
+# statement, one row each in their order, each checked as if alone (as separate reads
+# would). The same order and the same counts as the function, without its locks or any
+# write: the subscription; its counters, and the exact count of the user agent's
+# unexpired messages (the ones the push's Topic replaces left out) when they say "maybe
+# full"; the store's count less those replaced, against the ceiling. A CASE runs a
+# subquery only when it is reached, as the function's IFs; the store's count is read
+# once. Parameters: arrays of uaid, channel, the body's length, created_at, topic and
+# the quotas (per subscription, per user agent, bytes, the store).
+_CHECK_MESSAGES = """
+SELECT coalesce(
+    CASE
+        WHEN s.stored IS NULL THEN 'TD001'
+        WHEN s.stored >= b.max_subscription OR coalesce(u.stored, 0) >= b.max_user_agent
+             OR coalesce(u.stored_bytes, 0) + b.size > b.max_bytes THEN (
+            SELECT CASE WHEN e.in_channel >= b.max_subscription THEN 'TD003'
+                        WHEN e.stored >= b.max_user_agent THEN 'TD004'
+                        WHEN e.stored_bytes + b.size > b.max_bytes THEN 'TD005' END
+            FROM (
+                SELECT count(*) FILTER (WHERE m.channel_id = b.channel_id) AS in_channel,
+                       count(*) AS stored, coalesce(sum(octet_length(m.body)), 0) AS stored_bytes
+                FROM messages m WHERE m.uaid = b.uaid AND m.expires_at + 0 > b.created_at
+                  AND (b.topic IS NULL OR m.channel_id <> b.channel_id
+                       OR m.topic IS DISTINCT FROM b.topic)
+            ) e)
+    END,
+    CASE WHEN (SELECT sum(n) FROM message_counts) - CASE WHEN b.topic IS NULL THEN 0 ELSE (
+                  SELECT count(*) FROM messages m
+                  WHERE m.uaid = b.uaid AND m.channel_id = b.channel_id AND m.topic = b.topic)
+                  END
+              >= b.max_stored THEN 'TD006' END) AS code
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[], $5::text[], $6::integer[],
+            $7::integer[], $8::bigint[], $9::bigint[])
+     WITH ORDINALITY AS b(uaid, channel_id, size, created_at, topic, max_subscription,
+                          max_user_agent, max_bytes, max_stored, i)
+-- Looked up by key (LIMIT keeps them lateral), as in tidings_store_messages.
+LEFT JOIN LATERAL (
+    SELECT s.stored FROM subscriptions s
+    WHERE s.uaid = b.uaid AND s.channel_id = b.channel_id LIMIT 1
+) s ON true
+LEFT JOIN LATERAL (
+    SELECT u.stored, u.stored_bytes FROM user_agent_usage u WHERE u.uaid = b.uaid LIMIT 1
+) u ON true
+ORDER BY b.i
+"""
+# The exact count reads by user agent, as schema 7's tidings_push_one does.
+assert _BY_USER_AGENT.replace("p_uaid", "b.uaid").replace("p_", "b.") in _CHECK_MESSAGES
+assert all(
+    f"'{code}'" in _CHECK_MESSAGES
+    for code in (_GONE, _SUBSCRIPTION_FULL, _USER_AGENT_FULL, _BYTES_FULL, _STORE_FULL)
+)
+
+
 async def migrate(conn: asyncpg.Connection) -> None:
     """Bring the schema to SCHEMA_VERSION (nodes starting together: one at a time)."""
     async with conn.transaction():
