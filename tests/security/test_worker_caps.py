@@ -36,6 +36,7 @@ def workers_node(tmp_path: Path, **settings: str) -> Iterator[ServiceProcess]:
     )
     node.start()
     try:
+        wait_for_both_workers(node)
         yield node
     finally:
         node.stop(signal.SIGTERM)
@@ -53,6 +54,18 @@ def request(
     response = connection.getresponse()
     body = response.read()
     return response.status, json.loads(body) if body else {}, connection
+
+
+def wait_for_both_workers(node: ServiceProcess, timeout: float = 60) -> None:
+    """Until both workers answer: `start` returns once one does, and a loaded machine
+    may start the other later, so that every connection went to the first."""
+    seen: set[object] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < 2:
+        assert time.monotonic() < deadline, f"only {seen} answered"
+        _, body, sock = request(node, "127.0.0.1")  # exempt: no limit is charged
+        seen.add(body.get("node"))
+        sock.close()
 
 
 def open_many(
