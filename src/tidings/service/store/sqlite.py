@@ -411,12 +411,23 @@ class SQLiteStore(SQLiteGroupCommit):
         SQLiteStore._refuse(db, message, quota)
 
     async def check_message(self, message: StoredMessage, *, quota: MessageQuota) -> bool:
-        def read(db: sqlite3.Connection) -> bool:
-            if db.execute(_CHECK_MESSAGE, _checked(message, quota)).fetchone() is None:
-                SQLiteStore._refuse(db, message, quota)
-            return True
+        checked = _checked(message, quota)
 
-        return await self._op(read)
+        def read(db: sqlite3.Connection) -> bool:
+            if db.execute(_CHECK_MESSAGE, checked).fetchone() is not None:
+                return True
+            if db.in_transaction:
+                SQLiteStore._refuse(db, message, quota)
+            # Run alone (a group of reads): the check and why it failed in one snapshot.
+            db.execute("BEGIN")
+            try:
+                if db.execute(_CHECK_MESSAGE, checked).fetchone() is not None:
+                    return True
+                SQLiteStore._refuse(db, message, quota)
+            finally:
+                db.execute("COMMIT")
+
+        return await self._op(read, read_only=True)
 
     @staticmethod
     def _refuse(db: sqlite3.Connection, message: StoredMessage, quota: MessageQuota) -> NoReturn:
