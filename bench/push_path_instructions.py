@@ -16,11 +16,13 @@ the SQLite thread) is divided by the pushes:
 
 Compare two versions with PYTHONPATH (the bench and the agents stay the same).
 Needs valgrind. The group commit's batches depend on timing, so counts vary a little
-(about 1 %) between runs; a cut worth keeping shows well past that. So does the share
-of pushes answered on their ack without being stored (printed): under valgrind's
-slowdown an ack often misses its wait and the connection stores first for a while,
-and a stored push costs more; with the default 8 connections the counts moved by 5 %
-between runs of the same code, with `--connections 1` by under 1 %.
+(about 1 %) between runs; a cut worth keeping shows well past that. With the default
+8 connections the counts of the same code moved by up to 7 % (how many pushes share a
+loop turn and so a commit depends on timing under valgrind); with `--connections 1`
+every push has the same shape and runs repeat within about 0.6 %. The share of pushes
+answered on their ack without being stored (printed; a stored push costs more) was
+94-95 % in both (an ack that misses its wait makes the connection store first for a
+while): compare it too.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def main() -> None:
         )
         # The rest were stored first: an ack missed its wait (a slow turn under
         # valgrind), so the connection is stored-first until an ack is quick again.
-        # The share varies between runs and moves the count: compare it too.
+        # A stored push costs more: a different share moves the count.
         print(f"acknowledged unstored: {unstored} ({100 * unstored / pushes:.0f} %)")
         print(f"instructions per push: {instructions / pushes:,.0f}")
         if args.annotate:
