@@ -96,6 +96,55 @@ def test_ack_skips_bad_updates_and_defaults_the_code() -> None:
     )
 
 
+def _ack_text(kind: str, channel: str, version: str, code: str) -> str:
+    """An ack frame as Firefox writes it (compact, one update), of these parts."""
+    return (
+        '{"messageType":"'
+        + kind
+        + '","updates":[{"channelID":"'
+        + channel
+        + '","version":"'
+        + version
+        + '","code":'
+        + code
+        + "}]}"
+    )
+
+
+def test_a_compact_ack_is_read_without_the_json_decoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    version = "0193a5c0e2f1" + "ab" * 58  # 128 characters
+    monkeypatch.setattr(wp.json, "loads", lambda _text: pytest.fail("decoded as JSON"))
+    for channel, code in ((CHANNEL, 100), (CHANNEL.upper(), 101), (CHANNEL, 102)):
+        ack = wp.parse_client_frame(_ack_text("ack", channel, version, str(code)))
+        assert ack == wp.Ack((wp.AckUpdate(CHANNEL, version, code),))
+
+
+_ACK_PARTS = st.tuples(
+    st.sampled_from(["ack", "Ack", " ack", "nack"]),
+    st.sampled_from(
+        [CHANNEL, CHANNEL.upper(), CHANNEL + "\\n", CHANNEL[:-1], CHANNEL + "0", "", "x"]
+    ),
+    st.sampled_from(["v1", "a" * 128, "a" * 129, "", "\\u0041", "\\n", '\\"', "\t", "-~._"]),
+    st.sampled_from(["100", "101", "102", "103", "99", "0100", "1e2", "true", "-1", "100 "]),
+)
+
+
+@given(_ACK_PARTS)
+def test_a_compact_ack_means_what_the_json_decoder_reads(parts: tuple[str, ...]) -> None:
+    """The fast path (`_COMPACT_ACK`) takes only frames the JSON path reads the same."""
+    text = _ack_text(*parts)
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        with pytest.raises(wp.FrameError):
+            wp.parse_client_frame(text)
+        return
+    if str(decoded["messageType"]).lower() == "ack":
+        assert wp.parse_client_frame(text) == wp._parse_ack(decoded)
+
+
 def test_nack_is_parsed() -> None:
     frame = {"messageType": "nack", "version": "v1", "code": 302}
     assert wp.parse_client_frame(json.dumps(frame)) == wp.Nack("v1", 302)

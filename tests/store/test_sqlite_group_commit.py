@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tidings.service.store import TooManyMessages
+from tidings.service.store import MessageQuota, SubscriptionGone, TooManyMessages
 from tidings.service.store import sqlite_commit as sqlite_module
 from tidings.service.store.base import StoredMessage
 from tidings.service.store.sqlite import SQLiteStore
@@ -190,4 +190,34 @@ async def test_a_crowd_of_calls_is_committed_in_bounded_groups(tmp_path: Path) -
         assert await store.count_messages() == 600
         assert store._inline_commits - commits_before >= 600 // sqlite_module.MAX_BATCH + 1
     finally:
+        await store.close()
+
+
+async def test_a_group_of_reads_takes_no_write_lock(tmp_path: Path) -> None:
+    """A push's check (`check_message`, a read) runs on the loop outside any write
+    transaction: another process holding the write lock does not delay it, it sees
+    what is committed, and a refusal is still explained (in one read snapshot)."""
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    other = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    quota = MessageQuota(per_subscription=1)
+    try:
+        await subscribe(store)
+        commits = store._inline_commits
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as a --workers sibling
+        checked = asyncio.ensure_future(store.check_message(message(), quota=quota))
+        for _ in range(10):  # answered on the loop within a few turns, not on the worker
+            await asyncio.sleep(0)
+        assert checked.done() and checked.result() is True
+        gone = asyncio.ensure_future(store.check_message(message(channel_id="ch9"), quota=quota))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert gone.done() and isinstance(gone.exception(), SubscriptionGone)
+        other.execute("COMMIT")
+        assert store._inline_commits == commits  # nothing to commit for reads
+        await put(store, message())  # committed: the next read sees the quota reached
+        with pytest.raises(TooManyMessages):
+            await store.check_message(message(), quota=quota)
+    finally:
+        other.close()
         await store.close()

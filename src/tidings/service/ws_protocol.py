@@ -113,8 +113,24 @@ def _broadcasts(message: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# The ack frame a user agent sends most (Firefox's form, compact, one update): read
+# without the JSON decoder. Only characters that stand for themselves in a JSON string
+# (no escape, no control character) and a code of 100, 101 or 102 are taken here, so a
+# match means exactly what `json.loads` and `_parse_ack` would make of it; any other
+# frame takes that path.
+_COMPACT_ACK = re.compile(
+    r'\{"messageType":"ack","updates":\[\{"channelID":"('
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r')","version":"([0-9A-Za-z_.~-]{1,128})","code":(10[012])\}\]\}'
+)
+
+
 def parse_client_frame(text: str) -> ClientMessage:
     """Parse one text frame from the user agent."""
+    compact = _COMPACT_ACK.fullmatch(text)
+    if compact is not None:
+        channel_id, version, code = compact.groups()
+        return Ack((AckUpdate(channel_id.lower(), version, int(code)),))
     try:
         message = json.loads(text)
     except (ValueError, RecursionError):

@@ -20,6 +20,9 @@ Where a group runs:
   thread and its own connection.
 - With `synchronous=FULL` every COMMIT reaches the disk before the push is answered,
   so every group goes to the worker thread.
+- A group of read-only operations alone (a push's check) runs without BEGIN
+  IMMEDIATE and COMMIT: no write lock, nothing to commit; each read sees what is
+  committed when it runs.
 
 With NORMAL a committed transaction survives the process being killed (it is in the
 WAL, in the OS page cache) but the last few may be lost if the machine loses power.
@@ -49,7 +52,7 @@ Operation = Callable[[Any], Any]  # takes the connection (None before open)
 class _Job:
     """One call waiting to run: on the event loop (`inline`) or on the worker thread."""
 
-    __slots__ = ("fn", "future", "inline", "loop", "transactional")
+    __slots__ = ("fn", "future", "inline", "loop", "read_only", "transactional")
 
     def __init__(
         self,
@@ -58,12 +61,14 @@ class _Job:
         loop: asyncio.AbstractEventLoop,
         transactional: bool,
         inline: bool,
+        read_only: bool = False,
     ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
         self.transactional = transactional
         self.inline = inline
+        self.read_only = read_only
 
 
 _STOP = object()
@@ -121,7 +126,9 @@ class SQLiteGroupCommit:
 
     # Running operations --------------------------------------------------------------
 
-    def _call(self, fn: Operation, *, transactional: bool, inline: bool) -> asyncio.Future[Any]:
+    def _call(
+        self, fn: Operation, *, transactional: bool, inline: bool, read_only: bool = False
+    ) -> asyncio.Future[Any]:
         # The future itself, not a coroutine awaiting it: every store call on the push
         # path is one frame fewer to create, suspend and resume.
         if self._thread is None:
@@ -134,7 +141,7 @@ class SQLiteGroupCommit:
         if outbox is None:
             outbox = self._outbox[loop] = []
             loop.call_soon(self._submit, loop)
-        outbox.append(_Job(fn, future, loop, transactional, inline))
+        outbox.append(_Job(fn, future, loop, transactional, inline, read_only))
         return future
 
     def _submit(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -159,19 +166,27 @@ class SQLiteGroupCommit:
         db = self._inline
         if db is None or self._handed != self._finished:
             return False  # FULL mode, closed, or earlier groups still with the worker
-        if not all(job.inline for job in jobs):
-            return False
+        reads_only = True
+        for job in jobs:
+            if not job.inline:
+                return False
+            reads_only = reads_only and job.read_only
         if not self._inline_lock.acquire(blocking=False):
             return False
         try:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error:
-                return False  # locked by another process: the worker waits for it
-            results = self._commit_group(db, jobs, begun=True)
+            if reads_only:  # no write lock to take: another process's never delays it
+                results = self._run_reads(db, jobs)
+            else:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error:
+                    return False  # locked by another process: the worker waits for it
+                results = self._commit_group(db, jobs, begun=True)
         finally:
             self._inline_lock.release()
         _settle(results)
+        if reads_only:
+            return True
         self._inline_commits += 1
         if self._inline_commits % CHECKPOINT_EVERY == 0:
             self._jobs.put(_CHECKPOINT)
@@ -182,12 +197,16 @@ class SQLiteGroupCommit:
         return self._call(fn, transactional=False, inline=False)
 
     def _op(
-        self, fn: Callable[[sqlite3.Connection], T], *, slow: bool = False
+        self, fn: Callable[[sqlite3.Connection], T], *, slow: bool = False, read_only: bool = False
     ) -> asyncio.Future[T]:
         """Run `fn` in a transaction, possibly committed together with others (await
         the answer). A `slow` operation (one that may touch every row) always runs on
-        the worker."""
-        return self._call(fn, transactional=True, inline=not slow)
+        the worker. A `read_only` one writes nothing: in a group of such operations
+        alone each runs outside any transaction (SQLite's own read transaction per
+        statement, seeing what is committed), without BEGIN IMMEDIATE's write lock or a
+        COMMIT; one that reads more than once and needs one snapshot opens it (BEGIN)
+        when `db.in_transaction` is False."""
+        return self._call(fn, transactional=True, inline=not slow, read_only=read_only)
 
     def _work(self) -> None:
         while True:
@@ -263,7 +282,22 @@ class SQLiteGroupCommit:
         if db is None:
             closed = StoreUnavailable("the store is not open")
             return [(job.future, None, closed) for job in group]
+        if all(job.read_only for job in group):
+            return self._run_reads(db, group)
         return self._commit_group(db, group, begun=False)
+
+    @staticmethod
+    def _run_reads(db: sqlite3.Connection, group: list[_Job]) -> list[_Answer]:
+        """A group of read-only operations: each alone, outside any transaction (no
+        write lock, no COMMIT), so each sees what is committed when it runs; one that
+        fails is answered with its error, the others with their results."""
+        results: list[_Answer] = []
+        for job in group:
+            try:
+                results.append((job.future, job.fn(db), None))
+            except Exception as exc:
+                results.append((job.future, None, _as_store_error(exc)))
+        return results
 
     def _commit_group(
         self, db: sqlite3.Connection, group: list[_Job], *, begun: bool
