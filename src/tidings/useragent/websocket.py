@@ -41,6 +41,13 @@ from tidings.useragent.transport import (
 
 __all__ = ["BroadcastListener", "WebSocketConnection", "WebSocketTransport", "websocket_url"]
 
+# A service's frame is a notification or a short answer. The largest notification a
+# push service sends carries a body of at most 64 KiB (Tidings' highest max_body;
+# autopush's is 4 KiB) as base64, about 88 KiB: 128 KiB bounds one frame with room
+# (MAX_QUEUED_FRAMES of them wait at most; 1 MiB was taken before). Past it the
+# connection closes (1009) and the user agent reconnects.
+MAX_MESSAGE_BYTES = 128 * 1024
+
 log = logging.getLogger("tidings.useragent.websocket")
 
 DEFAULT_PING_INTERVAL = 300.0
@@ -151,7 +158,7 @@ class WebSocketTransport:
                 # The protocol's own `{}` pings keep the connection alive, as Firefox does.
                 ping_interval=None,
                 close_timeout=2,
-                max_size=1 << 20,
+                max_size=MAX_MESSAGE_BYTES,
                 max_queue=MAX_QUEUED_FRAMES,
                 **tls,
             )
