@@ -172,3 +172,18 @@ async def test_without_group_commit_each_check_is_its_own_read(store_url: str) -
         assert store._checks.reads == 3
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("engine", ["postgresql"])
+async def test_past_its_queue_bound_a_push_is_stored_first(store: Store) -> None:
+    """Checks this far behind refuse nobody: `check_message` cannot tell, so the push
+    takes the store-first path (it was answered 503 at the bound)."""
+    from tidings.service.store.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    await subscribe(store, "ua1", "site-a")
+    store._checks.max_waiting = 0
+    assert await outcome(store.check_message(message("ua1", "site-a"), quota=MessageQuota())) == (
+        "cannot tell"
+    )
+    assert store._checks.reads == 0

@@ -351,6 +351,8 @@ class PostgresStore(PostgresPool):
         # A read, no lock and no transaction of its own (the insert checks again), made
         # with the other pushes' checks of the moment (postgres_checks.py).
         if self._group_checks:
+            if self._checks.full():
+                return False  # checks are this far behind: the push is stored first
             code = await self._checks.check(message, quota)
         else:
             (code,) = await self._checks.read([(message, quota)])

@@ -12,7 +12,8 @@ round trip, one checkout and one snapshot for all of them.
 
 A read takes no lock and writes nothing: one reader at a time suffices, and nothing
 waits on it but the checks themselves. The queue is bounded (MAX_WAITING, as group
-commit's): past it a check fails at once with StoreUnavailable. A statement refused as
+commit's): past it `check_message` answers "cannot tell" and the push is stored first
+(a check asked anyway fails at once with StoreUnavailable). A statement refused as
 a whole (a value PostgreSQL cannot hold) is read again push by push, so only that
 push fails; the connection or the server failing fails the whole batch
 (StoreUnavailable).
@@ -46,6 +47,10 @@ class PostgresChecks:
         self._waiting: deque[_Check] = deque()
         self._reader: asyncio.Task[None] | None = None
         self.reads = 0  # statements answered (for tests and the benchmark)
+
+    def full(self) -> bool:
+        """Whether a check would be refused now (`check_message` then stores first)."""
+        return len(self._waiting) >= self.max_waiting
 
     async def check(self, message: StoredMessage, quota: MessageQuota) -> str | None:
         if len(self._waiting) >= self.max_waiting:
