@@ -5,10 +5,7 @@ connection is then closed and its socket let go, and the user agent reconnects."
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import json
 import socket
 from collections.abc import AsyncIterator
 
@@ -16,8 +13,8 @@ import pytest
 
 from tidings.useragent.transport import Acknowledgement, ConnectionClosed
 from tidings.useragent.websocket import WebSocketTransport
+from useragent.raw_websocket import accept, answer_hello
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 SMALL_BUFFER = 4096  # socket buffers, so that a few hundred KiB fill them
 
 
@@ -33,22 +30,9 @@ class StalledService:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.readers.append(reader)
         self.writers.append(writer)
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
-        hello = json.loads(await read_client_frame(reader))
-        assert hello["messageType"] == "hello"
+        await accept(reader, writer)
+        await answer_hello(reader, writer)
         self.hellos += 1
-        answer = json.dumps({"messageType": "hello", "uaid": "a" * 32, "status": 200})
-        writer.write(bytes([0x81, len(answer)]) + answer.encode())
         transport = writer.transport
         assert isinstance(transport, asyncio.ReadTransport)
         transport.pause_reading()  # and never again, until the test looks
@@ -61,20 +45,6 @@ class StalledService:
         with contextlib.suppress(ConnectionError):
             while await reader.read(1 << 16):
                 pass
-
-
-async def read_client_frame(reader: asyncio.StreamReader) -> bytes:
-    """One masked client frame's payload (RFC 6455 section 5.2)."""
-    first, second = await reader.readexactly(2)
-    assert first == 0x81 and second & 0x80  # a final text frame, masked
-    size = second & 0x7F
-    if size == 126:
-        size = int.from_bytes(await reader.readexactly(2), "big")
-    elif size == 127:
-        size = int.from_bytes(await reader.readexactly(8), "big")
-    mask = await reader.readexactly(4)
-    payload = await reader.readexactly(size)
-    return bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 @contextlib.asynccontextmanager
