@@ -36,6 +36,7 @@ from tidings.service.hub import Hub
 from tidings.service.keyfile import load_sealer
 from tidings.service.limits import RateLimiter, open_limiter
 from tidings.service.live_acks import LiveAcks
+from tidings.service.live_offers import LiveOfferTaker
 from tidings.service.maintenance import (
     RECEIPT_SUBSCRIPTION_GRACE,
     RECEIPT_SWEEP_INTERVAL,
@@ -153,6 +154,8 @@ class PushService(
         self._unmarked: OrderedDict[str, str] = OrderedDict()  # see ServiceBase
         self._live_receipts: OrderedDict[str, Receipt] = OrderedDict()  # see ServiceBase
         self.live_acks = LiveAcks()  # live_acks.py
+        self.live_offers = LiveOfferTaker(self)  # other nodes' offers (live_offers.py)
+        self.cluster.offer_taker = self.live_offers
         self.draining = False
         self.ready = False  # the store opened and the keys loaded: requests are served
         self._opening: asyncio.Task[None] | None = None  # retrying a store down at start
@@ -254,6 +257,7 @@ class PushService(
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.broadcasts.stop()
+        self.live_offers.close()  # offers held here: their rows, if any, come again
         await self.cluster.stop()
         await self.limits.close()
         await self.store.close()

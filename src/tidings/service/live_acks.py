@@ -66,6 +66,9 @@ class LiveAcks:
     def __len__(self) -> int:
         return len(self._awaited)
 
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._awaited
+
     def has_room(self) -> bool:
         return len(self._awaited) < MAX_AWAITING_ACK
 
