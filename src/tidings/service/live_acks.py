@@ -15,6 +15,7 @@ a delete once the insert is committed, so that no engine can run the delete firs
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 __all__ = ["MAX_AWAITING_ACK", "LiveAcks", "ack_wait"]
 
@@ -91,6 +92,21 @@ class LiveAcks:
             raise  # the request itself was cancelled
         finally:
             timer.cancel()
+
+    def on_answer(
+        self, message_id: str, seconds: float, callback: Callable[[int | None], None]
+    ) -> None:
+        """`wait` without a coroutine of its own: `callback(code)` once acknowledged
+        within `seconds`, else `callback(None)` (the time ran out, or the push was
+        settled); the push stays known here until `settle`, as after `wait`."""
+        future = self._awaited[message_id].future
+        timer = asyncio.get_running_loop().call_later(seconds, _expire, future)
+
+        def answered(future: asyncio.Future[int]) -> None:
+            timer.cancel()
+            callback(None if future.cancelled() else future.result())
+
+        future.add_done_callback(answered)
 
     def acknowledged(self, uaid: str, message_id: str, code: int) -> bool:
         """An acknowledgement from `uaid`: True when it answers a push known here (the

@@ -62,7 +62,6 @@ class LiveOfferTaker:
         # written to, and the expiry of the hold once the wait is over.
         self._taken: dict[str, tuple[ConnectedAgent, asyncio.TimerHandle | None]] = {}
         self._recent: OrderedDict[str, str] = OrderedDict()  # acknowledged: id -> uaid
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         """Offers written here and not yet settled (bounded by `LiveAcks`' room)."""
@@ -88,33 +87,36 @@ class LiveOfferTaker:
         wait = min(agent.quick_ack_wait(), offer.wait)
         service.live_acks.expect(message.uaid, message_id)
         self._taken[message_id] = (agent, None)
-        agent.offer(message)
-        task = asyncio.ensure_future(self._await_ack(agent, message, wait, answer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _await_ack(
-        self, agent: ConnectedAgent, message: StoredMessage, wait: float, answer: Answer
-    ) -> None:
-        live_acks = self._service.live_acks
-        message_id = message.message_id
+        service.live_acks.on_answer(
+            message_id, wait, lambda code: self._answered(agent, message, code, answer)
+        )
         try:
-            code = await live_acks.wait(message_id, wait)
+            agent.offer(message)
         except BaseException:
-            self._taken.pop(message_id, None)
-            live_acks.settle(message_id)
+            del self._taken[message_id]
+            service.live_acks.settle(message_id)  # answered "not acknowledged"
             raise
+
+    def _answered(
+        self, agent: ConnectedAgent, message: StoredMessage, code: int | None, answer: Answer
+    ) -> None:
+        """The wait for an offered push's ack is over: answer, and hold the push if it
+        was not acknowledged (it is being stored by the node that offered it)."""
+        message_id = message.message_id
+        if message_id not in self._taken:
+            # Settled meanwhile: its route came during the wait (`routed`), or the
+            # service stops (`close`). The connection acks it later, if at all.
+            answer(True, None)
+            return
         if code is not None:
-            self._taken.pop(message_id, None)
-            live_acks.settle(message_id)
+            del self._taken[message_id]
+            self._service.live_acks.settle(message_id)
             self._recent[message_id] = message.uaid
             if len(self._recent) > RECENT_OFFER_ACKS:
                 self._recent.popitem(last=False)
             answer(True, code)
             return
         answer(True, None)
-        if message_id not in self._taken:
-            return  # its route came during the wait (`routed` settled it)
         agent.ack_overdue()
         expiry = asyncio.get_running_loop().call_later(
             HOLD_FOR, self._expired, message.uaid, message_id
@@ -152,9 +154,8 @@ class LiveOfferTaker:
 
     def close(self) -> None:
         """The service stops: held offers are let go (their rows, if any, stay stored)."""
-        for _, expiry in self._taken.values():
+        taken, self._taken = self._taken, {}
+        for message_id, (_, expiry) in taken.items():
             if expiry is not None:
                 expiry.cancel()
-        self._taken.clear()
-        for task in self._tasks:
-            task.cancel()
+            self._service.live_acks.settle(message_id)

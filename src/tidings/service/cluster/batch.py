@@ -10,6 +10,7 @@ batch is in flight at a time, so calls reach Redis in the order they were made.
 `ScriptCaller` makes a batch's one call on a connection of its own: with one batch in
 flight there is nothing to share it with, and redis-py's client path (a pool checkout,
 its locks and hooks, the script object) cost more CPU per call than the round trip.
+`Publisher` sends a batch of PUBLISHes the same way, written together.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Batcher", "ScriptCaller"]
+__all__ = ["Batcher", "Publisher", "ScriptCaller"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -120,6 +121,35 @@ class ScriptCaller:
             # A reply may still be on its way (a timeout, a cancellation): never read
             # it as the next call's.
             self._connection = None
+            await connection.disconnect(nowait=True)
+            raise
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect(nowait=True)
+
+
+class Publisher:
+    """PUBLISHes written together on one connection of its own (as `ScriptCaller`), for
+    one batch at a time; after an error the connection is dropped, the next call makes
+    a new one. Errors are redis-py's (RedisError, OSError)."""
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._connection: Any = None
+
+    async def __call__(self, messages: Sequence[tuple[str, str]]) -> None:
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = self._pool.make_connection()
+        try:
+            commands = [("PUBLISH", channel, payload) for channel, payload in messages]
+            await connection.send_packed_command(connection.pack_commands(commands))
+            for _ in commands:
+                await connection.read_response()
+        except BaseException:
+            self._connection = None  # replies may be on their way: never read them later
             await connection.disconnect(nowait=True)
             raise
 

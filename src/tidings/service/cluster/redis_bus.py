@@ -50,7 +50,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from tidings.service.cluster import LIVE_FORGET_BATCH, OfferTaker, Redeliver
-from tidings.service.cluster.batch import Batcher, ScriptCaller
+from tidings.service.cluster.batch import Batcher, Publisher, ScriptCaller
 from tidings.service.cluster.wire import (
     MAX_BUS_BATCH,
     MAX_BUS_MESSAGE,
@@ -321,6 +321,7 @@ class RedisBus:
         self._answers: dict[str, list[str]] = {}  # node -> answers to publish
         self._answers_queued = 0
         self._answerer: asyncio.Task[None] | None = None
+        self._publish = Publisher(self._redis)  # the answers' (one batch at a time)
         self.offers_unanswered = 0  # offers whose answer did not come in time
         self.answers_dropped = 0  # answers past MAX_PENDING_ANSWERS or not published
         self._subscribed = False
@@ -385,6 +386,7 @@ class RedisBus:
         await self._route_many_script.close()
         if self._answerer is not None:
             self._answerer.cancel()
+        await self._publish.close()
         for task in list(self._tasks):
             task.cancel()
         for client in (self._redis, self._subscriber):
@@ -563,14 +565,14 @@ class RedisBus:
             while self._answers:
                 answers, self._answers = self._answers, {}
                 count, self._answers_queued = self._answers_queued, 0
+                messages = []
+                for node, payloads in answers.items():
+                    for start in range(0, len(payloads), MAX_BUS_BATCH):
+                        batch = payloads[start : start + MAX_BUS_BATCH]
+                        payload = batch[0] if len(batch) == 1 else f"[{','.join(batch)}]"
+                        messages.append((f"{self.prefix}node:{node}", payload))
                 try:
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for node, payloads in answers.items():
-                            for start in range(0, len(payloads), MAX_BUS_BATCH):
-                                batch = payloads[start : start + MAX_BUS_BATCH]
-                                payload = batch[0] if len(batch) == 1 else f"[{','.join(batch)}]"
-                                pipe.publish(f"{self.prefix}node:{node}", payload)
-                        await pipe.execute()
+                    await self._publish(messages)
                 except (RedisError, OSError) as exc:
                     self.answers_dropped += count  # their pushes are stored: never lost
                     self._failed("offer answers", exc)
