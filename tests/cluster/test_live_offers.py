@@ -14,7 +14,15 @@ import httpx
 import pytest
 
 from cluster.conftest import in_process_nodes
-from service.test_live_acks import Calls, auto_ack, post, settled
+from service.test_live_acks import (
+    Calls,
+    a_full_subscription,
+    acking_agent,
+    auto_ack,
+    nothing_left,
+    post,
+    settled,
+)
 from service.test_live_acks_postgres import ack_measured
 from support.service import RunningService, TestAgent
 from tidings.service import live_acks
@@ -89,9 +97,7 @@ async def test_a_push_at_the_other_node_is_acknowledged_and_never_stored(
     finally:
         acker.cancel()
         await agent.close()
-    again = await a.agent(agent.uaid)
-    await again.no_frame()
-    await again.close()
+    await nothing_left(a, agent.uaid)
 
 
 async def test_a_signed_push_acknowledged_elsewhere_reads_acknowledged(
@@ -99,10 +105,7 @@ async def test_a_signed_push_acknowledged_elsewhere_reads_acknowledged(
 ) -> None:
     a, b = nodes
     key = VapidKey.generate()
-    agent = await a.agent()
-    registration = await agent.register(key.public_key_b64)
-    seen: list[str] = []
-    acker = asyncio.ensure_future(auto_ack(agent, seen))
+    agent, registration, _, acker = await acking_agent(a, key.public_key_b64)
     try:
         to_a, signed = (
             {"authorization": sign_vapid(key, node.url, "mailto:a@example.com").authorization}
@@ -152,9 +155,7 @@ async def test_an_offer_acked_late_is_stored_delivered_once_and_deleted(tmp_path
         assert await settled(a) == 0
         await agent.no_frame(0.5)  # the route did not bring it twice
         await agent.close()
-        again = await a.agent(agent.uaid)
-        await again.no_frame()
-        await again.close()
+        await nothing_left(a, agent.uaid)
 
 
 async def test_an_offer_never_acked_is_stored_and_delivered_once(tmp_path: Path) -> None:
@@ -246,14 +247,8 @@ async def test_past_a_bound_the_push_is_stored_first(
 async def test_a_quota_refusal_comes_before_anything_is_written(tmp_path: Path) -> None:
     nodes = in_process_nodes(tmp_path, live_ack_wait=5.0, max_messages_per_subscription=1)
     async with nodes as (a, b):
-        agent = await a.agent()
-        full, other = await agent.register(), await agent.register()
-        assert (await post(full.endpoint)).status_code == 201
-        await agent.next_notification(ack=False)  # stays stored: the quota is reached
-        seen: list[str] = []
-        acker = asyncio.ensure_future(auto_ack(agent, seen))
+        agent, full, _, seen, acker = await a_full_subscription(a)
         try:
-            assert (await post(other.endpoint)).status_code == 201  # a quick ack
             await ack_measured(a, agent.uaid)
             response = await post(at(b, full.endpoint))
             assert response.status_code == 429, response.text
@@ -263,3 +258,37 @@ async def test_a_quota_refusal_comes_before_anything_is_written(tmp_path: Path) 
         finally:
             acker.cancel()
             await agent.close()
+
+
+async def test_only_the_push_s_own_connection_can_ack_an_offer(tmp_path: Path) -> None:
+    """Another user agent on the holder sends an ack for the offered push's id: it does
+    not answer the offer (never sent on that connection), so the push is stored, and
+    only its own user agent's ack deletes it."""
+    async with in_process_nodes(tmp_path, live_ack_wait=0.3) as (a, b):
+        assert a.service is not None and b.service is not None
+        owner, other = await a.agent(), await a.agent()
+        registration = await owner.register()
+        await other.register()
+        assert (await post(registration.endpoint)).status_code == 201
+        await owner.next_notification()
+        await ack_measured(a, owner.uaid)
+        stores = Calls(b, "store_message")
+        stores.release = asyncio.Event()
+        pushing = asyncio.ensure_future(post(at(b, registration.endpoint)))
+        frame = await owner.expect("notification")
+        await other.ack(frame)  # a forged ack, on another user agent's connection
+        await other.send({"messageType": "ping"})
+        await other.receive()  # read by node a
+        await asyncio.wait_for(stores.entered.wait(), 10)  # not acknowledged: stored
+        stores.release.set()
+        assert (await pushing).status_code == 201
+        assert b.service.metrics.acknowledged_unstored_total == 0
+        for _ in range(500):  # b's route reaches a
+            if frame["version"] not in a.service.live_acks:
+                break
+            await asyncio.sleep(0.01)
+        assert await settled(a) == 1  # the forged ack deleted nothing
+        await owner.ack(frame)
+        await eventually_empty(a)
+        await owner.close()
+        await other.close()

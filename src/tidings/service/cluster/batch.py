@@ -90,24 +90,47 @@ class Batcher(Generic[T, R]):
         self._queue.clear()
 
 
-class ScriptCaller:
-    """A Lua script called on one connection of its own, made by `client`'s pool (its
-    address, credentials, TLS, database and timeouts), for a `Batcher`'s one call at a
-    time. Errors are redis-py's (RedisError, OSError); after any but a script's own
-    error the connection is dropped and the next call makes a new one."""
+class _OwnConnection:
+    """One connection of its own, made by `client`'s pool (its address, credentials,
+    TLS, database and timeouts), for one call at a time; after a failure it is dropped
+    and the next call makes a new one."""
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._connection: Any = None
+
+    def _connected(self) -> Any:
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = self._pool.make_connection()
+        return connection
+
+    async def _drop(self, connection: Any) -> None:
+        """A reply may still be on its way (a timeout, a cancellation): never read it as
+        the next call's."""
+        self._connection = None
+        await connection.disconnect(nowait=True)
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect(nowait=True)
+
+
+class ScriptCaller(_OwnConnection):
+    """A Lua script called on a connection of its own (`_OwnConnection`), for a
+    `Batcher`'s one call at a time. Errors are redis-py's (RedisError, OSError); after
+    any but a script's own error the connection is dropped."""
 
     def __init__(self, client: Any, script: str) -> None:
-        self._pool = client.connection_pool
+        super().__init__(client)
         self._script = script
         self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()  # for EVALSHA
-        self._connection: Any = None
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         from redis.exceptions import NoScriptError, ResponseError
 
-        connection = self._connection
-        if connection is None:
-            connection = self._connection = self._pool.make_connection()
+        connection = self._connected()
         try:
             try:
                 await connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
@@ -118,45 +141,24 @@ class ScriptCaller:
         except ResponseError:
             raise  # the script failed: the connection is in step still
         except BaseException:
-            # A reply may still be on its way (a timeout, a cancellation): never read
-            # it as the next call's.
-            self._connection = None
-            await connection.disconnect(nowait=True)
+            await self._drop(connection)
             raise
 
-    async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await connection.disconnect(nowait=True)
 
-
-class Publisher:
-    """PUBLISHes written together on one connection of its own (as `ScriptCaller`), for
-    one batch at a time; after an error the connection is dropped, the next call makes
-    a new one. Errors are redis-py's (RedisError, OSError)."""
-
-    def __init__(self, client: Any) -> None:
-        self._pool = client.connection_pool
-        self._connection: Any = None
+class Publisher(_OwnConnection):
+    """PUBLISHes written together on a connection of its own (`_OwnConnection`), one
+    batch at a time. Errors are redis-py's (RedisError, OSError)."""
 
     async def __call__(self, messages: Sequence[tuple[str, str]]) -> None:
-        connection = self._connection
-        if connection is None:
-            connection = self._connection = self._pool.make_connection()
+        connection = self._connected()
         try:
             commands = [("PUBLISH", channel, payload) for channel, payload in messages]
             await connection.send_packed_command(connection.pack_commands(commands))
             for _ in commands:
                 await connection.read_response()
         except BaseException:
-            self._connection = None  # replies may be on their way: never read them later
-            await connection.disconnect(nowait=True)
+            await self._drop(connection)
             raise
-
-    async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await connection.disconnect(nowait=True)
 
 
 def _fail(calls: list[tuple[Any, asyncio.Future[Any]]]) -> None:
