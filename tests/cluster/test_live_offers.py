@@ -28,6 +28,7 @@ from support.service import RunningService, TestAgent
 from tidings.service import live_acks
 from tidings.service.cluster import redis_bus
 from tidings.service.cluster.redis_bus import RedisBus
+from tidings.service.store import StoredMessage
 from tidings.webpush import VapidKey, sign_vapid
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(60)]
@@ -292,3 +293,36 @@ async def test_only_the_push_s_own_connection_can_ack_an_offer(tmp_path: Path) -
         await eventually_empty(a)
         await owner.close()
         await other.close()
+
+
+async def test_a_user_agent_held_nowhere_is_not_offered_each_push(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first push finds no holder (its offer's script call says so): stored. The
+    next ones within NOT_HELD_FOR are stored without the check and the offer."""
+    async with in_process_nodes(tmp_path, live_ack_wait=5.0) as (a, b):
+        agent = await a.agent()
+        registration = await agent.register()
+        await agent.close()
+        bus = bus_of(b)
+        for _ in range(500):  # node a releases its presence entry
+            if not await bus._redis.exists(bus._key(agent.uaid)):
+                break
+            await asyncio.sleep(0.01)
+        offers: list[str] = []
+        original = redis_bus.encode_offer
+
+        def counted(message: StoredMessage, node: str, wait: float) -> str:
+            offers.append(message.message_id)
+            return original(message, node, wait)
+
+        monkeypatch.setattr(redis_bus, "encode_offer", counted)
+        checks, stores = Calls(b, "check_message"), Calls(b, "store_message")
+        for _ in range(3):
+            assert (await post(at(b, registration.endpoint))).status_code == 201
+        assert len(offers) == 1 and checks.count == 1 and stores.count == 3
+        assert not bus.may_hold(agent.uaid)
+        bus._not_held[agent.uaid] = 0.0  # NOT_HELD_FOR is over
+        assert bus.may_hold(agent.uaid)
+        assert (await post(at(b, registration.endpoint))).status_code == 201
+        assert len(offers) == 2 and stores.count == 4

@@ -219,6 +219,7 @@ class PushAcceptance(ServiceBase):
                 and facts.topic is None
                 and self.config.live_ack_wait
                 and not self.hub.is_connected(ref.uaid)
+                and self.cluster.may_hold(ref.uaid)
             ):
                 # Perhaps held by another node: offered there first (live_offers.py).
                 if await self._acknowledged_elsewhere(message, signed):

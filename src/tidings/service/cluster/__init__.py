@@ -77,6 +77,10 @@ class ClusterBus(Protocol):
     #: Takes the live offers of other nodes (set by the service; None: none taken).
     offer_taker: OfferTaker | None
 
+    def may_hold(self, uaid: str) -> bool:
+        """False when no node held `uaid` a moment ago (an offer or a route found none):
+        its push is then stored without an offer."""
+
     async def offer_live(self, message: StoredMessage, wait: float) -> int | None:
         """Offer a push not stored yet to the node holding its user agent, which writes it
         to a quick connection and waits up to `wait` seconds for the ack: the ack's
@@ -141,8 +145,11 @@ class SingleNodeBus:
     async def route(self, message: StoredMessage) -> bool:
         return False
 
+    def may_hold(self, uaid: str) -> bool:
+        return False  # no other node
+
     async def offer_live(self, message: StoredMessage, wait: float) -> int | None:
-        return None  # no other node
+        return None
 
     async def withdraw(self, uaid: str, message_id: str) -> bool:
         return True  # no other node holds anything

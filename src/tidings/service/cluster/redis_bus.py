@@ -40,6 +40,7 @@ import os
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -203,6 +204,12 @@ MAX_QUEUED_ROUTES = 10_000
 OFFER_MARGIN = 0.05
 # Live offers of this node awaiting their answer at once; past it pushes are stored first.
 MAX_PENDING_OFFERS = 10_000
+# A user agent that no node held when a push was offered or routed is not offered the
+# next pushes for this long (seconds; they are stored first, as before live offers):
+# a push to a user agent connected nowhere pays the offer's round trip, and the check
+# before it, once in that time, not each time. Remembered for this many at most.
+NOT_HELD_FOR = 5.0
+MAX_NOT_HELD = 10_000
 # Answers to other nodes' offers queued for the next PUBLISH; past it an answer is
 # dropped (its push is stored by the node that waits for it in vain: never lost).
 MAX_PENDING_ANSWERS = 10_000
@@ -319,6 +326,7 @@ class RedisBus:
         # or None when the wait ran out.
         self._offers: dict[str, asyncio.Future[tuple[bool, int | None] | None]] = {}
         self._answers: dict[str, list[str]] = {}  # node -> answers to publish
+        self._not_held: OrderedDict[str, float] = OrderedDict()  # uaid -> until (monotonic)
         self._answers_queued = 0
         self._answerer: asyncio.Task[None] | None = None
         self._publish = Publisher(self._redis)  # the answers' (one batch at a time)
@@ -514,7 +522,29 @@ class RedisBus:
             self._failed("route", exc)
             self._remember_missed(message.uaid)
             return False
+        if receivers == -2 and self.offers_live:
+            self._note_not_held(message.uaid)
         return receivers > 0
+
+    def may_hold(self, uaid: str) -> bool:
+        not_held = self._not_held
+        if not not_held:
+            return True
+        until = not_held.get(uaid)
+        if until is None:
+            return True
+        if time.monotonic() < until:
+            return False
+        del not_held[uaid]
+        return True
+
+    def _note_not_held(self, uaid: str) -> None:
+        """No node held `uaid` a moment ago: `may_hold` says so for NOT_HELD_FOR."""
+        not_held = self._not_held
+        not_held[uaid] = time.monotonic() + NOT_HELD_FOR
+        not_held.move_to_end(uaid)
+        if len(not_held) > MAX_NOT_HELD:
+            not_held.popitem(last=False)
 
     async def offer_live(self, message: StoredMessage, wait: float) -> int | None:
         message_id = message.message_id
@@ -533,6 +563,8 @@ class RedisBus:
             payload = encode_offer(message, self.node_id, wait)
             receivers = await self._routes.call((message.uaid, payload))
             if receivers <= 0:
+                if receivers == -2:
+                    self._note_not_held(message.uaid)
                 return None  # nobody holds it, this node does, or its holder is gone
             timer = loop.call_later(wait + OFFER_MARGIN, _unanswered, answer)
             try:
