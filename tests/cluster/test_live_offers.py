@@ -326,3 +326,43 @@ async def test_a_user_agent_held_nowhere_is_not_offered_each_push(
         assert bus.may_hold(agent.uaid)
         assert (await post(at(b, registration.endpoint))).status_code == 201
         assert len(offers) == 2 and stores.count == 4
+
+
+async def test_a_kept_ack_whose_route_never_comes_deletes_after_the_hold(tmp_path: Path) -> None:
+    """Offered, not acknowledged in time, stored by node b, whose route to node a is lost:
+    a keeps the late ack until its hold is over (HOLD_FOR), then deletes the row."""
+    async with in_process_nodes(tmp_path, live_ack_wait=0.3) as (a, b):
+        assert a.service is not None and b.service is not None
+        agent = await a.agent()
+        registration = await agent.register()
+        assert (await post(registration.endpoint)).status_code == 201
+        await agent.next_notification()
+        await ack_measured(a, agent.uaid)
+
+        async def lost(message: StoredMessage) -> bool:
+            return False  # published nowhere, as when the bus loses it
+
+        bus_of(b).route = lost  # type: ignore[method-assign]
+        stores = Calls(b, "store_message")
+        stores.release = asyncio.Event()
+        pushing = asyncio.ensure_future(post(at(b, registration.endpoint)))
+        frame = await agent.expect("notification")
+        await asyncio.wait_for(stores.entered.wait(), 10)  # not acknowledged in time
+        stores.release.set()
+        assert (await pushing).status_code == 201
+        taker = a.service.live_offers
+        for _ in range(500):  # a's wait is over (b may have stopped waiting first)
+            if taker._taken[frame["version"]][1] is not None:
+                break
+            await asyncio.sleep(0.01)
+        _, expiry = taker._taken[frame["version"]]
+        assert expiry is not None  # held, HOLD_FOR from the end of the wait
+        await agent.ack(frame)
+        await agent.send({"messageType": "ping"})
+        await agent.receive()  # the ack was read: kept, the row committed
+        assert await settled(a) == 1
+        expiry.cancel()
+        taker._expired(agent.uaid, frame["version"])  # the hold is over
+        await eventually_empty(a)
+        assert len(taker) == 0 and frame["version"] not in a.service.live_acks
+        await agent.close()
