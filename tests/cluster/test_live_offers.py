@@ -24,7 +24,7 @@ from service.test_live_acks import (
     settled,
 )
 from service.test_live_acks_postgres import ack_measured
-from support.service import RunningService, TestAgent
+from support.service import Registration, RunningService, TestAgent
 from tidings.service import live_acks
 from tidings.service.cluster import redis_bus
 from tidings.service.cluster.redis_bus import RedisBus
@@ -60,6 +60,17 @@ async def eventually_empty(node: RunningService) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("messages left stored")
+
+
+async def quick_on(a: RunningService) -> tuple[TestAgent, Registration]:
+    """A user agent on node a, its one push acknowledged (a quick connection: its next
+    pushes are written first), acking nothing more unless told."""
+    agent = await a.agent()
+    registration = await agent.register()
+    assert (await post(registration.endpoint)).status_code == 201
+    await agent.next_notification()  # acknowledged at once
+    await ack_measured(a, agent.uaid)
+    return agent, registration
 
 
 async def quick_agent(a: RunningService) -> tuple[TestAgent, str, list[str], asyncio.Future[None]]:
@@ -131,11 +142,7 @@ async def test_an_offer_acked_late_is_stored_delivered_once_and_deleted(tmp_path
     then deletes the row; the route is not written to the connection again."""
     async with in_process_nodes(tmp_path, live_ack_wait=0.3) as (a, b):
         assert a.service is not None and b.service is not None
-        agent = await a.agent()
-        registration = await agent.register()
-        assert (await post(registration.endpoint)).status_code == 201
-        await agent.next_notification()  # acknowledged at once: a quick connection
-        await ack_measured(a, agent.uaid)
+        agent, registration = await quick_on(a)
         stores = Calls(b, "store_message")
         stores.release = asyncio.Event()
         pushing = asyncio.ensure_future(post(at(b, registration.endpoint)))
@@ -162,11 +169,7 @@ async def test_an_offer_acked_late_is_stored_delivered_once_and_deleted(tmp_path
 async def test_an_offer_never_acked_is_stored_and_delivered_once(tmp_path: Path) -> None:
     async with in_process_nodes(tmp_path, live_ack_wait=0.3) as (a, b):
         assert a.service is not None and b.service is not None
-        agent = await a.agent()
-        registration = await agent.register()
-        assert (await post(registration.endpoint)).status_code == 201
-        await agent.next_notification()
-        await ack_measured(a, agent.uaid)
+        agent, registration = await quick_on(a)
         stores = Calls(b, "store_message")
         assert (await post(at(b, registration.endpoint))).status_code == 201
         assert stores.count == 1
@@ -333,11 +336,7 @@ async def test_a_kept_ack_whose_route_never_comes_deletes_after_the_hold(tmp_pat
     a keeps the late ack until its hold is over (HOLD_FOR), then deletes the row."""
     async with in_process_nodes(tmp_path, live_ack_wait=0.3) as (a, b):
         assert a.service is not None and b.service is not None
-        agent = await a.agent()
-        registration = await agent.register()
-        assert (await post(registration.endpoint)).status_code == 201
-        await agent.next_notification()
-        await ack_measured(a, agent.uaid)
+        agent, registration = await quick_on(a)
 
         async def lost(message: StoredMessage) -> bool:
             return False  # published nowhere, as when the bus loses it
