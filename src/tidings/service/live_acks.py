@@ -43,12 +43,31 @@ MAX_AWAITING_ACK = 10_000
 class _Awaited:
     """One push written before it was stored: its user agent and the ack it waits for."""
 
-    __slots__ = ("code", "future", "uaid")
+    __slots__ = ("answered", "code", "future", "timer", "uaid")
 
     def __init__(self, uaid: str, future: asyncio.Future[int]) -> None:
         self.uaid = uaid
         self.future = future
         self.code: int | None = None  # an ack that came after the wait, while storing
+        # `LiveAcks.on_answer`'s callback, until called, and the end of its wait.
+        self.answered: Callable[[int | None], None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+def _answer(awaited: _Awaited, code: int | None) -> None:
+    """The wait of an `on_answer` push is over: its callback hears `code` (None: not
+    acknowledged in time, or settled), at once, in this turn of the loop."""
+    callback, awaited.answered = awaited.answered, None
+    if awaited.timer is not None:
+        awaited.timer.cancel()
+        awaited.timer = None
+    if not awaited.future.done():
+        if code is None:
+            awaited.future.cancel()
+        else:
+            awaited.future.set_result(code)
+    if callback is not None:
+        callback(code)
 
 
 def _expire(future: asyncio.Future[int]) -> None:
@@ -96,17 +115,13 @@ class LiveAcks:
     def on_answer(
         self, message_id: str, seconds: float, callback: Callable[[int | None], None]
     ) -> None:
-        """`wait` without a coroutine of its own: `callback(code)` once acknowledged
+        """`wait` without a coroutine of its own: `callback(code)` as the ack is read
+        (not a turn of the loop later, as a future's callback would be) if it comes
         within `seconds`, else `callback(None)` (the time ran out, or the push was
         settled); the push stays known here until `settle`, as after `wait`."""
-        future = self._awaited[message_id].future
-        timer = asyncio.get_running_loop().call_later(seconds, _expire, future)
-
-        def answered(future: asyncio.Future[int]) -> None:
-            timer.cancel()
-            callback(None if future.cancelled() else future.result())
-
-        future.add_done_callback(answered)
+        awaited = self._awaited[message_id]
+        awaited.answered = callback
+        awaited.timer = asyncio.get_running_loop().call_later(seconds, _answer, awaited, None)
 
     def acknowledged(self, uaid: str, message_id: str, code: int) -> bool:
         """An acknowledgement from `uaid`: True when it answers a push known here (the
@@ -114,7 +129,9 @@ class LiveAcks:
         awaited = self._awaited.get(message_id)
         if awaited is None or awaited.uaid != uaid:
             return False
-        if not awaited.future.done():
+        if awaited.answered is not None:
+            _answer(awaited, code)
+        elif not awaited.future.done():
             awaited.future.set_result(code)
         elif awaited.code is None:
             awaited.code = code  # being stored: deleted once committed (`settle`)
@@ -126,6 +143,8 @@ class LiveAcks:
         awaited = self._awaited.pop(message_id, None)
         if awaited is None:
             return None
-        if not awaited.future.done():
+        if awaited.answered is not None:
+            _answer(awaited, None)
+        elif not awaited.future.done():
             awaited.future.cancel()
         return awaited.code
