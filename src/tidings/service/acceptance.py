@@ -13,13 +13,14 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from tidings import tracing
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.limits import Limit
 from tidings.service.push_request import check_push
+from tidings.service.records import record
 from tidings.service.service_base import (
     GONE_CACHE_CONTROL,
     RECEIPT_PATH,
@@ -48,7 +49,7 @@ STORE_FULL = WarningTally(log)  # a full store refuses every push: one line per 
 RETRY_AFTER_STORE_FULL = "300"  # seconds; the sweep frees room as messages expire
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PushAccepted:
     """The answer to an accepted push: 201 (or 202 with a receipt subscription)."""
 
