@@ -176,22 +176,23 @@ class PushAcceptance(ServiceBase):
         receipt_id, new_receipt = await self._receipt_subscription(headers)
         ttl = min(facts.ttl, self.config.max_ttl)
         now = time.time()
+        # Every field, in order and by position: keywords cost a dict a push.
         message = StoredMessage(
-            message_id=new_message_id(),  # carries its token's random nonce
-            uaid=ref.uaid,
-            channel_id=ref.channel_id,
-            body=body,
-            ttl=ttl,
-            created_at=now,
-            expires_at=now + ttl,
-            urgency=str(facts.urgency),
-            topic=facts.topic,
-            headers=facts.delivery_headers,
-            receipt_id=receipt_id,
-            request_id=request_id,
-            traceparent=traceparent,
-            vapid_hash=None if signed is None else signed[1],
-            has_status=signed is not None,
+            new_message_id(),  # message_id, carrying its token's random nonce
+            ref.uaid,
+            ref.channel_id,
+            body,
+            ttl,
+            now,  # created_at
+            now + ttl,  # expires_at
+            str(facts.urgency),
+            facts.topic,
+            facts.delivery_headers,  # headers
+            receipt_id,
+            request_id,
+            traceparent,
+            None if signed is None else signed[1],  # vapid_hash
+            signed is not None,  # has_status
         )
         location = self.message_url(MessageRef(ref.uaid, ref.channel_id, message.message_id))
         traced = traceparent is not None
