@@ -277,16 +277,16 @@ class PushAcceptance(ServiceBase):
         self.metrics.acknowledged_unstored()
         if signed is not None:
             now = time.time()
-            status = MessageStatus(
+            status = MessageStatus(  # by position: keywords cost a dict a push
                 message.message_id,
                 signed[1],
                 ACKNOWLEDGED,
                 message.ttl,
                 message.created_at,
                 message.expires_at,
-                "websocket",
-                written_at,
-                final_at=now,
+                "websocket",  # delivered_via
+                written_at,  # delivered_at
+                now,  # final_at
             )
             try:
                 await self.store.add_message_status(status)
