@@ -253,6 +253,7 @@ class PushService(
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        self.metrics.close()  # the per-second history's timer
         await self.broadcasts.stop()
         await self.cluster.stop()
         await self.limits.close()
