@@ -376,3 +376,22 @@ def test_the_wait_follows_the_connections_round_trip() -> None:
     assert ack_wait(0.02, 0.05) == 0.05  # at most live_ack_wait
     assert ack_wait(0.06, 0.05) == 0.0  # too slow: stored first
     assert ack_wait(float("inf"), 0.05) == 0.0  # no ack yet, or one overdue
+
+
+async def test_a_request_cancelled_while_it_waits_for_the_ack_is_cancelled() -> None:
+    """Cancelling the request cancels the future it awaits: that must not read as the
+    wait's time running out (the push would be stored and answered for a request that
+    is gone); a wait that does run out still answers None."""
+    acks = LiveAcks()
+    acks.expect("ua", "m1")
+    waiting = asyncio.create_task(acks.wait("m1", 30.0))
+    await asyncio.sleep(0)  # the task now awaits the ack
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert waiting.cancelled()
+    acks.settle("m1")
+    acks.expect("ua", "m2")
+    assert await acks.wait("m2", 0.001) is None
+    acks.settle("m2")
+    assert len(acks) == 0

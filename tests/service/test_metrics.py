@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -51,23 +52,31 @@ def test_sketch_percentiles() -> None:
 
 def test_history_closes_seconds_lazily_and_fills_gaps() -> None:
     clock = Clock()
-    connections = [3]
-    history = StatsHistory(lambda: connections[0], seconds=10, clock=clock)
-    history.push(201)
-    history.push(201)
-    history.push(404)
-    history.push(503)
-    history.push(101)  # not a class the history keeps
-    history.delivery(0.002)
-    history.ack()
+    connected = ["a", "b", "c"]
+    metrics = ServiceMetrics(connected, clock=clock)
+    # No event loop, so no timer: seconds are closed when read or at the next event.
+    history = metrics.history = StatsHistory(
+        metrics.running_totals,
+        lambda: len(connected),
+        seconds=10,
+        clock=clock,
+    )
+    metrics.push_answered(201)
+    metrics.push_answered(201)
+    metrics.push_answered(404)
+    metrics.push_answered(503)
+    metrics.push_answered(101)  # not a class the history keeps
+    metrics.delivered(message(clock.now - 0.002))
+    metrics.acknowledged(100)
     clock.now += 1
-    connections[0] = 4
+    connected.append("d")
     history.stored = 7
     clock.now += 3  # three idle seconds
     seconds = history.seconds()
     assert [s.t for s in seconds] == [1_000_000, 1_000_001, 1_000_002, 1_000_003]
     first = seconds[0]
     assert first.pushes == [2, 1, 1] and first.deliveries == 1 and first.acks == 1
+    assert first.latency == {sketch_bin(0.002): 1}
     assert first.connections == 4  # sampled when the second was closed
     assert all(s.pushes == [0, 0, 0] and s.stored == 7 for s in seconds[1:])
     # A long idle spell keeps only the window, without looping over every second.
@@ -76,23 +85,110 @@ def test_history_closes_seconds_lazily_and_fills_gaps() -> None:
     assert history.seconds(3)[-1].t == int(clock.now) - 1
     # The wall clock stepping back does not break anything.
     clock.now -= 100
-    history.push(201)
+    metrics.push_answered(201)
     assert history.current.pushes == [1, 0, 0]
+    assert history.current.t == int(clock.now)
 
 
 def test_window_latency_merges_seconds() -> None:
     clock = Clock()
-    history = StatsHistory(lambda: 0, clock=clock)
-    history.delivery(0.001)
+    metrics = ServiceMetrics([], clock=clock)
+    history = metrics.history
+    metrics.delivered(message(clock.now - 0.001))
     clock.now += 1
-    history.delivery(0.1)
+    metrics.delivered(message(clock.now - 0.1))
     clock.now += 100
-    history.delivery(10.0)
+    metrics.delivered(message(clock.now - 10.0))
     last_minute = history.window_latency(60)
     assert last_minute["count"] == 1
     everything = history.window_latency(HISTORY_SECONDS)
     assert everything["count"] == 3
     assert everything["p50"] is not None and 0.08 < float(everything["p50"]) < 0.12
+
+
+class Timers:
+    """Timers started by the history, fired by hand."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[float, Callable[[], None]]] = []
+        self.cancelled = 0
+
+    def __call__(self, delay: float, callback: Callable[[], None]) -> Timers:
+        self.started.append((delay, callback))
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+    def fire(self) -> None:
+        _, callback = self.started.pop()
+        callback()
+
+
+def test_history_is_sampled_once_a_second_and_sleeps_when_idle() -> None:
+    """The hooks only add to running totals; a timer at each wall-clock second closes
+    the second just ended with what was counted since the one before, and stops after
+    a second without events (the next event starts it again)."""
+    clock = Clock(1_000_000.25)
+    timers = Timers()
+    connected = ["a"]
+    metrics = ServiceMetrics(connected, clock=clock)
+    history = metrics.history = StatsHistory(
+        metrics.running_totals,
+        lambda: len(connected),
+        clock=clock,
+        timer=timers,
+    )
+    assert timers.started == []  # nothing runs before the first event
+    metrics.push_answered(201)
+    assert [delay for delay, _ in timers.started] == [pytest.approx(0.75)]
+    metrics.push_answered(201)
+    metrics.delivered(message(clock.now - 0.01))
+    assert len(timers.started) == 1  # one timer, however many events
+    clock.now = 1_000_001.001
+    metrics.push_answered(500)  # after the boundary, before the timer's turn: in the first
+    timers.fire()
+    (first,) = history.closed
+    assert first.t == 1_000_000 and first.pushes == [2, 0, 1] and first.deliveries == 1
+    assert first.latency == {sketch_bin(0.01): 1}
+    assert [delay for delay, _ in timers.started] == [pytest.approx(0.999)]
+    metrics.acknowledged(100)
+    connected.append("b")
+    clock.now = 1_000_002.0
+    timers.fire()
+    second = history.closed[-1]
+    assert (second.t, second.pushes, second.acks, second.connections) == (
+        1_000_001,
+        [0, 0, 0],
+        1,
+        2,
+    )
+    assert len(timers.started) == 1 and not history.asleep
+    clock.now = 1_000_003.0
+    timers.fire()  # a second without events: the timer stops
+    assert timers.started == [] and history.asleep
+    assert history.closed[-1].t == 1_000_002 and history.closed[-1].acks == 0
+    clock.now = 1_000_006.5
+    metrics.push_answered(201)  # wakes it: the idle seconds are closed, empty
+    assert [s.t for s in history.closed][-4:] == [1_000_002, 1_000_003, 1_000_004, 1_000_005]
+    assert all(s.pushes == [0, 0, 0] for s in list(history.closed)[-4:])
+    assert history.current.pushes == [1, 0, 0]
+    assert len(timers.started) == 1
+    metrics.close()  # the service stops: its timer with it
+    assert timers.cancelled == 1 and history.asleep
+    # Prometheus sees the same totals, whatever the history's seconds.
+    text = metrics.render().decode()
+    assert 'tidings_pushes_total{status="201"} 3.0' in text
+    assert 'tidings_pushes_total{status="500"} 1.0' in text
+
+
+async def test_history_timer_runs_on_the_event_loop() -> None:
+    clock = Clock()
+    metrics = ServiceMetrics([], clock=clock)
+    metrics.push_answered(201)  # a timer on the running loop, a second away at most
+    assert not metrics.history.asleep
+    metrics.close()
+    assert metrics.history.asleep
 
 
 def test_hooks_feed_prometheus_and_the_snapshot() -> None:

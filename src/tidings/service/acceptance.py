@@ -13,13 +13,14 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from tidings import tracing
 from tidings.service.errors import Errno, ServiceError
 from tidings.service.limits import Limit
 from tidings.service.push_request import check_push
+from tidings.service.records import record
 from tidings.service.service_base import (
     GONE_CACHE_CONTROL,
     RECEIPT_PATH,
@@ -48,7 +49,7 @@ STORE_FULL = WarningTally(log)  # a full store refuses every push: one line per 
 RETRY_AFTER_STORE_FULL = "300"  # seconds; the sweep frees room as messages expire
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PushAccepted:
     """The answer to an accepted push: 201 (or 202 with a receipt subscription)."""
 
@@ -175,22 +176,23 @@ class PushAcceptance(ServiceBase):
         receipt_id, new_receipt = await self._receipt_subscription(headers)
         ttl = min(facts.ttl, self.config.max_ttl)
         now = time.time()
+        # Every field, in order and by position: keywords cost a dict a push.
         message = StoredMessage(
-            message_id=new_message_id(),  # carries its token's random nonce
-            uaid=ref.uaid,
-            channel_id=ref.channel_id,
-            body=body,
-            ttl=ttl,
-            created_at=now,
-            expires_at=now + ttl,
-            urgency=str(facts.urgency),
-            topic=facts.topic,
-            headers=facts.delivery_headers,
-            receipt_id=receipt_id,
-            request_id=request_id,
-            traceparent=traceparent,
-            vapid_hash=None if signed is None else signed[1],
-            has_status=signed is not None,
+            new_message_id(),  # message_id, carrying its token's random nonce
+            ref.uaid,
+            ref.channel_id,
+            body,
+            ttl,
+            now,  # created_at
+            now + ttl,  # expires_at
+            str(facts.urgency),
+            facts.topic,
+            facts.delivery_headers,  # headers
+            receipt_id,
+            request_id,
+            traceparent,
+            None if signed is None else signed[1],  # vapid_hash
+            signed is not None,  # has_status
         )
         location = self.message_url(MessageRef(ref.uaid, ref.channel_id, message.message_id))
         traced = traceparent is not None
@@ -312,16 +314,16 @@ class PushAcceptance(ServiceBase):
         self.metrics.acknowledged_unstored()
         if signed is not None:
             now = time.time()
-            status = MessageStatus(
+            status = MessageStatus(  # by position: keywords cost a dict a push
                 message.message_id,
                 signed[1],
                 ACKNOWLEDGED,
                 message.ttl,
                 message.created_at,
                 message.expires_at,
-                "websocket",
-                written_at,
-                final_at=now,
+                "websocket",  # delivered_via
+                written_at,  # delivered_at
+                now,  # final_at
             )
             try:
                 await self.store.add_message_status(status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -181,7 +182,7 @@ class ServiceConfig:
             and f.name not in ("rate_limit_exempt", "rate_limit_buckets")
         }
 
-    @property
+    @functools.cached_property  # every accepted push's Location starts with it
     def origin(self) -> str:
         """The public origin: VAPID `aud` must equal it and endpoints start with it."""
         if self.public_url:

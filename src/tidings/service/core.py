@@ -256,6 +256,7 @@ class PushService(
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        self.metrics.close()  # the per-second history's timer
         await self.broadcasts.stop()
         self.live_offers.close()  # offers held here: their rows, if any, come again
         await self.cluster.stop()

@@ -106,8 +106,12 @@ class LiveAcks:
         try:
             return await awaited.future
         except asyncio.CancelledError:
-            if awaited.future.cancelled():
-                return None  # the time ran out (or the push was settled)
+            # Cancelling the request cancels the future it awaits too: only a future
+            # cancelled while its request is not being cancelled means the time ran out
+            # (or the push was settled).
+            task = asyncio.current_task()
+            if awaited.future.cancelled() and (task is None or not task.cancelling()):
+                return None
             raise  # the request itself was cancelled
         finally:
             timer.cancel()

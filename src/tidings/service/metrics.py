@@ -3,13 +3,14 @@
 `ServiceMetrics` belongs to one `PushService` (its own Prometheus registry, so several
 services in one process never mix their figures). The service calls a handful of
 cheap hooks on its hot paths (a push answered, a notification sent, an ack); each is a
-few integer additions, exposed to Prometheus at scrape time (`exposition.py`).
+few integer additions to running totals, exposed to Prometheus at scrape time
+(`exposition.py`).
 
 `/metrics` renders the registry; `/api/stats` (the dashboard) reads `snapshot()`:
 totals, and for each of the last ten minutes' seconds the pushes by status class,
-deliveries, connections, stored messages and delivery latency percentiles. Seconds
-are closed lazily, when the next event or snapshot comes, so nothing runs while the
-service is idle.
+deliveries, connections, stored messages and delivery latency percentiles. Those are
+sampled from the running totals once a second by a timer (`StatsHistory`), not per
+event; the timer stops after an idle second, so nothing runs while the service is idle.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import inspect
 import logging
 import math
 import time
-from collections import deque
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sized
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -31,7 +31,29 @@ from prometheus_client.process_collector import ProcessCollector
 
 from tidings.service.exposition import LabelledCounter, LatencyHistogram, PlainCollector
 from tidings.service.http.admission import ConnectionAdmission
+from tidings.service.stats_history import (
+    HISTORY_SECONDS,
+    SKETCH_BINS,
+    SKETCH_BINS_PER_DECADE,
+    SKETCH_FLOOR,
+    STATUS_CLASS_INDEX,
+    StatsHistory,
+    Totals,
+    sketch_bin,
+    sketch_percentiles,
+    sketch_value,
+)
 from tidings.service.store import StoredMessage, StoreUnavailable
+
+__all__ = [
+    "HISTORY_SECONDS",
+    "METRICS_CONTENT_TYPE",
+    "ServiceMetrics",
+    "StatsHistory",
+    "sketch_bin",
+    "sketch_percentiles",
+    "sketch_value",
+]
 
 log = logging.getLogger("tidings.metrics")
 
@@ -43,9 +65,6 @@ METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 #: let a client add series without end).
 ACK_CODES = frozenset({100, 101, 102})
 OTHER_ACK_CODE = 0
-
-#: Seconds of per-second history kept for the dashboard.
-HISTORY_SECONDS = 600
 
 #: `stored_messages` and `subscriptions` are counted in the store at most this often.
 STORE_COUNT_INTERVAL = 5.0
@@ -60,136 +79,6 @@ STORE_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
-
-# The per-second latency sketch: logarithmic bins, ten per decade from 0.1 ms, so a
-# percentile read from it is within about 12 % of the exact one.
-_SKETCH_FLOOR = 1e-4
-_SKETCH_BINS_PER_DECADE = 10
-_SKETCH_BINS = 100  # 0.1 ms .. 10^6 s
-
-
-def sketch_bin(seconds: float) -> int:
-    """The latency sketch bin of a duration."""
-    if seconds <= _SKETCH_FLOOR:
-        return 0
-    index = int(math.log10(seconds / _SKETCH_FLOOR) * _SKETCH_BINS_PER_DECADE)
-    return min(index, _SKETCH_BINS - 1)
-
-
-def sketch_value(index: int) -> float:
-    """The duration a bin stands for (its geometric middle)."""
-    return _SKETCH_FLOOR * 10 ** ((index + 0.5) / _SKETCH_BINS_PER_DECADE)
-
-
-def sketch_percentiles(
-    sketch: dict[int, int], quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)
-) -> list[float | None]:
-    """The given quantiles of a latency sketch (None for an empty one)."""
-    total = sum(sketch.values())
-    if total == 0:
-        return [None for _ in quantiles]
-    ordered = sorted(sketch.items())
-    results: list[float | None] = []
-    for q in quantiles:
-        rank = max(1, math.ceil(q * total))
-        seen = 0
-        for index, count in ordered:
-            seen += count
-            if seen >= rank:
-                results.append(round(sketch_value(index), 6))
-                break
-    return results
-
-
-@dataclass(slots=True)
-class Second:
-    """The figures of one second of wall-clock time."""
-
-    t: int
-    pushes: list[int] = field(default_factory=lambda: [0, 0, 0])  # 2xx, 4xx, 5xx
-    deliveries: int = 0
-    acks: int = 0
-    connections: int = 0
-    stored: int | None = None
-    latency: dict[int, int] = field(default_factory=dict)
-
-
-_CLASS_INDEX = {2: 0, 4: 1, 5: 2}
-
-
-class StatsHistory:
-    """Per-second figures for the last `seconds` seconds, closed lazily."""
-
-    def __init__(
-        self,
-        connections: Callable[[], int],
-        *,
-        seconds: int = HISTORY_SECONDS,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._connections = connections
-        self._clock = clock
-        self.closed: deque[Second] = deque(maxlen=seconds)
-        self.current = Second(int(clock()))
-        self.stored: int | None = None  # the last count read from the store
-
-    def _now(self) -> Second:
-        second = int(self._clock())
-        if second != self.current.t:
-            self._roll(second)
-        return self.current
-
-    def _roll(self, second: int) -> None:
-        """Close the current second and any empty ones up to `second`."""
-        if second < self.current.t:  # the wall clock went back: start a new second
-            self.current = Second(second)
-            return
-        connections = self._connections()
-        done = self.current
-        done.connections = connections
-        done.stored = self.stored
-        self.closed.append(done)
-        maxlen = self.closed.maxlen or 0
-        gap_start = max(done.t + 1, second - maxlen)
-        for t in range(gap_start, second):
-            self.closed.append(Second(t, connections=connections, stored=self.stored))
-        self.current = Second(second)
-
-    # Hooks ----------------------------------------------------------------------------
-
-    def push(self, status: int) -> None:
-        index = _CLASS_INDEX.get(status // 100)
-        if index is not None:
-            self._now().pushes[index] += 1
-
-    def delivery(self, latency: float) -> None:
-        current = self._now()
-        current.deliveries += 1
-        sketch = current.latency
-        index = sketch_bin(latency)
-        sketch[index] = sketch.get(index, 0) + 1
-
-    def ack(self) -> None:
-        self._now().acks += 1
-
-    # Reading --------------------------------------------------------------------------
-
-    def seconds(self, last: int = HISTORY_SECONDS) -> list[Second]:
-        """The closed seconds, oldest first, at most `last` of them."""
-        self._now()
-        if last >= len(self.closed):
-            return list(self.closed)
-        return list(self.closed)[-last:] if last > 0 else []
-
-    def window_latency(self, last: int) -> dict[str, float | int | None]:
-        """Delivery latency percentiles over the last `last` seconds (current included)."""
-        merged: dict[int, int] = {}
-        for second in [*self.seconds(last), self.current]:
-            for index, count in second.latency.items():
-                merged[index] = merged.get(index, 0) + count
-        p50, p90, p99 = sketch_percentiles(merged)
-        return {"count": sum(merged.values()), "p50": p50, "p90": p90, "p99": p99}
-
 
 T = TypeVar("T")
 
@@ -283,10 +172,12 @@ class ServiceMetrics:
         )
         self.connected.set_function(lambda: float(len(connections)))
         ProcessCollector(registry=registry)
-        self.history = StatsHistory(lambda: len(connections), clock=clock)
         # By status and by code, for the snapshot: the counters' own dicts.
         self.push_totals = self.pushes.counts
         self.ack_totals = self.acks.counts
+        # Delivery latencies by sketch bin, for the history (which samples it per second).
+        self.delivery_sketch = [0] * SKETCH_BINS
+        self.history = StatsHistory(self.running_totals, lambda: len(connections), clock=clock)
         self._limited_push = self.rate_limited.labels("push")
         self._limited_register = self.rate_limited.labels("register")
         self.subscription_count: int | None = None
@@ -336,31 +227,64 @@ class ServiceMetrics:
         )
 
     # Hooks on the hot paths -----------------------------------------------------------
+    # Each adds to running totals only; the per-second history samples them (wakes it
+    # first when it sleeps, after an idle second).
 
     def push_answered(self, status: int) -> None:
         """A push request got `status` (counted by the routes for push paths)."""
+        if self.history.asleep:
+            self.history.wake()
         self.pushes.add(status)
         if status == 429:
             self._limited_push.inc()
-        self.history.push(status)
 
     def delivered(self, message: StoredMessage) -> None:
         """A notification frame for `message` went to its user agent."""
-        latency = max(0.0, self._clock() - message.created_at)
+        if self.history.asleep:
+            self.history.wake()
+        latency = self._clock() - message.created_at
+        if latency < 0.0:
+            latency = 0.0
         self.delivery_total += 1
-        self.delivery_latency.observe(latency)
-        self.history.delivery(latency)
+        histogram = self.delivery_latency  # its `observe`, without the call
+        histogram.counts[bisect_left(histogram.bounds, latency)] += 1
+        histogram.total += latency
+        # `sketch_bin`, without the call.
+        if latency <= SKETCH_FLOOR:
+            self.delivery_sketch[0] += 1
+        else:
+            index = int(math.log10(latency / SKETCH_FLOOR) * SKETCH_BINS_PER_DECADE)
+            self.delivery_sketch[index if index < SKETCH_BINS else SKETCH_BINS - 1] += 1
 
     def acknowledged(self, code: int) -> None:
         """A user agent acknowledged a message with `code`."""
+        if self.history.asleep:
+            self.history.wake()
         # The code is the client's integer: other codes share one label, or each new
         # one would be a series kept forever.
         self.acks.add(code if code in ACK_CODES else OTHER_ACK_CODE)
-        self.history.ack()
 
     def acknowledged_unstored(self) -> None:
         """A push was acknowledged before it had to be stored (live_acks.py)."""
         self.acknowledged_unstored_total += 1
+
+    def running_totals(self) -> Totals:
+        """The running totals, as the history samples them."""
+        classes = [0, 0, 0]
+        for status, count in self.push_totals.items():
+            index = STATUS_CLASS_INDEX.get(status // 100)
+            if index is not None:
+                classes[index] += count
+        return Totals(
+            classes,
+            self.delivery_total,
+            sum(self.ack_totals.values()),
+            list(self.delivery_sketch),
+        )
+
+    def close(self) -> None:
+        """The service stops: no timer of the history is left behind."""
+        self.history.close()
 
     def register_refused(self, status: int) -> None:
         """A `register` was refused with `status` (only 429 is counted)."""
@@ -483,17 +407,20 @@ def _timed(
 ) -> Callable[..., Awaitable[T]]:
     """`method`, observing its duration in the histogram `first_use` returns."""
     clock = time.perf_counter
-    observe: Callable[[float], None] | None = None
+    histogram: LatencyHistogram | None = None
 
     @functools.wraps(method)
     async def timed(*args: Any, **kwargs: Any) -> T:
-        nonlocal observe
+        nonlocal histogram
         started = clock()
         try:
             return await method(*args, **kwargs)
         finally:
-            if observe is None:
-                observe = first_use().observe
-            observe(clock() - started)
+            elapsed = clock() - started
+            if histogram is None:
+                histogram = first_use()
+            # The histogram's `observe`, without the call (two store calls a push).
+            histogram.counts[bisect_left(histogram.bounds, elapsed)] += 1
+            histogram.total += elapsed
 
     return timed

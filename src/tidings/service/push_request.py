@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from tidings.service.errors import Errno, ServiceError
+from tidings.service.records import record
 from tidings.webpush import HeaderError, Urgency, parse_topic, parse_ttl, parse_urgency
 from tidings.webpush.ece import HEADER_FIXED_LENGTH, MIN_RECORD_SIZE
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PushFacts:
     """A checked push request."""
 

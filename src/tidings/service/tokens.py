@@ -23,13 +23,13 @@ import hashlib
 import os
 import secrets
 import time
-from dataclasses import dataclass
 from enum import IntEnum
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tidings.service.ids import random_hex
+from tidings.service.records import record
 from tidings.webpush import b64url_decode, b64url_encode
 
 _NONCE_BYTES = 12
@@ -62,7 +62,7 @@ def vapid_key_hash(public_key: bytes) -> bytes:
     return hashlib.sha256(public_key).digest()[:VAPID_HASH_BYTES]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EndpointRef:
     """What a push endpoint token names: a subscription, maybe restricted to a key."""
 
@@ -71,7 +71,7 @@ class EndpointRef:
     vapid_hash: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MessageRef:
     """What a push message resource token names."""
 

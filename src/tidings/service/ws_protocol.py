@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-# The close codes (RFC 6455 section 7.4.1) and FrameError are the WebSocket codec's.
 from tidings.service.http.websocket_frames import CLOSE_GOING_AWAY as CLOSE_GOING_AWAY
 from tidings.service.http.websocket_frames import CLOSE_INVALID_PAYLOAD as CLOSE_INVALID_PAYLOAD
 from tidings.service.http.websocket_frames import CLOSE_POLICY_VIOLATION as CLOSE_POLICY_VIOLATION
@@ -22,6 +21,9 @@ from tidings.service.http.websocket_frames import CLOSE_TOO_BIG as CLOSE_TOO_BIG
 from tidings.service.http.websocket_frames import CLOSE_TRY_AGAIN_LATER as CLOSE_TRY_AGAIN_LATER
 from tidings.service.http.websocket_frames import CLOSE_UNSUPPORTED_DATA as CLOSE_UNSUPPORTED_DATA
 from tidings.service.http.websocket_frames import FrameError as FrameError
+
+# The close codes (RFC 6455 section 7.4.1) and FrameError are the WebSocket codec's.
+from tidings.service.records import record
 from tidings.webpush import b64url_encode
 
 CLOSE_REPLACED = 4001  # another connection took over this user agent id
@@ -57,7 +59,7 @@ class Unregister:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AckUpdate:
     """One acknowledged message: 100 delivered, 101 decryption failed, 102 other error."""
 
@@ -66,7 +68,7 @@ class AckUpdate:
     code: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ack:
     """Acknowledgements of delivered messages."""
 

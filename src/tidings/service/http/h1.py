@@ -238,14 +238,14 @@ class Http1Connection(asyncio.Protocol):
             raise _BodyTooLarge  # stop reading a flood; a modest excess is drained politely
 
     def on_message_complete(self) -> None:
-        request = Request(
-            method=self._method,
-            path=self._path,
-            query=self._query,
-            headers=self._headers,
-            body=b"".join(self._body),
-            client=self.client,
-            http_version=self._version,
+        request = Request(  # by position (keywords cost a dict a request)
+            self._method,
+            self._path,
+            self._query,
+            self._headers,
+            b"".join(self._body),
+            self.client,
+            self._version,  # http_version
         )
         if self.parser.should_upgrade():
             self._upgrade = request

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -72,9 +73,9 @@ class FrameError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A complete data message (text or binary)."""
+class Message(NamedTuple):
+    """A complete data message (text or binary). A tuple: one is made per client frame,
+    and a frozen dataclass set each field through `object.__setattr__`."""
 
     text: str | None
     data: bytes | None = None

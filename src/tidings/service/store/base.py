@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tidings.service.records import record
+
 # A user agent's last-seen time is written at most once per this many seconds.
 SEEN_RESOLUTION = 3600.0
 
@@ -75,7 +77,7 @@ class SubscriptionRecord:
     created_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StoredMessage:
     """A push message as kept until the user agent acknowledges it or it expires.
 
@@ -110,7 +112,7 @@ class StoredMessage:
     has_status: bool | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Receipt:
     """A delivery receipt waiting for its application server (RFC 8030 section 6.3).
 
@@ -138,7 +140,7 @@ REPLACED = "replaced"
 FINAL_STATES = frozenset((ACKNOWLEDGED, EXPIRED, DELETED, REPLACED))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MessageStatus:
     """What its sender may learn about a VAPID-signed push (GET on its message resource).
 

@@ -81,7 +81,7 @@ _ACK_JOIN_FROM = 6
 
 
 def _checked(message: StoredMessage, quota: MessageQuota) -> tuple[Any, ...]:
-    """The parameters of `_INSERT_CHECKED_MESSAGE` and `_CHECK_MESSAGE`."""
+    """The parameters of `_INSERT_CHECKED_MESSAGE`."""
     return (
         *message_columns(message),
         message.vapid_hash,
@@ -420,7 +420,16 @@ class SQLiteStore(SQLiteGroupCommit):
         SQLiteStore._refuse(db, message, quota)
 
     async def check_message(self, message: StoredMessage, *, quota: MessageQuota) -> bool:
-        checked = _checked(message, quota)
+        checked = (  # _CHECK_PARAMETERS
+            message.uaid,
+            message.channel_id,
+            len(message.body),
+            message.created_at,
+            quota.per_subscription,
+            quota.per_user_agent,
+            quota.bytes_per_user_agent,
+            quota.stored_messages,
+        )
 
         def read(db: sqlite3.Connection) -> bool:
             if db.execute(_CHECK_MESSAGE, checked).fetchone() is not None:

@@ -5,6 +5,7 @@ The store (`sqlite.py`) runs these; the schema version is SQLite's `user_version
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
@@ -164,8 +165,16 @@ _INSERT_CHECKED_MESSAGE = (
     " FROM messages WHERE uaid = ?2 AND expires_at > ?6))"
     " AND (SELECT value FROM counters WHERE name = 'messages') < ?16"
 )
-# The insert's checks alone, with its parameters: a row when the push would be stored.
-_CHECK_MESSAGE = "SELECT 1 WHERE" + _INSERT_CHECKED_MESSAGE.split(" WHERE", 1)[1]
+# The insert's checks alone: a row when the push would be stored. Its parameters are
+# those the checks read, renumbered from 1 (`_CHECK_PARAMETERS`: the insert's number of
+# each), the body's length bound for `length(body)`: binding the insert's sixteen, body
+# and headers included, cost a bind each.
+_CHECK_PARAMETERS = (2, 3, 4, 6, 13, 14, 15, 16)  # uaid, channel, body length, created, quotas
+_CHECK_MESSAGE = re.sub(
+    r"\?(\d+)",
+    lambda number: f"?{_CHECK_PARAMETERS.index(int(number[1])) + 1}",
+    "SELECT 1 WHERE" + _INSERT_CHECKED_MESSAGE.split(" WHERE", 1)[1],
+).replace("length(?3)", "?3")
 _USER_AGENT_USAGE = (
     "SELECT coalesce(sum(channel_id = ?), 0), count(*), coalesce(sum(length(body)), 0)"
     " FROM messages WHERE uaid = ? AND expires_at > ?"
