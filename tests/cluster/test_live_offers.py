@@ -28,6 +28,7 @@ from support.service import Registration, RunningService, TestAgent
 from tidings.service import live_acks
 from tidings.service.cluster import redis_bus
 from tidings.service.cluster.redis_bus import RedisBus
+from tidings.service.live_offers import LiveOfferTaker
 from tidings.service.store import StoredMessage
 from tidings.webpush import VapidKey, sign_vapid
 
@@ -45,6 +46,12 @@ async def nodes(tmp_path: Path) -> AsyncIterator[tuple[RunningService, RunningSe
 def bus_of(node: RunningService) -> RedisBus:
     assert node.service is not None and isinstance(node.service.cluster, RedisBus)
     return node.service.cluster
+
+
+def taker_of(node: RunningService) -> LiveOfferTaker:
+    taker = bus_of(node).offer_taker
+    assert isinstance(taker, LiveOfferTaker)
+    return taker
 
 
 def at(node: RunningService, endpoint: str) -> str:
@@ -104,7 +111,7 @@ async def test_a_push_at_the_other_node_is_acknowledged_and_never_stored(
         assert "tidings_pushes_acknowledged_unstored_total 3.0" in metrics
         assert await settled(a) == 0 and await settled(b) == 0
         assert len(seen) == 4 and len(set(seen)) == 4  # each exactly once
-        assert len(a.service.live_acks) == 0 and len(a.service.live_offers) == 0
+        assert len(a.service.live_acks) == 0 and len(taker_of(a)) == 0
         assert not bus_of(b)._offers
     finally:
         acker.cancel()
@@ -349,7 +356,7 @@ async def test_a_kept_ack_whose_route_never_comes_deletes_after_the_hold(tmp_pat
         await asyncio.wait_for(stores.entered.wait(), 10)  # not acknowledged in time
         stores.release.set()
         assert (await pushing).status_code == 201
-        taker = a.service.live_offers
+        taker = taker_of(a)
         for _ in range(500):  # a's wait is over (b may have stopped waiting first)
             if taker._taken[frame["version"]][1] is not None:
                 break

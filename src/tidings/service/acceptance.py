@@ -286,31 +286,6 @@ class PushAcceptance(ServiceBase):
             agent.ack_overdue()
             return False
         self.live_acks.settle(message.message_id)
-        await self._acknowledged(message, signed, written_at)
-        return True
-
-    async def _acknowledged_elsewhere(
-        self, message: StoredMessage, signed: tuple[object, bytes] | None
-    ) -> bool:
-        """`_acknowledged_unstored` for a user agent not connected here: offered through
-        the cluster bus to the node holding it, which writes it to its quick connection
-        and answers with the ack (live_offers.py). False: it is to be stored now (and
-        routed after, as any push; the holder does not write it twice)."""
-        if not await self.store.check_message(message, quota=self.quota):
-            return False
-        if self.hub.is_connected(message.uaid):
-            return False  # connected here meanwhile: stored and offered here
-        written_at = time.time()
-        if await self.cluster.offer_live(message, self.config.live_ack_wait) is None:
-            return False
-        await self._acknowledged(message, signed, written_at)
-        return True
-
-    async def _acknowledged(
-        self, message: StoredMessage, signed: tuple[object, bytes] | None, written_at: float
-    ) -> None:
-        """A push acknowledged before it was stored: counted, and a signed one's final
-        status written."""
         self.metrics.acknowledged_unstored()
         if signed is not None:
             now = time.time()
@@ -329,6 +304,42 @@ class PushAcceptance(ServiceBase):
                 await self.store.add_message_status(status)
             except StoreUnavailable as exc:  # the message is delivered; a status is best effort
                 log.warning("status of %s not recorded: %s", message.message_id, exc)
+        return True
+
+    async def _acknowledged_elsewhere(
+        self, message: StoredMessage, signed: tuple[object, bytes] | None
+    ) -> bool:
+        """`_acknowledged_unstored` for a user agent not connected here: offered through
+        the cluster bus to the node holding it, which writes it to its quick connection
+        and answers with the ack (live_offers.py). False: it is to be stored now (and
+        routed after, as any push; the holder does not write it twice)."""
+        if not await self.store.check_message(message, quota=self.quota):
+            return False
+        if self.hub.is_connected(message.uaid):
+            return False  # connected here meanwhile: stored and offered here
+        written_at = time.time()
+        if await self.cluster.offer_live(message, self.config.live_ack_wait) is None:
+            return False
+        # What `_acknowledged_unstored` does inline, where a helper shared with this
+        # path would add a call to every push of a single node.
+        self.metrics.acknowledged_unstored()
+        if signed is not None:
+            status = MessageStatus(
+                message_id=message.message_id,
+                vapid_hash=signed[1],
+                state=ACKNOWLEDGED,
+                ttl=message.ttl,
+                created_at=message.created_at,
+                expires_at=message.expires_at,
+                delivered_via="websocket",
+                delivered_at=written_at,
+                final_at=time.time(),
+            )
+            try:
+                await self.store.add_message_status(status)
+            except StoreUnavailable as exc:  # delivered elsewhere; a status is best effort
+                log.warning("status of %s not recorded: %s", message.message_id, exc)
+        return True
 
     async def _gone(self, ref: EndpointRef) -> ServiceError:
         """The answer to a push to a subscription that no longer exists.

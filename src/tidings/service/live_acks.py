@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["MAX_AWAITING_ACK", "LiveAcks", "ack_wait"]
 
@@ -43,31 +44,50 @@ MAX_AWAITING_ACK = 10_000
 class _Awaited:
     """One push written before it was stored: its user agent and the ack it waits for."""
 
-    __slots__ = ("answered", "code", "future", "timer", "uaid")
+    __slots__ = ("code", "future", "uaid")
 
     def __init__(self, uaid: str, future: asyncio.Future[int]) -> None:
         self.uaid = uaid
         self.future = future
         self.code: int | None = None  # an ack that came after the wait, while storing
-        # `LiveAcks.on_answer`'s callback, until called, and the end of its wait.
-        self.answered: Callable[[int | None], None] | None = None
+
+
+class _Answer:
+    """In place of the future of a push that a callback waits for (`expect_answer`):
+    the same calls, but the callback runs as the result is set, where a future's done
+    callback runs a turn of the loop later."""
+
+    __slots__ = ("_callback", "_cancelled", "_done", "timer")
+
+    def __init__(self, callback: Callable[[int | None], None]) -> None:
+        self._callback = callback
+        self._done = False
+        self._cancelled = False
         self.timer: asyncio.TimerHandle | None = None
 
+    def done(self) -> bool:
+        return self._done
 
-def _answer(awaited: _Awaited, code: int | None) -> None:
-    """The wait of an `on_answer` push is over: its callback hears `code` (None: not
-    acknowledged in time, or settled), at once, in this turn of the loop."""
-    callback, awaited.answered = awaited.answered, None
-    if awaited.timer is not None:
-        awaited.timer.cancel()
-        awaited.timer = None
-    if not awaited.future.done():
-        if code is None:
-            awaited.future.cancel()
-        else:
-            awaited.future.set_result(code)
-    if callback is not None:
-        callback(code)
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def set_result(self, code: int) -> None:
+        self._finish(code)
+
+    def cancel(self) -> bool:
+        if self._done:
+            return False
+        self._cancelled = True
+        self._finish(None)
+        return True
+
+    def _finish(self, code: int | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self._callback(code)
 
 
 def _expire(future: asyncio.Future[int]) -> None:
@@ -97,6 +117,21 @@ class LiveAcks:
         future = asyncio.get_running_loop().create_future()
         self._awaited[message_id] = _Awaited(uaid, future)
 
+    def expect_answer(
+        self,
+        uaid: str,
+        message_id: str,
+        seconds: float,
+        callback: Callable[[int | None], None],
+    ) -> None:
+        """`expect` and `wait` without a coroutine: `callback(code)` as the ack is read,
+        if it comes within `seconds`, else `callback(None)` once they are over (or when
+        the push is settled first); the push stays known here until `settle`."""
+        answer = _Answer(callback)
+        answer.timer = asyncio.get_running_loop().call_later(seconds, answer.cancel)
+        future: Any = answer  # the calls of a future that `acknowledged` and `settle` make
+        self._awaited[message_id] = _Awaited(uaid, future)
+
     async def wait(self, message_id: str, seconds: float) -> int | None:
         """The acknowledgement's code if it comes within `seconds`, else None; the push
         stays known here (being stored) until `settle`."""
@@ -116,26 +151,13 @@ class LiveAcks:
         finally:
             timer.cancel()
 
-    def on_answer(
-        self, message_id: str, seconds: float, callback: Callable[[int | None], None]
-    ) -> None:
-        """`wait` without a coroutine of its own: `callback(code)` as the ack is read
-        (not a turn of the loop later, as a future's callback would be) if it comes
-        within `seconds`, else `callback(None)` (the time ran out, or the push was
-        settled); the push stays known here until `settle`, as after `wait`."""
-        awaited = self._awaited[message_id]
-        awaited.answered = callback
-        awaited.timer = asyncio.get_running_loop().call_later(seconds, _answer, awaited, None)
-
     def acknowledged(self, uaid: str, message_id: str, code: int) -> bool:
         """An acknowledgement from `uaid`: True when it answers a push known here (the
         caller then deletes nothing now); False for a message that was stored first."""
         awaited = self._awaited.get(message_id)
         if awaited is None or awaited.uaid != uaid:
             return False
-        if awaited.answered is not None:
-            _answer(awaited, code)
-        elif not awaited.future.done():
+        if not awaited.future.done():
             awaited.future.set_result(code)
         elif awaited.code is None:
             awaited.code = code  # being stored: deleted once committed (`settle`)
@@ -147,8 +169,6 @@ class LiveAcks:
         awaited = self._awaited.pop(message_id, None)
         if awaited is None:
             return None
-        if awaited.answered is not None:
-            _answer(awaited, None)
-        elif not awaited.future.done():
+        if not awaited.future.done():
             awaited.future.cancel()
         return awaited.code

@@ -85,11 +85,12 @@ class LiveOfferTaker:
             answer(False, None)
             return
         wait = min(agent.quick_ack_wait(), offer.wait)
-        service.live_acks.expect(message.uaid, message_id)
         self._taken[message_id] = (agent, None)
-        service.live_acks.on_answer(
-            message_id, wait, lambda code: self._answered(agent, message, code, answer)
-        )
+
+        def answered(code: int | None) -> None:
+            self._answered(agent, message, code, answer)
+
+        service.live_acks.expect_answer(message.uaid, message_id, wait, answered)
         try:
             agent.offer(message)
         except BaseException:
