@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -144,9 +145,10 @@ async def close_quietly(*agents: TestAgent) -> None:
 
 @contextlib.asynccontextmanager
 async def in_process_nodes(
-    tmp_path: Path,
+    tmp_path: Path, **settings: Any
 ) -> AsyncIterator[tuple[RunningService, RunningService]]:
-    """Two nodes in this event loop (objects inspectable) on one PostgreSQL and one Redis."""
+    """Two nodes in this event loop (objects inspectable) on one PostgreSQL and one Redis,
+    both with `settings` (ServiceConfig's names)."""
     require_postgres()
     require_redis()
     secrets = tmp_path / "tidings-secrets.json"
@@ -157,7 +159,7 @@ async def in_process_nodes(
     bus = redis_url()
     try:
         async with postgres_database() as store:
-            shared = {"store": store, "cluster": bus, "secrets": str(secrets)}
+            shared = {"store": store, "cluster": bus, "secrets": str(secrets), **settings}
             async with (
                 running_service(tmp_path / "a", node_id="node-a", **shared) as a,
                 running_service(tmp_path / "b", node_id="node-b", **shared) as b,

@@ -150,3 +150,70 @@ def test_a_receipt_notice_reads_back_and_its_fields_are_checked() -> None:
         data = {"t": "r", "r": "f" * 32, "n": "node-a", **bad}
         with pytest.raises(BadBusMessage):
             decode_bus_message(json.dumps(data))
+
+
+def test_a_live_offer_and_its_answers_read_back() -> None:
+    from tidings.service.cluster.wire import (
+        LiveOffer,
+        OfferAnswer,
+        encode_offer,
+        encode_offer_answer,
+    )
+
+    message = StoredMessage("mid-3", "c" * 32, "ch", b"\x01" * 300, 60, 1.5, 61.5, "normal")
+    assert decode_bus_message(encode_offer(message, "node-a", 0.05)) == LiveOffer(
+        message, "node-a", 0.05
+    )
+    for offered, code in ((True, 100), (True, 102), (True, None), (False, None)):
+        answer = encode_offer_answer("mid-3", offered, code)
+        assert decode_bus_message(answer) == OfferAnswer("mid-3", offered, code)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"tp": "T"}, "Topic"),  # never offered: stored first, as locally
+        ({"r": "receipt-1"}, "receipt"),
+        ({"ttl": 0, "e": 1.5}, "TTL 0"),
+        ({"w": -1}, "w:"),
+        ({"w": 10_001}, "w:"),
+        ({"w": 0.5}, "w:"),
+        ({"n": 7}, "n:"),
+        ({"n": "x" * 129}, "n:"),
+        ({"extra": 1}, "unknown fields"),
+    ],
+)
+def test_a_bad_live_offer_is_refused(change: dict[str, object], reason: str) -> None:
+    from tidings.service.cluster.wire import encode_offer
+
+    message = StoredMessage("mid-4", "d" * 32, "ch", b"x", 60, 1.5, 61.5, "normal")
+    data = json.loads(encode_offer(message, "node-a", 0.05))
+    data.update(change)
+    with pytest.raises(BadBusMessage, match=reason):
+        decode_bus_message(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"t": "a", "id": "m", "o": 2, "c": None},
+        {"t": "a", "id": "m", "o": True, "c": None},
+        {"t": "a", "id": "m", "o": 1, "c": "100"},
+        {"t": "a", "id": "m", "o": 1, "c": 2**40},
+        {"t": "a", "id": "m", "o": 1, "c": 100, "x": 1},
+        {"t": "a", "id": "m\n", "o": 1, "c": 100},
+    ],
+)
+def test_a_bad_offer_answer_is_refused(raw: dict[str, object]) -> None:
+    with pytest.raises(BadBusMessage):
+        decode_bus_message(json.dumps(raw))
+
+
+def test_an_offer_among_routes_does_not_spoil_them() -> None:
+    """An old node drops the kind it does not know; the routes beside it still count."""
+    from tidings.service.cluster.wire import encode_offer
+
+    message = StoredMessage("mid-5", "e" * 32, "ch", b"x", 60, 1.5, 61.5, "normal")
+    unknown = encode_offer(message, "node-a", 0.05).replace('"t":"o"', '"t":"future"')
+    events = decode_bus_messages(f"[{unknown},{encode_message(message)}]")
+    assert isinstance(events[0], BadBusMessage) and events[1] == Deliver(message)

@@ -293,8 +293,9 @@ async def test_a_late_bus_delivery_of_a_standing_message_comes_from_the_store(
 
 async def test_messages_behind_a_late_one_keep_their_order(tmp_path: Path) -> None:
     """While a late message is read from the store, the ones the bus brings after it
-    take the same way instead of overtaking it."""
-    async with in_process_nodes(tmp_path) as (node_a, node_b):
+    take the same way instead of overtaking it (no live offers ahead of them: only the
+    routes are counted)."""
+    async with in_process_nodes(tmp_path, live_ack_wait=0) as (node_a, node_b):
         assert node_a.service is not None
         agent = await node_a.agent()
         registration = await agent.register()

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from support.service import RunningService, TestAgent, running_service
+from support.service import Registration, RunningService, TestAgent, running_service
 from tidings.service.live_acks import LiveAcks
 from tidings.service.store import StoredMessage
 from tidings.service.ws_session import WebSocketSession
@@ -69,6 +69,13 @@ async def post(endpoint: str, **headers: str) -> httpx.Response:
         return await client.post(endpoint, headers={"ttl": "60", **headers})
 
 
+async def nothing_left(service: RunningService, uaid: str) -> None:
+    """The user agent's next connection is given nothing (nothing is left stored)."""
+    again = await service.agent(uaid)
+    await again.no_frame()
+    await again.close()
+
+
 async def settled(service: RunningService) -> int:
     """The store's message count once the acknowledgements' deletes are written."""
     assert service.service is not None
@@ -102,10 +109,7 @@ async def test_pushes_acknowledged_in_time_are_never_stored(quick: RunningServic
     finally:
         acker.cancel()
         await agent.close()
-    # Nothing is left to deliver on the next connection.
-    again = await quick.agent(agent.uaid)
-    await again.no_frame()
-    await again.close()
+    await nothing_left(quick, agent.uaid)
 
 
 async def test_a_push_not_acknowledged_in_time_is_stored_and_comes_again(
@@ -207,16 +211,24 @@ async def test_a_signed_push_acknowledged_unstored_reads_acknowledged(
     await signed_push_reads_acknowledged(quick)
 
 
+async def acking_agent(
+    service: RunningService, application_server_key: str | None = None
+) -> tuple[TestAgent, Registration, list[str], asyncio.Future[None]]:
+    """A user agent with one subscription that acknowledges every push from now on
+    (their ids in the list, by the task)."""
+    agent = await service.agent()
+    registration = await agent.register(application_server_key)
+    seen: list[str] = []
+    return agent, registration, seen, asyncio.ensure_future(auto_ack(agent, seen))
+
+
 async def signed_push_reads_acknowledged(
     quick: RunningService, between: Callable[[str], Awaitable[None]] | None = None
 ) -> None:
     """A signed push's second push is acknowledged unstored (after `between(uaid)`, if
     given), and its status reads "acknowledged" at once."""
     key = VapidKey.generate()
-    agent = await quick.agent()
-    registration = await agent.register(key.public_key_b64)
-    seen: list[str] = []
-    acker = asyncio.ensure_future(auto_ack(agent, seen))
+    agent, registration, _, acker = await acking_agent(quick, key.public_key_b64)
     try:
         signed = {"authorization": sign_vapid(key, quick.url, "mailto:a@example.com").authorization}
         assert (await post(registration.endpoint, **signed)).status_code == 201
@@ -289,20 +301,30 @@ def test_the_quick_agent_is_the_only_connection_of_its_user_agent() -> None:
     assert hub.quick_agent("u") is None
 
 
+async def a_full_subscription(
+    service: RunningService,
+) -> tuple[TestAgent, Registration, Registration, list[str], asyncio.Future[None]]:
+    """A user agent with a subscription at its quota of 1 (`full`), another one, every
+    push acknowledged from now on (`seen`, by `acker`), and a first push to the other
+    one acknowledged (a quick connection, once its ack is read)."""
+    agent = await service.agent()
+    full, other = await agent.register(), await agent.register()
+    assert (await post(full.endpoint)).status_code == 201
+    await agent.next_notification(ack=False)  # stays stored: the quota is reached
+    seen: list[str] = []
+    acker = asyncio.ensure_future(auto_ack(agent, seen))
+    assert (await post(other.endpoint)).status_code == 201
+    return agent, full, other, seen, acker
+
+
 async def test_a_quick_connection_does_not_pass_a_quota(tmp_path: Path) -> None:
     """Refusals come before the write: a subscription at its quota is refused 429 and
     nothing is written, as when every push is stored first."""
     async with running_service(
         tmp_path, live_ack_wait=5.0, max_messages_per_subscription=1
     ) as service:
-        agent = await service.agent()
-        full, other = await agent.register(), await agent.register()
-        assert (await post(full.endpoint)).status_code == 201
-        await agent.next_notification(ack=False)  # stays stored: the quota is reached
-        seen: list[str] = []
-        acker = asyncio.ensure_future(auto_ack(agent, seen))
+        agent, full, other, seen, acker = await a_full_subscription(service)
         try:
-            assert (await post(other.endpoint)).status_code == 201  # a quick ack
             assert (await post(other.endpoint)).status_code == 201
             assert service.service is not None
             assert service.service.metrics.acknowledged_unstored_total == 1

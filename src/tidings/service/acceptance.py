@@ -215,6 +215,18 @@ class PushAcceptance(ServiceBase):
                     await self.store.store_message(message, quota=self.quota)
                 finally:
                     late_ack = self.live_acks.settle(message.message_id)
+            elif ttl and (
+                self.cluster.offers_live  # False on a single node: stored at once
+                and receipt_id is None
+                and facts.topic is None
+                and self.config.live_ack_wait
+                and not self.hub.is_connected(ref.uaid)
+                and self.cluster.may_hold(ref.uaid)
+            ):
+                # Perhaps held by another node: offered there first (live_offers.py).
+                if await self._acknowledged_elsewhere(message, signed):
+                    return PushAccepted(201, location, ttl, message.message_id, True)
+                await self.store.store_message(message, quota=self.quota)
             elif ttl:  # the common case, without `_store_push`'s frame
                 await self.store.store_message(message, quota=self.quota)
             else:
@@ -291,6 +303,41 @@ class PushAcceptance(ServiceBase):
             try:
                 await self.store.add_message_status(status)
             except StoreUnavailable as exc:  # the message is delivered; a status is best effort
+                log.warning("status of %s not recorded: %s", message.message_id, exc)
+        return True
+
+    async def _acknowledged_elsewhere(
+        self, message: StoredMessage, signed: tuple[object, bytes] | None
+    ) -> bool:
+        """`_acknowledged_unstored` for a user agent not connected here: offered through
+        the cluster bus to the node holding it, which writes it to its quick connection
+        and answers with the ack (live_offers.py). False: it is to be stored now (and
+        routed after, as any push; the holder does not write it twice)."""
+        if not await self.store.check_message(message, quota=self.quota):
+            return False
+        if self.hub.is_connected(message.uaid):
+            return False  # connected here meanwhile: stored and offered here
+        written_at = time.time()
+        if await self.cluster.offer_live(message, self.config.live_ack_wait) is None:
+            return False
+        # What `_acknowledged_unstored` does inline, where a helper shared with this
+        # path would add a call to every push of a single node.
+        self.metrics.acknowledged_unstored()
+        if signed is not None:
+            status = MessageStatus(
+                message_id=message.message_id,
+                vapid_hash=signed[1],
+                state=ACKNOWLEDGED,
+                ttl=message.ttl,
+                created_at=message.created_at,
+                expires_at=message.expires_at,
+                delivered_via="websocket",
+                delivered_at=written_at,
+                final_at=time.time(),
+            )
+            try:
+                await self.store.add_message_status(status)
+            except StoreUnavailable as exc:  # delivered elsewhere; a status is best effort
                 log.warning("status of %s not recorded: %s", message.message_id, exc)
         return True
 

@@ -36,6 +36,7 @@ from tidings.service.hub import Hub
 from tidings.service.keyfile import load_sealer
 from tidings.service.limits import RateLimiter, open_limiter
 from tidings.service.live_acks import LiveAcks
+from tidings.service.live_offers import LiveOfferTaker
 from tidings.service.maintenance import (
     RECEIPT_SUBSCRIPTION_GRACE,
     RECEIPT_SWEEP_INTERVAL,
@@ -153,6 +154,9 @@ class PushService(
         self._unmarked: OrderedDict[str, str] = OrderedDict()  # see ServiceBase
         self._live_receipts: OrderedDict[str, Receipt] = OrderedDict()  # see ServiceBase
         self.live_acks = LiveAcks()  # live_acks.py
+        # Other nodes' live offers (live_offers.py), known to the bus only: one attribute
+        # more here measured 0.3 % more instructions a push on a single node.
+        self.cluster.offer_taker = LiveOfferTaker(self)
         self.draining = False
         self.ready = False  # the store opened and the keys loaded: requests are served
         self._opening: asyncio.Task[None] | None = None  # retrying a store down at start
@@ -255,6 +259,9 @@ class PushService(
                 await self._sweeper
         self.metrics.close()  # the per-second history's timer
         await self.broadcasts.stop()
+        taker = self.cluster.offer_taker
+        if isinstance(taker, LiveOfferTaker):
+            taker.close()  # offers held here: their rows, if any, come again
         await self.cluster.stop()
         await self.limits.close()
         await self.store.close()

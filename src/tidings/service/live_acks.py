@@ -15,6 +15,8 @@ a delete once the insert is committed, so that no engine can run the delete firs
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["MAX_AWAITING_ACK", "LiveAcks", "ack_wait"]
 
@@ -50,6 +52,44 @@ class _Awaited:
         self.code: int | None = None  # an ack that came after the wait, while storing
 
 
+class _Answer:
+    """In place of the future of a push that a callback waits for (`expect_answer`):
+    the same calls, but the callback runs as the result is set, where a future's done
+    callback runs a turn of the loop later."""
+
+    __slots__ = ("_callback", "_cancelled", "_done", "timer")
+
+    def __init__(self, callback: Callable[[int | None], None]) -> None:
+        self._callback = callback
+        self._done = False
+        self._cancelled = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def set_result(self, code: int) -> None:
+        self._finish(code)
+
+    def cancel(self) -> bool:
+        if self._done:
+            return False
+        self._cancelled = True
+        self._finish(None)
+        return True
+
+    def _finish(self, code: int | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self._callback(code)
+
+
 def _expire(future: asyncio.Future[int]) -> None:
     if not future.done():
         future.cancel()
@@ -66,12 +106,30 @@ class LiveAcks:
     def __len__(self) -> int:
         return len(self._awaited)
 
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._awaited
+
     def has_room(self) -> bool:
         return len(self._awaited) < MAX_AWAITING_ACK
 
     def expect(self, uaid: str, message_id: str) -> None:
         """Before the push is offered: its acknowledgement is to be caught here."""
         future = asyncio.get_running_loop().create_future()
+        self._awaited[message_id] = _Awaited(uaid, future)
+
+    def expect_answer(
+        self,
+        uaid: str,
+        message_id: str,
+        seconds: float,
+        callback: Callable[[int | None], None],
+    ) -> None:
+        """`expect` and `wait` without a coroutine: `callback(code)` as the ack is read,
+        if it comes within `seconds`, else `callback(None)` once they are over (or when
+        the push is settled first); the push stays known here until `settle`."""
+        answer = _Answer(callback)
+        answer.timer = asyncio.get_running_loop().call_later(seconds, answer.cancel)
+        future: Any = answer  # the calls of a future that `acknowledged` and `settle` make
         self._awaited[message_id] = _Awaited(uaid, future)
 
     async def wait(self, message_id: str, seconds: float) -> int | None:

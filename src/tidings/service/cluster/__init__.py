@@ -5,6 +5,11 @@ connected here, `ClusterBus.route` gives the message to the node that holds the
 connection, if any. The message is already stored (unless its TTL is 0), so routing is
 only about delivering it now: a lost route costs latency, never the message.
 
+A push that can be answered by its ack instead of being stored (live_acks.py) is first
+offered to the holding node (`ClusterBus.offer_live`; the holder's side is
+`OfferTaker`, live_offers.py); anything but an ack in time and the push is stored and
+routed as any other.
+
 `SingleNodeBus` (the default) routes nowhere and costs nothing; `RedisBus`
 (`--cluster redis://...`) records which node holds which user agent in Redis and
 passes messages between nodes over Redis pub/sub.
@@ -15,10 +20,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from tidings.service.cluster.wire import LiveOffer
 from tidings.service.hub import Hub
 from tidings.service.store import StoredMessage
 
-__all__ = ["LIVE_FORGET_BATCH", "ClusterBus", "Redeliver", "SingleNodeBus", "open_bus"]
+__all__ = [
+    "LIVE_FORGET_BATCH",
+    "ClusterBus",
+    "OfferTaker",
+    "Redeliver",
+    "SingleNodeBus",
+    "open_bus",
+]
 
 #: What the bus calls when stored messages of a connected user agent may have missed
 #: their live delivery: `redeliver(uaid, since)` offers again those created at `since`
@@ -28,6 +41,18 @@ Redeliver = Callable[[str, float], Awaitable[None]]
 #: Live receipts given up together (`forget_live_receipts`): one Redis round trip each
 #: batch, where a node stopping with 10,000 of them made 10,000.
 LIVE_FORGET_BATCH = 500
+
+
+class OfferTaker(Protocol):
+    """The service's side of live offers that other nodes make to this one."""
+
+    def take(self, offer: LiveOffer, answer: Callable[[bool, int | None], None]) -> None:
+        """Write the offer's push to its quick connection here, then `answer(offered,
+        code)`: the ack's code in time, or None."""
+
+    def routed(self, message: StoredMessage) -> bool:
+        """A stored push routed here: True when it was offered here and is settled (not
+        to be offered again)."""
 
 
 class ClusterBus(Protocol):
@@ -45,6 +70,22 @@ class ClusterBus(Protocol):
 
     async def route(self, message: StoredMessage) -> bool:
         """Send a message to the node holding its user agent; True if one took it."""
+
+    #: True when `offer_live` may reach another node (False: no cluster).
+    offers_live: bool
+
+    #: Takes the live offers of other nodes (set by the service; None: none taken).
+    offer_taker: OfferTaker | None
+
+    def may_hold(self, uaid: str) -> bool:
+        """False when no node held `uaid` a moment ago (an offer or a route found none):
+        its push is then stored without an offer."""
+
+    async def offer_live(self, message: StoredMessage, wait: float) -> int | None:
+        """Offer a push not stored yet to the node holding its user agent, which writes it
+        to a quick connection and waits up to `wait` seconds for the ack: the ack's
+        code, or None (not offered, not acknowledged in time, no answer, the bus down,
+        too many offers waiting): then it is to be stored and routed as usual."""
 
     async def withdraw(self, uaid: str, message_id: str) -> bool:
         """Tell the node holding `uaid`, if another, that its sender deleted the message
@@ -84,9 +125,12 @@ class ClusterBus(Protocol):
 class SingleNodeBus:
     """No other nodes: every user agent is either connected here or not at all."""
 
+    offers_live = False
+
     def __init__(self) -> None:
         self._hub = Hub()
         self.on_broadcasts: Callable[[], None] | None = None
+        self.offer_taker: OfferTaker | None = None
 
     @property
     def hub(self) -> Hub:
@@ -100,6 +144,12 @@ class SingleNodeBus:
 
     async def route(self, message: StoredMessage) -> bool:
         return False
+
+    def may_hold(self, uaid: str) -> bool:
+        return False  # no other node
+
+    async def offer_live(self, message: StoredMessage, wait: float) -> int | None:
+        return None
 
     async def withdraw(self, uaid: str, message_id: str) -> bool:
         return True  # no other node holds anything

@@ -10,6 +10,7 @@ batch is in flight at a time, so calls reach Redis in the order they were made.
 `ScriptCaller` makes a batch's one call on a connection of its own: with one batch in
 flight there is nothing to share it with, and redis-py's client path (a pool checkout,
 its locks and hooks, the script object) cost more CPU per call than the round trip.
+`Publisher` sends a batch of PUBLISHes the same way, written together.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Batcher", "ScriptCaller"]
+__all__ = ["Batcher", "Publisher", "ScriptCaller"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -89,24 +90,47 @@ class Batcher(Generic[T, R]):
         self._queue.clear()
 
 
-class ScriptCaller:
-    """A Lua script called on one connection of its own, made by `client`'s pool (its
-    address, credentials, TLS, database and timeouts), for a `Batcher`'s one call at a
-    time. Errors are redis-py's (RedisError, OSError); after any but a script's own
-    error the connection is dropped and the next call makes a new one."""
+class _OwnConnection:
+    """One connection of its own, made by `client`'s pool (its address, credentials,
+    TLS, database and timeouts), for one call at a time; after a failure it is dropped
+    and the next call makes a new one."""
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._connection: Any = None
+
+    def _connected(self) -> Any:
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = self._pool.make_connection()
+        return connection
+
+    async def _drop(self, connection: Any) -> None:
+        """A reply may still be on its way (a timeout, a cancellation): never read it as
+        the next call's."""
+        self._connection = None
+        await connection.disconnect(nowait=True)
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect(nowait=True)
+
+
+class ScriptCaller(_OwnConnection):
+    """A Lua script called on a connection of its own (`_OwnConnection`), for a
+    `Batcher`'s one call at a time. Errors are redis-py's (RedisError, OSError); after
+    any but a script's own error the connection is dropped."""
 
     def __init__(self, client: Any, script: str) -> None:
-        self._pool = client.connection_pool
+        super().__init__(client)
         self._script = script
         self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()  # for EVALSHA
-        self._connection: Any = None
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         from redis.exceptions import NoScriptError, ResponseError
 
-        connection = self._connection
-        if connection is None:
-            connection = self._connection = self._pool.make_connection()
+        connection = self._connected()
         try:
             try:
                 await connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
@@ -117,16 +141,24 @@ class ScriptCaller:
         except ResponseError:
             raise  # the script failed: the connection is in step still
         except BaseException:
-            # A reply may still be on its way (a timeout, a cancellation): never read
-            # it as the next call's.
-            self._connection = None
-            await connection.disconnect(nowait=True)
+            await self._drop(connection)
             raise
 
-    async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await connection.disconnect(nowait=True)
+
+class Publisher(_OwnConnection):
+    """PUBLISHes written together on a connection of its own (`_OwnConnection`), one
+    batch at a time. Errors are redis-py's (RedisError, OSError)."""
+
+    async def __call__(self, messages: Sequence[tuple[str, str]]) -> None:
+        connection = self._connected()
+        try:
+            commands = [("PUBLISH", channel, payload) for channel, payload in messages]
+            await connection.send_packed_command(connection.pack_commands(commands))
+            for _ in commands:
+                await connection.read_response()
+        except BaseException:
+            await self._drop(connection)
+            raise
 
 
 def _fail(calls: list[tuple[Any, asyncio.Future[Any]]]) -> None:

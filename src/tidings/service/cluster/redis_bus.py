@@ -18,6 +18,13 @@ answered once its route is published, so that a DELETE sent after the answer (to
 node) reaches the holder behind the message. Pub/sub rather than streams: the store is
 the durable copy, so the bus only needs to be fast (measured in docs/scaling.md).
 
+Live offers (live_acks.py across nodes): a push that its ack may answer unstored is
+offered to the holding node first, as a `LiveOffer` in the same script call and queue
+as routes; the holder answers (`OfferAnswer`) on this node's channel, the answers of
+one step of its loop in one PUBLISH per node. No answer within the wait plus
+OFFER_MARGIN (the holder gone, an old node that drops the unknown kind, the bus slow)
+and the push is stored and routed as any other.
+
 Failure: whenever this node (re)subscribes it re-claims every user agent it holds and
 re-offers their stored messages (Redis restarted, or the subscription dropped);
 pushes that could not be routed while Redis was away are remembered and their holders
@@ -33,6 +40,7 @@ import os
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -42,14 +50,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from tidings.service.cluster import LIVE_FORGET_BATCH, Redeliver
-from tidings.service.cluster.batch import Batcher, ScriptCaller
+from tidings.service.cluster import LIVE_FORGET_BATCH, OfferTaker, Redeliver
+from tidings.service.cluster.batch import Batcher, Publisher, ScriptCaller
 from tidings.service.cluster.wire import (
+    MAX_BUS_BATCH,
     MAX_BUS_MESSAGE,
     BadBusMessage,
     BroadcastsChanged,
     BusEvent,
     Deliver,
+    LiveOffer,
+    OfferAnswer,
     Poke,
     PokeAll,
     ReceiptsQueued,
@@ -58,6 +69,8 @@ from tidings.service.cluster.wire import (
     decode_bus_messages,
     encode_broadcasts_changed,
     encode_message,
+    encode_offer,
+    encode_offer_answer,
     encode_poke,
     encode_poke_all,
     encode_receipts_queued,
@@ -186,6 +199,21 @@ ROUTE_BATCH = 256  # messages per route script call at most (Redis runs a script
 # instead, once it answers, as when it is down; the queue's memory stays bounded.
 MAX_QUEUED_ROUTES = 10_000
 
+# A live offer waits for its answer this much longer than the holder waits for the ack
+# (the bus's two hops and both loops' turns); no answer by then: it is stored.
+OFFER_MARGIN = 0.05
+# Live offers of this node awaiting their answer at once; past it pushes are stored first.
+MAX_PENDING_OFFERS = 10_000
+# A user agent that no node held when a push was offered or routed is not offered the
+# next pushes for this long (seconds; they are stored first, as before live offers):
+# a push to a user agent connected nowhere pays the offer's round trip, and the check
+# before it, once in that time, not each time. Remembered for this many at most.
+NOT_HELD_FOR = 5.0
+MAX_NOT_HELD = 10_000
+# Answers to other nodes' offers queued for the next PUBLISH; past it an answer is
+# dropped (its push is stored by the node that waits for it in vain: never lost).
+MAX_PENDING_ANSWERS = 10_000
+
 # KEYS: presence key; ARGV: this node, channel prefix, payload.
 # Returns -2 (nobody holds it), -1 (this node does), else PUBLISH's receiver count.
 _ROUTE = """
@@ -197,6 +225,11 @@ local node = string.sub(current, sep + 1)
 if node == ARGV[1] then return -1 end
 return redis.call('PUBLISH', ARGV[2] .. node, ARGV[3])
 """
+
+
+def _unanswered(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_result(None)
 
 
 def default_node_id() -> str:
@@ -288,6 +321,17 @@ class RedisBus:
         self._rereading: dict[str, bool] = {}
         self._down_until = 0.0  # after a failure, routes skip Redis for a moment
         self.on_broadcasts: Callable[[], None] | None = None  # broadcasts changed
+        self.offer_taker: OfferTaker | None = None  # the service's (live_offers.py)
+        # This node's live offers awaiting their answer: message id -> (offered, code),
+        # or None when the wait ran out.
+        self._offers: dict[str, asyncio.Future[tuple[bool, int | None] | None]] = {}
+        self._answers: dict[str, list[str]] = {}  # node -> answers to publish
+        self._not_held: OrderedDict[str, float] = OrderedDict()  # uaid -> until (monotonic)
+        self._answers_queued = 0
+        self._answerer: asyncio.Task[None] | None = None
+        self._publish = Publisher(self._redis)  # the answers' (one batch at a time)
+        self.offers_unanswered = 0  # offers whose answer did not come in time
+        self.answers_dropped = 0  # answers past MAX_PENDING_ANSWERS or not published
         self._subscribed = False
         self.dropped = 0  # bad bus messages logged and dropped
         self.restarts = 0  # times the listener lost its subscription and started again
@@ -296,6 +340,8 @@ class RedisBus:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
+
+    offers_live = True
 
     @property
     def hub(self) -> Hub:
@@ -346,6 +392,9 @@ class RedisBus:
                 await pipe.execute()
         await self._routes.close()
         await self._route_many_script.close()
+        if self._answerer is not None:
+            self._answerer.cancel()
+        await self._publish.close()
         for task in list(self._tasks):
             task.cancel()
         for client in (self._redis, self._subscriber):
@@ -473,7 +522,94 @@ class RedisBus:
             self._failed("route", exc)
             self._remember_missed(message.uaid)
             return False
+        if receivers == -2 and self.offers_live:
+            self._note_not_held(message.uaid)
         return receivers > 0
+
+    def may_hold(self, uaid: str) -> bool:
+        not_held = self._not_held
+        if not not_held:
+            return True
+        until = not_held.get(uaid)
+        if until is None:
+            return True
+        if time.monotonic() < until:
+            return False
+        del not_held[uaid]
+        return True
+
+    def _note_not_held(self, uaid: str) -> None:
+        """No node held `uaid` a moment ago: `may_hold` says so for NOT_HELD_FOR."""
+        not_held = self._not_held
+        not_held[uaid] = time.monotonic() + NOT_HELD_FOR
+        not_held.move_to_end(uaid)
+        if len(not_held) > MAX_NOT_HELD:
+            not_held.popitem(last=False)
+
+    async def offer_live(self, message: StoredMessage, wait: float) -> int | None:
+        message_id = message.message_id
+        if (
+            not self._subscribed  # an answer could not reach this node
+            or time.monotonic() < self._down_until
+            or len(self._offers) >= MAX_PENDING_OFFERS
+            or len(self._routes) >= MAX_QUEUED_ROUTES
+            or message_id in self._offers
+        ):
+            return None
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[bool, int | None] | None] = loop.create_future()
+        self._offers[message_id] = answer
+        try:
+            payload = encode_offer(message, self.node_id, wait)
+            receivers = await self._routes.call((message.uaid, payload))
+            if receivers <= 0:
+                if receivers == -2:
+                    self._note_not_held(message.uaid)
+                return None  # nobody holds it, this node does, or its holder is gone
+            timer = loop.call_later(wait + OFFER_MARGIN, _unanswered, answer)
+            try:
+                answered = await answer
+            finally:
+                timer.cancel()
+        except (RedisError, OSError) as exc:
+            self._failed("live offer", exc)
+            return None
+        finally:
+            del self._offers[message_id]
+        if answered is None:
+            self.offers_unanswered += 1
+            return None
+        return answered[1]
+
+    def _answer_offer(self, node: str, message_id: str, offered: bool, code: int | None) -> None:
+        """Queue the answer to node `node`'s live offer; published with the others of
+        this step of the loop, one PUBLISH per node."""
+        if self._answers_queued >= MAX_PENDING_ANSWERS:
+            self.answers_dropped += 1
+            return
+        self._answers.setdefault(node, []).append(encode_offer_answer(message_id, offered, code))
+        self._answers_queued += 1
+        if self._answerer is None:
+            self._answerer = asyncio.ensure_future(self._publish_answers())
+
+    async def _publish_answers(self) -> None:
+        try:
+            while self._answers:
+                answers, self._answers = self._answers, {}
+                count, self._answers_queued = self._answers_queued, 0
+                messages = []
+                for node, payloads in answers.items():
+                    for start in range(0, len(payloads), MAX_BUS_BATCH):
+                        batch = payloads[start : start + MAX_BUS_BATCH]
+                        payload = batch[0] if len(batch) == 1 else f"[{','.join(batch)}]"
+                        messages.append((f"{self.prefix}node:{node}", payload))
+                try:
+                    await self._publish(messages)
+                except (RedisError, OSError) as exc:
+                    self.answers_dropped += count  # their pushes are stored: never lost
+                    self._failed("offer answers", exc)
+        finally:
+            self._answerer = None
 
     async def withdraw(self, uaid: str, message_id: str) -> bool:
         """Tell the node holding `uaid` that its sender deleted the message; False if
@@ -603,6 +739,9 @@ class RedisBus:
     def _on_event(self, event: BusEvent) -> None:
         if isinstance(event, Deliver):
             message = event.message
+            taker = self.offer_taker
+            if taker is not None and taker.routed(message):
+                return  # offered here before it was stored: settled
             late = time.time() - message.created_at > BUS_LATE
             if late:
                 self.late += 1
@@ -623,6 +762,28 @@ class RedisBus:
             self._hub.withdraw(event.uaid, event.message_id)
         elif isinstance(event, ReceiptsQueued) and event.node != self.node_id:
             self._hub.notify_receipt(event.receipt_id)
+        elif isinstance(event, LiveOffer):
+            self._take_offer(event)
+        elif isinstance(event, OfferAnswer):
+            answer = self._offers.get(event.message_id)
+            if answer is not None and not answer.done():
+                answer.set_result((event.offered, event.code))
+
+    def _take_offer(self, offer: LiveOffer) -> None:
+        node, message_id = offer.node, offer.message.message_id
+
+        def answer(offered: bool, code: int | None) -> None:
+            self._answer_offer(node, message_id, offered, code)
+
+        if time.time() - offer.message.created_at > BUS_LATE:
+            # As a late route (`_on_event`): a DELETE answered since may be right behind
+            # it. Its sender gave up waiting long ago and stores it.
+            self.late += 1
+            answer(False, None)
+        elif self.offer_taker is None:
+            answer(False, None)
+        else:
+            self.offer_taker.take(offer, answer)
 
     def _read_again(self, uaid: str, since: float) -> None:
         """Offer `uaid` its stored messages created at `since` or later, from the store."""

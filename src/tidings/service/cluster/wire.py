@@ -12,7 +12,15 @@ payload) for anything else. The kinds:
 - `{"t": "s", "ua": <uaid>, "st": <stamp>}`: a newer connection of that user agent
   (said hello at `st`, milliseconds) is held by another node now: close yours;
 - `{"t": "w", "ua": <uaid>, "id": <message id>}`: its sender deleted that message:
-  a connection here that holds it unsent must not send it.
+  a connection here that holds it unsent must not send it;
+- `{"t": "o", <a message's fields>, "n": <node>, "w": <ms>}`: a live offer (a push not
+  stored yet, no Topic, no receipt): write it to the user agent's quick connection here
+  and answer node `n` within `w` milliseconds whether it was acknowledged (live_offers.py);
+- `{"t": "a", "id": <message id>, "o": <0|1>, "c": <code or null>}`: the answer to a live
+  offer: written to the connection or not (`o`), acknowledged with code `c` in time or not.
+
+A node that does not know a kind drops it as a bad message: an offer's sender then
+hears nothing, and stores the push once its wait is over.
 
 A bus payload is one of these objects, or a JSON array of them (the messages a node
 routed here in one round trip, in order; see `decode_bus_messages`).
@@ -37,6 +45,8 @@ __all__ = [
     "BroadcastsChanged",
     "BusEvent",
     "Deliver",
+    "LiveOffer",
+    "OfferAnswer",
     "Poke",
     "PokeAll",
     "ReceiptsQueued",
@@ -46,6 +56,8 @@ __all__ = [
     "decode_bus_messages",
     "encode_broadcasts_changed",
     "encode_message",
+    "encode_offer",
+    "encode_offer_answer",
     "encode_poke",
     "encode_poke_all",
     "encode_receipts_queued",
@@ -66,6 +78,9 @@ _HEADER_NAME = re.compile(rf"[a-z0-9_-]{{1,{MAX_HEADER_NAME}}}")
 _URGENCIES = frozenset(u.value for u in Urgency)
 _MESSAGE_FIELDS = frozenset({"t", "id", "ua", "ch", "b", "ttl", "c", "e", "u", "tp", "h", "r"})
 _OPTIONAL_FIELDS = frozenset({"tr"})  # the W3C traceparent of a traced push
+_OFFER_FIELDS = frozenset({"n", "w"})
+MAX_OFFER_WAIT_MS = 10_000  # config live_ack_wait's ceiling, in milliseconds
+MAX_ACK_CODE = 1 << 31  # a WebSocket ack's code is any JSON integer; answers carry small ones
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
@@ -123,29 +138,75 @@ class Withdrawn:
     message_id: str
 
 
-BusEvent = Deliver | Poke | PokeAll | BroadcastsChanged | Superseded | Withdrawn | ReceiptsQueued
+@dataclass(frozen=True)
+class LiveOffer:
+    """Write this push (not stored yet) to the user agent's quick connection here, wait
+    at most `wait` seconds for its ack, and answer node `node` (`OfferAnswer`)."""
+
+    message: StoredMessage
+    node: str
+    wait: float
+
+
+@dataclass(frozen=True)
+class OfferAnswer:
+    """What became of this node's live offer of `message_id`: `offered` (written to the
+    connection) and the ack's `code` if it came in time, else None."""
+
+    message_id: str
+    offered: bool
+    code: int | None
+
+
+BusEvent = (
+    Deliver
+    | Poke
+    | PokeAll
+    | BroadcastsChanged
+    | Superseded
+    | Withdrawn
+    | ReceiptsQueued
+    | LiveOffer
+    | OfferAnswer
+)
 
 
 def encode_message(message: StoredMessage) -> str:
     """The bus form of a message (what `decode_bus_message` reads back)."""
+    return json.dumps(_message_fields(message, "m"), separators=(",", ":"))
+
+
+def encode_offer(message: StoredMessage, node: str, wait: float) -> str:
+    """A live offer of `message` (no Topic, no receipt) from `node`, answered within
+    `wait` seconds."""
+    fields = _message_fields(message, "o")
+    fields["n"] = node
+    fields["w"] = round(wait * 1000)
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def encode_offer_answer(message_id: str, offered: bool, code: int | None) -> str:
     return json.dumps(
-        {
-            "t": "m",
-            "id": message.message_id,
-            "ua": message.uaid,
-            "ch": message.channel_id,
-            "b": base64.b64encode(message.body).decode("ascii"),
-            "ttl": message.ttl,
-            "c": message.created_at,
-            "e": message.expires_at,
-            "u": message.urgency,
-            "tp": message.topic,
-            "h": message.headers,
-            "r": message.receipt_id,
-            **({"tr": message.traceparent} if message.traceparent else {}),
-        },
-        separators=(",", ":"),
+        {"t": "a", "id": message_id, "o": int(offered), "c": code}, separators=(",", ":")
     )
+
+
+def _message_fields(message: StoredMessage, kind: str) -> dict[str, Any]:
+    return {
+        "t": kind,
+        "id": message.message_id,
+        "ua": message.uaid,
+        "ch": message.channel_id,
+        "b": base64.b64encode(message.body).decode("ascii"),
+        "ttl": message.ttl,
+        "c": message.created_at,
+        "e": message.expires_at,
+        "u": message.urgency,
+        "tp": message.topic,
+        "h": message.headers,
+        "r": message.receipt_id,
+        **({"tr": message.traceparent} if message.traceparent else {}),
+    }
 
 
 def encode_poke(uaid: str) -> str:
@@ -235,6 +296,16 @@ def _event(data: Any) -> BusEvent:
     if kind == "r":
         _only(data, {"t", "r", "n"})
         return ReceiptsQueued(_id(data, "r"), _str(data, "n", 128))
+    if kind == "o":
+        return _offer(data)
+    if kind == "a":
+        _only(data, {"t", "id", "o", "c"})
+        offered, code = data.get("o"), data.get("c")
+        if offered not in (0, 1) or type(offered) is not int:
+            raise BadBusMessage("o: not 0 or 1")
+        if code is not None and (type(code) is not int or not abs(code) < MAX_ACK_CODE):
+            raise BadBusMessage("c: not an acknowledgement's code")
+        return OfferAnswer(_id(data, "id"), bool(offered), code)
     raise BadBusMessage(f"unknown kind {_short(kind)}")
 
 
@@ -242,8 +313,19 @@ def _refuse_constant(name: str) -> Any:
     raise BadBusMessage(f"{name} is not a JSON number")
 
 
-def _message(data: dict[str, Any]) -> StoredMessage:
-    _only(data, _MESSAGE_FIELDS | _OPTIONAL_FIELDS)
+def _offer(data: dict[str, Any]) -> LiveOffer:
+    node = _str(data, "n", 128)
+    wait = data.get("w")
+    if type(wait) is not int or not 0 <= wait <= MAX_OFFER_WAIT_MS:
+        raise BadBusMessage(f"w: not a wait in 0..{MAX_OFFER_WAIT_MS} milliseconds")
+    message = _message(data, _OFFER_FIELDS)
+    if message.topic is not None or message.receipt_id is not None or message.ttl == 0:
+        raise BadBusMessage("an offer of a push with a Topic, a receipt or TTL 0")
+    return LiveOffer(message, node, wait / 1000)
+
+
+def _message(data: dict[str, Any], extra: frozenset[str] = frozenset()) -> StoredMessage:
+    _only(data, _MESSAGE_FIELDS | _OPTIONAL_FIELDS | extra)
     missing = sorted(_MESSAGE_FIELDS - data.keys())
     if missing:
         raise BadBusMessage(f"missing fields {', '.join(missing)}")
