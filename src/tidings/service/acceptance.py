@@ -287,23 +287,8 @@ class PushAcceptance(ServiceBase):
             return False
         self.live_acks.settle(message.message_id)
         self.metrics.acknowledged_unstored()
-        if signed is not None:
-            now = time.time()
-            status = MessageStatus(  # by position: keywords cost a dict a push
-                message.message_id,
-                signed[1],
-                ACKNOWLEDGED,
-                message.ttl,
-                message.created_at,
-                message.expires_at,
-                "websocket",  # delivered_via
-                written_at,  # delivered_at
-                now,  # final_at
-            )
-            try:
-                await self.store.add_message_status(status)
-            except StoreUnavailable as exc:  # the message is delivered; a status is best effort
-                log.warning("status of %s not recorded: %s", message.message_id, exc)
+        if signed is not None:  # only then a call more: unsigned pushes pay nothing
+            await self._record_acknowledged(message, signed[1], written_at)
         return True
 
     async def _acknowledged_elsewhere(
@@ -320,26 +305,31 @@ class PushAcceptance(ServiceBase):
         written_at = time.time()
         if await self.cluster.offer_live(message, self.config.live_ack_wait) is None:
             return False
-        # What `_acknowledged_unstored` does inline, where a helper shared with this
-        # path would add a call to every push of a single node.
         self.metrics.acknowledged_unstored()
         if signed is not None:
-            status = MessageStatus(
-                message_id=message.message_id,
-                vapid_hash=signed[1],
-                state=ACKNOWLEDGED,
-                ttl=message.ttl,
-                created_at=message.created_at,
-                expires_at=message.expires_at,
-                delivered_via="websocket",
-                delivered_at=written_at,
-                final_at=time.time(),
-            )
-            try:
-                await self.store.add_message_status(status)
-            except StoreUnavailable as exc:  # delivered elsewhere; a status is best effort
-                log.warning("status of %s not recorded: %s", message.message_id, exc)
+            await self._record_acknowledged(message, signed[1], written_at)
         return True
+
+    async def _record_acknowledged(
+        self, message: StoredMessage, vapid_hash: bytes, written_at: float
+    ) -> None:
+        """A signed push acknowledged before it was stored: its final status, written and
+        awaited before the 201, so that a GET of its status right after reads it."""
+        status = MessageStatus(  # by position: keywords cost a dict a push
+            message.message_id,
+            vapid_hash,
+            ACKNOWLEDGED,
+            message.ttl,
+            message.created_at,
+            message.expires_at,
+            "websocket",  # delivered_via
+            written_at,  # delivered_at
+            time.time(),  # final_at
+        )
+        try:
+            await self.store.add_message_status(status)
+        except StoreUnavailable as exc:  # the message is delivered; a status is best effort
+            log.warning("status of %s not recorded: %s", message.message_id, exc)
 
     async def _gone(self, ref: EndpointRef) -> ServiceError:
         """The answer to a push to a subscription that no longer exists.
