@@ -259,9 +259,8 @@ class PushService(
                 await self._sweeper
         self.metrics.close()  # the per-second history's timer
         await self.broadcasts.stop()
-        taker = self.cluster.offer_taker
-        if isinstance(taker, LiveOfferTaker):
-            taker.close()  # offers held here: their rows, if any, come again
+        if self.cluster.offer_taker is not None:
+            self.cluster.offer_taker.close()  # offers held here: their rows come again
         await self.cluster.stop()
         await self.limits.close()
         await self.store.close()

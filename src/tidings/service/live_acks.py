@@ -57,19 +57,15 @@ class _Answer:
     the same calls, but the callback runs as the result is set, where a future's done
     callback runs a turn of the loop later."""
 
-    __slots__ = ("_callback", "_cancelled", "_done", "timer")
+    __slots__ = ("_callback", "_done", "timer")
 
     def __init__(self, callback: Callable[[int | None], None]) -> None:
         self._callback = callback
         self._done = False
-        self._cancelled = False
         self.timer: asyncio.TimerHandle | None = None
 
     def done(self) -> bool:
         return self._done
-
-    def cancelled(self) -> bool:
-        return self._cancelled
 
     def set_result(self, code: int) -> None:
         self._finish(code)
@@ -77,7 +73,6 @@ class _Answer:
     def cancel(self) -> bool:
         if self._done:
             return False
-        self._cancelled = True
         self._finish(None)
         return True
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+# The close codes (RFC 6455 section 7.4.1) and FrameError are the WebSocket codec's.
 from tidings.service.http.websocket_frames import CLOSE_GOING_AWAY as CLOSE_GOING_AWAY
 from tidings.service.http.websocket_frames import CLOSE_INVALID_PAYLOAD as CLOSE_INVALID_PAYLOAD
 from tidings.service.http.websocket_frames import CLOSE_POLICY_VIOLATION as CLOSE_POLICY_VIOLATION
@@ -21,8 +22,6 @@ from tidings.service.http.websocket_frames import CLOSE_TOO_BIG as CLOSE_TOO_BIG
 from tidings.service.http.websocket_frames import CLOSE_TRY_AGAIN_LATER as CLOSE_TRY_AGAIN_LATER
 from tidings.service.http.websocket_frames import CLOSE_UNSUPPORTED_DATA as CLOSE_UNSUPPORTED_DATA
 from tidings.service.http.websocket_frames import FrameError as FrameError
-
-# The close codes (RFC 6455 section 7.4.1) and FrameError are the WebSocket codec's.
 from tidings.service.records import record
 from tidings.webpush import b64url_encode
 

@@ -54,6 +54,9 @@ class OfferTaker(Protocol):
         """A stored push routed here: True when it was offered here and is settled (not
         to be offered again)."""
 
+    def close(self) -> None:
+        """The service stops: offers held here are let go (their rows, if any, stay)."""
+
 
 class ClusterBus(Protocol):
     """How one node reaches user agents connected to the others."""
